@@ -1,0 +1,115 @@
+/* arena.c - block-list bump allocator (see arena.h). Host structs and device data are kept in
+ * separate block lists so that an arena for a GPU still hands out host memory for tensor
+ * structs. */
+#include "arena.h"
+
+#include <stdlib.h>
+
+#include "backend.h"
+
+typedef struct block {
+    struct block *next;
+    char *base;
+    size_t size, used;
+} block;
+
+struct lu_arena {
+    lu_device dev;
+    size_t block_bytes;
+    block *lists[2]; /* 0: host structs, 1: device data */
+    size_t used, peak;
+};
+
+static _Thread_local lu_arena *current;
+
+lu_arena *lu_arena_new(lu_device dev, size_t block_bytes)
+{
+    lu_arena *a = calloc(1, sizeof *a);
+    if (!a) {
+        lu_errorf(LU_ERR_NOMEM, "arena: out of memory");
+        return NULL;
+    }
+    a->dev = dev;
+    a->block_bytes = block_bytes ? block_bytes : (size_t)64 << 20;
+    return a;
+}
+
+static void free_blocks(lu_arena *a, int which)
+{
+    lu_backend *b = lu_backend_get(which ? a->dev : LU_CPU);
+    for (block *k = a->lists[which], *next; k; k = next) {
+        next = k->next;
+        if (which && b) b->free(k->base);
+        else if (!which) free(k->base);
+        free(k);
+    }
+    a->lists[which] = NULL;
+}
+
+void lu_arena_free(lu_arena *a)
+{
+    if (!a) return;
+    if (current == a) current = NULL;
+    free_blocks(a, 0);
+    free_blocks(a, 1);
+    free(a);
+}
+
+lu_arena *lu_arena_activate(lu_arena *a)
+{
+    lu_arena *prev = current;
+    current = a;
+    return prev;
+}
+
+lu_arena *lu_arena_current(void) { return current; }
+lu_device lu_arena_device(const lu_arena *a) { return a->dev; }
+size_t lu_arena_used(const lu_arena *a) { return a->used; }
+size_t lu_arena_peak(const lu_arena *a) { return a->peak; }
+
+void lu_arena_reset(lu_arena *a)
+{
+    for (int w = 0; w < 2; w++) {
+        /* Blocks are kept and rewound: the next step reuses them without allocating. */
+        for (block *k = a->lists[w]; k; k = k->next) k->used = 0;
+    }
+    a->used = 0;
+}
+
+void *lu_arena_alloc(lu_arena *a, size_t nbytes, int device_memory)
+{
+    int w = device_memory ? 1 : 0;
+    size_t need = (nbytes + 63) & ~(size_t)63;
+    for (block *k = a->lists[w]; k; k = k->next) {
+        if (k->size - k->used >= need) {
+            void *p = k->base + k->used;
+            k->used += need;
+            a->used += need;
+            if (a->used > a->peak) a->peak = a->used;
+            return p;
+        }
+    }
+    size_t size = need > a->block_bytes ? need : a->block_bytes;
+    if (!w) size = need > ((size_t)1 << 20) ? need : ((size_t)1 << 20);
+    block *k = calloc(1, sizeof *k);
+    if (!k) return NULL;
+    if (w) {
+        lu_backend *b = lu_backend_get(a->dev);
+        k->base = b ? b->alloc(size) : NULL;
+    } else {
+        k->base = aligned_alloc(64, size);
+    }
+    if (!k->base) {
+        free(k);
+        lu_errorf(LU_ERR_NOMEM, "arena: cannot allocate a block of %zu bytes on %s", size,
+                  lu_device_name(w ? a->dev : LU_CPU));
+        return NULL;
+    }
+    k->size = size;
+    k->used = need;
+    k->next = a->lists[w];
+    a->lists[w] = k;
+    a->used += need;
+    if (a->used > a->peak) a->peak = a->used;
+    return k->base;
+}

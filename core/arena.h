@@ -1,0 +1,32 @@
+/* arena.h - bump allocation for per-step activations.
+ *
+ * While an arena is active on a thread, every new tensor (struct and storage) comes from it and
+ * lu_tensor_release is a no-op for it; lu_arena_reset frees them all at once, keeping the blocks
+ * for the next step. Parameters, gradients of leaves and optimiser state are allocated with no
+ * arena active. Blocks come from the device backend's allocator. */
+#ifndef LU_ARENA_H
+#define LU_ARENA_H
+
+#include <stddef.h>
+
+#include "tensor.h"
+
+typedef struct lu_arena lu_arena;
+
+lu_arena *lu_arena_new(lu_device dev, size_t block_bytes);
+void lu_arena_free(lu_arena *a);
+/* Makes a the thread's active arena and returns the previous one (NULL if none). */
+lu_arena *lu_arena_activate(lu_arena *a);
+lu_arena *lu_arena_current(void);
+/* Frees everything allocated since the last reset. No tensor from it may be used afterwards. */
+void lu_arena_reset(lu_arena *a);
+/* Bytes handed out since the last reset, and the most ever handed out. */
+size_t lu_arena_used(const lu_arena *a);
+size_t lu_arena_peak(const lu_arena *a);
+
+/* Allocation from a (used by tensor.c); 64-byte aligned; host memory for structs when
+ * device_memory is false, else memory on the arena's device. */
+void *lu_arena_alloc(lu_arena *a, size_t nbytes, int device_memory);
+lu_device lu_arena_device(const lu_arena *a);
+
+#endif

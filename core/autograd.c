@@ -1,0 +1,253 @@
+/* autograd.c - op dispatch, the tape and the reverse pass (see autograd.h). */
+#include "autograd.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "backend.h"
+#include "ops.h"
+
+static _Thread_local bool grad_disabled;
+static _Thread_local lu_node *tape;
+static _Thread_local int tape_len, tape_cap;
+
+bool lu_grad_enabled(void) { return !grad_disabled; }
+
+bool lu_grad_set_enabled(bool enabled)
+{
+    bool prev = !grad_disabled;
+    grad_disabled = !enabled;
+    return prev;
+}
+
+void lu_tensor_set_requires_grad(lu_tensor *t, bool requires) { t->requires_grad = requires; }
+
+int lu_tape_size(void) { return tape_len; }
+
+static void node_release(lu_node *n)
+{
+    for (int i = 0; i < n->n_in; i++) lu_tensor_release(n->in[i]);
+    for (int i = 0; i < n->n_out; i++) lu_tensor_release(n->out[i]);
+}
+
+void lu_tape_clear(void)
+{
+    for (int i = 0; i < tape_len; i++) node_release(&tape[i]);
+    tape_len = 0;
+}
+
+static bool needs_record(lu_tensor **in, int n_in)
+{
+    if (grad_disabled) return false;
+    for (int i = 0; i < n_in; i++)
+        if (in[i] && in[i]->requires_grad) return true;
+    return false;
+}
+
+static lu_status record(lu_op op, lu_backward_fn fn, lu_tensor **in, int n_in, lu_tensor **out, int n_out,
+                        const void *params, size_t params_size)
+{
+    if (n_in > LU_MAX_IO || n_out > LU_MAX_IO || params_size > LU_MAX_PARAMS)
+        return lu_errorf(LU_ERR_INVALID, "%s: too many tensors or params for the tape", lu_op_name(op));
+    if (tape_len == tape_cap) {
+        int cap = tape_cap ? 2 * tape_cap : 256;
+        lu_node *t = realloc(tape, (size_t)cap * sizeof *t);
+        if (!t) return lu_errorf(LU_ERR_NOMEM, "autograd: cannot grow the tape to %d nodes", cap);
+        tape = t;
+        tape_cap = cap;
+    }
+    lu_node *n = &tape[tape_len++];
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    n->backward = fn;
+    n->n_in = n_in;
+    n->n_out = n_out;
+    for (int i = 0; i < n_in; i++) n->in[i] = lu_tensor_retain(in[i]);
+    for (int i = 0; i < n_out; i++) {
+        n->out[i] = lu_tensor_retain(out[i]);
+        if (out[i] && lu_dtype_is_float(out[i]->dtype)) {
+            out[i]->requires_grad = true;
+            out[i]->is_leaf = false;
+        }
+    }
+    if (params_size) memcpy(n->params, params, params_size);
+    return LU_OK;
+}
+
+lu_status lu_op_run(lu_op op, lu_tensor **in, int n_in, lu_tensor **out, int n_out, const void *params,
+                    size_t params_size)
+{
+    lu_tensor *first = NULL;
+    for (int i = 0; i < n_in && !first; i++) first = in[i];
+    lu_device dev = first ? lu_tensor_device(first) : LU_CPU;
+    for (int i = 0; i < n_in; i++) {
+        if (in[i] && lu_tensor_device(in[i]) != dev)
+            return lu_errorf(LU_ERR_DEVICE, "%s: input %d is on %s, input 0 on %s", lu_op_name(op), i,
+                             lu_device_name(lu_tensor_device(in[i])), lu_device_name(dev));
+    }
+    lu_backend *b = lu_backend_get(dev);
+    if (!b) return lu_error_context("%s: ", lu_op_name(op));
+    if (!b->forward[op])
+        return lu_errorf(LU_ERR_UNSUPPORTED, "%s: not implemented on the %s backend", lu_op_name(op), b->name);
+    lu_op_call call = {.op = op, .n_in = n_in, .n_out = n_out, .params = params};
+    memcpy(call.in, in, (size_t)n_in * sizeof *in);
+    memcpy(call.out, out, (size_t)n_out * sizeof *out);
+    LU_TRY(b->forward[op](&call));
+    if (b->backward[op] && needs_record(in, n_in)) return record(op, NULL, in, n_in, out, n_out, params, params_size);
+    return LU_OK;
+}
+
+lu_status lu_node_record(lu_backward_fn backward, lu_tensor **in, int n_in, lu_tensor **out, int n_out,
+                         const void *params, size_t params_size)
+{
+    if (!needs_record(in, n_in)) return LU_OK;
+    return record(LU_OP_COUNT, backward, in, n_in, out, n_out, params, params_size);
+}
+
+/* Adds g into t->grad, taking ownership of g. Preallocated gradients (parameters) are added
+ * into in place so that they stay inside the parameter store's flat buffer. */
+static lu_status accumulate(lu_tensor *t, lu_tensor *g)
+{
+    if (!t->grad) {
+        if (t->arena == NULL && g->arena != NULL) {
+            /* A leaf outlives the step's arena: keep its gradient on the heap. */
+            lu_arena *prev = lu_arena_activate(NULL);
+            lu_tensor *copy = lu_tensor_empty_like(g);
+            lu_arena_activate(prev);
+            lu_status st = copy ? lu_tensor_copy(copy, g) : lu_error_code();
+            lu_tensor_release(g);
+            if (st) {
+                lu_tensor_release(copy);
+                return st;
+            }
+            t->grad = copy;
+            return LU_OK;
+        }
+        t->grad = g;
+        return LU_OK;
+    }
+    lu_backend *b = lu_backend_get(lu_tensor_device(t->grad));
+    if (!b) return lu_error_code();
+    lu_op_call call = {.op = LU_OP_ACCUMULATE, .n_in = 1, .n_out = 1};
+    call.in[0] = g;
+    call.out[0] = t->grad;
+    lu_status s = b->forward[LU_OP_ACCUMULATE](&call);
+    lu_tensor_release(g);
+    return s;
+}
+
+static lu_status run_node(lu_node *n)
+{
+    lu_tensor *dy[LU_MAX_IO] = {0}, *dx[LU_MAX_IO] = {0};
+    bool needs[LU_MAX_IO] = {0}, any_dy = false, any_need = false;
+    for (int j = 0; j < n->n_out; j++) {
+        dy[j] = n->out[j] ? n->out[j]->grad : NULL;
+        any_dy |= dy[j] != NULL;
+    }
+    for (int i = 0; i < n->n_in; i++) {
+        needs[i] = n->in[i] && n->in[i]->requires_grad && lu_dtype_is_float(n->in[i]->dtype);
+        any_need |= needs[i];
+    }
+    if (!any_dy || !any_need) return LU_OK;
+    if (n->op == LU_OP_COUNT) {
+        LU_TRY(n->backward(n, dy, dx, needs));
+    } else {
+        lu_backend *b = lu_backend_get(lu_tensor_device(n->out[0] ? n->out[0] : n->in[0]));
+        if (!b) return lu_error_code();
+        lu_op_call call = {.op = n->op, .n_in = 2 * n->n_out + n->n_in, .n_out = n->n_in, .params = n->params};
+        for (int j = 0; j < n->n_out; j++) {
+            call.in[j] = dy[j];
+            call.in[n->n_out + n->n_in + j] = n->out[j];
+        }
+        for (int i = 0; i < n->n_in; i++) {
+            call.in[n->n_out + i] = n->in[i];
+            if (needs[i]) {
+                dx[i] = lu_tensor_empty_like(n->in[i]);
+                if (!dx[i]) return lu_error_code();
+            }
+            call.out[i] = dx[i];
+        }
+        lu_status s = b->backward[n->op](&call);
+        if (s) {
+            for (int i = 0; i < n->n_in; i++) lu_tensor_release(dx[i]);
+            return lu_error_context("%s backward: ", lu_op_name(n->op));
+        }
+    }
+    for (int i = 0; i < n->n_in; i++) {
+        if (!dx[i]) continue;
+        if (!needs[i]) {
+            lu_tensor_release(dx[i]);
+            continue;
+        }
+        LU_TRY(accumulate(n->in[i], dx[i]));
+    }
+    /* Gradients of intermediate outputs are no longer needed once propagated. */
+    for (int j = 0; j < n->n_out; j++) {
+        lu_tensor *y = n->out[j];
+        if (y && !y->is_leaf && y->grad) {
+            lu_tensor_release(y->grad);
+            y->grad = NULL;
+        }
+    }
+    return LU_OK;
+}
+
+lu_status lu_backward_from(lu_tensor *y, lu_tensor *dy)
+{
+    if (!lu_tensor_same_shape(y, dy) || y->dtype != dy->dtype) {
+        char a[LU_SHAPE_STR_MAX], b[LU_SHAPE_STR_MAX];
+        lu_tape_clear();
+        return lu_errorf(LU_ERR_SHAPE, "backward: output %s %s and its gradient %s %s differ", lu_shape_str(y, a, sizeof a),
+                         lu_dtype_name(y->dtype), lu_shape_str(dy, b, sizeof b), lu_dtype_name(dy->dtype));
+    }
+    if (!y->requires_grad) {
+        lu_tape_clear();
+        return lu_errorf(LU_ERR_STATE, "backward: the output does not depend on any tensor requiring a gradient");
+    }
+    lu_tensor *seed = lu_contiguous(dy);
+    if (!seed) {
+        lu_tape_clear();
+        return lu_error_code();
+    }
+    /* Custom backward functions call ops; those must not append to the tape being walked. */
+    bool prev = lu_grad_set_enabled(false);
+    lu_status s = accumulate(y, seed);
+    for (int i = tape_len - 1; i >= 0 && s == LU_OK; i--) s = run_node(&tape[i]);
+    lu_grad_set_enabled(prev);
+    if (!y->is_leaf && y->grad) {
+        lu_tensor_release(y->grad);
+        y->grad = NULL;
+    }
+    lu_tape_clear();
+    return s;
+}
+
+lu_status lu_backward(lu_tensor *loss)
+{
+    if (lu_tensor_numel(loss) != 1) {
+        char s[LU_SHAPE_STR_MAX];
+        lu_tape_clear();
+        return lu_errorf(LU_ERR_SHAPE, "backward: the loss must have one element, got shape %s",
+                         lu_shape_str(loss, s, sizeof s));
+    }
+    lu_tensor *seed = lu_tensor_full(loss->dtype, loss->ndim, loss->shape, lu_tensor_device(loss), 1.0);
+    if (!seed) {
+        lu_tape_clear();
+        return lu_error_code();
+    }
+    lu_status s = lu_backward_from(loss, seed);
+    lu_tensor_release(seed);
+    return s;
+}
+
+void lu_tensor_zero_grad(lu_tensor *t)
+{
+    if (!t->grad) return;
+    if (t->is_param) {
+        lu_tensor_fill(t->grad, 0.0);
+        return;
+    }
+    lu_tensor_release(t->grad);
+    t->grad = NULL;
+}

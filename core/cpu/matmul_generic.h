@@ -1,0 +1,55 @@
+/* matmul_generic.h - batched GEMM through CBLAS, written over `real` (see generic.h).
+ * Shapes (op.h): a [Ba,M,K] (or [Ba,K,M] when trans_a), b [Bb,K,N] (or [Bb,N,K]), Bb == Ba or 1,
+ * c [Ba,M,N]. */
+
+static void R(gemm_batch)(int64_t batch, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const real *a,
+                          int64_t sa, const real *b, int64_t sb, real beta, real *c, int64_t sc)
+{
+    for (int64_t i = 0; i < batch; i++)
+        R_BLAS(gemm)(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n,
+                     (int)k, 1, a + i * sa, ta ? (int)m : (int)k, b + i * sb, tb ? (int)k : (int)n, beta,
+                     c + i * sc, (int)n);
+}
+
+static lu_status R(matmul_fwd)(const lu_op_call *call)
+{
+    const lu_matmul_params *p = call->params;
+    const lu_tensor *a = call->in[0], *b = call->in[1];
+    lu_tensor *c = call->out[0];
+    int64_t batch = a->shape[0], m = c->shape[1], n = c->shape[2];
+    int64_t k = p->trans_a ? a->shape[1] : a->shape[2];
+    int64_t sb = b->shape[0] == 1 ? 0 : k * n;
+    R(gemm_batch)(batch, p->trans_a, p->trans_b, m, n, k, lu_tensor_data(a), m * k, lu_tensor_data(b), sb, 0,
+                  lu_tensor_data(c), m * n);
+    return LU_OK;
+}
+
+/* in = [dc, a, b, c], out = [da, db]; dop(A) = dC op(B)^T, dop(B) = op(A)^T dC. */
+static lu_status R(matmul_bwd)(const lu_op_call *call)
+{
+    const lu_matmul_params *p = call->params;
+    const lu_tensor *dc = call->in[0], *a = call->in[1], *b = call->in[2];
+    lu_tensor *da = call->out[0], *db = call->out[1];
+    int64_t batch = a->shape[0], m = dc->shape[1], n = dc->shape[2];
+    int64_t k = p->trans_a ? a->shape[1] : a->shape[2];
+    bool shared_b = b->shape[0] == 1 && batch > 1;
+    const real *A = lu_tensor_data(a), *B = lu_tensor_data(b), *DC = lu_tensor_data(dc);
+    int64_t sb = shared_b ? 0 : k * n;
+    if (da) {
+        real *DA = lu_tensor_data(da);
+        if (!p->trans_a) R(gemm_batch)(batch, false, !p->trans_b, m, k, n, DC, m * n, B, sb, 0, DA, m * k);
+        else R(gemm_batch)(batch, p->trans_b, true, k, m, n, B, sb, DC, m * n, 0, DA, m * k);
+    }
+    if (db) {
+        real *DB = lu_tensor_data(db);
+        if (shared_b) memset(DB, 0, (size_t)(k * n) * sizeof(real));
+        for (int64_t i = 0; i < batch; i++) {
+            const real *Ai = A + i * m * k, *DCi = DC + i * m * n;
+            real *DBi = DB + (shared_b ? 0 : i * k * n);
+            real beta = shared_b ? 1 : 0;
+            if (!p->trans_b) R(gemm_batch)(1, !p->trans_a, false, k, n, m, Ai, 0, DCi, 0, beta, DBi, 0);
+            else R(gemm_batch)(1, true, p->trans_a, n, k, m, DCi, 0, Ai, 0, beta, DBi, 0);
+        }
+    }
+    return LU_OK;
+}

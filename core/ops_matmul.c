@@ -1,0 +1,58 @@
+/* ops_matmul.c - matrix products: lu_matmul (batched, with transposes) and lu_linear. */
+#include "autograd.h"
+#include "ops.h"
+
+static lu_tensor *fail_shapes(const char *what, const lu_tensor *a, const lu_tensor *b)
+{
+    char sa[LU_SHAPE_STR_MAX], sb[LU_SHAPE_STR_MAX];
+    lu_errorf(LU_ERR_SHAPE, "matmul: %s (a %s %s, b %s %s)", what, lu_shape_str(a, sa, sizeof sa),
+              lu_dtype_name(a->dtype), lu_shape_str(b, sb, sizeof sb), lu_dtype_name(b->dtype));
+    return NULL;
+}
+
+lu_tensor *lu_matmul(lu_tensor *a, lu_tensor *b, bool trans_a, bool trans_b)
+{
+    if (a->ndim < 2 || b->ndim < 2) return fail_shapes("both operands need at least 2 dims", a, b);
+    if (a->dtype != b->dtype) return fail_shapes("dtypes differ", a, b);
+    int an = a->ndim, bn = b->ndim;
+    int64_t m = trans_a ? a->shape[an - 1] : a->shape[an - 2], k = trans_a ? a->shape[an - 2] : a->shape[an - 1];
+    int64_t kb = trans_b ? b->shape[bn - 1] : b->shape[bn - 2], n = trans_b ? b->shape[bn - 2] : b->shape[bn - 1];
+    if (k != kb) return fail_shapes("inner dimensions differ", a, b);
+    int64_t batch = 1;
+    for (int i = 0; i < an - 2; i++) batch *= a->shape[i];
+    if (bn > 2) {
+        if (bn != an) return fail_shapes("b must be 2-D or have a's batch dims", a, b);
+        for (int i = 0; i < an - 2; i++)
+            if (a->shape[i] != b->shape[i]) return fail_shapes("batch dims differ", a, b);
+    }
+    /* A 2-D b with an untransposed a is one GEMM over all rows of a. */
+    bool fold = bn == 2 && !trans_a;
+    int64_t a3[3] = {fold ? 1 : batch, a->shape[an - 2] * (fold ? batch : 1), a->shape[an - 1]};
+    int64_t b3[3] = {bn == 2 ? 1 : batch, b->shape[bn - 2], b->shape[bn - 1]};
+    lu_tensor *ar = lu_reshape(a, 3, a3), *br = ar ? lu_reshape(b, 3, b3) : NULL, *c = NULL;
+    if (br) {
+        lu_tensor *c3 = lu_tensor_empty(a->dtype, 3, (int64_t[]){a3[0], fold ? batch * m : m, n}, lu_tensor_device(a));
+        lu_matmul_params p = {trans_a, trans_b};
+        lu_tensor *in[2] = {ar, br};
+        if (c3 && lu_op_run(LU_OP_MATMUL, in, 2, &c3, 1, &p, sizeof p) == LU_OK) {
+            int64_t shape[LU_MAX_DIMS];
+            for (int i = 0; i < an - 2; i++) shape[i] = a->shape[i];
+            shape[an - 2] = m;
+            shape[an - 1] = n;
+            c = lu_reshape(c3, an, shape);
+        }
+        lu_tensor_release(c3);
+    }
+    lu_tensor_release(ar);
+    lu_tensor_release(br);
+    return c;
+}
+
+lu_tensor *lu_linear(lu_tensor *x, lu_tensor *w, lu_tensor *bias)
+{
+    lu_tensor *y = lu_matmul(x, w, false, true);
+    if (!y || !bias) return y;
+    lu_tensor *z = lu_add(y, bias);
+    lu_tensor_release(y);
+    return z;
+}

@@ -1,0 +1,166 @@
+/* params.c - the flat parameter store (see params.h). */
+#include "params.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+
+lu_params *lu_params_new(lu_device dev)
+{
+    lu_params *p = calloc(1, sizeof *p);
+    if (!p) lu_errorf(LU_ERR_NOMEM, "params: out of memory");
+    else p->device = dev;
+    return p;
+}
+
+void lu_params_free(lu_params *p)
+{
+    if (!p) return;
+    for (int i = 0; i < p->n; i++) {
+        free(p->items[i].name);
+        lu_tensor *t = p->items[i].t;
+        if (p->finalized) {
+            lu_tensor_release(t->grad);
+            t->grad = NULL;
+            lu_tensor_release(t);
+        } else {
+            free(t);
+        }
+    }
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+        lu_tensor_release(p->flat[d]);
+        lu_tensor_release(p->flat_grad[d]);
+    }
+    free(p->items);
+    free(p);
+}
+
+const lu_param *lu_params_find(const lu_params *p, const char *name)
+{
+    for (int i = 0; i < p->n; i++)
+        if (!strcmp(p->items[i].name, name)) return &p->items[i];
+    return NULL;
+}
+
+lu_tensor *lu_params_get(const lu_params *p, const char *name)
+{
+    const lu_param *q = lu_params_find(p, name);
+    if (!q) {
+        lu_errorf(LU_ERR_INVALID, "params: no parameter named '%s'", name);
+        return NULL;
+    }
+    return q->t;
+}
+
+lu_tensor *lu_params_add(lu_params *p, const char *name, lu_dtype dt, int ndim, const int64_t *shape, bool trainable)
+{
+    if (p->finalized) {
+        lu_errorf(LU_ERR_STATE, "params: cannot add '%s' after finalize", name);
+        return NULL;
+    }
+    if (lu_params_find(p, name)) {
+        lu_errorf(LU_ERR_INVALID, "params: duplicate parameter name '%s'", name);
+        return NULL;
+    }
+    if (ndim < 0 || ndim > LU_MAX_DIMS) {
+        lu_errorf(LU_ERR_SHAPE, "params: '%s' has %d dims", name, ndim);
+        return NULL;
+    }
+    if (p->n == p->cap) {
+        int cap = p->cap ? 2 * p->cap : 64;
+        lu_param *items = realloc(p->items, (size_t)cap * sizeof *items);
+        if (!items) {
+            lu_errorf(LU_ERR_NOMEM, "params: out of memory");
+            return NULL;
+        }
+        p->items = items;
+        p->cap = cap;
+    }
+    lu_tensor *t = calloc(1, sizeof *t);
+    char *nm = strdup(name);
+    if (!t || !nm) {
+        free(t);
+        free(nm);
+        lu_errorf(LU_ERR_NOMEM, "params: out of memory");
+        return NULL;
+    }
+    t->dtype = dt;
+    t->ndim = ndim;
+    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    t->refcount = 1;
+    t->is_leaf = true;
+    t->is_param = trainable;
+    t->requires_grad = trainable;
+    p->items[p->n++] = (lu_param){nm, t, trainable, 0};
+    return t;
+}
+
+/* Points `t` (already holding dtype and shape) at storage s + offset, contiguous. */
+static void bind(lu_tensor *t, lu_storage *s, size_t offset)
+{
+    t->storage = s;
+    s->refcount++;
+    t->offset = offset;
+    int64_t st = 1;
+    for (int i = t->ndim - 1; i >= 0; i--) {
+        t->stride[i] = st;
+        st *= t->shape[i];
+    }
+}
+
+lu_status lu_params_finalize(lu_params *p)
+{
+    if (p->finalized) return LU_OK;
+    size_t total[LU_DTYPE_COUNT] = {0}, grads[LU_DTYPE_COUNT] = {0};
+    for (int i = 0; i < p->n; i++) {
+        lu_param *q = &p->items[i];
+        q->offset = total[q->t->dtype];
+        total[q->t->dtype] += (size_t)lu_tensor_numel(q->t);
+        if (q->trainable) grads[q->t->dtype] += (size_t)lu_tensor_numel(q->t);
+    }
+    lu_arena *prev = lu_arena_activate(NULL);
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+        if (!total[d]) continue;
+        p->flat[d] = lu_tensor_zeros((lu_dtype)d, 1, (int64_t[]){(int64_t)total[d]}, p->device);
+        if (grads[d]) p->flat_grad[d] = lu_tensor_zeros((lu_dtype)d, 1, (int64_t[]){(int64_t)total[d]}, p->device);
+        if (!p->flat[d] || (grads[d] && !p->flat_grad[d])) {
+            lu_arena_activate(prev);
+            return lu_error_context("params: ");
+        }
+    }
+    lu_arena_activate(prev);
+    /* Gradients share the parameter layout (the buffer has room for every tensor) so that a
+     * parameter and its gradient sit at the same offset. */
+    for (int i = 0; i < p->n; i++) {
+        lu_param *q = &p->items[i];
+        bind(q->t, p->flat[q->t->dtype]->storage, q->offset);
+        if (q->trainable) {
+            lu_tensor *g = calloc(1, sizeof *g);
+            if (!g) return lu_errorf(LU_ERR_NOMEM, "params: out of memory");
+            *g = *q->t;
+            g->refcount = 1;
+            g->requires_grad = g->is_param = false;
+            g->grad = NULL;
+            bind(g, p->flat_grad[q->t->dtype]->storage, q->offset);
+            q->t->grad = g;
+        }
+    }
+    p->finalized = true;
+    return LU_OK;
+}
+
+int64_t lu_params_count(const lu_params *p, bool trainable_only)
+{
+    int64_t n = 0;
+    for (int i = 0; i < p->n; i++)
+        if (!trainable_only || p->items[i].trainable) n += lu_tensor_numel(p->items[i].t);
+    return n;
+}
+
+lu_status lu_params_zero_grad(lu_params *p)
+{
+    for (int d = 0; d < LU_DTYPE_COUNT; d++)
+        if (p->flat_grad[d]) LU_TRY(lu_tensor_fill(p->flat_grad[d], 0.0));
+    return LU_OK;
+}

@@ -1,0 +1,316 @@
+/* test_core.c - tensors, dtypes, views, the parameter store, the arena, the RNG, matmul and the
+ * autograd tape. */
+#include <math.h>
+#include <string.h>
+
+#include "core/params.h"
+#include "testutil.h"
+
+Test(dtype, bf16_rounds_to_nearest_even)
+{
+    /* 1 + 2^-8 is halfway between two bf16 values: ties go to the even mantissa (1.0). */
+    cr_assert_eq(lu_f32_to_bf16(1.0f + 1.0f / 256), 0x3f80);
+    /* 1 + 3*2^-8 is halfway too: rounds up to the even 1 + 2^-6. */
+    cr_assert_eq(lu_f32_to_bf16(1.0f + 3.0f / 256), 0x3f82);
+    cr_assert_eq(lu_f32_to_bf16(-2.0f), 0xc000);
+    cr_assert(isnan(lu_bf16_to_f32(lu_f32_to_bf16(NAN))));
+    cr_assert_eq(lu_bf16_to_f32(0x3f80), 1.0f);
+}
+
+Test(dtype, f16_round_trip_and_edges)
+{
+    cr_assert_eq(lu_f32_to_f16(1.0f), 0x3c00);
+    cr_assert_eq(lu_f32_to_f16(65504.0f), 0x7bff);
+    cr_assert_eq(lu_f32_to_f16(65520.0f), 0x7c00); /* rounds to infinity */
+    cr_assert_eq(lu_f32_to_f16(5.960464477539063e-08f), 0x0001); /* smallest subnormal */
+    cr_assert_eq(lu_f32_to_f16(-0.0f), 0x8000);
+    cr_assert_eq(lu_f16_to_f32(0x0001), 5.960464477539063e-08f);
+    cr_assert_eq(lu_f16_to_f32(0xc000), -2.0f);
+    /* Every finite f16 survives f16 -> f32 -> f16. */
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        if ((h & 0x7c00) == 0x7c00) continue;
+        cr_assert_eq(lu_f32_to_f16(lu_f16_to_f32((uint16_t)h)), h, "f16 0x%04x", h);
+    }
+}
+
+Test(dtype, parse_names_and_aliases)
+{
+    lu_dtype d;
+    cr_assert(lu_dtype_parse("bfloat16", &d) && d == LU_BF16);
+    cr_assert(lu_dtype_parse("f32", &d) && d == LU_F32);
+    cr_assert(!lu_dtype_parse("float8", &d));
+}
+
+Test(tensor, create_fill_and_read_back)
+{
+    lu_tensor *t = lu_tensor_full(LU_F32, LU_SHAPE(3, 5), LU_CPU, 2.5);
+    cr_assert(t);
+    cr_assert_eq(lu_tensor_numel(t), 15);
+    cr_assert(lu_tensor_is_contiguous(t));
+    double ref[15];
+    for (int i = 0; i < 15; i++) ref[i] = 2.5;
+    tu_assert_close(t, ref, 15, 0, 0, "full");
+    lu_tensor_release(t);
+}
+
+Test(tensor, convert_between_dtypes)
+{
+    float src[4] = {1.5f, -2.25f, 3.0f, 1e-3f};
+    lu_tensor *t = lu_tensor_from_host(LU_F32, LU_SHAPE(4), LU_CPU, src);
+    lu_tensor *h = lu_tensor_convert(t, LU_BF16, LU_CPU);
+    lu_tensor *back = lu_tensor_convert(h, LU_F32, LU_CPU);
+    double ref[4] = {1.5, -2.25, 3.0, lu_bf16_to_f32(lu_f32_to_bf16(1e-3f))};
+    tu_assert_close(back, ref, 4, 0, 0, "bf16 round trip");
+    lu_tensor *i = lu_tensor_convert(t, LU_I32, LU_CPU);
+    cr_assert_eq(((int32_t *)lu_tensor_data(i))[1], -2);
+    lu_tensor_release(i);
+    lu_tensor_release(back);
+    lu_tensor_release(h);
+    lu_tensor_release(t);
+}
+
+Test(tensor, rejects_bad_shapes)
+{
+    cr_assert_null(lu_tensor_empty(LU_F32, 9, (int64_t[9]){1, 1, 1, 1, 1, 1, 1, 1, 1}, LU_CPU));
+    tu_assert_error_contains("at most 8");
+    cr_assert_null(lu_tensor_empty(LU_F32, LU_SHAPE(2, -1), LU_CPU));
+    tu_assert_error_contains("negative size");
+    cr_assert_null(lu_tensor_empty(LU_F32, LU_SHAPE(INT64_MAX / 2, 4), LU_CPU));
+    tu_assert_error_contains("too large");
+}
+
+Test(view, transpose_shares_storage_and_copies_contiguous)
+{
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(3, 4), -1, 1, 1);
+    lu_tensor *t = lu_transpose(x, 0, 1);
+    cr_assert(t && t->storage == x->storage);
+    cr_assert(!lu_tensor_is_contiguous(t));
+    lu_tensor *c = lu_contiguous(t);
+    double *xv = tu_to_doubles(x), ref[12];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 3; j++) ref[i * 3 + j] = xv[j * 4 + i];
+    tu_assert_close(c, ref, 12, 0, 0, "transpose");
+    free(xv);
+    lu_tensor_release(c);
+    lu_tensor_release(t);
+    lu_tensor_release(x);
+}
+
+Test(view, slice_with_step_and_negative_start)
+{
+    lu_tensor *x = tu_rand(LU_F64, LU_SHAPE(2, 7), -1, 1, 2);
+    lu_tensor *s = lu_slice(x, 1, -6, 7, 2); /* columns 1, 3, 5 */
+    cr_assert(s);
+    cr_assert_eq(s->shape[1], 3);
+    double *xv = tu_to_doubles(x), ref[6];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 3; j++) ref[i * 3 + j] = xv[i * 7 + 1 + 2 * j];
+    tu_assert_close(s, ref, 6, 0, 0, "slice");
+    free(xv);
+    lu_tensor_release(s);
+    cr_assert_null(lu_slice(x, 2, 0, 1, 1));
+    tu_assert_error_contains("slice: dim 2 out of range");
+    lu_tensor_release(x);
+}
+
+Test(view, reshape_infers_and_rejects)
+{
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(2, 3, 4), -1, 1, 3);
+    lu_tensor *r = lu_reshape(x, LU_SHAPE(-1, 4));
+    cr_assert(r && r->shape[0] == 6 && r->shape[1] == 4);
+    cr_assert_null(lu_reshape(x, LU_SHAPE(5, 5)));
+    tu_assert_error_contains("reshape: cannot view a tensor of shape [2, 3, 4]");
+    lu_tensor_release(r);
+    lu_tensor_release(x);
+}
+
+static lu_tensor *view_chain(lu_tensor **in, void *ctx)
+{
+    (void)ctx;
+    /* permute -> slice -> reshape -> expand -> contiguous: gradients must route back. */
+    lu_tensor *p = lu_permute(in[0], (int[]){2, 0, 1});
+    lu_tensor *s = lu_slice(p, 0, 1, 4, 2);
+    lu_tensor *r = lu_reshape(s, LU_SHAPE(2, 1, 6));
+    lu_tensor *e = lu_expand(r, LU_SHAPE(2, 3, 6));
+    lu_tensor *c = lu_contiguous(e);
+    lu_tensor_release(p);
+    lu_tensor_release(s);
+    lu_tensor_release(r);
+    lu_tensor_release(e);
+    return c;
+}
+
+Test(view, gradients_route_through_views)
+{
+    lu_tensor *x = tu_rand(LU_F64, LU_SHAPE(2, 3, 4), -1, 1, 4);
+    tu_gradcheck(view_chain, &x, 1, (bool[]){true}, NULL, 1e-6, 1e-8, 1e-6, 1000, "view chain");
+    lu_tensor_release(x);
+}
+
+/* ---- matmul ---- */
+
+static void ref_matmul(const double *a, const double *b, double *c, int64_t batch, int64_t m, int64_t n, int64_t k,
+                       bool ta, bool tb, bool shared_b)
+{
+    for (int64_t z = 0; z < batch; z++)
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) {
+                double s = 0;
+                for (int64_t l = 0; l < k; l++) {
+                    double av = ta ? a[z * m * k + l * m + i] : a[z * m * k + i * k + l];
+                    const double *bz = b + (shared_b ? 0 : z * k * n);
+                    double bv = tb ? bz[j * k + l] : bz[l * n + j];
+                    s += av * bv;
+                }
+                c[z * m * n + i * n + j] = s;
+            }
+}
+
+typedef struct mm_case { int64_t batch, m, n, k; bool ta, tb, shared_b; } mm_case;
+
+static lu_tensor *mm_fn(lu_tensor **in, void *ctx)
+{
+    const mm_case *c = ctx;
+    return lu_matmul(in[0], in[1], c->ta, c->tb);
+}
+
+static void check_matmul(mm_case c, lu_dtype dt)
+{
+    lu_tensor *a = c.ta ? tu_rand(dt, LU_SHAPE(c.batch, c.k, c.m), -1, 1, 5) : tu_rand(dt, LU_SHAPE(c.batch, c.m, c.k), -1, 1, 5);
+    lu_tensor *b = c.shared_b ? (c.tb ? tu_rand(dt, LU_SHAPE(c.n, c.k), -1, 1, 6) : tu_rand(dt, LU_SHAPE(c.k, c.n), -1, 1, 6))
+                              : (c.tb ? tu_rand(dt, LU_SHAPE(c.batch, c.n, c.k), -1, 1, 6)
+                                      : tu_rand(dt, LU_SHAPE(c.batch, c.k, c.n), -1, 1, 6));
+    lu_tensor *y = lu_matmul(a, b, c.ta, c.tb);
+    cr_assert(y, "%s", lu_error_message());
+    double *av = tu_to_doubles(a), *bv = tu_to_doubles(b), *ref = malloc(sizeof(double) * (size_t)(c.batch * c.m * c.n));
+    ref_matmul(av, bv, ref, c.batch, c.m, c.n, c.k, c.ta, c.tb, c.shared_b);
+    tu_assert_close(y, ref, c.batch * c.m * c.n, dt == LU_F32 ? 1e-5 : 1e-12, dt == LU_F32 ? 1e-5 : 1e-12, "matmul");
+    free(av);
+    free(bv);
+    free(ref);
+    lu_tensor_release(y);
+    if (dt == LU_F64) {
+        lu_tensor *in[2] = {a, b};
+        tu_gradcheck(mm_fn, in, 2, (bool[]){true, true}, &c, 1e-6, 1e-7, 1e-6, 200, "matmul grad");
+    }
+    lu_tensor_release(a);
+    lu_tensor_release(b);
+}
+
+Test(matmul, forward_matches_reference_all_transposes)
+{
+    for (int t = 0; t < 4; t++) {
+        check_matmul((mm_case){3, 5, 7, 9, t & 1, t >> 1, false}, LU_F32);
+        check_matmul((mm_case){2, 13, 3, 6, t & 1, t >> 1, true}, LU_F32);
+    }
+}
+
+Test(matmul, backward_matches_finite_differences)
+{
+    for (int t = 0; t < 4; t++) {
+        check_matmul((mm_case){2, 3, 5, 4, t & 1, t >> 1, false}, LU_F64);
+        check_matmul((mm_case){3, 4, 2, 5, t & 1, t >> 1, true}, LU_F64);
+    }
+}
+
+Test(matmul, rejects_mismatched_inner_dims)
+{
+    lu_tensor *a = lu_tensor_zeros(LU_F32, LU_SHAPE(2, 3), LU_CPU), *b = lu_tensor_zeros(LU_F32, LU_SHAPE(4, 5), LU_CPU);
+    cr_assert_null(lu_matmul(a, b, false, false));
+    tu_assert_error_contains("matmul: inner dimensions differ (a [2, 3] f32, b [4, 5] f32)");
+    lu_tensor_release(a);
+    lu_tensor_release(b);
+}
+
+/* ---- autograd, params, arena, rng ---- */
+
+Test(autograd, gradients_accumulate_across_backward_calls)
+{
+    lu_tensor *a = tu_rand(LU_F64, LU_SHAPE(2, 3), -1, 1, 8), *b = tu_rand(LU_F64, LU_SHAPE(3, 2), -1, 1, 9);
+    lu_tensor_set_requires_grad(a, true);
+    lu_tensor *ones = lu_tensor_full(LU_F64, LU_SHAPE(2, 2), LU_CPU, 1.0);
+    for (int rep = 0; rep < 2; rep++) {
+        lu_tensor *y = lu_matmul(a, b, false, false);
+        cr_assert_eq(lu_backward_from(y, ones), LU_OK, "%s", lu_error_message());
+        lu_tensor_release(y);
+    }
+    /* d sum(a b) / d a[i][l] = sum_j b[l][j], twice. */
+    double *bv = tu_to_doubles(b), ref[6];
+    for (int i = 0; i < 2; i++)
+        for (int l = 0; l < 3; l++) ref[i * 3 + l] = 2 * (bv[l * 2] + bv[l * 2 + 1]);
+    tu_assert_close(a->grad, ref, 6, 1e-12, 1e-12, "accumulated grad");
+    cr_assert_null(b->grad, "b does not require a gradient");
+    cr_assert_eq(lu_tape_size(), 0);
+    free(bv);
+    lu_tensor_release(ones);
+    lu_tensor_release(a);
+    lu_tensor_release(b);
+}
+
+Test(autograd, no_grad_mode_records_nothing)
+{
+    lu_tensor *a = tu_rand(LU_F32, LU_SHAPE(2, 2), -1, 1, 10);
+    lu_tensor_set_requires_grad(a, true);
+    bool prev = lu_grad_set_enabled(false);
+    lu_tensor *y = lu_matmul(a, a, false, false);
+    lu_grad_set_enabled(prev);
+    cr_assert_eq(lu_tape_size(), 0);
+    cr_assert(!y->requires_grad);
+    cr_assert_neq(lu_backward(y), LU_OK);
+    lu_tensor_release(y);
+    lu_tensor_release(a);
+}
+
+Test(params, one_buffer_per_dtype_with_gradients)
+{
+    lu_params *p = lu_params_new(LU_CPU);
+    lu_tensor *w = lu_params_add(p, "w", LU_F32, LU_SHAPE(3, 4), true);
+    lu_tensor *rm = lu_params_add(p, "bn.running_mean", LU_F32, LU_SHAPE(4), false);
+    lu_tensor *v = lu_params_add(p, "v", LU_F32, LU_SHAPE(5), true);
+    cr_assert_null(lu_params_add(p, "w", LU_F32, LU_SHAPE(1), true));
+    tu_assert_error_contains("duplicate parameter name 'w'");
+    cr_assert_eq(lu_params_finalize(p), LU_OK);
+    cr_assert_eq(w->storage, p->flat[LU_F32]->storage);
+    cr_assert_eq(v->offset, 16);
+    cr_assert(w->grad && v->grad && !rm->grad);
+    cr_assert(!rm->requires_grad);
+    cr_assert_eq(lu_params_count(p, true), 17);
+    cr_assert_eq(lu_params_count(p, false), 21);
+    cr_assert_eq(lu_params_get(p, "v"), v);
+    lu_params_free(p);
+}
+
+Test(arena, step_tensors_come_from_the_arena_and_reset)
+{
+    lu_arena *a = lu_arena_new(LU_CPU, 1 << 20);
+    lu_arena *prev = lu_arena_activate(a);
+    lu_tensor *x = lu_tensor_zeros(LU_F32, LU_SHAPE(100, 100), LU_CPU);
+    cr_assert(x && x->arena == a);
+    size_t used = lu_arena_used(a);
+    cr_assert_geq(used, 40000);
+    lu_arena_activate(prev);
+    lu_arena_reset(a);
+    cr_assert_eq(lu_arena_used(a), 0);
+    cr_assert_geq(lu_arena_peak(a), used);
+    lu_arena_free(a);
+}
+
+Test(rng, philox_is_a_pure_function_of_its_key)
+{
+    uint32_t a[4], b[4], c[4];
+    lu_philox4x32(42, 3, 1, 10, a);
+    lu_philox4x32(42, 3, 1, 10, b);
+    lu_philox4x32(42, 3, 2, 10, c);
+    cr_assert_arr_eq(a, b, sizeof a);
+    cr_assert(memcmp(a, c, sizeof a) != 0);
+    double mean = 0, sq = 0;
+    for (int i = 0; i < 100000; i++) {
+        double u = lu_rng_uniform(1, 0, 0, (uint64_t)i);
+        cr_assert(u >= 0 && u < 1);
+        mean += u;
+        double z = lu_rng_normal(1, 0, 1, (uint64_t)i);
+        sq += z * z;
+    }
+    cr_assert_float_eq(mean / 100000, 0.5, 0.005);
+    cr_assert_float_eq(sq / 100000, 1.0, 0.02);
+}

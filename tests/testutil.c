@@ -1,0 +1,142 @@
+/* testutil.c - shared helpers of the Criterion tests (see testutil.h). */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+lu_tensor *tu_rand(lu_dtype dt, int ndim, const int64_t *shape, double lo, double hi, uint64_t seed)
+{
+    lu_tensor *t = lu_tensor_empty(dt, ndim, shape, LU_CPU);
+    cr_assert(t, "tu_rand: %s", lu_error_message());
+    cr_assert_eq(lu_tensor_rand_uniform(t, lo, hi, seed, 7), LU_OK, "%s", lu_error_message());
+    return t;
+}
+
+lu_tensor *tu_randint(lu_dtype dt, int ndim, const int64_t *shape, int64_t hi, uint64_t seed)
+{
+    lu_tensor *t = lu_tensor_empty(dt, ndim, shape, LU_CPU);
+    cr_assert(t, "tu_randint: %s", lu_error_message());
+    int64_t n = lu_tensor_numel(t);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t v = (int64_t)(lu_rng_uniform(seed, 0, 11, (uint64_t)i) * (double)hi);
+        if (v >= hi) v = hi - 1;
+        if (dt == LU_I64) ((int64_t *)lu_tensor_data(t))[i] = v;
+        else ((int32_t *)lu_tensor_data(t))[i] = (int32_t)v;
+    }
+    return t;
+}
+
+double *tu_to_doubles(const lu_tensor *t)
+{
+    double *d = malloc((size_t)(lu_tensor_numel(t) + 1) * sizeof *d);
+    cr_assert(d);
+    cr_assert_eq(lu_tensor_to_host(t, LU_F64, d), LU_OK, "%s", lu_error_message());
+    return d;
+}
+
+void tu_assert_close(const lu_tensor *got, const double *ref, int64_t n, double atol, double rtol, const char *what)
+{
+    cr_assert(got, "%s: result is NULL: %s", what, lu_error_message());
+    cr_assert_eq(lu_tensor_numel(got), n, "%s: %lld elements, expected %lld", what, (long long)lu_tensor_numel(got),
+                 (long long)n);
+    double *g = tu_to_doubles(got);
+    for (int64_t i = 0; i < n; i++) {
+        bool ok;
+        if (isnan(ref[i]) || isinf(ref[i])) ok = isnan(ref[i]) ? isnan(g[i]) : g[i] == ref[i];
+        else ok = isfinite(g[i]) && fabs(g[i] - ref[i]) <= atol + rtol * fabs(ref[i]);
+        if (!ok) {
+            double gi = g[i];
+            free(g);
+            cr_assert_fail("%s: element %lld is %.10g, expected %.10g (atol %g, rtol %g)", what, (long long)i, gi,
+                           ref[i], atol, rtol);
+        }
+    }
+    free(g);
+}
+
+void tu_assert_tensors_close(const lu_tensor *got, const lu_tensor *ref, double atol, double rtol, const char *what)
+{
+    cr_assert(ref, "%s: reference is NULL: %s", what, lu_error_message());
+    cr_assert(got, "%s: result is NULL: %s", what, lu_error_message());
+    cr_assert(lu_tensor_same_shape(got, ref), "%s: shapes differ", what);
+    double *r = tu_to_doubles(ref);
+    tu_assert_close(got, r, lu_tensor_numel(ref), atol, rtol, what);
+    free(r);
+}
+
+void tu_assert_error_contains(const char *needle)
+{
+    const char *msg = lu_error_message();
+    cr_assert(strstr(msg, needle), "error message \"%s\" does not contain \"%s\"", msg, needle);
+}
+
+/* sum(y * r) in double, r drawn from a fixed stream. */
+static double projected(const lu_tensor *y)
+{
+    double *v = tu_to_doubles(y);
+    double s = 0;
+    int64_t n = lu_tensor_numel(y);
+    for (int64_t i = 0; i < n; i++) s += v[i] * (lu_rng_uniform(99, 0, 3, (uint64_t)i) * 2.0 - 1.0);
+    free(v);
+    return s;
+}
+
+static double eval_loss(tu_fn f, lu_tensor **in, void *ctx)
+{
+    bool prev = lu_grad_set_enabled(false);
+    lu_tensor *y = f(in, ctx);
+    lu_grad_set_enabled(prev);
+    cr_assert(y, "gradcheck forward failed: %s", lu_error_message());
+    double l = projected(y);
+    lu_tensor_release(y);
+    return l;
+}
+
+void tu_gradcheck(tu_fn f, lu_tensor **in, int n_in, const bool *check, void *ctx, double h, double atol,
+                  double rtol, int64_t max_elems, const char *what)
+{
+    for (int i = 0; i < n_in; i++) {
+        if (!check[i]) continue;
+        cr_assert_eq(in[i]->dtype, LU_F64, "%s: gradcheck input %d must be f64", what, i);
+        lu_tensor_zero_grad(in[i]);
+        lu_tensor_set_requires_grad(in[i], true);
+    }
+    /* Analytic: d/dx sum(y * r) by backward with r as the output gradient. */
+    lu_tensor *y = f(in, ctx);
+    cr_assert(y, "%s: forward failed: %s", what, lu_error_message());
+    lu_tensor *r = lu_tensor_empty(y->dtype, y->ndim, y->shape, LU_CPU);
+    int64_t ny = lu_tensor_numel(y);
+    for (int64_t k = 0; k < ny; k++) ((double *)lu_tensor_data(r))[k] = lu_rng_uniform(99, 0, 3, (uint64_t)k) * 2.0 - 1.0;
+    cr_assert_eq(lu_backward_from(y, r), LU_OK, "%s: backward failed: %s", what, lu_error_message());
+    lu_tensor_release(r);
+    lu_tensor_release(y);
+
+    for (int i = 0; i < n_in; i++) {
+        if (!check[i]) continue;
+        int64_t n = lu_tensor_numel(in[i]);
+        cr_assert(in[i]->grad, "%s: input %d received no gradient", what, i);
+        cr_assert(lu_tensor_is_contiguous(in[i]), "%s: gradcheck input %d must be contiguous", what, i);
+        double *g = tu_to_doubles(in[i]->grad);
+        double *x = lu_tensor_data(in[i]);
+        int64_t step = n > max_elems ? (n + max_elems - 1) / max_elems : 1;
+        for (int64_t e = 0; e < n; e += step) {
+            double keep = x[e];
+            x[e] = keep + h;
+            double lp = eval_loss(f, in, ctx);
+            x[e] = keep - h;
+            double lm = eval_loss(f, in, ctx);
+            x[e] = keep;
+            double num = (lp - lm) / (2 * h);
+            if (!(fabs(num - g[e]) <= atol + rtol * fabs(num))) {
+                double ge = g[e];
+                free(g);
+                cr_assert_fail("%s: d/d input %d element %lld: backward %.10g, finite difference %.10g", what, i,
+                               (long long)e, ge, num);
+            }
+        }
+        free(g);
+        lu_tensor_zero_grad(in[i]);
+        lu_tensor_set_requires_grad(in[i], false);
+    }
+}

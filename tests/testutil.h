@@ -1,0 +1,38 @@
+/* testutil.h - the shared helpers of luthier's Criterion tests: random tensors, the one
+ * tensor-compare assertion, and the finite-difference gradient check.
+ *
+ * Gradient checks run in float64: the inputs are f64 tensors, the CPU kernels compute in f64,
+ * the loss is a fixed random projection sum(y * r) accumulated in double, and each checked
+ * element gets a central difference (L(x+h) - L(x-h)) / 2h. */
+#ifndef LU_TESTUTIL_H
+#define LU_TESTUTIL_H
+
+#include <criterion/criterion.h>
+
+#include "core/arena.h"
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "core/rng.h"
+
+/* Uniform [lo, hi) tensor on the CPU; seed picks the stream. */
+lu_tensor *tu_rand(lu_dtype dt, int ndim, const int64_t *shape, double lo, double hi, uint64_t seed);
+/* Integer tensor with values in [0, hi). */
+lu_tensor *tu_randint(lu_dtype dt, int ndim, const int64_t *shape, int64_t hi, uint64_t seed);
+/* Host copy of a tensor as doubles (caller frees). */
+double *tu_to_doubles(const lu_tensor *t);
+/* Asserts |got - ref| <= atol + rtol * |ref| elementwise (NaN/Inf must match), naming `what`,
+ * the first failing index and both values. */
+void tu_assert_close(const lu_tensor *got, const double *ref, int64_t n, double atol, double rtol, const char *what);
+void tu_assert_tensors_close(const lu_tensor *got, const lu_tensor *ref, double atol, double rtol, const char *what);
+/* Asserts a call returned NULL/failed and the error message contains `needle`. */
+void tu_assert_error_contains(const char *needle);
+
+/* The function under test: builds the output from the inputs (ops only). */
+typedef lu_tensor *(*tu_fn)(lu_tensor **in, void *ctx);
+/* Checks d sum(f(in) * r) / d in[i] for every float input with check[i] set, against central
+ * differences with step h; at most max_elems elements per input are checked (spread evenly).
+ * Inputs must be f64 CPU tensors. */
+void tu_gradcheck(tu_fn f, lu_tensor **in, int n_in, const bool *check, void *ctx, double h, double atol,
+                  double rtol, int64_t max_elems, const char *what);
+
+#endif
