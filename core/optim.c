@@ -1,0 +1,491 @@
+/* optim.c - AdamW and ScaledAdam over the flat parameter store, and gradient-norm clipping
+ * (see optim.h; ScaledAdam formulas from icefall optim.py, reference/asr.md 9.6). */
+#include "optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "autograd.h"
+#include "backend.h"
+#include "ops.h"
+
+const char *const lu_optim_kind_names = "adamw|scaled_adam";
+
+/* icefall ScaledAdam: clipping_update_period, and the early steps at which the threshold is
+ * estimated from the norms seen so far. */
+#define SA_CLIP_PERIOD 100
+static const int64_t sa_early_estimates[] = {10, 20, 40};
+
+/* One trainable parameter and its state tensors (views into the state store).
+ * AdamW: a = exp_avg, b = exp_avg_sq. ScaledAdam: a = delta (momentum of the update),
+ * b = exp_avg_sq, and for non-scalars rms = param_rms [1], scale_sq = scale_exp_avg_sq [1],
+ * scale_grads [size_update_period]. */
+typedef struct slot {
+    lu_tensor *p, *a, *b, *rms, *scale_sq, *scale_grads;
+} slot;
+
+/* A run of trainable tensors that sit back to back in the parameter, gradient and both moment
+ * buffers: AdamW updates it with one op call. */
+typedef struct run {
+    lu_tensor *p, *g, *m, *v;
+} run;
+
+struct lu_optim {
+    lu_optim_config cfg;
+    lu_params *params, *state;
+    lu_tensor *step;                 /* i64 [1]: steps taken */
+    lu_tensor *norms, *threshold;    /* ScaledAdam: f64 [100] recent norms; f64 [1], < 0 = not set */
+    slot *slots;
+    int n_slots;
+    run *runs;
+    int n_runs;
+};
+
+void lu_optim_config_defaults(lu_optim_config *c, lu_optim_kind kind)
+{
+    memset(c, 0, sizeof *c);
+    c->kind = kind;
+    c->eps = 1e-8;
+    c->beta1 = 0.9;
+    if (kind == LU_OPTIM_ADAMW) {
+        c->beta2 = 0.999;      /* torch.optim.AdamW */
+        c->weight_decay = 0.01;
+    } else {
+        c->beta2 = 0.98;       /* icefall ScaledAdam, clipping_scale from zipformer/train.py */
+        c->clipping_scale = 2.0;
+        c->scalar_lr_scale = 0.1;
+        c->param_min_rms = 1e-5;
+        c->param_max_rms = 3.0;
+        c->scalar_max = 10.0;
+        c->size_update_period = 4;
+    }
+}
+
+const char *lu_optim_kind_name(lu_optim_kind kind) { return kind == LU_OPTIM_ADAMW ? "adamw" : "scaled_adam"; }
+lu_optim_kind lu_optim_get_kind(const lu_optim *o) { return o->cfg.kind; }
+lu_params *lu_optim_state(lu_optim *o) { return o->state; }
+int64_t lu_optim_steps(const lu_optim *o) { return (int64_t)lu_tensor_item(o->step); }
+
+void lu_optim_free(lu_optim *o)
+{
+    if (!o) return;
+    for (int i = 0; i < o->n_runs; i++) {
+        lu_tensor_release(o->runs[i].p);
+        lu_tensor_release(o->runs[i].g);
+        lu_tensor_release(o->runs[i].m);
+        lu_tensor_release(o->runs[i].v);
+    }
+    free(o->runs);
+    free(o->slots);
+    lu_params_free(o->state);
+    free(o);
+}
+
+static lu_status check_config(const lu_optim_config *c)
+{
+    if (c->kind != LU_OPTIM_ADAMW && c->kind != LU_OPTIM_SCALED_ADAM)
+        return lu_errorf(LU_ERR_CONFIG, "optim: unknown optimiser kind %d", (int)c->kind);
+    const char *k = lu_optim_kind_name(c->kind);
+    if (!(c->beta1 >= 0 && c->beta1 < 1) || !(c->beta2 >= 0 && c->beta2 < 1))
+        return lu_errorf(LU_ERR_CONFIG, "%s: betas must lie in [0, 1), got (%g, %g)", k, c->beta1, c->beta2);
+    if (!(c->eps >= 0) || !(c->weight_decay >= 0))
+        return lu_errorf(LU_ERR_CONFIG, "%s: eps (%g) and weight_decay (%g) must be >= 0", k, c->eps, c->weight_decay);
+    if (c->kind == LU_OPTIM_SCALED_ADAM) {
+        if (c->size_update_period < 1)
+            return lu_errorf(LU_ERR_CONFIG, "scaled_adam: size_update_period must be >= 1, got %d", c->size_update_period);
+        if (!(c->clipping_scale >= 0) || !(c->param_min_rms > 0) || !(c->param_max_rms > c->param_min_rms))
+            return lu_errorf(LU_ERR_CONFIG, "scaled_adam: need clipping_scale >= 0 and 0 < param_min_rms < "
+                             "param_max_rms, got %g, %g, %g", c->clipping_scale, c->param_min_rms, c->param_max_rms);
+    }
+    return LU_OK;
+}
+
+/* "<what>.<name>" in a new string (caller frees), or NULL with an error. */
+static char *state_name(const char *what, const char *name)
+{
+    size_t n = strlen(what) + strlen(name) + 2;
+    char *full = malloc(n);
+    if (full) snprintf(full, n, "%s.%s", what, name);
+    else lu_errorf(LU_ERR_NOMEM, "optim: out of memory");
+    return full;
+}
+
+/* Declares state tensor "<what>.<param name>" in the state store. */
+static lu_status declare(lu_params *st, const char *what, const char *name, lu_dtype dt, int ndim,
+                         const int64_t *shape)
+{
+    char *full = state_name(what, name);
+    lu_tensor *t = full ? lu_params_add(st, full, dt, ndim, shape, false) : NULL;
+    free(full);
+    return t ? LU_OK : lu_error_code();
+}
+
+static lu_tensor *state_of(lu_params *st, const char *what, const char *name)
+{
+    char *full = state_name(what, name);
+    const lu_param *q = full ? lu_params_find(st, full) : NULL;
+    free(full);
+    return q ? q->t : NULL;
+}
+
+static lu_status declare_state(lu_optim *o)
+{
+    lu_params *p = o->params, *st = o->state;
+    bool scaled = o->cfg.kind == LU_OPTIM_SCALED_ADAM;
+    /* All first moments, then all second moments: a run of adjacent parameters has adjacent
+     * moments too (see build_runs). */
+    const char *names[2] = {scaled ? "delta" : "exp_avg", "exp_avg_sq"};
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < p->n; i++) {
+            const lu_param *q = &p->items[i];
+            if (q->trainable) LU_TRY(declare(st, names[k], q->name, q->t->dtype, q->t->ndim, q->t->shape));
+        }
+    if (scaled) {
+        for (int i = 0; i < p->n; i++) {
+            const lu_param *q = &p->items[i];
+            if (!q->trainable || lu_tensor_numel(q->t) == 1) continue;
+            LU_TRY(declare(st, "param_rms", q->name, q->t->dtype, 1, (int64_t[]){1}));
+            LU_TRY(declare(st, "scale_exp_avg_sq", q->name, q->t->dtype, 1, (int64_t[]){1}));
+            LU_TRY(declare(st, "scale_grads", q->name, q->t->dtype, 1, (int64_t[]){o->cfg.size_update_period}));
+        }
+        if (!(o->norms = lu_params_add(st, "model_norms", LU_F64, 1, (int64_t[]){SA_CLIP_PERIOD}, false)) ||
+            !(o->threshold = lu_params_add(st, "model_norm_threshold", LU_F64, 1, (int64_t[]){1}, false)))
+            return lu_error_code();
+    }
+    if (!(o->step = lu_params_add(st, "step", LU_I64, 1, (int64_t[]){1}, false))) return lu_error_code();
+    return lu_params_finalize(st);
+}
+
+static lu_status bind_slots(lu_optim *o)
+{
+    lu_params *p = o->params;
+    bool scaled = o->cfg.kind == LU_OPTIM_SCALED_ADAM;
+    o->slots = calloc((size_t)p->n, sizeof *o->slots);
+    if (!o->slots) return lu_errorf(LU_ERR_NOMEM, "optim: out of memory");
+    for (int i = 0; i < p->n; i++) {
+        const lu_param *q = &p->items[i];
+        if (!q->trainable) continue;
+        slot *s = &o->slots[o->n_slots++];
+        s->p = q->t;
+        s->a = state_of(o->state, scaled ? "delta" : "exp_avg", q->name);
+        s->b = state_of(o->state, "exp_avg_sq", q->name);
+        if (scaled && lu_tensor_numel(q->t) > 1) {
+            s->rms = state_of(o->state, "param_rms", q->name);
+            s->scale_sq = state_of(o->state, "scale_exp_avg_sq", q->name);
+            s->scale_grads = state_of(o->state, "scale_grads", q->name);
+        }
+    }
+    return LU_OK;
+}
+
+static lu_tensor *flat_view(lu_tensor *flat, size_t offset, int64_t n)
+{
+    return lu_slice(flat, 0, (int64_t)offset, (int64_t)offset + n, 1);
+}
+
+static lu_status add_run(lu_optim *o, int d, const slot *first, int64_t n)
+{
+    run *r = &o->runs[o->n_runs++];
+    r->p = flat_view(o->params->flat[d], first->p->offset, n);
+    r->g = flat_view(o->params->flat_grad[d], first->p->offset, n);
+    r->m = flat_view(o->state->flat[d], first->a->offset, n);
+    r->v = flat_view(o->state->flat[d], first->b->offset, n);
+    return r->p && r->g && r->m && r->v ? LU_OK : lu_error_code();
+}
+
+/* Groups the slots of each dtype into runs that are contiguous in the parameter, gradient and
+ * both moment buffers (a buffer declared between two parameters ends a run). */
+static lu_status build_runs(lu_optim *o)
+{
+    o->runs = calloc((size_t)o->n_slots, sizeof *o->runs);
+    if (!o->runs) return lu_errorf(LU_ERR_NOMEM, "optim: out of memory");
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+        const slot *first = NULL;
+        int64_t n = 0;
+        for (int i = 0; i < o->n_slots; i++) {
+            const slot *s = &o->slots[i];
+            if (s->p->dtype != (lu_dtype)d) continue;
+            size_t end = first ? first->p->offset + (size_t)n : 0;
+            if (first && s->p->offset == end && s->a->offset == first->a->offset + (size_t)n &&
+                s->b->offset == first->b->offset + (size_t)n) {
+                n += lu_tensor_numel(s->p);
+                continue;
+            }
+            if (first) LU_TRY(add_run(o, d, first, n));
+            first = s;
+            n = lu_tensor_numel(s->p);
+        }
+        if (first) LU_TRY(add_run(o, d, first, n));
+    }
+    return LU_OK;
+}
+
+lu_optim *lu_optim_new(lu_params *p, const lu_optim_config *c)
+{
+    if (check_config(c)) return NULL;
+    const char *k = lu_optim_kind_name(c->kind);
+    if (!p->finalized) {
+        lu_errorf(LU_ERR_STATE, "%s: the parameter store must be finalized first", k);
+        return NULL;
+    }
+    if (lu_params_count(p, true) == 0) {
+        lu_errorf(LU_ERR_INVALID, "%s: the parameter store has no trainable parameters", k);
+        return NULL;
+    }
+    for (int i = 0; i < p->n; i++) {
+        const lu_param *q = &p->items[i];
+        if (q->trainable && !lu_dtype_is_float(q->t->dtype)) {
+            lu_errorf(LU_ERR_DTYPE, "%s: trainable parameter '%s' has dtype %s", k, q->name, lu_dtype_name(q->t->dtype));
+            return NULL;
+        }
+        if (c->kind == LU_OPTIM_SCALED_ADAM && q->trainable && q->t->dtype != LU_F32 && q->t->dtype != LU_F64) {
+            lu_errorf(LU_ERR_DTYPE, "scaled_adam: parameter '%s' is %s; the cpu implementation updates f32 and "
+                      "f64 parameters", q->name, lu_dtype_name(q->t->dtype));
+            return NULL;
+        }
+    }
+    if (c->kind == LU_OPTIM_SCALED_ADAM && p->device != LU_CPU) {
+        lu_errorf(LU_ERR_DEVICE, "scaled_adam: runs on the cpu only, the parameters are on %s", lu_device_name(p->device));
+        return NULL;
+    }
+    lu_optim *o = calloc(1, sizeof *o);
+    if (!o) {
+        lu_errorf(LU_ERR_NOMEM, "optim: out of memory");
+        return NULL;
+    }
+    o->cfg = *c;
+    o->params = p;
+    lu_arena *prev = lu_arena_activate(NULL); /* state outlives every step's arena */
+    lu_status s = (o->state = lu_params_new(p->device)) ? declare_state(o) : lu_error_code();
+    if (!s) s = bind_slots(o);
+    if (!s && c->kind == LU_OPTIM_ADAMW) s = build_runs(o);
+    if (!s && o->threshold) s = lu_tensor_fill(o->threshold, -1.0);
+    lu_arena_activate(prev);
+    if (s) {
+        lu_error_context("%s: ", k);
+        lu_optim_free(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* ---- AdamW ---------------------------------------------------------------------------------- */
+
+static lu_status adamw_step(lu_optim *o, double lr, int64_t t)
+{
+    lu_adamw_params a = {lr, o->cfg.beta1, o->cfg.beta2, o->cfg.eps, o->cfg.weight_decay, t};
+    lu_tensor *none[1] = {NULL};
+    for (int i = 0; i < o->n_runs; i++) {
+        lu_tensor *in[4] = {o->runs[i].p, o->runs[i].g, o->runs[i].m, o->runs[i].v};
+        LU_TRY(lu_op_run(LU_OP_ADAMW, in, 4, none, 0, &a, sizeof a));
+    }
+    return LU_OK;
+}
+
+/* ---- ScaledAdam (CPU) ----------------------------------------------------------------------- */
+
+static inline double ld(const lu_tensor *t, int64_t i)
+{
+    return t->dtype == LU_F64 ? ((const double *)lu_tensor_data(t))[i] : ((const float *)lu_tensor_data(t))[i];
+}
+
+static inline void st(lu_tensor *t, int64_t i, double x)
+{
+    if (t->dtype == LU_F64) ((double *)lu_tensor_data(t))[i] = x;
+    else ((float *)lu_tensor_data(t))[i] = (float)x;
+}
+
+static int cmp_norm(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    if (isnan(x) || isnan(y)) return isnan(x) - isnan(y); /* NaN sorts last, as torch.sort */
+    return (x > y) - (x < y);
+}
+
+/* icefall _get_clipping_scale: the factor (<= 1) applied to this step's gradients. */
+static lu_status sa_clip_factor(lu_optim *o, int64_t t, double *factor)
+{
+    *factor = 1.0;
+    if (o->cfg.clipping_scale == 0 || t == 0) return LU_OK;
+    double sumsq = 0;
+    for (int i = 0; i < o->n_slots; i++) {
+        const slot *s = &o->slots[i];
+        const lu_tensor *g = s->p->grad;
+        int64_t n = lu_tensor_numel(g);
+        double w = s->rms ? ld(s->rms, 0) : o->cfg.scalar_lr_scale;
+        for (int64_t j = 0; j < n; j++) sumsq += (ld(g, j) * w) * (ld(g, j) * w);
+    }
+    double norm = sqrt(sumsq), *norms = lu_tensor_data(o->norms), *thr = lu_tensor_data(o->threshold);
+    norms[t % SA_CLIP_PERIOD] = norm;
+    bool early = false;
+    for (size_t k = 0; k < sizeof sa_early_estimates / sizeof *sa_early_estimates; k++)
+        early |= t == sa_early_estimates[k];
+    if (t % SA_CLIP_PERIOD == 0 || early) {
+        double sorted[SA_CLIP_PERIOD];
+        memcpy(sorted, norms, sizeof sorted);
+        qsort(sorted, SA_CLIP_PERIOD, sizeof *sorted, cmp_norm);
+        /* Early estimates use the `t` largest entries (the buffer holds zeros elsewhere). */
+        int64_t n = early ? t : SA_CLIP_PERIOD;
+        const double *use = sorted + (SA_CLIP_PERIOD - n);
+        int64_t mid = (n / 4) * 2 < n - 1 ? (n / 4) * 2 : n - 1;
+        double median = use[mid];
+        if (isnan(median))
+            return lu_errorf(LU_ERR_STATE, "scaled_adam: too many gradients were not finite (median gradient norm "
+                             "is NaN at step %lld)", (long long)t);
+        *thr = o->cfg.clipping_scale * median * (early ? 2.0 : 1.0);
+    }
+    if (*thr < 0) return LU_OK; /* no estimate yet */
+    double f = fmin(1.0, *thr / (norm + 1e-20));
+    *factor = isnan(f) ? 0.0 : f;
+    return LU_OK;
+}
+
+/* One tensor's update at step t with clipped gradients g*clip (icefall basic_step,
+ * scaling_step and momentum_step). */
+static void sa_update(const lu_optim *o, const slot *s, double lr, double clip, int64_t t)
+{
+    const lu_optim_config *c = &o->cfg;
+    lu_tensor *p = s->p, *delta = s->a, *v = s->b;
+    const lu_tensor *g = p->grad;
+    int64_t n = lu_tensor_numel(p), period = c->size_update_period;
+    bool scalar = s->rms == NULL;
+    /* clip == 0 zeroes the gradients (icefall does so to get rid of infinities). */
+#define GRAD(j) (clip == 0 ? 0.0 : clip == 1 ? ld(g, j) : ld(g, j) * clip)
+    double step_lr = scalar ? lr * c->scalar_lr_scale : lr, factor = 1.0, scale_step = 0.0;
+    bool size_update = false;
+    if (!scalar) {
+        double pg = 0, pp = 0;
+        for (int64_t j = 0; j < n; j++) {
+            pg += ld(p, j) * GRAD(j);
+            pp += ld(p, j) * ld(p, j);
+        }
+        st(s->scale_grads, t % period, pg);
+        if (t == 0 || t % period == period - 1) st(s->rms, 0, sqrt(pp / (double)n));
+        double rms = ld(s->rms, 0);
+        factor = fmax(rms, c->param_min_rms);
+        if (t % period == period - 1 && t > 0) {
+            /* Learns the tensor's overall scale: one Adam step on the scale gradients
+             * sum(p * g) of the last `period` steps, with beta2^period. */
+            size_update = true;
+            double beta2_corr = pow(c->beta2, (double)period), sum = 0, sumsq = 0;
+            for (int64_t k = 0; k < period; k++) {
+                sum += ld(s->scale_grads, k);
+                sumsq += ld(s->scale_grads, k) * ld(s->scale_grads, k);
+            }
+            double sq = beta2_corr * ld(s->scale_sq, 0) + (1 - beta2_corr) * (sumsq / (double)period);
+            st(s->scale_sq, 0, sq);
+            sq = ld(s->scale_sq, 0);
+            double size_step = (double)((t + 1) / period);
+            double bc2 = 1 - pow(beta2_corr, size_step);
+            scale_step = -lr * c->scalar_lr_scale * sqrt(bc2) * sum / (sqrt(sq) + c->eps);
+            if (rms < c->param_min_rms) scale_step = 0;
+            scale_step = fmin(fmax(scale_step, -0.1), 0.1);
+            scale_step = fmin(scale_step, (c->param_max_rms - rms) / rms);
+        }
+    }
+    double bc2 = 1 - pow(c->beta2, (double)(t + 1));
+    double inv_bc2 = bc2 < 0.99 ? 1.0 / bc2 : 1.0;
+    for (int64_t j = 0; j < n; j++) {
+        double gj = GRAD(j), pj = ld(p, j);
+        st(v, j, c->beta2 * ld(v, j) + (1 - c->beta2) * gj * gj);
+        double d = -step_lr * gj / (sqrt(ld(v, j) * inv_bc2) + c->eps) * factor;
+        if (size_update) d += pj * scale_step;
+        st(delta, j, c->beta1 * ld(delta, j) + (1 - c->beta1) * d);
+        pj += ld(delta, j);
+        if (scalar) pj = fmin(fmax(pj, -c->scalar_max), c->scalar_max);
+        st(p, j, pj);
+    }
+#undef GRAD
+}
+
+static lu_status scaled_adam_step(lu_optim *o, double lr, int64_t t)
+{
+    double clip;
+    LU_TRY(sa_clip_factor(o, t, &clip));
+    for (int i = 0; i < o->n_slots; i++) sa_update(o, &o->slots[i], lr, clip, t);
+    return LU_OK;
+}
+
+lu_status lu_optim_step(lu_optim *o, double lr)
+{
+    if (!isfinite(lr) || lr < 0)
+        return lu_errorf(LU_ERR_INVALID, "%s: learning rate must be finite and >= 0, got %g", lu_optim_kind_name(o->cfg.kind), lr);
+    int64_t t = lu_optim_steps(o);
+    if (o->cfg.kind == LU_OPTIM_ADAMW) LU_TRY(adamw_step(o, lr, t + 1));
+    else LU_TRY(scaled_adam_step(o, lr, t));
+    return lu_tensor_fill(o->step, (double)(t + 1));
+}
+
+/* ---- global gradient norm ------------------------------------------------------------------- */
+
+#define NORM_CHUNK 16384
+
+/* Applies fn to every trainable gradient in chunks of NORM_CHUNK doubles (copied to the host),
+ * in store order; fn may change the chunk, which is then written back when write is set. */
+typedef void (*chunk_fn)(double *x, int64_t n, void *ctx);
+
+static lu_status for_each_grad_chunk(lu_params *p, chunk_fn fn, void *ctx, bool write)
+{
+    lu_backend *b = lu_backend_get(p->device);
+    if (!b) return lu_error_code();
+    double *x = malloc(NORM_CHUNK * sizeof *x);
+    unsigned char *raw = malloc(NORM_CHUNK * sizeof(double));
+    if (!x || !raw) {
+        free(x);
+        free(raw);
+        return lu_errorf(LU_ERR_NOMEM, "grad norm: out of memory");
+    }
+    lu_status s = LU_OK;
+    for (int i = 0; i < p->n && !s; i++) {
+        const lu_param *q = &p->items[i];
+        if (!q->trainable) continue;
+        lu_tensor *g = q->t->grad;
+        size_t es = lu_dtype_size(g->dtype);
+        int64_t n = lu_tensor_numel(g);
+        for (int64_t off = 0; off < n && !s; off += NORM_CHUNK) {
+            int64_t m = n - off < NORM_CHUNK ? n - off : NORM_CHUNK;
+            char *dev = (char *)lu_tensor_data(g) + (size_t)off * es;
+            s = b->copy(raw, LU_CPU, dev, p->device, (size_t)m * es);
+            if (s) break;
+            lu_dtype_convert(x, LU_F64, raw, g->dtype, (size_t)m);
+            fn(x, m, ctx);
+            if (!write) continue;
+            lu_dtype_convert(raw, g->dtype, x, LU_F64, (size_t)m);
+            s = b->copy(dev, p->device, raw, LU_CPU, (size_t)m * es);
+        }
+    }
+    free(x);
+    free(raw);
+    return s;
+}
+
+static void add_squares(double *x, int64_t n, void *ctx)
+{
+    double *sum = ctx;
+    for (int64_t i = 0; i < n; i++) *sum += x[i] * x[i];
+}
+
+static void scale_chunk(double *x, int64_t n, void *ctx)
+{
+    double c = *(double *)ctx;
+    for (int64_t i = 0; i < n; i++) x[i] *= c;
+}
+
+double lu_grad_global_norm(lu_params *p)
+{
+    double sum = 0;
+    if (for_each_grad_chunk(p, add_squares, &sum, false)) return NAN;
+    return sqrt(sum);
+}
+
+double lu_clip_grad_norm(lu_params *p, double max_norm)
+{
+    double norm = lu_grad_global_norm(p);
+    double coef = max_norm / (norm + 1e-6);
+    /* torch multiplies by min(coef, 1); a factor of exactly 1 changes nothing. NaN norms pass
+     * through unscaled (torch's error_if_nonfinite=False leaves them to the caller). */
+    if (coef < 1.0 && for_each_grad_chunk(p, scale_chunk, &coef, true)) return NAN;
+    return norm;
+}
