@@ -3,11 +3,21 @@
  * Each function checks its arguments (naming the op, shapes and dtypes in the error), allocates
  * its result on the inputs' device, runs the backend kernel and records the op for autograd.
  * Returns a new tensor, or NULL with an error recorded (error.h). Negative dims count from the
- * end. Results belong to the caller (lu_tensor_release), or to the active arena. */
+ * end. Results belong to the caller (lu_tensor_release), or to the active arena.
+ *
+ * A NULL required input means an earlier op failed: the op returns NULL and leaves that error
+ * in place, so a chain of ops (a model's forward pass) needs one check, at its end. */
 #ifndef LU_OPS_H
 #define LU_OPS_H
 
 #include "op.h"
+
+#define LU_PROPAGATE_NULL(...)                                                   \
+    do {                                                                         \
+        const lu_tensor *lu_pn_[] = {__VA_ARGS__};                               \
+        for (size_t lu_pn_i_ = 0; lu_pn_i_ < sizeof lu_pn_ / sizeof *lu_pn_; lu_pn_i_++) \
+            if (!lu_pn_[lu_pn_i_]) return NULL;                                  \
+    } while (0)
 
 /* ---- views and layout (core/view.c) ---- */
 lu_tensor *lu_reshape(lu_tensor *x, int ndim, const int64_t *shape); /* one dim may be -1 */

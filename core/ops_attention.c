@@ -44,6 +44,7 @@ static lu_status check_cu_seqlens(const lu_tensor *cu, const lu_tensor *q, const
 
 lu_tensor *lu_attention(lu_tensor *q, lu_tensor *k, lu_tensor *v, const lu_attention_opts *opts)
 {
+    LU_PROPAGATE_NULL(q, k, v);
     static const lu_attention_opts defaults = {0};
     if (!opts) opts = &defaults;
     if (opts->weights_out) *opts->weights_out = NULL;
@@ -93,6 +94,7 @@ lu_tensor *lu_attention(lu_tensor *q, lu_tensor *k, lu_tensor *v, const lu_atten
 
 lu_tensor *lu_attention_apply(lu_tensor *weights, lu_tensor *v)
 {
+    LU_PROPAGATE_NULL(weights, v);
     char sw[LU_SHAPE_STR_MAX], sv[LU_SHAPE_STR_MAX];
     if (weights->ndim != 4 || v->ndim != 4 || v->shape[0] != weights->shape[0] || v->shape[1] != weights->shape[3] ||
         v->shape[2] != weights->shape[1]) {

@@ -74,12 +74,14 @@ static lu_tensor *conv_run(lu_op op, lu_tensor *x, lu_tensor *w, lu_tensor *bias
 
 lu_tensor *lu_conv1d(lu_tensor *x, lu_tensor *w, lu_tensor *bias, int stride, int padding, int dilation, int groups)
 {
+    LU_PROPAGATE_NULL(x, w);
     lu_conv1d_params p = {stride, padding, dilation, groups};
     return conv_run(LU_OP_CONV1D, x, w, bias, 1, &stride, &padding, &dilation, groups, &p, sizeof p);
 }
 
 lu_tensor *lu_conv2d(lu_tensor *x, lu_tensor *w, lu_tensor *bias, const lu_conv2d_params *p)
 {
+    LU_PROPAGATE_NULL(x, w);
     return conv_run(LU_OP_CONV2D, x, w, bias, 2, p->stride, p->padding, p->dilation, p->groups, p, sizeof *p);
 }
 
@@ -108,6 +110,7 @@ static bool batchnorm_channel_ok(const lu_tensor *t, const lu_tensor *x, const c
 lu_tensor *lu_batchnorm(lu_tensor *x, lu_tensor *weight, lu_tensor *bias, lu_tensor *running_mean,
                         lu_tensor *running_var, bool training, double momentum, double eps)
 {
+    LU_PROPAGATE_NULL(x, running_mean, running_var);
     if (x->ndim < 2) return batchnorm_fail(LU_ERR_SHAPE, "x needs at least 2 dims [B, C, ...]", x);
     if (!lu_dtype_is_float(x->dtype)) return batchnorm_fail(LU_ERR_DTYPE, "x must be a float tensor", x);
     if (!running_mean || !running_var) return batchnorm_fail(LU_ERR_INVALID, "running_mean and running_var are required", x);
@@ -148,6 +151,7 @@ lu_tensor *lu_batchnorm(lu_tensor *x, lu_tensor *weight, lu_tensor *bias, lu_ten
 
 lu_tensor *lu_dropout(lu_tensor *x, double p, uint64_t seed, uint64_t step, uint32_t op_id)
 {
+    LU_PROPAGATE_NULL(x);
     char sx[LU_SHAPE_STR_MAX];
     if (!lu_dtype_is_float(x->dtype)) {
         lu_errorf(LU_ERR_DTYPE, "dropout: x %s %s must be a float tensor", lu_shape_str(x, sx, sizeof sx),

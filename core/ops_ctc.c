@@ -58,6 +58,7 @@ static bool ctc_check_values(const lu_tensor *lp, const lu_tensor *targets, cons
 lu_tensor *lu_ctc_loss(lu_tensor *log_probs, lu_tensor *targets, lu_tensor *input_lengths,
                        lu_tensor *target_lengths, int blank, lu_reduction red, bool zero_infinity)
 {
+    LU_PROPAGATE_NULL(log_probs, targets, input_lengths, target_lengths);
     const lu_tensor *lp = log_probs;
     if (lp->ndim != 3 || !lu_dtype_is_float(lp->dtype))
         return ctc_fail(lp->ndim != 3 ? LU_ERR_SHAPE : LU_ERR_DTYPE, "log_probs must be a float [B, T, V]", lp, targets);

@@ -39,6 +39,7 @@ static lu_tensor *run1(lu_op op, lu_tensor **in, int n_in, lu_tensor *y, const v
 
 static lu_tensor *binary(lu_op op, lu_tensor *a, lu_tensor *b)
 {
+    LU_PROPAGATE_NULL(a, b);
     const char *name = lu_op_name(op);
     if (a->dtype != b->dtype) return fail_pair(LU_ERR_DTYPE, name, "dtypes differ", a, b);
     if (!check_float(name, a)) return NULL;
@@ -62,6 +63,7 @@ lu_tensor *lu_div(lu_tensor *a, lu_tensor *b) { return binary(LU_OP_DIV, a, b); 
 /* Unary kernels read contiguous inputs. */
 static lu_tensor *unary(lu_op op, lu_tensor *x, const void *params, size_t size)
 {
+    LU_PROPAGATE_NULL(x);
     if (!check_float(lu_op_name(op), x)) return NULL;
     lu_tensor *c = lu_contiguous(x);
     if (!c) return NULL;
@@ -72,6 +74,7 @@ static lu_tensor *unary(lu_op op, lu_tensor *x, const void *params, size_t size)
 
 lu_tensor *lu_affine(lu_tensor *x, double alpha, double beta)
 {
+    LU_PROPAGATE_NULL(x);
     lu_affine_params p = {alpha, beta};
     return unary(LU_OP_AFFINE, x, &p, sizeof p);
 }

@@ -22,6 +22,7 @@ static lu_tensor *run_contiguous(lu_op op, lu_tensor **in, int n, lu_tensor *y, 
 
 lu_tensor *lu_embedding(lu_tensor *weight, lu_tensor *ids)
 {
+    LU_PROPAGATE_NULL(weight, ids);
     char sw[LU_SHAPE_STR_MAX], si[LU_SHAPE_STR_MAX];
     if (weight->ndim != 2 || !lu_dtype_is_float(weight->dtype) || !is_index_dtype(ids->dtype) ||
         ids->ndim >= LU_MAX_DIMS) {
@@ -40,6 +41,8 @@ lu_tensor *lu_embedding(lu_tensor *weight, lu_tensor *ids)
 
 lu_tensor *lu_concat(lu_tensor **xs, int n, int dim)
 {
+    for (int i = 0; i < n; i++)
+        if (!xs[i]) return NULL;
     if (n < 1 || n > LU_MAX_IO) {
         lu_errorf(LU_ERR_INVALID, "concat: %d tensors given, between 1 and %d supported", n, LU_MAX_IO);
         return NULL;
@@ -66,6 +69,7 @@ lu_tensor *lu_concat(lu_tensor **xs, int n, int dim)
 
 lu_tensor *lu_gather(lu_tensor *x, int dim, lu_tensor *index)
 {
+    LU_PROPAGATE_NULL(x, index);
     char sx[LU_SHAPE_STR_MAX], si[LU_SHAPE_STR_MAX];
     lu_dim_params p;
     if (lu_dim_normalize("gather", x, dim, &p.dim)) return NULL;

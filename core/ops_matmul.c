@@ -12,6 +12,7 @@ static lu_tensor *fail_shapes(const char *what, const lu_tensor *a, const lu_ten
 
 lu_tensor *lu_matmul(lu_tensor *a, lu_tensor *b, bool trans_a, bool trans_b)
 {
+    LU_PROPAGATE_NULL(a, b);
     if (a->ndim < 2 || b->ndim < 2) return fail_shapes("both operands need at least 2 dims", a, b);
     if (a->dtype != b->dtype) return fail_shapes("dtypes differ", a, b);
     int an = a->ndim, bn = b->ndim;
@@ -50,6 +51,7 @@ lu_tensor *lu_matmul(lu_tensor *a, lu_tensor *b, bool trans_a, bool trans_b)
 
 lu_tensor *lu_linear(lu_tensor *x, lu_tensor *w, lu_tensor *bias)
 {
+    LU_PROPAGATE_NULL(x, w);
     lu_tensor *y = lu_matmul(x, w, false, true);
     if (!y || !bias) return y;
     lu_tensor *z = lu_add(y, bias);

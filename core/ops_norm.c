@@ -60,6 +60,7 @@ static lu_tensor *norm_run(lu_op op, lu_tensor *x, norm_arg *args, int n_args, i
 
 lu_tensor *lu_rmsnorm(lu_tensor *x, lu_tensor *weight, double eps)
 {
+    LU_PROPAGATE_NULL(x);
     if (check_input("rmsnorm", x)) return NULL;
     if (!(eps >= 0)) {
         lu_errorf(LU_ERR_INVALID, "rmsnorm: eps must be >= 0, got %g", eps);
@@ -72,6 +73,7 @@ lu_tensor *lu_rmsnorm(lu_tensor *x, lu_tensor *weight, double eps)
 
 lu_tensor *lu_layernorm(lu_tensor *x, lu_tensor *weight, lu_tensor *bias, double eps)
 {
+    LU_PROPAGATE_NULL(x);
     if (check_input("layernorm", x)) return NULL;
     if (!(eps >= 0)) {
         lu_errorf(LU_ERR_INVALID, "layernorm: eps must be >= 0, got %g", eps);
@@ -85,6 +87,7 @@ lu_tensor *lu_layernorm(lu_tensor *x, lu_tensor *weight, lu_tensor *bias, double
 
 lu_tensor *lu_biasnorm(lu_tensor *x, lu_tensor *bias, lu_tensor *log_scale)
 {
+    LU_PROPAGATE_NULL(x);
     if (check_input("biasnorm", x)) return NULL;
     if (!bias || !log_scale) {
         lu_errorf(LU_ERR_INVALID, "biasnorm: bias and log_scale are required");
@@ -96,6 +99,7 @@ lu_tensor *lu_biasnorm(lu_tensor *x, lu_tensor *bias, lu_tensor *log_scale)
 
 lu_tensor *lu_rope(lu_tensor *x, lu_tensor *positions, double theta, int rotary_dim)
 {
+    LU_PROPAGATE_NULL(x, positions);
     char sx[LU_SHAPE_STR_MAX], sp[LU_SHAPE_STR_MAX];
     if (check_input("rope", x)) return NULL;
     if (x->ndim != 4) {

@@ -32,6 +32,7 @@ static lu_tensor *run_reduce(lu_op op, lu_tensor *c, lu_tensor **out, int n_out,
 /* dim LU_ALL_DIMS reduces everything; other negative dims count from the end. */
 static lu_tensor *reduce(lu_op op, lu_tensor *x, int dim, bool keepdim)
 {
+    LU_PROPAGATE_NULL(x);
     const char *name = lu_op_name(op);
     if (!check_float(name, x)) return NULL;
     int d = LU_ALL_DIMS;
@@ -68,6 +69,7 @@ lu_tensor *lu_max(lu_tensor *x, int dim, bool keepdim) { return reduce(LU_OP_MAX
 
 static lu_tensor *softmax(lu_op op, lu_tensor *x, int dim)
 {
+    LU_PROPAGATE_NULL(x);
     const char *name = lu_op_name(op);
     lu_dim_params p;
     if (!check_float(name, x) || lu_dim_normalize(name, x, dim, &p.dim)) return NULL;
@@ -84,6 +86,7 @@ lu_tensor *lu_log_softmax(lu_tensor *x, int dim) { return softmax(LU_OP_LOG_SOFT
 
 lu_tensor *lu_cross_entropy(lu_tensor *logits, lu_tensor *target, int64_t ignore_index, lu_reduction red)
 {
+    LU_PROPAGATE_NULL(logits, target);
     char sl[LU_SHAPE_STR_MAX], st[LU_SHAPE_STR_MAX];
     if (!check_float("cross_entropy", logits)) return NULL;
     if (logits->ndim < 1 || logits->shape[logits->ndim - 1] < 1) {

@@ -33,6 +33,7 @@ static lu_tensor *resample_run(lu_op op, lu_tensor *x, lu_tensor *bias, const lu
 
 lu_tensor *lu_decimate(lu_tensor *x, int dim, int factor)
 {
+    LU_PROPAGATE_NULL(x);
     lu_resample_params p = {0, factor, 0};
     if (lu_dim_normalize("decimate", x, dim, &p.dim)) return NULL;
     if (factor < 1) {
@@ -46,6 +47,7 @@ lu_tensor *lu_decimate(lu_tensor *x, int dim, int factor)
 
 lu_tensor *lu_upsample(lu_tensor *x, int dim, int factor, int64_t out_len)
 {
+    LU_PROPAGATE_NULL(x);
     lu_resample_params p = {0, factor, out_len};
     if (lu_dim_normalize("upsample", x, dim, &p.dim)) return NULL;
     char msg[128];
@@ -63,6 +65,7 @@ lu_tensor *lu_upsample(lu_tensor *x, int dim, int factor, int64_t out_len)
 
 lu_tensor *lu_downsample(lu_tensor *x, lu_tensor *bias)
 {
+    LU_PROPAGATE_NULL(x, bias);
     char msg[128], sb[LU_SHAPE_STR_MAX];
     if (x->ndim != 3) return resample_fail(LU_ERR_SHAPE, "downsample", "x must be [B, T, C]", x);
     if (bias->ndim != 1 || bias->shape[0] < 1) {

@@ -51,6 +51,7 @@ static lu_status reshape_backward(lu_node *n, lu_tensor **gy, lu_tensor **gx, co
 
 lu_tensor *lu_reshape(lu_tensor *x, int ndim, const int64_t *shape)
 {
+    LU_PROPAGATE_NULL(x);
     if (ndim < 0 || ndim > LU_MAX_DIMS) {
         lu_errorf(LU_ERR_SHAPE, "reshape: %d dims requested, at most %d", ndim, LU_MAX_DIMS);
         return NULL;
@@ -93,6 +94,7 @@ lu_tensor *lu_reshape(lu_tensor *x, int ndim, const int64_t *shape)
 
 lu_tensor *lu_unsqueeze(lu_tensor *x, int dim)
 {
+    LU_PROPAGATE_NULL(x);
     int d = dim < 0 ? dim + x->ndim + 1 : dim;
     if (d < 0 || d > x->ndim || x->ndim == LU_MAX_DIMS) {
         lu_errorf(LU_ERR_SHAPE, "unsqueeze: dim %d invalid for %d dims", dim, x->ndim);
@@ -105,6 +107,7 @@ lu_tensor *lu_unsqueeze(lu_tensor *x, int dim)
 
 lu_tensor *lu_squeeze(lu_tensor *x, int dim)
 {
+    LU_PROPAGATE_NULL(x);
     int d;
     if (lu_dim_normalize("squeeze", x, dim, &d)) return NULL;
     if (x->shape[d] != 1) {
@@ -136,6 +139,7 @@ static lu_status permute_backward(lu_node *n, lu_tensor **gy, lu_tensor **gx, co
 
 lu_tensor *lu_permute(lu_tensor *x, const int *perm)
 {
+    LU_PROPAGATE_NULL(x);
     perm_params p;
     bool seen[LU_MAX_DIMS] = {0};
     for (int i = 0; i < x->ndim; i++) {
@@ -158,6 +162,7 @@ lu_tensor *lu_permute(lu_tensor *x, const int *perm)
 
 lu_tensor *lu_transpose(lu_tensor *x, int d0, int d1)
 {
+    LU_PROPAGATE_NULL(x);
     int a, b;
     if (lu_dim_normalize("transpose", x, d0, &a) || lu_dim_normalize("transpose", x, d1, &b)) return NULL;
     int perm[LU_MAX_DIMS];
@@ -192,6 +197,7 @@ static lu_status slice_backward(lu_node *n, lu_tensor **gy, lu_tensor **gx, cons
 
 lu_tensor *lu_slice(lu_tensor *x, int dim, int64_t start, int64_t end, int64_t step)
 {
+    LU_PROPAGATE_NULL(x);
     int d;
     if (lu_dim_normalize("slice", x, dim, &d)) return NULL;
     int64_t n = x->shape[d];
@@ -217,6 +223,7 @@ lu_tensor *lu_slice(lu_tensor *x, int dim, int64_t start, int64_t end, int64_t s
 
 lu_status lu_split(lu_tensor *x, int dim, int n, const int64_t *sizes, lu_tensor **out)
 {
+    if (!x) return lu_error_code();
     int d;
     LU_TRY(lu_dim_normalize("split", x, dim, &d));
     int64_t total = 0;
@@ -259,6 +266,7 @@ static lu_status expand_backward(lu_node *n, lu_tensor **gy, lu_tensor **gx, con
 
 lu_tensor *lu_expand(lu_tensor *x, int ndim, const int64_t *shape)
 {
+    LU_PROPAGATE_NULL(x);
     int lead = ndim - x->ndim;
     if (lead < 0 || ndim > LU_MAX_DIMS) {
         lu_errorf(LU_ERR_SHAPE, "expand: cannot expand %d dims to %d", x->ndim, ndim);
@@ -295,6 +303,7 @@ static lu_status identity_backward(lu_node *n, lu_tensor **gy, lu_tensor **gx, c
 
 lu_tensor *lu_contiguous(lu_tensor *x)
 {
+    LU_PROPAGATE_NULL(x);
     if (lu_tensor_is_contiguous(x)) return lu_tensor_retain(x);
     lu_tensor *y = lu_tensor_empty(x->dtype, x->ndim, x->shape, lu_tensor_device(x));
     if (!y) return NULL;
@@ -316,6 +325,7 @@ static lu_status cast_backward(lu_node *n, lu_tensor **gy, lu_tensor **gx, const
 
 lu_tensor *lu_cast(lu_tensor *x, lu_dtype dt)
 {
+    LU_PROPAGATE_NULL(x);
     if (x->dtype == dt) return lu_tensor_retain(x);
     lu_tensor *c = lu_contiguous(x);
     if (!c) return NULL;
@@ -333,6 +343,7 @@ lu_tensor *lu_cast(lu_tensor *x, lu_dtype dt)
 
 lu_tensor *lu_detach(lu_tensor *x)
 {
+    LU_PROPAGATE_NULL(x);
     lu_tensor *y = view_of(x);
     if (!y) return NULL;
     y->ndim = x->ndim;

@@ -1,0 +1,51 @@
+/* decoder.h - the decoder-only transformer of the Llama/Qwen family, configured by the same
+ * fields as a Hugging Face config.json: RMSNorm, rotary positions (half-split), grouped-query
+ * attention with optional per-head q/k RMSNorm (Qwen3), SwiGLU MLP, tied or untied embeddings.
+ * Parameters are named as in transformers (model.layers.0.self_attn.q_proj.weight, ...).
+ *
+ * Forward functions allocate their activations in the active arena (arena.h); call them inside
+ * one. */
+#ifndef LU_DECODER_H
+#define LU_DECODER_H
+
+#include "core/params.h"
+
+typedef struct lu_decoder_config {
+    int64_t vocab_size;
+    int64_t hidden_size;
+    int64_t intermediate_size;
+    int num_layers;
+    int num_heads;
+    int num_kv_heads;
+    int head_dim;            /* independent of hidden_size / num_heads (Qwen3) */
+    double rope_theta;
+    double rms_norm_eps;
+    bool qk_norm;            /* Qwen3: RMSNorm over head_dim on q and k before RoPE */
+    bool attention_bias;     /* Qwen2: biases on q/k/v projections */
+    bool tie_embeddings;
+    double init_std;         /* initializer_range */
+} lu_decoder_config;
+
+typedef struct lu_decoder {
+    lu_decoder_config cfg;
+    lu_params *params;
+} lu_decoder;
+
+/* Declares the parameters in `params` (not yet finalised). */
+lu_status lu_decoder_declare(lu_decoder *m, const lu_decoder_config *cfg, lu_params *params);
+/* Random initialisation as transformers' _init_weights: N(0, init_std) for matrices, 1 for norms. */
+lu_status lu_decoder_init(lu_decoder *m, uint64_t seed);
+
+typedef struct lu_decoder_batch {
+    lu_tensor *input_ids;    /* [B, T] i32/i64 */
+    lu_tensor *positions;    /* [B, T] i32, or NULL for 0..T-1 */
+    lu_tensor *cu_seqlens;   /* packed sequences (B == 1), or NULL */
+} lu_decoder_batch;
+
+/* Logits [B, T, V]. */
+lu_tensor *lu_decoder_forward(lu_decoder *m, const lu_decoder_batch *batch);
+/* Mean next-token cross-entropy: labels [B, T] (-100 ignored) are shifted inside, as
+ * transformers does (logits at t predict labels at t+1). */
+lu_tensor *lu_decoder_loss(lu_decoder *m, const lu_decoder_batch *batch, lu_tensor *labels);
+
+#endif
