@@ -1,0 +1,19 @@
+/* cli.h - the verbs of the luthier executable. Each runner takes (argc, argv) with argv[0] the
+ * verb, prints errors itself and returns the process exit code (0 ok, 1 failure, 2 usage). */
+#ifndef LU_CLI_H
+#define LU_CLI_H
+
+#define LU_VERSION "0.1.0"
+
+typedef struct lu_cli_verb {
+    const char *name;
+    int (*run)(int argc, char **argv);
+} lu_cli_verb;
+
+extern const lu_cli_verb lu_cli_verbs[]; /* terminated by {NULL, NULL} */
+
+int lu_cli_train(int argc, char **argv);
+int lu_cli_eval(int argc, char **argv);
+int lu_cli_bench(int argc, char **argv);
+
+#endif

@@ -1,0 +1,48 @@
+/* task.h - what the shared trainer needs from a model family: its config fields, its
+ * parameters, a loss for the micro-batch at a data position, and an evaluation.
+ *
+ * Data positions make resuming exact: micro-batch number `position` (counted from the start of
+ * training over all epochs) always yields the same examples, whatever was run before. */
+#ifndef LU_TASK_H
+#define LU_TASK_H
+
+#include <stdio.h>
+
+#include "core/config.h"
+#include "core/params.h"
+
+#define LU_TASK_MAX_METRICS 16
+
+typedef struct lu_task_metrics {
+    int n;
+    const char *keys[LU_TASK_MAX_METRICS];
+    double values[LU_TASK_MAX_METRICS];
+} lu_task_metrics;
+
+typedef struct lu_task {
+    const char *name;
+    const char *description;
+    const lu_cfg_field *schema;      /* the task's own sections (model.*, data.*) */
+    size_t config_size;              /* size of the struct the schema fills */
+    /* Loads data and declares parameters in params (not yet finalised). */
+    lu_status (*create)(void **state, const void *config, uint64_t seed, lu_params *params);
+    /* Initialises the finalised parameters (skipped when resuming from a checkpoint). */
+    lu_status (*init_params)(void *state, uint64_t seed);
+    /* Micro-batches in one epoch. */
+    int64_t (*epoch_size)(void *state);
+    /* Loss of the micro-batch at `position` (inside the trainer's arena); *items counts what it
+     * processed (tokens, seconds of audio) for throughput. `step` keys dropout. */
+    lu_tensor *(*loss)(void *state, int64_t position, int64_t step, double *items);
+    /* Held-out evaluation: fills metrics (e.g. loss, perplexity); runs in no-grad mode and
+     * allocates its activations from an arena of its own. */
+    lu_status (*evaluate)(void *state, lu_task_metrics *out);
+    /* Optional: a human-readable demonstration after evaluation (a text sample, a transcript). */
+    void (*demo)(void *state, FILE *f);
+    void (*destroy)(void *state);
+} lu_task;
+
+/* Registered tasks, NULL-terminated. */
+extern const lu_task *const lu_tasks[];
+const lu_task *lu_task_find(const char *name);
+
+#endif

@@ -1,0 +1,55 @@
+/* trainer.h - the training loop shared by every task: config, run directory, micro-batch
+ * accumulation, clipping, schedule, optimiser, metrics, progress, evaluation and exact resume. */
+#ifndef LU_TRAINER_H
+#define LU_TRAINER_H
+
+#include "core/optim.h"
+#include "core/schedule.h"
+#include "experiments/runner/task.h"
+
+typedef struct lu_train_config {
+    char *task;
+    char *name;
+    int64_t seed;
+    /* train */
+    int64_t max_steps;       /* 0: epochs * epoch_size / grad_accum */
+    int64_t epochs;
+    int64_t grad_accum;
+    int64_t log_every;
+    int64_t eval_every;      /* 0: only at the end */
+    int64_t save_every;      /* 0: only at the end */
+    double clip_norm;        /* 0: no clipping (ScaledAdam clips by itself) */
+    char *out_dir;
+    /* optim */
+    int optim_kind;
+    double lr, beta1, beta2, eps, weight_decay;
+    /* schedule */
+    int sched_kind;
+    double warmup_ratio;
+    int64_t warmup_steps;
+    double min_lr_ratio;
+    double noam_d_model, noam_factor;
+    double eden_lr_batches, eden_lr_epochs, eden_warmup_start;
+    int64_t eden_warmup_batches;
+} lu_train_config;
+
+extern const lu_cfg_field lu_train_schema[];
+
+typedef struct lu_run_options {
+    const char *config_path;
+    const char *out_dir;     /* --out, overrides train.out_dir */
+    int64_t max_steps;       /* --max-steps: total steps (sets the schedule's length), 0 = config */
+    int64_t stop_after;      /* --stop-after: leave (with a checkpoint) after this many steps of
+                                this invocation, schedule unchanged (Slurm time slices); 0 = never */
+    bool resume;
+    const char *checkpoint;  /* eval: --checkpoint */
+    int n_overrides;
+    char *const *overrides;
+} lu_run_options;
+
+/* `luthier train`: returns LU_OK when training finished (or was interrupted and saved). */
+lu_status lu_train_run(const lu_run_options *opt);
+/* `luthier eval`: loads a checkpoint and prints the task's evaluation as a table. */
+lu_status lu_eval_run(const lu_run_options *opt);
+
+#endif

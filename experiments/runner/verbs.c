@@ -1,0 +1,11 @@
+/* verbs.c - the table of luthier's verbs. */
+#include "experiments/runner/cli.h"
+
+#include <stddef.h>
+
+const lu_cli_verb lu_cli_verbs[] = {
+    {"train", lu_cli_train},
+    {"eval", lu_cli_eval},
+    {"bench", lu_cli_bench},
+    {NULL, NULL},
+};

@@ -1,0 +1,221 @@
+/* test_trainer.c - the shared trainer end to end on the bytelm task: run directory contents,
+ * metrics, exact resume after an interruption, evaluation, and the errors a user meets. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <hdf5.h>
+#include <math.h>
+
+#include "core/checkpoint.h"
+#include "core/metrics.h"
+#include "experiments/runner/trainer.h"
+#include "testutil.h"
+
+static char dir[256];
+
+/* A temp dir with a small French text and a tiny bytelm config. */
+static void setup(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/lu_trainer_XXXXXX");
+    cr_assert(mkdtemp(dir));
+    char path[512];
+    snprintf(path, sizeof path, "%s/text.txt", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    const char *lines[] = {"La commande ls affiche le contenu des répertoires.\n",
+                           "Les options courtes peuvent être regroupées.\n",
+                           "Ce programme est un logiciel libre ; vous pouvez le redistribuer.\n"};
+    for (int i = 0; i < 120; i++) fputs(lines[i % 3], f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
+    f = fopen(path, "w");
+    cr_assert(f);
+    fprintf(f,
+            "task: bytelm\n"
+            "seed: 7\n"
+            "data:\n  text_file: %s/text.txt\n  seq_len: 16\n  batch_size: 2\n  eval_batches: 2\n  valid_fraction: 0.1\n"
+            "model:\n  hidden_size: 16\n  intermediate_size: 32\n  num_layers: 1\n  num_heads: 2\n  num_kv_heads: 1\n"
+            "  head_dim: 8\n"
+            "train:\n  max_steps: 6\n  log_every: 2\n  save_every: 3\n"
+            "optim:\n  lr: 1.0e-2\n"
+            "schedule:\n  kind: cosine\n  warmup_ratio: 0.2\n"
+            "demo:\n  tokens: 4\n",
+            dir);
+    fclose(f);
+}
+
+static void teardown(void)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+static lu_status train(const char *out, int64_t stop_after, bool resume, int n_over, char **over)
+{
+    char cfg[512], outp[512];
+    snprintf(cfg, sizeof cfg, "%s/tiny.yaml", dir);
+    snprintf(outp, sizeof outp, "%s/%s", dir, out);
+    lu_run_options o = {.config_path = cfg, .out_dir = outp, .stop_after = stop_after, .resume = resume,
+                        .n_overrides = n_over, .overrides = over};
+    return lu_train_run(&o);
+}
+
+static char *read_text(const char *rel)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "missing %s", path);
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+TestSuite(trainer, .init = setup, .fini = teardown, .timeout = 120);
+
+Test(trainer, run_directory_holds_config_metrics_and_checkpoint)
+{
+    cr_assert_eq(train("run", 0, false, 0, NULL), LU_OK, "%s", lu_error_message());
+    const char *cfg = read_text("run/config.yaml");
+    cr_assert(strstr(cfg, "bytelm") && strstr(cfg, "max_steps"), "resolved config:\n%s", cfg);
+    const char *m = read_text("run/metrics.jsonl");
+    int train_lines = 0;
+    for (const char *p = m; (p = strstr(p, "\"event\":\"train\"")); p++) train_lines++;
+    cr_assert_eq(train_lines, 3, "log_every 2 over 6 steps -> 3 lines:\n%s", m);
+    cr_assert(strstr(m, "\"event\":\"eval\"") && strstr(m, "valid_loss"), "%s", m);
+    char path[512];
+    snprintf(path, sizeof path, "%s/run/checkpoints/last.h5", dir);
+    cr_assert_eq(access(path, R_OK), 0);
+}
+
+Test(trainer, loss_decreases_on_repetitive_text)
+{
+    char *over[] = {"train.max_steps=40", "train.log_every=40"};
+    cr_assert_eq(train("run", 0, false, 2, over), LU_OK, "%s", lu_error_message());
+    double first, last;
+    int64_t step;
+    char path[512];
+    snprintf(path, sizeof path, "%s/run/metrics.jsonl", dir);
+    cr_assert_eq(lu_metrics_read_last(path, "eval", "valid_loss", &last, &step), LU_OK, "%s", lu_error_message());
+    first = log(256.0); /* an untrained byte model starts near uniform */
+    cr_assert_lt(last, first - 1.0, "valid loss %g after 40 steps, uniform is %g", last, first);
+}
+
+/* Collects the datasets of an HDF5 group: names and raw bytes. */
+typedef struct h5_blob { char name[256]; size_t n; unsigned char *bytes; } h5_blob;
+typedef struct h5_set { int n; h5_blob items[512]; } h5_set;
+
+static herr_t collect(hid_t group, const char *name, const H5L_info_t *info, void *data)
+{
+    (void)info;
+    h5_set *set = data;
+    hid_t d = H5Dopen2(group, name, H5P_DEFAULT);
+    if (d < 0) return 0; /* a subgroup */
+    hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
+    h5_blob *b = &set->items[set->n++];
+    snprintf(b->name, sizeof b->name, "%s", name);
+    b->n = (size_t)H5Sget_simple_extent_npoints(sp) * H5Tget_size(t);
+    b->bytes = malloc(b->n + 1);
+    H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, b->bytes);
+    H5Sclose(sp);
+    H5Tclose(t);
+    H5Dclose(d);
+    return 0;
+}
+
+static void read_group(const char *run, const char *group, h5_set *set)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s/checkpoints/last.h5", dir, run);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    cr_assert(f >= 0, "cannot open %s", path);
+    hid_t g = H5Gopen2(f, group, H5P_DEFAULT);
+    cr_assert(g >= 0, "%s has no group %s", path, group);
+    set->n = 0;
+    H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, NULL, collect, set);
+    H5Gclose(g);
+    H5Fclose(f);
+}
+
+static void assert_groups_identical(const char *group)
+{
+    static h5_set a, b;
+    read_group("straight", group, &a);
+    read_group("split", group, &b);
+    cr_assert_gt(a.n, 0, "no datasets in %s", group);
+    cr_assert_eq(a.n, b.n, "%s: %d vs %d datasets", group, a.n, b.n);
+    for (int i = 0; i < a.n; i++) {
+        cr_assert_str_eq(a.items[i].name, b.items[i].name);
+        cr_assert_eq(a.items[i].n, b.items[i].n);
+        cr_assert(!memcmp(a.items[i].bytes, b.items[i].bytes, a.items[i].n), "%s/%s differs after resume", group,
+                  a.items[i].name);
+        free(a.items[i].bytes);
+        free(b.items[i].bytes);
+    }
+}
+
+Test(trainer, resume_after_interruption_is_bit_exact)
+{
+    cr_assert_eq(train("straight", 0, false, 0, NULL), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(train("split", 3, false, 0, NULL), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(train("split", 0, true, 0, NULL), LU_OK, "%s", lu_error_message());
+    assert_groups_identical("/params");
+    assert_groups_identical("/optim");
+}
+
+Test(trainer, refuses_to_overwrite_a_run_without_resume)
+{
+    cr_assert_eq(train("run", 2, false, 0, NULL), LU_OK, "%s", lu_error_message());
+    cr_assert_neq(train("run", 2, false, 0, NULL), LU_OK);
+    tu_assert_error_contains("pass --resume");
+}
+
+Test(trainer, resume_without_checkpoint_is_an_error)
+{
+    cr_assert_neq(train("nothing", 0, true, 0, NULL), LU_OK);
+    tu_assert_error_contains("--resume: no checkpoint at");
+}
+
+Test(trainer, bad_override_names_the_key)
+{
+    char *over[] = {"optim.lr=fast"};
+    cr_assert_neq(train("run", 0, false, 1, over), LU_OK);
+    tu_assert_error_contains("optim.lr");
+}
+
+Test(trainer, unknown_task_lists_the_known_ones)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/bad.yaml", dir);
+    FILE *f = fopen(path, "w");
+    fputs("task: splitformer9000\n", f);
+    fclose(f);
+    lu_run_options o = {.config_path = path};
+    cr_assert_neq(lu_train_run(&o), LU_OK);
+    tu_assert_error_contains("unknown task 'splitformer9000' (known: bytelm)");
+}
+
+Test(trainer, missing_text_file_is_reported)
+{
+    char *over[] = {"data.text_file=/nonexistent/fr.txt"};
+    cr_assert_neq(train("run", 0, false, 1, over), LU_OK);
+    tu_assert_error_contains("/nonexistent/fr.txt");
+}
+
+Test(trainer, eval_reads_the_last_checkpoint)
+{
+    cr_assert_eq(train("run", 2, false, 0, NULL), LU_OK, "%s", lu_error_message());
+    char cfg[512], outp[512];
+    snprintf(cfg, sizeof cfg, "%s/tiny.yaml", dir);
+    snprintf(outp, sizeof outp, "%s/run", dir);
+    lu_run_options o = {.config_path = cfg, .out_dir = outp};
+    cr_assert_eq(lu_eval_run(&o), LU_OK, "%s", lu_error_message());
+    snprintf(outp, sizeof outp, "%s/none", dir);
+    cr_assert_neq(lu_eval_run(&o), LU_OK);
+}
