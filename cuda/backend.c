@@ -1,0 +1,102 @@
+/* backend.c - the CUDA backend: device memory, copies, fills, and the kernel table assembled
+ * from the kernel files (cuda_backend.h). Everything runs on the default stream of the current
+ * device, so kernels, cuBLAS calls and copies are ordered; copies to or from host memory return
+ * when the data has arrived. */
+#include <string.h>
+
+#include "cuda_backend.h"
+
+static char unavailable_reason[256];
+
+const char *lu_cuda_unavailable_reason(void) { return unavailable_reason; }
+
+lu_status lu_cuda_fail(cudaError_t err, const char *file, int line, const char *expr)
+{
+    return lu_errorf(err == cudaErrorMemoryAllocation ? LU_ERR_NOMEM : LU_ERR_DEVICE, "%s:%d: %s failed: %s (%s)",
+                     file, line, expr, cudaGetErrorString(err), cudaGetErrorName(err));
+}
+
+static void *cuda_alloc(size_t nbytes)
+{
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, nbytes);
+    if (e != cudaSuccess) {
+        lu_cuda_fail(e, __FILE__, __LINE__, "cudaMalloc");
+        return NULL;
+    }
+    return p;
+}
+
+/* The interface gives free no way to fail: a failure is recorded as the thread's error. */
+static void cuda_free(void *p)
+{
+    cudaError_t e = cudaFree(p);
+    if (e != cudaSuccess) lu_cuda_fail(e, __FILE__, __LINE__, "cudaFree");
+}
+
+static lu_status cuda_copy(void *dst, lu_device dst_dev, const void *src, lu_device src_dev, size_t nbytes)
+{
+    if ((dst_dev != LU_CPU && dst_dev != LU_CUDA) || (src_dev != LU_CPU && src_dev != LU_CUDA))
+        return lu_errorf(LU_ERR_DEVICE, "cuda backend: cannot copy %s -> %s", lu_device_name(src_dev),
+                         lu_device_name(dst_dev));
+    if (nbytes == 0) return LU_OK;
+    enum cudaMemcpyKind kind;
+    if (src_dev == LU_CPU) kind = dst_dev == LU_CPU ? cudaMemcpyHostToHost : cudaMemcpyHostToDevice;
+    else kind = dst_dev == LU_CPU ? cudaMemcpyDeviceToHost : cudaMemcpyDeviceToDevice;
+    LU_CUDA_CHECK(cudaMemcpy(dst, src, nbytes, kind));
+    return LU_OK;
+}
+
+static lu_status cuda_fill(void *dst, lu_dtype dt, size_t n, double value)
+{
+    size_t es = lu_dtype_size(dt);
+    if (es == 0) return lu_errorf(LU_ERR_DTYPE, "cuda fill: invalid dtype %d", (int)dt);
+    if (n == 0) return LU_OK;
+    if (value == 0.0) {
+        LU_CUDA_CHECK(cudaMemsetAsync(dst, 0, n * es, 0));
+        return LU_OK;
+    }
+    /* The element's bytes as the CPU would store them, repeated by a kernel. */
+    unsigned char one[8] = {0};
+    uint64_t pattern;
+    lu_dtype_convert(one, dt, &value, LU_F64, 1);
+    memcpy(&pattern, one, sizeof pattern);
+    return lu_cuda_fill_pattern(dst, es, n, pattern);
+}
+
+static lu_status cuda_synchronize(void)
+{
+    LU_CUDA_CHECK(cudaDeviceSynchronize());
+    return LU_OK;
+}
+
+bool lu_cuda_backend_init(lu_backend *b)
+{
+    memset(b, 0, sizeof *b);
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        snprintf(unavailable_reason, sizeof unavailable_reason, "cudaGetDeviceCount failed: %s (%s)",
+                 cudaGetErrorString(e), cudaGetErrorName(e));
+        cudaGetLastError(); /* clear the error so that it does not resurface in a later check */
+        return false;
+    }
+    if (count == 0) {
+        snprintf(unavailable_reason, sizeof unavailable_reason, "cudaGetDeviceCount found no device");
+        return false;
+    }
+    unavailable_reason[0] = 0;
+    b->name = "cuda";
+    b->device = LU_CUDA;
+    b->alloc = cuda_alloc;
+    b->free = cuda_free;
+    b->copy = cuda_copy;
+    b->fill = cuda_fill;
+    b->synchronize = cuda_synchronize;
+    lu_cuda_register_layout(b);
+    lu_cuda_register_matmul(b);
+    lu_cuda_register_elementwise(b);
+    lu_cuda_register_norm(b);
+    lu_cuda_register_optim(b);
+    return true;
+}

@@ -1,0 +1,64 @@
+/* cuda_backend.h - what the files of the CUDA backend share: the checking macros that turn a
+ * failed CUDA or cuBLAS call into an lu_errorf naming file and line, the registration function
+ * of each kernel file, and the device-side helpers (dtype loads/stores, strided layouts) that the
+ * .cu files use. Included by C11 host files and by the .cu kernel files; core never includes it. */
+#ifndef LU_CUDA_BACKEND_H
+#define LU_CUDA_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "core/backend.h"
+
+/* Records "FILE:LINE: EXPR failed: <cuda error string>" and returns LU_ERR_DEVICE
+ * (LU_ERR_NOMEM for cudaErrorMemoryAllocation). */
+lu_status lu_cuda_fail(cudaError_t err, const char *file, int line, const char *expr);
+/* The same for a cuBLAS status (passed as int so that this header needs no cuBLAS). */
+lu_status lu_cublas_fail(int status, const char *file, int line, const char *expr);
+
+/* Why lu_cuda_backend_init found no usable GPU ("" when it found one). */
+const char *lu_cuda_unavailable_reason(void);
+
+/* One per kernel file. */
+void lu_cuda_register_layout(lu_backend *b);
+void lu_cuda_register_matmul(lu_backend *b);
+void lu_cuda_register_elementwise(lu_backend *b);
+void lu_cuda_register_norm(lu_backend *b);
+void lu_cuda_register_optim(lu_backend *b);
+
+/* Fills n elements of dt at dst with the element whose bytes are `pattern` (dtype size bytes,
+ * little-endian, as lu_dtype_convert writes it). */
+lu_status lu_cuda_fill_pattern(void *dst, size_t elem_size, size_t n, uint64_t pattern);
+/* Converts n contiguous device elements between dtypes, as lu_dtype_convert does on the host. */
+lu_status lu_cuda_convert(void *dst, lu_dtype dst_dt, const void *src, lu_dtype src_dt, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#define LU_CUDA_CHECK(expr)                                                    \
+    do {                                                                       \
+        cudaError_t lu_cuda_e_ = (expr);                                       \
+        if (lu_cuda_e_ != cudaSuccess)                                         \
+            return lu_cuda_fail(lu_cuda_e_, __FILE__, __LINE__, #expr);        \
+    } while (0)
+
+#define LU_CUBLAS_CHECK(expr)                                                  \
+    do {                                                                       \
+        int lu_cublas_s_ = (int)(expr);                                        \
+        if (lu_cublas_s_ != 0)                                                 \
+            return lu_cublas_fail(lu_cublas_s_, __FILE__, __LINE__, #expr);   \
+    } while (0)
+
+/* Checks the launch of the kernel just queued (bad configuration, no kernel image, ...). */
+#define LU_CUDA_CHECK_LAUNCH() LU_CUDA_CHECK(cudaGetLastError())
+
+#endif

@@ -1,0 +1,148 @@
+/* device.cuh - device-side helpers shared by the .cu kernel files: launch sizes, dtype loads and
+ * stores bit-identical to core/dtype.c (so that a cast or a bf16 result equals the CPU's), the
+ * strided layout of a tensor with its index arithmetic, and warp reductions. C style: static
+ * inline functions, no classes or templates. */
+#ifndef LU_CUDA_DEVICE_CUH
+#define LU_CUDA_DEVICE_CUH
+
+#include <stdint.h>
+#include <string.h>
+
+#include "cuda_backend.h"
+
+#define LU_CUDA_THREADS 256
+#define LU_CUDA_WARP 32
+
+/* Blocks for a grid-stride loop over n items; grid-stride loops handle any n. */
+static inline unsigned lu_cuda_blocks(int64_t n)
+{
+    int64_t b = (n + LU_CUDA_THREADS - 1) / LU_CUDA_THREADS;
+    if (b < 1) b = 1;
+    if (b > 65535) b = 65535;
+    return (unsigned)b;
+}
+
+#define LU_CUDA_FOR(i, n)                                                                  \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);             \
+         i += (int64_t)blockDim.x * gridDim.x)
+
+/* ---- dtype conversions (core/dtype.c, bit for bit) ---- */
+
+static __device__ __forceinline__ float lu_dev_bf16_to_f32(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+
+static __device__ __forceinline__ uint16_t lu_dev_f32_to_bf16(float f)
+{
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static __device__ __forceinline__ uint16_t lu_dev_f32_to_f16(float f)
+{
+    uint32_t u = __float_as_uint(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t absu = u & 0x7fffffffu;
+    if (absu > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (absu >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);
+    if (absu < 0x38800000u) {
+        float r = rintf(__uint_as_float(absu) * 16777216.0f); /* round half to even */
+        return (uint16_t)(sign | (uint32_t)r);
+    }
+    uint32_t mant = absu & 0x7fffffu;
+    uint32_t exp = (absu >> 23) - 127 + 15;
+    uint32_t h = (exp << 10) | (mant >> 13);
+    uint32_t rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
+    return (uint16_t)(sign | h);
+}
+
+static __device__ __forceinline__ float lu_dev_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    if (exp == 0) {
+        float v = ldexpf((float)mant, -24);
+        return sign ? -v : v;
+    }
+    if (exp == 31) return __uint_as_float(sign | 0x7f800000u | (mant << 13));
+    return __uint_as_float(sign | ((exp - 15 + 127) << 23) | (mant << 13));
+}
+
+/* Element i of a float tensor of dtype dt (f32 or bf16: the dtypes the float kernels accept). */
+static __device__ __forceinline__ float lu_dev_load(const void *p, int dt, int64_t i)
+{
+    return dt == LU_BF16 ? lu_dev_bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static __device__ __forceinline__ void lu_dev_store(void *p, int dt, int64_t i, float v)
+{
+    if (dt == LU_BF16) ((uint16_t *)p)[i] = lu_dev_f32_to_bf16(v);
+    else ((float *)p)[i] = v;
+}
+
+/* ---- strided layouts ---- */
+
+/* Shape and strides (in elements) of a tensor, passed to kernels by value. */
+typedef struct lu_cuda_layout {
+    int ndim;
+    int64_t shape[LU_MAX_DIMS];
+    int64_t stride[LU_MAX_DIMS];
+} lu_cuda_layout;
+
+static inline lu_cuda_layout lu_cuda_layout_of(const lu_tensor *t)
+{
+    lu_cuda_layout l;
+    memset(&l, 0, sizeof l);
+    l.ndim = t->ndim;
+    for (int k = 0; k < t->ndim; k++) {
+        l.shape[k] = t->shape[k];
+        l.stride[k] = t->stride[k];
+    }
+    return l;
+}
+
+/* Offset (elements) of the i-th element in row-major order of the layout's shape. */
+static __device__ __forceinline__ int64_t lu_dev_offset(const lu_cuda_layout *l, int64_t i)
+{
+    int64_t off = 0;
+    for (int k = l->ndim - 1; k >= 0; k--) {
+        int64_t c = i % l->shape[k];
+        i /= l->shape[k];
+        off += c * l->stride[k];
+    }
+    return off;
+}
+
+static inline bool lu_cuda_is_float(lu_dtype dt) { return dt == LU_F32 || dt == LU_BF16; }
+
+/* Checks that dt is a float dtype the kernels take (f32, bf16) and that every operand given
+ * (NULL slots are skipped) is of dt. */
+static inline lu_status lu_cuda_check_float(const lu_op_call *c, const lu_tensor *const *ts, int n, lu_dtype dt)
+{
+    if (!lu_cuda_is_float(dt))
+        return lu_errorf(LU_ERR_DTYPE, "%s: dtype %s is not supported by the cuda backend (use f32 or bf16)",
+                         lu_op_name(c->op), lu_dtype_name(dt));
+    for (int i = 0; i < n; i++)
+        if (ts[i] && ts[i]->dtype != dt)
+            return lu_errorf(LU_ERR_DTYPE, "%s: operand %d is %s, expected %s", lu_op_name(c->op), i,
+                             lu_dtype_name(ts[i]->dtype), lu_dtype_name(dt));
+    return LU_OK;
+}
+
+/* ---- warp reductions (every lane gets the result) ---- */
+
+static __device__ __forceinline__ float lu_dev_warp_sum(float v)
+{
+    for (int o = LU_CUDA_WARP / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float lu_dev_warp_max(float v)
+{
+    for (int o = LU_CUDA_WARP / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+#endif

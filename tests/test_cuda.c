@@ -1,0 +1,532 @@
+/* test_cuda.c - every kernel of the CUDA backend against the CPU backend, the reference (as
+ * ggml's test-backend-ops does): the same op call runs on both backends with the same random
+ * inputs (odd sizes, strided and broadcast layouts where the op takes them), and each output is
+ * compared by the normalised error sum((a - b)^2) / sum(b^2), NaN/Inf mismatches failing.
+ * Backward kernels are compared in isolation, on the CPU's forward outputs.
+ *
+ * bf16 kernels run on the bf16-rounded inputs against the CPU in f32 on the same values.
+ * Without a GPU (or without LUTHIER_CUDA) every test skips and says why. CUDA is first touched
+ * inside a test body: Criterion forks each test, and a CUDA context does not survive a fork. */
+#include <math.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#ifdef LUTHIER_HAVE_CUDA
+
+#include "core/backend.h"
+#include "cuda/cuda_backend.h"
+
+#define TOL_F32 1e-7
+#define TOL_BF16 1e-4
+
+static void require_gpu(void)
+{
+    if (!lu_device_available(LU_CUDA)) cr_skip_test("no CUDA GPU: %s", lu_cuda_unavailable_reason());
+}
+
+/* Asserts sum((got - ref)^2) / sum(ref^2) < tol; non-finite reference values must be matched
+ * exactly (NaN by NaN, +-Inf by the same infinity). */
+static void assert_nmse(const lu_tensor *got, const lu_tensor *ref, double tol, const char *what)
+{
+    cr_assert(got && ref, "%s: missing tensor", what);
+    cr_assert(lu_tensor_same_shape(got, ref), "%s: shapes differ", what);
+    int64_t n = lu_tensor_numel(ref);
+    double *g = tu_to_doubles(got), *r = tu_to_doubles(ref), num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        bool ok = isfinite(r[i]) ? isfinite(g[i]) : (isnan(r[i]) ? isnan(g[i]) : g[i] == r[i]);
+        if (!ok) {
+            double gi = g[i], ri = r[i];
+            free(g);
+            free(r);
+            cr_assert_fail("%s: element %lld is %g on cuda, %g on cpu", what, (long long)i, gi, ri);
+        }
+        if (isfinite(r[i])) {
+            num += (g[i] - r[i]) * (g[i] - r[i]);
+            den += r[i] * r[i];
+        }
+    }
+    free(g);
+    free(r);
+    double err = den > 0 ? num / den : num;
+    cr_assert(err < tol, "%s: normalised error %.3g, tolerance %.3g", what, err, tol);
+}
+
+/* Rounds every element of an f32 tensor's storage to bf16 in place. */
+static void round_to_bf16(lu_tensor *t)
+{
+    if (!t || t->dtype != LU_F32) return;
+    float *d = t->storage->data;
+    size_t n = t->storage->nbytes / sizeof(float);
+    for (size_t i = 0; i < n; i++) d[i] = lu_bf16_to_f32(lu_f32_to_bf16(d[i]));
+}
+
+/* A device copy of t with the same offset, shape and strides (its whole storage is copied), float
+ * data converted to float_dt. */
+static lu_tensor *to_device(const lu_tensor *t, lu_dtype float_dt)
+{
+    if (!t) return NULL;
+    int64_t n = (int64_t)(t->storage->nbytes / lu_dtype_size(t->dtype));
+    lu_tensor *base = lu_tensor_wrap(t->dtype, 1, &n, LU_CPU, t->storage->data, NULL, NULL);
+    cr_assert(base, "%s", lu_error_message());
+    lu_tensor *dev = lu_tensor_convert(base, lu_dtype_is_float(t->dtype) ? float_dt : t->dtype, LU_CUDA);
+    cr_assert(dev, "upload: %s", lu_error_message());
+    lu_tensor *v = lu_detach(dev);
+    v->ndim = t->ndim;
+    memcpy(v->shape, t->shape, sizeof v->shape);
+    memcpy(v->stride, t->stride, sizeof v->stride);
+    v->offset = t->offset;
+    lu_tensor_release(dev);
+    lu_tensor_release(base);
+    return v;
+}
+
+static lu_status run_kernel(lu_device dev, bool backward, lu_op op, lu_tensor **in, int n_in, lu_tensor **out,
+                            int n_out, const void *params)
+{
+    lu_backend *b = lu_backend_get(dev);
+    cr_assert(b, "%s", lu_error_message());
+    lu_kernel k = backward ? b->backward[op] : b->forward[op];
+    cr_assert(k, "the %s backend has no %s %s kernel", b->name, lu_op_name(op), backward ? "backward" : "forward");
+    lu_op_call call = {.op = op, .n_in = n_in, .n_out = n_out, .params = params};
+    memcpy(call.in, in, (size_t)n_in * sizeof *in);
+    memcpy(call.out, out, (size_t)n_out * sizeof *out);
+    lu_status s = k(&call);
+    if (s == LU_OK) s = b->synchronize();
+    return s;
+}
+
+/* One kernel call: CPU tensors in/out (NULL slots allowed; outputs preallocated and, for
+ * in-place ops, initialised). The device gets copies, float tensors as dev_dt except those whose
+ * bit is set in keep_f32_in/out; both run; outputs, and inputs too when `inplace`, are compared
+ * (exactly when tol is 0). */
+typedef struct kcase {
+    lu_op op;
+    bool backward, inplace;
+    const void *params;
+    lu_tensor *in[8];
+    int n_in;
+    lu_tensor *out[4];
+    int n_out;
+    lu_dtype dev_dt;
+    unsigned keep_f32_in, keep_f32_out;
+    double tol;
+} kcase;
+
+static void assert_matches(const lu_tensor *got, const lu_tensor *ref, double tol, const char *what)
+{
+    if (tol == 0) tu_assert_tensors_close(got, ref, 0, 0, what);
+    else assert_nmse(got, ref, tol, what);
+}
+
+static void check_case(kcase *k, const char *what)
+{
+    if (k->dev_dt == LU_BF16) {
+        for (int i = 0; i < k->n_in; i++) round_to_bf16(k->in[i]);
+        for (int j = 0; j < k->n_out; j++) round_to_bf16(k->out[j]);
+    }
+    lu_tensor *din[8] = {0}, *dout[4] = {0};
+    for (int i = 0; i < k->n_in; i++) din[i] = to_device(k->in[i], k->keep_f32_in >> i & 1 ? LU_F32 : k->dev_dt);
+    for (int j = 0; j < k->n_out; j++) dout[j] = to_device(k->out[j], k->keep_f32_out >> j & 1 ? LU_F32 : k->dev_dt);
+    cr_assert_eq(run_kernel(LU_CPU, k->backward, k->op, k->in, k->n_in, k->out, k->n_out, k->params), LU_OK,
+                 "%s on cpu: %s", what, lu_error_message());
+    cr_assert_eq(run_kernel(LU_CUDA, k->backward, k->op, din, k->n_in, dout, k->n_out, k->params), LU_OK,
+                 "%s on cuda: %s", what, lu_error_message());
+    char name[160];
+    for (int j = 0; j < k->n_out; j++) {
+        if (!k->out[j]) continue;
+        snprintf(name, sizeof name, "%s, output %d", what, j);
+        assert_matches(dout[j], k->out[j], k->tol, name);
+    }
+    for (int i = 0; k->inplace && i < k->n_in; i++) {
+        snprintf(name, sizeof name, "%s, updated input %d", what, i);
+        assert_matches(din[i], k->in[i], k->tol, name);
+    }
+    for (int i = 0; i < k->n_in; i++) lu_tensor_release(din[i]);
+    for (int j = 0; j < k->n_out; j++) lu_tensor_release(dout[j]);
+}
+
+static lu_tensor *empty(lu_dtype dt, int ndim, const int64_t *shape)
+{
+    lu_tensor *t = lu_tensor_empty(dt, ndim, shape, LU_CPU);
+    cr_assert(t, "%s", lu_error_message());
+    return t;
+}
+
+/* Runs the CPU forward of op to get the outputs a backward case needs. */
+static void cpu_forward(lu_op op, lu_tensor **in, int n_in, lu_tensor **out, int n_out, const void *params)
+{
+    cr_assert_eq(run_kernel(LU_CPU, false, op, in, n_in, out, n_out, params), LU_OK, "cpu %s: %s", lu_op_name(op),
+                 lu_error_message());
+}
+
+static void release_all(lu_tensor **ts, int n)
+{
+    for (int i = 0; i < n; i++) lu_tensor_release(ts[i]);
+}
+
+/* ---- memory, fill, copy ---- */
+
+Test(cuda, fill_writes_every_dtype_as_the_cpu_does)
+{
+    require_gpu();
+    const double values[2] = {0.0, -2.75};
+    for (int dt = 0; dt < LU_DTYPE_COUNT; dt++) {
+        for (int v = 0; v < 2; v++) {
+            lu_tensor *g = lu_tensor_full((lu_dtype)dt, LU_SHAPE(3, 37), LU_CUDA, values[v]);
+            lu_tensor *c = lu_tensor_full((lu_dtype)dt, LU_SHAPE(3, 37), LU_CPU, values[v]);
+            cr_assert(g && c, "%s", lu_error_message());
+            tu_assert_tensors_close(g, c, 0, 0, lu_dtype_name((lu_dtype)dt));
+            lu_tensor_release(g);
+            lu_tensor_release(c);
+        }
+    }
+}
+
+Test(cuda, copies_round_trip_host_device_device_host)
+{
+    require_gpu();
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(5, 127), -3, 3, 1);
+    lu_tensor *d1 = lu_tensor_convert(x, LU_F32, LU_CUDA);
+    lu_tensor *d2 = lu_tensor_empty(LU_F32, LU_SHAPE(5, 127), LU_CUDA);
+    cr_assert(d1 && d2, "%s", lu_error_message());
+    cr_assert_eq(lu_tensor_copy(d2, d1), LU_OK, "%s", lu_error_message());
+    tu_assert_tensors_close(d2, x, 0, 0, "device copy");
+    release_all((lu_tensor *[]){x, d1, d2}, 3);
+}
+
+Test(cuda, failed_cuda_call_names_file_line_and_error)
+{
+    require_gpu();
+    lu_backend *b = lu_backend_get(LU_CUDA);
+    float host[4];
+    /* 0x10 is no device allocation: cudaMemcpy refuses it. */
+    cr_assert_neq(b->copy(host, LU_CPU, (const void *)0x10, LU_CUDA, sizeof host), LU_OK);
+    tu_assert_error_contains("backend.c:");
+    tu_assert_error_contains("cudaMemcpy");
+}
+
+/* ---- layout ---- */
+
+Test(cuda, contiguous_gathers_permuted_sliced_and_expanded_views)
+{
+    require_gpu();
+    const lu_dtype dts[4] = {LU_F32, LU_BF16, LU_I64, LU_U8};
+    for (int d = 0; d < 4; d++) {
+        lu_tensor *base = tu_rand(LU_F32, LU_SHAPE(4, 5, 6, 7), -5, 5, 2 + (uint64_t)d);
+        lu_tensor *x = lu_tensor_convert(base, dts[d], LU_CPU);
+        lu_tensor *p = lu_permute(x, (int[]){3, 1, 0, 2});
+        lu_tensor *s = lu_slice(p, 2, 1, 4, 2);
+        lu_tensor *out = empty(s->dtype, s->ndim, s->shape);
+        kcase k = {.op = LU_OP_CONTIGUOUS, .in = {s}, .n_in = 1, .out = {out}, .n_out = 1, .dev_dt = dts[d], .tol = 0};
+        check_case(&k, lu_dtype_name(dts[d]));
+        release_all((lu_tensor *[]){base, x, p, s, out}, 5);
+    }
+    lu_tensor *row = tu_rand(LU_F32, LU_SHAPE(1, 9), -1, 1, 9);
+    lu_tensor *e = lu_expand(row, 3, (int64_t[]){3, 7, 9});
+    lu_tensor *out = empty(LU_F32, LU_SHAPE(3, 7, 9));
+    kcase k = {.op = LU_OP_CONTIGUOUS, .in = {e}, .n_in = 1, .out = {out}, .n_out = 1, .dev_dt = LU_F32, .tol = 0};
+    check_case(&k, "expanded");
+    release_all((lu_tensor *[]){row, e, out}, 3);
+}
+
+Test(cuda, contiguous_handles_eight_dims)
+{
+    require_gpu();
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(2, 3, 1, 2, 3, 2, 1, 3), -1, 1, 3);
+    lu_tensor *p = lu_permute(x, (int[]){7, 0, 6, 4, 2, 5, 1, 3});
+    lu_tensor *out = empty(LU_F32, p->ndim, p->shape);
+    kcase k = {.op = LU_OP_CONTIGUOUS, .in = {p}, .n_in = 1, .out = {out}, .n_out = 1, .dev_dt = LU_F32, .tol = 0};
+    check_case(&k, "8-D permutation");
+    release_all((lu_tensor *[]){x, p, out}, 3);
+}
+
+Test(cuda, cast_converts_bit_exactly_as_the_cpu)
+{
+    require_gpu();
+    const lu_dtype pairs[][2] = {{LU_F32, LU_BF16}, {LU_BF16, LU_F32}, {LU_F32, LU_F16}, {LU_F16, LU_F32},
+                                 {LU_I32, LU_I64},  {LU_I64, LU_I32},  {LU_F32, LU_F64}, {LU_F64, LU_F32}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        lu_tensor *r = tu_rand(LU_F32, LU_SHAPE(7, 131), -70000, 70000, 4 + i);
+        lu_tensor *x = lu_tensor_convert(r, pairs[i][0], LU_CPU);
+        lu_tensor *out = empty(pairs[i][1], LU_SHAPE(7, 131));
+        lu_tensor *dx = lu_tensor_convert(x, x->dtype, LU_CUDA), *dout = lu_tensor_empty(out->dtype, 2, out->shape, LU_CUDA);
+        cr_assert(dx && dout, "%s", lu_error_message());
+        cr_assert_eq(run_kernel(LU_CPU, false, LU_OP_CAST, &x, 1, &out, 1, NULL), LU_OK, "%s", lu_error_message());
+        cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_CAST, &dx, 1, &dout, 1, NULL), LU_OK, "%s", lu_error_message());
+        char what[64];
+        snprintf(what, sizeof what, "%s -> %s", lu_dtype_name(pairs[i][0]), lu_dtype_name(pairs[i][1]));
+        tu_assert_tensors_close(dout, out, 0, 0, what);
+        release_all((lu_tensor *[]){r, x, out, dx, dout}, 5);
+    }
+}
+
+Test(cuda, accumulate_adds_in_place)
+{
+    require_gpu();
+    lu_tensor *g = tu_rand(LU_F32, LU_SHAPE(3, 301), -1, 1, 5), *acc = tu_rand(LU_F32, LU_SHAPE(3, 301), -1, 1, 6);
+    kcase k = {.op = LU_OP_ACCUMULATE, .in = {g}, .n_in = 1, .out = {acc}, .n_out = 1, .dev_dt = LU_F32, .tol = TOL_F32};
+    check_case(&k, "accumulate");
+    release_all((lu_tensor *[]){g, acc}, 2);
+}
+
+/* ---- matmul ---- */
+
+/* All four transpose combinations, with b batched and b shared by the batch. */
+static void check_matmul(lu_dtype dev_dt, bool backward, double tol)
+{
+    const int64_t batch = 3, m = 7, kk = 13, n = 5;
+    for (int combo = 0; combo < 8; combo++) {
+        bool ta = combo & 1, tb = combo & 2, shared = combo & 4;
+        lu_matmul_params p = {ta, tb};
+        int64_t bb = shared ? 1 : batch;
+        lu_tensor *a = ta ? tu_rand(LU_F32, 3, (int64_t[]){batch, kk, m}, -1, 1, 10 + (uint64_t)combo)
+                          : tu_rand(LU_F32, 3, (int64_t[]){batch, m, kk}, -1, 1, 10 + (uint64_t)combo);
+        lu_tensor *b = tb ? tu_rand(LU_F32, 3, (int64_t[]){bb, n, kk}, -1, 1, 20 + (uint64_t)combo)
+                          : tu_rand(LU_F32, 3, (int64_t[]){bb, kk, n}, -1, 1, 20 + (uint64_t)combo);
+        lu_tensor *c = empty(LU_F32, 3, (int64_t[]){batch, m, n});
+        char what[96];
+        snprintf(what, sizeof what, "matmul %s %s trans_a %d trans_b %d %s b", lu_dtype_name(dev_dt),
+                 backward ? "backward" : "forward", ta, tb, shared ? "shared" : "batched");
+        if (!backward) {
+            kcase k = {.op = LU_OP_MATMUL, .params = &p, .in = {a, b}, .n_in = 2, .out = {c}, .n_out = 1,
+                       .dev_dt = dev_dt, .tol = tol};
+            check_case(&k, what);
+        } else {
+            if (dev_dt == LU_BF16) {
+                round_to_bf16(a);
+                round_to_bf16(b);
+            }
+            cpu_forward(LU_OP_MATMUL, (lu_tensor *[]){a, b}, 2, &c, 1, &p);
+            lu_tensor *dc = tu_rand(LU_F32, 3, c->shape, -1, 1, 30 + (uint64_t)combo);
+            lu_tensor *da = empty(LU_F32, 3, a->shape), *db = empty(LU_F32, 3, b->shape);
+            kcase k = {.op = LU_OP_MATMUL, .backward = true, .params = &p, .in = {dc, a, b, c}, .n_in = 4,
+                       .out = {da, db}, .n_out = 2, .dev_dt = dev_dt, .tol = tol};
+            check_case(&k, what);
+            release_all((lu_tensor *[]){dc, da, db}, 3);
+        }
+        release_all((lu_tensor *[]){a, b, c}, 3);
+    }
+}
+
+Test(cuda, matmul_f32_forward_matches_cpu) { require_gpu(); check_matmul(LU_F32, false, TOL_F32); }
+Test(cuda, matmul_f32_backward_matches_cpu) { require_gpu(); check_matmul(LU_F32, true, TOL_F32); }
+Test(cuda, matmul_bf16_forward_within_bf16_rounding) { require_gpu(); check_matmul(LU_BF16, false, TOL_BF16); }
+Test(cuda, matmul_bf16_backward_within_bf16_rounding) { require_gpu(); check_matmul(LU_BF16, true, TOL_BF16); }
+
+/* ---- binary elementwise ---- */
+
+static const lu_op binary_ops[4] = {LU_OP_ADD, LU_OP_SUB, LU_OP_MUL, LU_OP_DIV};
+
+/* a and b (CPU, any layout) -> y; then the backward on the CPU's y. b is kept in [0.5, 2) by the
+ * callers so that DIV is well conditioned. */
+static void check_binary(lu_tensor *a, lu_tensor *b, int ndim, const int64_t *yshape, lu_dtype dev_dt, double tol,
+                         const char *layout)
+{
+    for (int o = 0; o < 4; o++) {
+        lu_op op = binary_ops[o];
+        char what[128];
+        lu_tensor *y = empty(LU_F32, ndim, yshape);
+        snprintf(what, sizeof what, "%s %s forward, %s", lu_op_name(op), lu_dtype_name(dev_dt), layout);
+        kcase f = {.op = op, .in = {a, b}, .n_in = 2, .out = {y}, .n_out = 1, .dev_dt = dev_dt, .tol = tol};
+        check_case(&f, what);
+        cpu_forward(op, (lu_tensor *[]){a, b}, 2, &y, 1, NULL);
+        lu_tensor *dy = tu_rand(LU_F32, ndim, yshape, -1, 1, 40 + (uint64_t)o);
+        lu_tensor *da = empty(LU_F32, a->ndim, a->shape), *db = empty(LU_F32, b->ndim, b->shape);
+        snprintf(what, sizeof what, "%s %s backward, %s", lu_op_name(op), lu_dtype_name(dev_dt), layout);
+        kcase k = {.op = op, .backward = true, .in = {dy, a, b, y}, .n_in = 4, .out = {da, db}, .n_out = 2,
+                   .dev_dt = dev_dt, .tol = tol};
+        check_case(&k, what);
+        release_all((lu_tensor *[]){y, dy, da, db}, 4);
+    }
+}
+
+Test(cuda, binary_ops_match_cpu_on_same_shape_inputs)
+{
+    require_gpu();
+    lu_tensor *a = tu_rand(LU_F32, LU_SHAPE(3, 5, 67), -2, 2, 50), *b = tu_rand(LU_F32, LU_SHAPE(3, 5, 67), 0.5, 2, 51);
+    check_binary(a, b, 3, (int64_t[]){3, 5, 67}, LU_F32, TOL_F32, "same shape");
+    release_all((lu_tensor *[]){a, b}, 2);
+}
+
+Test(cuda, binary_ops_match_cpu_on_broadcast_inputs)
+{
+    require_gpu();
+    /* a [3,1,5] against b [4,1]: y [3,4,5], both inputs broadcast, b of lower rank. */
+    lu_tensor *a = tu_rand(LU_F32, LU_SHAPE(3, 1, 5), -2, 2, 52), *b = tu_rand(LU_F32, LU_SHAPE(4, 1), 0.5, 2, 53);
+    check_binary(a, b, 3, (int64_t[]){3, 4, 5}, LU_F32, TOL_F32, "broadcast");
+    release_all((lu_tensor *[]){a, b}, 2);
+}
+
+Test(cuda, binary_ops_match_cpu_on_strided_inputs)
+{
+    require_gpu();
+    /* a is a transposed view, b a row broadcast over a size-1 leading dim. */
+    lu_tensor *base = tu_rand(LU_F32, LU_SHAPE(5, 2, 7), -2, 2, 54);
+    lu_tensor *a = lu_transpose(base, 0, 2);
+    lu_tensor *b = tu_rand(LU_F32, LU_SHAPE(1, 2, 5), 0.5, 2, 55);
+    check_binary(a, b, 3, (int64_t[]){7, 2, 5}, LU_F32, TOL_F32, "transposed and broadcast");
+    release_all((lu_tensor *[]){base, a, b}, 3);
+}
+
+Test(cuda, binary_ops_bf16_within_bf16_rounding)
+{
+    require_gpu();
+    lu_tensor *a = tu_rand(LU_F32, LU_SHAPE(9, 33), -2, 2, 56), *b = tu_rand(LU_F32, LU_SHAPE(33), 0.5, 2, 57);
+    check_binary(a, b, 2, (int64_t[]){9, 33}, LU_BF16, TOL_BF16, "bf16 row broadcast");
+    release_all((lu_tensor *[]){a, b}, 2);
+}
+
+/* ---- unary ---- */
+
+typedef struct unary_case {
+    lu_op op;
+    double lo, hi;
+    const void *params;
+    const char *name;
+} unary_case;
+
+static void check_unary(const unary_case *u, lu_dtype dev_dt, double tol)
+{
+    int64_t shape[3] = {3, 7, 41};
+    lu_tensor *x = tu_rand(LU_F32, 3, shape, u->lo, u->hi, 60 + (uint64_t)u->op);
+    lu_tensor *y = empty(LU_F32, 3, shape);
+    char what[96];
+    snprintf(what, sizeof what, "%s %s forward", u->name, lu_dtype_name(dev_dt));
+    kcase f = {.op = u->op, .params = u->params, .in = {x}, .n_in = 1, .out = {y}, .n_out = 1, .dev_dt = dev_dt,
+               .tol = tol};
+    check_case(&f, what);
+    cpu_forward(u->op, &x, 1, &y, 1, u->params);
+    lu_tensor *dy = tu_rand(LU_F32, 3, shape, -1, 1, 70 + (uint64_t)u->op), *dx = empty(LU_F32, 3, shape);
+    snprintf(what, sizeof what, "%s %s backward", u->name, lu_dtype_name(dev_dt));
+    kcase k = {.op = u->op, .backward = true, .params = u->params, .in = {dy, x, y}, .n_in = 3, .out = {dx},
+               .n_out = 1, .dev_dt = dev_dt, .tol = tol};
+    check_case(&k, what);
+    release_all((lu_tensor *[]){x, y, dy, dx}, 4);
+}
+
+static const lu_affine_params affine = {-1.5, 0.25};
+static const lu_gelu_params gelu_exact = {false}, gelu_tanh = {true};
+static const unary_case unary_cases[] = {
+    {LU_OP_AFFINE, -3, 3, &affine, "affine"},         {LU_OP_EXP, -3, 3, NULL, "exp"},
+    {LU_OP_LOG, 0.1, 5, NULL, "log"},                 {LU_OP_TANH, -3, 3, NULL, "tanh"},
+    {LU_OP_SIGMOID, -6, 6, NULL, "sigmoid"},          {LU_OP_RELU, -3, 3, NULL, "relu"},
+    {LU_OP_SILU, -6, 6, NULL, "silu"},                {LU_OP_GELU, -4, 4, &gelu_exact, "gelu exact"},
+    {LU_OP_GELU, -4, 4, &gelu_tanh, "gelu tanh"},     {LU_OP_SWOOSH_L, -8, 12, NULL, "swoosh_l"},
+    {LU_OP_SWOOSH_R, -8, 12, NULL, "swoosh_r"},       {LU_OP_SQUARE, -3, 3, NULL, "square"},
+    {LU_OP_SQRT, 0.1, 9, NULL, "sqrt"},
+};
+
+Test(cuda, unary_ops_match_cpu_forward_and_backward)
+{
+    require_gpu();
+    for (size_t i = 0; i < sizeof unary_cases / sizeof unary_cases[0]; i++) check_unary(&unary_cases[i], LU_F32, TOL_F32);
+}
+
+Test(cuda, unary_ops_bf16_within_bf16_rounding)
+{
+    require_gpu();
+    for (size_t i = 0; i < sizeof unary_cases / sizeof unary_cases[0]; i++) check_unary(&unary_cases[i], LU_BF16, TOL_BF16);
+}
+
+Test(cuda, unsupported_dtype_names_op_and_dtype)
+{
+    require_gpu();
+    lu_tensor *x = lu_tensor_zeros(LU_F64, LU_SHAPE(4), LU_CUDA), *y = lu_tensor_empty(LU_F64, LU_SHAPE(4), LU_CUDA);
+    cr_assert(x && y, "%s", lu_error_message());
+    cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_EXP, &x, 1, &y, 1, NULL), LU_ERR_DTYPE);
+    tu_assert_error_contains("exp: dtype f64 is not supported by the cuda backend");
+    release_all((lu_tensor *[]){x, y}, 2);
+}
+
+/* ---- softmax ---- */
+
+static void check_softmax(lu_op op, int ndim, const int64_t *shape)
+{
+    lu_dim_params p = {ndim - 1};
+    lu_tensor *x = tu_rand(LU_F32, ndim, shape, -8, 8, 80 + (uint64_t)op), *y = empty(LU_F32, ndim, shape);
+    char what[96];
+    snprintf(what, sizeof what, "%s forward, last dim %lld", lu_op_name(op), (long long)shape[ndim - 1]);
+    kcase f = {.op = op, .params = &p, .in = {x}, .n_in = 1, .out = {y}, .n_out = 1, .dev_dt = LU_F32, .tol = TOL_F32};
+    check_case(&f, what);
+    cpu_forward(op, &x, 1, &y, 1, &p);
+    lu_tensor *dy = tu_rand(LU_F32, ndim, shape, -1, 1, 90), *dx = empty(LU_F32, ndim, shape);
+    snprintf(what, sizeof what, "%s backward, last dim %lld", lu_op_name(op), (long long)shape[ndim - 1]);
+    kcase k = {.op = op, .backward = true, .params = &p, .in = {dy, x, y}, .n_in = 3, .out = {dx}, .n_out = 1,
+               .dev_dt = LU_F32, .tol = TOL_F32};
+    check_case(&k, what);
+    release_all((lu_tensor *[]){x, y, dy, dx}, 4);
+}
+
+Test(cuda, softmax_matches_cpu_on_short_and_long_rows)
+{
+    require_gpu();
+    check_softmax(LU_OP_SOFTMAX, 2, (int64_t[]){5, 7});
+    check_softmax(LU_OP_SOFTMAX, 3, (int64_t[]){3, 2, 1029});
+}
+
+Test(cuda, log_softmax_matches_cpu_on_short_and_long_rows)
+{
+    require_gpu();
+    check_softmax(LU_OP_LOG_SOFTMAX, 2, (int64_t[]){5, 7});
+    check_softmax(LU_OP_LOG_SOFTMAX, 3, (int64_t[]){3, 2, 1029});
+}
+
+Test(cuda, softmax_over_an_inner_dim_is_unsupported)
+{
+    require_gpu();
+    lu_tensor *x = lu_tensor_zeros(LU_F32, LU_SHAPE(3, 4), LU_CUDA), *y = lu_tensor_empty(LU_F32, LU_SHAPE(3, 4), LU_CUDA);
+    lu_dim_params p = {0};
+    cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_SOFTMAX, &x, 1, &y, 1, &p), LU_ERR_UNSUPPORTED);
+    tu_assert_error_contains("only the last dim");
+    release_all((lu_tensor *[]){x, y}, 2);
+}
+
+/* ---- rmsnorm ---- */
+
+/* x [2,9,67], weight [67] or none; in bf16, x, weight, y and their gradients are bf16 on the
+ * device while rstd stays f32. */
+static void check_rmsnorm(bool with_weight, lu_dtype dev_dt, double tol)
+{
+    lu_norm_params p = {1e-5};
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(2, 9, 67), -2, 2, 100);
+    lu_tensor *w = with_weight ? tu_rand(LU_F32, LU_SHAPE(67), 0.5, 1.5, 101) : NULL;
+    lu_tensor *y = empty(LU_F32, LU_SHAPE(2, 9, 67)), *rstd = empty(LU_F32, LU_SHAPE(2, 9));
+    char what[96];
+    snprintf(what, sizeof what, "rmsnorm %s %s weight forward", lu_dtype_name(dev_dt), with_weight ? "with" : "without");
+    kcase f = {.op = LU_OP_RMSNORM, .params = &p, .in = {x, w}, .n_in = 2, .out = {y, rstd}, .n_out = 2,
+               .dev_dt = dev_dt, .keep_f32_out = 1u << 1, .tol = tol};
+    check_case(&f, what);
+    cpu_forward(LU_OP_RMSNORM, (lu_tensor *[]){x, w}, 2, (lu_tensor *[]){y, rstd}, 2, &p);
+    lu_tensor *dy = tu_rand(LU_F32, LU_SHAPE(2, 9, 67), -1, 1, 102), *dx = empty(LU_F32, LU_SHAPE(2, 9, 67));
+    lu_tensor *dw = with_weight ? empty(LU_F32, LU_SHAPE(67)) : NULL;
+    snprintf(what, sizeof what, "rmsnorm %s %s weight backward", lu_dtype_name(dev_dt), with_weight ? "with" : "without");
+    kcase k = {.op = LU_OP_RMSNORM, .backward = true, .params = &p, .in = {dy, NULL, x, w, y, rstd}, .n_in = 6,
+               .out = {dx, dw}, .n_out = 2, .dev_dt = dev_dt, .keep_f32_in = 1u << 5, .tol = tol};
+    check_case(&k, what);
+    release_all((lu_tensor *[]){x, w, y, rstd, dy, dx, dw}, 7);
+}
+
+Test(cuda, rmsnorm_with_weight_matches_cpu) { require_gpu(); check_rmsnorm(true, LU_F32, TOL_F32); }
+Test(cuda, rmsnorm_without_weight_matches_cpu) { require_gpu(); check_rmsnorm(false, LU_F32, TOL_F32); }
+Test(cuda, rmsnorm_bf16_within_bf16_rounding) { require_gpu(); check_rmsnorm(true, LU_BF16, TOL_BF16); }
+
+/* ---- adamw ---- */
+
+Test(cuda, adamw_updates_param_and_moments_as_the_cpu)
+{
+    require_gpu();
+    lu_adamw_params p = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.1, .step = 3};
+    lu_tensor *w = tu_rand(LU_F32, LU_SHAPE(1001), -1, 1, 110), *g = tu_rand(LU_F32, LU_SHAPE(1001), -1, 1, 111);
+    lu_tensor *m = tu_rand(LU_F32, LU_SHAPE(1001), -0.1, 0.1, 112), *v = tu_rand(LU_F32, LU_SHAPE(1001), 0, 0.01, 113);
+    kcase k = {.op = LU_OP_ADAMW, .inplace = true, .params = &p, .in = {w, g, m, v}, .n_in = 4, .n_out = 0,
+               .dev_dt = LU_F32, .tol = TOL_F32};
+    check_case(&k, "adamw step 3");
+    release_all((lu_tensor *[]){w, g, m, v}, 4);
+}
+
+#else
+
+Test(cuda, skipped_without_cuda) { cr_skip_test("built without LUTHIER_CUDA"); }
+
+#endif
