@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# test.sh - the whole test suite: installs what is missing, builds with warnings as errors
+# (CUDA backend compiled when nvcc is found), runs every Criterion suite through ctest, then
+# rebuilds without CUDA under AddressSanitizer + UndefinedBehaviorSanitizer and runs the suite
+# again. Set LUTHIER_SKIP_SANITIZERS=1 to skip the second pass.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/build.sh build -DLUTHIER_WERROR=ON
+(cd build && ctest --output-on-failure -j2)
+if [ "${LUTHIER_SKIP_SANITIZERS:-0}" != 1 ]; then
+  bash scripts/build.sh build-asan -DLUTHIER_WERROR=ON -DLUTHIER_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DLUTHIER_SANITIZE=address,undefined
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --output-on-failure -j2)
+fi
+echo "test.sh: all suites passed"
