@@ -24,6 +24,11 @@ typedef struct lu_decoder_config {
     bool attention_bias;     /* Qwen2: biases on q/k/v projections */
     bool tie_embeddings;
     double init_std;         /* initializer_range */
+    int64_t max_position_embeddings;
+    int64_t bos_token_id;    /* -1 when the config names none */
+    int n_eos;               /* end-of-sequence ids (config.json eos_token_id: int or list) */
+    int64_t eos_token_ids[8];
+    lu_dtype dtype;          /* torch_dtype / dtype of the stored weights */
 } lu_decoder_config;
 
 typedef struct lu_decoder {

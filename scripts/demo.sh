@@ -11,4 +11,6 @@ bash scripts/prepare_fr_text.sh data/fr-manpages.txt
 out=runs/fr_manpages-$(date +%Y%m%d-%H%M%S)
 ./build/bin/luthier train experiments/bytelm/fr_manpages.yaml --out "$out" "$@"
 ./build/bin/luthier eval experiments/bytelm/fr_manpages.yaml --out "$out"
+python3 scripts/plot_metrics.py "$out" --out "$out/metrics.png" 2>/dev/null ||
+  echo "demo: (pip install matplotlib to get $out/metrics.png)"
 echo "demo: run directory $out (config.yaml, metrics.jsonl, checkpoints/last.h5)"

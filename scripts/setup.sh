@@ -10,7 +10,11 @@ packages=(
   libyaml-dev          # experiment configs
   libcjson-dev         # JSON (metrics, config.json, tokenizer.json)
   libcriterion-dev     # tests
-  libsndfile1-dev      # audio I/O
+  libsndfile1-dev      # audio I/O (WAV, FLAC)
+  libsamplerate0-dev   # resampling (8 kHz sources)
+  libfftw3-dev         # FFT for speech features
+  libutf8proc-dev      # Unicode NFC and categories (tokenizer)
+  libpcre2-dev         # the Qwen pre-tokenizer regex (\p{L}, lookahead)
   libopenmpi-dev openmpi-bin  # multi-process launching
   python3              # fixture and plot scripts
   manpages-fr          # real French text for the demo language model

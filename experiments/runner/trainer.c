@@ -345,7 +345,8 @@ lu_status lu_train_run(const lu_run_options *opt)
     interrupted = 0;
     void (*old_handler)(int) = signal(SIGINT, on_sigint);
     progress = lu_progress_begin(stderr, c->name, r.total_steps);
-    double items_since = 0;
+    double items_since = 0, loss_since = 0;
+    int64_t steps_since = 0;
     int64_t stop_at = opt->stop_after > 0 ? step + opt->stop_after : r.total_steps;
     while (step < r.total_steps && step < stop_at && !interrupted) {
         lu_arena_reset(arena);
@@ -372,13 +373,17 @@ lu_status lu_train_run(const lu_run_options *opt)
         step++;
         double loss = loss_sum / (double)c->grad_accum;
         items_since += items;
+        loss_since += loss;
+        steps_since++;
         const char *keys[] = {"loss", "lr", "grad_norm"};
         double vals[] = {loss, lr, norm};
         lu_progress_update(progress, step, 3, keys, vals, items, "tok");
         if (step % c->log_every == 0 || step == r.total_steps) {
+            /* loss: mean over the steps since the last line; lr and grad_norm: this step. */
             const char *mk[] = {"loss", "lr", "grad_norm", "items"};
-            double mv[] = {loss, lr, norm, items_since};
-            items_since = 0;
+            double mv[] = {loss_since / (double)steps_since, lr, norm, items_since};
+            items_since = loss_since = 0;
+            steps_since = 0;
             if ((s = lu_metrics_log(metrics, "train", step, 4, mk, mv))) break;
         }
         bool last = step == r.total_steps;
