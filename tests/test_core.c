@@ -314,3 +314,28 @@ Test(rng, philox_is_a_pure_function_of_its_key)
     cr_assert_float_eq(mean / 100000, 0.5, 0.005);
     cr_assert_float_eq(sq / 100000, 1.0, 0.02);
 }
+
+/* ---- the vectorisable expf of the CPU kernels ---- */
+
+#include "core/cpu/cpu_math.h"
+
+Test(cpu_math, expf_matches_libm_to_a_few_ulp)
+{
+    double worst = 0;
+    for (float x = -87.3f; x < 88.7f; x += 0.00731f) {
+        double ref = exp((double)x), rel = fabs(lu_expf(x) - ref) / ref;
+        worst = rel > worst ? rel : worst;
+    }
+    cr_assert_lt(worst, 2.5e-7, "worst relative error %g", worst);
+}
+
+Test(cpu_math, expf_edges)
+{
+    cr_assert_eq(lu_expf(-INFINITY), 0.0f);
+    cr_assert_eq(lu_expf(-1000.0f), 0.0f);
+    cr_assert(isinf(lu_expf(INFINITY)) && lu_expf(INFINITY) > 0);
+    cr_assert(isinf(lu_expf(89.0f)));
+    cr_assert(isnan(lu_expf(NAN)));
+    cr_assert_eq(lu_expf(0.0f), 1.0f);
+    cr_assert_float_eq(lu_expf(88.7f), expf(88.7f), 1e32);
+}

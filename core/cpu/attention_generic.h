@@ -51,7 +51,7 @@ static int64_t R(att_probs)(const att_dims *a, const real *q, const real *k, int
             if (mx > -INFINITY) {
                 double sum = 0;
                 for (int64_t j = lo; j < hi; j++) {
-                    pr[j] = exp(pr[j] - mx);
+                    pr[j] = R_EXP(pr[j] - mx);
                     sum += pr[j];
                 }
                 real inv = (real)(1 / sum);
@@ -60,7 +60,7 @@ static int64_t R(att_probs)(const att_dims *a, const real *q, const real *k, int
             }
             lse[r] = l;
         } else if (l > -INFINITY) {
-            for (int64_t j = lo; j < hi; j++) pr[j] = exp(pr[j] - l);
+            for (int64_t j = lo; j < hi; j++) pr[j] = R_EXP(pr[j] - l);
         }
         if (!(l > -INFINITY))
             for (int64_t j = lo; j < hi; j++) pr[j] = 0;

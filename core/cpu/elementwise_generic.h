@@ -242,7 +242,7 @@ static lu_status R(affine_bwd)(const lu_op_call *c)
 /* ---- unary activations ------------------------------------------------------------------- */
 
 /* 1/(1+e^-z) saturates to 0 or 1 without overflow trouble (e^-z = inf gives 0). */
-static inline real R(sigm)(real z) { return 1 / (1 + exp(-z)); }
+static inline real R(sigm)(real z) { return 1 / (1 + R_EXP(-z)); }
 /* log(1 + e^z) = max(z, 0) + log1p(e^-|z|), exact for large |z|. */
 static inline real R(softplus)(real z) { return fmax(z, (real)0) + log1p(exp(-fabs(z))); }
 static inline real R(silu_grad)(real x)
@@ -270,7 +270,7 @@ static inline real R(gelu_tanh_grad)(real x)
 /* OP_(OP, name, y from x, dx from dy, x, y). Swoosh formulas: reference/asr.md section 9.1
  * (icefall scaling.py), derivative sigmoid(x - c) - 0.08. */
 #define LU_EW_UNARY_LIST(OP_)                                                                  \
-    OP_(EXP, exp, exp(x), dy * y)                                                              \
+    OP_(EXP, exp, R_EXP(x), dy * y)                                                              \
     OP_(LOG, log, log(x), dy / x)                                                              \
     OP_(TANH, tanh, tanh(x), dy * (1 - y * y))                                                 \
     OP_(SIGMOID, sigmoid, R(sigm)(x), dy * y * (1 - y))                                        \

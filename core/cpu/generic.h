@@ -5,8 +5,11 @@
  *     #include "generic.h"
  * The included file is written over the type `real`, names its functions with R(name) (which
  * becomes name_f32 / name_f64) and uses <tgmath.h> math (exp, log, ... pick the right width).
- * R_BLAS(gemm) becomes cblas_sgemm / cblas_dgemm. */
+ * R_BLAS(gemm) becomes cblas_sgemm / cblas_dgemm. R_EXP is the vectorisable lu_expf for float
+ * (cpu_math.h) and exp for double. */
 #include <tgmath.h>
+
+#include "cpu_math.h"
 
 #define R_CAT_(a, b) a##_##b
 #define R_CAT(a, b) R_CAT_(a, b)
@@ -16,22 +19,26 @@
 #define R(name) R_CAT(name, f32)
 #define R_BLAS(name) cblas_s##name
 #define R_DTYPE LU_F32
+#define R_EXP lu_expf
 #include LU_GENERIC_FILE
 #undef real
 #undef R_SUFFIX
 #undef R
 #undef R_BLAS
 #undef R_DTYPE
+#undef R_EXP
 
 #define real double
 #define R_SUFFIX f64
 #define R(name) R_CAT(name, f64)
 #define R_BLAS(name) cblas_d##name
 #define R_DTYPE LU_F64
+#define R_EXP exp
 #include LU_GENERIC_FILE
 #undef real
 #undef R_SUFFIX
 #undef R
 #undef R_BLAS
 #undef R_DTYPE
+#undef R_EXP
 #undef LU_GENERIC_FILE

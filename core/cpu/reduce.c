@@ -3,6 +3,7 @@
  * [outer, n, inner] with n the reduced dim; results never depend on the thread count (every
  * output is summed by one thread, in a fixed order). The loops are in reduce_generic.h. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -134,25 +134,40 @@ static lu_status R(max_bwd)(const lu_op_call *c)
 
 /* ---- softmax / log-softmax ------------------------------------------------------------- */
 
-/* One row of n elements at stride s: y = softmax(x) or log_softmax(x), max-subtracted. */
-static void R(softmax_row)(const real *x, real *y, int64_t n, int64_t s, bool log_form)
+/* One contiguous row of n elements: y = softmax(x) or log_softmax(x), max-subtracted. */
+static void R(softmax_row1)(const real *restrict x, real *restrict y, int64_t n, bool log_form)
 {
     real mx = -INFINITY;
-    for (int64_t j = 0; j < n; j++) mx = x[j * s] > mx ? x[j * s] : mx;
+    for (int64_t j = 0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
     double sum = 0;
     if (log_form) {
-        for (int64_t j = 0; j < n; j++) sum += exp((double)(x[j * s] - mx));
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < n; j++) sum += (double)R_EXP(x[j] - mx);
         /* (x - max) - log(sum) keeps the precision that x - (max + log(sum)) would round away. */
         real ls = (real)log(sum);
-        for (int64_t j = 0; j < n; j++) y[j * s] = (x[j * s] - mx) - ls;
+        for (int64_t j = 0; j < n; j++) y[j] = (x[j] - mx) - ls;
     } else {
+#pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < n; j++) {
-            y[j * s] = exp(x[j * s] - mx);
-            sum += (double)y[j * s];
+            y[j] = R_EXP(x[j] - mx);
+            sum += (double)y[j];
         }
         real inv = (real)(1.0 / sum);
-        for (int64_t j = 0; j < n; j++) y[j * s] *= inv;
+        for (int64_t j = 0; j < n; j++) y[j] *= inv;
     }
+}
+
+/* A row at stride s goes through a contiguous scratch copy so the arithmetic stays in one
+ * vectorised routine. */
+static void R(softmax_row)(const real *x, real *y, int64_t n, int64_t s, bool log_form, real *scratch)
+{
+    if (s == 1) {
+        R(softmax_row1)(x, y, n, log_form);
+        return;
+    }
+    for (int64_t j = 0; j < n; j++) scratch[j] = x[j * s];
+    R(softmax_row1)(scratch, scratch + n, n, log_form);
+    for (int64_t j = 0; j < n; j++) y[j * s] = scratch[n + j];
 }
 
 static lu_status R(softmax_fwd)(const lu_op_call *c)
@@ -163,11 +178,16 @@ static lu_status R(softmax_fwd)(const lu_op_call *c)
     const real *X = lu_tensor_data(c->in[0]);
     real *Y = lu_tensor_data(c->out[0]);
     bool log_form = c->op == LU_OP_LOG_SOFTMAX;
+    real *scratch = NULL;
+    if (inner > 1 && !(scratch = malloc(sizeof(real) * 2 * (size_t)n * (size_t)omp_get_max_threads())))
+        return lu_errorf(LU_ERR_NOMEM, "softmax: out of memory for %lld-element rows", (long long)n);
 #pragma omp parallel for if (outer * n * inner > 32768)
     for (int64_t oi = 0; oi < outer * inner; oi++) {
         int64_t off = (oi / inner) * n * inner + oi % inner;
-        R(softmax_row)(X + off, Y + off, n, inner, log_form);
+        real *mine = scratch ? scratch + 2 * n * omp_get_thread_num() : NULL;
+        R(softmax_row)(X + off, Y + off, n, inner, log_form, mine);
     }
+    free(scratch);
     return LU_OK;
 }
 
@@ -191,7 +211,7 @@ static lu_status R(softmax_bwd)(const lu_op_call *c)
         real sr = (real)s;
         for (int64_t j = 0; j < n; j++) {
             int64_t k = j * inner;
-            dx[k] = log_form ? dy[k] - exp(y[k]) * sr : y[k] * (dy[k] - sr);
+            dx[k] = log_form ? dy[k] - R_EXP(y[k]) * sr : y[k] * (dy[k] - sr);
         }
     }
     return LU_OK;
@@ -207,7 +227,8 @@ static double R(row_lse)(const real *x, int64_t n, real *max)
     *max = mx;
     if (isinf(mx)) return 0;
     double s = 0;
-    for (int64_t j = 0; j < n; j++) s += exp((double)(x[j] - mx));
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < n; j++) s += (double)R_EXP(x[j] - mx);
     return log(s);
 }
 
@@ -278,7 +299,8 @@ static lu_status R(xent_bwd)(const lu_op_call *c)
         real g = p->reduction == LU_REDUCE_NONE ? DL[i] : p->reduction == LU_REDUCE_SUM ? DL[0] : DL[0] / count;
         const real *x = X + i * V;
         real lse = LSE[i];
-        for (int64_t j = 0; j < V; j++) dx[j] = g * exp(x[j] - lse);
+#pragma omp simd
+        for (int64_t j = 0; j < V; j++) dx[j] = g * R_EXP(x[j] - lse);
         dx[t] -= g;
     }
     return LU_OK;
