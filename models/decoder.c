@@ -3,8 +3,11 @@
 #include "models/decoder.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "core/arena.h"
+#include "core/autograd.h"
 #include "core/ops.h"
 #include "core/rng.h"
 
@@ -98,54 +101,163 @@ static lu_tensor *project_heads(lu_decoder *m, lu_tensor *x, int l, const char *
     return rotate ? lu_rope(y, positions, m->cfg.rope_theta, 0) : y;
 }
 
-static lu_tensor *default_positions(const lu_tensor *ids)
+static lu_tensor *default_positions(const lu_tensor *ids, int64_t start)
 {
     int64_t B = ids->shape[0], T = ids->shape[1];
     lu_tensor *pos = lu_tensor_empty(LU_I32, LU_SHAPE(B, T), LU_CPU);
     if (!pos) return NULL;
     int32_t *p = lu_tensor_data(pos);
     for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++) p[b * T + t] = (int32_t)t;
+        for (int64_t t = 0; t < T; t++) p[b * T + t] = (int32_t)(start + t);
     return pos;
 }
 
-lu_tensor *lu_decoder_forward(lu_decoder *m, const lu_decoder_batch *batch)
+/* One decoder layer on h [B,T,D]. With a cache, this call's K and V are stored at positions
+ * cache->length .. + T and the queries attend to every cached key (causal alignment puts the
+ * last query on the last key, ops.h), which is the full forward restricted to the new rows. */
+static lu_tensor *layer_forward(lu_decoder *m, int l, lu_tensor *h, lu_tensor *pos, const lu_attention_opts *ao,
+                                lu_kv_cache *cache)
 {
     const lu_decoder_config *c = &m->cfg;
-    lu_tensor *ids = batch->input_ids;
-    if (ids->ndim != 2) {
-        lu_errorf(LU_ERR_SHAPE, "decoder: input_ids must be [B, T], got %d dims", ids->ndim);
-        return NULL;
+    int64_t B = h->shape[0], T = h->shape[1];
+    lu_tensor *x = lu_rmsnorm(h, param(m, "model.layers.%d.input_layernorm.weight", l), c->rms_norm_eps);
+    if (!x) return NULL;
+    lu_tensor *q = project_heads(m, x, l, "q_proj", "q_norm", c->num_heads, pos, true);
+    lu_tensor *k = project_heads(m, x, l, "k_proj", "k_norm", c->num_kv_heads, pos, true);
+    lu_tensor *v = project_heads(m, x, l, "v_proj", NULL, c->num_kv_heads, pos, false);
+    if (cache) {
+        if (!k || !v) return NULL;
+        int64_t end = cache->length + T;
+        lu_tensor *kd = lu_slice(cache->k[l], 1, cache->length, end, 1);
+        lu_tensor *vd = lu_slice(cache->v[l], 1, cache->length, end, 1);
+        if (!kd || !vd || lu_tensor_copy(kd, k) || lu_tensor_copy(vd, v)) return NULL;
+        k = lu_slice(cache->k[l], 1, 0, end, 1);
+        v = lu_slice(cache->v[l], 1, 0, end, 1);
     }
-    int64_t B = ids->shape[0], T = ids->shape[1];
-    lu_tensor *pos = batch->positions ? batch->positions : default_positions(ids);
-    lu_tensor *h = lu_embedding(lu_params_get(m->params, "model.embed_tokens.weight"), ids);
-    lu_attention_opts ao = {.causal = true, .cu_seqlens = batch->cu_seqlens};
-    for (int l = 0; l < c->num_layers && h; l++) {
-        lu_tensor *x = lu_rmsnorm(h, param(m, "model.layers.%d.input_layernorm.weight", l), c->rms_norm_eps);
-        if (!x) return NULL;
-        lu_tensor *q = project_heads(m, x, l, "q_proj", "q_norm", c->num_heads, pos, true);
-        lu_tensor *k = project_heads(m, x, l, "k_proj", "k_norm", c->num_kv_heads, pos, true);
-        lu_tensor *v = project_heads(m, x, l, "v_proj", NULL, c->num_kv_heads, pos, false);
-        lu_tensor *a = lu_attention(q, k, v, &ao);
-        a = lu_reshape(a, LU_SHAPE(B, T, (int64_t)c->num_heads * c->head_dim));
-        h = lu_add(h, lu_linear(a, param(m, "model.layers.%d.self_attn.o_proj.weight", l), NULL));
-        /* SwiGLU: down(silu(gate(x)) * up(x)). */
-        x = lu_rmsnorm(h, param(m, "model.layers.%d.post_attention_layernorm.weight", l), c->rms_norm_eps);
-        lu_tensor *g = lu_silu(lu_linear(x, param(m, "model.layers.%d.mlp.gate_proj.weight", l), NULL));
-        lu_tensor *u = lu_linear(x, param(m, "model.layers.%d.mlp.up_proj.weight", l), NULL);
-        h = lu_add(h, lu_linear(lu_mul(g, u), param(m, "model.layers.%d.mlp.down_proj.weight", l), NULL));
-    }
+    lu_tensor *a = lu_attention(q, k, v, ao);
+    a = lu_reshape(a, LU_SHAPE(B, T, (int64_t)c->num_heads * c->head_dim));
+    h = lu_add(h, lu_linear(a, param(m, "model.layers.%d.self_attn.o_proj.weight", l), NULL));
+    /* SwiGLU: down(silu(gate(x)) * up(x)). */
+    x = lu_rmsnorm(h, param(m, "model.layers.%d.post_attention_layernorm.weight", l), c->rms_norm_eps);
+    lu_tensor *g = lu_silu(lu_linear(x, param(m, "model.layers.%d.mlp.gate_proj.weight", l), NULL));
+    lu_tensor *u = lu_linear(x, param(m, "model.layers.%d.mlp.up_proj.weight", l), NULL);
+    return lu_add(h, lu_linear(lu_mul(g, u), param(m, "model.layers.%d.mlp.down_proj.weight", l), NULL));
+}
+
+static lu_tensor *head_forward(lu_decoder *m, lu_tensor *h)
+{
+    const lu_decoder_config *c = &m->cfg;
     h = lu_rmsnorm(h, lu_params_get(m->params, "model.norm.weight"), c->rms_norm_eps);
     lu_tensor *head = lu_params_get(m->params, c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
     return lu_linear(h, head, NULL);
 }
 
+static bool check_ids(const lu_tensor *ids)
+{
+    if (ids->ndim == 2 && (ids->dtype == LU_I32 || ids->dtype == LU_I64)) return true;
+    char s[LU_SHAPE_STR_MAX];
+    lu_errorf(LU_ERR_SHAPE, "decoder: input_ids must be i32/i64 [B, T], got %s %s", lu_shape_str(ids, s, sizeof s),
+              lu_dtype_name(ids->dtype));
+    return false;
+}
+
+lu_tensor *lu_decoder_forward(lu_decoder *m, const lu_decoder_batch *batch)
+{
+    lu_tensor *ids = batch->input_ids;
+    if (!check_ids(ids)) return NULL;
+    lu_tensor *pos = batch->positions ? batch->positions : default_positions(ids, 0);
+    lu_tensor *h = lu_embedding(lu_params_get(m->params, "model.embed_tokens.weight"), ids);
+    lu_attention_opts ao = {.causal = true, .cu_seqlens = batch->cu_seqlens};
+    for (int l = 0; l < m->cfg.num_layers && h; l++) h = layer_forward(m, l, h, pos, &ao, NULL);
+    return head_forward(m, h);
+}
+
+lu_kv_cache *lu_kv_cache_new(const lu_decoder *m, int64_t batch, int64_t capacity)
+{
+    const lu_decoder_config *c = &m->cfg;
+    if (batch <= 0 || capacity <= 0) {
+        lu_errorf(LU_ERR_INVALID, "kv cache: batch %lld and capacity %lld must be positive", (long long)batch,
+                  (long long)capacity);
+        return NULL;
+    }
+    lu_kv_cache *kc = calloc(1, sizeof *kc);
+    if (!kc) {
+        lu_errorf(LU_ERR_NOMEM, "kv cache: out of memory");
+        return NULL;
+    }
+    kc->num_layers = c->num_layers;
+    kc->batch = batch;
+    kc->capacity = capacity;
+    kc->k = calloc((size_t)c->num_layers, sizeof *kc->k);
+    kc->v = calloc((size_t)c->num_layers, sizeof *kc->v);
+    /* Heap storage: the cache outlives the arena resets between decoding steps. */
+    lu_arena *prev = lu_arena_activate(NULL);
+    bool ok = kc->k && kc->v;
+    for (int l = 0; l < c->num_layers && ok; l++) {
+        int64_t shape[4] = {batch, capacity, c->num_kv_heads, c->head_dim};
+        kc->k[l] = lu_tensor_empty(LU_F32, 4, shape, m->params->device);
+        kc->v[l] = lu_tensor_empty(LU_F32, 4, shape, m->params->device);
+        ok = kc->k[l] && kc->v[l];
+    }
+    lu_arena_activate(prev);
+    if (!ok) {
+        if (!kc->k || !kc->v) lu_errorf(LU_ERR_NOMEM, "kv cache: out of memory");
+        lu_kv_cache_free(kc);
+        return NULL;
+    }
+    return kc;
+}
+
+void lu_kv_cache_free(lu_kv_cache *kc)
+{
+    if (!kc) return;
+    for (int l = 0; l < kc->num_layers; l++) {
+        if (kc->k) lu_tensor_release(kc->k[l]);
+        if (kc->v) lu_tensor_release(kc->v[l]);
+    }
+    free(kc->k);
+    free(kc->v);
+    free(kc);
+}
+
+lu_tensor *lu_decoder_forward_cached(lu_decoder *m, lu_tensor *input_ids, lu_kv_cache *cache, bool last_only)
+{
+    if (!check_ids(input_ids)) return NULL;
+    int64_t B = input_ids->shape[0], T = input_ids->shape[1];
+    if (B != cache->batch || cache->length + T > cache->capacity) {
+        lu_errorf(LU_ERR_SHAPE, "decoder: %lld x %lld new tokens do not fit a kv cache of batch %lld holding %lld of %lld positions",
+                  (long long)B, (long long)T, (long long)cache->batch, (long long)cache->length,
+                  (long long)cache->capacity);
+        return NULL;
+    }
+    /* The cache is written by copies that autograd does not record: no tape here. */
+    bool grad = lu_grad_set_enabled(false);
+    lu_tensor *pos = default_positions(input_ids, cache->length);
+    lu_tensor *h = lu_embedding(lu_params_get(m->params, "model.embed_tokens.weight"), input_ids);
+    lu_attention_opts ao = {.causal = true};
+    for (int l = 0; l < m->cfg.num_layers && h; l++) h = layer_forward(m, l, h, pos, &ao, cache);
+    if (h && last_only && T > 1) h = lu_slice(h, 1, T - 1, T, 1);
+    lu_tensor *logits = head_forward(m, h);
+    if (logits) cache->length += T;
+    lu_grad_set_enabled(grad);
+    return logits;
+}
+
 lu_tensor *lu_decoder_loss(lu_decoder *m, const lu_decoder_batch *batch, lu_tensor *labels)
 {
-    lu_tensor *logits = lu_decoder_forward(m, batch);
-    if (!logits) return NULL;
+    return lu_decoder_lm_loss(lu_decoder_forward(m, batch), labels);
+}
+
+lu_tensor *lu_decoder_lm_loss(lu_tensor *logits, lu_tensor *labels)
+{
+    LU_PROPAGATE_NULL(logits, labels);
     int64_t B = logits->shape[0], T = logits->shape[1], V = logits->shape[2];
+    if (labels->ndim != 2 || labels->shape[0] != B || labels->shape[1] != T) {
+        char sl[LU_SHAPE_STR_MAX], sg[LU_SHAPE_STR_MAX];
+        lu_errorf(LU_ERR_SHAPE, "decoder loss: labels %s must be [B, T] like the logits %s", lu_shape_str(labels, sl, sizeof sl),
+                  lu_shape_str(logits, sg, sizeof sg));
+        return NULL;
+    }
     if (T < 2) {
         lu_errorf(LU_ERR_SHAPE, "decoder loss: sequences need at least 2 tokens, got %lld", (long long)T);
         return NULL;

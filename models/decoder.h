@@ -52,5 +52,26 @@ lu_tensor *lu_decoder_forward(lu_decoder *m, const lu_decoder_batch *batch);
 /* Mean next-token cross-entropy: labels [B, T] (-100 ignored) are shifted inside, as
  * transformers does (logits at t predict labels at t+1). */
 lu_tensor *lu_decoder_loss(lu_decoder *m, const lu_decoder_batch *batch, lu_tensor *labels);
+/* The same loss from given logits [B, T, V] (when the logits are wanted too). */
+lu_tensor *lu_decoder_lm_loss(lu_tensor *logits, lu_tensor *labels);
+
+/* Keys and values of every layer (after k_norm and RoPE) for the positions processed so far, so
+ * that decoding one more token costs one token's forward: k[l], v[l] are [batch, capacity,
+ * num_kv_heads, head_dim] f32 on the parameters' device, heap-allocated (they outlive arena
+ * resets); positions 0 .. length-1 are filled. */
+typedef struct lu_kv_cache {
+    int num_layers;
+    int64_t batch, capacity, length;
+    lu_tensor **k, **v;
+} lu_kv_cache;
+
+lu_kv_cache *lu_kv_cache_new(const lu_decoder *m, int64_t batch, int64_t capacity);
+void lu_kv_cache_free(lu_kv_cache *cache);
+
+/* Logits of input_ids [B, T] at positions cache->length .. cache->length + T - 1 given the cached
+ * earlier positions, equal to the rows of the full forward over the whole sequence; appends
+ * this call's keys and values and advances cache->length. last_only returns the logits of the
+ * last position only ([B, 1, V]: a prefill needs no more). Runs without recording autograd. */
+lu_tensor *lu_decoder_forward_cached(lu_decoder *m, lu_tensor *input_ids, lu_kv_cache *cache, bool last_only);
 
 #endif

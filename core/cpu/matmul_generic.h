@@ -5,6 +5,13 @@
 static void R(gemm_batch)(int64_t batch, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const real *a,
                           int64_t sa, const real *b, int64_t sb, real beta, real *c, int64_t sc)
 {
+    /* One row (a decoding step): GEMV reads b in place, where GEMM would first pack all of it. */
+    if (m == 1) {
+        for (int64_t i = 0; i < batch; i++)
+            R_BLAS(gemv)(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, tb ? (int)n : (int)k, tb ? (int)k : (int)n, 1,
+                         b + i * sb, tb ? (int)k : (int)n, a + i * sa, 1, beta, c + i * sc, 1);
+        return;
+    }
     for (int64_t i = 0; i < batch; i++)
         R_BLAS(gemm)(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n,
                      (int)k, 1, a + i * sa, ta ? (int)m : (int)k, b + i * sb, tb ? (int)k : (int)n, beta,

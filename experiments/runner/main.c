@@ -12,7 +12,10 @@ static void usage(FILE *f)
             "verbs:\n"
             "  train CONFIG.yaml [--out DIR] [--max-steps N] [--resume] [section.key=value ...]\n"
             "  eval CONFIG.yaml [--checkpoint FILE]\n"
-            "  bench ops\n"
+            "  lm forward | generate | chat --model DIR ...\n"
+            "  features fbank | mel --audio FILE --out OUT.safetensors\n"
+            "  asr forward --arch conformer|zipformer ...\n"
+            "  bench ops | lm\n"
             "  version\n"
             "\n"
             "Run 'luthier <verb> --help' for a verb's options.\n");

@@ -7,5 +7,8 @@ const lu_cli_verb lu_cli_verbs[] = {
     {"train", lu_cli_train},
     {"eval", lu_cli_eval},
     {"bench", lu_cli_bench},
+    {"lm", lu_cli_lm},
+    {"features", lu_cli_features},
+    {"asr", lu_cli_asr},
     {NULL, NULL},
 };
