@@ -347,3 +347,50 @@ Test(ctc, rejects_bad_shapes_and_dtypes)
     lu_tensor_release(flat);
     ctc_free(&c);
 }
+
+/* ---- parity with torch.nn.functional.ctc_loss (scripts/make_ctc_fixtures.py) ---- */
+
+#include "core/safetensors.h"
+
+/* logits -> log_softmax -> ctc_loss, compared with torch's losses and logits gradients. */
+static void check_torch_case(lu_st_file *f, const char *prefix, const char *red_name, int64_t blank, lu_reduction red,
+                             bool zero_inf)
+{
+    char key[128];
+    lu_tensor *logits = lu_st_load(f, "logits", LU_F64);
+    cr_assert(logits, "%s", lu_error_message());
+    lu_tensor_set_requires_grad(logits, true);
+    snprintf(key, sizeof key, "%s.targets", prefix);
+    lu_tensor *targets = lu_st_load(f, key, LU_I64);
+    snprintf(key, sizeof key, "%s.input_lengths", prefix);
+    lu_tensor *il = lu_st_load(f, key, LU_I64);
+    snprintf(key, sizeof key, "%s.target_lengths", prefix);
+    lu_tensor *tl = lu_st_load(f, key, LU_I64);
+    cr_assert(targets && il && tl, "%s", lu_error_message());
+    lu_tensor *lp = lu_log_softmax(logits, -1);
+    lu_tensor *loss = lu_ctc_loss(lp, targets, il, tl, (int)blank, red, zero_inf);
+    cr_assert(loss, "%s", lu_error_message());
+    snprintf(key, sizeof key, "%s.%s.loss", prefix, red_name);
+    lu_tensor *ref_loss = lu_st_load(f, key, LU_F64);
+    double *rl = tu_to_doubles(ref_loss);
+    tu_assert_close(loss, rl, lu_tensor_numel(ref_loss), 1e-9, 1e-5, key);
+    lu_tensor *ones = lu_tensor_full(LU_F64, loss->ndim, loss->shape, LU_CPU, 1.0);
+    cr_assert_eq(lu_backward_from(loss, ones), LU_OK, "%s", lu_error_message());
+    snprintf(key, sizeof key, "%s.%s.grad", prefix, red_name);
+    tu_assert_tensors_close(logits->grad, lu_st_load(f, key, LU_F64), 1e-9, 1e-5, key);
+    free(rl);
+}
+
+Test(ctc, matches_torch_ctc_loss_losses_and_gradients)
+{
+    lu_st_file *f = lu_st_open("tests/fixtures/ctc/torch_ctc.safetensors");
+    cr_assert(f, "%s", lu_error_message());
+    const char *names[] = {"none", "sum", "mean"};
+    lu_reduction reds[] = {LU_REDUCE_NONE, LU_REDUCE_SUM, LU_REDUCE_MEAN};
+    for (int r = 0; r < 3; r++) {
+        check_torch_case(f, "blank0", names[r], 0, reds[r], false);
+        check_torch_case(f, "blank6", names[r], 6, reds[r], false);
+    }
+    check_torch_case(f, "infeasible", "mean", 0, LU_REDUCE_MEAN, true);
+    lu_st_close(f);
+}
