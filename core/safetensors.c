@@ -397,7 +397,7 @@ static lu_status check_unique(const char *path, const char *what, int n, const c
 {
     const char **s = malloc(((size_t)n + 1) * sizeof *s);
     if (!s) return lu_errorf(LU_ERR_NOMEM, "%s: out of memory", path);
-    memcpy(s, names, (size_t)n * sizeof *s);
+    if (n > 0) memcpy(s, names, (size_t)n * sizeof *s); /* names may be NULL when n == 0 */
     qsort(s, (size_t)n, sizeof *s, cmp_str);
     lu_status st = LU_OK;
     for (int i = 1; i < n && !st; i++)
