@@ -1,6 +1,6 @@
 /* cli_asr.c - `luthier asr forward`: runs an ASR encoder imported from PyTorch on a padded batch
  * read from safetensors and writes its output, for parity checks against the reference
- * implementations (torchaudio Conformer; the icefall Zipformer is not yet available). */
+ * implementations (torchaudio Conformer, icefall Zipformer2). */
 #include <stdio.h>
 #include <string.h>
 
@@ -9,6 +9,7 @@
 #include "core/safetensors.h"
 #include "experiments/runner/cli.h"
 #include "models/conformer.h"
+#include "models/zipformer.h"
 
 #define ARENA_BLOCK (64u << 20)
 
@@ -19,7 +20,7 @@ typedef struct asr_forward_args {
 static void asr_usage(FILE *f)
 {
     fprintf(f,
-            "usage: luthier asr forward --arch conformer --config CFG.json --weights W.safetensors\n"
+            "usage: luthier asr forward --arch conformer|zipformer --config CFG.json --weights W.safetensors\n"
             "                           --input IN.safetensors --out OUT.safetensors\n"
             "\n"
             "Runs an encoder in eval mode on a padded batch.\n"
@@ -28,7 +29,15 @@ static void asr_usage(FILE *f)
             "                     ignored); W holds its state dict (conformer_layers.*, converted by\n"
             "                     scripts/convert_torch_to_safetensors.py); IN holds x [B,T,D] f32 and\n"
             "                     lengths [B] int; OUT receives y [B,T,D] and lengths\n"
-            "  --arch zipformer   not yet supported\n");
+            "  --arch zipformer   icefall Zipformer2 with Conv2dSubsampling (AsrModel.forward_encoder);\n"
+            "                     CFG.json holds Zipformer2 arguments (output_downsampling_factor,\n"
+            "                     downsampling_factor, encoder_dim, num_encoder_layers, encoder_unmasked_dim,\n"
+            "                     query_head_dim, pos_head_dim, value_head_dim, num_heads, feedforward_dim,\n"
+            "                     cnn_module_kernel, pos_dim; causal false; optional feature_dim 80 and\n"
+            "                     layer{1,2,3}_channels 8/32/128); W holds encoder_embed.* and encoder.*\n"
+            "                     (other tensors of an AsrModel checkpoint are ignored); IN holds x [B,T,F]\n"
+            "                     f32 and x_lens [B] int; OUT receives encoder_out [B,T',C] and\n"
+            "                     encoder_out_lens\n");
 }
 
 /* -1: run; otherwise the exit code. */
@@ -116,6 +125,42 @@ static lu_status conformer_forward(const asr_forward_args *a)
     return s;
 }
 
+static lu_status zipformer_forward(const asr_forward_args *a)
+{
+    static const char *const prefixes[] = {"encoder_embed.", "encoder."};
+    lu_zipformer_config cfg;
+    LU_TRY(lu_zipformer_config_load_json(a->config, &cfg));
+    lu_params *p = lu_params_new(LU_CPU);
+    lu_arena *arena = lu_arena_new(LU_CPU, ARENA_BLOCK);
+    lu_status s = p && arena ? LU_OK : lu_errorf(LU_ERR_NOMEM, "asr forward: out of memory");
+    if (s == LU_OK) s = lu_zipformer_declare(p, &cfg);
+    if (s == LU_OK) s = lu_params_finalize(p);
+    if (s == LU_OK) s = lu_zipformer_load_safetensors(p, a->weights, 2, prefixes);
+    if (s == LU_OK) {
+        lu_arena *prev = lu_arena_activate(arena);
+        bool grad = lu_grad_set_enabled(false);
+        lu_tensor *x = NULL, *x_lens = NULL, *y = NULL, *y_lens = NULL;
+        lu_st_file *f = lu_st_open(a->input);
+        if (!f) s = lu_error_code();
+        else if (lu_st_find(f, "x") < 0 || lu_st_find(f, "x_lens") < 0)
+            s = lu_errorf(LU_ERR_FORMAT, "%s: needs tensors 'x' and 'x_lens'", a->input);
+        else if (!(x = lu_st_load(f, "x", LU_F32)) || !(x_lens = lu_st_load(f, "x_lens", LU_I64)))
+            s = lu_error_code();
+        lu_st_close(f);
+        if (s == LU_OK && !(y = lu_zipformer_forward(p, &cfg, x, x_lens, &y_lens, NULL))) s = lu_error_code();
+        if (s == LU_OK) {
+            const char *names[2] = {"encoder_out", "encoder_out_lens"};
+            lu_tensor *const ts[2] = {y, y_lens};
+            s = lu_st_save(a->out, 2, names, ts, 0, NULL, NULL);
+        }
+        lu_grad_set_enabled(grad);
+        lu_arena_activate(prev);
+    }
+    lu_arena_free(arena);
+    lu_params_free(p);
+    return s;
+}
+
 int lu_cli_asr(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -130,11 +175,7 @@ int lu_cli_asr(int argc, char **argv)
     asr_forward_args a = {0};
     int rc = parse_forward(argc, argv, &a);
     if (rc >= 0) return rc;
-    if (!strcmp(a.arch, "zipformer")) {
-        fprintf(stderr, "luthier asr forward: --arch zipformer is not yet supported (conformer only)\n");
-        return 1;
-    }
-    if (conformer_forward(&a)) {
+    if (!strcmp(a.arch, "zipformer") ? zipformer_forward(&a) : conformer_forward(&a)) {
         fprintf(stderr, "luthier asr forward: %s\n", lu_error_message());
         return 1;
     }
