@@ -1,6 +1,8 @@
 /* params.c - the flat parameter store (see params.h). */
 #include "params.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -94,6 +96,18 @@ lu_tensor *lu_params_add(lu_params *p, const char *name, lu_dtype dt, int ndim, 
     t->requires_grad = trainable;
     p->items[p->n++] = (lu_param){nm, t, trainable, 0};
     return t;
+}
+
+lu_status lu_params_declare(lu_params *p, lu_dtype dt, bool trainable, int ndim, const int64_t *shape, const char *fmt,
+                            ...)
+{
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof name) return lu_errorf(LU_ERR_INVALID, "params: name too long (%d bytes)", n);
+    return lu_params_add(p, name, dt, ndim, shape, trainable) ? LU_OK : lu_error_code();
 }
 
 /* Points `t` (already holding dtype and shape) at storage s + offset, contiguous. */

@@ -31,6 +31,9 @@ lu_params *lu_params_new(lu_device dev);
 void lu_params_free(lu_params *p);
 /* Declares a tensor (storage arrives at finalize). Names must be unique. */
 lu_tensor *lu_params_add(lu_params *p, const char *name, lu_dtype dt, int ndim, const int64_t *shape, bool trainable);
+/* lu_params_add with a printf-style name, returning a status (model declaration code). */
+lu_status lu_params_declare(lu_params *p, lu_dtype dt, bool trainable, int ndim, const int64_t *shape, const char *fmt,
+                            ...) __attribute__((format(printf, 6, 7)));
 lu_status lu_params_finalize(lu_params *p);
 lu_tensor *lu_params_get(const lu_params *p, const char *name);
 const lu_param *lu_params_find(const lu_params *p, const char *name);

@@ -1,6 +1,8 @@
 /* safetensors.c - safetensors reader (mmap + full validation) and writer (see safetensors.h). */
 #include "safetensors.h"
 
+#include "params.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -546,5 +548,46 @@ lu_status lu_st_save(const char *path, int n, const char *const *names, lu_tenso
     free(header);
     free(items);
     free(tmp);
+    return s;
+}
+
+lu_status lu_st_load_params(const char *path, lu_params *p, const char *what, lu_st_scope in_scope, void *ctx)
+{
+    if (!p->finalized) return lu_errorf(LU_ERR_STATE, "%s %s: params must be finalised before loading", what, path);
+    lu_st_file *f = lu_st_open(path);
+    if (!f) return lu_error_code();
+    lu_status s = LU_OK;
+    for (int i = 0; i < p->n && s == LU_OK; i++) {
+        const char *name = p->items[i].name;
+        lu_tensor *t = p->items[i].t;
+        if (in_scope && !in_scope(name, ctx)) continue;
+        int at = lu_st_find(f, name), ndim = 0;
+        int64_t shape[LU_MAX_DIMS];
+        if (at < 0) {
+            s = lu_errorf(LU_ERR_FORMAT, "%s %s: missing tensor '%s'", what, path, name);
+        } else if ((s = lu_st_info(f, at, NULL, &ndim, shape)) == LU_OK) {
+            bool same = ndim == t->ndim;
+            for (int d = 0; same && d < ndim; d++) same = shape[d] == t->shape[d];
+            if (!same) {
+                char want[LU_SHAPE_STR_MAX], got[LU_SHAPE_STR_MAX] = "[";
+                for (int d = 0; d < ndim; d++) {
+                    size_t n = strlen(got);
+                    snprintf(got + n, sizeof got - n, "%s%lld", d ? ", " : "", (long long)shape[d]);
+                }
+                strncat(got, "]", sizeof got - strlen(got) - 1);
+                s = lu_errorf(LU_ERR_SHAPE, "%s %s: tensor '%s' has shape %s, the model expects %s", what, path, name, got,
+                              lu_shape_str(t, want, sizeof want));
+            } else {
+                s = lu_st_read_into(f, name, t);
+            }
+        }
+    }
+    for (int i = 0; i < lu_st_count(f) && s == LU_OK; i++) {
+        const char *name = lu_st_name(f, i);
+        if ((!in_scope || in_scope(name, ctx)) && !lu_params_find(p, name))
+            s = lu_errorf(LU_ERR_FORMAT, "%s %s: unexpected tensor '%s' (does the config match the checkpoint?)", what,
+                          path, name);
+    }
+    lu_st_close(f);
     return s;
 }

@@ -48,4 +48,13 @@ const char *lu_st_metadata(const lu_st_file *f, const char *key);
 lu_status lu_st_save(const char *path, int n, const char *const *names, lu_tensor *const *tensors, int n_meta,
                      const char *const *meta_keys, const char *const *meta_values);
 
+/* Strict load of a model's weights: every declared tensor of the finalised store `p` that
+ * `in_scope` accepts must be in the file with the same shape (values converted to the declared
+ * dtype), and every file tensor that `in_scope` accepts must be declared - a mismatch means the
+ * config does not fit the checkpoint. in_scope NULL accepts everything. Errors name `what`
+ * ("conformer weights"), the file and the tensor. */
+struct lu_params;
+typedef bool (*lu_st_scope)(const char *name, void *ctx);
+lu_status lu_st_load_params(const char *path, struct lu_params *p, const char *what, lu_st_scope in_scope, void *ctx);
+
 #endif

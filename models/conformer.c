@@ -121,24 +121,11 @@ lu_status lu_conformer_config_load_json(const char *path, lu_conformer_config *c
 
 /* ---- parameters ---------------------------------------------------------------------------- */
 
-static lu_status declare(lu_params *p, bool trainable, int ndim, const int64_t *shape, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-
-static lu_status declare(lu_params *p, bool trainable, int ndim, const int64_t *shape, const char *fmt, ...)
-{
-    char n[NAME_LEN];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(n, sizeof n, fmt, ap);
-    va_end(ap);
-    return lu_params_add(p, n, LU_F32, ndim, shape, trainable) ? LU_OK : lu_error_code();
-}
-
 /* LayerNorm / Linear / Conv1d: weight of `shape` and bias [shape[0]] under name.weight/.bias. */
 static lu_status declare_wb(lu_params *p, const char *layer, const char *module, int ndim, const int64_t *shape)
 {
-    LU_TRY(declare(p, true, ndim, shape, "%s%s.weight", layer, module));
-    return declare(p, true, 1, shape, "%s%s.bias", layer, module);
+    LU_TRY(lu_params_declare(p, LU_F32, true, ndim, shape, "%s%s.weight", layer, module));
+    return lu_params_declare(p, LU_F32, true, 1, shape, "%s%s.bias", layer, module);
 }
 
 static lu_status declare_layer(lu_params *p, const char *layer, const lu_conformer_config *c)
@@ -156,15 +143,15 @@ static lu_status declare_layer(lu_params *p, const char *layer, const lu_conform
         LU_TRY(declare_wb(p, layer, m, LU_SHAPE(D, F)));
     }
     LU_TRY(declare_wb(p, layer, "self_attn_layer_norm", LU_SHAPE(D)));
-    LU_TRY(declare(p, true, LU_SHAPE(3 * D, D), "%sself_attn.in_proj_weight", layer));
-    LU_TRY(declare(p, true, LU_SHAPE(3 * D), "%sself_attn.in_proj_bias", layer));
+    LU_TRY(lu_params_declare(p, LU_F32, true, LU_SHAPE(3 * D, D), "%sself_attn.in_proj_weight", layer));
+    LU_TRY(lu_params_declare(p, LU_F32, true, LU_SHAPE(3 * D), "%sself_attn.in_proj_bias", layer));
     LU_TRY(declare_wb(p, layer, "self_attn.out_proj", LU_SHAPE(D, D)));
     LU_TRY(declare_wb(p, layer, "conv_module.layer_norm", LU_SHAPE(D)));
     LU_TRY(declare_wb(p, layer, "conv_module.sequential.0", LU_SHAPE(2 * D, D, 1)));
     LU_TRY(declare_wb(p, layer, "conv_module.sequential.2", LU_SHAPE(D, 1, K)));
     LU_TRY(declare_wb(p, layer, "conv_module.sequential.3", LU_SHAPE(D)));
-    LU_TRY(declare(p, false, LU_SHAPE(D), "%sconv_module.sequential.3.running_mean", layer));
-    LU_TRY(declare(p, false, LU_SHAPE(D), "%sconv_module.sequential.3.running_var", layer));
+    LU_TRY(lu_params_declare(p, LU_F32, false, LU_SHAPE(D), "%sconv_module.sequential.3.running_mean", layer));
+    LU_TRY(lu_params_declare(p, LU_F32, false, LU_SHAPE(D), "%sconv_module.sequential.3.running_var", layer));
     LU_TRY(declare_wb(p, layer, "conv_module.sequential.5", LU_SHAPE(D, D, 1)));
     return declare_wb(p, layer, "final_layer_norm", LU_SHAPE(D));
 }
@@ -625,48 +612,14 @@ lu_tensor *lu_ee_conformer_loss(lu_ee_conformer *m, lu_tensor *feats, lu_tensor 
 
 /* ---- weights ------------------------------------------------------------------------------- */
 
-static bool skipped_on_load(const char *name)
+/* BatchNorm counters and the authors' positional-encoding table are not parameters here. */
+static bool loaded(const char *name, void *ctx)
 {
-    return ends_with(name, ".num_batches_tracked") || !strcmp(name, "positional_encoder.pe");
+    (void)ctx;
+    return !ends_with(name, ".num_batches_tracked") && strcmp(name, "positional_encoder.pe");
 }
 
 lu_status lu_conformer_load_safetensors(lu_params *p, const char *path)
 {
-    if (!p->finalized) return lu_errorf(LU_ERR_STATE, "conformer weights %s: params must be finalised before loading", path);
-    lu_st_file *f = lu_st_open(path);
-    if (!f) return lu_error_code();
-    lu_status s = LU_OK;
-    for (int i = 0; i < p->n && s == LU_OK; i++) {
-        const char *name = p->items[i].name;
-        lu_tensor *t = p->items[i].t;
-        int at = lu_st_find(f, name);
-        int ndim = 0;
-        int64_t shape[LU_MAX_DIMS];
-        if (at < 0) {
-            s = lu_errorf(LU_ERR_FORMAT, "conformer weights %s: missing tensor '%s'", path, name);
-        } else if ((s = lu_st_info(f, at, NULL, &ndim, shape)) == LU_OK) {
-            bool same = ndim == t->ndim;
-            for (int d = 0; same && d < ndim; d++) same = shape[d] == t->shape[d];
-            if (!same) {
-                char want[LU_SHAPE_STR_MAX], got[LU_SHAPE_STR_MAX] = "[";
-                for (int d = 0; d < ndim; d++) {
-                    size_t n = strlen(got);
-                    snprintf(got + n, sizeof got - n, "%s%lld", d ? ", " : "", (long long)shape[d]);
-                }
-                strncat(got, "]", sizeof got - strlen(got) - 1);
-                s = lu_errorf(LU_ERR_SHAPE, "conformer weights %s: tensor '%s' has shape %s, the model expects %s", path,
-                              name, got, lu_shape_str(t, want, sizeof want));
-            } else {
-                s = lu_st_read_into(f, name, t);
-            }
-        }
-    }
-    for (int i = 0; i < lu_st_count(f) && s == LU_OK; i++) {
-        const char *name = lu_st_name(f, i);
-        if (!skipped_on_load(name) && !lu_params_find(p, name))
-            s = lu_errorf(LU_ERR_FORMAT, "conformer weights %s: unexpected tensor '%s' (does the config match the checkpoint?)",
-                          path, name);
-    }
-    lu_st_close(f);
-    return s;
+    return lu_st_load_params(path, p, "conformer weights", loaded, NULL);
 }

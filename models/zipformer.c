@@ -210,42 +210,29 @@ lu_status lu_zipformer_config_load_json(const char *path, lu_zipformer_config *c
 
 /* ---- parameters ---------------------------------------------------------------------------- */
 
-static lu_status declare(lu_params *p, bool trainable, int ndim, const int64_t *shape, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-
-static lu_status declare(lu_params *p, bool trainable, int ndim, const int64_t *shape, const char *fmt, ...)
-{
-    char n[NAME_LEN];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(n, sizeof n, fmt, ap);
-    va_end(ap);
-    return lu_params_add(p, n, LU_F32, ndim, shape, trainable) ? LU_OK : lu_error_code();
-}
-
 /* Linear / Conv: prefix+module.weight of `shape` and .bias [shape[0]]. */
 static lu_status declare_wb(lu_params *p, const char *prefix, const char *module, int ndim, const int64_t *shape)
 {
-    LU_TRY(declare(p, true, ndim, shape, "%s%s.weight", prefix, module));
-    return declare(p, true, 1, shape, "%s%s.bias", prefix, module);
+    LU_TRY(lu_params_declare(p, LU_F32, true, ndim, shape, "%s%s.weight", prefix, module));
+    return lu_params_declare(p, LU_F32, true, 1, shape, "%s%s.bias", prefix, module);
 }
 
 /* BiasNorm: bias [dim] and the scalar log_scale (shape [] as in icefall). */
 static lu_status declare_biasnorm(lu_params *p, const char *prefix, const char *module, int64_t dim)
 {
-    LU_TRY(declare(p, true, LU_SHAPE(dim), "%s%s.bias", prefix, module));
-    return declare(p, true, 0, (int64_t[]){1}, "%s%s.log_scale", prefix, module);
+    LU_TRY(lu_params_declare(p, LU_F32, true, LU_SHAPE(dim), "%s%s.bias", prefix, module));
+    return lu_params_declare(p, LU_F32, true, 0, (int64_t[]){1}, "%s%s.log_scale", prefix, module);
 }
 
 static lu_status declare_layer(lu_params *p, const lu_zipformer_config *c, int i, const char *L)
 {
     int64_t D = c->encoder_dim[i], H = c->num_heads[i], F = c->feedforward_dim[i], Hn = 3 * D / 4;
     int64_t qkp = (2 * (int64_t)c->query_head_dim[i] + c->pos_head_dim[i]) * H, V = H * c->value_head_dim[i];
-    LU_TRY(declare(p, true, LU_SHAPE(D), "%sbypass.bypass_scale", L));
-    LU_TRY(declare(p, true, LU_SHAPE(D), "%sbypass_mid.bypass_scale", L));
-    LU_TRY(declare(p, false, LU_SHAPE(D), "%sbypass_scale", L));
+    LU_TRY(lu_params_declare(p, LU_F32, true, LU_SHAPE(D), "%sbypass.bypass_scale", L));
+    LU_TRY(lu_params_declare(p, LU_F32, true, LU_SHAPE(D), "%sbypass_mid.bypass_scale", L));
+    LU_TRY(lu_params_declare(p, LU_F32, false, LU_SHAPE(D), "%sbypass_scale", L));
     LU_TRY(declare_wb(p, L, "self_attn_weights.in_proj", LU_SHAPE(qkp, D)));
-    LU_TRY(declare(p, true, LU_SHAPE(H * c->pos_head_dim[i], c->pos_dim), "%sself_attn_weights.linear_pos.weight", L));
+    LU_TRY(lu_params_declare(p, LU_F32, true, LU_SHAPE(H * c->pos_head_dim[i], c->pos_dim), "%sself_attn_weights.linear_pos.weight", L));
     for (int k = 1; k <= 2; k++) {
         char m[32];
         snprintf(m, sizeof m, "self_attn%d.in_proj", k);
@@ -302,11 +289,11 @@ lu_status lu_zipformer_declare(lu_params *p, const lu_zipformer_config *c)
             LU_TRY(declare_layer(p, c, i, layer));
         }
         if (c->downsampling_factor[i] > 1) {
-            LU_TRY(declare(p, true, LU_SHAPE(c->downsampling_factor[i]), "encoder.encoders.%d.downsample.bias", i));
-            LU_TRY(declare(p, true, LU_SHAPE(c->encoder_dim[i]), "encoder.encoders.%d.out_combiner.bypass_scale", i));
+            LU_TRY(lu_params_declare(p, LU_F32, true, LU_SHAPE(c->downsampling_factor[i]), "encoder.encoders.%d.downsample.bias", i));
+            LU_TRY(lu_params_declare(p, LU_F32, true, LU_SHAPE(c->encoder_dim[i]), "encoder.encoders.%d.out_combiner.bypass_scale", i));
         }
     }
-    return declare(p, true, LU_SHAPE(c->output_downsampling_factor), "encoder.downsample_output.bias");
+    return lu_params_declare(p, LU_F32, true, LU_SHAPE(c->output_downsampling_factor), "encoder.downsample_output.bias");
 }
 
 static bool ends_with(const char *s, const char *suffix)
@@ -366,52 +353,20 @@ lu_status lu_zipformer_init(lu_params *p, const lu_zipformer_config *c, uint64_t
 
 /* ---- weights ------------------------------------------------------------------------------- */
 
-static bool under(const char *name, int n, const char *const *prefixes)
+typedef struct prefixes { int n; const char *const *list; } prefixes;
+
+static bool under(const char *name, void *ctx)
 {
-    for (int k = 0; k < n; k++)
-        if (!strncmp(name, prefixes[k], strlen(prefixes[k]))) return true;
+    const prefixes *p = ctx;
+    for (int k = 0; k < p->n; k++)
+        if (!strncmp(name, p->list[k], strlen(p->list[k]))) return true;
     return false;
 }
 
 lu_status lu_zipformer_load_safetensors(lu_params *p, const char *path, int n_prefixes, const char *const *keep_prefixes)
 {
-    if (!p->finalized) return lu_errorf(LU_ERR_STATE, "zipformer weights %s: params must be finalised before loading", path);
-    lu_st_file *f = lu_st_open(path);
-    if (!f) return lu_error_code();
-    lu_status s = LU_OK;
-    for (int i = 0; i < p->n && s == LU_OK; i++) {
-        const char *name = p->items[i].name;
-        lu_tensor *t = p->items[i].t;
-        if (!under(name, n_prefixes, keep_prefixes)) continue;
-        int at = lu_st_find(f, name), ndim = 0;
-        int64_t shape[LU_MAX_DIMS];
-        if (at < 0) {
-            s = lu_errorf(LU_ERR_FORMAT, "zipformer weights %s: missing tensor '%s'", path, name);
-        } else if ((s = lu_st_info(f, at, NULL, &ndim, shape)) == LU_OK) {
-            bool same = ndim == t->ndim;
-            for (int d = 0; same && d < ndim; d++) same = shape[d] == t->shape[d];
-            if (!same) {
-                char want[LU_SHAPE_STR_MAX], got[LU_SHAPE_STR_MAX] = "[";
-                for (int d = 0; d < ndim; d++) {
-                    size_t n = strlen(got);
-                    snprintf(got + n, sizeof got - n, "%s%lld", d ? ", " : "", (long long)shape[d]);
-                }
-                strncat(got, "]", sizeof got - strlen(got) - 1);
-                s = lu_errorf(LU_ERR_SHAPE, "zipformer weights %s: tensor '%s' has shape %s, the model expects %s", path,
-                              name, got, lu_shape_str(t, want, sizeof want));
-            } else {
-                s = lu_st_read_into(f, name, t);
-            }
-        }
-    }
-    for (int i = 0; i < lu_st_count(f) && s == LU_OK; i++) {
-        const char *name = lu_st_name(f, i);
-        if (under(name, n_prefixes, keep_prefixes) && !lu_params_find(p, name))
-            s = lu_errorf(LU_ERR_FORMAT, "zipformer weights %s: unexpected tensor '%s' (does the config match the checkpoint?)",
-                          path, name);
-    }
-    lu_st_close(f);
-    return s;
+    prefixes scope = {n_prefixes, keep_prefixes};
+    return lu_st_load_params(path, p, "zipformer weights", under, &scope);
 }
 
 /* ---- building blocks (scaling.py, zipformer.py) -------------------------------------------- */
@@ -864,7 +819,7 @@ lu_status lu_ee_zipformer_declare(lu_ee_zipformer *m, const lu_ee_zipformer_conf
         if (is_final_exit(c, k)) {
             LU_TRY(declare_wb(p, "", "ctc_output.1", LU_SHAPE(c->vocab_size, D)));
         } else {
-            LU_TRY(declare(p, true, LU_SHAPE(c->enc.output_downsampling_factor), "exits.%d.downsample.bias", k));
+            LU_TRY(lu_params_declare(p, LU_F32, true, LU_SHAPE(c->enc.output_downsampling_factor), "exits.%d.downsample.bias", k));
             char m2[32];
             snprintf(m2, sizeof m2, "exits.%d.linear", k);
             LU_TRY(declare_wb(p, "", m2, LU_SHAPE(c->vocab_size, D)));
