@@ -261,6 +261,10 @@ static void host_strided_copy(lu_tensor *dst, const lu_tensor *src)
 {
     size_t es = lu_dtype_size(src->dtype);
     int64_t n = lu_tensor_numel(src);
+    if (lu_tensor_is_contiguous(dst) && lu_tensor_is_contiguous(src)) {
+        memcpy(lu_tensor_data(dst), lu_tensor_data(src), (size_t)n * es);
+        return;
+    }
     int64_t idx[LU_MAX_DIMS] = {0};
     char *d = lu_tensor_data(dst);
     const char *s = lu_tensor_data(src);

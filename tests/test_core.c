@@ -339,3 +339,17 @@ Test(cpu_math, expf_edges)
     cr_assert_eq(lu_expf(0.0f), 1.0f);
     cr_assert_float_eq(lu_expf(88.7f), expf(88.7f), 1e32);
 }
+
+Test(cpu_math, log1p_of_non_negative_matches_libm)
+{
+    double worst = 0;
+    for (double x = 0; x < 50; x = x < 1e-6 ? x + 1e-9 : x * 1.0007 + 1e-9) {
+        float xf = (float)x;
+        double ref = log1p((double)xf), got = lu_log1pf_pos(xf);
+        double rel = ref > 0 ? fabs(got - ref) / ref : fabs(got);
+        worst = rel > worst ? rel : worst;
+    }
+    cr_assert_lt(worst, 3e-7, "worst relative error %g", worst);
+    cr_assert_eq(lu_log1pf_pos(0.0f), 0.0f);
+    cr_assert_eq(lu_log1pf_pos(1e-30f), 1e-30f);
+}

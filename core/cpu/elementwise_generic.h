@@ -244,7 +244,7 @@ static lu_status R(affine_bwd)(const lu_op_call *c)
 /* 1/(1+e^-z) saturates to 0 or 1 without overflow trouble (e^-z = inf gives 0). */
 static inline real R(sigm)(real z) { return 1 / (1 + R_EXP(-z)); }
 /* log(1 + e^z) = max(z, 0) + log1p(e^-|z|), exact for large |z|. */
-static inline real R(softplus)(real z) { return fmax(z, (real)0) + log1p(exp(-fabs(z))); }
+static inline real R(softplus)(real z) { return (z > 0 ? z : (real)0) + R_LOG1P_POS(R_EXP(-fabs(z))); }
 static inline real R(silu_grad)(real x)
 {
     real s = R(sigm)(x);
