@@ -51,9 +51,34 @@ static void R(col2im)(const conv_geom *g, const real *col, real *dx)
 }
 
 /* Direct loop when Cin/g == 1: output channel oc reads input channel oc / (Cout/g). */
+/* Stride-1 conv1d (the Conformer/Zipformer modules): one tap at a time over the whole row, so the
+ * inner loop runs over contiguous output frames and vectorises. */
+static void R(conv_depthwise_fwd_row)(const conv_geom *g, const real *x, const real *w, const real *bias, real *y)
+{
+    int64_t og = g->cout / g->groups, K = g->kw, T = g->w, OT = g->ow;
+#pragma omp parallel for collapse(2)
+    for (int64_t b = 0; b < g->batch; b++)
+        for (int64_t oc = 0; oc < g->cout; oc++) {
+            const real *restrict xc = x + (b * g->cin + oc / og) * T, *wk = w + oc * K;
+            real *restrict yc = y + (b * g->cout + oc) * OT;
+            real b0 = bias ? bias[oc] : 0;
+            for (int64_t t = 0; t < OT; t++) yc[t] = b0;
+            for (int64_t j = 0; j < K; j++) {
+                int64_t off = j * g->dil[1] - g->pad[1]; /* input frame = output frame + off */
+                int64_t lo = off < 0 ? -off : 0, hi = T - off < OT ? T - off : OT;
+                real wj = wk[j];
+                for (int64_t t = lo; t < hi; t++) yc[t] += wj * xc[t + off];
+            }
+        }
+}
+
 static void R(conv_depthwise_fwd)(const conv_geom *g, const real *x, const real *w, const real *bias, real *y)
 {
     int64_t og = g->cout / g->groups, K = g->kh * g->kw;
+    if (g->kh == 1 && g->h == 1 && g->stride[1] == 1) {
+        R(conv_depthwise_fwd_row)(g, x, w, bias, y);
+        return;
+    }
 #pragma omp parallel for collapse(2)
     for (int64_t b = 0; b < g->batch; b++)
         for (int64_t oc = 0; oc < g->cout; oc++) {
