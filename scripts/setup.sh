@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
-  libopenblas-dev      # BLAS for the CPU backend
+  libopenblas-openmp-dev  # BLAS for the CPU backend, on luthier's OpenMP threads
   libhdf5-dev          # checkpoints and datasets
   libyaml-dev          # experiment configs
   libcjson-dev         # JSON (metrics, config.json, tokenizer.json)
