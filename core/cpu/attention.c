@@ -52,6 +52,8 @@ static void att_key_range(const att_dims *a, int64_t i, int64_t *lo, int64_t *hi
 #define LU_GENERIC_FILE "attention_generic.h"
 #include "generic.h"
 
+/* The kernels run their own OpenMP threads, one GEMM per query block; OpenBLAS is the OpenMP
+ * build (CMakeLists.txt), so those GEMMs run on the calling thread. */
 static lu_status attention_fwd(const lu_op_call *c) { LU_CPU_DISPATCH_FLOAT(attention_fwd, c, c->in[0]->dtype); }
 
 /* The dtype is q's: backward inputs start with one gradient slot per output. */
@@ -61,24 +63,9 @@ static lu_status attention_bwd(const lu_op_call *c)
     LU_CPU_DISPATCH_FLOAT(attention_bwd, c, c->in[p->return_weights ? 3 : 2]->dtype);
 }
 
-/* The kernels run their own OpenMP threads, one GEMM per query block. OpenBLAS (pthreads build)
- * would also fan each of those GEMMs out to its thread pool, and the callers then queue for the
- * pool (10x slower on `luthier bench ops`), so BLAS runs single-threaded meanwhile. The count is
- * process-wide in OpenBLAS 0.3.21 (no per-thread setting). */
-static lu_status run_with_serial_blas(lu_kernel k, const lu_op_call *c)
-{
-    int prev = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    lu_status s = k(c);
-    openblas_set_num_threads(prev);
-    return s;
-}
-
-static lu_status attention_forward(const lu_op_call *c) { return run_with_serial_blas(attention_fwd, c); }
-static lu_status attention_backward(const lu_op_call *c) { return run_with_serial_blas(attention_bwd, c); }
 
 void lu_cpu_register_attention(lu_backend *b)
 {
-    b->forward[LU_OP_ATTENTION] = attention_forward;
-    b->backward[LU_OP_ATTENTION] = attention_backward;
+    b->forward[LU_OP_ATTENTION] = attention_fwd;
+    b->backward[LU_OP_ATTENTION] = attention_bwd;
 }

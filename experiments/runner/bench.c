@@ -93,9 +93,6 @@ static int att_ref(void *p)
     int64_t B = c->B, T = c->T, H = c->H, D = c->D;
     const float *q = lu_tensor_data(c->q), *k = lu_tensor_data(c->k), *v = lu_tensor_data(c->v);
     float scale = 1.0f / sqrtf((float)D);
-    /* One BLAS thread per OpenMP thread: OpenBLAS's own pool would serialise nested calls. */
-    int blas_threads = openblas_get_num_threads();
-    openblas_set_num_threads(1);
 #pragma omp parallel for collapse(2)
     for (int64_t b = 0; b < B; b++)
         for (int64_t h = 0; h < H; h++) {
@@ -122,7 +119,6 @@ static int att_ref(void *p)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1, s, (int)T, vh, (int)D, 0, o,
                         (int)D);
         }
-    openblas_set_num_threads(blas_threads);
     return 0;
 }
 
