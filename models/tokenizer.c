@@ -460,7 +460,7 @@ static lu_status load_model(lu_tokenizer *t, const cJSON *root)
     return load_pre_tokenizer(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"));
 }
 
-lu_tokenizer *lu_tokenizer_parse(const char *json, size_t len, const char *name)
+static lu_tokenizer *tokenizer_new(const char *name)
 {
     lu_tokenizer *t = calloc(1, sizeof *t);
     word_cache *c = calloc(1, sizeof *c);
@@ -475,6 +475,13 @@ lu_tokenizer *lu_tokenizer_parse(const char *json, size_t len, const char *name)
     c->slots = slots;
     t->cache = c;
     t->name = nm;
+    return t;
+}
+
+lu_tokenizer *lu_tokenizer_parse(const char *json, size_t len, const char *name)
+{
+    lu_tokenizer *t = tokenizer_new(name);
+    if (!t) return NULL;
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root || !cJSON_IsObject(root)) {
         const char *at = cJSON_GetErrorPtr();
@@ -485,6 +492,73 @@ lu_tokenizer *lu_tokenizer_parse(const char *json, size_t len, const char *name)
         return NULL;
     }
     lu_status s = load_model(t, root);
+    cJSON_Delete(root);
+    if (s != LU_OK) {
+        lu_tokenizer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* The tokenizer.json tree that parts describe (see tokenizer.h); NULL when out of memory. */
+static cJSON *parts_json(const lu_tokenizer_parts *p)
+{
+    cJSON *root = cJSON_CreateObject(), *model = cJSON_AddObjectToObject(root, "model");
+    cJSON *vocab = cJSON_AddObjectToObject(model, "vocab"), *merges = cJSON_AddArrayToObject(model, "merges");
+    cJSON *added = cJSON_AddArrayToObject(root, "added_tokens");
+    cJSON *pre = cJSON_AddObjectToObject(root, "pre_tokenizer");
+    cJSON *seq = cJSON_AddArrayToObject(pre, "pretokenizers");
+    /* cJSON's Add functions return NULL for a NULL parent: one check covers the chain. */
+    bool ok = cJSON_AddStringToObject(model, "type", "BPE") && vocab && merges && added && seq &&
+              cJSON_AddStringToObject(pre, "type", "Sequence") &&
+              cJSON_AddStringToObject(cJSON_AddObjectToObject(root, "decoder"), "type", "ByteLevel") &&
+              (!p->nfc || cJSON_AddStringToObject(cJSON_AddObjectToObject(root, "normalizer"), "type", "NFC"));
+    for (int32_t i = 0; ok && i < p->n_tokens; i++) {
+        ok = cJSON_AddNumberToObject(vocab, p->tokens[i], i) != NULL;
+        if (ok && p->kind && p->kind[i] != LU_TOKEN_NORMAL) {
+            cJSON *a = cJSON_CreateObject();
+            cJSON_AddItemToArray(added, a);
+            ok = a && cJSON_AddNumberToObject(a, "id", i) && cJSON_AddStringToObject(a, "content", p->tokens[i]) &&
+                 cJSON_AddBoolToObject(a, "special", p->kind[i] == LU_TOKEN_SPECIAL);
+        }
+    }
+    for (int64_t i = 0; ok && i < p->n_merges; i++) {
+        cJSON *m = cJSON_CreateString(p->merges[i]);
+        ok = m && cJSON_AddItemToArray(merges, m);
+    }
+    for (int i = 0; ok && i <= p->n_regex; i++) {
+        cJSON *s = cJSON_CreateObject();
+        ok = s && cJSON_AddItemToArray(seq, s);
+        if (ok && i < p->n_regex)
+            ok = cJSON_AddStringToObject(s, "type", "Split") &&
+                 cJSON_AddStringToObject(cJSON_AddObjectToObject(s, "pattern"), "Regex", p->regex[i]) &&
+                 cJSON_AddStringToObject(s, "behavior", "Isolated");
+        else if (ok)
+            ok = cJSON_AddStringToObject(s, "type", "ByteLevel") && cJSON_AddBoolToObject(s, "use_regex", p->gpt2_regex);
+    }
+    if (!ok) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
+}
+
+lu_tokenizer *lu_tokenizer_from_parts(const lu_tokenizer_parts *p)
+{
+    for (int32_t i = 0; i < p->n_tokens; i++)
+        if (!p->tokens[i]) {
+            lu_errorf(LU_ERR_INVALID, "tokenizer %s: token %d is NULL", p->name ? p->name : "(parts)", i);
+            return NULL;
+        }
+    for (int64_t i = 0; i < p->n_merges; i++)
+        if (!p->merges[i]) {
+            lu_errorf(LU_ERR_INVALID, "tokenizer %s: merge %lld is NULL", p->name ? p->name : "(parts)", (long long)i);
+            return NULL;
+        }
+    lu_tokenizer *t = tokenizer_new(p->name);
+    if (!t) return NULL;
+    cJSON *root = parts_json(p);
+    lu_status s = root ? load_model(t, root) : lu_errorf(LU_ERR_NOMEM, "tokenizer %s: out of memory", t->name);
     cJSON_Delete(root);
     if (s != LU_OK) {
         lu_tokenizer_free(t);
@@ -760,16 +834,18 @@ static lu_status split_encode(const lu_tokenizer *t, const uint8_t *s, size_t a,
         int rc = pcre2_match(t->re[k], s + a, n, pos, PCRE2_NO_UTF_CHECK, md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) return lu_errorf(LU_ERR_INVALID, "tokenizer %s: regex match failed (PCRE2 error %d)", t->name, rc);
-        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-        if (ov[1] == ov[0]) { /* an empty match splits nothing: step over one character */
+        /* Copied out: the next regexes' matches below reuse md. */
+        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        size_t m0 = ov[0], m1 = ov[1];
+        if (m1 == m0) { /* an empty match splits nothing: step over one character */
             size_t len;
-            utf8_seq(s + a + ov[0], n - ov[0], &len);
-            pos = ov[0] + len;
+            utf8_seq(s + a + m0, n - m0, &len);
+            pos = m0 + len;
             continue;
         }
-        LU_TRY(split_encode(t, s, a + last, a + ov[0], k + 1, map, md, v));
-        LU_TRY(split_encode(t, s, a + ov[0], a + ov[1], k + 1, map, md, v));
-        last = pos = ov[1];
+        LU_TRY(split_encode(t, s, a + last, a + m0, k + 1, map, md, v));
+        LU_TRY(split_encode(t, s, a + m0, a + m1, k + 1, map, md, v));
+        last = pos = m1;
     }
     return split_encode(t, s, a + last, b, k + 1, map, md, v);
 }

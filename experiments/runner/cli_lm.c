@@ -26,6 +26,7 @@
 #include "experiments/runner/cli.h"
 #include "models/chat_template.h"
 #include "models/generate.h"
+#include "models/gguf.h"
 #include "models/hf_model.h"
 #include "models/tokenizer.h"
 
@@ -129,12 +130,25 @@ static lu_tensor *load_ids(const char *path, const char *name)
     return t;
 }
 
+static bool is_gguf(const char *model)
+{
+    size_t n = strlen(model);
+    return n > 5 && !strcmp(model + n - 5, ".gguf");
+}
+
+/* A Hugging Face directory, or a GGUF file (which also carries its tokenizer). */
+static lu_status load_model(const char *model, lu_decoder *m, lu_params **params, lu_tokenizer **tok)
+{
+    if (is_gguf(model)) return lu_gguf_load_decoder(model, m, params, tok);
+    return lu_hf_load(model, m, params);
+}
+
 static int run_forward(const lm_args *a)
 {
     if (!a->input_ids || !a->out) return usage_error("%s", "forward needs --input-ids FILE and --out FILE");
     lu_decoder m;
     lu_params *params = NULL;
-    if (lu_hf_load(a->model, &m, &params)) return fail(NULL);
+    if (load_model(a->model, &m, &params, NULL)) return fail(NULL);
     lu_tensor *ids = load_ids(a->input_ids, "input_ids");
     lu_tensor *labels = ids && a->labels ? load_ids(a->labels, "labels") : NULL;
     lu_arena *arena = lu_arena_new(LU_CPU, 0);
@@ -182,7 +196,8 @@ static void session_close(lm_session *s)
 static int session_open(lm_session *s, const char *dir, bool need_tokenizer)
 {
     *s = (lm_session){0};
-    if (lu_hf_load(dir, &s->m, &s->params)) return fail(NULL);
+    if (is_gguf(dir)) return load_model(dir, &s->m, &s->params, &s->tok) ? fail(NULL) : 0;
+    if (load_model(dir, &s->m, &s->params, NULL)) return fail(NULL);
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     FILE *probe = fopen(path, "rb");
@@ -196,6 +211,10 @@ static int session_open(lm_session *s, const char *dir, bool need_tokenizer)
     }
     return 0;
 }
+
+/* Qwen3 models get the non-thinking prompt (an empty think block); other ChatML models (SmolLM2
+ * from GGUF) the same template without it, which is what enable_thinking renders. */
+static bool chatml_plain(const lm_session *s) { return !s->m.cfg.qk_norm; }
 
 typedef struct stream_ctx {
     lu_tokenizer_stream *text; /* or NULL: no text output */
@@ -267,7 +286,7 @@ static int run_generate(const lm_args *a)
     if (rc) return rc;
     int64_t *prompt = NULL, n_prompt = 0, *gen = NULL, n_gen = 0;
     if (a->prompt) {
-        char *text = a->chat ? lu_chat_render(&(lu_chat_message){"user", a->prompt, NULL}, 1, true, false)
+        char *text = a->chat ? lu_chat_render(&(lu_chat_message){"user", a->prompt, NULL}, 1, true, chatml_plain(&s))
                              : strdup(a->prompt);
         prompt = text ? encode_text(s.tok, text, &n_prompt) : NULL;
         free(text);
@@ -337,7 +356,7 @@ static int run_chat(const lm_args *in)
             msgs = grown;
         }
         msgs[n++] = (lu_chat_message){"user", strdup(line), NULL};
-        char *text = lu_chat_render(msgs, n, true, false);
+        char *text = lu_chat_render(msgs, n, true, chatml_plain(&s));
         int64_t n_prompt = 0, *prompt = text ? encode_text(s.tok, text, &n_prompt) : NULL, *gen = NULL, n_gen = 0;
         free(text);
         lu_status st = prompt ? generate_streamed(&s, prompt, n_prompt, &a, &gen, &n_gen) : lu_error_code();
