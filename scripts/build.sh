@@ -3,6 +3,10 @@
 # when nvcc is found). Default BUILD_DIR: build.
 set -euo pipefail
 dir=${1:-build}
+# The CUDA toolkit's usual home, for shells whose PATH does not name it.
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
 shift || true
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >"$dir.cmake.log" 2>&1 || { cat "$dir.cmake.log"; exit 1; }
 rm -f "$dir.cmake.log"
