@@ -19,6 +19,10 @@ int lu_bench_lm(int argc, char **argv);     /* bench_lm.c: bench lm (argv[0] = "
 int lu_bench_asr(int argc, char **argv);    /* bench_asr.c: bench asr (argv[0] = "asr") */
 int lu_cli_lm(int argc, char **argv);       /* cli_lm.c: lm forward / generate / chat */
 int lu_cli_features(int argc, char **argv); /* cli_features.c: features fbank / mel */
-int lu_cli_asr(int argc, char **argv);      /* cli_asr.c: asr forward */
+int lu_cli_asr(int argc, char **argv);      /* cli_asr.c: asr forward / transcribe */
+int lu_cli_merge(int argc, char **argv);    /* cli_merge.c: merge MERGE.yaml --out DIR */
+int lu_cli_data(int argc, char **argv);     /* cli_data.c: data prepare-chat / prepare-speech */
+int lu_data_prepare_chat(int argc, char **argv);   /* data_chat.c */
+int lu_data_prepare_speech(int argc, char **argv); /* data_speech.c */
 
 #endif
