@@ -198,7 +198,7 @@ Test(trainer, unknown_task_lists_the_known_ones)
     fclose(f);
     lu_run_options o = {.config_path = path};
     cr_assert_neq(lu_train_run(&o), LU_OK);
-    tu_assert_error_contains("unknown task 'splitformer9000' (known: bytelm)");
+    tu_assert_error_contains("unknown task 'splitformer9000' (known: bytelm, sft, asr)");
 }
 
 Test(trainer, missing_text_file_is_reported)

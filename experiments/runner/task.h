@@ -38,6 +38,9 @@ typedef struct lu_task {
     lu_status (*evaluate)(void *state, lu_task_metrics *out);
     /* Optional: a human-readable demonstration after evaluation (a text sample, a transcript). */
     void (*demo)(void *state, FILE *f);
+    /* Optional: runs once at the end of a completed training run, after the final evaluation
+     * (e.g. exports the trained model into run_dir). */
+    lu_status (*finish)(void *state, const char *run_dir);
     void (*destroy)(void *state);
 } lu_task;
 

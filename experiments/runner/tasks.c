@@ -4,8 +4,10 @@
 #include "experiments/runner/task.h"
 
 extern const lu_task lu_task_bytelm;
+extern const lu_task lu_task_sft;
+extern const lu_task lu_task_asr;
 
-const lu_task *const lu_tasks[] = {&lu_task_bytelm, NULL};
+const lu_task *const lu_tasks[] = {&lu_task_bytelm, &lu_task_sft, &lu_task_asr, NULL};
 
 const lu_task *lu_task_find(const char *name)
 {

@@ -404,6 +404,7 @@ lu_status lu_train_run(const lu_run_options *opt)
     } else if (!s) {
         s = evaluate(&r, metrics, step, true);
         if (!s && r.task->demo) r.task->demo(r.state, stdout);
+        if (!s && r.task->finish) s = r.task->finish(r.state, c->out_dir);
     }
 done:
     if (progress) lu_progress_end(progress);

@@ -10,5 +10,7 @@ const lu_cli_verb lu_cli_verbs[] = {
     {"lm", lu_cli_lm},
     {"features", lu_cli_features},
     {"asr", lu_cli_asr},
+    {"merge", lu_cli_merge},
+    {"data", lu_cli_data},
     {NULL, NULL},
 };

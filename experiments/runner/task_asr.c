@@ -1,0 +1,623 @@
+/* task_asr.c - the `asr` task: an early-exit CTC speech recogniser (EE-Conformer, Splitformer
+ * or early-exit Zipformer; models/conformer.h, models/zipformer.h) trained on HDF5 feature
+ * stores written by `luthier data prepare-speech` (models/asr_data.h).
+ *
+ * Data: utterances sorted by length and cut into batches of bounded padded frames, the batch
+ * order shuffled per epoch by the seed (lu_asr_buckets), so micro-batch `position` is a pure
+ * function of the config and resuming is exact. Features are normalised per dimension with the
+ * mean and deviation of the first data.cmvn_utts training utterances, then SpecAugment masks
+ * (models/features.h) are drawn from (seed + utterance, position).
+ * Tokens: characters (CTC blank 0, <unk> 1, word boundary 2, then the alphabet) or a BPE model
+ * trained on the normalised training transcripts at create time (deterministic, so a resumed
+ * run rebuilds the same units; tokens.file keeps a copy).
+ * Loss: sum_i w_i CTC_i over the exits, each CTC with blank 0, torch's mean reduction (each
+ * utterance's loss divided by its target length, averaged over the batch) and zero_infinity, as
+ * the authors' train.py (asr.md 7.1) - for every architecture, so the loss scale does not depend
+ * on the batch size. Evaluation: greedy CTC decoding of every exit on the held-out store and the
+ * corpus WER per exit. */
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/arena.h"
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "experiments/runner/task.h"
+#include "models/asr_data.h"
+#include "models/bpe.h"
+#include "models/conformer.h"
+#include "models/ctc_decode.h"
+#include "models/features.h"
+#include "models/wer.h"
+#include "models/zipformer.h"
+
+enum { ARCH_EE_CONFORMER, ARCH_SPLITFORMER, ARCH_EE_ZIPFORMER };
+enum { NORM_NONE, NORM_UPPER, NORM_CLEAN_UPPER, NORM_WORDS_UPPER };
+enum { TOKENS_CHARS, TOKENS_BPE };
+
+#define MAX_EXITS 15 /* LU_TASK_MAX_METRICS minus valid_loss */
+#define DEMO_MAX 8
+
+typedef struct asr_config {
+    char *train_features, *valid_features;
+    int64_t max_frames, max_train_frames, cmvn_utts, eval_utts;
+    int text_norm;
+    int tokens_kind;
+    char *alphabet, *tokens_file;
+    int64_t bpe_vocab_size;
+    bool specaug;
+    int64_t sa_time_masks, sa_time_width, sa_freq_masks, sa_freq_width;
+    double sa_time_ratio;
+    int arch;
+    int64_t d_model, num_heads, ffn_dim, n_exits, layers_per_exit, kernel, max_len;
+    double dropout;
+    lu_cfg_list split_exits;
+    int64_t split_num_layers, split_factor;
+    bool ctc_utterance_lengths;
+    char *zipformer_config;
+    lu_cfg_list exit_weights;
+    int64_t demo_examples;
+} asr_config;
+
+#define F(sec, key, type, member, req, def, choices, help) \
+    {sec, key, type, offsetof(asr_config, member), req, def, choices, help}
+static const lu_cfg_field asr_schema[] = {
+    F("data", "train_features", LU_CFG_STRING, train_features, true, NULL, NULL, "training feature store (luthier data prepare-speech)"),
+    F("data", "valid_features", LU_CFG_STRING, valid_features, true, NULL, NULL, "held-out feature store (WER per exit)"),
+    F("data", "max_frames", LU_CFG_INT, max_frames, false, "12000", NULL, "padded feature frames per micro-batch (utterances x longest)"),
+    F("data", "max_train_frames", LU_CFG_INT, max_train_frames, false, "2000", NULL, "longer training utterances are dropped (100 frames/s)"),
+    F("data", "cmvn_utts", LU_CFG_INT, cmvn_utts, false, "1000", NULL, "training utterances for the feature mean/deviation (0: no normalisation)"),
+    F("data", "eval_utts", LU_CFG_INT, eval_utts, false, "0", NULL, "held-out utterances evaluated (0: all)"),
+    F("data", "text_norm", LU_CFG_ENUM, text_norm, false, "words_upper", "none|upper|clean_upper|words_upper",
+      "transcript normalisation: upper = upper-case; clean_upper = asr.md 7.2 cleaning + upper; words_upper = upper, ASCII punctuation except ' becomes a space"),
+    F("tokens", "kind", LU_CFG_ENUM, tokens_kind, false, "chars", "chars|bpe", "CTC output units"),
+    F("tokens", "alphabet", LU_CFG_STRING, alphabet, false, "", NULL, "chars: the characters in id order (empty: those of the training transcripts)"),
+    F("tokens", "bpe_vocab_size", LU_CFG_INT, bpe_vocab_size, false, "256", NULL, "bpe: units, with asr.md 7.2 ids (0 @ = blank, 126 <pad>, 127 <unk>)"),
+    F("tokens", "file", LU_CFG_STRING, tokens_file, false, NULL, NULL, "where to save the token set (luthier-bpe JSON); empty: not saved"),
+    F("specaug", "enabled", LU_CFG_BOOL, specaug, false, "true", NULL, "SpecAugment on training batches"),
+    F("specaug", "time_masks", LU_CFG_INT, sa_time_masks, false, "2", NULL, "time masks per utterance"),
+    F("specaug", "time_width", LU_CFG_INT, sa_time_width, false, "40", NULL, "widest time mask (frames)"),
+    F("specaug", "time_ratio", LU_CFG_FLOAT, sa_time_ratio, false, "0.2", NULL, "widest time mask as a fraction of the utterance"),
+    F("specaug", "freq_masks", LU_CFG_INT, sa_freq_masks, false, "2", NULL, "frequency masks per utterance"),
+    F("specaug", "freq_width", LU_CFG_INT, sa_freq_width, false, "15", NULL, "widest frequency mask (bins)"),
+    F("model", "arch", LU_CFG_ENUM, arch, false, "ee_conformer", "ee_conformer|splitformer|ee_zipformer", "architecture"),
+    F("model", "d_model", LU_CFG_INT, d_model, false, "144", NULL, "Conformer width"),
+    F("model", "num_heads", LU_CFG_INT, num_heads, false, "4", NULL, "Conformer attention heads"),
+    F("model", "ffn_dim", LU_CFG_INT, ffn_dim, false, "576", NULL, "Conformer feed-forward width"),
+    F("model", "n_exits", LU_CFG_INT, n_exits, false, "6", NULL, "Conformer exits (blocks)"),
+    F("model", "layers_per_exit", LU_CFG_INT, layers_per_exit, false, "1", NULL, "Conformer layers per exit block"),
+    F("model", "kernel", LU_CFG_INT, kernel, false, "15", NULL, "depthwise convolution kernel (odd)"),
+    F("model", "dropout", LU_CFG_FLOAT, dropout, false, "0.1", NULL, "Conformer dropout"),
+    F("model", "max_len", LU_CFG_INT, max_len, false, "2000", NULL, "positional-encoding length (frames at 25 Hz)"),
+    F("model", "split_exits", LU_CFG_INT_LIST, split_exits, false, NULL, NULL, "splitformer: blocks with a parallel branch (empty: first and last)"),
+    F("model", "split_num_layers", LU_CFG_INT, split_num_layers, false, "1", NULL, "splitformer: layers per parallel branch"),
+    F("model", "split_factor", LU_CFG_INT, split_factor, false, "2", NULL, "splitformer: branch decimation"),
+    F("model", "ctc_utterance_lengths", LU_CFG_BOOL, ctc_utterance_lengths, false, "true", NULL,
+      "CTC input lengths per utterance (false: the padded length, as the authors' train.py)"),
+    F("model", "zipformer_config", LU_CFG_STRING, zipformer_config, false, NULL, NULL, "ee_zipformer: JSON of icefall Zipformer2 arguments"),
+    F("model", "exit_weights", LU_CFG_FLOAT_LIST, exit_weights, false, NULL, NULL, "CTC loss weight per exit (empty: all 1)"),
+    F("demo", "examples", LU_CFG_INT, demo_examples, false, "3", NULL, "reference/hypothesis pairs the demo prints"),
+    {0},
+};
+#undef F
+
+static const char *const wer_keys[MAX_EXITS] = {
+    "wer_exit_1", "wer_exit_2", "wer_exit_3", "wer_exit_4", "wer_exit_5", "wer_exit_6", "wer_exit_7", "wer_exit_8",
+    "wer_exit_9", "wer_exit_10", "wer_exit_11", "wer_exit_12", "wer_exit_13", "wer_exit_14", "wer_exit_15"};
+
+typedef struct utt_tokens {
+    int *ids;
+    int n;
+} utt_tokens;
+
+typedef struct asr {
+    asr_config cfg;
+    uint64_t seed;
+    lu_asr_store train, valid;
+    int64_t *train_ids;          /* store indices of the usable training utterances */
+    int64_t n_train;
+    utt_tokens *train_tok, *valid_tok;
+    char **valid_ref;            /* normalised references */
+    lu_asr_buckets buckets;
+    float *mean, *inv_std;       /* [dim] or NULL */
+    lu_bpe *tokens;
+    int n_exits;
+    double weights[MAX_EXITS];
+    int exit_layer[MAX_EXITS];   /* encoder layers below each exit */
+    lu_ee_conformer conformer;
+    lu_ee_zipformer zipformer;
+    /* the last evaluation, for demo() */
+    bool evaluated;
+    double wer[MAX_EXITS];
+    int n_demo;
+    char *demo_ref[DEMO_MAX], *demo_hyp[DEMO_MAX][MAX_EXITS];
+} asr;
+
+/* ---- text and tokens ------------------------------------------------------------------------ */
+
+static char *normalise(int mode, const char *text)
+{
+    if (mode == NORM_NONE) return lu_text_squeeze_spaces(text);
+    if (mode == NORM_CLEAN_UPPER) {
+        char *c = lu_text_clean(text), *u = c ? lu_text_upper(c) : NULL;
+        free(c);
+        return u;
+    }
+    char *u = lu_text_upper(text);
+    if (!u || mode == NORM_UPPER) {
+        char *q = u ? lu_text_squeeze_spaces(u) : NULL;
+        free(u);
+        return q;
+    }
+    for (char *p = u; *p; p++)
+        if ((unsigned char)*p < 0x80 && *p != '\'' && !(*p >= 'A' && *p <= 'Z') && !(*p >= '0' && *p <= '9')) *p = ' ';
+    char *q = lu_text_squeeze_spaces(u);
+    free(u);
+    return q;
+}
+
+static int by_bytes(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* The distinct non-space characters of the lines, by code point (UTF-8 byte order). */
+static char *alphabet_of(char *const *lines, int64_t n)
+{
+    int cap = 64, count = 0;
+    char (*chars)[5] = malloc((size_t)cap * sizeof *chars);
+    for (int64_t i = 0; chars && i < n; i++)
+        for (const unsigned char *p = (const unsigned char *)lines[i]; *p;) {
+            int len = *p < 0x80 ? 1 : *p < 0xE0 ? 2 : *p < 0xF0 ? 3 : 4;
+            char c[5] = {0};
+            memcpy(c, p, (size_t)len);
+            p += len;
+            if (c[0] == ' ') continue;
+            bool seen = false;
+            for (int k = 0; k < count && !seen; k++) seen = !strcmp(chars[k], c);
+            if (seen) continue;
+            if (count == cap) {
+                void *grown = realloc(chars, (size_t)(cap *= 2) * sizeof *chars);
+                if (!grown) {
+                    free(chars);
+                    return NULL;
+                }
+                chars = grown;
+            }
+            memcpy(chars[count++], c, 5);
+        }
+    if (!chars) return NULL;
+    qsort(chars, (size_t)count, sizeof *chars, by_bytes);
+    char *out = malloc((size_t)count * 4 + 1);
+    if (out) {
+        out[0] = 0;
+        for (int k = 0; k < count; k++) strcat(out, chars[k]);
+    }
+    free(chars);
+    return out;
+}
+
+static lu_status build_tokens(asr *s, char *const *train_text, int64_t n)
+{
+    const asr_config *c = &s->cfg;
+    if (c->tokens_kind == TOKENS_CHARS) {
+        char *alpha = c->alphabet && c->alphabet[0] ? strdup(c->alphabet) : alphabet_of(train_text, n);
+        if (!alpha) return lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+        s->tokens = lu_bpe_chars(alpha);
+        free(alpha);
+    } else {
+        lu_bpe_config bc = lu_bpe_config_default();
+        bc.vocab_size = (int)c->bpe_vocab_size;
+        s->tokens = lu_bpe_train((const char *const *)train_text, (int)n, &bc);
+    }
+    if (!s->tokens) return lu_error_code();
+    if (c->tokens_file && c->tokens_file[0]) LU_TRY(lu_bpe_save(s->tokens, c->tokens_file));
+    return LU_OK;
+}
+
+/* ---- create --------------------------------------------------------------------------------- */
+
+static int64_t out_frames(const asr *s, int64_t t)
+{
+    if (s->cfg.arch == ARCH_EE_ZIPFORMER) return (lu_zipformer_embed_frames(t) + 1) / 2;
+    return lu_ee_conformer_out_frames(t);
+}
+
+static lu_status declare_model(asr *s, int64_t dim, lu_params *params)
+{
+    const asr_config *c = &s->cfg;
+    int64_t V = lu_bpe_size(s->tokens);
+    if (c->arch == ARCH_EE_ZIPFORMER) {
+        if (!c->zipformer_config) return lu_errorf(LU_ERR_CONFIG, "asr: model.arch ee_zipformer needs model.zipformer_config");
+        lu_ee_zipformer_config zc = {.vocab_size = V};
+        LU_TRY(lu_zipformer_config_load_json(c->zipformer_config, &zc.enc));
+        if (zc.enc.feature_dim != dim)
+            return lu_errorf(LU_ERR_CONFIG, "asr: %s has feature_dim %lld, the feature store has %lld", c->zipformer_config,
+                             (long long)zc.enc.feature_dim, (long long)dim);
+        lu_ee_zipformer_default_exits(&zc);
+        s->n_exits = zc.n_exits;
+        for (int i = 0, layers = 0, k = 0; i < zc.enc.num_stacks; i++) {
+            layers += zc.enc.num_encoder_layers[i];
+            if (k < zc.n_exits && zc.exit_stacks[k] == i) s->exit_layer[k++] = layers;
+        }
+        if (s->n_exits > MAX_EXITS) return lu_errorf(LU_ERR_CONFIG, "asr: at most %d exits, got %d", MAX_EXITS, s->n_exits);
+        return lu_ee_zipformer_declare(&s->zipformer, &zc, params);
+    }
+    if (c->n_exits < 1 || c->n_exits > MAX_EXITS)
+        return lu_errorf(LU_ERR_CONFIG, "asr: model.n_exits must be in [1, %d], got %lld", MAX_EXITS, (long long)c->n_exits);
+    lu_ee_conformer_config ec = {
+        .block = {.input_dim = c->d_model, .num_heads = (int)c->num_heads, .ffn_dim = c->ffn_dim,
+                  .num_layers = (int)c->layers_per_exit, .depthwise_conv_kernel_size = (int)c->kernel, .dropout = c->dropout},
+        .n_mels = dim, .vocab_size = V, .n_exits = (int)c->n_exits, .max_len = c->max_len,
+        .split_num_layers = (int)c->split_num_layers, .split_factor = (int)c->split_factor,
+        .ctc_utterance_lengths = c->ctc_utterance_lengths,
+    };
+    if (c->arch == ARCH_SPLITFORMER) {
+        if (c->split_exits.n > LU_CONFORMER_MAX_EXITS)
+            return lu_errorf(LU_ERR_CONFIG, "asr: model.split_exits has %d entries, at most %d", c->split_exits.n, LU_CONFORMER_MAX_EXITS);
+        ec.n_split = c->split_exits.n ? c->split_exits.n : (c->n_exits > 1 ? 2 : 1);
+        for (int k = 0; k < ec.n_split; k++)
+            ec.split_exits[k] = c->split_exits.n ? (int)c->split_exits.i[k] : (k == 0 ? 0 : (int)c->n_exits - 1);
+    }
+    s->n_exits = ec.n_exits;
+    for (int i = 0; i < s->n_exits; i++) s->exit_layer[i] = (i + 1) * (int)c->layers_per_exit;
+    return lu_ee_conformer_declare(&s->conformer, &ec, params);
+}
+
+/* Per-dimension mean and 1/deviation over the first cmvn_utts training utterances. */
+static lu_status compute_cmvn(asr *s)
+{
+    int64_t dim = s->train.dim, n = s->cfg.cmvn_utts < s->n_train ? s->cfg.cmvn_utts : s->n_train;
+    if (n <= 0) return LU_OK;
+    double *sum = calloc((size_t)dim, sizeof *sum), *sq = calloc((size_t)dim, sizeof *sq);
+    s->mean = malloc((size_t)dim * sizeof *s->mean);
+    s->inv_std = malloc((size_t)dim * sizeof *s->inv_std);
+    float *buf = NULL;
+    int64_t frames = 0;
+    lu_status st = sum && sq && s->mean && s->inv_std ? LU_OK : lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+    for (int64_t k = 0; k < n && !st; k++) {
+        int64_t u = s->train_ids[k], T = lu_asr_store_frames(&s->train, u);
+        float *grown = realloc(buf, (size_t)(T * dim) * sizeof *buf);
+        if (!grown) {
+            st = lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+            break;
+        }
+        buf = grown;
+        if ((st = lu_asr_store_read(&s->train, u, buf))) break;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t d = 0; d < dim; d++) sum[d] += buf[t * dim + d], sq[d] += (double)buf[t * dim + d] * buf[t * dim + d];
+        frames += T;
+    }
+    for (int64_t d = 0; !st && d < dim; d++) {
+        double m = sum[d] / (double)frames, var = sq[d] / (double)frames - m * m;
+        s->mean[d] = (float)m;
+        s->inv_std[d] = (float)(1.0 / sqrt(var > 1e-10 ? var : 1e-10));
+    }
+    free(buf);
+    free(sum);
+    free(sq);
+    return st;
+}
+
+static lu_status encode(asr *s, const char *text, utt_tokens *t, char **normalised_out)
+{
+    char *norm = normalise(s->cfg.text_norm, text);
+    if (!norm) return lu_error_code();
+    lu_status st = lu_bpe_encode(s->tokens, norm, &t->ids, &t->n);
+    if (normalised_out) *normalised_out = norm;
+    else free(norm);
+    return st;
+}
+
+static lu_status asr_create(void **state, const void *config, uint64_t seed, lu_params *params)
+{
+    const asr_config *c = config;
+    asr *s = calloc(1, sizeof *s);
+    if (!s) return lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+    *state = s;
+    s->cfg = *c;
+    s->seed = seed;
+    s->train.file = s->train.feats = s->valid.file = s->valid.feats = -1;
+    if (c->max_frames < 1 || c->max_train_frames < 8)
+        return lu_errorf(LU_ERR_CONFIG, "asr: data.max_frames must be >= 1 and data.max_train_frames >= 8");
+    LU_TRY(lu_asr_store_open(c->train_features, &s->train));
+    LU_TRY(lu_asr_store_open(c->valid_features, &s->valid));
+    if (s->train.dim != s->valid.dim)
+        return lu_errorf(LU_ERR_CONFIG, "asr: %s has %lld features per frame, %s has %lld", c->train_features,
+                         (long long)s->train.dim, c->valid_features, (long long)s->valid.dim);
+    int64_t n = s->train.n;
+    char **norm = calloc((size_t)n, sizeof *norm);
+    s->train_tok = calloc((size_t)n, sizeof *s->train_tok);
+    s->train_ids = malloc((size_t)n * sizeof *s->train_ids);
+    s->valid_tok = calloc((size_t)s->valid.n, sizeof *s->valid_tok);
+    s->valid_ref = calloc((size_t)s->valid.n, sizeof *s->valid_ref);
+    if (!norm || !s->train_tok || !s->train_ids || !s->valid_tok || !s->valid_ref) {
+        free(norm);
+        return lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+    }
+    lu_status st = LU_OK;
+    for (int64_t i = 0; i < n && !st; i++)
+        if (!(norm[i] = normalise(c->text_norm, s->train.text[i]))) st = lu_error_code();
+    if (!st) st = build_tokens(s, norm, n);
+    for (int64_t i = 0; i < n; i++) free(norm[i]);
+    free(norm);
+    LU_TRY(st);
+    LU_TRY(declare_model(s, s->train.dim, params));
+    if (c->exit_weights.n && c->exit_weights.n != s->n_exits)
+        return lu_errorf(LU_ERR_CONFIG, "asr: model.exit_weights has %d entries for %d exits", c->exit_weights.n, s->n_exits);
+    for (int i = 0; i < s->n_exits; i++) s->weights[i] = c->exit_weights.n ? c->exit_weights.f[i] : 1.0;
+    /* Usable training utterances: not too long, and with at least as many output frames as
+     * target tokens (otherwise CTC has no alignment). */
+    int64_t too_long = 0, too_short = 0;
+    for (int64_t i = 0; i < n; i++) {
+        LU_TRY(encode(s, s->train.text[i], &s->train_tok[i], NULL));
+        int64_t T = lu_asr_store_frames(&s->train, i);
+        if (T > c->max_train_frames) too_long++;
+        else if (s->train_tok[i].n == 0 || out_frames(s, T) < s->train_tok[i].n) too_short++;
+        else s->train_ids[s->n_train++] = i;
+    }
+    if (too_long || too_short)
+        fprintf(stderr, "asr: %lld training utterances kept, %lld longer than %lld frames and %lld without a CTC alignment dropped\n",
+                (long long)s->n_train, (long long)too_long, (long long)c->max_train_frames, (long long)too_short);
+    if (s->n_train == 0) return lu_errorf(LU_ERR_CONFIG, "asr: no usable training utterance in %s", c->train_features);
+    for (int64_t i = 0; i < s->valid.n; i++) LU_TRY(encode(s, s->valid.text[i], &s->valid_tok[i], &s->valid_ref[i]));
+    int64_t *frames = malloc((size_t)s->n_train * sizeof *frames);
+    if (!frames) return lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+    for (int64_t k = 0; k < s->n_train; k++) frames[k] = lu_asr_store_frames(&s->train, s->train_ids[k]);
+    st = lu_asr_buckets_make(frames, s->n_train, c->max_frames, seed, &s->buckets);
+    free(frames);
+    LU_TRY(st);
+    return compute_cmvn(s);
+}
+
+static lu_status asr_init(void *state, uint64_t seed)
+{
+    asr *s = state;
+    if (s->cfg.arch == ARCH_EE_ZIPFORMER) return lu_ee_zipformer_init(&s->zipformer, seed);
+    return lu_ee_conformer_init(&s->conformer, seed);
+}
+
+static int64_t asr_epoch_size(void *state)
+{
+    return ((asr *)state)->buckets.n_batches;
+}
+
+/* ---- batches and the loss ------------------------------------------------------------------- */
+
+typedef struct batch {
+    lu_tensor *feats, *lengths, *targets, *target_lengths;
+} batch;
+
+/* Pads utterances `ids` of `store` into a batch (in the active arena); `aug` applies
+ * SpecAugment keyed by (seed + utterance, position). */
+static lu_status make_batch(asr *s, const lu_asr_store *store, const utt_tokens *tok, const int64_t *ids, int64_t B,
+                            bool aug, int64_t position, batch *b)
+{
+    int64_t D = store->dim, T = 0, S = 1;
+    for (int64_t k = 0; k < B; k++) {
+        int64_t t = lu_asr_store_frames(store, ids[k]);
+        T = t > T ? t : T;
+        S = tok[ids[k]].n > S ? tok[ids[k]].n : S;
+    }
+    b->feats = lu_tensor_zeros(LU_F32, LU_SHAPE(B, T, D), LU_CPU);
+    b->lengths = lu_tensor_empty(LU_I64, LU_SHAPE(B), LU_CPU);
+    b->targets = lu_tensor_zeros(LU_I32, LU_SHAPE(B, S), LU_CPU);
+    b->target_lengths = lu_tensor_empty(LU_I64, LU_SHAPE(B), LU_CPU);
+    if (!b->feats || !b->lengths || !b->targets || !b->target_lengths) return lu_error_code();
+    float *x = lu_tensor_data(b->feats);
+    int64_t *len = lu_tensor_data(b->lengths), *tl = lu_tensor_data(b->target_lengths);
+    int32_t *tg = lu_tensor_data(b->targets);
+    lu_specaug_opts so = {.n_time_masks = (int)s->cfg.sa_time_masks, .max_time_width = (int)s->cfg.sa_time_width,
+                          .max_time_ratio = s->cfg.sa_time_ratio, .n_freq_masks = (int)s->cfg.sa_freq_masks,
+                          .max_freq_width = (int)s->cfg.sa_freq_width, .mask_value = 0};
+    for (int64_t k = 0; k < B; k++) {
+        int64_t u = ids[k], t = lu_asr_store_frames(store, u);
+        float *row = x + k * T * D;
+        LU_TRY(lu_asr_store_read(store, u, row));
+        if (s->mean)
+            for (int64_t i = 0; i < t; i++)
+                for (int64_t d = 0; d < D; d++) row[i * D + d] = (row[i * D + d] - s->mean[d]) * s->inv_std[d];
+        if (aug) {
+            /* Masks after normalisation, so mask value 0 is the mean. */
+            lu_tensor *view = lu_tensor_from_host(LU_F32, LU_SHAPE(t, D), LU_CPU, row);
+            if (!view) return lu_error_code();
+            LU_TRY(lu_specaugment(view, &so, s->seed + (uint64_t)u * 0x9E3779B97F4A7C15ull, (uint64_t)position));
+            memcpy(row, lu_tensor_data(view), (size_t)(t * D) * sizeof *row);
+        }
+        len[k] = t;
+        tl[k] = tok[u].n;
+        for (int i = 0; i < tok[u].n; i++) tg[k * S + i] = tok[u].ids[i];
+    }
+    return LU_OK;
+}
+
+/* Forward: exits[i] [B,T',V] log-probabilities and the per-utterance output lengths. */
+static lu_status forward(asr *s, const batch *b, bool training, int64_t position, lu_tensor **exits, lu_tensor **out_len)
+{
+    if (s->cfg.arch == ARCH_EE_ZIPFORMER) return lu_ee_zipformer_forward(&s->zipformer, b->feats, b->lengths, exits, out_len);
+    lu_conformer_run run = {.training = training, .seed = s->seed, .step = (uint64_t)position};
+    return lu_ee_conformer_forward(&s->conformer, b->feats, b->lengths, &run, exits, out_len);
+}
+
+/* sum_i w_i CTC_i (see the file comment). */
+static lu_tensor *exit_loss(asr *s, const batch *b, lu_tensor **exits, lu_tensor *out_len)
+{
+    lu_tensor *input_lengths = out_len;
+    if (s->cfg.arch != ARCH_EE_ZIPFORMER && !s->cfg.ctc_utterance_lengths)
+        input_lengths = lu_tensor_full(LU_I64, LU_SHAPE(exits[0]->shape[0]), LU_CPU, (double)exits[0]->shape[1]);
+    lu_tensor *loss = NULL;
+    for (int i = 0; i < s->n_exits; i++) {
+        lu_tensor *l = lu_ctc_loss(exits[i], b->targets, input_lengths, b->target_lengths, 0, LU_REDUCE_MEAN, true);
+        if (s->weights[i] != 1.0) l = lu_scale(l, s->weights[i]);
+        loss = i ? lu_add(loss, l) : l;
+    }
+    return loss;
+}
+
+static lu_tensor *asr_loss(void *state, int64_t position, int64_t step, double *items)
+{
+    (void)step;
+    asr *s = state;
+    const int64_t *idx;
+    int64_t B;
+    lu_asr_buckets_at(&s->buckets, position, &idx, &B);
+    int64_t *ids = malloc((size_t)B * sizeof *ids);
+    if (!ids) {
+        lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+        return NULL;
+    }
+    double seconds = 0;
+    for (int64_t k = 0; k < B; k++) ids[k] = s->train_ids[idx[k]], seconds += s->train.duration[ids[k]];
+    batch b;
+    lu_status st = make_batch(s, &s->train, s->train_tok, ids, B, s->cfg.specaug, position, &b);
+    free(ids);
+    if (st) return NULL;
+    *items = seconds;
+    lu_tensor *exits[MAX_EXITS] = {0}, *out_len = NULL;
+    if (forward(s, &b, true, position, exits, &out_len)) return NULL;
+    return exit_loss(s, &b, exits, out_len);
+}
+
+/* ---- evaluation ----------------------------------------------------------------------------- */
+
+static void clear_demo(asr *s)
+{
+    for (int k = 0; k < s->n_demo; k++) {
+        free(s->demo_ref[k]);
+        for (int i = 0; i < s->n_exits; i++) free(s->demo_hyp[k][i]);
+    }
+    s->n_demo = 0;
+}
+
+/* Decodes every exit of one batch and adds its word errors to totals. */
+static lu_status score_batch(asr *s, const int64_t *ids, int64_t B, lu_tensor **exits, lu_tensor *out_len,
+                             lu_wer_counts *totals)
+{
+    lu_ctc_hyp *hyp = calloc((size_t)B, sizeof *hyp);
+    int *n_out = calloc((size_t)B, sizeof *n_out);
+    lu_status st = hyp && n_out ? LU_OK : lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+    for (int i = 0; i < s->n_exits && !st; i++) {
+        if ((st = lu_ctc_decode_batch(exits[i], out_len, NULL, hyp, n_out))) break;
+        for (int64_t k = 0; k < B && !st; k++) {
+            char *text = lu_bpe_decode(s->tokens, hyp[k].tokens, hyp[k].n_tokens);
+            lu_wer_counts c;
+            if (!text) st = lu_error_code();
+            else if (!(st = lu_wer_align_words(s->valid_ref[ids[k]], text, &c))) lu_wer_accumulate(&totals[i], &c);
+            int d = (int)ids[k];
+            if (!st && d < s->n_demo) s->demo_hyp[d][i] = text, text = NULL;
+            free(text);
+        }
+        for (int64_t k = 0; k < B; k++) lu_ctc_hyp_free(&hyp[k]);
+    }
+    free(hyp);
+    free(n_out);
+    return st;
+}
+
+static lu_status asr_evaluate(void *state, lu_task_metrics *out)
+{
+    asr *s = state;
+    int64_t n = s->cfg.eval_utts > 0 && s->cfg.eval_utts < s->valid.n ? s->cfg.eval_utts : s->valid.n;
+    clear_demo(s);
+    s->n_demo = (int)(s->cfg.demo_examples < DEMO_MAX ? s->cfg.demo_examples : DEMO_MAX);
+    if (s->n_demo > n) s->n_demo = (int)n;
+    for (int k = 0; k < s->n_demo; k++) {
+        s->demo_ref[k] = strdup(s->valid_ref[k]);
+        for (int i = 0; i < s->n_exits; i++) s->demo_hyp[k][i] = NULL;
+    }
+    int64_t *frames = malloc((size_t)n * sizeof *frames);
+    if (!frames) return lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+    for (int64_t i = 0; i < n; i++) frames[i] = lu_asr_store_frames(&s->valid, i);
+    lu_asr_buckets vb;
+    lu_status st = lu_asr_buckets_make(frames, n, s->cfg.max_frames, 0, &vb);
+    free(frames);
+    LU_TRY(st);
+    lu_arena *arena = lu_arena_new(LU_CPU, 0);
+    if (!arena) {
+        lu_asr_buckets_free(&vb);
+        return lu_error_code();
+    }
+    lu_arena *prev = lu_arena_activate(arena);
+    bool grad = lu_grad_set_enabled(false);
+    lu_wer_counts totals[MAX_EXITS] = {0};
+    double loss_sum = 0;
+    int64_t loss_utts = 0;
+    for (int64_t k = 0; k < vb.n_batches && !st; k++) {
+        lu_arena_reset(arena);
+        const int64_t *ids = vb.order + vb.start[k];
+        int64_t B = vb.start[k + 1] - vb.start[k];
+        batch b;
+        lu_tensor *exits[MAX_EXITS] = {0}, *out_len = NULL, *loss = NULL;
+        if (!(st = make_batch(s, &s->valid, s->valid_tok, ids, B, false, 0, &b)) &&
+            !(st = forward(s, &b, false, 0, exits, &out_len))) {
+            if (!(loss = exit_loss(s, &b, exits, out_len))) st = lu_error_code();
+            else loss_sum += lu_tensor_item(loss) * (double)B, loss_utts += B;
+        }
+        if (!st) st = score_batch(s, ids, B, exits, out_len, totals);
+    }
+    lu_grad_set_enabled(grad);
+    lu_arena_activate(prev);
+    lu_arena_free(arena);
+    lu_asr_buckets_free(&vb);
+    LU_TRY(st);
+    out->n = 1 + s->n_exits;
+    out->keys[0] = "valid_loss";
+    out->values[0] = loss_sum / (double)loss_utts;
+    for (int i = 0; i < s->n_exits; i++) {
+        out->keys[1 + i] = wer_keys[i];
+        out->values[1 + i] = s->wer[i] = 100.0 * lu_wer_rate(&totals[i]);
+    }
+    s->evaluated = true;
+    return LU_OK;
+}
+
+/* A Markdown table of WER per exit, then reference/hypothesis pairs of the first and last exit. */
+static void asr_demo(void *state, FILE *f)
+{
+    asr *s = state;
+    if (!s->evaluated) return;
+    fprintf(f, "\n| exit | encoder layers | WER %% |\n|---:|---:|---:|\n");
+    for (int i = 0; i < s->n_exits; i++) fprintf(f, "| %d | %d | %.1f |\n", i + 1, s->exit_layer[i], s->wer[i]);
+    for (int k = 0; k < s->n_demo; k++) {
+        fprintf(f, "\nREF:            %s\n", s->demo_ref[k]);
+        fprintf(f, "HYP exit 1:     %s\n", s->demo_hyp[k][0] ? s->demo_hyp[k][0] : "");
+        fprintf(f, "HYP exit %d:%*s%s\n", s->n_exits, s->n_exits < 10 ? 5 : 4, "",
+                s->demo_hyp[k][s->n_exits - 1] ? s->demo_hyp[k][s->n_exits - 1] : "");
+    }
+}
+
+static void asr_destroy(void *state)
+{
+    asr *s = state;
+    clear_demo(s);
+    for (int64_t i = 0; s->train_tok && i < s->train.n; i++) free(s->train_tok[i].ids);
+    for (int64_t i = 0; s->valid_tok && i < s->valid.n; i++) free(s->valid_tok[i].ids);
+    for (int64_t i = 0; s->valid_ref && i < s->valid.n; i++) free(s->valid_ref[i]);
+    free(s->train_tok);
+    free(s->valid_tok);
+    free(s->valid_ref);
+    free(s->train_ids);
+    free(s->mean);
+    free(s->inv_std);
+    lu_asr_buckets_free(&s->buckets);
+    lu_bpe_free(s->tokens);
+    lu_asr_store_close(&s->train);
+    lu_asr_store_close(&s->valid);
+    free(s);
+}
+
+const lu_task lu_task_asr = {
+    .name = "asr",
+    .description = "early-exit CTC speech recognition (EE-Conformer, Splitformer, EE-Zipformer)",
+    .schema = asr_schema,
+    .config_size = sizeof(asr_config),
+    .create = asr_create,
+    .init_params = asr_init,
+    .epoch_size = asr_epoch_size,
+    .loss = asr_loss,
+    .evaluate = asr_evaluate,
+    .demo = asr_demo,
+    .destroy = asr_destroy,
+};

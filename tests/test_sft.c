@@ -1,0 +1,584 @@
+/* test_sft.c - supervised fine-tuning data and training: packing and loss masking, truncation
+ * and drop accounting, malformed lines, deterministic shuffling and split, the shard reader, the
+ * `sft` task through the trainer (loss decreases, exact resume, HF export), the paper configs and
+ * the `luthier data prepare-chat` command line. Conversations: tests/fixtures/sft/chat.jsonl
+ * (12 short French chats, hand-written) and bad.jsonl (malformed lines 2, 5 and 7). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "core/arena.h"
+#include "core/autograd.h"
+#include "core/checkpoint.h"
+#include "core/metrics.h"
+#include "experiments/runner/cli.h"
+#include "experiments/runner/trainer.h"
+#include "models/chat_template.h"
+#include "models/hf_model.h"
+#include "models/sft_data.h"
+#include "testutil.h"
+
+#define CHAT "tests/fixtures/sft/chat.jsonl"
+#define BAD "tests/fixtures/sft/bad.jsonl"
+
+static char dir[256];
+static lu_tokenizer *tok;
+
+static void setup(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/lu_sft_XXXXXX");
+    cr_assert(mkdtemp(dir));
+    tok = lu_tokenizer_load("tests/fixtures/tokenizer/small_qwen2.json");
+    cr_assert(tok, "%s", lu_error_message());
+}
+
+static void teardown(void)
+{
+    lu_tokenizer_free(tok);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(sft, .init = setup, .fini = teardown, .timeout = 120);
+
+static lu_sft_options options(const char *input, const char *out, int64_t seq_len)
+{
+    static char path[8][512];
+    static int k;
+    char *p = path[k++ % 8];
+    snprintf(p, 512, "%s/%s", dir, out);
+    return (lu_sft_options){.input = input, .out_dir = p, .tok = tok, .tokenizer_name = "small_qwen2.json",
+                            .seq_len = seq_len, .seed = 11, .valid_fraction = 0, .shard_tokens = 1 << 20,
+                            .pad_id = lu_tokenizer_token_id(tok, "<|endoftext|>")};
+}
+
+/* The conversations of a JSONL file encoded as lu_sft_prepare does. */
+typedef struct sample { int32_t *ids; uint8_t *mask; int64_t n; } sample;
+
+static int load_samples(const char *path, sample *out, int max)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert(f);
+    char line[4096];
+    int n = 0;
+    while (n < max && fgets(line, sizeof line, f)) {
+        cJSON *root = cJSON_Parse(line);
+        cr_assert(root);
+        const cJSON *msgs = cJSON_GetObjectItem(root, "messages"), *it;
+        lu_chat_message m[8];
+        int nm = 0;
+        cJSON_ArrayForEach(it, msgs) m[nm++] = (lu_chat_message){cJSON_GetObjectItem(it, "role")->valuestring,
+                                                                 cJSON_GetObjectItem(it, "content")->valuestring, NULL};
+        cr_assert_eq(lu_chat_encode(tok, m, nm, false, &out[n].ids, &out[n].mask, &out[n].n), LU_OK, "%s", lu_error_message());
+        cJSON_Delete(root);
+        n++;
+    }
+    fclose(f);
+    return n;
+}
+
+static void free_samples(sample *s, int n)
+{
+    for (int i = 0; i < n; i++) free(s[i].ids), free(s[i].mask);
+}
+
+/* Every sequence of a split, back to back. */
+typedef struct split_data { int64_t n, T; int32_t *ids, *labels, *cu; int *n_cu; } split_data;
+
+static split_data read_split(const char *out, const char *split)
+{
+    lu_sft_data *d = lu_sft_data_open(out, split);
+    cr_assert(d, "%s", lu_error_message());
+    split_data s = {.n = lu_sft_data_count(d), .T = lu_sft_data_seq_len(d)};
+    s.ids = malloc((size_t)(s.n * s.T) * 4);
+    s.labels = malloc((size_t)(s.n * s.T) * 4);
+    s.cu = malloc((size_t)(s.n * (s.T + 1)) * 4);
+    s.n_cu = malloc((size_t)s.n * sizeof(int));
+    for (int64_t i = 0; i < s.n; i++)
+        cr_assert_eq(lu_sft_data_read(d, i, s.ids + i * s.T, s.labels + i * s.T, s.cu + i * (s.T + 1), &s.n_cu[i]), LU_OK);
+    lu_sft_data_close(d);
+    return s;
+}
+
+static void free_split(split_data *s)
+{
+    free(s->ids), free(s->labels), free(s->cu), free(s->n_cu);
+}
+
+/* ---- packing ------------------------------------------------------------------------------- */
+
+Test(sft, labels_are_exactly_the_assistant_answer_and_its_im_end)
+{
+    lu_chat_message m[] = {{"system", "Sois bref.", NULL}, {"user", "Bonjour", NULL}, {"assistant", "Salut !", NULL}};
+    int32_t *ids;
+    uint8_t *mask;
+    int64_t n;
+    cr_assert_eq(lu_chat_encode(tok, m, 3, false, &ids, &mask, &n), LU_OK, "%s", lu_error_message());
+    int64_t T = n + 7, used = 0;
+    int32_t *row = malloc((size_t)T * 4), *labels = malloc((size_t)T * 4), cu[4];
+    int n_cu = 0;
+    cr_assert(lu_sft_pack_append(row, labels, cu, &n_cu, &used, T, ids, mask, n));
+    lu_sft_pack_finish(row, labels, cu, &n_cu, used, T, 0);
+    int32_t kept[64];
+    int nk = 0;
+    for (int64_t t = 0; t < T; t++)
+        if (labels[t] != -100) {
+            cr_assert_eq(labels[t], row[t], "a label is the input token itself (the loss shifts)");
+            kept[nk++] = labels[t];
+        }
+    char *text = lu_tokenizer_decode(tok, kept, nk, false);
+    cr_assert_str_eq(text, "Salut !<|im_end|>");
+    cr_assert_eq(n_cu, 3);
+    cr_assert(cu[0] == 0 && cu[1] == n && cu[2] == T, "cu_seqlens %d %d %d", cu[0], cu[1], cu[2]);
+    for (int64_t t = n; t < T; t++) cr_assert_eq(row[t], 0, "padding");
+    free(text), free(ids), free(mask), free(row), free(labels);
+}
+
+Test(sft, pack_refuses_a_sample_that_does_not_fit)
+{
+    int32_t ids[5] = {1, 2, 3, 4, 5}, row[8], labels[8], cu[9];
+    uint8_t mask[5] = {0, 1, 1, 1, 1};
+    int n_cu = 0;
+    int64_t used = 0;
+    cr_assert(lu_sft_pack_append(row, labels, cu, &n_cu, &used, 8, ids, mask, 5));
+    cr_assert_not(lu_sft_pack_append(row, labels, cu, &n_cu, &used, 8, ids, mask, 5));
+    cr_assert(lu_sft_pack_append(row, labels, cu, &n_cu, &used, 8, ids, mask, 3));
+    cr_assert_eq(used, 8);
+    cr_assert(n_cu == 3 && cu[1] == 5 && cu[2] == 8);
+    cr_assert_eq(labels[5], -100, "a sample's first token is never a target");
+    cr_assert_eq(labels[6], 2);
+}
+
+Test(sft, packed_sequences_hold_every_sample_with_its_boundaries)
+{
+    sample smp[16];
+    int ns = load_samples(CHAT, smp, 16);
+    lu_sft_options o = options(CHAT, "out", 160);
+    lu_sft_stats st;
+    cr_assert_eq(lu_sft_prepare(&o, &st), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(st.train.samples, ns);
+    split_data d = read_split(o.out_dir, "train");
+    cr_assert_eq(d.n, st.train.sequences);
+    int32_t im_start = lu_tokenizer_token_id(tok, "<|im_start|>");
+    int64_t tokens = 0, targets = 0, segments = 0;
+    for (int64_t i = 0; i < d.n; i++) {
+        const int32_t *cu = d.cu + i * (d.T + 1), *ids = d.ids + i * d.T, *lab = d.labels + i * d.T;
+        cr_assert(cu[0] == 0 && cu[d.n_cu[i] - 1] == d.T);
+        for (int k = 0; k + 1 < d.n_cu[i]; k++) {
+            cr_assert_lt(cu[k], cu[k + 1]);
+            if (ids[cu[k]] != im_start) { /* the padding: last, all pad, no label */
+                cr_assert_eq(k + 2, d.n_cu[i]);
+                for (int t = cu[k]; t < d.T; t++) cr_assert(ids[t] == o.pad_id && lab[t] == -100);
+                continue;
+            }
+            segments++;
+            tokens += cu[k + 1] - cu[k];
+            cr_assert_eq(lab[cu[k]], -100);
+            for (int t = cu[k]; t < cu[k + 1]; t++) targets += lab[t] != -100;
+        }
+    }
+    int64_t want_targets = 0;
+    for (int i = 0; i < ns; i++)
+        for (int64_t t = 1; t < smp[i].n; t++) want_targets += smp[i].mask[t];
+    cr_assert_eq(segments, ns);
+    cr_assert_eq(tokens, st.train.tokens);
+    cr_assert_eq(targets, want_targets);
+    cr_assert_eq(st.train.target_tokens, want_targets);
+    free_split(&d);
+    free_samples(smp, ns);
+}
+
+/* Loss of one packed row of three samples, times its target count, equals the sum of the
+ * per-sample losses times theirs: cu_seqlens stops attention across samples. */
+Test(sft, packed_loss_equals_sum_of_separate_losses)
+{
+    sample smp[16];
+    int ns = load_samples(CHAT, smp, 16);
+    cr_assert_geq(ns, 3);
+    lu_params *p = lu_params_new(LU_CPU);
+    lu_decoder m;
+    lu_decoder_config c = {.vocab_size = lu_tokenizer_vocab_size(tok), .hidden_size = 32, .intermediate_size = 48,
+                           .num_layers = 2, .num_heads = 4, .num_kv_heads = 2, .head_dim = 8, .rope_theta = 10000,
+                           .rms_norm_eps = 1e-6, .qk_norm = true, .tie_embeddings = true, .init_std = 0.5};
+    cr_assert_eq(lu_decoder_declare(&m, &c, p), LU_OK);
+    cr_assert_eq(lu_params_finalize(p), LU_OK);
+    cr_assert_eq(lu_decoder_init(&m, 5), LU_OK);
+    lu_arena *arena = lu_arena_new(LU_CPU, 0);
+    lu_arena *prev = lu_arena_activate(arena);
+    int64_t T = smp[0].n + smp[1].n + smp[2].n + 6, used = 0;
+    lu_tensor *ids = lu_tensor_empty(LU_I32, LU_SHAPE(1, T), LU_CPU), *labels = lu_tensor_empty(LU_I32, LU_SHAPE(1, T), LU_CPU);
+    lu_tensor *pos = lu_tensor_empty(LU_I32, LU_SHAPE(1, T), LU_CPU);
+    int32_t cu[8];
+    int n_cu = 0;
+    for (int i = 0; i < 3; i++)
+        cr_assert(lu_sft_pack_append(lu_tensor_data(ids), lu_tensor_data(labels), cu, &n_cu, &used, T, smp[i].ids, smp[i].mask, smp[i].n));
+    lu_sft_pack_finish(lu_tensor_data(ids), lu_tensor_data(labels), cu, &n_cu, used, T, 0);
+    lu_tensor *cut = lu_tensor_empty(LU_I32, LU_SHAPE(n_cu), LU_CPU);
+    memcpy(lu_tensor_data(cut), cu, sizeof(int32_t) * (size_t)n_cu);
+    for (int k = 0; k + 1 < n_cu; k++)
+        for (int t = cu[k]; t < cu[k + 1]; t++) ((int32_t *)lu_tensor_data(pos))[t] = t - cu[k];
+    int64_t n_all = 0;
+    for (int64_t t = 1; t < T; t++) n_all += ((int32_t *)lu_tensor_data(labels))[t] != -100;
+    lu_decoder_batch b = {.input_ids = ids, .positions = pos, .cu_seqlens = cut};
+    lu_tensor *packed = lu_decoder_loss(&m, &b, labels);
+    cr_assert(packed, "%s", lu_error_message());
+    double sum = 0;
+    for (int i = 0; i < 3; i++) {
+        lu_tensor *id1 = lu_tensor_empty(LU_I32, LU_SHAPE(1, smp[i].n), LU_CPU), *lb1 = lu_tensor_empty(LU_I32, LU_SHAPE(1, smp[i].n), LU_CPU);
+        int64_t n1 = 0;
+        for (int64_t t = 0; t < smp[i].n; t++) {
+            ((int32_t *)lu_tensor_data(id1))[t] = smp[i].ids[t];
+            ((int32_t *)lu_tensor_data(lb1))[t] = t > 0 && smp[i].mask[t] ? smp[i].ids[t] : -100;
+            n1 += t > 0 && smp[i].mask[t];
+        }
+        lu_decoder_batch b1 = {.input_ids = id1};
+        lu_tensor *l1 = lu_decoder_loss(&m, &b1, lb1);
+        cr_assert(l1, "%s", lu_error_message());
+        sum += lu_tensor_item(l1) * (double)n1;
+    }
+    double whole = lu_tensor_item(packed) * (double)n_all;
+    cr_assert(fabs(whole - sum) <= 1e-4 * fabs(sum), "packed %.8g vs separate %.8g (tolerance 1e-4 relative)", whole, sum);
+    lu_arena_activate(prev);
+    lu_arena_free(arena);
+    lu_params_free(p);
+    free_samples(smp, ns);
+}
+
+/* ---- accounting ---------------------------------------------------------------------------- */
+
+/* Expected counts, computed from the encodings: keep min(n, T) (0 when dropping an overlong
+ * sample), drop what has no target left. */
+static void expect(const sample *s, int ns, int64_t T, bool drop, lu_sft_split_stats *e)
+{
+    memset(e, 0, sizeof *e);
+    for (int i = 0; i < ns; i++) {
+        int64_t keep = s[i].n > T ? (drop ? 0 : T) : s[i].n, targets = 0;
+        for (int64_t t = 1; t < keep; t++) targets += s[i].mask[t];
+        if (!targets) {
+            e->dropped_samples++;
+            e->dropped_tokens += s[i].n;
+            continue;
+        }
+        e->samples++;
+        e->tokens += keep;
+        e->target_tokens += targets;
+        if (keep < s[i].n) e->truncated_samples++, e->truncated_tokens += s[i].n - keep;
+    }
+}
+
+Test(sft, truncation_is_counted_in_samples_and_tokens)
+{
+    sample smp[16];
+    int ns = load_samples(CHAT, smp, 16);
+    lu_sft_options o = options(CHAT, "out", 40);
+    lu_sft_stats st;
+    cr_assert_eq(lu_sft_prepare(&o, &st), LU_OK, "%s", lu_error_message());
+    lu_sft_split_stats e;
+    expect(smp, ns, 40, false, &e);
+    cr_assert_gt(e.truncated_samples, 0, "the fixture must have samples over 40 tokens");
+    cr_assert_eq(st.train.samples, e.samples);
+    cr_assert_eq(st.train.tokens, e.tokens);
+    cr_assert_eq(st.train.target_tokens, e.target_tokens);
+    cr_assert_eq(st.train.truncated_samples, e.truncated_samples);
+    cr_assert_eq(st.train.truncated_tokens, e.truncated_tokens);
+    cr_assert_eq(st.train.dropped_samples, e.dropped_samples);
+    cr_assert_eq(st.train.dropped_tokens, e.dropped_tokens);
+    free_samples(smp, ns);
+}
+
+Test(sft, drop_mode_drops_overlong_samples_and_counts_them)
+{
+    sample smp[16];
+    int ns = load_samples(CHAT, smp, 16);
+    lu_sft_options o = options(CHAT, "out", 40);
+    o.drop_overlong = true;
+    lu_sft_stats st;
+    cr_assert_eq(lu_sft_prepare(&o, &st), LU_OK, "%s", lu_error_message());
+    lu_sft_split_stats e;
+    expect(smp, ns, 40, true, &e);
+    cr_assert_gt(e.dropped_samples, 0);
+    cr_assert_eq(st.train.truncated_samples, 0);
+    cr_assert_eq(st.train.samples, e.samples);
+    cr_assert_eq(st.train.dropped_samples, e.dropped_samples);
+    cr_assert_eq(st.train.dropped_tokens, e.dropped_tokens);
+    cr_assert_eq(st.train.tokens, e.tokens);
+    free_samples(smp, ns);
+}
+
+/* ---- malformed input ----------------------------------------------------------------------- */
+
+Test(sft, skip_mode_reports_each_malformed_line_by_number)
+{
+    lu_sft_options o = options(BAD, "out", 128);
+    o.skip_malformed = true;
+    char *log = NULL;
+    size_t log_len = 0;
+    o.log = open_memstream(&log, &log_len);
+    lu_sft_stats st;
+    cr_assert_eq(lu_sft_prepare(&o, &st), LU_OK, "%s", lu_error_message());
+    fclose(o.log);
+    cr_assert_eq(st.lines, 7, "the blank line 4 is not a sample");
+    cr_assert_eq(st.malformed, 3);
+    cr_assert_eq(st.first_malformed_line, 2);
+    cr_assert_eq(st.train.samples, 4);
+    cr_assert(strstr(log, "bad.jsonl:2: invalid JSON"), "%s", log);
+    cr_assert(strstr(log, "bad.jsonl:5: ") && strstr(log, "robot"), "%s", log);
+    cr_assert(strstr(log, "bad.jsonl:7: no \"messages\" array"), "%s", log);
+    free(log);
+}
+
+Test(sft, fail_mode_stops_at_the_first_malformed_line_and_leaves_nothing)
+{
+    lu_sft_options o = options(BAD, "out", 128);
+    lu_sft_stats st;
+    cr_assert_neq(lu_sft_prepare(&o, &st), LU_OK);
+    tu_assert_error_contains("bad.jsonl:2: invalid JSON");
+    struct stat sb;
+    cr_assert_neq(stat(o.out_dir, &sb), 0, "no output directory after a failure");
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "ls %s | grep -q tmp", dir);
+    cr_assert_neq(system(cmd), 0, "no temporary directory left behind");
+}
+
+Test(sft, existing_output_directory_is_refused)
+{
+    lu_sft_options o = options(CHAT, "out", 128);
+    lu_sft_stats st;
+    cr_assert_eq(lu_sft_prepare(&o, &st), LU_OK, "%s", lu_error_message());
+    cr_assert_neq(lu_sft_prepare(&o, &st), LU_OK);
+    tu_assert_error_contains("already exists");
+}
+
+/* ---- order and split ----------------------------------------------------------------------- */
+
+Test(sft, shuffling_is_deterministic_by_seed)
+{
+    lu_sft_options a = options(CHAT, "a", 64), b = options(CHAT, "b", 64), c = options(CHAT, "c", 64);
+    c.seed = 12;
+    lu_sft_stats st;
+    cr_assert_eq(lu_sft_prepare(&a, &st), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(lu_sft_prepare(&b, &st), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(lu_sft_prepare(&c, &st), LU_OK, "%s", lu_error_message());
+    split_data da = read_split(a.out_dir, "train"), db = read_split(b.out_dir, "train"), dc = read_split(c.out_dir, "train");
+    cr_assert_eq(da.n, db.n);
+    cr_assert(!memcmp(da.ids, db.ids, (size_t)(da.n * da.T) * 4), "same seed, same sequences");
+    cr_assert(!memcmp(da.labels, db.labels, (size_t)(da.n * da.T) * 4));
+    bool differs = da.n != dc.n || memcmp(da.ids, dc.ids, (size_t)(da.n * da.T) * 4);
+    cr_assert(differs, "another seed gives another order");
+    free_split(&da), free_split(&db), free_split(&dc);
+}
+
+Test(sft, valid_split_is_by_sample_and_independent_of_packing)
+{
+    lu_sft_options a = options(CHAT, "a", 128), b = options(CHAT, "b", 512);
+    a.valid_fraction = b.valid_fraction = 0.3;
+    lu_sft_stats sa, sb;
+    cr_assert_eq(lu_sft_prepare(&a, &sa), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(lu_sft_prepare(&b, &sb), LU_OK, "%s", lu_error_message());
+    cr_assert_gt(sa.valid.samples, 0);
+    cr_assert_gt(sa.train.samples, 0);
+    cr_assert_eq(sa.train.samples + sa.valid.samples, 12);
+    cr_assert_eq(sa.valid.samples, sb.valid.samples);
+    cr_assert_eq(sa.valid.target_tokens, sb.valid.target_tokens, "the same samples are held out");
+    split_data v = read_split(a.out_dir, "valid");
+    cr_assert_eq(v.n, sa.valid.sequences);
+    free_split(&v);
+}
+
+Test(sft, shards_split_by_tokens_and_read_back_in_order)
+{
+    lu_sft_options a = options(CHAT, "one", 64), b = options(CHAT, "many", 64);
+    b.shard_tokens = 2 * 64 + 5;
+    lu_sft_stats sa, sb;
+    cr_assert_eq(lu_sft_prepare(&a, &sa), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(lu_sft_prepare(&b, &sb), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(sa.train.shards, 1);
+    cr_assert_eq(sb.train.shards, (sb.train.sequences + 1) / 2, "2 sequences per shard");
+    split_data da = read_split(a.out_dir, "train"), db = read_split(b.out_dir, "train");
+    cr_assert_eq(da.n, db.n);
+    cr_assert(!memcmp(da.ids, db.ids, (size_t)(da.n * da.T) * 4));
+    lu_sft_data *d = lu_sft_data_open(b.out_dir, "train");
+    int n_cu;
+    cr_assert_neq(lu_sft_data_read(d, da.n, da.ids, da.labels, da.cu, &n_cu), LU_OK);
+    tu_assert_error_contains("out of range");
+    lu_sft_data_close(d);
+    cr_assert_null(lu_sft_data_open(b.out_dir, "valid"));
+    tu_assert_error_contains("no valid sequences");
+    free_split(&da), free_split(&db);
+}
+
+/* ---- the task through the trainer ----------------------------------------------------------- */
+
+static void write_config(void)
+{
+    lu_sft_options o = options(CHAT, "data", 96);
+    o.valid_fraction = 0.25;
+    lu_sft_stats st;
+    cr_assert_eq(lu_sft_prepare(&o, &st), LU_OK, "%s", lu_error_message());
+    char path[512];
+    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fprintf(f,
+            "task: sft\nseed: 5\n"
+            "data:\n  dir: %s/data\n  batch_size: 2\n"
+            "model:\n  hidden_size: 32\n  intermediate_size: 64\n  num_layers: 1\n  num_heads: 2\n  num_kv_heads: 1\n"
+            "  head_dim: 16\n  export_dtype: f32\n"
+            "train:\n  max_steps: 6\n  log_every: 1\n  save_every: 3\n  clip_norm: 1.0\n"
+            "optim:\n  lr: 1.0e-2\n"
+            "schedule:\n  kind: cosine\n  warmup_ratio: 0.1\n",
+            dir);
+    fclose(f);
+}
+
+static lu_status train(const char *out, int64_t stop_after, bool resume, int n_over, char **over)
+{
+    char cfg[512], outp[512];
+    snprintf(cfg, sizeof cfg, "%s/tiny.yaml", dir);
+    snprintf(outp, sizeof outp, "%s/%s", dir, out);
+    lu_run_options o = {.config_path = cfg, .out_dir = outp, .stop_after = stop_after, .resume = resume,
+                        .n_overrides = n_over, .overrides = over};
+    return lu_train_run(&o);
+}
+
+Test(sft, task_trains_and_the_loss_decreases)
+{
+    write_config();
+    char *over[] = {"train.max_steps=40", "train.log_every=40", "train.save_every=0"};
+    cr_assert_eq(train("run", 0, false, 3, over), LU_OK, "%s", lu_error_message());
+    char path[512];
+    snprintf(path, sizeof path, "%s/run/metrics.jsonl", dir);
+    double last;
+    int64_t step;
+    cr_assert_eq(lu_metrics_read_last(path, "eval", "valid_loss", &last, &step), LU_OK, "%s", lu_error_message());
+    double uniform = log((double)lu_tokenizer_vocab_size(tok));
+    cr_assert_lt(last, uniform - 1.0, "held-out loss %g after 40 steps, uniform is %g", last, uniform);
+    cr_assert_eq(lu_metrics_read_last(path, "train", "loss", &last, &step), LU_OK);
+    cr_assert_lt(last, uniform - 1.5, "train loss %g after 40 steps", last);
+}
+
+/* Same checkpoint whether the run went straight through or stopped after 3 steps and resumed. */
+Test(sft, resume_after_interruption_is_bit_exact)
+{
+    write_config();
+    cr_assert_eq(train("straight", 0, false, 0, NULL), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(train("split", 3, false, 0, NULL), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(train("split", 0, true, 0, NULL), LU_OK, "%s", lu_error_message());
+    for (int k = 0; k < 2; k++) {
+        char pa[512], pb[512];
+        snprintf(pa, sizeof pa, "%s/straight/%s", dir, k ? "model/model.safetensors" : "checkpoints/last.h5");
+        snprintf(pb, sizeof pb, "%s/split/%s", dir, k ? "model/model.safetensors" : "checkpoints/last.h5");
+        lu_params *p[2];
+        lu_decoder m[2];
+        for (int r = 0; r < 2; r++) {
+            char mdir[512];
+            snprintf(mdir, sizeof mdir, "%s/%s/model", dir, r ? "split" : "straight");
+            cr_assert_eq(lu_hf_load(mdir, &m[r], &p[r]), LU_OK, "%s", lu_error_message());
+        }
+        if (k == 0) { /* the checkpoints hold the same weights as each export */
+            for (int r = 0; r < 2; r++) {
+                lu_params *q = lu_params_new(LU_CPU);
+                lu_decoder mq;
+                cr_assert_eq(lu_decoder_declare(&mq, &m[r].cfg, q), LU_OK);
+                cr_assert_eq(lu_params_finalize(q), LU_OK);
+                lu_ckpt_meta meta = {0};
+                cr_assert_eq(lu_ckpt_load(r ? pb : pa, q, NULL, &meta), LU_OK, "%s", lu_error_message());
+                free(meta.loaded_config_text);
+                cr_assert_eq(meta.step, 6);
+                for (int i = 0; i < q->n; i++)
+                    cr_assert(!memcmp(lu_tensor_data(q->items[i].t), lu_tensor_data(lu_params_get(p[r], q->items[i].name)),
+                                      (size_t)lu_tensor_numel(q->items[i].t) * 4), "%s", q->items[i].name);
+                lu_params_free(q);
+            }
+        }
+        for (int i = 0; i < p[0]->n; i++)
+            cr_assert(!memcmp(lu_tensor_data(p[0]->items[i].t), lu_tensor_data(lu_params_get(p[1], p[0]->items[i].name)),
+                              (size_t)lu_tensor_numel(p[0]->items[i].t) * 4), "%s differs after resume", p[0]->items[i].name);
+        lu_params_free(p[0]);
+        lu_params_free(p[1]);
+    }
+}
+
+Test(sft, exported_model_reloads_with_the_trained_shape)
+{
+    write_config();
+    cr_assert_eq(train("run", 0, false, 0, NULL), LU_OK, "%s", lu_error_message());
+    char mdir[512];
+    snprintf(mdir, sizeof mdir, "%s/run/model", dir);
+    lu_decoder m;
+    lu_params *p;
+    cr_assert_eq(lu_hf_load(mdir, &m, &p), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(m.cfg.vocab_size, lu_tokenizer_vocab_size(tok), "vocabulary from the data's summary");
+    cr_assert_eq(m.cfg.hidden_size, 32);
+    cr_assert(m.cfg.qk_norm && m.cfg.tie_embeddings);
+    lu_params_free(p);
+}
+
+Test(sft, missing_data_directory_is_reported)
+{
+    write_config();
+    char *over[] = {"data.dir=/nonexistent/sft"};
+    cr_assert_neq(train("run", 0, false, 1, over), LU_OK);
+    tu_assert_error_contains("/nonexistent/sft");
+}
+
+/* ---- configs and command line ---------------------------------------------------------------- */
+
+Test(sft, paper_configs_mirror_the_luth_recipe)
+{
+    const char *files[] = {"experiments/luth/sft-qwen3-0.6b.yaml", "experiments/luth/sft-qwen3-1.7b.yaml"};
+    const lu_task *task = lu_task_find("sft");
+    cr_assert(task);
+    int nc = 0, nt = 0;
+    while (lu_train_schema[nc].key) nc++;
+    while (task->schema[nt].key) nt++;
+    size_t off = (sizeof(lu_train_config) + 15) & ~(size_t)15;
+    for (int k = 0; k < 2; k++) {
+        lu_cfg_field *schema = calloc((size_t)(nc + nt + 1), sizeof *schema);
+        void *block = calloc(1, off + task->config_size);
+        memcpy(schema, lu_train_schema, (size_t)nc * sizeof *schema);
+        for (int i = 0; i < nt; i++) {
+            schema[nc + i] = task->schema[i];
+            schema[nc + i].offset += off;
+        }
+        cr_assert_eq(lu_config_load(files[k], schema, block, 0, NULL), LU_OK, "%s", lu_error_message());
+        const lu_train_config *c = block;
+        cr_assert_str_eq(c->task, "sft");
+        cr_assert_float_eq(c->lr, 2e-5, 1e-12);
+        cr_assert_float_eq(c->warmup_ratio, 0.1, 1e-12);
+        cr_assert_float_eq(c->clip_norm, 0.1, 1e-12);
+        cr_assert_float_eq(c->weight_decay, 0.01, 1e-12);
+        cr_assert_eq(c->epochs, 3);
+        cr_assert_eq(c->grad_accum, 4);
+        cr_assert_eq(c->sched_kind, LU_SCHED_COSINE);
+        lu_config_free(schema, block);
+        free(schema);
+        free(block);
+    }
+}
+
+Test(sft, command_line_prepares_and_rejects_bad_usage)
+{
+    char out[512];
+    snprintf(out, sizeof out, "%s/cli", dir);
+    char *ok[] = {"prepare-chat", "--input", BAD, "--tokenizer", "tests/fixtures/tokenizer/small_qwen2.json", "--out", out,
+                  "--seq-len", "128", "--on-error", "skip", "--valid-fraction", "0"};
+    cr_assert_eq(lu_data_prepare_chat(13, ok), 0, "%s", lu_error_message());
+    char path[600];
+    snprintf(path, sizeof path, "%s/summary.json", out);
+    cr_assert_eq(access(path, R_OK), 0);
+    char *bad_flag[] = {"prepare-chat", "--input", BAD, "--on-error", "ignore"};
+    cr_assert_eq(lu_data_prepare_chat(5, bad_flag), 2);
+    char *missing[] = {"prepare-chat", "--input", BAD};
+    cr_assert_eq(lu_data_prepare_chat(3, missing), 2);
+    snprintf(out, sizeof out, "%s/cli2", dir);
+    char *fails[] = {"prepare-chat", "--input", BAD, "--tokenizer", "tests/fixtures/tokenizer/small_qwen2.json", "--out", out,
+                     "--seq-len", "128"};
+    cr_assert_eq(lu_data_prepare_chat(9, fails), 1, "malformed line with the default --on-error fail");
+}
