@@ -4,6 +4,8 @@
 #endif
 #include "checkpoint.h"
 
+#include "fileio.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
@@ -188,16 +190,6 @@ static lu_status fsync_path(const char *path, int flags)
     return r ? lu_errorf(LU_ERR_IO, "cannot sync '%s': %s", path, strerror(err)) : LU_OK;
 }
 
-/* Syncs the directory holding path, so that the rename itself is durable. */
-static lu_status fsync_dir_of(const char *path)
-{
-    char *copy = strdup(path);
-    if (!copy) return lu_errorf(LU_ERR_NOMEM, "out of memory");
-    lu_status s = fsync_path(dirname(copy), O_RDONLY | O_DIRECTORY);
-    free(copy);
-    return s;
-}
-
 /* An upper bound on the file size: the tensors' bytes, plus room for each dataset's header and
  * attribute, the config text and the superblock. */
 static off_t size_bound(const lu_params *params, lu_optim *optim, const lu_ckpt_meta *meta)
@@ -253,7 +245,7 @@ lu_status lu_ckpt_save(const char *path, lu_params *params, lu_optim *optim, con
     if (H5Fclose(file) < 0 && !s) s = lu_errorf(LU_ERR_IO, "cannot close (flush) the file");
     if (!s) s = fsync_path(tmp, O_RDONLY);
     if (!s && rename(tmp, path) != 0) s = lu_errorf(LU_ERR_IO, "cannot rename '%s': %s", tmp, strerror(errno));
-    if (!s) s = fsync_dir_of(path);
+    if (!s) s = lu_file_sync_dir(path);
     else unlink(tmp);
     free(tmp);
     return s ? lu_error_context("checkpoint '%s': ", path) : LU_OK;

@@ -1,6 +1,7 @@
 /* safetensors.c - safetensors reader (mmap + full validation) and writer (see safetensors.h). */
 #include "safetensors.h"
 
+#include "fileio.h"
 #include "params.h"
 
 #include <cjson/cJSON.h>
@@ -490,19 +491,6 @@ static lu_status write_file(const char *tmp, const save_item *items, int n, cons
     return s;
 }
 
-/* Makes the rename durable: fsync the directory holding path. */
-static lu_status sync_parent_dir(const char *path)
-{
-    char *copy = strdup(path);
-    if (!copy) return lu_errorf(LU_ERR_NOMEM, "%s: out of memory", path);
-    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
-    lu_status s = LU_OK;
-    if (fd < 0 || fsync(fd) != 0) s = lu_errorf(LU_ERR_IO, "%s: cannot sync its directory: %s", path, strerror(errno));
-    if (fd >= 0) close(fd);
-    free(copy);
-    return s;
-}
-
 static lu_status check_save_args(const char *path, int n, const char *const *names, lu_tensor *const *tensors, int n_meta,
                                   const char *const *keys, const char *const *values)
 {
@@ -544,7 +532,7 @@ lu_status lu_st_save(const char *path, int n, const char *const *names, lu_tenso
     if (!s) s = write_file(tmp, items, n, header, hlen);
     if (!s && rename(tmp, path) != 0) s = lu_errorf(LU_ERR_IO, "%s: cannot rename '%s' into place: %s", path, tmp, strerror(errno));
     if (s) unlink(tmp);
-    else s = sync_parent_dir(path);
+    else s = lu_file_sync_dir(path);
     free(header);
     free(items);
     free(tmp);

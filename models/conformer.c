@@ -13,6 +13,7 @@
 
 #include "core/ops.h"
 #include "core/rng.h"
+#include "core/fileio.h"
 #include "core/safetensors.h"
 
 #define NAME_LEN 256     /* a full parameter name */
@@ -40,27 +41,6 @@ lu_status lu_conformer_config_check(const lu_conformer_config *c)
     return LU_OK;
 }
 
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        lu_errorf(LU_ERR_IO, "conformer config %s: cannot open", path);
-        return NULL;
-    }
-    char *text = NULL;
-    long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)n + 1))) {
-        if (fread(text, 1, (size_t)n, f) == (size_t)n) text[n] = '\0';
-        else {
-            free(text);
-            text = NULL;
-        }
-    }
-    fclose(f);
-    if (!text) lu_errorf(LU_ERR_IO, "conformer config %s: cannot read", path);
-    return text;
-}
-
 static lu_status json_int(const cJSON *it, const char *path, int64_t lo, int64_t *out)
 {
     double v = cJSON_IsNumber(it) ? it->valuedouble : NAN;
@@ -75,8 +55,8 @@ lu_status lu_conformer_config_load_json(const char *path, lu_conformer_config *c
 {
     static const char *const ints[] = {"input_dim", "num_heads", "ffn_dim", "num_layers", "depthwise_conv_kernel_size"};
     enum { N_INTS = 5 };
-    char *text = read_text(path);
-    if (!text) return lu_error_code();
+    char *text = lu_file_read(path, (size_t)1 << 20, NULL);
+    if (!text) return lu_error_context("conformer config ");
     cJSON *root = cJSON_Parse(text);
     free(text);
     if (!cJSON_IsObject(root)) {

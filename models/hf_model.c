@@ -15,9 +15,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/fileio.h"
 #include "core/safetensors.h"
 
-#define JSON_MAX_BYTES (64L << 20)
 
 /* transformers' per-family defaults and names (configuration_*.py). head_dim 0: hidden / heads. */
 typedef struct family {
@@ -45,37 +45,6 @@ static bool is_file(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-/* Parses a JSON file of at most 64 MB whose top level is an object. */
-static cJSON *read_json(const char *path)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        lu_errorf(LU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    char *buf = NULL;
-    cJSON *j = NULL;
-    if (fstat(fileno(fp), &st) != 0 || st.st_size > JSON_MAX_BYTES)
-        lu_errorf(LU_ERR_FORMAT, "%s: cannot stat or larger than 64 MB", path);
-    else if (!(buf = malloc((size_t)st.st_size + 1)))
-        lu_errorf(LU_ERR_NOMEM, "%s: out of memory", path);
-    else if (fread(buf, 1, (size_t)st.st_size, fp) != (size_t)st.st_size)
-        lu_errorf(LU_ERR_IO, "%s: read failed", path);
-    else if (!(j = cJSON_ParseWithLength(buf, (size_t)st.st_size))) {
-        const char *at = cJSON_GetErrorPtr();
-        lu_errorf(LU_ERR_FORMAT, "%s: not valid JSON (error near byte %ld)", path,
-                  at && at >= buf && at <= buf + st.st_size ? (long)(at - buf) : 0L);
-    } else if (!cJSON_IsObject(j)) {
-        lu_errorf(LU_ERR_FORMAT, "%s: the top level is not a JSON object", path);
-        cJSON_Delete(j);
-        j = NULL;
-    }
-    free(buf);
-    fclose(fp);
-    return j;
 }
 
 static lu_status write_text(const char *path, const char *text)
@@ -266,7 +235,7 @@ lu_status lu_hf_read_config(const char *dir, lu_decoder_config *cfg)
 {
     char *path = join(dir, "config.json");
     if (!path) return lu_error_code();
-    cJSON *root = read_json(path);
+    cJSON *root = lu_json_read(path);
     lu_status s = root ? parse_config(path, root, cfg) : lu_error_code();
     cJSON_Delete(root);
     free(path);
@@ -325,7 +294,7 @@ static lu_status open_shard(shard_set *s, const char *dir, const char *name)
 static lu_status open_index(shard_set *s, const char *dir)
 {
     const char *path = s->index_path;
-    LU_TRY_PTR(s->index, read_json(path));
+    LU_TRY_PTR(s->index, lu_json_read(path));
     s->map = get(s->index, "weight_map");
     if (!cJSON_IsObject(s->map)) return lu_errorf(LU_ERR_FORMAT, "%s: missing key 'weight_map' (an object)", path);
     int n = cJSON_GetArraySize(s->map);

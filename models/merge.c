@@ -15,6 +15,7 @@
 
 #include "core/dtype.h"
 #include "core/progress.h"
+#include "core/fileio.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
 #include "models/merge.h"
@@ -34,24 +35,6 @@ typedef struct model {
 __attribute__((noinline)) static bool path_join(char *out, const char *dir, const char *name)
 {
     return snprintf(out, PATH_MAX, "%s/%s", dir, name) < PATH_MAX;
-}
-
-static char *read_text(const char *path, long *len_out)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
-        free(s);
-        s = NULL;
-    }
-    fclose(f);
-    if (s) s[n] = 0;
-    if (len_out) *len_out = n;
-    return s;
 }
 
 static void model_close(model *m)
@@ -84,10 +67,7 @@ static lu_status model_open(model *m, const char *path)
     if (!(m->path = strdup(path))) return lu_errorf(LU_ERR_NOMEM, "merge: no memory");
     char p[PATH_MAX];
     path_join(p, path, "config.json");
-    char *text = read_text(p, NULL);
-    if (!text) return lu_errorf(LU_ERR_IO, "merge: cannot read '%s'", p);
-    m->config = cJSON_Parse(text);
-    free(text);
+    if (!(m->config = lu_json_read(p))) return lu_error_context("merge: ");
     const cJSON *nl = cJSON_GetObjectItemCaseSensitive(m->config, "num_hidden_layers");
     if (!cJSON_IsNumber(nl) || nl->valueint < 1)
         return lu_errorf(LU_ERR_FORMAT, "merge: '%s' has no positive num_hidden_layers", p);
@@ -95,9 +75,9 @@ static lu_status model_open(model *m, const char *path)
     path_join(p, path, "model.safetensors");
     if (access(p, F_OK) == 0) return model_add_file(m, "model.safetensors");
     path_join(p, path, "model.safetensors.index.json");
-    if (!(text = read_text(p, NULL))) return lu_errorf(LU_ERR_IO, "merge: '%s' holds no model.safetensors(.index.json)", path);
-    cJSON *index = cJSON_Parse(text);
-    free(text);
+    if (access(p, F_OK) != 0) return lu_errorf(LU_ERR_IO, "merge: '%s' holds no model.safetensors(.index.json)", path);
+    cJSON *index = lu_json_read(p);
+    if (!index) return lu_error_context("merge: ");
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(index, "weight_map"), *e;
     lu_status s = cJSON_IsObject(map) ? LU_OK : lu_errorf(LU_ERR_FORMAT, "merge: '%s' has no weight_map", p);
     cJSON_ArrayForEach(e, map) {
@@ -715,9 +695,9 @@ static const char *const tokenizer_files[] = {"tokenizer.json",   "tokenizer_con
 
 static lu_status copy_file(const char *from, const char *to)
 {
-    long n;
-    char *text = read_text(from, &n);
-    if (!text) return lu_errorf(LU_ERR_IO, "merge: cannot read '%s'", from);
+    size_t n = 0;
+    char *text = lu_file_read(from, (size_t)1 << 30, &n);
+    if (!text) return lu_error_context("merge: ");
     FILE *f = fopen(to, "wb");
     bool ok = f && fwrite(text, 1, (size_t)n, f) == (size_t)n;
     if (f && fclose(f) != 0) ok = false;

@@ -13,6 +13,7 @@
 
 #include "core/ops.h"
 #include "core/rng.h"
+#include "core/fileio.h"
 #include "core/safetensors.h"
 
 #define NAME_LEN 192
@@ -85,27 +86,6 @@ lu_zipformer_config lu_zipformer_small_config(void)
     return c;
 }
 
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        lu_errorf(LU_ERR_IO, "zipformer config %s: cannot open", path);
-        return NULL;
-    }
-    char *text = NULL;
-    long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)n + 1))) {
-        if (fread(text, 1, (size_t)n, f) == (size_t)n) text[n] = '\0';
-        else {
-            free(text);
-            text = NULL;
-        }
-    }
-    fclose(f);
-    if (!text) lu_errorf(LU_ERR_IO, "zipformer config %s: cannot read", path);
-    return text;
-}
-
 static lu_status json_int(const cJSON *it, const char *path, const char *key, int64_t *out)
 {
     double v = cJSON_IsNumber(it) ? it->valuedouble : NAN;
@@ -151,8 +131,8 @@ static lu_status per_stack(const char *path, int k, const int64_t *v, int n, int
 
 lu_status lu_zipformer_config_load_json(const char *path, lu_zipformer_config *c)
 {
-    char *text = read_text(path);
-    if (!text) return lu_error_code();
+    char *text = lu_file_read(path, (size_t)1 << 20, NULL);
+    if (!text) return lu_error_context("zipformer config ");
     cJSON *root = cJSON_Parse(text);
     free(text);
     if (!cJSON_IsObject(root)) {

@@ -10,6 +10,7 @@
 
 #include "core/arena.h"
 #include "core/autograd.h"
+#include "core/fileio.h"
 #include "core/ops.h"
 #include "core/rng.h"
 #include "experiments/runner/task.h"
@@ -60,24 +61,6 @@ typedef struct bytelm {
     lu_decoder model;
 } bytelm;
 
-static lu_status read_all(const char *path, unsigned char **out, int64_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return lu_errorf(LU_ERR_IO, "bytelm: cannot open data.text_file '%s' (run scripts/prepare_fr_text.sh?)", path);
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    *out = size > 0 ? malloc((size_t)size) : NULL;
-    bool ok = *out && fread(*out, 1, (size_t)size, f) == (size_t)size;
-    fclose(f);
-    if (!ok) {
-        free(*out);
-        return lu_errorf(LU_ERR_IO, "bytelm: cannot read '%s' (empty or unreadable)", path);
-    }
-    *n = size;
-    return LU_OK;
-}
-
 static lu_status bytelm_create(void **state, const void *config, uint64_t seed, lu_params *params)
 {
     const bytelm_config *c = config;
@@ -91,8 +74,10 @@ static lu_status bytelm_create(void **state, const void *config, uint64_t seed, 
         return lu_errorf(LU_ERR_CONFIG, "bytelm: data.seq_len must be >= 2 and data.batch_size >= 1");
     if (!(c->valid_fraction > 0 && c->valid_fraction < 1))
         return lu_errorf(LU_ERR_CONFIG, "bytelm: data.valid_fraction must be in (0, 1), got %g", c->valid_fraction);
-    int64_t n = 0;
-    LU_TRY(read_all(c->text_file, &s->text, &n));
+    size_t len = 0;
+    s->text = (unsigned char *)lu_file_read(c->text_file, (size_t)1 << 32, &len);
+    if (!s->text) return lu_error_context("bytelm data.text_file (run scripts/prepare_fr_text.sh?): ");
+    int64_t n = (int64_t)len;
     s->n_valid = (int64_t)((double)n * c->valid_fraction);
     s->n_train = n - s->n_valid;
     s->train_windows = (s->n_train - 1) / c->seq_len;
