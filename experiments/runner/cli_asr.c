@@ -7,6 +7,7 @@
 #include "core/arena.h"
 #include "core/autograd.h"
 #include "core/safetensors.h"
+#include "experiments/runner/asr_infer.h"
 #include "experiments/runner/cli.h"
 #include "models/conformer.h"
 #include "models/zipformer.h"
@@ -38,6 +39,8 @@ static void asr_usage(FILE *f)
             "                     (other tensors of an AsrModel checkpoint are ignored); IN holds x [B,T,F]\n"
             "                     f32 and x_lens [B] int; OUT receives encoder_out [B,T',C] and\n"
             "                     encoder_out_lens\n");
+    fprintf(f, "\n");
+    lu_asr_transcribe_usage(f);
 }
 
 /* -1: run; otherwise the exit code. */
@@ -167,8 +170,9 @@ int lu_cli_asr(int argc, char **argv)
         asr_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "transcribe")) return lu_asr_transcribe_cli(argc - 1, argv + 1);
     if (strcmp(argv[1], "forward")) {
-        fprintf(stderr, "luthier asr: unknown subcommand '%s' (forward)\n", argv[1]);
+        fprintf(stderr, "luthier asr: unknown subcommand '%s' (forward, transcribe)\n", argv[1]);
         asr_usage(stderr);
         return 2;
     }

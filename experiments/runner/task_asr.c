@@ -14,7 +14,10 @@
  * utterance's loss divided by its target length, averaged over the batch) and zero_infinity, as
  * the authors' train.py (asr.md 7.1) - for every architecture, so the loss scale does not depend
  * on the batch size. Evaluation: greedy CTC decoding of every exit on the held-out store and the
- * corpus WER per exit. */
+ * corpus WER per exit; then, for a few thresholds of each confidence criterion
+ * (models/exit_policy.h), the corpus WER when every utterance uses the first exit the policy
+ * accepts, and the mean 1-based index of those exits (with one block per exit, the mean number
+ * of encoder blocks run). */
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -25,10 +28,12 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "experiments/runner/task.h"
+#include "experiments/runner/task_asr.h"
 #include "models/asr_data.h"
 #include "models/bpe.h"
 #include "models/conformer.h"
 #include "models/ctc_decode.h"
+#include "models/exit_policy.h"
 #include "models/features.h"
 #include "models/wer.h"
 #include "models/zipformer.h"
@@ -37,7 +42,7 @@ enum { ARCH_EE_CONFORMER, ARCH_SPLITFORMER, ARCH_EE_ZIPFORMER };
 enum { NORM_NONE, NORM_UPPER, NORM_CLEAN_UPPER, NORM_WORDS_UPPER };
 enum { TOKENS_CHARS, TOKENS_BPE };
 
-#define MAX_EXITS 15 /* LU_TASK_MAX_METRICS minus valid_loss */
+#define MAX_EXITS LU_ASR_MAX_EXITS /* entries of wer_keys */
 #define DEMO_MAX 8
 
 typedef struct asr_config {
@@ -106,6 +111,22 @@ static const lu_cfg_field asr_schema[] = {
 static const char *const wer_keys[MAX_EXITS] = {
     "wer_exit_1", "wer_exit_2", "wer_exit_3", "wer_exit_4", "wer_exit_5", "wer_exit_6", "wer_exit_7", "wer_exit_8",
     "wer_exit_9", "wer_exit_10", "wer_exit_11", "wer_exit_12", "wer_exit_13", "wer_exit_14", "wer_exit_15"};
+
+/* Dynamic-exit policies evaluated: entropy thresholds around the 0.2-0.3 of Wright et al.'s
+ * operating points, posterior thresholds from lenient to strict. */
+static const struct {
+    lu_exit_policy policy;
+    const char *wer_key, *exit_key;
+} dyn_policies[] = {
+    {{LU_EXIT_ENTROPY, 0.1}, "dyn_entropy_0.1_wer", "dyn_entropy_0.1_avg_exit"},
+    {{LU_EXIT_ENTROPY, 0.2}, "dyn_entropy_0.2_wer", "dyn_entropy_0.2_avg_exit"},
+    {{LU_EXIT_ENTROPY, 0.3}, "dyn_entropy_0.3_wer", "dyn_entropy_0.3_avg_exit"},
+    {{LU_EXIT_POSTERIOR, 0.8}, "dyn_posterior_0.8_wer", "dyn_posterior_0.8_avg_exit"},
+    {{LU_EXIT_POSTERIOR, 0.9}, "dyn_posterior_0.9_wer", "dyn_posterior_0.9_avg_exit"},
+    {{LU_EXIT_POSTERIOR, 0.95}, "dyn_posterior_0.95_wer", "dyn_posterior_0.95_avg_exit"},
+};
+enum { N_DYN = sizeof dyn_policies / sizeof dyn_policies[0] };
+_Static_assert(1 + MAX_EXITS + 2 * N_DYN <= LU_TASK_MAX_METRICS, "asr metrics exceed LU_TASK_MAX_METRICS");
 
 typedef struct utt_tokens {
     int *ids;
@@ -491,9 +512,10 @@ static void clear_demo(asr *s)
     s->n_demo = 0;
 }
 
-/* Decodes every exit of one batch and adds its word errors to totals. */
+/* Decodes every exit of one batch and adds its word errors to totals; utt[k * n_exits + i]
+ * receives utterance k's counts at exit i. */
 static lu_status score_batch(asr *s, const int64_t *ids, int64_t B, lu_tensor **exits, lu_tensor *out_len,
-                             lu_wer_counts *totals)
+                             lu_wer_counts *totals, lu_wer_counts *utt)
 {
     lu_ctc_hyp *hyp = calloc((size_t)B, sizeof *hyp);
     int *n_out = calloc((size_t)B, sizeof *n_out);
@@ -504,7 +526,10 @@ static lu_status score_batch(asr *s, const int64_t *ids, int64_t B, lu_tensor **
             char *text = lu_bpe_decode(s->tokens, hyp[k].tokens, hyp[k].n_tokens);
             lu_wer_counts c;
             if (!text) st = lu_error_code();
-            else if (!(st = lu_wer_align_words(s->valid_ref[ids[k]], text, &c))) lu_wer_accumulate(&totals[i], &c);
+            else if (!(st = lu_wer_align_words(s->valid_ref[ids[k]], text, &c))) {
+                lu_wer_accumulate(&totals[i], &c);
+                utt[k * s->n_exits + i] = c;
+            }
             int d = (int)ids[k];
             if (!st && d < s->n_demo) s->demo_hyp[d][i] = text, text = NULL;
             free(text);
@@ -514,6 +539,47 @@ static lu_status score_batch(asr *s, const int64_t *ids, int64_t B, lu_tensor **
     free(hyp);
     free(n_out);
     return st;
+}
+
+/* Confidence scores[k * n_exits + i] of utterance k at exit i under both criteria. */
+static lu_status score_exits(const asr *s, int64_t B, lu_tensor **exits, lu_tensor *out_len, double *entropy,
+                             double *posterior)
+{
+    int64_t T = exits[0]->shape[1], V = exits[0]->shape[2];
+    int64_t *len = malloc((size_t)B * sizeof *len);
+    float *logp = malloc((size_t)(B * T * V) * sizeof *logp);
+    lu_status st = len && logp ? lu_tensor_to_host(out_len, LU_I64, len) : lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+    for (int i = 0; i < s->n_exits && !st; i++) {
+        if (exits[i]->shape[1] != T || exits[i]->shape[2] != V) {
+            st = lu_errorf(LU_ERR_SHAPE, "asr: exit %d has [%lld, %lld] frames x units, exit 1 [%lld, %lld]", i + 1,
+                           (long long)exits[i]->shape[1], (long long)exits[i]->shape[2], (long long)T, (long long)V);
+            break;
+        }
+        if ((st = lu_tensor_to_host(exits[i], LU_F32, logp))) break;
+        for (int64_t k = 0; k < B; k++) {
+            int64_t frames = len[k] < T ? len[k] : T;
+            entropy[k * s->n_exits + i] = lu_exit_score(LU_EXIT_ENTROPY, logp + k * T * V, frames, V);
+            posterior[k * s->n_exits + i] = lu_exit_score(LU_EXIT_POSTERIOR, logp + k * T * V, frames, V);
+        }
+    }
+    free(len);
+    free(logp);
+    return st;
+}
+
+/* Adds each policy's chosen exit of the batch's utterances to dyn_counts and dyn_exit_sum. */
+static void choose_exits(const asr *s, int64_t B, const double *entropy, const double *posterior,
+                         const lu_wer_counts *utt, lu_wer_counts *dyn_counts, double *dyn_exit_sum)
+{
+    for (int p = 0; p < N_DYN; p++) {
+        const lu_exit_policy *pol = &dyn_policies[p].policy;
+        const double *scores = pol->criterion == LU_EXIT_ENTROPY ? entropy : posterior;
+        for (int64_t k = 0; k < B; k++) {
+            int e = lu_exit_select(pol, scores + k * s->n_exits, s->n_exits);
+            lu_wer_accumulate(&dyn_counts[p], &utt[k * s->n_exits + e]);
+            dyn_exit_sum[p] += e + 1;
+        }
+    }
 }
 
 static lu_status asr_evaluate(void *state, lu_task_metrics *out)
@@ -541,7 +607,8 @@ static lu_status asr_evaluate(void *state, lu_task_metrics *out)
     }
     lu_arena *prev = lu_arena_activate(arena);
     bool grad = lu_grad_set_enabled(false);
-    lu_wer_counts totals[MAX_EXITS] = {0};
+    lu_wer_counts totals[MAX_EXITS] = {0}, dyn_counts[N_DYN] = {0};
+    double dyn_exit_sum[N_DYN] = {0};
     double loss_sum = 0;
     int64_t loss_utts = 0;
     for (int64_t k = 0; k < vb.n_batches && !st; k++) {
@@ -555,7 +622,16 @@ static lu_status asr_evaluate(void *state, lu_task_metrics *out)
             if (!(loss = exit_loss(s, &b, exits, out_len))) st = lu_error_code();
             else loss_sum += lu_tensor_item(loss) * (double)B, loss_utts += B;
         }
-        if (!st) st = score_batch(s, ids, B, exits, out_len, totals);
+        lu_wer_counts *utt = calloc((size_t)(B * s->n_exits), sizeof *utt);
+        double *entropy = malloc((size_t)(B * s->n_exits) * sizeof *entropy);
+        double *posterior = malloc((size_t)(B * s->n_exits) * sizeof *posterior);
+        if (!st && !(utt && entropy && posterior)) st = lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+        if (!st) st = score_batch(s, ids, B, exits, out_len, totals, utt);
+        if (!st) st = score_exits(s, B, exits, out_len, entropy, posterior);
+        if (!st) choose_exits(s, B, entropy, posterior, utt, dyn_counts, dyn_exit_sum);
+        free(utt);
+        free(entropy);
+        free(posterior);
     }
     lu_grad_set_enabled(grad);
     lu_arena_activate(prev);
@@ -568,6 +644,12 @@ static lu_status asr_evaluate(void *state, lu_task_metrics *out)
     for (int i = 0; i < s->n_exits; i++) {
         out->keys[1 + i] = wer_keys[i];
         out->values[1 + i] = s->wer[i] = 100.0 * lu_wer_rate(&totals[i]);
+    }
+    for (int p = 0; p < N_DYN; p++) {
+        out->keys[out->n] = dyn_policies[p].wer_key;
+        out->values[out->n++] = 100.0 * lu_wer_rate(&dyn_counts[p]);
+        out->keys[out->n] = dyn_policies[p].exit_key;
+        out->values[out->n++] = dyn_exit_sum[p] / (double)n;
     }
     s->evaluated = true;
     return LU_OK;
@@ -606,6 +688,50 @@ static void asr_destroy(void *state)
     lu_asr_store_close(&s->train);
     lu_asr_store_close(&s->valid);
     free(s);
+}
+
+/* ---- inference (task_asr.h) ------------------------------------------------------------------ */
+
+int lu_asr_task_n_exits(void *state)
+{
+    return ((asr *)state)->n_exits;
+}
+
+const char *lu_asr_task_features(void *state, int *sample_rate, int64_t *dim)
+{
+    asr *s = state;
+    *sample_rate = s->train.sample_rate;
+    *dim = s->train.dim;
+    return s->train.features;
+}
+
+int lu_asr_task_exit_layers(void *state, int exit)
+{
+    return ((asr *)state)->exit_layer[exit];
+}
+
+lu_status lu_asr_task_forward(void *state, const float *feats, int64_t T, lu_tensor **exits, int64_t *frames)
+{
+    asr *s = state;
+    int64_t D = s->train.dim;
+    batch b = {.feats = lu_tensor_empty(LU_F32, LU_SHAPE(1, T, D), LU_CPU),
+               .lengths = lu_tensor_full(LU_I64, LU_SHAPE(1), LU_CPU, (double)T)};
+    if (!b.feats || !b.lengths) return lu_error_code();
+    float *x = lu_tensor_data(b.feats);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t d = 0; d < D; d++)
+            x[t * D + d] = s->mean ? (feats[t * D + d] - s->mean[d]) * s->inv_std[d] : feats[t * D + d];
+    lu_tensor *out_len = NULL;
+    bool grad = lu_grad_set_enabled(false);
+    lu_status st = forward(s, &b, false, 0, exits, &out_len);
+    lu_grad_set_enabled(grad);
+    LU_TRY(st);
+    return lu_tensor_to_host(out_len, LU_I64, frames);
+}
+
+char *lu_asr_task_detokenize(void *state, const int *ids, int n)
+{
+    return lu_bpe_decode(((asr *)state)->tokens, ids, n);
 }
 
 const lu_task lu_task_asr = {

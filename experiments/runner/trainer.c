@@ -433,3 +433,53 @@ lu_status lu_eval_run(const lu_run_options *opt)
     run_free(&r);
     return s;
 }
+
+struct lu_loaded_task {
+    run r;
+    int64_t step;
+};
+
+lu_loaded_task *lu_task_open(const lu_run_options *opt)
+{
+    lu_loaded_task *t = calloc(1, sizeof *t);
+    if (!t) {
+        lu_errorf(LU_ERR_NOMEM, "task: out of memory");
+        return NULL;
+    }
+    lu_status s = run_setup(&t->r, opt, false);
+    if (!s) {
+        char path[PATH_LEN];
+        lu_ckpt_meta meta = {0};
+        s = opt->checkpoint ? path_join(path, opt->checkpoint, "") : path_join(path, t->r.rc.common->out_dir, "/checkpoints/last.h5");
+        if (!s) s = lu_ckpt_load(path, t->r.params, NULL, &meta);
+        free(meta.loaded_config_text);
+        t->step = meta.step;
+    }
+    if (s) {
+        lu_task_close(t);
+        return NULL;
+    }
+    return t;
+}
+
+const lu_task *lu_loaded_task_kind(const lu_loaded_task *t)
+{
+    return t->r.task;
+}
+
+void *lu_loaded_task_state(const lu_loaded_task *t)
+{
+    return t->r.state;
+}
+
+int64_t lu_loaded_task_step(const lu_loaded_task *t)
+{
+    return t->step;
+}
+
+void lu_task_close(lu_loaded_task *t)
+{
+    if (!t) return;
+    run_free(&t->r);
+    free(t);
+}

@@ -52,4 +52,14 @@ lu_status lu_train_run(const lu_run_options *opt);
 /* `luthier eval`: loads a checkpoint and prints the task's evaluation as a table. */
 lu_status lu_eval_run(const lu_run_options *opt);
 
+/* A task built from its config with a checkpoint loaded, as `luthier eval` does, for tools that
+ * use a trained model (e.g. `luthier asr transcribe`). opt->checkpoint NULL: the run's
+ * checkpoints/last.h5. NULL + error on failure; free with lu_task_close. */
+typedef struct lu_loaded_task lu_loaded_task;
+lu_loaded_task *lu_task_open(const lu_run_options *opt);
+const lu_task *lu_loaded_task_kind(const lu_loaded_task *t);
+void *lu_loaded_task_state(const lu_loaded_task *t);
+int64_t lu_loaded_task_step(const lu_loaded_task *t);
+void lu_task_close(lu_loaded_task *t);
+
 #endif
