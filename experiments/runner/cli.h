@@ -18,6 +18,7 @@ int lu_cli_bench(int argc, char **argv);
 int lu_bench_lm(int argc, char **argv);     /* bench_lm.c: bench lm (argv[0] = "lm") */
 int lu_bench_asr(int argc, char **argv);    /* bench_asr.c: bench asr (argv[0] = "asr") */
 int lu_cli_lm(int argc, char **argv);       /* cli_lm.c: lm forward / generate / chat */
+int lu_cli_lm_eval(int argc, char **argv);  /* cli_lm_eval.c: lm eval (argv[0] = "eval") */
 int lu_cli_features(int argc, char **argv); /* cli_features.c: features fbank / mel */
 int lu_cli_asr(int argc, char **argv);      /* cli_asr.c: asr forward / transcribe */
 int lu_cli_merge(int argc, char **argv);    /* cli_merge.c: merge MERGE.yaml --out DIR */

@@ -36,6 +36,7 @@ static const char *usage_text =
     "       luthier lm generate --model DIR (--prompt TEXT [--chat] | --input-ids FILE) --max-new-tokens N\n"
     "                          [--greedy | --temperature T --top-p P --top-k K --seed S] [--print-ids]\n"
     "       luthier lm chat --model DIR [--system TEXT] [--max-new-tokens N] [sampling options]\n"
+    "       luthier lm eval --model DIR|FILE.gguf --tasks T.jsonl[,...] [options] (see lm eval --help)\n"
     "\n"
     "  DIR is a Hugging Face model directory (config.json, model.safetensors or a sharded index;\n"
     "  tokenizer.json for text). Sampling is greedy unless --temperature, --top-p, --top-k or --seed\n"
@@ -386,6 +387,7 @@ int lu_cli_lm(int argc, char **argv)
         fputs(usage_text, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "eval")) return lu_cli_lm_eval(argc - 1, argv + 1);
     for (int i = 2; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             fputs(usage_text, stdout);
