@@ -219,3 +219,24 @@ Test(trainer, eval_reads_the_last_checkpoint)
     snprintf(outp, sizeof outp, "%s/none", dir);
     cr_assert_neq(lu_eval_run(&o), LU_OK);
 }
+
+Test(trainer, keeps_the_newest_step_checkpoints_and_averages_them)
+{
+    char *over[] = {"train.keep_checkpoints=2", "train.save_every=2"};
+    cr_assert_eq(train("run", 0, false, 2, over), LU_OK, "%s", lu_error_message());
+    char path[512];
+    const int64_t steps[] = {2, 4, 6};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/run/checkpoints/step-%08lld.h5", dir, (long long)steps[i]);
+        cr_assert_eq(access(path, R_OK) == 0, i > 0, "step %lld: kept only the newest two", (long long)steps[i]);
+    }
+    char cfg[512], outp[512];
+    snprintf(cfg, sizeof cfg, "%s/tiny.yaml", dir);
+    snprintf(outp, sizeof outp, "%s/run", dir);
+    lu_run_options o = {.config_path = cfg, .out_dir = outp, .avg = 2};
+    cr_assert_eq(lu_eval_run(&o), LU_OK, "%s", lu_error_message());
+    o.avg = 3;
+    cr_assert_neq(lu_eval_run(&o), LU_OK);
+    tu_assert_error_contains("--avg 3:");
+    tu_assert_error_contains("holds 2 step checkpoints");
+}

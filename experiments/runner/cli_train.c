@@ -16,11 +16,12 @@ static void train_usage(FILE *f, const char *verb)
             "  section.key=value override a config value (e.g. optim.lr=1e-3)\n"
             "\n"
             "tasks:\n",
-            verb, !strcmp(verb, "train") ? "[--max-steps N] [--stop-after N] [--resume] " : "[--checkpoint FILE] ",
+            verb, !strcmp(verb, "train") ? "[--max-steps N] [--stop-after N] [--resume] " : "[--checkpoint FILE | --avg N] ",
             !strcmp(verb, "train") ? "  --max-steps N     train for N optimiser steps in all (the schedule spans N)\n"
                                      "  --stop-after N    leave after N steps of this call with a checkpoint (resume later)\n"
                                      "  --resume          continue the run in the run directory from checkpoints/last.h5\n"
-                                   : "  --checkpoint FILE checkpoint to evaluate (default: <run dir>/checkpoints/last.h5)\n");
+                                   : "  --checkpoint FILE checkpoint to evaluate (default: <run dir>/checkpoints/last.h5)\n"
+                                     "  --avg N           average the newest N step checkpoints (train.keep_checkpoints)\n");
     for (int i = 0; lu_tasks[i]; i++) fprintf(f, "  %-16s %s\n", lu_tasks[i]->name, lu_tasks[i]->description);
     fprintf(f, "\ncommon config keys:\n");
     lu_config_print_schema(lu_train_schema, f);
@@ -52,6 +53,14 @@ static int parse(int argc, char **argv, lu_run_options *o, char **overrides)
             }
         } else if (!strcmp(a, "--resume") && !strcmp(verb, "train")) {
             o->resume = true;
+        } else if (!strcmp(a, "--avg") && i + 1 < argc && !strcmp(verb, "eval")) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || v > 1000) {
+                fprintf(stderr, "luthier %s: --avg needs a count in 1..1000, got '%s'\n", verb, argv[i]);
+                return 2;
+            }
+            o->avg = (int)v;
         } else if (!strcmp(a, "--checkpoint") && i + 1 < argc && !strcmp(verb, "eval")) {
             o->checkpoint = argv[++i];
         } else if (a[0] == '-') {

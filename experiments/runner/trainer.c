@@ -1,6 +1,7 @@
 /* trainer.c - the shared training loop and evaluation driver (see trainer.h). */
 #include "experiments/runner/trainer.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stddef.h>
@@ -33,6 +34,8 @@ const lu_cfg_field lu_train_schema[] = {
     F("train", "eval_every", LU_CFG_INT, eval_every, false, "0", NULL, "steps between evaluations (0: at the end)"),
     F("train", "save_every", LU_CFG_INT, save_every, false, "0", NULL, "steps between checkpoints (0: at the end)"),
     F("train", "clip_norm", LU_CFG_FLOAT, clip_norm, false, "1.0", NULL, "global gradient-norm clip (0: off)"),
+    F("train", "keep_checkpoints", LU_CFG_INT, keep_checkpoints, false, "0", NULL,
+      "also keep checkpoints/step-N.h5 of the last N saves (for eval --avg)"),
     F("train", "out_dir", LU_CFG_STRING, out_dir, false, NULL, NULL, "run directory (default runs/<name>)"),
     F("optim", "kind", LU_CFG_ENUM, optim_kind, false, "adamw", "adamw|scaled_adam", "optimiser"),
     F("optim", "lr", LU_CFG_FLOAT, lr, false, "3e-4", NULL, "peak learning rate"),
@@ -266,13 +269,115 @@ static void on_sigint(int sig)
     interrupted = 1;
 }
 
+static int cmp_path(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* checkpoints/step-*.h5 in dir, oldest first (the zero-padded step sorts by name). */
+static lu_status list_step_checkpoints(const char *dir, char ***out, int *n)
+{
+    *out = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) return lu_errorf(LU_ERR_IO, "%s: cannot list: %s", dir, strerror(errno));
+    struct dirent *e;
+    int cap = 0;
+    lu_status s = LU_OK;
+    while (!s && (e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (strncmp(e->d_name, "step-", 5) || len < 8 || strcmp(e->d_name + len - 3, ".h5")) continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 16;
+            char **grown = realloc(*out, (size_t)cap * sizeof *grown);
+            if (!grown) {
+                s = lu_errorf(LU_ERR_NOMEM, "%s: out of memory", dir);
+                break;
+            }
+            *out = grown;
+        }
+        char *p = malloc(PATH_LEN);
+        if (!p || path_join(p, dir, "/") || (strlen(p) + len >= PATH_LEN)) {
+            free(p);
+            s = lu_errorf(LU_ERR_IO, "%s: path too long", dir);
+            break;
+        }
+        strcat(p, e->d_name);
+        (*out)[(*n)++] = p;
+    }
+    closedir(d);
+    if (*n > 1) qsort(*out, (size_t)*n, sizeof **out, cmp_path);
+    return s;
+}
+
+/* Loads the newest `count` step checkpoints in turn and leaves their element-wise mean in the
+ * parameters and buffers (icefall's --avg over saved models). */
+static lu_status average_checkpoints(run *r, const char *dir, int count, int64_t *last_step)
+{
+    char **paths = NULL;
+    int n = 0;
+    LU_TRY(list_step_checkpoints(dir, &paths, &n));
+    lu_status s = LU_OK;
+    if (n < count)
+        s = lu_errorf(LU_ERR_STATE, "--avg %d: %s holds %d step checkpoints (train with train.keep_checkpoints >= %d)",
+                      count, dir, n, count);
+    lu_params *p = r->params;
+    double **sum = s ? NULL : calloc((size_t)p->n, sizeof *sum);
+    if (!s && !sum) s = lu_errorf(LU_ERR_NOMEM, "--avg: out of memory");
+    for (int k = n - count; !s && k < n; k++) {
+        lu_ckpt_meta meta = {0};
+        s = lu_ckpt_load(paths[k], p, NULL, &meta);
+        free(meta.loaded_config_text);
+        *last_step = meta.step;
+        for (int i = 0; !s && i < p->n; i++) {
+            lu_tensor *t = p->items[i].t;
+            if (!lu_dtype_is_float(t->dtype)) continue;
+            int64_t m = lu_tensor_numel(t);
+            double *v = malloc((size_t)m * sizeof *v);
+            if (!sum[i]) sum[i] = calloc((size_t)m, sizeof **sum);
+            if (!v || !sum[i]) s = lu_errorf(LU_ERR_NOMEM, "--avg: out of memory");
+            else if (!(s = lu_tensor_to_host(t, LU_F64, v)))
+                for (int64_t j = 0; j < m; j++) sum[i][j] += v[j];
+            free(v);
+        }
+        if (!s) fprintf(stderr, "averaging %s (step %lld)\n", paths[k], (long long)meta.step);
+    }
+    for (int i = 0; sum && i < p->n; i++) {
+        lu_tensor *t = p->items[i].t;
+        if (!s && sum[i]) {
+            int64_t m = lu_tensor_numel(t);
+            for (int64_t j = 0; j < m; j++) sum[i][j] /= count;
+            lu_tensor *h = lu_tensor_wrap(LU_F64, t->ndim, t->shape, LU_CPU, sum[i], NULL, NULL);
+            s = h ? lu_tensor_copy(t, h) : lu_error_code();
+            lu_tensor_release(h);
+        }
+        free(sum ? sum[i] : NULL);
+    }
+    free(sum);
+    for (int k = 0; k < n; k++) free(paths[k]);
+    free(paths);
+    return s;
+}
+
 static lu_status save_checkpoint(run *r, const char *dir, int64_t step, int64_t position)
 {
     lu_ckpt_meta meta = {.step = step, .epoch = position / (r->task->epoch_size(r->state) > 0 ? r->task->epoch_size(r->state) : 1),
                          .data_position = position, .rng_seed = (uint64_t)r->rc.common->seed, .config_text = r->rc.text};
     char path[PATH_LEN];
     LU_TRY(path_join(path, dir, "/last.h5"));
-    return lu_ckpt_save(path, r->params, r->optim, &meta);
+    LU_TRY(lu_ckpt_save(path, r->params, r->optim, &meta));
+    int64_t keep = r->rc.common->keep_checkpoints;
+    if (keep <= 0) return LU_OK;
+    char name[64];
+    snprintf(name, sizeof name, "/step-%08lld.h5", (long long)step);
+    LU_TRY(path_join(path, dir, name));
+    LU_TRY(lu_ckpt_save(path, r->params, r->optim, &meta));
+    char **old = NULL;
+    int n = 0;
+    LU_TRY(list_step_checkpoints(dir, &old, &n));
+    for (int i = 0; i < n; i++) {
+        if (i < n - keep) remove(old[i]);
+        free(old[i]);
+    }
+    free(old);
+    return LU_OK;
 }
 
 static void print_metrics(FILE *f, const char *title, const lu_task_metrics *m)
@@ -414,22 +519,32 @@ done:
     return s;
 }
 
+/* The weights `luthier eval` and the inference tools use: --checkpoint FILE, the average of the
+ * newest --avg N step checkpoints, or the run's checkpoints/last.h5. */
+static lu_status load_weights(run *r, const lu_run_options *opt, int64_t *step)
+{
+    char path[PATH_LEN];
+    if (opt->avg > 0) {
+        LU_TRY(path_join(path, r->rc.common->out_dir, "/checkpoints"));
+        return average_checkpoints(r, path, opt->avg, step);
+    }
+    lu_ckpt_meta meta = {0};
+    LU_TRY(opt->checkpoint ? path_join(path, opt->checkpoint, "") : path_join(path, r->rc.common->out_dir, "/checkpoints/last.h5"));
+    lu_status s = lu_ckpt_load(path, r->params, NULL, &meta);
+    free(meta.loaded_config_text);
+    if (!s) fprintf(stderr, "loaded %s (step %lld)\n", path, (long long)meta.step);
+    *step = meta.step;
+    return s;
+}
+
 lu_status lu_eval_run(const lu_run_options *opt)
 {
     run r = {0};
+    int64_t step = 0;
     lu_status s = run_setup(&r, opt, false);
-    if (!s) {
-        char path[PATH_LEN];
-        lu_ckpt_meta meta = {0};
-        s = opt->checkpoint ? path_join(path, opt->checkpoint, "") : path_join(path, r.rc.common->out_dir, "/checkpoints/last.h5");
-        if (!s) s = lu_ckpt_load(path, r.params, NULL, &meta);
-        free(meta.loaded_config_text);
-        if (!s) {
-            fprintf(stderr, "loaded %s (step %lld)\n", path, (long long)meta.step);
-            s = evaluate(&r, NULL, meta.step, true);
-        }
-        if (!s && r.task->demo) r.task->demo(r.state, stdout);
-    }
+    if (!s) s = load_weights(&r, opt, &step);
+    if (!s) s = evaluate(&r, NULL, step, true);
+    if (!s && r.task->demo) r.task->demo(r.state, stdout);
     run_free(&r);
     return s;
 }
@@ -447,14 +562,7 @@ lu_loaded_task *lu_task_open(const lu_run_options *opt)
         return NULL;
     }
     lu_status s = run_setup(&t->r, opt, false);
-    if (!s) {
-        char path[PATH_LEN];
-        lu_ckpt_meta meta = {0};
-        s = opt->checkpoint ? path_join(path, opt->checkpoint, "") : path_join(path, t->r.rc.common->out_dir, "/checkpoints/last.h5");
-        if (!s) s = lu_ckpt_load(path, t->r.params, NULL, &meta);
-        free(meta.loaded_config_text);
-        t->step = meta.step;
-    }
+    if (!s) s = load_weights(&t->r, opt, &t->step);
     if (s) {
         lu_task_close(t);
         return NULL;

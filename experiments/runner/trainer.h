@@ -19,6 +19,7 @@ typedef struct lu_train_config {
     int64_t eval_every;      /* 0: only at the end */
     int64_t save_every;      /* 0: only at the end */
     double clip_norm;        /* 0: no clipping (ScaledAdam clips by itself) */
+    int64_t keep_checkpoints; /* also keep checkpoints/step-N.h5 of the last N saves (for --avg) */
     char *out_dir;
     /* optim */
     int optim_kind;
@@ -43,6 +44,7 @@ typedef struct lu_run_options {
                                 this invocation, schedule unchanged (Slurm time slices); 0 = never */
     bool resume;
     const char *checkpoint;  /* eval: --checkpoint */
+    int avg;                 /* eval: average the parameters of the newest N step-*.h5 (icefall --avg) */
     int n_overrides;
     char *const *overrides;
 } lu_run_options;
