@@ -235,6 +235,27 @@ Test(trainer, keeps_the_newest_step_checkpoints_and_averages_them)
     snprintf(outp, sizeof outp, "%s/run", dir);
     lu_run_options o = {.config_path = cfg, .out_dir = outp, .avg = 2};
     cr_assert_eq(lu_eval_run(&o), LU_OK, "%s", lu_error_message());
+    /* The averaged parameters are the mean of the two kept checkpoints. */
+    lu_loaded_task *avg = lu_task_open(&o);
+    char p4[512], p6[512];
+    snprintf(p4, sizeof p4, "%s/run/checkpoints/step-00000004.h5", dir);
+    snprintf(p6, sizeof p6, "%s/run/checkpoints/step-00000006.h5", dir);
+    lu_run_options o4 = {.config_path = cfg, .out_dir = outp, .checkpoint = p4}, o6 = o4;
+    o6.checkpoint = p6;
+    lu_loaded_task *a = lu_task_open(&o4), *b = lu_task_open(&o6);
+    cr_assert(avg && a && b, "%s", lu_error_message());
+    lu_params *pa = lu_loaded_task_params(a), *pb = lu_loaded_task_params(b), *pm = lu_loaded_task_params(avg);
+    for (int i = 0; i < pm->n; i++) {
+        double *x = tu_to_doubles(pa->items[i].t), *y = tu_to_doubles(pb->items[i].t);
+        int64_t n = lu_tensor_numel(pm->items[i].t);
+        for (int64_t k = 0; k < n; k++) x[k] = (x[k] + y[k]) / 2;
+        tu_assert_close(pm->items[i].t, x, n, 1e-7, 1e-6, pm->items[i].name);
+        free(x);
+        free(y);
+    }
+    lu_task_close(avg);
+    lu_task_close(a);
+    lu_task_close(b);
     o.avg = 3;
     cr_assert_neq(lu_eval_run(&o), LU_OK);
     tu_assert_error_contains("--avg 3:");

@@ -585,6 +585,8 @@ int64_t lu_loaded_task_step(const lu_loaded_task *t)
     return t->step;
 }
 
+lu_params *lu_loaded_task_params(const lu_loaded_task *t) { return t->r.params; }
+
 void lu_task_close(lu_loaded_task *t)
 {
     if (!t) return;

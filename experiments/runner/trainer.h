@@ -62,6 +62,7 @@ lu_loaded_task *lu_task_open(const lu_run_options *opt);
 const lu_task *lu_loaded_task_kind(const lu_loaded_task *t);
 void *lu_loaded_task_state(const lu_loaded_task *t);
 int64_t lu_loaded_task_step(const lu_loaded_task *t);
+lu_params *lu_loaded_task_params(const lu_loaded_task *t);
 void lu_task_close(lu_loaded_task *t);
 
 #endif
