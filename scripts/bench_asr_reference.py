@@ -125,13 +125,50 @@ def bench_zipformer(torch, fx, args):
     emit("zipformer-small", params=sum(p.numel() for p in model.parameters()), seconds_per_forward=sec)
 
 
+def bench_split_train(torch, fx, args):
+    """The small Splitformer (experiments/asr/splitformer-small.yaml) trained as the authors'
+    train.py does: dropout on, sum of the exits' CTC losses (blank 0, mean, zero_infinity, input
+    length T' for every utterance), backward, AdamW."""
+    model = fx.EarlyExitConformer(n_mels=80, d=144, heads=4, ffn=576, kernel=15, layers=1, n_exits=6, vocab=32,
+                                  split_exits=[0, 5], max_len=2000).float().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    frames, chars, batch = round(args.seconds * 100), round(args.seconds * 10), args.batch
+    feats = torch.rand(batch, 80, frames) * 2 - 1
+    lengths = torch.full((batch,), frames)
+    targets = torch.randint(1, 32, (batch, chars))
+    target_lengths = torch.full((batch,), chars)
+
+    def step():
+        opt.zero_grad()
+        outs, _ = model(feats, lengths)
+        input_lengths = torch.full((batch,), outs.shape[2])
+        loss = sum(torch.nn.functional.ctc_loss(o.transpose(0, 1), targets, input_lengths, target_lengths, blank=0,
+                                                reduction="mean", zero_infinity=True) for o in outs)
+        loss.backward()
+        opt.step()
+
+    sec = median_seconds(step, args.runs)
+    emit("splitformer-small-train", params=sum(p.numel() for p in model.parameters()), seconds_per_step=sec)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="utterance length (100 frames a second)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
     ap.add_argument("--runs", type=int, default=5, help="timed passes after one warm-up (median reported)")
     ap.add_argument("--icefall", help="egs/librispeech/ASR/zipformer of an icefall checkout")
+    ap.add_argument("--train", action="store_true", help="time training steps of the small Splitformer instead")
+    ap.add_argument("--batch", type=int, default=8, help="--train: utterances per step")
     args = ap.parse_args()
+    if args.train:
+        try:
+            import torch
+            torch.set_num_threads(args.threads)
+            torch.manual_seed(0)
+            bench_split_train(torch, load_script("make_conformer_fixtures"), args)
+        except Exception as e:  # noqa: BLE001 - the failure becomes the reason in the table
+            emit("splitformer-small-train", error=f"{type(e).__name__}: {e}")
+        return
     names = ("ee-conformer", "zipformer-small")
     try:
         import torch

@@ -17,6 +17,7 @@
 #include "core/arena.h"
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "core/optim.h"
 #include "core/rng.h"
 #include "experiments/runner/cli.h"
 #include "models/conformer.h"
@@ -30,6 +31,8 @@ typedef struct asr_bench_opts {
     int runs, threads;
     bool reference;
     const char *icefall;
+    bool train;    /* --train: training steps of the small Splitformer instead of forwards */
+    int batch;     /* --train: utterances per step */
 } asr_bench_opts;
 
 /* One model's figures: ours, and PyTorch's or the reason there are none. */
@@ -146,6 +149,79 @@ static lu_status bench_conformer(const asr_bench_opts *o, asr_result *r)
     return s;
 }
 
+/* The small Splitformer of experiments/asr/splitformer-small.yaml: d 144, 4 heads, FFN 576,
+ * kernel 15, 6 exits x 1 layer, parallel branches at the first and last exits, 32 characters. */
+static lu_ee_conformer_config small_splitformer(void)
+{
+    lu_ee_conformer_config c = lu_ee_conformer_paper_config(true);
+    c.block.input_dim = 144;
+    c.block.num_heads = 4;
+    c.block.ffn_dim = 576;
+    c.block.num_layers = 1;
+    c.block.depthwise_conv_kernel_size = 15;
+    c.vocab_size = 32;
+    return c;
+}
+
+/* Median seconds of one training step (forward with dropout, sum of the exits' CTC losses,
+ * backward, AdamW) on `batch` random utterances with random character targets. */
+static lu_status bench_split_train(const asr_bench_opts *o, asr_result *r)
+{
+    lu_ee_conformer_config c = small_splitformer();
+    lu_ee_conformer m;
+    lu_params *p = lu_params_new(LU_CPU);
+    lu_optim *opt = NULL;
+    int64_t B = o->batch, T = (int64_t)llround(o->seconds * 100.0), S = (int64_t)llround(o->seconds * 10.0);
+    lu_tensor *feats = NULL, *lengths = NULL, *targets = NULL, *tlens = NULL;
+    lu_arena *arena = lu_arena_new(LU_CPU, 0);
+    lu_status s = p && arena ? LU_OK : lu_error_code();
+    if (!s) s = lu_ee_conformer_declare(&m, &c, p);
+    if (!s) s = lu_params_finalize(p);
+    if (!s) s = lu_ee_conformer_init(&m, 1);
+    if (!s) {
+        lu_optim_config oc;
+        lu_optim_config_defaults(&oc, LU_OPTIM_ADAMW);
+        if (!(opt = lu_optim_new(p, &oc))) s = lu_error_code();
+    }
+    if (!s) {
+        feats = lu_tensor_empty(LU_F32, LU_SHAPE(B, T, 80), LU_CPU);
+        lengths = lu_tensor_full(LU_I64, LU_SHAPE(B), LU_CPU, (double)T);
+        targets = lu_tensor_empty(LU_I64, LU_SHAPE(B, S), LU_CPU);
+        tlens = lu_tensor_full(LU_I64, LU_SHAPE(B), LU_CPU, (double)S);
+        if (!feats || !lengths || !targets || !tlens) s = lu_error_code();
+    }
+    if (!s) s = lu_tensor_rand_uniform(feats, -1, 1, 7, 0);
+    if (!s) {
+        int64_t *t = lu_tensor_data(targets);
+        for (int64_t i = 0; i < B * S; i++) t[i] = 1 + (int64_t)(lu_rng_uniform(7, 0, 1, (uint64_t)i) * 31) % 31;
+        r->params = torch_param_count(p);
+    }
+    double times[MAX_RUNS];
+    for (int i = -1; i < o->runs && !s; i++) {
+        lu_arena_reset(arena);
+        lu_arena *prev = lu_arena_activate(arena);
+        double t0 = now();
+        lu_conformer_run run = {.training = true, .seed = 1, .step = (uint64_t)(i + 1)};
+        s = lu_params_zero_grad(p);
+        lu_tensor *loss = s ? NULL : lu_ee_conformer_loss(&m, feats, lengths, targets, tlens, &run);
+        if (!s) s = loss ? lu_backward(loss) : lu_error_code();
+        lu_arena_activate(prev);
+        if (!s) s = lu_optim_step(opt, 1e-3);
+        if (i >= 0) times[i] = now() - t0;
+    }
+    lu_tensor_release(feats);
+    lu_tensor_release(lengths);
+    lu_tensor_release(targets);
+    lu_tensor_release(tlens);
+    lu_arena_free(arena);
+    lu_optim_free(opt);
+    lu_params_free(p);
+    if (s) return s;
+    qsort(times, (size_t)o->runs, sizeof times[0], cmp_double);
+    r->seconds = times[o->runs / 2];
+    return LU_OK;
+}
+
 /* Runs the reference script and fills ref_params/ref_seconds, or why, for each model. Lines
  * that are not JSON (warnings, a traceback) are kept: the last one explains a failure. */
 static void run_reference(const asr_bench_opts *o, asr_result *r, int n)
@@ -161,6 +237,7 @@ static void run_reference(const asr_bench_opts *o, asr_result *r, int n)
     int len = snprintf(cmd, sizeof cmd, "python3 %s --seconds %g --threads %d --runs %d", REFERENCE_SCRIPT, o->seconds,
                        o->threads, o->runs);
     if (o->icefall) len += snprintf(cmd + len, sizeof cmd - (size_t)len, " --icefall '%s'", o->icefall);
+    if (o->train) len += snprintf(cmd + len, sizeof cmd - (size_t)len, " --train --batch %d", o->batch);
     snprintf(cmd + len, sizeof cmd - (size_t)len, " 2>&1");
     for (int k = 0; k < n; k++) snprintf(r[k].why, sizeof r[k].why, "no result from %s", REFERENCE_SCRIPT);
     FILE *p = popen(cmd, "r");
@@ -182,7 +259,7 @@ static void run_reference(const asr_bench_opts *o, asr_result *r, int n)
             if (strcmp(model->valuestring, r[k].model)) continue;
             const cJSON *err = cJSON_GetObjectItemCaseSensitive(j, "error");
             const cJSON *params = cJSON_GetObjectItemCaseSensitive(j, "params");
-            const cJSON *sec = cJSON_GetObjectItemCaseSensitive(j, "seconds_per_forward");
+            const cJSON *sec = cJSON_GetObjectItemCaseSensitive(j, o->train ? "seconds_per_step" : "seconds_per_forward");
             if (cJSON_IsString(err)) {
                 snprintf(r[k].why, sizeof r[k].why, "%s", err->valuestring);
             } else if (cJSON_IsNumber(params) && cJSON_IsNumber(sec) && sec->valuedouble > 0) {
@@ -223,6 +300,7 @@ static void cpu_model(char *out, size_t size)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: luthier bench asr [--seconds S] [--runs N] [--threads N] [--no-reference] [--icefall DIR]\n"
+               "       luthier bench asr --train [--batch B] [--seconds S] [--runs N] [--threads N] [--no-reference]\n"
                "  CPU forward time (B = 1, random 80-dim features at 100 Hz) and real-time factor of the\n"
                "  Zipformer-small encoder and the 31.5M EE-Conformer (all 6 exits), beside PyTorch eager on\n"
                "  the same models (python3 " REFERENCE_SCRIPT ") and the ratio.\n"
@@ -231,7 +309,11 @@ static void usage(FILE *f)
                "  --threads N     OpenMP, OpenBLAS and torch threads (default: OpenMP's maximum)\n"
                "  --no-reference  skip PyTorch\n"
                "  --icefall DIR   icefall egs/librispeech/ASR/zipformer for the Zipformer reference (default:\n"
-               "                  data/zipformer_ref/ from scripts/fetch_zipformer_reference.sh)\n");
+               "                  data/zipformer_ref/ from scripts/fetch_zipformer_reference.sh)\n"
+               "  --train         training throughput (seconds of audio per second) of the small Splitformer\n"
+               "                  (experiments/asr/splitformer-small.yaml): forward with dropout, sum of the 6\n"
+               "                  exits' CTC losses, backward, AdamW; PyTorch runs the same model definition\n"
+               "  --batch B       --train: utterances of --seconds each per step (default 8)\n");
 }
 
 static bool parse_int(const char *flag, const char *v, long lo, long hi, int *out)
@@ -246,14 +328,47 @@ static bool parse_int(const char *flag, const char *v, long lo, long hi, int *ou
     return true;
 }
 
+static int report_train(const asr_bench_opts *o, const char *cpu)
+{
+    asr_result r = {.model = "splitformer-small-train"};
+    if (bench_split_train(o, &r)) {
+        fprintf(stderr, "luthier bench asr: %s\n", lu_error_message());
+        return 1;
+    }
+    snprintf(r.why, sizeof r.why, "not requested (--no-reference)");
+    if (o->reference) run_reference(o, &r, 1);
+    double audio = o->batch * o->seconds;
+    printf("luthier bench asr --train: %s, %d threads (OpenMP, OpenBLAS, torch); small Splitformer, batch %d x %g s,\n"
+           "f32 training step (dropout, 6 CTC losses, backward, AdamW), median of %d steps after a warm-up\n\n",
+           cpu, o->threads, o->batch, o->seconds, o->runs);
+    printf("| %-23s | %-19s | %9s | %10s | %12s | %12s | %6s |\n", "model", "params (ours/torch)", "ours ms",
+           "PyTorch ms", "ours audio/s", "torch audio/s", "ratio");
+    printf("|-------------------------|---------------------|-----------|------------|--------------|--------------|--------|\n");
+    if (r.why[0])
+        printf("| %-23s | %9lld / %-7s | %9.1f | %10s | %12.1f | %12s | %6s |\n", r.model, (long long)r.params, "-",
+               1e3 * r.seconds, "-", audio / r.seconds, "-", "-");
+    else
+        printf("| %-23s | %9lld / %-7lld | %9.1f | %10.1f | %12.1f | %12.1f | %6.2f |\n", r.model, (long long)r.params,
+               (long long)r.ref_params, 1e3 * r.seconds, 1e3 * r.ref_seconds, audio / r.seconds, audio / r.ref_seconds,
+               r.ref_seconds / r.seconds);
+    printf("\naudio/s = seconds of audio trained per second; ratio = PyTorch time / ours (> 1: luthier is faster).\n");
+    if (r.why[0]) printf("PyTorch %s: not measured: %s\n", r.model, r.why);
+    return 0;
+}
+
 int lu_bench_asr(int argc, char **argv)
 {
-    asr_bench_opts o = {.seconds = 10, .runs = 5, .threads = omp_get_max_threads(), .reference = true};
+    asr_bench_opts o = {.seconds = 10, .runs = 5, .threads = omp_get_max_threads(), .reference = true, .batch = 8};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
             usage(stdout);
             return 0;
+        } else if (!strcmp(a, "--train")) {
+            o.train = true;
+        } else if (!strcmp(a, "--batch")) {
+            if (!parse_int(a, v, 1, 256, &o.batch)) return 2;
+            i++;
         } else if (!strcmp(a, "--no-reference")) {
             o.reference = false;
         } else if (!strcmp(a, "--seconds")) {
@@ -289,6 +404,7 @@ int lu_bench_asr(int argc, char **argv)
     openblas_set_num_threads(o.threads);
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
+    if (o.train) return report_train(&o, cpu);
     asr_result r[2] = {{.model = "zipformer-small"}, {.model = "ee-conformer"}};
     if (bench_zipformer(&o, &r[0]) || bench_conformer(&o, &r[1])) {
         fprintf(stderr, "luthier bench asr: %s\n", lu_error_message());
