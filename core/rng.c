@@ -33,14 +33,50 @@ void lu_philox4x32(uint64_t seed, uint64_t step, uint32_t op, uint64_t block, ui
     out[3] = c3;
 }
 
-/* 24 random bits -> [0, 1) exactly representable in float. */
-static float word_to_unit(uint32_t w) { return (float)(w >> 8) * (1.0f / 16777216.0f); }
+#define PHILOX_LANES 16
+
+void lu_philox4x32_blocks(uint64_t seed, uint64_t step, uint32_t op, uint64_t first, int n, uint32_t *out)
+{
+    for (int base = 0; base < n; base += PHILOX_LANES) {
+        int m = n - base < PHILOX_LANES ? n - base : PHILOX_LANES;
+        uint32_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
+        for (int k = 0; k < PHILOX_LANES; k++) {
+            uint64_t block = first + (uint64_t)(base + k);
+            c0[k] = (uint32_t)block;
+            c1[k] = (uint32_t)(block >> 32);
+            c2[k] = (uint32_t)step ^ (op * 0x85EBCA6Bu);
+            c3[k] = (uint32_t)(step >> 32) ^ op;
+        }
+        uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+        for (int r = 0; r < 10; r++) {
+#pragma omp simd
+            for (int k = 0; k < PHILOX_LANES; k++) {
+                uint64_t p0 = (uint64_t)PHILOX_M0 * c0[k], p1 = (uint64_t)PHILOX_M1 * c2[k];
+                uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1[k] ^ k0;
+                uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3[k] ^ k1;
+                c1[k] = (uint32_t)p1;
+                c3[k] = (uint32_t)p0;
+                c0[k] = n0;
+                c2[k] = n2;
+            }
+            k0 += PHILOX_W0;
+            k1 += PHILOX_W1;
+        }
+        for (int k = 0; k < m; k++) {
+            uint32_t *o = out + 4 * (size_t)(base + k);
+            o[0] = c0[k];
+            o[1] = c1[k];
+            o[2] = c2[k];
+            o[3] = c3[k];
+        }
+    }
+}
 
 float lu_rng_uniform(uint64_t seed, uint64_t step, uint32_t op, uint64_t i)
 {
     uint32_t w[4];
     lu_philox4x32(seed, step, op, i >> 2, w);
-    return word_to_unit(w[i & 3]);
+    return lu_rng_word_to_unit(w[i & 3]);
 }
 
 float lu_rng_normal(uint64_t seed, uint64_t step, uint32_t op, uint64_t i)

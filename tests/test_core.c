@@ -353,3 +353,13 @@ Test(cpu_math, log1p_of_non_negative_matches_libm)
     cr_assert_eq(lu_log1pf_pos(0.0f), 0.0f);
     cr_assert_eq(lu_log1pf_pos(1e-30f), 1e-30f);
 }
+
+Test(rng, block_generator_equals_single_blocks)
+{
+    uint32_t many[4 * 37], one[4];
+    lu_philox4x32_blocks(9, 4, 3, 1000, 37, many);
+    for (int k = 0; k < 37; k++) {
+        lu_philox4x32(9, 4, 3, 1000 + (uint64_t)k, one);
+        cr_assert_arr_eq(many + 4 * k, one, sizeof one, "block %d", k);
+    }
+}

@@ -361,9 +361,17 @@ static lu_status R(batchnorm_bwd)(const lu_op_call *c)
 static void R(dropout_apply)(const lu_dropout_params *p, const real *src, real *dst, int64_t n)
 {
     real scale = (real)(1 / (1 - p->p));
+    /* Chunks of 64 elements = 16 Philox blocks generated together (lu_rng_uniform's layout:
+     * element i uses word i % 4 of block i / 4). */
+    int64_t chunks = (n + 63) / 64;
 #pragma omp parallel for if (n > 16384)
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = (double)lu_rng_uniform(p->seed, p->step, p->op_id, (uint64_t)i) < p->p ? 0 : src[i] * scale;
+    for (int64_t c = 0; c < chunks; c++) {
+        uint32_t w[64];
+        lu_philox4x32_blocks(p->seed, p->step, p->op_id, (uint64_t)c * 16, 16, w);
+        int64_t i0 = 64 * c, m = n - i0 < 64 ? n - i0 : 64;
+        for (int64_t j = 0; j < m; j++)
+            dst[i0 + j] = (double)lu_rng_word_to_unit(w[j]) < p->p ? 0 : src[i0 + j] * scale;
+    }
 }
 
 static lu_status R(dropout_fwd)(const lu_op_call *c)
