@@ -14,7 +14,7 @@ heard in training; the LibriVox utterances are test-only. The test set is real h
 
 Usage:
   python3 scripts/prepare_debian_speech.py [--install] [--lang en|fr] [--out data/asr/debian-en]
-      [--max-duration 16] [--test-percent 12] [--espeak-voices en+m3,en-us+f2] [--luthier build/luthier]
+      [--max-duration 16] [--test-percent 12] [--espeak-voices en+m3,en-us+f2] [--luthier build/bin/luthier]
 Writes OUT/train.jsonl, OUT/test.jsonl and (unless --no-features) OUT/train.h5, OUT/test.h5 via
 `luthier data prepare-speech --features fbank`.
 """
@@ -113,7 +113,7 @@ def main():
     ap.add_argument("--max-duration", type=float, default=16.0, help="longer training prompts are dropped")
     ap.add_argument("--test-percent", type=int, default=12)
     ap.add_argument("--espeak-voices", default="", help="comma-separated espeak-ng voices for synthetic training copies")
-    ap.add_argument("--luthier", default="build/luthier")
+    ap.add_argument("--luthier", default="build/bin/luthier")
     ap.add_argument("--no-features", action="store_true")
     a = ap.parse_args()
     out = a.out or f"data/asr/debian-{a.lang}"
