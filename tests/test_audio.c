@@ -13,15 +13,7 @@
 
 #define FIX "tests/fixtures/features/"
 
-static lu_tensor *load_ref(const char *name)
-{
-    lu_st_file *f = lu_st_open(FIX "refs.safetensors");
-    cr_assert(f, "cannot open refs: %s", lu_error_message());
-    lu_tensor *t = lu_st_load(f, name, LU_F32);
-    cr_assert(t, "cannot load %s: %s", name, lu_error_message());
-    lu_st_close(f);
-    return t;
-}
+static lu_tensor *load_ref(const char *name) { return tu_load_fixture(FIX "refs.safetensors", name, LU_F32); }
 
 static lu_audio read_ok(const char *path, int rate, int channel)
 {

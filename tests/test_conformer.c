@@ -34,16 +34,6 @@ static void teardown(void)
 
 TestSuite(conformer, .init = setup, .fini = teardown);
 
-static lu_tensor *fixture(const char *file, const char *name, lu_dtype dt)
-{
-    lu_st_file *f = lu_st_open(file);
-    cr_assert(f, "%s", lu_error_message());
-    lu_tensor *t = lu_st_load(f, name, dt);
-    cr_assert(t, "%s", lu_error_message());
-    lu_st_close(f);
-    return t;
-}
-
 static lu_conformer_config ta_config(void)
 {
     lu_conformer_config c;
@@ -87,11 +77,11 @@ Test(conformer, torchaudio_outputs_match_on_valid_frames)
     lu_conformer_config c = ta_config();
     lu_params *p = ta_params(&c);
     cr_assert_eq(lu_conformer_load_safetensors(p, FIX "ta_weights.safetensors"), LU_OK, "%s", lu_error_message());
-    lu_tensor *x = fixture(FIX "ta_input.safetensors", "x", LU_F32);
-    lu_tensor *lengths = fixture(FIX "ta_input.safetensors", "lengths", LU_I64);
+    lu_tensor *x = tu_load_fixture(FIX "ta_input.safetensors", "x", LU_F32);
+    lu_tensor *lengths = tu_load_fixture(FIX "ta_input.safetensors", "lengths", LU_I64);
     lu_tensor *y = lu_conformer_forward(p, "", &c, x, lengths, NULL);
     cr_assert(y, "%s", lu_error_message());
-    assert_valid_frames_close(y, fixture(FIX "ta_expected.safetensors", "y", LU_F32), (int64_t[]){13, 9}, "torchaudio y");
+    assert_valid_frames_close(y, tu_load_fixture(FIX "ta_expected.safetensors", "y", LU_F32), (int64_t[]){13, 9}, "torchaudio y");
     lu_params_free(p);
 }
 
@@ -102,8 +92,8 @@ Test(conformer, eval_batchnorm_uses_the_loaded_running_statistics)
     lu_conformer_config c = ta_config();
     lu_params *p = ta_params(&c);
     cr_assert_eq(lu_conformer_load_safetensors(p, FIX "ta_weights.safetensors"), LU_OK, "%s", lu_error_message());
-    lu_tensor *x = fixture(FIX "ta_input.safetensors", "x", LU_F32);
-    lu_tensor *lengths = fixture(FIX "ta_input.safetensors", "lengths", LU_I64);
+    lu_tensor *x = tu_load_fixture(FIX "ta_input.safetensors", "x", LU_F32);
+    lu_tensor *lengths = tu_load_fixture(FIX "ta_input.safetensors", "lengths", LU_I64);
     double *before = tu_to_doubles(lu_conformer_forward(p, "", &c, x, lengths, NULL));
     lu_tensor_fill(lu_params_get(p, "conformer_layers.1.conv_module.sequential.3.running_var"), 1.0);
     lu_tensor *y = lu_conformer_forward(p, "", &c, x, lengths, NULL);
@@ -305,14 +295,14 @@ static void check_exits(bool split)
     lu_params *p = fixture_ee_model(&m, split, true);
     const char *expected = split ? FIX "split_expected.safetensors" : FIX "ee_expected.safetensors";
     lu_tensor *exits[LU_CONFORMER_MAX_EXITS], *len = NULL;
-    lu_status s = lu_ee_conformer_forward(&m, fixture(FIX "ee_input.safetensors", "feats", LU_F32),
-                                          fixture(FIX "ee_input.safetensors", "lengths", LU_I64), NULL, exits, &len);
+    lu_status s = lu_ee_conformer_forward(&m, tu_load_fixture(FIX "ee_input.safetensors", "feats", LU_F32),
+                                          tu_load_fixture(FIX "ee_input.safetensors", "lengths", LU_I64), NULL, exits, &len);
     cr_assert_eq(s, LU_OK, "%s", lu_error_message());
     int64_t want_len[3], got_len[3];
-    lu_tensor_to_host(fixture(expected, "lengths", LU_I64), LU_I64, want_len);
+    lu_tensor_to_host(tu_load_fixture(expected, "lengths", LU_I64), LU_I64, want_len);
     lu_tensor_to_host(len, LU_I64, got_len);
     for (int b = 0; b < 3; b++) cr_assert_eq(got_len[b], want_len[b], "length %d: %lld vs %lld", b, (long long)got_len[b], (long long)want_len[b]);
-    lu_tensor *ref = fixture(expected, "exits", LU_F32);
+    lu_tensor *ref = tu_load_fixture(expected, "exits", LU_F32);
     for (int i = 0; i < 3; i++) {
         char what[32];
         snprintf(what, sizeof what, "exit %d", i);
@@ -331,10 +321,10 @@ static void check_loss(bool split, bool utterance_lengths)
     lu_params *p = fixture_ee_model(&m, split, true);
     m.cfg.ctc_utterance_lengths = utterance_lengths;
     const char *in = FIX "ee_input.safetensors";
-    lu_tensor *loss = lu_ee_conformer_loss(&m, fixture(in, "feats", LU_F32), fixture(in, "lengths", LU_I64),
-                                           fixture(in, "targets", LU_I64), fixture(in, "target_lengths", LU_I64), NULL);
+    lu_tensor *loss = lu_ee_conformer_loss(&m, tu_load_fixture(in, "feats", LU_F32), tu_load_fixture(in, "lengths", LU_I64),
+                                           tu_load_fixture(in, "targets", LU_I64), tu_load_fixture(in, "target_lengths", LU_I64), NULL);
     cr_assert(loss, "%s", lu_error_message());
-    lu_tensor *ref = fixture(split ? FIX "split_expected.safetensors" : FIX "ee_expected.safetensors",
+    lu_tensor *ref = tu_load_fixture(split ? FIX "split_expected.safetensors" : FIX "ee_expected.safetensors",
                              utterance_lengths ? "loss_utt" : "loss", LU_F32);
     tu_assert_tensors_close(lu_reshape(loss, LU_SHAPE(1)), ref, 1e-5, 1e-5, "sum of exit CTC losses");
     lu_params_free(p);
@@ -458,8 +448,8 @@ Test(conformer, training_forward_is_reproducible_and_updates_batchnorm_statistic
 {
     lu_ee_conformer m;
     lu_params *p = fixture_ee_model(&m, false, true);
-    lu_tensor *feats = fixture(FIX "ee_input.safetensors", "feats", LU_F32);
-    lu_tensor *len = fixture(FIX "ee_input.safetensors", "lengths", LU_I64);
+    lu_tensor *feats = tu_load_fixture(FIX "ee_input.safetensors", "feats", LU_F32);
+    lu_tensor *len = tu_load_fixture(FIX "ee_input.safetensors", "lengths", LU_I64);
     lu_tensor *rv = lu_params_get(p, "conformer.0.conformer_layers.0.conv_module.sequential.3.running_var");
     double *rv0 = tu_to_doubles(rv);
     lu_tensor *a[LU_CONFORMER_MAX_EXITS], *b[LU_CONFORMER_MAX_EXITS], *e[LU_CONFORMER_MAX_EXITS];
@@ -491,10 +481,10 @@ Test(conformer, cli_forward_writes_y_matching_torchaudio)
     const char *argv[] = {"asr", "forward", "--arch", "conformer", "--config", FIX "ta_config.json", "--weights",
                           FIX "ta_weights.safetensors", "--input", FIX "ta_input.safetensors", "--out", out};
     cr_assert_eq(run_cli(12, argv), 0, "%s", lu_error_message());
-    assert_valid_frames_close(fixture(out, "y", LU_F32), fixture(FIX "ta_expected.safetensors", "y", LU_F32),
+    assert_valid_frames_close(tu_load_fixture(out, "y", LU_F32), tu_load_fixture(FIX "ta_expected.safetensors", "y", LU_F32),
                               (int64_t[]){13, 9}, "cli y");
     int64_t len[2];
-    lu_tensor_to_host(fixture(out, "lengths", LU_I64), LU_I64, len);
+    lu_tensor_to_host(tu_load_fixture(out, "lengths", LU_I64), LU_I64, len);
     cr_assert(len[0] == 13 && len[1] == 9);
     remove(out);
 }

@@ -36,16 +36,6 @@ static void teardown(void)
 
 TestSuite(zipformer, .init = setup, .fini = teardown);
 
-static lu_tensor *fixture(const char *file, const char *name, lu_dtype dt)
-{
-    lu_st_file *f = lu_st_open(file);
-    cr_assert(f, "%s", lu_error_message());
-    lu_tensor *t = lu_st_load(f, name, dt);
-    cr_assert(t, "%s", lu_error_message());
-    lu_st_close(f);
-    return t;
-}
-
 static lu_zipformer_config fixture_config(void)
 {
     lu_zipformer_config c;
@@ -65,9 +55,9 @@ static lu_params *model(const lu_zipformer_config *c, bool load)
     return p;
 }
 
-static lu_tensor *input_x(void) { return fixture(FIX "input.safetensors", "x", LU_F32); }
-static lu_tensor *input_lens(void) { return fixture(FIX "input.safetensors", "x_lens", LU_I64); }
-static lu_tensor *expected(const char *name) { return fixture(FIX "expected.safetensors", name, LU_F32); }
+static lu_tensor *input_x(void) { return tu_load_fixture(FIX "input.safetensors", "x", LU_F32); }
+static lu_tensor *input_lens(void) { return tu_load_fixture(FIX "input.safetensors", "x_lens", LU_I64); }
+static lu_tensor *expected(const char *name) { return tu_load_fixture(FIX "expected.safetensors", name, LU_F32); }
 
 /* Compares got and ref [B,T,...] on frames t < len[b] of each utterance b. */
 static void assert_valid_frames_close(lu_tensor *got, lu_tensor *ref, const int64_t *len, const char *what)
@@ -142,7 +132,7 @@ Test(zipformer, encoder_out_matches_icefall_on_valid_frames)
     assert_valid_frames_close(y, expected("encoder_out"), OUT_LENS, "encoder_out");
     int64_t got[2], want[2];
     lu_tensor_to_host(lens, LU_I64, got);
-    lu_tensor_to_host(fixture(FIX "expected.safetensors", "encoder_out_lens", LU_I64), LU_I64, want);
+    lu_tensor_to_host(tu_load_fixture(FIX "expected.safetensors", "encoder_out_lens", LU_I64), LU_I64, want);
     cr_assert(got[0] == want[0] && got[1] == want[1] && got[0] == OUT_LENS[0] && got[1] == OUT_LENS[1],
               "lengths %lld, %lld", (long long)got[0], (long long)got[1]);
     lu_params_free(p);
@@ -391,9 +381,9 @@ Test(zipformer, cli_forward_writes_encoder_out_matching_icefall)
     const char *argv[] = {"asr", "forward", "--arch", "zipformer", "--config", FIX "config.json", "--weights",
                           FIX "weights.safetensors", "--input", FIX "input.safetensors", "--out", out};
     cr_assert_eq(run_cli(12, argv), 0, "%s", lu_error_message());
-    assert_valid_frames_close(fixture(out, "encoder_out", LU_F32), expected("encoder_out"), OUT_LENS, "cli encoder_out");
+    assert_valid_frames_close(tu_load_fixture(out, "encoder_out", LU_F32), expected("encoder_out"), OUT_LENS, "cli encoder_out");
     int64_t len[2];
-    lu_tensor_to_host(fixture(out, "encoder_out_lens", LU_I64), LU_I64, len);
+    lu_tensor_to_host(tu_load_fixture(out, "encoder_out_lens", LU_I64), LU_I64, len);
     cr_assert(len[0] == OUT_LENS[0] && len[1] == OUT_LENS[1]);
     remove(out);
 }

@@ -1,6 +1,8 @@
 /* testutil.c - shared helpers of the Criterion tests (see testutil.h). */
 #include "testutil.h"
 
+#include "core/safetensors.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +65,16 @@ void tu_assert_tensors_close(const lu_tensor *got, const lu_tensor *ref, double 
     double *r = tu_to_doubles(ref);
     tu_assert_close(got, r, lu_tensor_numel(ref), atol, rtol, what);
     free(r);
+}
+
+lu_tensor *tu_load_fixture(const char *file, const char *name, lu_dtype dt)
+{
+    lu_st_file *f = lu_st_open(file);
+    cr_assert(f, "fixture: %s", lu_error_message());
+    lu_tensor *t = lu_st_load(f, name, dt);
+    cr_assert(t, "fixture %s: %s", file, lu_error_message());
+    lu_st_close(f);
+    return t;
 }
 
 void tu_assert_error_contains(const char *needle)

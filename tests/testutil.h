@@ -24,6 +24,9 @@ double *tu_to_doubles(const lu_tensor *t);
  * the first failing index and both values. */
 void tu_assert_close(const lu_tensor *got, const double *ref, int64_t n, double atol, double rtol, const char *what);
 void tu_assert_tensors_close(const lu_tensor *got, const lu_tensor *ref, double atol, double rtol, const char *what);
+/* Tensor `name` of a safetensors fixture file, converted to dt; a missing file or tensor fails
+ * the test with the reason. */
+lu_tensor *tu_load_fixture(const char *file, const char *name, lu_dtype dt);
 /* Asserts a call returned NULL/failed and the error message contains `needle`. */
 void tu_assert_error_contains(const char *needle);
 
