@@ -9,12 +9,15 @@
 static _Thread_local char err_msg[LU_ERROR_MAX];
 static _Thread_local lu_status err_code;
 
+/* Formats into a buffer of its own first: an argument may be lu_error_message() itself. */
 lu_status lu_errorf(lu_status code, const char *fmt, ...)
 {
+    char msg[LU_ERROR_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err_msg, sizeof err_msg, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(err_msg, msg, sizeof msg);
     err_code = code;
     return code;
 }

@@ -107,6 +107,10 @@ lu_status lu_gguf_read_decoder(const lu_gguf *g, lu_decoder *m, lu_params **para
  * tokenizer.json: "gpt-2"/"default" the GPT-2 regex; "smollm" single digits then the GPT-2 regex;
  * "qwen2" NFC and the Qwen2 regex; "llama-bpe" the Llama-3 regex. */
 lu_tokenizer *lu_gguf_read_tokenizer(const lu_gguf *g);
+/* Writes that tokenizer as dir/tokenizer.json (Hugging Face tokenizers loads it and encodes the
+ * same ids) and dir/tokenizer_config.json (bos/eos/pad tokens, tokenizer.chat_template), so that
+ * a model exported from a GGUF file is a complete Hugging Face directory. */
+lu_status lu_gguf_save_tokenizer(const lu_gguf *g, const char *dir);
 
 /* Opens path and reads the decoder and, when tok is not NULL, the tokenizer; on failure nothing
  * is left allocated. For `luthier lm generate --model FILE.gguf`. */

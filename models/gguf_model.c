@@ -3,6 +3,8 @@
  * (tensor and key names), llama-vocab.cpp (tokenizer.ggml.pre families). */
 #include "models/gguf.h"
 
+#include <cjson/cJSON.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,72 +254,134 @@ static const char digits_regex[] = "\\p{N}";
 /* llama.cpp token types (llama_token_type / gguf-py TokenType). */
 enum { TOKEN_CONTROL = 3, TOKEN_USER_DEFINED = 4 };
 
-lu_tokenizer *lu_gguf_read_tokenizer(const lu_gguf *g)
+/* The tokenizer parts of a GGUF file's tokenizer.ggml.* metadata; the strings point into the map. */
+typedef struct gguf_tokenizer {
+    lu_tokenizer_parts parts;
+    const char *regex[1];
+    const char **tokens, **merges;
+    uint8_t *kind;
+} gguf_tokenizer;
+
+static void gguf_tokenizer_free(gguf_tokenizer *t)
 {
+    free(t->tokens);
+    free(t->merges);
+    free(t->kind);
+}
+
+static lu_status gguf_tokenizer_read(const lu_gguf *g, gguf_tokenizer *t)
+{
+    *t = (gguf_tokenizer){.parts = {.name = lu_gguf_path(g)}};
+    lu_tokenizer_parts *parts = &t->parts;
     const char *model = lu_gguf_get_str(g, "tokenizer.ggml.model", NULL);
-    if (!model) return NULL;
-    if (strcmp(model, "gpt2")) {
-        lu_errorf(LU_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model '%s' is not supported (gpt2: byte-level BPE)", lu_gguf_path(g),
-                  model);
-        return NULL;
-    }
+    if (!model) return lu_error_code();
+    if (strcmp(model, "gpt2"))
+        return lu_errorf(LU_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model '%s' is not supported (gpt2: byte-level BPE)",
+                         lu_gguf_path(g), model);
     const char *pre = lu_gguf_find_kv(g, "tokenizer.ggml.pre") >= 0 ? lu_gguf_get_str(g, "tokenizer.ggml.pre", NULL)
                                                                     : "default";
-    if (!pre) return NULL;
-    lu_tokenizer_parts parts = {.name = lu_gguf_path(g)};
-    const char *regex[1];
+    if (!pre) return lu_error_code();
     if (!strcmp(pre, "default") || !strcmp(pre, "gpt-2")) {
-        parts.gpt2_regex = true;
+        parts->gpt2_regex = true;
     } else if (!strcmp(pre, "smollm")) {
-        regex[parts.n_regex++] = digits_regex;
-        parts.gpt2_regex = true;
+        t->regex[parts->n_regex++] = digits_regex;
+        parts->gpt2_regex = true;
     } else if (!strcmp(pre, "qwen2")) {
-        regex[parts.n_regex++] = qwen2_regex;
-        parts.nfc = true;
+        t->regex[parts->n_regex++] = qwen2_regex;
+        parts->nfc = true;
     } else if (!strcmp(pre, "llama-bpe")) {
-        regex[parts.n_regex++] = llama3_regex;
+        t->regex[parts->n_regex++] = llama3_regex;
     } else {
-        lu_errorf(LU_ERR_UNSUPPORTED, "%s: tokenizer.ggml.pre '%s' is not supported (default, gpt-2, smollm, qwen2, "
-                  "llama-bpe)", lu_gguf_path(g), pre);
-        return NULL;
+        return lu_errorf(LU_ERR_UNSUPPORTED, "%s: tokenizer.ggml.pre '%s' is not supported (default, gpt-2, smollm, qwen2, "
+                         "llama-bpe)", lu_gguf_path(g), pre);
     }
-    parts.regex = regex;
+    parts->regex = t->regex;
     lu_gguf_type elem;
     int64_t n_tokens = 0, n_types = 0, n_merges = 0;
     if (lu_gguf_kv_info(g, "tokenizer.ggml.tokens", NULL, &elem, &n_tokens) ||
         lu_gguf_kv_info(g, "tokenizer.ggml.token_type", NULL, NULL, &n_types) ||
         lu_gguf_kv_info(g, "tokenizer.ggml.merges", NULL, NULL, &n_merges))
-        return NULL;
-    if (n_tokens > INT32_MAX || n_types != n_tokens) {
-        lu_errorf(LU_ERR_FORMAT, "%s: tokenizer.ggml.token_type has %lld entries for %lld tokens", lu_gguf_path(g),
-                  (long long)n_types, (long long)n_tokens);
-        return NULL;
-    }
-    const char **tokens = calloc((size_t)n_tokens + 1, sizeof *tokens);
-    const char **merges = calloc((size_t)n_merges + 1, sizeof *merges);
-    uint8_t *kind = calloc((size_t)n_tokens + 1, 1);
-    lu_tokenizer *t = NULL;
-    bool ok = tokens && merges && kind;
-    if (!ok) lu_errorf(LU_ERR_NOMEM, "%s: out of memory for the tokenizer", lu_gguf_path(g));
-    for (int64_t i = 0; ok && i < n_tokens; i++) {
+        return lu_error_code();
+    if (n_tokens > INT32_MAX || n_types != n_tokens)
+        return lu_errorf(LU_ERR_FORMAT, "%s: tokenizer.ggml.token_type has %lld entries for %lld tokens", lu_gguf_path(g),
+                         (long long)n_types, (long long)n_tokens);
+    t->tokens = calloc((size_t)n_tokens + 1, sizeof *t->tokens);
+    t->merges = calloc((size_t)n_merges + 1, sizeof *t->merges);
+    t->kind = calloc((size_t)n_tokens + 1, 1);
+    if (!t->tokens || !t->merges || !t->kind) return lu_errorf(LU_ERR_NOMEM, "%s: out of memory for the tokenizer", lu_gguf_path(g));
+    for (int64_t i = 0; i < n_tokens; i++) {
         int64_t type;
-        ok = (tokens[i] = lu_gguf_array_str(g, "tokenizer.ggml.tokens", i, NULL)) &&
-             !lu_gguf_array_int(g, "tokenizer.ggml.token_type", i, &type);
-        if (ok) kind[i] = type == TOKEN_CONTROL ? LU_TOKEN_SPECIAL : type == TOKEN_USER_DEFINED ? LU_TOKEN_ADDED : LU_TOKEN_NORMAL;
+        if (!(t->tokens[i] = lu_gguf_array_str(g, "tokenizer.ggml.tokens", i, NULL)) ||
+            lu_gguf_array_int(g, "tokenizer.ggml.token_type", i, &type))
+            return lu_error_code();
+        t->kind[i] = type == TOKEN_CONTROL ? LU_TOKEN_SPECIAL : type == TOKEN_USER_DEFINED ? LU_TOKEN_ADDED : LU_TOKEN_NORMAL;
     }
-    for (int64_t i = 0; ok && i < n_merges; i++) ok = (merges[i] = lu_gguf_array_str(g, "tokenizer.ggml.merges", i, NULL));
-    if (ok) {
-        parts.n_tokens = (int32_t)n_tokens;
-        parts.tokens = tokens;
-        parts.kind = kind;
-        parts.n_merges = n_merges;
-        parts.merges = merges;
-        t = lu_tokenizer_from_parts(&parts);
-    }
-    free(tokens);
-    free(merges);
-    free(kind);
+    for (int64_t i = 0; i < n_merges; i++)
+        if (!(t->merges[i] = lu_gguf_array_str(g, "tokenizer.ggml.merges", i, NULL))) return lu_error_code();
+    parts->n_tokens = (int32_t)n_tokens;
+    parts->tokens = t->tokens;
+    parts->kind = t->kind;
+    parts->n_merges = n_merges;
+    parts->merges = t->merges;
+    return LU_OK;
+}
+
+lu_tokenizer *lu_gguf_read_tokenizer(const lu_gguf *g)
+{
+    gguf_tokenizer gt;
+    lu_tokenizer *t = gguf_tokenizer_read(g, &gt) ? NULL : lu_tokenizer_from_parts(&gt.parts);
+    gguf_tokenizer_free(&gt);
     return t;
+}
+
+/* Writes text to dir/name through a temporary file renamed into place. */
+static lu_status write_text(const char *dir, const char *name, const char *text)
+{
+    char path[4096], tmp[4096 + 16];
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) return lu_errorf(LU_ERR_IO, "path too long: %s", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return lu_errorf(LU_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+    size_t n = strlen(text);
+    bool ok = fwrite(text, 1, n, f) == n;
+    ok = !fclose(f) && ok;
+    if (!ok || rename(tmp, path)) {
+        remove(tmp);
+        return lu_errorf(LU_ERR_IO, "cannot write %s", path);
+    }
+    return LU_OK;
+}
+
+lu_status lu_gguf_save_tokenizer(const lu_gguf *g, const char *dir)
+{
+    gguf_tokenizer gt;
+    lu_status s = gguf_tokenizer_read(g, &gt);
+    char *json = s ? NULL : lu_tokenizer_parts_json(&gt.parts);
+    if (!s && !json) s = lu_error_code();
+    if (!s) s = write_text(dir, "tokenizer.json", json);
+    free(json);
+    /* tokenizer_config.json: the special tokens by content and the chat template, as transformers
+     * reads them. */
+    cJSON *cfg = s ? NULL : cJSON_CreateObject();
+    const char *keys[][2] = {{"tokenizer.ggml.bos_token_id", "bos_token"}, {"tokenizer.ggml.eos_token_id", "eos_token"},
+                             {"tokenizer.ggml.padding_token_id", "pad_token"}};
+    for (int i = 0; cfg && i < 3; i++) {
+        int64_t id;
+        if (lu_gguf_find_kv(g, keys[i][0]) >= 0 && !lu_gguf_get_int(g, keys[i][0], &id) && id >= 0 && id < gt.parts.n_tokens)
+            cJSON_AddStringToObject(cfg, keys[i][1], gt.parts.tokens[id]);
+    }
+    if (cfg && lu_gguf_find_kv(g, "tokenizer.chat_template") >= 0) {
+        const char *tpl = lu_gguf_get_str(g, "tokenizer.chat_template", NULL);
+        if (tpl) cJSON_AddStringToObject(cfg, "chat_template", tpl);
+    }
+    if (cfg) cJSON_AddStringToObject(cfg, "tokenizer_class", "PreTrainedTokenizerFast");
+    char *text = cfg ? cJSON_Print(cfg) : NULL;
+    if (cfg && !text) s = lu_errorf(LU_ERR_NOMEM, "%s: out of memory", dir);
+    if (!s) s = write_text(dir, "tokenizer_config.json", text);
+    free(text);
+    cJSON_Delete(cfg);
+    gguf_tokenizer_free(&gt);
+    return s;
 }
 
 lu_status lu_gguf_load_decoder(const char *path, lu_decoder *m, lu_params **params_out, lu_tokenizer **tok)

@@ -315,6 +315,8 @@ static lu_status write_summary(const prep *p)
     cJSON_AddStringToObject(root, "overlong", o->drop_overlong ? "drop" : "truncate");
     cJSON_AddBoolToObject(root, "train_think", o->train_think);
     cJSON_AddNumberToObject(root, "pad_id", o->pad_id);
+    int32_t im_end = lu_tokenizer_token_id(o->tok, "<|im_end|>");
+    if (im_end >= 0) cJSON_AddNumberToObject(root, "im_end_id", im_end);
     cJSON_AddNumberToObject(root, "lines", (double)p->st->lines);
     cJSON_AddNumberToObject(root, "malformed_lines", (double)p->st->malformed);
     add_split(root, "train", &p->st->train);
@@ -520,7 +522,8 @@ lu_status lu_sft_data_read(lu_sft_data *d, int64_t i, int32_t *ids, int32_t *lab
     return LU_OK;
 }
 
-int64_t lu_sft_data_vocab_size(const char *dir)
+/* A number of DIR/summary.json; -1 when absent (an error names the key). */
+static int64_t summary_int(const char *dir, const char *key)
 {
     char path[PATH_LEN];
     snprintf(path, sizeof path, "%s/summary.json", dir);
@@ -534,9 +537,18 @@ int64_t lu_sft_data_vocab_size(const char *dir)
     fclose(f);
     buf[n] = 0;
     cJSON *root = cJSON_Parse(buf);
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "vocab_size");
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
     int64_t out = cJSON_IsNumber(v) ? (int64_t)v->valuedouble : -1;
     cJSON_Delete(root);
-    if (out <= 0) lu_errorf(LU_ERR_FORMAT, "sft data: %s has no positive \"vocab_size\"", path);
+    if (out < 0) lu_errorf(LU_ERR_FORMAT, "sft data: %s has no \"%s\"", path, key);
     return out;
 }
+
+int64_t lu_sft_data_vocab_size(const char *dir)
+{
+    int64_t v = summary_int(dir, "vocab_size");
+    if (v == 0) lu_errorf(LU_ERR_FORMAT, "sft data: %s/summary.json has no positive \"vocab_size\"", dir);
+    return v > 0 ? v : -1;
+}
+
+int64_t lu_sft_data_im_end_id(const char *dir) { return summary_int(dir, "im_end_id"); }

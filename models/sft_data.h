@@ -97,5 +97,7 @@ int64_t lu_sft_data_seq_len(const lu_sft_data *d);
 lu_status lu_sft_data_read(lu_sft_data *d, int64_t i, int32_t *ids, int32_t *labels, int32_t *cu, int *n_cu);
 /* "vocab_size" of DIR/summary.json, or -1 with an error. */
 int64_t lu_sft_data_vocab_size(const char *dir);
+/* "im_end_id" of DIR/summary.json (the tokenizer's <|im_end|>), or -1. */
+int64_t lu_sft_data_im_end_id(const char *dir);
 
 #endif

@@ -500,25 +500,40 @@ lu_tokenizer *lu_tokenizer_parse(const char *json, size_t len, const char *name)
     return t;
 }
 
-/* The tokenizer.json tree that parts describe (see tokenizer.h); NULL when out of memory. */
+/* The tokenizer.json tree that parts describe (see tokenizer.h), with every field Hugging Face
+ * tokenizers expects when it reads the file; NULL when out of memory. */
 static cJSON *parts_json(const lu_tokenizer_parts *p)
 {
-    cJSON *root = cJSON_CreateObject(), *model = cJSON_AddObjectToObject(root, "model");
-    cJSON *vocab = cJSON_AddObjectToObject(model, "vocab"), *merges = cJSON_AddArrayToObject(model, "merges");
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "version", "1.0");
+    cJSON_AddNullToObject(root, "truncation");
+    cJSON_AddNullToObject(root, "padding");
     cJSON *added = cJSON_AddArrayToObject(root, "added_tokens");
+    cJSON *norm = p->nfc ? cJSON_AddObjectToObject(root, "normalizer") : cJSON_AddNullToObject(root, "normalizer");
     cJSON *pre = cJSON_AddObjectToObject(root, "pre_tokenizer");
     cJSON *seq = cJSON_AddArrayToObject(pre, "pretokenizers");
-    /* cJSON's Add functions return NULL for a NULL parent: one check covers the chain. */
-    bool ok = cJSON_AddStringToObject(model, "type", "BPE") && vocab && merges && added && seq &&
-              cJSON_AddStringToObject(pre, "type", "Sequence") &&
-              cJSON_AddStringToObject(cJSON_AddObjectToObject(root, "decoder"), "type", "ByteLevel") &&
-              (!p->nfc || cJSON_AddStringToObject(cJSON_AddObjectToObject(root, "normalizer"), "type", "NFC"));
+    cJSON_AddNullToObject(root, "post_processor");
+    cJSON *dec = cJSON_AddObjectToObject(root, "decoder");
+    cJSON *model = cJSON_AddObjectToObject(root, "model");
+    /* cJSON's Add functions return NULL for a NULL parent: one check covers each chain. */
+    bool ok = added && norm && seq && dec && model && (!p->nfc || cJSON_AddStringToObject(norm, "type", "NFC")) &&
+              cJSON_AddStringToObject(pre, "type", "Sequence") && cJSON_AddStringToObject(dec, "type", "ByteLevel") &&
+              cJSON_AddBoolToObject(dec, "add_prefix_space", true) && cJSON_AddBoolToObject(dec, "trim_offsets", true) &&
+              cJSON_AddBoolToObject(dec, "use_regex", true) && cJSON_AddStringToObject(model, "type", "BPE") &&
+              cJSON_AddNullToObject(model, "dropout") && cJSON_AddNullToObject(model, "unk_token") &&
+              cJSON_AddNullToObject(model, "continuing_subword_prefix") && cJSON_AddNullToObject(model, "end_of_word_suffix") &&
+              cJSON_AddBoolToObject(model, "fuse_unk", false) && cJSON_AddBoolToObject(model, "byte_fallback", false) &&
+              cJSON_AddBoolToObject(model, "ignore_merges", false);
+    cJSON *vocab = ok ? cJSON_AddObjectToObject(model, "vocab") : NULL, *merges = ok ? cJSON_AddArrayToObject(model, "merges") : NULL;
+    ok = vocab && merges;
     for (int32_t i = 0; ok && i < p->n_tokens; i++) {
         ok = cJSON_AddNumberToObject(vocab, p->tokens[i], i) != NULL;
         if (ok && p->kind && p->kind[i] != LU_TOKEN_NORMAL) {
             cJSON *a = cJSON_CreateObject();
-            cJSON_AddItemToArray(added, a);
-            ok = a && cJSON_AddNumberToObject(a, "id", i) && cJSON_AddStringToObject(a, "content", p->tokens[i]) &&
+            ok = a && cJSON_AddItemToArray(added, a) && cJSON_AddNumberToObject(a, "id", i) &&
+                 cJSON_AddStringToObject(a, "content", p->tokens[i]) && cJSON_AddBoolToObject(a, "single_word", false) &&
+                 cJSON_AddBoolToObject(a, "lstrip", false) && cJSON_AddBoolToObject(a, "rstrip", false) &&
+                 cJSON_AddBoolToObject(a, "normalized", false) &&
                  cJSON_AddBoolToObject(a, "special", p->kind[i] == LU_TOKEN_SPECIAL);
         }
     }
@@ -532,9 +547,10 @@ static cJSON *parts_json(const lu_tokenizer_parts *p)
         if (ok && i < p->n_regex)
             ok = cJSON_AddStringToObject(s, "type", "Split") &&
                  cJSON_AddStringToObject(cJSON_AddObjectToObject(s, "pattern"), "Regex", p->regex[i]) &&
-                 cJSON_AddStringToObject(s, "behavior", "Isolated");
+                 cJSON_AddStringToObject(s, "behavior", "Isolated") && cJSON_AddBoolToObject(s, "invert", false);
         else if (ok)
-            ok = cJSON_AddStringToObject(s, "type", "ByteLevel") && cJSON_AddBoolToObject(s, "use_regex", p->gpt2_regex);
+            ok = cJSON_AddStringToObject(s, "type", "ByteLevel") && cJSON_AddBoolToObject(s, "add_prefix_space", false) &&
+                 cJSON_AddBoolToObject(s, "trim_offsets", true) && cJSON_AddBoolToObject(s, "use_regex", p->gpt2_regex);
     }
     if (!ok) {
         cJSON_Delete(root);
@@ -543,18 +559,29 @@ static cJSON *parts_json(const lu_tokenizer_parts *p)
     return root;
 }
 
-lu_tokenizer *lu_tokenizer_from_parts(const lu_tokenizer_parts *p)
+static lu_status check_parts(const lu_tokenizer_parts *p)
 {
     for (int32_t i = 0; i < p->n_tokens; i++)
-        if (!p->tokens[i]) {
-            lu_errorf(LU_ERR_INVALID, "tokenizer %s: token %d is NULL", p->name ? p->name : "(parts)", i);
-            return NULL;
-        }
+        if (!p->tokens[i]) return lu_errorf(LU_ERR_INVALID, "tokenizer %s: token %d is NULL", p->name ? p->name : "(parts)", i);
     for (int64_t i = 0; i < p->n_merges; i++)
-        if (!p->merges[i]) {
-            lu_errorf(LU_ERR_INVALID, "tokenizer %s: merge %lld is NULL", p->name ? p->name : "(parts)", (long long)i);
-            return NULL;
-        }
+        if (!p->merges[i])
+            return lu_errorf(LU_ERR_INVALID, "tokenizer %s: merge %lld is NULL", p->name ? p->name : "(parts)", (long long)i);
+    return LU_OK;
+}
+
+char *lu_tokenizer_parts_json(const lu_tokenizer_parts *p)
+{
+    if (check_parts(p)) return NULL;
+    cJSON *root = parts_json(p);
+    char *text = root ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    if (!text) lu_errorf(LU_ERR_NOMEM, "tokenizer %s: out of memory", p->name ? p->name : "(parts)");
+    return text;
+}
+
+lu_tokenizer *lu_tokenizer_from_parts(const lu_tokenizer_parts *p)
+{
+    if (check_parts(p)) return NULL;
     lu_tokenizer *t = tokenizer_new(p->name);
     if (!t) return NULL;
     cJSON *root = parts_json(p);

@@ -53,6 +53,8 @@ typedef struct lu_tokenizer_parts {
 } lu_tokenizer_parts;
 
 lu_tokenizer *lu_tokenizer_from_parts(const lu_tokenizer_parts *parts);
+/* That tokenizer.json as text, complete enough for Hugging Face tokenizers to load (caller frees). */
+char *lu_tokenizer_parts_json(const lu_tokenizer_parts *parts);
 
 /* Encodes len bytes of UTF-8 text into a new array *ids (caller frees; NULL when *n is 0).
  * Invalid UTF-8 is an error naming the byte offset. */

@@ -17,7 +17,8 @@ packages=(
   libpcre2-dev         # the Qwen pre-tokenizer regex (\p{L}, lookahead)
   libopenmpi-dev openmpi-bin  # multi-process launching
   python3              # fixture and plot scripts
-  manpages-fr          # real French text for the demo language model
+  manpages-fr          # real French text (demo tasks, the byte-level language model)
+  debian-faq-fr debian-faq  # French instruction data and French/English evaluation of the Luth demo
 )
 
 missing=()

@@ -559,6 +559,46 @@ Test(gguf, smollm2_tokenizer_matches_transformers)
     lu_gguf_close(g);
 }
 
+Test(gguf, smollm2_tokenizer_exported_as_tokenizer_json_encodes_the_same_ids)
+{
+    SKIP_WITHOUT_SMOLLM2();
+    char dir[64], path[96];
+    snprintf(dir, sizeof dir, "/tmp/lu_test_gguf_tok_%d", (int)getpid());
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    lu_gguf *g = open_ok(SMOLLM2);
+    cr_assert_eq(lu_gguf_save_tokenizer(g, dir), LU_OK, "%s", lu_error_message());
+    lu_gguf_close(g);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    lu_tokenizer *t = lu_tokenizer_load(path);
+    cr_assert(t, "%s", lu_error_message());
+    cJSON *j = read_json(FIX "smollm2.json");
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "texts"))
+    {
+        const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
+        const cJSON *want = cJSON_GetObjectItem(c, "ids");
+        int32_t *ids;
+        int64_t n;
+        cr_assert_eq(lu_tokenizer_encode(t, text, strlen(text), &ids, &n), LU_OK, "%s", lu_error_message());
+        cr_assert_eq(n, cJSON_GetArraySize(want), "\"%s\": %lld tokens", text, (long long)n);
+        for (int64_t i = 0; i < n; i++)
+            cr_assert_eq(ids[i], cJSON_GetArrayItem(want, (int)i)->valueint, "\"%s\" token %lld", text, (long long)i);
+        free(ids);
+    }
+    cJSON_Delete(j);
+    lu_tokenizer_free(t);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    cJSON *cfg = read_json(path);
+    cr_assert_str_eq(cJSON_GetObjectItem(cfg, "eos_token")->valuestring, "<|im_end|>");
+    cr_assert_str_eq(cJSON_GetObjectItem(cfg, "bos_token")->valuestring, "<|im_start|>");
+    cr_assert(strstr(cJSON_GetObjectItem(cfg, "chat_template")->valuestring, "<|im_start|>"));
+    cJSON_Delete(cfg);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 Test(gguf, smollm2_answers_the_capital_of_france_greedily, .timeout = 300)
 {
     SKIP_WITHOUT_SMOLLM2();

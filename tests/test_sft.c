@@ -1,7 +1,8 @@
 /* test_sft.c - supervised fine-tuning data and training: packing and loss masking, truncation
  * and drop accounting, malformed lines, deterministic shuffling and split, the shard reader, the
  * `sft` task through the trainer (loss decreases, exact resume, HF export), the paper configs and
- * the `luthier data prepare-chat` command line. Conversations: tests/fixtures/sft/chat.jsonl
+ * the comparison of starting, fine-tuned and merged models (luth_compare.h) and the `luthier data
+ * prepare-chat` command line. Conversations: tests/fixtures/sft/chat.jsonl
  * (12 short French chats, hand-written) and bad.jsonl (malformed lines 2, 5 and 7). */
 #include <math.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include "core/checkpoint.h"
 #include "core/metrics.h"
 #include "experiments/runner/cli.h"
+#include "experiments/runner/luth_compare.h"
 #include "experiments/runner/trainer.h"
 #include "models/chat_template.h"
 #include "models/hf_model.h"
@@ -526,6 +528,107 @@ Test(sft, missing_data_directory_is_reported)
     char *over[] = {"data.dir=/nonexistent/sft"};
     cr_assert_neq(train("run", 0, false, 1, over), LU_OK);
     tu_assert_error_contains("/nonexistent/sft");
+}
+
+/* ---- the Luth comparison: starting vs fine-tuned vs merged ---------------------------------- */
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+static cJSON *read_json_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "cannot open %s", path);
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    cJSON *j = cJSON_ParseWithLength(buf, n);
+    cr_assert(j, "%s is not JSON", path);
+    return j;
+}
+
+static double metric(const cJSON *compare, int model, const char *task, const char *name)
+{
+    const cJSON *m = cJSON_GetArrayItem(cJSON_GetObjectItem(compare, "models"), model);
+    const cJSON *v = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(m, "tasks"), task),
+                                                             "metrics"), name);
+    cr_assert(cJSON_IsNumber(v), "model %d task %s metric %s is missing", model, task, name);
+    return v->valuedouble;
+}
+
+/* A from-scratch model becomes the starting point of a second run with compare.* set: SLERP at
+ * t = 0 gives back the starting model's scores exactly, at t = 1 the fine-tuned model's. */
+Test(sft, compare_evaluates_start_fine_tuned_and_merged_models)
+{
+    write_config();
+    char *over0[] = {"train.max_steps=4", "train.save_every=0"};
+    cr_assert_eq(train("start", 0, false, 2, over0), LU_OK, "%s", lu_error_message());
+    char path[1400], tasks[600], start[600];
+    snprintf(start, sizeof start, "%s/start/model", dir);
+    snprintf(path, sizeof path, "%s/tokenizer.json", start);
+    char cmd[1500];
+    snprintf(cmd, sizeof cmd, "cp tests/fixtures/tokenizer/small_qwen2.json %s", path);
+    cr_assert_eq(system(cmd), 0);
+    snprintf(tasks, sizeof tasks, "%s/tasks", dir);
+    cr_assert_eq(mkdir(tasks, 0755), 0);
+    snprintf(path, sizeof path, "%s/qa-mc-fr.jsonl", tasks);
+    write_file(path, "{\"type\": \"mc\", \"query\": \"Bonjour\", \"choices\": [\"oui\", \"non merci\"], \"gold\": 0}\n"
+                     "{\"type\": \"mc\", \"query\": \"Quelle heure ?\", \"choices\": [\"midi\", \"rien\", \"le soir\"], \"gold\": 2}\n");
+    snprintf(path, sizeof path, "%s/text-ppl-en.jsonl", tasks);
+    write_file(path, "{\"type\": \"ppl\", \"text\": \"The cat sat on the mat.\"}\n{\"type\": \"ppl\", \"text\": \"Hello world\"}\n");
+    snprintf(path, sizeof path, "%s/notes.txt", tasks); /* not a task file: ignored */
+    write_file(path, "x");
+
+    char model_over[700], tasks_over[700];
+    snprintf(model_over, sizeof model_over, "model.path=%s", start);
+    snprintf(tasks_over, sizeof tasks_over, "compare.tasks=%s", tasks);
+    char *over[] = {model_over, tasks_over, "compare.merge_t=0", "train.max_steps=6", "train.save_every=0"};
+    cr_assert_eq(train("ft", 0, false, 5, over), LU_OK, "%s", lu_error_message());
+    snprintf(path, sizeof path, "%s/ft/compare.json", dir);
+    cJSON *c = read_json_file(path);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(c, "models")), 3);
+    double base_ppl = metric(c, 0, "text-ppl-en", "ppl"), ft_ppl = metric(c, 1, "text-ppl-en", "ppl");
+    cr_assert(base_ppl > 1 && ft_ppl > 1 && base_ppl != ft_ppl, "ppl %g -> %g: fine-tuning changed nothing", base_ppl, ft_ppl);
+    cr_assert_eq(metric(c, 2, "text-ppl-en", "ppl"), base_ppl, "t = 0 is the starting model");
+    cr_assert_eq(metric(c, 2, "qa-mc-fr", "acc"), metric(c, 0, "qa-mc-fr", "acc"));
+    cJSON_Delete(c);
+    snprintf(path, sizeof path, "%s/ft/compare.md", dir);
+    FILE *f = fopen(path, "r");
+    cr_assert(f);
+    static char md[1 << 14];
+    md[fread(md, 1, sizeof md - 1, f)] = 0;
+    fclose(f);
+    cr_assert(strstr(md, "**French**") && strstr(md, "**English**") && strstr(md, "| qa-mc-fr | acc_norm (n=2) |") &&
+              strstr(md, "| text-ppl-en | ppl (n=2) |") && strstr(md, "SLERP merge (t=0)"), "%s", md);
+    cr_assert(strstr(md, "**French**") < strstr(md, "**English**"));
+
+    /* Again at t = 1, the merged directory rebuilt. */
+    snprintf(cmd, sizeof cmd, "rm -rf %s/ft/merged", dir);
+    cr_assert_eq(system(cmd), 0);
+    char run[600];
+    snprintf(run, sizeof run, "%s/ft", dir);
+    lu_compare_opts o = {.tasks = tasks, .chat = false, .merge = LU_COMPARE_SLERP, .t = 1, .export_dtype = LU_F32};
+    cr_assert_eq(lu_luth_compare(run, start, &o), LU_OK, "%s", lu_error_message());
+    snprintf(path, sizeof path, "%s/ft/compare.json", dir);
+    c = read_json_file(path);
+    cr_assert_eq(metric(c, 2, "text-ppl-en", "ppl"), metric(c, 1, "text-ppl-en", "ppl"), "t = 1 is the fine-tuned model");
+    cJSON_Delete(c);
+
+    o.t = 1.5;
+    cr_assert_neq(lu_luth_compare(run, start, &o), LU_OK);
+    tu_assert_error_contains("compare.merge_t must be in [0, 1]");
+    o.t = 0.5;
+    o.tasks = start; /* a directory without task files */
+    cr_assert_neq(lu_luth_compare(run, start, &o), LU_OK);
+    tu_assert_error_contains("names no .jsonl task file");
+    o.tasks = tasks;
+    cr_assert_neq(lu_luth_compare(run, NULL, &o), LU_OK);
+    tu_assert_error_contains("model.path is not set");
 }
 
 /* ---- configs and command line ---------------------------------------------------------------- */

@@ -18,6 +18,7 @@
 
 #include "core/arena.h"
 #include "core/rng.h"
+#include "experiments/runner/luth_compare.h"
 #include "experiments/runner/task.h"
 #include "models/decoder.h"
 #include "models/gguf.h"
@@ -32,6 +33,11 @@ typedef struct sft_config {
     char *data_dir;
     int64_t batch_size;
     int64_t eval_max_sequences;
+    char *compare_tasks, *compare_system;
+    bool compare_chat;
+    int64_t compare_limit, compare_max_new_tokens;
+    int compare_merge;
+    double compare_t;
 } sft_config;
 
 #define F(sec, key, type, member, req, def, choices, help) \
@@ -51,6 +57,18 @@ static const lu_cfg_field sft_schema[] = {
     F("data", "dir", LU_CFG_STRING, data_dir, true, NULL, NULL, "directory written by `luthier data prepare-chat`"),
     F("data", "batch_size", LU_CFG_INT, batch_size, false, "1", NULL, "packed sequences per micro-batch"),
     F("eval", "max_sequences", LU_CFG_INT, eval_max_sequences, false, "0", NULL, "held-out sequences per evaluation (0: all)"),
+    F("compare", "tasks", LU_CFG_STRING, compare_tasks, false, NULL, NULL,
+      "at the end: evaluate the starting, fine-tuned and merged models on these lm-eval task files (a directory of "
+      "*.jsonl or a comma-separated list; none: no comparison)"),
+    F("compare", "chat", LU_CFG_BOOL, compare_chat, false, "true", NULL, "compare: prompts through the chat template"),
+    F("compare", "system", LU_CFG_STRING, compare_system, false, "You are a helpful assistant.", NULL,
+      "compare: system prompt in chat mode (null: none)"),
+    F("compare", "limit", LU_CFG_INT, compare_limit, false, "0", NULL, "compare: items per task (0: all)"),
+    F("compare", "max_new_tokens", LU_CFG_INT, compare_max_new_tokens, false, "256", NULL, "compare: generative tasks' bound"),
+    F("compare", "merge", LU_CFG_ENUM, compare_merge, false, "slerp", "slerp|linear|none",
+      "compare: how the fine-tuned model is merged with the starting one (mergekit semantics)"),
+    F("compare", "merge_t", LU_CFG_FLOAT, compare_t, false, "0.7", NULL,
+      "compare: share of the fine-tuned model (slerp t; linear weight); Luth's merge keeps 70%"),
     {0},
 };
 #undef F
@@ -128,6 +146,12 @@ static lu_status sft_create(void **state, const void *config, uint64_t seed, lu_
             .rms_norm_eps = 1e-6, .qk_norm = true, .tie_embeddings = true, .init_std = 0.02,
             .max_position_embeddings = s->seq_len, .bos_token_id = -1, .dtype = LU_F32,
         };
+        /* Generation of a from-scratch chat model stops at the template's <|im_end|>. */
+        int64_t im_end = lu_sft_data_im_end_id(c->data_dir);
+        if (im_end >= 0 && im_end < dc.vocab_size) {
+            dc.n_eos = 1;
+            dc.eos_token_ids[0] = im_end;
+        }
         if (dc.vocab_size < data_vocab)
             return lu_errorf(LU_ERR_CONFIG, "sft: model.vocab_size %lld is smaller than the data's tokenizer (%lld)",
                              (long long)dc.vocab_size, (long long)data_vocab);
@@ -275,8 +299,9 @@ static lu_status copy_file(const char *from, const char *to)
     return s;
 }
 
-/* Exports the model to run_dir/model, with the tokenizer files of model.path when it is an HF
- * directory (a GGUF file or a from-scratch model has none to copy). */
+/* Exports the model to run_dir/model with the tokenizer files of model.path (an HF directory's
+ * files, or those written from a GGUF file's metadata; a from-scratch model has none), then runs
+ * the comparison of luth_compare.h when compare.tasks is set. */
 static lu_status sft_finish(void *state, const char *run_dir)
 {
     sft *s = state;
@@ -284,7 +309,13 @@ static lu_status sft_finish(void *state, const char *run_dir)
     char dir[4096], from[4096 + 32], to[4096 + 32];
     if (snprintf(dir, sizeof dir, "%s/model", run_dir) >= (int)sizeof dir) return lu_errorf(LU_ERR_IO, "sft: path too long: %s", run_dir);
     LU_TRY(lu_hf_save(dir, &s->model, dtypes[s->cfg.export_dtype], 0));
-    if (s->cfg.model_path && !is_gguf(s->cfg.model_path)) {
+    if (s->cfg.model_path && is_gguf(s->cfg.model_path)) {
+        lu_gguf *g = lu_gguf_open(s->cfg.model_path);
+        if (!g) return lu_error_code();
+        lu_status st = lu_gguf_save_tokenizer(g, dir);
+        lu_gguf_close(g);
+        LU_TRY(st);
+    } else if (s->cfg.model_path) {
         const char *files[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
         for (int i = 0; i < 3; i++) {
             snprintf(from, sizeof from, "%s/%s", s->cfg.model_path, files[i]);
@@ -293,7 +324,12 @@ static lu_status sft_finish(void *state, const char *run_dir)
         }
     }
     fprintf(stderr, "exported the fine-tuned model to %s\n", dir);
-    return LU_OK;
+    if (!s->cfg.compare_tasks) return LU_OK;
+    lu_compare_opts o = {.tasks = s->cfg.compare_tasks, .chat = s->cfg.compare_chat, .system = s->cfg.compare_system,
+                         .limit = s->cfg.compare_limit, .max_new_tokens = s->cfg.compare_max_new_tokens,
+                         .merge = (lu_compare_merge)s->cfg.compare_merge, .t = s->cfg.compare_t,
+                         .export_dtype = dtypes[s->cfg.export_dtype]};
+    return lu_luth_compare(run_dir, s->cfg.model_path, &o);
 }
 
 static void sft_destroy(void *state)
