@@ -81,7 +81,9 @@ lu_tensor *lu_attention(lu_tensor *q, lu_tensor *k, lu_tensor *v, const lu_atten
     lu_tensor *out[3] = {0}, *o = NULL;
     bool ok = in[0] && in[1] && in[2] && (!mask || in[3]) && (!cu || in[4]);
     if (ok) ok = (out[0] = lu_tensor_empty(q->dtype, 4, (int64_t[]){b, tq, hq, dv}, dev)) != NULL;
-    if (ok) ok = (out[1] = lu_tensor_empty(q->dtype, 3, (int64_t[]){b, hq, tq}, dev)) != NULL;
+    /* lse stays f32 for bf16/f16 inputs: the backward recomputes P = exp(s - lse) from it. */
+    lu_dtype lse_dt = q->dtype == LU_F64 ? LU_F64 : LU_F32;
+    if (ok) ok = (out[1] = lu_tensor_empty(lse_dt, 3, (int64_t[]){b, hq, tq}, dev)) != NULL;
     if (ok && p.return_weights) ok = (out[2] = lu_tensor_empty(q->dtype, 4, (int64_t[]){b, hq, tq, tk}, dev)) != NULL;
     if (ok && lu_op_run(LU_OP_ATTENTION, in, 5, out, p.return_weights ? 3 : 2, &p, sizeof p) == LU_OK) {
         o = lu_tensor_retain(out[0]);

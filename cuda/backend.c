@@ -98,5 +98,16 @@ bool lu_cuda_backend_init(lu_backend *b)
     lu_cuda_register_elementwise(b);
     lu_cuda_register_norm(b);
     lu_cuda_register_optim(b);
+    lu_cuda_register_reduce(b);
+    lu_cuda_register_loss(b);
+    lu_cuda_register_ctc(b);
+    lu_cuda_register_concat_gather(b);
+    lu_cuda_register_attention(b);
+    lu_cuda_register_conv(b);
+    lu_cuda_register_batchnorm(b);
+    lu_cuda_register_resample(b);
+    lu_cuda_register_dropout(b);
+    lu_cuda_register_rope(b);
+    lu_cuda_register_embedding(b);
     return true;
 }

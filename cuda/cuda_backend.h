@@ -33,12 +33,28 @@ void lu_cuda_register_matmul(lu_backend *b);
 void lu_cuda_register_elementwise(lu_backend *b);
 void lu_cuda_register_norm(lu_backend *b);
 void lu_cuda_register_optim(lu_backend *b);
+void lu_cuda_register_reduce(lu_backend *b);
+void lu_cuda_register_loss(lu_backend *b);
+void lu_cuda_register_ctc(lu_backend *b);
+void lu_cuda_register_concat_gather(lu_backend *b);
+void lu_cuda_register_attention(lu_backend *b);
+void lu_cuda_register_conv(lu_backend *b);
+void lu_cuda_register_batchnorm(lu_backend *b);
+void lu_cuda_register_resample(lu_backend *b);
+void lu_cuda_register_dropout(lu_backend *b);
+void lu_cuda_register_rope(lu_backend *b);
+void lu_cuda_register_embedding(lu_backend *b);
 
 /* Fills n elements of dt at dst with the element whose bytes are `pattern` (dtype size bytes,
  * little-endian, as lu_dtype_convert writes it). */
 lu_status lu_cuda_fill_pattern(void *dst, size_t elem_size, size_t n, uint64_t pattern);
 /* Converts n contiguous device elements between dtypes, as lu_dtype_convert does on the host. */
 lu_status lu_cuda_convert(void *dst, lu_dtype dst_dt, const void *src, lu_dtype src_dt, size_t n);
+/* Row-major strided-batched products C_i = op(A_i) op(B_i) + beta C_i (matmul.c), m x n x k,
+ * operand i at X + i*sX elements (a stride may be 0: one operand for all); ta/tb say A/B are
+ * stored transposed. A and B are of dtype dt, C of c_dt (dt, or f32 for an fp32 accumulator). */
+lu_status lu_cuda_gemm(lu_dtype dt, lu_dtype c_dt, int64_t batch, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                       const void *a, int64_t sa, const void *b, int64_t sb, float beta, void *c, int64_t sc);
 
 #ifdef __cplusplus
 }

@@ -131,6 +131,21 @@ static inline lu_status lu_cuda_check_float(const lu_op_call *c, const lu_tensor
     return LU_OK;
 }
 
+/* ---- scratch memory, allocated and freed in the order of the default stream (no device-wide
+ * synchronisation, unlike cudaFree) ---- */
+
+static inline lu_status lu_cuda_scratch_alloc(void **p, size_t nbytes)
+{
+    *p = NULL;
+    LU_CUDA_CHECK(cudaMallocAsync(p, nbytes ? nbytes : 1, 0));
+    return LU_OK;
+}
+
+static inline void lu_cuda_scratch_free(void *p)
+{
+    if (p) (void)cudaFreeAsync(p, 0);
+}
+
 /* ---- warp reductions (every lane gets the result) ---- */
 
 static __device__ __forceinline__ float lu_dev_warp_sum(float v)
@@ -143,6 +158,20 @@ static __device__ __forceinline__ float lu_dev_warp_max(float v)
 {
     for (int o = LU_CUDA_WARP / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of the warp size, at most LU_CUDA_THREADS); every
+ * thread gets the total, added in an order that depends only on blockDim.x (deterministic). */
+static __device__ __forceinline__ float lu_dev_block_sum(float v)
+{
+    __shared__ float part[LU_CUDA_THREADS / LU_CUDA_WARP];
+    v = lu_dev_warp_sum(v);
+    __syncthreads(); /* part may still be read from a previous call */
+    if (threadIdx.x % LU_CUDA_WARP == 0) part[threadIdx.x / LU_CUDA_WARP] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x / LU_CUDA_WARP); w++) s += part[w];
+    return s;
 }
 
 #endif

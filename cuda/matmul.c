@@ -151,3 +151,10 @@ void lu_cuda_register_matmul(lu_backend *b)
     b->forward[LU_OP_MATMUL] = matmul_forward;
     b->backward[LU_OP_MATMUL] = matmul_backward;
 }
+
+/* gemm_batch for the kernel files that reduce to products (conv.cu). */
+lu_status lu_cuda_gemm(lu_dtype dt, lu_dtype c_dt, int64_t batch, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                       const void *a, int64_t sa, const void *b, int64_t sb, float beta, void *c, int64_t sc)
+{
+    return gemm_batch(dt, c_dt, batch, ta, tb, m, n, k, a, sa, b, sb, beta, c, sc);
+}

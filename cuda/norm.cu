@@ -1,7 +1,9 @@
 /* norm.cu - CUDA kernels that normalise rows: SOFTMAX and LOG_SOFTMAX along the last dim, and
- * RMSNORM, forward and backward, f32 and bf16 with fp32 math (core/cpu/reduce.c and
- * core/cpu/norm.c are the references). One warp per row: the row's reductions are warp
- * shuffles, and the order of additions depends only on the row length. */
+ * RMSNORM, LAYERNORM and BIASNORM, forward and backward, f32 and bf16 with fp32 math
+ * (core/cpu/reduce.c and core/cpu/norm.c are the references). One warp per row: the row's
+ * reductions are warp shuffles, and the order of additions depends only on the row length.
+ * Per-channel gradients of LayerNorm and BiasNorm are column sums in two stages (chunks of rows
+ * summed in order, then the chunks in order), so they too depend only on the shape. */
 #include <math.h>
 
 #include "device.cuh"
@@ -243,6 +245,355 @@ static lu_status rmsnorm_backward(const lu_op_call *c)
     return LU_OK;
 }
 
+/* ---- column sums of the per-channel gradients ---- */
+
+/* Aim for at least this many threads in stage 1; no fewer rows than COL_MIN_ROWS per chunk. */
+#define COL_THREADS 65536
+#define COL_MIN_ROWS 16
+
+/* Rows per chunk for a [rows, d] column sum; depends only on the shape. */
+static int64_t col_chunk_rows(int64_t rows, int64_t d)
+{
+    int64_t want = (COL_THREADS + d - 1) / d, most = (rows + COL_MIN_ROWS - 1) / COL_MIN_ROWS;
+    if (want > most) want = most;
+    if (want < 1) want = 1;
+    int64_t size = (rows + want - 1) / want;
+    return size < 1 ? 1 : size;
+}
+
+/* Stage 2: out[j] = sum over chunks c of part[c * d + j], in chunk order (out NULL: skipped). */
+static __global__ void col_chunks_kernel(int dt, const float *part, int64_t d, int64_t chunks, void *out)
+{
+    LU_CUDA_FOR(j, d)
+    {
+        float s = 0.0f;
+        for (int64_t c = 0; c < chunks; c++) s += part[c * d + j];
+        lu_dev_store(out, dt, j, s);
+    }
+}
+
+/* Scratch for a two-stage column sum of `n_sums` sums over [rows, d]; *part is NULL when a
+ * single chunk lets stage 1 write the outputs. */
+static lu_status col_scratch(int64_t rows, int64_t d, int n_sums, int64_t *chunk, int64_t *chunks, float **part)
+{
+    *chunk = col_chunk_rows(rows, d);
+    *chunks = (rows + *chunk - 1) / *chunk;
+    *part = NULL;
+    if (*chunks > 1) LU_TRY(lu_cuda_scratch_alloc((void **)part, (size_t)(n_sums * *chunks * d) * sizeof(float)));
+    return LU_OK;
+}
+
+/* Stage 2 for each of n_sums sums whose outputs are given, then frees the scratch. */
+static lu_status col_finish(int dt, float *part, int64_t d, int64_t chunks, int n_sums, void *const *outs)
+{
+    if (!part) return LU_OK;
+    for (int k = 0; k < n_sums; k++) {
+        if (!outs[k]) continue;
+        col_chunks_kernel<<<lu_cuda_blocks(d), LU_CUDA_THREADS>>>(dt, part + (size_t)(k * chunks * d), d, chunks, outs[k]);
+        LU_CUDA_CHECK_LAUNCH();
+    }
+    lu_cuda_scratch_free(part);
+    return LU_OK;
+}
+
+/* Shapes of a last-dim normalisation: rows and d of x, each per-channel operand given of d
+ * elements, each statistic given of `rows` elements in a float dtype. */
+static lu_status norm_shapes(const lu_op_call *c, const lu_tensor *x, const lu_tensor *const *chan, int n_chan,
+                             const lu_tensor *const *stats, int n_stats, int64_t *rows, int64_t *d)
+{
+    *d = x->ndim ? x->shape[x->ndim - 1] : 1;
+    *rows = *d ? lu_tensor_numel(x) / *d : 0;
+    char sx[LU_SHAPE_STR_MAX];
+    for (int i = 0; i < n_chan; i++)
+        if (chan[i] && lu_tensor_numel(chan[i]) != *d)
+            return lu_errorf(LU_ERR_SHAPE, "%s: per-channel operand %d has %lld elements, x %s has %lld channels",
+                             lu_op_name(c->op), i, (long long)lu_tensor_numel(chan[i]), lu_shape_str(x, sx, sizeof sx),
+                             (long long)*d);
+    for (int i = 0; i < n_stats; i++) {
+        if (!stats[i]) continue;
+        if (!lu_cuda_is_float(stats[i]->dtype))
+            return lu_errorf(LU_ERR_DTYPE, "%s: statistic %d is %s, expected f32 or bf16", lu_op_name(c->op), i,
+                             lu_dtype_name(stats[i]->dtype));
+        if (lu_tensor_numel(stats[i]) != *rows)
+            return lu_errorf(LU_ERR_SHAPE, "%s: statistic %d has %lld elements, x %s has %lld rows", lu_op_name(c->op),
+                             i, (long long)lu_tensor_numel(stats[i]), lu_shape_str(x, sx, sizeof sx), (long long)*rows);
+    }
+    return LU_OK;
+}
+
+static lu_status zero_outputs(const lu_op_call *c)
+{
+    for (int i = 0; i < c->n_out; i++)
+        if (c->out[i] && lu_tensor_nbytes(c->out[i]))
+            LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(c->out[i]), 0, lu_tensor_nbytes(c->out[i]), 0));
+    return LU_OK;
+}
+
+/* ---- layernorm: y = (x - mean) * rstd * w + b, biased variance (torch.nn.LayerNorm) ---- */
+
+/* Two passes over the row (mean, then the centred sum of squares), as the CPU. x, w, b, y share
+ * dt; mean and rstd have sdt. */
+static __global__ void layernorm_forward_kernel(int dt, const void *x, const void *w, const void *b, void *y, int sdt,
+                                                void *mean, void *rstd, int64_t rows, int64_t d, float eps)
+{
+    ROWS_FOR(row, lane, rows)
+    {
+        int64_t base = row * d;
+        float s = 0.0f;
+        for (int64_t j = lane; j < d; j += LU_CUDA_WARP) s += lu_dev_load(x, dt, base + j);
+        float m = lu_dev_warp_sum(s) / (float)d, v = 0.0f;
+        for (int64_t j = lane; j < d; j += LU_CUDA_WARP) {
+            float u = lu_dev_load(x, dt, base + j) - m;
+            v += u * u;
+        }
+        float r = 1.0f / sqrtf(lu_dev_warp_sum(v) / (float)d + eps);
+        for (int64_t j = lane; j < d; j += LU_CUDA_WARP) {
+            float h = (lu_dev_load(x, dt, base + j) - m) * r;
+            if (w) h *= lu_dev_load(w, dt, j);
+            if (b) h += lu_dev_load(b, dt, j);
+            lu_dev_store(y, dt, base + j, h);
+        }
+        if (lane == 0) {
+            lu_dev_store(mean, sdt, row, m);
+            lu_dev_store(rstd, sdt, row, r);
+        }
+    }
+}
+
+/* With h = (x - mean) * r and g = dy * w: dx = r * (g - mean(g) - h * mean(g * h)). The
+ * statistics' own gradients are ignored, as on the CPU (they are saved values). */
+static __global__ void layernorm_backward_dx_kernel(int dt, const void *dy, const void *x, const void *w, int sdt,
+                                                    const void *mean, const void *rstd, void *dx, int64_t rows, int64_t d)
+{
+    ROWS_FOR(row, lane, rows)
+    {
+        int64_t base = row * d;
+        float m = lu_dev_load(mean, sdt, row), r = lu_dev_load(rstd, sdt, row), sg = 0.0f, sgh = 0.0f;
+        for (int64_t j = lane; j < d; j += LU_CUDA_WARP) {
+            float g = lu_dev_load(dy, dt, base + j) * (w ? lu_dev_load(w, dt, j) : 1.0f);
+            sg += g;
+            sgh += g * (lu_dev_load(x, dt, base + j) - m) * r;
+        }
+        sg = lu_dev_warp_sum(sg) / (float)d;
+        sgh = lu_dev_warp_sum(sgh) / (float)d;
+        for (int64_t j = lane; j < d; j += LU_CUDA_WARP) {
+            float g = lu_dev_load(dy, dt, base + j) * (w ? lu_dev_load(w, dt, j) : 1.0f);
+            float h = (lu_dev_load(x, dt, base + j) - m) * r;
+            lu_dev_store(dx, dt, base + j, r * (g - sg - h * sgh));
+        }
+    }
+}
+
+/* Stage 1 of dw = sum dy * h and db = sum dy: thread (chunk c, column j) sums its rows in order
+ * into part[c*d + j] (dw) and part[(chunks + c)*d + j] (db), or into dw/db with one chunk. */
+static __global__ void layernorm_backward_cols_kernel(int dt, const void *dy, const void *x, int sdt, const void *mean,
+                                                      const void *rstd, int64_t rows, int64_t d, int64_t chunk,
+                                                      int64_t chunks, float *part, void *dw, void *db)
+{
+    LU_CUDA_FOR(t, chunks * d)
+    {
+        int64_t c = t / d, j = t % d, r1 = (c + 1) * chunk < rows ? (c + 1) * chunk : rows;
+        float aw = 0.0f, ab = 0.0f;
+        for (int64_t r = c * chunk; r < r1; r++) {
+            float g = lu_dev_load(dy, dt, r * d + j);
+            aw += g * (lu_dev_load(x, dt, r * d + j) - lu_dev_load(mean, sdt, r)) * lu_dev_load(rstd, sdt, r);
+            ab += g;
+        }
+        if (part) {
+            part[t] = aw;
+            part[chunks * d + t] = ab;
+        } else {
+            if (dw) lu_dev_store(dw, dt, j, aw);
+            if (db) lu_dev_store(db, dt, j, ab);
+        }
+    }
+}
+
+/* in = [x, weight?, bias?], out = [y, mean, rstd]. */
+static lu_status layernorm_forward(const lu_op_call *c)
+{
+    const lu_tensor *x = c->in[0], *w = c->in[1], *b = c->in[2];
+    lu_tensor *y = c->out[0], *mean = c->out[1], *rstd = c->out[2];
+    const lu_tensor *ts[4] = {x, w, b, y}, *chan[2] = {w, b}, *stats[2] = {mean, rstd};
+    LU_TRY(lu_cuda_check_float(c, ts, 4, x->dtype));
+    int64_t rows, d;
+    LU_TRY(norm_shapes(c, x, chan, 2, stats, 2, &rows, &d));
+    if (mean->dtype != rstd->dtype)
+        return lu_errorf(LU_ERR_DTYPE, "layernorm: mean is %s, rstd %s", lu_dtype_name(mean->dtype),
+                         lu_dtype_name(rstd->dtype));
+    if (rows == 0 || d == 0) return LU_OK;
+    const lu_norm_params *p = (const lu_norm_params *)c->params;
+    layernorm_forward_kernel<<<row_blocks(rows), LU_CUDA_THREADS>>>(
+        x->dtype, lu_tensor_data(x), w ? lu_tensor_data(w) : NULL, b ? lu_tensor_data(b) : NULL, lu_tensor_data(y),
+        mean->dtype, lu_tensor_data(mean), lu_tensor_data(rstd), rows, d, (float)p->eps);
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
+/* in = [dy, dmean, drstd, x, weight, bias, y, mean, rstd], out = [dx, dweight, dbias]. */
+static lu_status layernorm_backward(const lu_op_call *c)
+{
+    const lu_tensor *dy = c->in[0], *x = c->in[3], *w = c->in[4], *mean = c->in[7], *rstd = c->in[8];
+    lu_tensor *dx = c->out[0], *dw = c->out[1], *db = c->out[2];
+    const lu_tensor *ts[6] = {dy, x, w, dx, dw, db}, *chan[3] = {w, dw, db}, *stats[2] = {mean, rstd};
+    LU_TRY(lu_cuda_check_float(c, ts, 6, x->dtype));
+    int64_t rows, d;
+    LU_TRY(norm_shapes(c, x, chan, 3, stats, 2, &rows, &d));
+    if (!dy || rows == 0 || d == 0) return zero_outputs(c);
+    if (mean->dtype != rstd->dtype)
+        return lu_errorf(LU_ERR_DTYPE, "layernorm backward: mean is %s, rstd %s", lu_dtype_name(mean->dtype),
+                         lu_dtype_name(rstd->dtype));
+    if (dx) {
+        layernorm_backward_dx_kernel<<<row_blocks(rows), LU_CUDA_THREADS>>>(
+            x->dtype, lu_tensor_data(dy), lu_tensor_data(x), w ? lu_tensor_data(w) : NULL, mean->dtype,
+            lu_tensor_data(mean), lu_tensor_data(rstd), lu_tensor_data(dx), rows, d);
+        LU_CUDA_CHECK_LAUNCH();
+    }
+    if (dw || db) {
+        int64_t chunk, chunks;
+        float *part;
+        void *outs[2] = {dw ? lu_tensor_data(dw) : NULL, db ? lu_tensor_data(db) : NULL};
+        LU_TRY(col_scratch(rows, d, 2, &chunk, &chunks, &part));
+        layernorm_backward_cols_kernel<<<lu_cuda_blocks(chunks * d), LU_CUDA_THREADS>>>(
+            x->dtype, lu_tensor_data(dy), lu_tensor_data(x), mean->dtype, lu_tensor_data(mean), lu_tensor_data(rstd),
+            rows, d, chunk, chunks, part, outs[0], outs[1]);
+        LU_CUDA_CHECK_LAUNCH();
+        LU_TRY(col_finish(x->dtype, part, d, chunks, 2, outs));
+    }
+    return LU_OK;
+}
+
+/* ---- biasnorm: y = x * exp(log_scale) * rstd, rstd = mean((x - bias)^2)^(-1/2), no epsilon
+ * (icefall zipformer/scaling.py BiasNorm) ---- */
+
+static __global__ void biasnorm_forward_kernel(int dt, const void *x, const void *bias, const void *log_scale, void *y,
+                                               int sdt, void *rstd, int64_t rows, int64_t d)
+{
+    float e = expf(lu_dev_load(log_scale, dt, 0));
+    ROWS_FOR(row, lane, rows)
+    {
+        int64_t base = row * d;
+        float ss = 0.0f;
+        for (int64_t j = lane; j < d; j += LU_CUDA_WARP) {
+            float u = lu_dev_load(x, dt, base + j) - lu_dev_load(bias, dt, j);
+            ss += u * u;
+        }
+        float r = 1.0f / sqrtf(lu_dev_warp_sum(ss) / (float)d);
+        for (int64_t j = lane; j < d; j += LU_CUDA_WARP) lu_dev_store(y, dt, base + j, lu_dev_load(x, dt, base + j) * e * r);
+        if (lane == 0) lu_dev_store(rstd, sdt, row, r);
+    }
+}
+
+/* Per row, with e = exp(log_scale), u = x - bias, A = sum(dy * x) * e:
+ * dx = dy e r - k u with k = A r^3 / D (saved in k[row]), and t[row] = sum(dy * y). */
+static __global__ void biasnorm_backward_rows_kernel(int dt, const void *dy, const void *x, const void *bias,
+                                                     const void *log_scale, const void *y, int sdt, const void *rstd,
+                                                     void *dx, float *k, float *t, int64_t rows, int64_t d)
+{
+    float e = expf(lu_dev_load(log_scale, dt, 0));
+    ROWS_FOR(row, lane, rows)
+    {
+        int64_t base = row * d;
+        float r = lu_dev_load(rstd, sdt, row), a = 0.0f, ty = 0.0f;
+        for (int64_t j = lane; j < d; j += LU_CUDA_WARP) {
+            float g = lu_dev_load(dy, dt, base + j);
+            a += g * lu_dev_load(x, dt, base + j);
+            ty += g * lu_dev_load(y, dt, base + j);
+        }
+        float kr = lu_dev_warp_sum(a) * e * r * r * r / (float)d;
+        ty = lu_dev_warp_sum(ty);
+        if (lane == 0) {
+            k[row] = kr;
+            t[row] = ty;
+        }
+        if (dx)
+            for (int64_t j = lane; j < d; j += LU_CUDA_WARP) {
+                float u = lu_dev_load(x, dt, base + j) - lu_dev_load(bias, dt, j);
+                lu_dev_store(dx, dt, base + j, lu_dev_load(dy, dt, base + j) * e * r - kr * u);
+            }
+    }
+}
+
+/* Stage 1 of dbias = sum over rows of k * (x - bias) (layout as layernorm_backward_cols_kernel). */
+static __global__ void biasnorm_backward_cols_kernel(int dt, const void *x, const void *bias, const float *k,
+                                                     int64_t rows, int64_t d, int64_t chunk, int64_t chunks,
+                                                     float *part, void *dbias)
+{
+    LU_CUDA_FOR(t, chunks * d)
+    {
+        int64_t c = t / d, j = t % d, r1 = (c + 1) * chunk < rows ? (c + 1) * chunk : rows;
+        float bj = lu_dev_load(bias, dt, j), acc = 0.0f;
+        for (int64_t r = c * chunk; r < r1; r++) acc += k[r] * (lu_dev_load(x, dt, r * d + j) - bj);
+        if (part) part[t] = acc;
+        else lu_dev_store(dbias, dt, j, acc);
+    }
+}
+
+/* dlog_scale = sum of t over rows: one block, each thread a strided run in order, then a fixed
+ * tree. */
+static __global__ void biasnorm_backward_scale_kernel(int dt, const float *t, int64_t rows, void *dlog_scale)
+{
+    float s = 0.0f;
+    for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) s += t[r];
+    s = lu_dev_block_sum(s);
+    if (threadIdx.x == 0) lu_dev_store(dlog_scale, dt, 0, s);
+}
+
+/* in = [x, bias, log_scale], out = [y, rstd]. */
+static lu_status biasnorm_forward(const lu_op_call *c)
+{
+    const lu_tensor *x = c->in[0], *bias = c->in[1], *ls = c->in[2];
+    lu_tensor *y = c->out[0], *rstd = c->out[1];
+    const lu_tensor *ts[4] = {x, bias, ls, y}, *chan[1] = {bias}, *stats[1] = {rstd};
+    LU_TRY(lu_cuda_check_float(c, ts, 4, x->dtype));
+    int64_t rows, d;
+    LU_TRY(norm_shapes(c, x, chan, 1, stats, 1, &rows, &d));
+    if (lu_tensor_numel(ls) != 1)
+        return lu_errorf(LU_ERR_SHAPE, "biasnorm: log_scale has %lld elements, expected 1", (long long)lu_tensor_numel(ls));
+    if (rows == 0 || d == 0) return LU_OK;
+    biasnorm_forward_kernel<<<row_blocks(rows), LU_CUDA_THREADS>>>(x->dtype, lu_tensor_data(x), lu_tensor_data(bias),
+                                                                   lu_tensor_data(ls), lu_tensor_data(y), rstd->dtype,
+                                                                   lu_tensor_data(rstd), rows, d);
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
+/* in = [dy, drstd, x, bias, log_scale, y, rstd], out = [dx, dbias, dlog_scale]. */
+static lu_status biasnorm_backward(const lu_op_call *c)
+{
+    const lu_tensor *dy = c->in[0], *x = c->in[2], *bias = c->in[3], *ls = c->in[4], *y = c->in[5], *rstd = c->in[6];
+    lu_tensor *dx = c->out[0], *db = c->out[1], *dls = c->out[2];
+    const lu_tensor *ts[7] = {dy, x, bias, ls, y, dx, db}, *chan[2] = {bias, db}, *stats[1] = {rstd};
+    LU_TRY(lu_cuda_check_float(c, ts, 7, x->dtype));
+    if (dls && (dls->dtype != x->dtype || lu_tensor_numel(dls) != 1))
+        return lu_errorf(LU_ERR_SHAPE, "biasnorm backward: dlog_scale must be one %s element", lu_dtype_name(x->dtype));
+    int64_t rows, d;
+    LU_TRY(norm_shapes(c, x, chan, 2, stats, 1, &rows, &d));
+    if (!dy || rows == 0 || d == 0) return zero_outputs(c);
+    float *kt;
+    LU_TRY(lu_cuda_scratch_alloc((void **)&kt, (size_t)(2 * rows) * sizeof *kt));
+    biasnorm_backward_rows_kernel<<<row_blocks(rows), LU_CUDA_THREADS>>>(
+        x->dtype, lu_tensor_data(dy), lu_tensor_data(x), lu_tensor_data(bias), lu_tensor_data(ls), lu_tensor_data(y),
+        rstd->dtype, lu_tensor_data(rstd), dx ? lu_tensor_data(dx) : NULL, kt, kt + rows, rows, d);
+    LU_CUDA_CHECK_LAUNCH();
+    if (db) {
+        int64_t chunk, chunks;
+        float *part;
+        void *outs[1] = {lu_tensor_data(db)};
+        LU_TRY(col_scratch(rows, d, 1, &chunk, &chunks, &part));
+        biasnorm_backward_cols_kernel<<<lu_cuda_blocks(chunks * d), LU_CUDA_THREADS>>>(
+            x->dtype, lu_tensor_data(x), lu_tensor_data(bias), kt, rows, d, chunk, chunks, part, outs[0]);
+        LU_CUDA_CHECK_LAUNCH();
+        LU_TRY(col_finish(x->dtype, part, d, chunks, 1, outs));
+    }
+    if (dls) {
+        biasnorm_backward_scale_kernel<<<1, LU_CUDA_THREADS>>>(x->dtype, kt + rows, rows, lu_tensor_data(dls));
+        LU_CUDA_CHECK_LAUNCH();
+    }
+    lu_cuda_scratch_free(kt);
+    return LU_OK;
+}
+
 extern "C" void lu_cuda_register_norm(lu_backend *b)
 {
     b->forward[LU_OP_SOFTMAX] = softmax_forward;
@@ -251,4 +602,8 @@ extern "C" void lu_cuda_register_norm(lu_backend *b)
     b->backward[LU_OP_LOG_SOFTMAX] = softmax_backward;
     b->forward[LU_OP_RMSNORM] = rmsnorm_forward;
     b->backward[LU_OP_RMSNORM] = rmsnorm_backward;
+    b->forward[LU_OP_LAYERNORM] = layernorm_forward;
+    b->backward[LU_OP_LAYERNORM] = layernorm_backward;
+    b->forward[LU_OP_BIASNORM] = biasnorm_forward;
+    b->backward[LU_OP_BIASNORM] = biasnorm_backward;
 }

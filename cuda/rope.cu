@@ -1,0 +1,91 @@
+/* rope.cu - CUDA kernel of ROPE (rotary position embeddings, half-split as transformers'
+ * rotate_half), forward and backward, f32 and bf16 (core/cpu/norm_generic.h is the reference).
+ * The angle follows the CPU's float32 recipe: inv_freq_i = 1 / powf(theta, 2i/rd),
+ * a = pos * inv_freq_i, cosf(a), sinf(a); powf, cosf and sinf are evaluated in double and
+ * rounded, as glibc's (nearly always correctly rounded) ones: CUDA's float versions are up to
+ * 2-4 ulp off, which at positions of tens of thousands moves the angle visibly. */
+#include <math.h>
+
+#include "device.cuh"
+
+/* x [BT, H, D], positions [BT] (i32 or i64). For i < rd/2:
+ * y_i = x_i cos a - x_{i+rd/2} sign sin a, y_{i+rd/2} = x_{i+rd/2} cos a + x_i sign sin a;
+ * y_i = x_i for i >= rd. sign -1 applies the inverse rotation (the backward). One thread per
+ * (token, i): the angle is computed once for the heads. */
+static __global__ void rope_kernel(int dt, const void *x, const void *pos, bool pos64, void *y, int64_t bt, int64_t nh,
+                                   int64_t d, int64_t rd, float theta, float sign)
+{
+    const int64_t half = rd / 2;
+    LU_CUDA_FOR(idx, bt * half)
+    {
+        int64_t t = idx / half, i = idx % half;
+        float ps = pos64 ? (float)((const int64_t *)pos)[t] : (float)((const int32_t *)pos)[t];
+        float inv = 1.0f / (float)pow((double)theta, (double)((float)(2 * i) / (float)rd)), a = ps * inv;
+        double sa, ca;
+        sincos((double)a, &sa, &ca);
+        float c = (float)ca, s = sign * (float)sa;
+        for (int64_t h = 0; h < nh; h++) {
+            int64_t k = (t * nh + h) * d + i;
+            float x0 = lu_dev_load(x, dt, k), x1 = lu_dev_load(x, dt, k + half);
+            lu_dev_store(y, dt, k, x0 * c - x1 * s);
+            lu_dev_store(y, dt, k + half, x1 * c + x0 * s);
+        }
+    }
+    LU_CUDA_FOR(idx, bt * nh * (d - rd))
+    {
+        int64_t k = idx / (d - rd) * d + rd + idx % (d - rd);
+        lu_dev_store(y, dt, k, lu_dev_load(x, dt, k));
+    }
+}
+
+static lu_status rope_run(const lu_op_call *c, const lu_tensor *src, const lu_tensor *pos, lu_tensor *dst, float sign)
+{
+    const lu_rope_params *p = (const lu_rope_params *)c->params;
+    if (src->ndim != 4 || (pos->dtype != LU_I32 && pos->dtype != LU_I64) ||
+        lu_tensor_numel(pos) != src->shape[0] * src->shape[1] || lu_tensor_numel(dst) != lu_tensor_numel(src)) {
+        char sx[LU_SHAPE_STR_MAX], sp[LU_SHAPE_STR_MAX];
+        return lu_errorf(LU_ERR_SHAPE, "rope: x %s and positions %s %s are not [B, T, H, D] and i32/i64 [B, T]",
+                         lu_shape_str(src, sx, sizeof sx), lu_shape_str(pos, sp, sizeof sp), lu_dtype_name(pos->dtype));
+    }
+    int64_t bt = src->shape[0] * src->shape[1], nh = src->shape[2], d = src->shape[3];
+    int64_t rd = p->rotary_dim ? p->rotary_dim : d;
+    if (rd < 0 || rd > d || rd % 2)
+        return lu_errorf(LU_ERR_INVALID, "rope: rotary_dim %lld must be even and in [0, %lld]", (long long)rd,
+                         (long long)d);
+    int64_t n = bt * nh * d;
+    if (n == 0) return LU_OK;
+    rope_kernel<<<lu_cuda_blocks(n / 2 > 0 ? n / 2 : 1), LU_CUDA_THREADS>>>(src->dtype, lu_tensor_data(src),
+                                                                            lu_tensor_data(pos), pos->dtype == LU_I64,
+                                                                            lu_tensor_data(dst), bt, nh, d, rd,
+                                                                            (float)p->theta, sign);
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
+/* in = [x, positions], out = [y]. */
+static lu_status rope_forward(const lu_op_call *c)
+{
+    const lu_tensor *ts[2] = {c->in[0], c->out[0]};
+    LU_TRY(lu_cuda_check_float(c, ts, 2, c->in[0]->dtype));
+    return rope_run(c, c->in[0], c->in[1], c->out[0], 1.0f);
+}
+
+/* in = [dy, x, positions, y], out = [dx]: the rotation is orthogonal, dx is dy rotated back. */
+static lu_status rope_backward(const lu_op_call *c)
+{
+    lu_tensor *dx = c->out[0];
+    if (!dx) return LU_OK;
+    const lu_tensor *ts[3] = {c->in[0], c->in[1], dx};
+    LU_TRY(lu_cuda_check_float(c, ts, 3, dx->dtype));
+    if (!c->in[0]) {
+        LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
+        return LU_OK;
+    }
+    return rope_run(c, c->in[0], c->in[2], dx, -1.0f);
+}
+
+extern "C" void lu_cuda_register_rope(lu_backend *b)
+{
+    b->forward[LU_OP_ROPE] = rope_forward;
+    b->backward[LU_OP_ROPE] = rope_backward;
+}

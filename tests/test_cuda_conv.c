@@ -1,0 +1,728 @@
+/* test_cuda_conv.c - the CUDA kernels of the convolution modules and sequence ops against the CPU
+ * backend (cuda_testutil.h): CONV1D (fast depthwise, other depthwise, grouped, dense and
+ * pointwise GEMM paths), CONV2D, BATCHNORM, DECIMATE, UPSAMPLE, DOWNSAMPLE, DROPOUT (its mask bit
+ * for bit), ROPE and EMBEDDING, forward and every gradient, f32 and bf16, NaN/Inf propagation,
+ * and determinism (two GPU runs bit identical). Without a GPU those tests skip and say why.
+ *
+ * The index arithmetic of the tiled depthwise kernels (cuda/conv_tiles.h) and the device Philox
+ * generator (cuda/philox.h) are plain C shared by host and device: the cuda_tiles tests run them
+ * serially here, GPU or not, against direct loops and core/rng.c. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/conv_tiles.h"
+#include "cuda/philox.h"
+#include "testutil.h"
+
+/* ---- host checks of the shared device code ---- */
+
+/* Pseudo-random value in [-1, 1) for element i of stream s. */
+static float prand(uint32_t s, uint64_t i) { return 2 * lu_rng_uniform(7, 0, s, i) - 1; }
+
+/* A window buffer whose slots outside [0, span) hold NaN: a kernel index that leaves the window
+ * turns the result into NaN. */
+typedef struct window {
+    float *base, *at; /* at = base + guard */
+} window;
+
+enum { GUARD = 1024 };
+
+static window window_new(int64_t cap)
+{
+    window w;
+    w.base = malloc((size_t)(cap + 2 * GUARD) * sizeof(float));
+    cr_assert(w.base);
+    for (int64_t j = 0; j < cap + 2 * GUARD; j++) w.base[j] = NAN;
+    w.at = w.base + GUARD;
+    return w;
+}
+
+/* Forward, dx and dw of one row through the tiles of the fast depthwise kernels, against direct
+ * double loops: y[o] = b + sum_k w[k] x[o*s - p + k*d]. */
+static void check_dw_tiling(int64_t T, int64_t K, int64_t s, int64_t p, int64_t d)
+{
+    int64_t OT = (T + 2 * p - d * (K - 1) - 1) / s + 1;
+    float *x = malloc((size_t)T * sizeof(float)), *w = malloc((size_t)K * sizeof(float));
+    float *dy = malloc((size_t)OT * sizeof(float));
+    double *dw_ref = calloc((size_t)K, sizeof(double)), *dw_got = calloc((size_t)K, sizeof(double));
+    cr_assert(x && w && dy && dw_ref && dw_got);
+    for (int64_t i = 0; i < T; i++) x[i] = prand(1, (uint64_t)i);
+    for (int64_t k = 0; k < K; k++) w[k] = prand(2, (uint64_t)k);
+    for (int64_t o = 0; o < OT; o++) dy[o] = prand(3, (uint64_t)o);
+    char what[128];
+    snprintf(what, sizeof what, "T %lld K %lld stride %lld padding %lld dilation %lld", (long long)T, (long long)K,
+             (long long)s, (long long)p, (long long)d);
+    window xs = window_new(LU_DW_X_WINDOW), dys = window_new(LU_DW_DY_WINDOW);
+    for (int64_t o0 = 0; o0 < OT; o0 += LU_DW_TILE) {
+        int64_t cnt = OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE, span;
+        int64_t in0 = lu_dw_x_window(o0, cnt, s, p, K, d, &span);
+        cr_assert(span >= 1 && span <= LU_DW_X_WINDOW, "%s: input window %lld", what, (long long)span);
+        for (int64_t j = 0; j < span; j++) xs.at[j] = in0 + j >= 0 && in0 + j < T ? x[in0 + j] : 0;
+        for (int64_t q = 0; q < cnt; q++) {
+            int64_t o = o0 + q;
+            double ref = 0.25;
+            for (int64_t k = 0; k < K; k++) {
+                int64_t i = o * s - p + k * d;
+                if (i >= 0 && i < T) {
+                    ref += (double)w[k] * x[i];
+                    dw_ref[k] += (double)dy[o] * x[i];
+                }
+            }
+            float got = lu_dw_fwd_point(xs.at, w, 0.25f, o, in0, T, s, p, d, K);
+            cr_assert(fabs(got - ref) <= 1e-4, "%s: y[%lld] = %g, expected %g", what, (long long)o, got, ref);
+            for (int64_t k = 0; k < K; k++) dw_got[k] += lu_dw_dw_term(xs.at, dy[o], o, in0, T, s, p, d, k);
+        }
+        for (int64_t j = 0; j < span; j++) xs.at[j] = NAN;
+    }
+    for (int64_t k = 0; k < K; k++)
+        cr_assert(fabs(dw_got[k] - dw_ref[k]) <= 1e-3, "%s: dw[%lld] = %g, expected %g", what, (long long)k, dw_got[k],
+                  dw_ref[k]);
+    double *dx_ref = calloc((size_t)T, sizeof(double));
+    cr_assert(dx_ref);
+    for (int64_t o = 0; o < OT; o++)
+        for (int64_t k = 0; k < K; k++) {
+            int64_t i = o * s - p + k * d;
+            if (i >= 0 && i < T) dx_ref[i] += (double)w[k] * dy[o];
+        }
+    for (int64_t t0 = 0; t0 < T; t0 += LU_DW_TILE) {
+        int64_t cnt = T - t0 < LU_DW_TILE ? T - t0 : LU_DW_TILE, o_base;
+        int64_t span = lu_dw_dy_window(t0, cnt, s, p, K, d, &o_base);
+        cr_assert(span >= 1 && span <= LU_DW_DY_WINDOW, "%s: dy window %lld", what, (long long)span);
+        for (int64_t j = 0; j < span; j++) dys.at[j] = o_base + j >= 0 && o_base + j < OT ? dy[o_base + j] : 0;
+        for (int64_t q = 0; q < cnt; q++) {
+            int64_t t = t0 + q;
+            float got = lu_dw_dx_point(dys.at, w, t, o_base, OT, s, p, d, K);
+            cr_assert(fabs(got - dx_ref[t]) <= 1e-4, "%s: dx[%lld] = %g, expected %g", what, (long long)t, got,
+                      dx_ref[t]);
+        }
+        for (int64_t j = 0; j < span; j++) dys.at[j] = NAN;
+    }
+    free(xs.base);
+    free(dys.base);
+    free(x);
+    free(w);
+    free(dy);
+    free(dw_ref);
+    free(dw_got);
+    free(dx_ref);
+}
+
+Test(cuda_tiles, depthwise_tiles_match_direct_loops_on_odd_sizes)
+{
+    const int64_t Ts[] = {1, 2, 17, 499, 500, 512, 513, 1100, 1537};
+    const int64_t Ks[] = {1, 2, 7, 15, 31};
+    int checked = 0;
+    for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
+        for (size_t b = 0; b < sizeof Ks / sizeof Ks[0]; b++)
+            for (int64_t s = 1; s <= 2; s++)
+                for (int64_t d = 1; d <= 9; d += 8) {
+                    int64_t K = Ks[b], pads[4] = {0, (K - 1) / 2 * d, (K - 1) * d, (K - 1) * d + 5};
+                    for (int pi = 0; pi < 4; pi++) {
+                        if (Ts[a] + 2 * pads[pi] < d * (K - 1) + 1 || !lu_dw_fast_ok(3, 3, 3, K, s, d)) continue;
+                        check_dw_tiling(Ts[a], K, s, pads[pi], d);
+                        checked++;
+                    }
+                }
+    /* The largest halo the fast path takes. */
+    check_dw_tiling(700, LU_DW_MAX_HALO + 1, 2, LU_DW_MAX_HALO / 2, 1);
+    check_dw_tiling(700, LU_DW_MAX_HALO / 2 + 1, 1, 3, 2);
+    cr_assert_gt(checked, 300);
+}
+
+Test(cuda_tiles, fast_depthwise_path_is_taken_only_where_its_windows_fit)
+{
+    cr_assert(lu_dw_fast_ok(384, 384, 384, 31, 1, 1));
+    cr_assert(lu_dw_fast_ok(384, 384, 384, 31, 2, 1));
+    cr_assert(!lu_dw_fast_ok(384, 384, 384, 31, 3, 1), "stride 3");
+    cr_assert(!lu_dw_fast_ok(384, 768, 384, 31, 1, 1), "channel multiplier");
+    cr_assert(!lu_dw_fast_ok(384, 384, 192, 31, 1, 1), "two channels per group");
+    cr_assert(!lu_dw_fast_ok(8, 8, 8, 31, 1, 9), "halo 270");
+    cr_assert(lu_dw_fast_ok(8, 8, 8, LU_DW_MAX_HALO + 1, 1, 1));
+    cr_assert(!lu_dw_fast_ok(8, 8, 8, LU_DW_MAX_HALO + 2, 1, 1));
+}
+
+Test(cuda_tiles, tap_ranges_and_their_inverse_match_brute_force)
+{
+    for (int64_t s = 1; s <= 3; s++)
+        for (int64_t d = 1; d <= 3; d++)
+            for (int64_t p = 0; p <= 4; p++)
+                for (int64_t k = 1; k <= 5; k++)
+                    for (int64_t n = 1; n <= 9; n++) {
+                        if (n + 2 * p < d * (k - 1) + 1) continue;
+                        int64_t n_out = (n + 2 * p - d * (k - 1) - 1) / s + 1;
+                        for (int64_t o = 0; o < n_out; o++) {
+                            int64_t lo, hi, blo = k, bhi = 0;
+                            lu_conv_taps(o, s, p, d, k, n, &lo, &hi);
+                            for (int64_t j = 0; j < k; j++) {
+                                int64_t i = o * s - p + j * d;
+                                if (i >= 0 && i < n) {
+                                    blo = j < blo ? j : blo;
+                                    bhi = j + 1;
+                                }
+                            }
+                            if (blo > bhi) blo = bhi;
+                            cr_assert(hi - lo == bhi - blo && (hi == lo || (lo == blo && hi == bhi)),
+                                      "taps of o %lld: [%lld, %lld), expected [%lld, %lld)", (long long)o,
+                                      (long long)lo, (long long)hi, (long long)blo, (long long)bhi);
+                        }
+                        for (int64_t i = 0; i < n; i++)
+                            for (int64_t j = 0; j < k; j++) {
+                                int64_t expect = -1;
+                                for (int64_t o = 0; o < n_out; o++)
+                                    if (o * s - p + j * d == i) expect = o;
+                                cr_assert_eq(lu_conv_out_of(i, j, s, p, d, n_out), expect);
+                            }
+                    }
+    cr_assert_eq(lu_floor_div(-7, 2), -4);
+    cr_assert_eq(lu_floor_div(-6, 2), -3);
+    cr_assert_eq(lu_floor_div(7, 2), 3);
+}
+
+Test(cuda_tiles, device_philox_matches_core_rng_word_for_word)
+{
+    const uint64_t seeds[] = {0, 1, 0xDEADBEEFCAFEBABEull}, steps[] = {0, 7, (1ull << 40) | 3};
+    const uint32_t ops[] = {0, 5, 0xFFFFFFFFu};
+    const uint64_t blocks[] = {0, 1, 12345, (1ull << 32) + 9, ~0ull};
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            for (int c = 0; c < 3; c++)
+                for (int e = 0; e < 5; e++) {
+                    uint32_t got[4], ref[4];
+                    lu_philox_block(seeds[a], steps[b], ops[c], blocks[e], got);
+                    lu_philox4x32(seeds[a], steps[b], ops[c], blocks[e], ref);
+                    for (int k = 0; k < 4; k++) {
+                        cr_assert_eq(got[k], ref[k], "seed %d step %d op %d block %d word %d", a, b, c, e, k);
+                        cr_assert_eq(lu_philox_unit(got[k]), lu_rng_word_to_unit(ref[k]));
+                    }
+                }
+    cr_assert_eq(lu_philox_unit(0xFFFFFFFFu), lu_rng_word_to_unit(0xFFFFFFFFu));
+    cr_assert(lu_philox_unit(0xFFFFFFFFu) < 1.0f);
+}
+
+#ifdef LUTHIER_HAVE_CUDA
+
+#include "cuda_testutil.h"
+
+/* Runs the device side of k twice on the same inputs and asserts bit-identical outputs. */
+static void check_deterministic(kcase *k, const char *what)
+{
+    lu_tensor *din[LU_MAX_IO] = {0}, *d1[LU_MAX_IO] = {0}, *d2[LU_MAX_IO] = {0};
+    for (int i = 0; i < k->n_in; i++) din[i] = to_device(k->in[i], k->keep_f32_in >> i & 1 ? LU_F32 : k->dev_dt);
+    for (int j = 0; j < k->n_out; j++) {
+        d1[j] = to_device(k->out[j], k->keep_f32_out >> j & 1 ? LU_F32 : k->dev_dt);
+        d2[j] = to_device(k->out[j], k->keep_f32_out >> j & 1 ? LU_F32 : k->dev_dt);
+    }
+    cr_assert_eq(run_kernel(LU_CUDA, k->backward, k->op, din, k->n_in, d1, k->n_out, k->params), LU_OK, "%s: %s",
+                 what, lu_error_message());
+    cr_assert_eq(run_kernel(LU_CUDA, k->backward, k->op, din, k->n_in, d2, k->n_out, k->params), LU_OK, "%s: %s",
+                 what, lu_error_message());
+    char name[200];
+    for (int j = 0; j < k->n_out; j++) {
+        if (!d1[j]) continue;
+        snprintf(name, sizeof name, "%s, output %d run twice", what, j);
+        tu_assert_tensors_close(d2[j], d1[j], 0, 0, name);
+    }
+    release_all(din, k->n_in);
+    release_all(d1, k->n_out);
+    release_all(d2, k->n_out);
+}
+
+/* ---- convolution ---- */
+
+/* Forward, then the backward (dx, dw, dbias) on the CPU's y, then the backward once more on the
+ * device to check it is deterministic. */
+static void check_conv(lu_op op, const void *params, lu_tensor *x, lu_tensor *w, lu_tensor *bias, const int64_t *yshape,
+                       lu_dtype dev_dt, double tol, const char *what)
+{
+    char name[200];
+    lu_tensor *y = empty(LU_F32, x->ndim, yshape);
+    snprintf(name, sizeof name, "%s %s forward", lu_op_name(op), what);
+    kcase f = {.op = op, .params = params, .in = {x, w, bias}, .n_in = 3, .out = {y}, .n_out = 1, .dev_dt = dev_dt,
+               .tol = tol};
+    check_case(&f, name);
+    cpu_forward(op, (lu_tensor *[]){x, w, bias}, 3, &y, 1, params);
+    lu_tensor *dy = tu_rand(LU_F32, x->ndim, yshape, -1, 1, 500 + (uint64_t)yshape[x->ndim - 1]);
+    lu_tensor *dx = empty(LU_F32, x->ndim, x->shape), *dw = empty(LU_F32, w->ndim, w->shape);
+    lu_tensor *db = bias ? empty(LU_F32, 1, bias->shape) : NULL;
+    snprintf(name, sizeof name, "%s %s backward", lu_op_name(op), what);
+    kcase k = {.op = op, .backward = true, .params = params, .in = {dy, x, w, bias, y}, .n_in = 5,
+               .out = {dx, dw, db}, .n_out = 3, .dev_dt = dev_dt, .tol = tol};
+    check_case(&k, name);
+    check_deterministic(&k, name);
+    release_all((lu_tensor *[]){y, dy, dx, dw, db}, 5);
+}
+
+static void check_conv1d(int64_t B, int64_t cin, int64_t cout, int64_t T, int64_t K, int stride, int pad, int dil,
+                         int groups, bool with_bias, lu_dtype dev_dt, double tol)
+{
+    lu_conv1d_params p = {stride, pad, dil, groups};
+    uint64_t seed = (uint64_t)(T * 131 + K * 17 + cin * 7 + stride + pad * 3 + groups);
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(B, cin, T), -1, 1, seed);
+    lu_tensor *w = tu_rand(LU_F32, LU_SHAPE(cout, cin / groups, K), -0.3, 0.3, seed + 1);
+    lu_tensor *bias = with_bias ? tu_rand(LU_F32, LU_SHAPE(cout), -0.5, 0.5, seed + 2) : NULL;
+    int64_t yshape[3] = {B, cout, (T + 2 * pad - (int64_t)dil * (K - 1) - 1) / stride + 1};
+    char what[160];
+    snprintf(what, sizeof what, "%s B %lld Cin %lld Cout %lld T %lld K %lld stride %d pad %d dil %d groups %d%s",
+             lu_dtype_name(dev_dt), (long long)B, (long long)cin, (long long)cout, (long long)T, (long long)K, stride,
+             pad, dil, groups, with_bias ? " bias" : "");
+    check_conv(LU_OP_CONV1D, &p, x, w, bias, yshape, dev_dt, tol, what);
+    release_all((lu_tensor *[]){x, w, bias}, 3);
+}
+
+static void check_conv2d(int64_t B, int64_t cin, int64_t cout, int64_t H, int64_t W, int64_t KH, int64_t KW,
+                         lu_conv2d_params p, bool with_bias, lu_dtype dev_dt, double tol)
+{
+    uint64_t seed = (uint64_t)(H * 31 + W * 7 + cin + KH * 3 + KW);
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(B, cin, H, W), -1, 1, seed);
+    lu_tensor *w = tu_rand(LU_F32, LU_SHAPE(cout, cin / p.groups, KH, KW), -0.3, 0.3, seed + 1);
+    lu_tensor *bias = with_bias ? tu_rand(LU_F32, LU_SHAPE(cout), -0.5, 0.5, seed + 2) : NULL;
+    int64_t yshape[4] = {B, cout, (H + 2 * p.padding[0] - (int64_t)p.dilation[0] * (KH - 1) - 1) / p.stride[0] + 1,
+                         (W + 2 * p.padding[1] - (int64_t)p.dilation[1] * (KW - 1) - 1) / p.stride[1] + 1};
+    char what[200];
+    snprintf(what, sizeof what, "%s x [%lld,%lld,%lld,%lld] w [%lld,%lld,%lld,%lld] stride %dx%d pad %dx%d dil %dx%d "
+             "groups %d%s", lu_dtype_name(dev_dt), (long long)B, (long long)cin, (long long)H, (long long)W,
+             (long long)cout, (long long)(cin / p.groups), (long long)KH, (long long)KW, p.stride[0], p.stride[1],
+             p.padding[0], p.padding[1], p.dilation[0], p.dilation[1], p.groups, with_bias ? " bias" : "");
+    check_conv(LU_OP_CONV2D, &p, x, w, bias, yshape, dev_dt, tol, what);
+    release_all((lu_tensor *[]){x, w, bias}, 3);
+}
+
+/* The Conformer/Zipformer depthwise module: groups == Cin == Cout, K 7..31, stride 1 and 2. */
+static void check_depthwise_sweep(lu_dtype dev_dt, double tol)
+{
+    const int64_t Ts[] = {1, 17, 499, 500};
+    const int64_t Ks[] = {7, 15, 31};
+    for (size_t a = 0; a < 4; a++)
+        for (size_t b = 0; b < 3; b++)
+            for (int s = 1; s <= 2; s++) {
+                int64_t K = Ks[b], T = Ts[a];
+                check_conv1d(2, 3, 3, T, K, s, (int)(K - 1) / 2, 1, 3, true, dev_dt, tol);
+                if (T >= K) check_conv1d(2, 3, 3, T, K, s, 0, 1, 3, false, dev_dt, tol);
+                check_conv1d(1, 3, 3, T, K, s, (int)K + 2, 2, 3, true, dev_dt, tol);
+            }
+}
+
+Test(cuda_conv, depthwise_conv1d_f32_matches_cpu_on_odd_sizes)
+{
+    require_gpu();
+    check_depthwise_sweep(LU_F32, TOL_F32);
+}
+
+Test(cuda_conv, depthwise_conv1d_bf16_within_bf16_rounding)
+{
+    require_gpu();
+    check_depthwise_sweep(LU_BF16, TOL_BF16);
+}
+
+Test(cuda_conv, depthwise_conv1d_matches_cpu_at_model_width)
+{
+    require_gpu();
+    for (int s = 1; s <= 2; s++) {
+        check_conv1d(2, 384, 384, 500, 31, s, 15, 1, 384, true, LU_F32, TOL_F32);
+        check_conv1d(2, 384, 384, 499, 15, s, 7, 1, 384, true, LU_BF16, TOL_BF16);
+    }
+    /* Several tiles per row, the largest halo of the fast path. */
+    check_conv1d(2, 5, 5, 1537, 257, 2, 128, 1, 5, true, LU_F32, TOL_F32);
+}
+
+Test(cuda_conv, other_depthwise_conv1d_match_cpu)
+{
+    require_gpu();
+    check_conv1d(2, 3, 6, 17, 5, 1, 2, 1, 3, true, LU_F32, TOL_F32);   /* channel multiplier */
+    check_conv1d(2, 5, 5, 40, 7, 3, 2, 1, 5, true, LU_F32, TOL_F32);   /* stride 3 */
+    check_conv1d(2, 4, 4, 300, 31, 1, 135, 9, 4, false, LU_F32, TOL_F32); /* halo 270 */
+    check_conv1d(3, 1, 4, 17, 3, 2, 1, 1, 1, true, LU_F32, TOL_F32);   /* single input channel */
+    check_conv1d(2, 3, 6, 17, 5, 2, 2, 1, 3, true, LU_BF16, TOL_BF16);
+}
+
+Test(cuda_conv, grouped_and_dense_conv1d_match_cpu)
+{
+    require_gpu();
+    check_conv1d(2, 6, 9, 17, 3, 2, 1, 1, 3, true, LU_F32, TOL_F32);   /* groups 3 */
+    check_conv1d(2, 3, 5, 17, 7, 1, 3, 2, 1, true, LU_F32, TOL_F32);   /* dense, dilated */
+    check_conv1d(2, 3, 5, 1, 7, 1, 3, 1, 1, false, LU_F32, TOL_F32);   /* T 1 */
+    check_conv1d(2, 8, 4, 499, 15, 2, 0, 1, 2, true, LU_F32, TOL_F32);
+    check_conv1d(2, 6, 9, 17, 3, 2, 1, 1, 3, true, LU_BF16, TOL_BF16);
+    check_conv1d(2, 8, 4, 499, 15, 2, 0, 1, 2, false, LU_BF16, TOL_BF16);
+}
+
+Test(cuda_conv, pointwise_conv1d_matches_cpu)
+{
+    require_gpu();
+    check_conv1d(2, 64, 96, 499, 1, 1, 0, 1, 1, true, LU_F32, TOL_F32);
+    check_conv1d(2, 64, 96, 17, 1, 1, 0, 1, 2, false, LU_F32, TOL_F32);
+    check_conv1d(2, 64, 96, 499, 1, 1, 0, 1, 1, true, LU_BF16, TOL_BF16);
+    check_conv1d(2, 6, 4, 17, 1, 2, 0, 1, 1, true, LU_F32, TOL_F32); /* 1x1 strided: im2col */
+}
+
+Test(cuda_conv, conv1d_with_chunked_column_buffer_matches_cpu)
+{
+    require_gpu();
+    /* Cin*K*T = 384*31*1000 columns per item: the GEMM path takes the batch in two chunks. */
+    check_conv1d(3, 384, 384, 1000, 31, 1, 15, 1, 96, true, LU_F32, TOL_F32);
+}
+
+/* The shapes of Zipformer's Conv2dSubsampling and of other 2-D front ends. */
+Test(cuda_conv, conv2d_matches_cpu)
+{
+    require_gpu();
+    check_conv2d(2, 1, 8, 19, 80, 3, 3, (lu_conv2d_params){{1, 1}, {0, 1}, {1, 1}, 1}, true, LU_F32, TOL_F32);
+    check_conv2d(2, 8, 32, 17, 40, 3, 3, (lu_conv2d_params){{2, 2}, {0, 0}, {1, 1}, 1}, true, LU_F32, TOL_F32);
+    check_conv2d(2, 32, 128, 8, 19, 3, 3, (lu_conv2d_params){{1, 2}, {0, 0}, {1, 1}, 1}, true, LU_F32, TOL_F32);
+    check_conv2d(2, 16, 16, 9, 10, 7, 7, (lu_conv2d_params){{1, 1}, {3, 3}, {1, 1}, 16}, true, LU_F32, TOL_F32);
+    check_conv2d(2, 16, 24, 5, 7, 1, 1, (lu_conv2d_params){{1, 1}, {0, 0}, {1, 1}, 1}, false, LU_F32, TOL_F32);
+    check_conv2d(2, 6, 4, 11, 9, 3, 2, (lu_conv2d_params){{2, 1}, {1, 0}, {2, 1}, 2}, true, LU_F32, TOL_F32);
+    check_conv2d(2, 8, 32, 17, 40, 3, 3, (lu_conv2d_params){{2, 2}, {0, 0}, {1, 1}, 1}, true, LU_BF16, TOL_BF16);
+    check_conv2d(2, 16, 16, 9, 10, 7, 7, (lu_conv2d_params){{1, 1}, {3, 3}, {1, 1}, 16}, true, LU_BF16, TOL_BF16);
+}
+
+Test(cuda_conv, conv_backward_without_dy_or_with_some_gradients_matches_cpu)
+{
+    require_gpu();
+    lu_conv1d_params p = {1, 3, 1, 4};
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(2, 4, 33), -1, 1, 600), *w = tu_rand(LU_F32, LU_SHAPE(4, 1, 7), -1, 1, 601);
+    lu_tensor *bias = tu_rand(LU_F32, LU_SHAPE(4), -1, 1, 602), *y = empty(LU_F32, LU_SHAPE(2, 4, 33));
+    cpu_forward(LU_OP_CONV1D, (lu_tensor *[]){x, w, bias}, 3, &y, 1, &p);
+    lu_tensor *dy = tu_rand(LU_F32, LU_SHAPE(2, 4, 33), -1, 1, 603);
+    lu_tensor *dx = tu_rand(LU_F32, LU_SHAPE(2, 4, 33), -1, 1, 604);
+    lu_tensor *dw = tu_rand(LU_F32, LU_SHAPE(4, 1, 7), -1, 1, 605);
+    kcase none = {.op = LU_OP_CONV1D, .backward = true, .params = &p, .in = {NULL, x, w, bias, y}, .n_in = 5,
+                  .out = {dx, dw, NULL}, .n_out = 3, .dev_dt = LU_F32, .tol = 0};
+    check_case(&none, "conv1d backward without dy (zeros)");
+    kcase only_dx = {.op = LU_OP_CONV1D, .backward = true, .params = &p, .in = {dy, x, w, bias, y}, .n_in = 5,
+                     .out = {dx, NULL, NULL}, .n_out = 3, .dev_dt = LU_F32, .tol = TOL_F32};
+    check_case(&only_dx, "conv1d backward, dx only");
+    kcase only_dw = {.op = LU_OP_CONV1D, .backward = true, .params = &p, .in = {dy, x, w, bias, y}, .n_in = 5,
+                     .out = {NULL, dw, NULL}, .n_out = 3, .dev_dt = LU_F32, .tol = TOL_F32};
+    check_case(&only_dw, "conv1d backward, dw only");
+    release_all((lu_tensor *[]){x, w, bias, y, dy, dx, dw}, 7);
+}
+
+Test(cuda_conv, depthwise_conv1d_propagates_nan_and_inf_as_the_cpu)
+{
+    require_gpu();
+    lu_conv1d_params p = {1, 7, 1, 3};
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(2, 3, 60), -1, 1, 610);
+    lu_tensor *w = tu_rand(LU_F32, LU_SHAPE(3, 1, 15), -1, 1, 611);
+    float *X = lu_tensor_data(x);
+    X[5] = INFINITY;
+    X[70] = NAN;
+    X[100] = -INFINITY;
+    X[101] = INFINITY;
+    lu_tensor *y = empty(LU_F32, LU_SHAPE(2, 3, 60));
+    kcase f = {.op = LU_OP_CONV1D, .params = &p, .in = {x, w, NULL}, .n_in = 3, .out = {y}, .n_out = 1,
+               .dev_dt = LU_F32, .tol = TOL_F32};
+    check_case(&f, "depthwise conv1d with NaN and Inf inputs");
+    release_all((lu_tensor *[]){x, w, y}, 3);
+}
+
+Test(cuda_conv, conv_rejects_mismatched_shapes_and_f64)
+{
+    require_gpu();
+    lu_conv1d_params p = {1, 0, 1, 1};
+    lu_tensor *x = lu_tensor_zeros(LU_F32, LU_SHAPE(1, 3, 10), LU_CUDA);
+    lu_tensor *w = lu_tensor_zeros(LU_F32, LU_SHAPE(2, 3, 3), LU_CUDA);
+    lu_tensor *y = lu_tensor_empty(LU_F32, LU_SHAPE(1, 2, 9), LU_CUDA);
+    cr_assert(x && w && y, "%s", lu_error_message());
+    cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_CONV1D, (lu_tensor *[]){x, w, NULL}, 3, &y, 1, &p), LU_ERR_SHAPE);
+    tu_assert_error_contains("conv1d: x [1, 3, 10], w [2, 3, 3] and y [1, 2, 9] do not fit");
+    lu_tensor *x64 = lu_tensor_zeros(LU_F64, LU_SHAPE(1, 3, 10), LU_CUDA);
+    cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_CONV1D, (lu_tensor *[]){x64, w, NULL}, 3, &y, 1, &p), LU_ERR_DTYPE);
+    tu_assert_error_contains("conv1d: dtype f64 is not supported by the cuda backend");
+    release_all((lu_tensor *[]){x, w, y, x64}, 4);
+}
+
+/* ---- batch norm ---- */
+
+/* x [shape] with C = shape[1]; running stats updated in place in training (compared too). */
+static void check_batchnorm(int ndim, const int64_t *shape, bool training, bool affine, lu_dtype dev_dt, double tol)
+{
+    lu_batchnorm_params p = {training, 0.1, 1e-5};
+    int64_t C = shape[1];
+    lu_tensor *x = tu_rand(LU_F32, ndim, shape, -2, 3, 700 + (uint64_t)C);
+    lu_tensor *w = affine ? tu_rand(LU_F32, 1, &shape[1], 0.5, 1.5, 701) : NULL;
+    lu_tensor *b = affine ? tu_rand(LU_F32, 1, &shape[1], -0.5, 0.5, 702) : NULL;
+    lu_tensor *rm = tu_rand(LU_F32, 1, &shape[1], -0.2, 0.2, 703), *rv = tu_rand(LU_F32, 1, &shape[1], 0.5, 2, 704);
+    lu_tensor *y = empty(LU_F32, ndim, shape), *mean = empty(LU_F32, 1, &shape[1]), *inv = empty(LU_F32, 1, &shape[1]);
+    char what[160];
+    snprintf(what, sizeof what, "batchnorm %s %s %s, %lld values per channel", lu_dtype_name(dev_dt),
+             training ? "training" : "eval", affine ? "affine" : "plain", (long long)(lu_tensor_numel(x) / C));
+    kcase f = {.op = LU_OP_BATCHNORM, .inplace = true, .params = &p, .in = {x, w, b, rm, rv}, .n_in = 5,
+               .out = {y, mean, inv}, .n_out = 3, .dev_dt = dev_dt, .tol = tol};
+    check_case(&f, what);
+    /* y, mean and invstd for the backward (the running stats, updated again, are not read). */
+    cpu_forward(LU_OP_BATCHNORM, (lu_tensor *[]){x, w, b, rm, rv}, 5, (lu_tensor *[]){y, mean, inv}, 3, &p);
+    lu_tensor *dy = tu_rand(LU_F32, ndim, shape, -1, 1, 705), *dx = empty(LU_F32, ndim, shape);
+    lu_tensor *dw = affine ? empty(LU_F32, 1, &shape[1]) : NULL, *db = affine ? empty(LU_F32, 1, &shape[1]) : NULL;
+    char bwhat[180];
+    snprintf(bwhat, sizeof bwhat, "%s backward", what);
+    kcase k = {.op = LU_OP_BATCHNORM, .backward = true, .params = &p,
+               .in = {dy, NULL, NULL, x, w, b, rm, rv, y, mean, inv}, .n_in = 11, .out = {dx, dw, db, NULL, NULL},
+               .n_out = 5, .dev_dt = dev_dt, .tol = tol};
+    check_case(&k, bwhat);
+    check_deterministic(&k, bwhat);
+    release_all((lu_tensor *[]){x, w, b, rm, rv, y, mean, inv, dy, dx, dw, db}, 12);
+}
+
+Test(cuda_conv, batchnorm_matches_cpu_in_training_and_eval)
+{
+    require_gpu();
+    for (int t = 0; t < 2; t++) {
+        check_batchnorm(3, (int64_t[]){4, 3, 17}, t, true, LU_F32, TOL_F32);
+        check_batchnorm(2, (int64_t[]){7, 5}, t, false, LU_F32, TOL_F32);
+        check_batchnorm(4, (int64_t[]){2, 3, 5, 7}, t, true, LU_F32, TOL_F32);
+        check_batchnorm(3, (int64_t[]){2, 384, 500}, t, true, LU_F32, TOL_F32);
+        check_batchnorm(3, (int64_t[]){4, 3, 17}, t, true, LU_BF16, TOL_BF16);
+    }
+}
+
+Test(cuda_conv, batchnorm_propagates_inf_as_the_cpu)
+{
+    require_gpu();
+    for (int t = 0; t < 2; t++) {
+        lu_batchnorm_params p = {t, 0.1, 1e-5};
+        lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(2, 3, 9), -1, 1, 720);
+        ((float *)lu_tensor_data(x))[4] = INFINITY; /* channel 0 */
+        lu_tensor *rm = lu_tensor_zeros(LU_F32, LU_SHAPE(3), LU_CPU);
+        lu_tensor *rv = lu_tensor_full(LU_F32, LU_SHAPE(3), LU_CPU, 1);
+        lu_tensor *y = empty(LU_F32, LU_SHAPE(2, 3, 9)), *mean = empty(LU_F32, LU_SHAPE(3));
+        lu_tensor *inv = empty(LU_F32, LU_SHAPE(3));
+        kcase f = {.op = LU_OP_BATCHNORM, .inplace = true, .params = &p, .in = {x, NULL, NULL, rm, rv}, .n_in = 5,
+                   .out = {y, mean, inv}, .n_out = 3, .dev_dt = LU_F32, .tol = TOL_F32};
+        check_case(&f, t ? "batchnorm training with an Inf" : "batchnorm eval with an Inf");
+        release_all((lu_tensor *[]){x, rm, rv, y, mean, inv}, 6);
+    }
+}
+
+/* ---- decimate, upsample, downsample ---- */
+
+static void check_resample(lu_op op, int ndim, const int64_t *shape, int dim, int factor, int64_t out_len,
+                           lu_dtype dev_dt, double tol)
+{
+    lu_resample_params p = {dim, factor, out_len};
+    int64_t yshape[LU_MAX_DIMS];
+    memcpy(yshape, shape, (size_t)ndim * sizeof *shape);
+    yshape[dim] = op == LU_OP_DECIMATE ? (shape[dim] + factor - 1) / factor : out_len;
+    lu_tensor *x = tu_rand(LU_F32, ndim, shape, -1, 1, 800 + (uint64_t)factor), *y = empty(LU_F32, ndim, yshape);
+    char what[128];
+    snprintf(what, sizeof what, "%s %s dim %d factor %d, %lld -> %lld frames", lu_op_name(op), lu_dtype_name(dev_dt),
+             dim, factor, (long long)shape[dim], (long long)yshape[dim]);
+    kcase f = {.op = op, .params = &p, .in = {x}, .n_in = 1, .out = {y}, .n_out = 1, .dev_dt = dev_dt, .tol = 0};
+    check_case(&f, what);
+    cpu_forward(op, &x, 1, &y, 1, &p);
+    lu_tensor *dy = tu_rand(LU_F32, ndim, yshape, -1, 1, 810), *dx = empty(LU_F32, ndim, shape);
+    kcase k = {.op = op, .backward = true, .params = &p, .in = {dy, x, y}, .n_in = 3, .out = {dx}, .n_out = 1,
+               .dev_dt = dev_dt, .tol = op == LU_OP_DECIMATE ? 0 : tol};
+    check_case(&k, what);
+    release_all((lu_tensor *[]){x, y, dy, dx}, 4);
+}
+
+Test(cuda_conv, decimate_and_upsample_match_cpu)
+{
+    require_gpu();
+    for (int d = 0; d < 2; d++) {
+        lu_dtype dt = d ? LU_BF16 : LU_F32;
+        double tol = d ? TOL_BF16 : TOL_F32;
+        check_resample(LU_OP_DECIMATE, 3, (int64_t[]){2, 17, 5}, 1, 2, 0, dt, tol);
+        check_resample(LU_OP_DECIMATE, 3, (int64_t[]){2, 17, 5}, 1, 3, 0, dt, tol);
+        check_resample(LU_OP_DECIMATE, 2, (int64_t[]){9, 4}, 0, 4, 0, dt, tol);
+        check_resample(LU_OP_DECIMATE, 3, (int64_t[]){2, 3, 1}, 2, 2, 0, dt, tol);
+        check_resample(LU_OP_UPSAMPLE, 3, (int64_t[]){2, 9, 5}, 1, 2, 17, dt, tol);
+        check_resample(LU_OP_UPSAMPLE, 3, (int64_t[]){2, 9, 5}, 1, 2, 18, dt, tol);
+        check_resample(LU_OP_UPSAMPLE, 3, (int64_t[]){2, 9, 5}, 1, 3, 25, dt, tol);
+        check_resample(LU_OP_UPSAMPLE, 2, (int64_t[]){4, 3}, 1, 4, 10, dt, tol);
+        check_resample(LU_OP_UPSAMPLE, 3, (int64_t[]){2, 1, 5}, 1, 2, 1, dt, tol);
+    }
+}
+
+Test(cuda_conv, decimate_and_upsample_move_integers_exactly)
+{
+    require_gpu();
+    lu_tensor *base = tu_randint(LU_I64, LU_SHAPE(3, 11, 2), 1000, 820);
+    for (int u = 0; u < 2; u++) {
+        lu_op op = u ? LU_OP_UPSAMPLE : LU_OP_DECIMATE;
+        lu_resample_params p = {1, 3, u ? 31 : 0};
+        lu_tensor *y = empty(LU_I64, LU_SHAPE(3, u ? 31 : 4, 2));
+        kcase f = {.op = op, .params = &p, .in = {base}, .n_in = 1, .out = {y}, .n_out = 1, .dev_dt = LU_F32, .tol = 0};
+        check_case(&f, u ? "upsample i64" : "decimate i64");
+        lu_tensor_release(y);
+    }
+    lu_tensor_release(base);
+}
+
+static void check_downsample(int64_t B, int64_t T, int64_t C, int64_t f, lu_dtype dev_dt, double tol)
+{
+    int64_t To = (T + f - 1) / f;
+    lu_resample_params p = {1, (int)f, 0};
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(B, T, C), -1, 1, 830 + (uint64_t)T);
+    lu_tensor *bias = tu_rand(LU_F32, LU_SHAPE(f), -1, 1, 831 + (uint64_t)f), *y = empty(LU_F32, LU_SHAPE(B, To, C));
+    char what[128];
+    snprintf(what, sizeof what, "downsample %s [%lld, %lld, %lld] factor %lld", lu_dtype_name(dev_dt), (long long)B,
+             (long long)T, (long long)C, (long long)f);
+    kcase fw = {.op = LU_OP_DOWNSAMPLE, .params = &p, .in = {x, bias}, .n_in = 2, .out = {y}, .n_out = 1,
+                .dev_dt = dev_dt, .tol = tol};
+    check_case(&fw, what);
+    cpu_forward(LU_OP_DOWNSAMPLE, (lu_tensor *[]){x, bias}, 2, &y, 1, &p);
+    lu_tensor *dy = tu_rand(LU_F32, LU_SHAPE(B, To, C), -1, 1, 832), *dx = empty(LU_F32, LU_SHAPE(B, T, C));
+    lu_tensor *db = empty(LU_F32, LU_SHAPE(f));
+    kcase k = {.op = LU_OP_DOWNSAMPLE, .backward = true, .params = &p, .in = {dy, x, bias, y}, .n_in = 4,
+               .out = {dx, db}, .n_out = 2, .dev_dt = dev_dt, .tol = tol};
+    check_case(&k, what);
+    check_deterministic(&k, what);
+    release_all((lu_tensor *[]){x, bias, y, dy, dx, db}, 6);
+}
+
+Test(cuda_conv, downsample_matches_cpu)
+{
+    require_gpu();
+    check_downsample(2, 17, 7, 2, LU_F32, TOL_F32);
+    check_downsample(2, 17, 7, 3, LU_F32, TOL_F32);
+    check_downsample(3, 16, 5, 4, LU_F32, TOL_F32);
+    check_downsample(1, 1, 5, 2, LU_F32, TOL_F32);
+    check_downsample(2, 9, 3, 1, LU_F32, TOL_F32);
+    check_downsample(4, 500, 384, 2, LU_F32, TOL_F32); /* several partial-sum chunks */
+    check_downsample(2, 17, 7, 3, LU_BF16, TOL_BF16);
+}
+
+/* ---- dropout ---- */
+
+/* x in [0.5, 1.5): an output is zero exactly where the element was dropped. */
+static void check_dropout(double prob, uint64_t seed, uint64_t step, uint32_t op_id, int64_t n, lu_dtype dev_dt,
+                          double tol)
+{
+    lu_dropout_params p = {prob, seed, step, op_id};
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(n), 0.5, 1.5, 900), *y = empty(LU_F32, LU_SHAPE(n));
+    char what[128];
+    snprintf(what, sizeof what, "dropout %s p %g, %lld elements", lu_dtype_name(dev_dt), prob, (long long)n);
+    lu_tensor *dx = to_device(x, dev_dt), *dy = lu_tensor_empty(dev_dt, LU_SHAPE(n), LU_CUDA);
+    cr_assert(dy, "%s", lu_error_message());
+    cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_DROPOUT, &dx, 1, &dy, 1, &p), LU_OK, "%s", lu_error_message());
+    kcase f = {.op = LU_OP_DROPOUT, .params = &p, .in = {x}, .n_in = 1, .out = {y}, .n_out = 1, .dev_dt = dev_dt,
+               .tol = tol};
+    check_case(&f, what);
+    /* The mask, element by element, against the CPU's output and against core/rng.c. */
+    double *g = tu_to_doubles(dy), *c = tu_to_doubles(y);
+    int64_t dropped = 0;
+    for (int64_t i = 0; i < n; i++) {
+        bool drop = (double)lu_rng_uniform(seed, step, op_id, (uint64_t)i) < prob;
+        cr_assert_eq(g[i] == 0, drop, "%s: element %lld is %g on cuda, dropped %d by the generator", what, (long long)i,
+                     g[i], drop);
+        cr_assert_eq(c[i] == 0, drop, "%s: element %lld is %g on cpu", what, (long long)i, c[i]);
+        dropped += drop;
+    }
+    cr_assert(fabs((double)dropped / (double)n - prob) < 0.05, "%s: %lld dropped", what, (long long)dropped);
+    free(g);
+    free(c);
+    lu_tensor *gy = tu_rand(LU_F32, LU_SHAPE(n), -1, 1, 901), *gx = empty(LU_F32, LU_SHAPE(n));
+    kcase k = {.op = LU_OP_DROPOUT, .backward = true, .params = &p, .in = {gy, x, y}, .n_in = 3, .out = {gx},
+               .n_out = 1, .dev_dt = dev_dt, .tol = tol};
+    check_case(&k, what);
+    release_all((lu_tensor *[]){x, y, dx, dy, gy, gx}, 6);
+}
+
+Test(cuda_conv, dropout_mask_equals_the_cpu_mask_bit_for_bit)
+{
+    require_gpu();
+    check_dropout(0.1, 1234, 7, 3, 1001, LU_F32, 0);
+    check_dropout(0.5, 0xDEADBEEFCAFEBABEull, (1ull << 40) | 5, 0xFFFFFFFFu, 4099, LU_F32, 0);
+    check_dropout(0.3, 42, 0, 0, 3, LU_F32, 0);
+    check_dropout(0.25, 9, 1, 2, 1003, LU_BF16, TOL_BF16);
+}
+
+/* ---- rope ---- */
+
+static void check_rope(int64_t B, int64_t T, int64_t H, int64_t D, int rotary_dim, double theta, lu_dtype pos_dt,
+                       int64_t max_pos, lu_dtype dev_dt, double tol)
+{
+    lu_rope_params p = {theta, rotary_dim};
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(B, T, H, D), -2, 2, 1000 + (uint64_t)D);
+    lu_tensor *pos = tu_randint(pos_dt, LU_SHAPE(B, T), max_pos, 1001), *y = empty(LU_F32, LU_SHAPE(B, T, H, D));
+    char what[160];
+    snprintf(what, sizeof what, "rope %s [%lld, %lld, %lld, %lld] rotary_dim %d theta %g, %s positions < %lld",
+             lu_dtype_name(dev_dt), (long long)B, (long long)T, (long long)H, (long long)D, rotary_dim, theta,
+             lu_dtype_name(pos_dt), (long long)max_pos);
+    kcase f = {.op = LU_OP_ROPE, .params = &p, .in = {x, pos}, .n_in = 2, .out = {y}, .n_out = 1, .dev_dt = dev_dt,
+               .tol = tol};
+    check_case(&f, what);
+    lu_tensor *dy = tu_rand(LU_F32, LU_SHAPE(B, T, H, D), -1, 1, 1002), *dx = empty(LU_F32, LU_SHAPE(B, T, H, D));
+    kcase k = {.op = LU_OP_ROPE, .backward = true, .params = &p, .in = {dy, x, pos, y}, .n_in = 4, .out = {dx},
+               .n_out = 1, .dev_dt = dev_dt, .tol = tol};
+    check_case(&k, what);
+    release_all((lu_tensor *[]){x, pos, y, dy, dx}, 5);
+}
+
+Test(cuda_conv, rope_matches_cpu_float32_recipe)
+{
+    require_gpu();
+    check_rope(2, 17, 3, 64, 0, 1e6, LU_I64, 40000, LU_F32, TOL_F32);
+    check_rope(2, 17, 3, 128, 0, 1e4, LU_I32, 4096, LU_F32, TOL_F32);
+    check_rope(1, 5, 2, 80, 32, 1e4, LU_I64, 100, LU_F32, TOL_F32); /* partial rotation, copied tail */
+    check_rope(3, 1, 1, 2, 0, 1e6, LU_I32, 7, LU_F32, TOL_F32);
+    check_rope(2, 17, 3, 64, 0, 1e6, LU_I64, 40000, LU_BF16, TOL_BF16);
+}
+
+/* ---- embedding ---- */
+
+static void check_embedding(int64_t V, int64_t D, int ndim, const int64_t *ids_shape, int64_t id_hi, lu_dtype ids_dt,
+                            lu_dtype dev_dt, double tol)
+{
+    lu_tensor *w = tu_rand(LU_F32, LU_SHAPE(V, D), -1, 1, 1100);
+    lu_tensor *ids = tu_randint(ids_dt, ndim, ids_shape, id_hi, 1101);
+    int64_t yshape[LU_MAX_DIMS];
+    memcpy(yshape, ids_shape, (size_t)ndim * sizeof *ids_shape);
+    yshape[ndim] = D;
+    lu_tensor *y = empty(LU_F32, ndim + 1, yshape);
+    char what[128];
+    snprintf(what, sizeof what, "embedding %s [%lld, %lld], %lld %s ids < %lld", lu_dtype_name(dev_dt), (long long)V,
+             (long long)D, (long long)lu_tensor_numel(ids), lu_dtype_name(ids_dt), (long long)id_hi);
+    kcase f = {.op = LU_OP_EMBEDDING, .in = {w, ids}, .n_in = 2, .out = {y}, .n_out = 1, .dev_dt = dev_dt, .tol = 0};
+    check_case(&f, what);
+    lu_tensor *dy = tu_rand(LU_F32, ndim + 1, yshape, -1, 1, 1102), *dw = empty(LU_F32, LU_SHAPE(V, D));
+    /* The rows are added in the CPU's order: f32 gradients are equal bit for bit. */
+    kcase k = {.op = LU_OP_EMBEDDING, .backward = true, .in = {dy, w, ids, y}, .n_in = 4, .out = {dw, NULL},
+               .n_out = 2, .dev_dt = dev_dt, .tol = dev_dt == LU_F32 ? 0 : tol};
+    check_case(&k, what);
+    check_deterministic(&k, what);
+    release_all((lu_tensor *[]){w, ids, y, dy, dw}, 5);
+}
+
+Test(cuda_conv, embedding_matches_cpu_with_repeated_ids)
+{
+    require_gpu();
+    check_embedding(1000, 67, 2, (int64_t[]){3, 17}, 50, LU_I64, LU_F32, TOL_F32);
+    check_embedding(1000, 67, 2, (int64_t[]){3, 17}, 1000, LU_I32, LU_F32, TOL_F32);
+    check_embedding(5, 3, 1, (int64_t[]){1}, 5, LU_I32, LU_F32, TOL_F32);
+    check_embedding(152064, 8, 2, (int64_t[]){4, 512}, 152064, LU_I64, LU_F32, TOL_F32);
+    check_embedding(7, 33, 1, (int64_t[]){2000}, 3, LU_I64, LU_F32, TOL_F32); /* long runs of one id */
+    check_embedding(1000, 67, 2, (int64_t[]){3, 17}, 50, LU_I64, LU_BF16, TOL_BF16);
+}
+
+Test(cuda_conv, embedding_names_the_first_id_out_of_range)
+{
+    require_gpu();
+    const int64_t bad[2] = {1000, -3};
+    for (int d = 0; d < 2; d++) {
+        lu_dtype dt = d ? LU_I32 : LU_I64;
+        lu_tensor *host = tu_randint(dt, LU_SHAPE(9), 1000, 1110);
+        if (dt == LU_I64) ((int64_t *)lu_tensor_data(host))[5] = bad[d];
+        else ((int32_t *)lu_tensor_data(host))[5] = (int32_t)bad[d];
+        if (dt == LU_I64) ((int64_t *)lu_tensor_data(host))[7] = 5000;
+        else ((int32_t *)lu_tensor_data(host))[7] = 5000;
+        lu_tensor *ids = to_device(host, LU_F32), *w = lu_tensor_zeros(LU_F32, LU_SHAPE(1000, 4), LU_CUDA);
+        lu_tensor *y = lu_tensor_empty(LU_F32, LU_SHAPE(9, 4), LU_CUDA);
+        cr_assert(w && y, "%s", lu_error_message());
+        cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_EMBEDDING, (lu_tensor *[]){w, ids}, 2, &y, 1, NULL),
+                     LU_ERR_INVALID);
+        char msg[96];
+        snprintf(msg, sizeof msg, "embedding: id %lld at position 5 is outside [0, 1000)", (long long)bad[d]);
+        tu_assert_error_contains(msg);
+        release_all((lu_tensor *[]){host, ids, w, y}, 4);
+    }
+}
+
+#else
+
+Test(cuda_conv, skipped_without_cuda) { cr_skip_test("built without LUTHIER_CUDA"); }
+
+#endif
