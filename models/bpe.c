@@ -795,7 +795,7 @@ char *lu_bpe_decode(const lu_bpe *b, const int *ids, int n)
 
 /* ---- files ----------------------------------------------------------------------------------- */
 
-lu_status lu_bpe_save(const lu_bpe *b, const char *path)
+char *lu_bpe_to_json(const lu_bpe *b)
 {
     cJSON *root = cJSON_CreateObject(), *arr = cJSON_CreateArray();
     bool ok = root && arr && cJSON_AddStringToObject(root, "format", "luthier-bpe");
@@ -807,7 +807,14 @@ lu_status lu_bpe_save(const lu_bpe *b, const char *path)
     }
     char *text = ok ? cJSON_Print(root) : NULL;
     cJSON_Delete(root);
-    if (!text) return lu_errorf(LU_ERR_NOMEM, "bpe_save: out of memory writing %s", path);
+    if (!text) lu_errorf(LU_ERR_NOMEM, "bpe: out of memory writing the token set as JSON");
+    return text;
+}
+
+lu_status lu_bpe_save(const lu_bpe *b, const char *path)
+{
+    char *text = lu_bpe_to_json(b);
+    if (!text) return lu_error_context("bpe_save %s: ", path);
     FILE *f = fopen(path, "w");
     bool written = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
     if (f && fclose(f) != 0) written = false;
@@ -840,11 +847,17 @@ static char *read_text_file(const char *path, const char *op)
 
 lu_bpe *lu_bpe_load(const char *path)
 {
-    const char *op = "bpe_load";
-    char *text = read_text_file(path, op);
+    char *text = read_text_file(path, "bpe_load");
     if (!text) return NULL;
-    cJSON *root = cJSON_Parse(text);
+    lu_bpe *b = lu_bpe_from_json(text, path);
     free(text);
+    return b;
+}
+
+lu_bpe *lu_bpe_from_json(const char *text, const char *path)
+{
+    const char *op = "bpe_load";
+    cJSON *root = cJSON_Parse(text);
     lu_bpe *b = NULL;
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "format");
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "pieces");

@@ -52,6 +52,9 @@ void lu_bpe_free(lu_bpe *b);
  * eos and pad ids. */
 lu_status lu_bpe_save(const lu_bpe *b, const char *path);
 lu_bpe *lu_bpe_load(const char *path);
+/* The same JSON as text (malloc'd) and from text; `name` stands for the file in errors. */
+char *lu_bpe_to_json(const lu_bpe *b);
+lu_bpe *lu_bpe_from_json(const char *text, const char *name);
 
 int lu_bpe_size(const lu_bpe *b);
 const char *lu_bpe_piece(const lu_bpe *b, int id);  /* NULL when out of range */

@@ -524,13 +524,13 @@ static lu_tensor *front_end(lu_ee_conformer *m, lu_tensor *feats, int64_t t_out,
     return dropout(lu_add(lu_transpose(h, 1, 2), pe), m->cfg.block.dropout, run);
 }
 
-lu_status lu_ee_conformer_forward(lu_ee_conformer *m, lu_tensor *feats, lu_tensor *lengths, lu_conformer_run *run,
-                                  lu_tensor **exits, lu_tensor **out_lengths)
+lu_status lu_ee_conformer_begin(lu_ee_conformer *m, lu_tensor *feats, lu_tensor *lengths, lu_conformer_run *run,
+                                lu_ee_conformer_steps *st)
 {
     const lu_ee_conformer_config *c = &m->cfg;
+    *st = (lu_ee_conformer_steps){.m = m, .run = run};
+    if (!run) st->run = &st->eval;
     if (!feats || !lengths) return lu_error_code();
-    lu_conformer_run eval = {0};
-    if (!run) run = &eval;
     char sf[LU_SHAPE_STR_MAX];
     if (feats->ndim != 3 || feats->shape[2] != c->n_mels)
         return lu_errorf(LU_ERR_SHAPE, "ee_conformer: feats %s must be [B, T, n_mels = %lld]",
@@ -539,37 +539,77 @@ lu_status lu_ee_conformer_forward(lu_ee_conformer *m, lu_tensor *feats, lu_tenso
     if (T < 1 || T > c->max_len)
         return lu_errorf(LU_ERR_SHAPE, "ee_conformer: feats %s give %lld frames after subsampling, outside [1, max_len = %lld]",
                          lu_shape_str(feats, sf, sizeof sf), (long long)T, (long long)c->max_len);
-    int64_t *raw = lengths_to_host(lengths, B, "ee_conformer");
-    int64_t *len = raw ? malloc((size_t)B * sizeof *len) : NULL;
-    if (!len) {
-        free(raw);
-        return raw ? lu_errorf(LU_ERR_NOMEM, "ee_conformer: out of memory") : lu_error_code();
+    st->batch = B;
+    st->device = lu_tensor_device(feats);
+    st->raw = lengths_to_host(lengths, B, "ee_conformer");
+    st->len = st->raw ? malloc((size_t)B * sizeof *st->len) : NULL;
+    if (!st->len) {
+        lu_status s = st->raw ? lu_errorf(LU_ERR_NOMEM, "ee_conformer: out of memory") : lu_error_code();
+        lu_ee_conformer_steps_end(st);
+        return s;
     }
     /* torch.clamp(lengths / 4, max=T').to(int) */
-    for (int64_t b = 0; b < B; b++) len[b] = raw[b] < 0 ? -1 : (raw[b] / 4 < T ? raw[b] / 4 : T);
-    lu_device dev = lu_tensor_device(feats);
-    lu_tensor *mask = padding_mask(len, B, T, dev, "ee_conformer");
-    lu_tensor *h = mask ? front_end(m, feats, T, run) : NULL;
-    char name[NAME_LEN];
-    for (int i = 0; i < c->n_exits && h; i++) {
-        lu_tensor *block_in = h;
-        char prefix[PREFIX_LEN];
-        snprintf(prefix, sizeof prefix, "conformer.%d.", i);
-        h = stack_forward(m->params, prefix, &c->block, h, mask, run);
-        int k = split_index(c, i);
-        if (k >= 0 && h) h = lu_add(h, split_branch(m, k, block_in, raw, run));
-        snprintf(name, sizeof name, "linears.%d.weight", i);
-        lu_tensor *w = lu_params_get(m->params, name);
-        snprintf(name, sizeof name, "linears.%d.bias", i);
-        exits[i] = lu_log_softmax(lu_linear(h, w, lu_params_get(m->params, name)), -1);
+    for (int64_t b = 0; b < B; b++) st->len[b] = st->raw[b] < 0 ? -1 : (st->raw[b] / 4 < T ? st->raw[b] / 4 : T);
+    st->mask = padding_mask(st->len, B, T, st->device, "ee_conformer");
+    st->h = st->mask ? front_end(m, feats, T, st->run) : NULL;
+    if (!st->h) {
+        lu_ee_conformer_steps_end(st);
+        return lu_error_code();
     }
-    lu_status s = h ? LU_OK : lu_error_code();
-    if (s == LU_OK && out_lengths && !(*out_lengths = lu_tensor_from_host(LU_I64, LU_SHAPE(B), dev, len)))
-        s = lu_error_code();
-    free(raw);
-    free(len);
-    for (int i = 0; i < c->n_exits && s == LU_OK; i++)
-        if (!exits[i]) s = lu_error_code();
+    return LU_OK;
+}
+
+lu_tensor *lu_ee_conformer_next(lu_ee_conformer_steps *st)
+{
+    const lu_ee_conformer_config *c = &st->m->cfg;
+    if (!st->h || !st->len) {
+        lu_errorf(LU_ERR_STATE, "ee_conformer: the forward failed or was not begun");
+        return NULL;
+    }
+    if (st->done >= c->n_exits) {
+        lu_errorf(LU_ERR_STATE, "ee_conformer: all %d blocks have run", c->n_exits);
+        return NULL;
+    }
+    int i = st->done++;
+    lu_tensor *block_in = st->h;
+    char prefix[PREFIX_LEN], name[NAME_LEN];
+    snprintf(prefix, sizeof prefix, "conformer.%d.", i);
+    lu_tensor *h = stack_forward(st->m->params, prefix, &c->block, block_in, st->mask, st->run);
+    int k = split_index(c, i);
+    if (k >= 0 && h) h = lu_add(h, split_branch(st->m, k, block_in, st->raw, st->run));
+    st->h = h;
+    snprintf(name, sizeof name, "linears.%d.weight", i);
+    lu_tensor *w = lu_params_get(st->m->params, name);
+    snprintf(name, sizeof name, "linears.%d.bias", i);
+    return h ? lu_log_softmax(lu_linear(h, w, lu_params_get(st->m->params, name)), -1) : NULL;
+}
+
+lu_tensor *lu_ee_conformer_steps_lengths(const lu_ee_conformer_steps *st)
+{
+    if (!st->len) {
+        lu_errorf(LU_ERR_STATE, "ee_conformer: the forward failed or was not begun");
+        return NULL;
+    }
+    return lu_tensor_from_host(LU_I64, LU_SHAPE(st->batch), st->device, st->len);
+}
+
+void lu_ee_conformer_steps_end(lu_ee_conformer_steps *st)
+{
+    free(st->raw);
+    free(st->len);
+    st->raw = st->len = NULL;
+}
+
+lu_status lu_ee_conformer_forward(lu_ee_conformer *m, lu_tensor *feats, lu_tensor *lengths, lu_conformer_run *run,
+                                  lu_tensor **exits, lu_tensor **out_lengths)
+{
+    lu_ee_conformer_steps st;
+    LU_TRY(lu_ee_conformer_begin(m, feats, lengths, run, &st));
+    lu_status s = LU_OK;
+    for (int i = 0; i < m->cfg.n_exits && s == LU_OK; i++)
+        if (!(exits[i] = lu_ee_conformer_next(&st))) s = lu_error_code();
+    if (s == LU_OK && out_lengths && !(*out_lengths = lu_ee_conformer_steps_lengths(&st))) s = lu_error_code();
+    lu_ee_conformer_steps_end(&st);
     return s;
 }
 

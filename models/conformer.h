@@ -99,6 +99,33 @@ int64_t lu_ee_conformer_out_frames(int64_t t);
  * as an i64 [B] tensor. */
 lu_status lu_ee_conformer_forward(lu_ee_conformer *m, lu_tensor *feats, lu_tensor *lengths, lu_conformer_run *run,
                                   lu_tensor **exits, lu_tensor **out_lengths);
+
+/* Block by block, so that inference can stop at an exit: lu_ee_conformer_begin runs the front
+ * end, each lu_ee_conformer_next runs the next exit block (its layers and, in Splitformer, the
+ * parallel branch on the block's input) and returns that exit's log-probabilities [B,T',V].
+ * lu_ee_conformer_forward is begin then next for every block, so an exit's values are
+ * bit-identical whichever way it was reached, and in training the dropout sites are numbered in
+ * the same order. A begun state refers to itself (run may point at st->eval): do not copy it;
+ * end it with lu_ee_conformer_steps_end (it frees the host lengths). */
+typedef struct lu_ee_conformer_steps {
+    lu_ee_conformer *m;
+    lu_conformer_run *run, eval;   /* eval: the run when begin got NULL */
+    lu_tensor *h, *mask;           /* the encoder state after `done` blocks; key-padding mask */
+    int64_t *raw, *len;            /* [batch] lengths at 100 Hz and at the exit rate (host) */
+    int64_t batch;
+    lu_device device;
+    int done;                      /* blocks run */
+} lu_ee_conformer_steps;
+
+lu_status lu_ee_conformer_begin(lu_ee_conformer *m, lu_tensor *feats, lu_tensor *lengths, lu_conformer_run *run,
+                                lu_ee_conformer_steps *st);
+/* Runs block st->done and returns its exit's log-probabilities, or NULL + error (also when
+ * every block has run). */
+lu_tensor *lu_ee_conformer_next(lu_ee_conformer_steps *st);
+/* The exit-rate lengths as an i64 [B] tensor (lu_ee_conformer_forward's out_lengths). */
+lu_tensor *lu_ee_conformer_steps_lengths(const lu_ee_conformer_steps *st);
+void lu_ee_conformer_steps_end(lu_ee_conformer_steps *st);
+
 /* Sum over exits of CTC losses (blank 0, mean reduction, zero_infinity) (asr.md 7.1); targets
  * [B,S] int padded, target_lengths [B]. */
 lu_tensor *lu_ee_conformer_loss(lu_ee_conformer *m, lu_tensor *feats, lu_tensor *lengths, lu_tensor *targets,

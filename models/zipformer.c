@@ -133,8 +133,14 @@ lu_status lu_zipformer_config_load_json(const char *path, lu_zipformer_config *c
 {
     char *text = lu_file_read(path, (size_t)1 << 20, NULL);
     if (!text) return lu_error_context("zipformer config ");
-    cJSON *root = cJSON_Parse(text);
+    lu_status s = lu_zipformer_config_parse_json(text, path, c);
     free(text);
+    return s;
+}
+
+lu_status lu_zipformer_config_parse_json(const char *text, const char *path, lu_zipformer_config *c)
+{
+    cJSON *root = cJSON_Parse(text);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return lu_errorf(LU_ERR_CONFIG, "zipformer config %s: not a JSON object", path);
@@ -821,33 +827,82 @@ lu_status lu_ee_zipformer_init(lu_ee_zipformer *m, uint64_t seed)
     return LU_OK;
 }
 
+lu_status lu_ee_zipformer_begin(lu_ee_zipformer *m, lu_tensor *feats, lu_tensor *lengths, lu_ee_zipformer_steps *st)
+{
+    *st = (lu_ee_zipformer_steps){.m = m};
+    if (!feats || !lengths) return lu_error_code();
+    if (!(st->h = lu_zipformer_embed_forward(m->params, &m->cfg.enc, feats))) return lu_error_code();
+    st->batch = feats->shape[0];
+    st->device = lu_tensor_device(feats);
+    st->len = embed_lengths(lengths, feats->shape[0], feats->shape[1], "zipformer");
+    return st->len ? LU_OK : lu_error_code();
+}
+
+/* Runs stack st->done on the previous one's output. */
+static lu_status run_stack(lu_ee_zipformer_steps *st)
+{
+    const lu_zipformer_config *c = &st->m->cfg.enc;
+    if (!st->len || !st->h) return lu_errorf(LU_ERR_STATE, "ee_zipformer: the forward failed or was not begun");
+    if (st->done >= c->num_stacks) return lu_errorf(LU_ERR_STATE, "ee_zipformer: all %d stacks have run", c->num_stacks);
+    int i = st->done++;
+    st->h = st->outputs[i] = stack_forward(st->m->params, c, i, convert_channels(st->h, c->encoder_dim[i]), st->len);
+    return st->h ? LU_OK : lu_error_code();
+}
+
+/* Log-probabilities of exit k, whose stack has run. */
+static lu_tensor *exit_head(lu_ee_zipformer_steps *st, int k)
+{
+    const lu_ee_zipformer_config *c = &st->m->cfg;
+    const lu_params *p = st->m->params;
+    char name[NAME_LEN], lin[32];
+    lu_tensor *h = full_dim_output(&c->enc, st->outputs, c->exit_stacks[k]);
+    if (is_final_exit(c, k)) {
+        h = lu_downsample(h, lu_params_get(p, "encoder.downsample_output.bias"));
+        snprintf(lin, sizeof lin, "ctc_output.1");
+    } else {
+        snprintf(name, sizeof name, "exits.%d.downsample.bias", k);
+        h = lu_downsample(h, lu_params_get(p, name));
+        snprintf(lin, sizeof lin, "exits.%d.linear", k);
+    }
+    return lu_log_softmax(linear(p, "", lin, h), -1);
+}
+
+lu_status lu_ee_zipformer_next(lu_ee_zipformer_steps *st, lu_tensor **exit)
+{
+    *exit = NULL;
+    LU_TRY(run_stack(st));
+    for (int k = 0; k < st->m->cfg.n_exits; k++)
+        if (st->m->cfg.exit_stacks[k] == st->done - 1) return (*exit = exit_head(st, k)) ? LU_OK : lu_error_code();
+    return LU_OK;
+}
+
+lu_tensor *lu_ee_zipformer_steps_lengths(const lu_ee_zipformer_steps *st)
+{
+    if (!st->len) {
+        lu_errorf(LU_ERR_STATE, "ee_zipformer: the forward failed or was not begun");
+        return NULL;
+    }
+    return output_lengths(st->len, st->batch, st->device);
+}
+
+void lu_ee_zipformer_steps_end(lu_ee_zipformer_steps *st)
+{
+    free(st->len);
+    st->len = NULL;
+}
+
 lu_status lu_ee_zipformer_forward(lu_ee_zipformer *m, lu_tensor *feats, lu_tensor *lengths, lu_tensor **exits,
                                   lu_tensor **out_lengths)
 {
-    const lu_ee_zipformer_config *c = &m->cfg;
-    const lu_params *p = m->params;
-    if (!feats || !lengths) return lu_error_code();
-    lu_tensor *outputs[LU_ZIPFORMER_MAX_STACKS] = {0};
-    int64_t *len = encode_stacks(p, &c->enc, feats, lengths, outputs);
-    if (!len) return lu_error_code();
-    lu_status s = LU_OK;
-    char name[NAME_LEN], lin[32];
-    for (int k = 0; k < c->n_exits && s == LU_OK; k++) {
-        lu_tensor *h = full_dim_output(&c->enc, outputs, c->exit_stacks[k]);
-        if (is_final_exit(c, k)) {
-            h = lu_downsample(h, lu_params_get(p, "encoder.downsample_output.bias"));
-            snprintf(lin, sizeof lin, "ctc_output.1");
-        } else {
-            snprintf(name, sizeof name, "exits.%d.downsample.bias", k);
-            h = lu_downsample(h, lu_params_get(p, name));
-            snprintf(lin, sizeof lin, "exits.%d.linear", k);
-        }
-        exits[k] = lu_log_softmax(linear(p, "", lin, h), -1);
-        if (!exits[k]) s = lu_error_code();
-    }
-    if (s == LU_OK && out_lengths && !(*out_lengths = output_lengths(len, feats->shape[0], lu_tensor_device(feats))))
-        s = lu_error_code();
-    free(len);
+    lu_ee_zipformer_steps st;
+    lu_status s = lu_ee_zipformer_begin(m, feats, lengths, &st);
+    /* Every stack, then every head: the tape then holds the ops in the order training has always
+     * recorded, and the backward adds up gradients in that order. */
+    for (int i = 0; i < m->cfg.enc.num_stacks && s == LU_OK; i++) s = run_stack(&st);
+    for (int k = 0; k < m->cfg.n_exits && s == LU_OK; k++)
+        if (!(exits[k] = exit_head(&st, k))) s = lu_error_code();
+    if (s == LU_OK && out_lengths && !(*out_lengths = lu_ee_zipformer_steps_lengths(&st))) s = lu_error_code();
+    lu_ee_zipformer_steps_end(&st);
     return s;
 }
 

@@ -55,6 +55,8 @@ lu_status lu_zipformer_config_check(const lu_zipformer_config *c);
  * stack), pos_dim; optional causal (false), feature_dim (80), layer1_channels (8),
  * layer2_channels (32), layer3_channels (128). Unknown keys are errors naming the key. */
 lu_status lu_zipformer_config_load_json(const char *path, lu_zipformer_config *c);
+/* The same from the JSON text; `name` stands for the file in errors. */
+lu_status lu_zipformer_config_parse_json(const char *text, const char *name, lu_zipformer_config *c);
 /* The "small" recipe (asr.md 9.5) with 80 features. */
 lu_zipformer_config lu_zipformer_small_config(void);
 
@@ -142,6 +144,29 @@ lu_status lu_ee_zipformer_init(lu_ee_zipformer *m, uint64_t seed);
  * and, when out_lengths is non-NULL, encoder_out_lens (i64 [B]). */
 lu_status lu_ee_zipformer_forward(lu_ee_zipformer *m, lu_tensor *feats, lu_tensor *lengths, lu_tensor **exits,
                                   lu_tensor **out_lengths);
+
+/* Stack by stack, so that inference can stop at an exit: lu_ee_zipformer_begin runs the front
+ * end, each lu_ee_zipformer_next runs the next stack and gives the log-probabilities of the exit
+ * after it (NULL when it has none). An exit's values are bit-identical to lu_ee_zipformer_forward's:
+ * the same ops on the same inputs (the forward runs every stack before the heads). End every
+ * begun state with lu_ee_zipformer_steps_end (it frees the host lengths). */
+typedef struct lu_ee_zipformer_steps {
+    lu_ee_zipformer *m;
+    lu_tensor *h;                                  /* output of the last stack run (or the front end) */
+    lu_tensor *outputs[LU_ZIPFORMER_MAX_STACKS];   /* stack outputs so far */
+    int64_t *len;                                  /* [batch] lengths at the subsampled rate (host) */
+    int64_t batch;
+    lu_device device;
+    int done;                                      /* stacks run */
+} lu_ee_zipformer_steps;
+
+lu_status lu_ee_zipformer_begin(lu_ee_zipformer *m, lu_tensor *feats, lu_tensor *lengths, lu_ee_zipformer_steps *st);
+/* Runs stack st->done; *exit receives its exit's log-probabilities [B,T',V] or NULL. Stepping
+ * past the last stack is an error. */
+lu_status lu_ee_zipformer_next(lu_ee_zipformer_steps *st, lu_tensor **exit);
+/* encoder_out_lens (i64 [B]), as lu_ee_zipformer_forward's out_lengths. */
+lu_tensor *lu_ee_zipformer_steps_lengths(const lu_ee_zipformer_steps *st);
+void lu_ee_zipformer_steps_end(lu_ee_zipformer_steps *st);
 /* Sum over exits of CTC losses (see above); targets [B,S] int padded, target_lengths [B]. */
 lu_tensor *lu_ee_zipformer_loss(lu_ee_zipformer *m, lu_tensor *feats, lu_tensor *lengths, lu_tensor *targets,
                                 lu_tensor *target_lengths);

@@ -1,17 +1,17 @@
-/* asr_infer.c - `luthier asr transcribe`: a trained `asr` task (its config and a checkpoint)
- * turns audio files into text. Features are computed as `luthier data prepare-speech` computed
- * the training store's (kind and sample rate read from it) and normalised as in training; one
- * exit is decoded greedily or by prefix beam search (models/ctc_decode.h). With --exit auto the
- * exits are scored in order and the first one the confidence policy accepts is decoded
- * (models/exit_policy.h); the model's forward computes every exit in one pass, so `auto` saves
- * decoding, not encoder compute, and the line reports the exit it chose. */
+/* asr_infer.c - `luthier asr transcribe`: a trained `asr` model (a checkpoint, which holds its
+ * config, token set and feature settings; experiments/runner/task_asr.h) turns audio files into
+ * text. Features are computed as `luthier data prepare-speech` computed the training store's and
+ * normalised as in training; the encoder runs exit by exit and stops at the exit asked for
+ * (--exit N) or at the first one the confidence policy accepts (--exit auto;
+ * models/exit_policy.h), whose log-probabilities are decoded greedily or by prefix beam search
+ * (models/ctc_decode.h). Each line reports the exit used; with --exit auto a summary on stderr
+ * gives the mean exit and the share of encoder layers run. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/arena.h"
 #include "experiments/runner/asr_infer.h"
 #include "experiments/runner/task_asr.h"
-#include "experiments/runner/trainer.h"
 #include "models/audio.h"
 #include "models/ctc_decode.h"
 #include "models/exit_policy.h"
@@ -28,15 +28,20 @@ typedef struct transcribe_args {
 void lu_asr_transcribe_usage(FILE *f)
 {
     fprintf(f,
-            "usage: luthier asr transcribe --config CFG.yaml [--checkpoint FILE] [--exit N|auto]\n"
+            "usage: luthier asr transcribe --checkpoint FILE|RUN_DIR [--config CFG.yaml] [--exit N|auto]\n"
             "                              [--policy entropy:T|posterior:T] [--beam K] AUDIO...\n"
+            "       luthier asr transcribe --config CFG.yaml [options] AUDIO...   (the run's last checkpoint)\n"
             "\n"
-            "Loads the asr task of CFG.yaml with FILE (default: the run's checkpoints/last.h5) and prints\n"
-            "one line per audio file: PATH<TAB>EXIT<TAB>TRANSCRIPT.\n"
-            "  --exit N      decode exit N (1-based; default: the last)\n"
-            "  --exit auto   decode the first exit whose confidence passes --policy (default\n"
-            "                entropy:0.2: mean normalised frame entropy <= 0.2; posterior:T: mean\n"
-            "                max-posterior >= T); the last exit when none does\n"
+            "Loads a trained asr model and prints one line per audio file: PATH<TAB>EXIT<TAB>TRANSCRIPT.\n"
+            "The checkpoint holds the config, token set and feature settings; RUN_DIR means its\n"
+            "checkpoints/last.h5. Checkpoints written before they held the token set need the training\n"
+            "data their config names.\n"
+            "  --config CFG  use this config instead of the checkpoint's\n"
+            "  --exit N      run the encoder up to exit N and decode it (1-based; default: the last)\n"
+            "  --exit auto   run the encoder exit by exit and stop at the first exit whose confidence\n"
+            "                passes --policy (default entropy:0.2: mean normalised frame entropy <= 0.2;\n"
+            "                posterior:T: mean max-posterior >= T), the last exit when none does; a\n"
+            "                summary of exits and encoder layers run goes to stderr\n"
             "  --beam K      prefix beam search with K prefixes (default: greedy decoding)\n");
 }
 
@@ -83,7 +88,7 @@ static int parse(int argc, char **argv, transcribe_args *a)
             return usage_error("unknown option", o);
         }
     }
-    if (!a->config) return usage_error("missing", "--config");
+    if (!a->config && !a->checkpoint) return usage_error("missing", "--checkpoint");
     if (a->first_audio >= argc) return usage_error("no audio file after the options", "");
     return -1;
 }
@@ -108,52 +113,37 @@ static lu_tensor *features_of(const char *path, const char *kind, int rate)
     return f;
 }
 
-/* Transcribes one file: *exit_used (1-based) and the text (malloc'd). */
-static lu_status transcribe(void *state, const transcribe_args *a, const char *path, int *exit_used, char **text)
+/* Transcribes one file: the exit used and encoder layers run, and the text (malloc'd). */
+static lu_status transcribe(void *state, const transcribe_args *a, const char *path, int *exit_used, int *layers,
+                            char **text)
 {
-    int rate, n_exits = lu_asr_task_n_exits(state);
-    int64_t dim, frames;
+    int rate;
+    int64_t dim;
     const char *kind = lu_asr_task_features(state, &rate, &dim);
     lu_tensor *feats = features_of(path, kind, rate);
     if (!feats) return lu_error_code();
-    lu_tensor *exits[LU_ASR_MAX_EXITS] = {0};
+    lu_asr_exit_out out = {0};
     lu_status st = feats->shape[1] == dim ? LU_OK
                  : lu_errorf(LU_ERR_SHAPE, "%s: %lld features per frame, the model takes %lld", path,
                              (long long)feats->shape[1], (long long)dim);
-    if (!st) st = lu_asr_task_forward(state, lu_tensor_data(feats), feats->shape[0], exits, &frames);
+    if (!st) st = lu_asr_task_run(state, lu_tensor_data(feats), feats->shape[0], a->exit > 0 ? a->exit : 0,
+                                  a->exit == 0 ? &a->policy : NULL, &out);
     lu_tensor_release(feats);
     LU_TRY(st);
-    int64_t T = exits[0]->shape[1], V = exits[0]->shape[2];
-    if (frames > T) frames = T;
-    for (int i = 1; i < n_exits; i++)
-        if (exits[i]->shape[1] != T || exits[i]->shape[2] != V)
-            return lu_errorf(LU_ERR_SHAPE, "asr transcribe: exit %d has %lld frames x %lld units, exit 1 %lld x %lld", i + 1,
-                             (long long)exits[i]->shape[1], (long long)exits[i]->shape[2], (long long)T, (long long)V);
-    float *logp = malloc((size_t)(T * V) * sizeof *logp);
-    if (!logp) return lu_errorf(LU_ERR_NOMEM, "asr transcribe: out of memory");
-    int e = a->exit > 0 ? a->exit - 1 : n_exits - 1;
-    if (a->exit == 0)
-        for (int i = 0; i < n_exits - 1 && !st; i++) {
-            if ((st = lu_tensor_to_host(exits[i], LU_F32, logp))) break;
-            if (lu_exit_accepts(&a->policy, lu_exit_score(a->policy.criterion, logp, frames, V))) {
-                e = i;
-                break;
-            }
-        }
-    if (!st) st = lu_tensor_to_host(exits[e], LU_F32, logp);
     lu_ctc_hyp hyp = {0};
-    if (!st && a->beam) {
+    if (a->beam) {
         lu_ctc_beam_opts o = lu_ctc_beam_opts_default();
         o.beam_size = a->beam;
         int n_out;
-        st = lu_ctc_beam_search(logp, (int)frames, (int)V, &o, &hyp, &n_out);
-    } else if (!st) {
-        st = lu_ctc_greedy(logp, (int)frames, (int)V, 0, &hyp);
+        st = lu_ctc_beam_search(out.logp, (int)out.frames, (int)out.vocab, &o, &hyp, &n_out);
+    } else {
+        st = lu_ctc_greedy(out.logp, (int)out.frames, (int)out.vocab, 0, &hyp);
     }
-    free(logp);
+    free(out.logp);
     if (!st && !(*text = lu_asr_task_detokenize(state, hyp.tokens, hyp.n_tokens))) st = lu_error_code();
     lu_ctc_hyp_free(&hyp);
-    *exit_used = e + 1;
+    *exit_used = out.exit;
+    *layers = out.layers;
     return st;
 }
 
@@ -162,47 +152,48 @@ int lu_asr_transcribe_cli(int argc, char **argv)
     transcribe_args a;
     int rc = parse(argc, argv, &a);
     if (rc >= 0) return rc;
-    lu_run_options opt = {.config_path = a.config, .checkpoint = a.checkpoint};
-    lu_loaded_task *t = lu_task_open(&opt);
-    if (!t) {
+    void *state = NULL;
+    if (lu_asr_task_open(a.checkpoint, a.config, &state)) {
         fprintf(stderr, "luthier asr transcribe: %s\n", lu_error_message());
         return 1;
-    }
-    void *state = lu_loaded_task_state(t);
-    if (lu_loaded_task_kind(t) != &lu_task_asr) {
-        fprintf(stderr, "luthier asr transcribe: %s is a '%s' task, not asr\n", a.config, lu_loaded_task_kind(t)->name);
-        lu_task_close(t);
-        return 2;
     }
     int n_exits = lu_asr_task_n_exits(state);
     if (a.exit > n_exits) {
         fprintf(stderr, "luthier asr transcribe: --exit %d, the model has exits 1..%d\n", a.exit, n_exits);
-        lu_task_close(t);
+        lu_asr_task_close(state);
         return 2;
     }
     lu_arena *arena = lu_arena_new(LU_CPU, 0);
     if (!arena) {
         fprintf(stderr, "luthier asr transcribe: %s\n", lu_error_message());
-        lu_task_close(t);
+        lu_asr_task_close(state);
         return 1;
     }
     lu_arena *prev = lu_arena_activate(arena);
     rc = 0;
+    int done = 0;
+    double exit_sum = 0, layer_sum = 0;
     for (int i = a.first_audio; i < argc; i++) {
         lu_arena_reset(arena);
-        int exit_used = 0;
+        int exit_used = 0, layers = 0;
         char *text = NULL;
-        if (transcribe(state, &a, argv[i], &exit_used, &text)) {
+        if (transcribe(state, &a, argv[i], &exit_used, &layers, &text)) {
             fprintf(stderr, "luthier asr transcribe: %s: %s\n", argv[i], lu_error_message());
             rc = 1;
         } else {
             printf("%s\t%d\t%s\n", argv[i], exit_used, text);
+            done++;
+            exit_sum += exit_used;
+            layer_sum += layers;
         }
         free(text);
     }
     fflush(stdout);
+    if (a.exit == 0 && done)
+        fprintf(stderr, "luthier asr transcribe: %d files, mean exit %.2f of %d, %.1f%% of the encoder layers run\n", done,
+                exit_sum / done, n_exits, 100.0 * layer_sum / ((double)done * lu_asr_task_exit_layers(state, n_exits - 1)));
     lu_arena_activate(prev);
     lu_arena_free(arena);
-    lu_task_close(t);
+    lu_asr_task_close(state);
     return rc;
 }

@@ -11,7 +11,7 @@
 #include "core/config.h"
 #include "core/params.h"
 
-#define LU_TASK_MAX_METRICS 32
+#define LU_TASK_MAX_METRICS 48
 
 typedef struct lu_task_metrics {
     int n;

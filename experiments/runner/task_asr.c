@@ -16,19 +16,36 @@
  * on the batch size. Evaluation: greedy CTC decoding of every exit on the held-out store and the
  * corpus WER per exit; then, for a few thresholds of each confidence criterion
  * (models/exit_policy.h), the corpus WER when every utterance uses the first exit the policy
- * accepts, and the mean 1-based index of those exits (with one block per exit, the mean number
- * of encoder blocks run). */
+ * accepts, the mean 1-based index of those exits, and what stopping costs. The evaluation runs
+ * batches exit by exit, timing each step; a batch stops once every utterance in it has reached
+ * its exit, so the compute is that of the batch's latest exit: *_layer_frac is the fraction of
+ * encoder layers run (Splitformer branches not counted), *_time_frac the fraction of the encoder
+ * wall time of the full forward, summed from the step times measured on this evaluation's full
+ * pass (the early-stopped run executes exactly those steps; the confidence scoring is not timed).
+ * Checkpoints are self-contained (model.self_contained): the buffer asr.assets holds what
+ * inference needs beyond the weights, so `luthier asr transcribe --checkpoint` runs without the
+ * training data (lu_asr_task_open). */
+#include <errno.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <hdf5.h>
 
 #include "core/arena.h"
 #include "core/autograd.h"
+#include "core/checkpoint.h"
+#include "core/fileio.h"
 #include "core/ops.h"
 #include "experiments/runner/task.h"
 #include "experiments/runner/task_asr.h"
+#include "experiments/runner/trainer.h"
 #include "models/asr_data.h"
 #include "models/bpe.h"
 #include "models/conformer.h"
@@ -63,6 +80,7 @@ typedef struct asr_config {
     bool ctc_utterance_lengths;
     char *zipformer_config;
     lu_cfg_list exit_weights;
+    bool self_contained;
     int64_t demo_examples;
 } asr_config;
 
@@ -103,6 +121,9 @@ static const lu_cfg_field asr_schema[] = {
       "CTC input lengths per utterance (false: the padded length, as the authors' train.py)"),
     F("model", "zipformer_config", LU_CFG_STRING, zipformer_config, false, NULL, NULL, "ee_zipformer: JSON of icefall Zipformer2 arguments"),
     F("model", "exit_weights", LU_CFG_FLOAT_LIST, exit_weights, false, NULL, NULL, "CTC loss weight per exit (empty: all 1)"),
+    F("model", "self_contained", LU_CFG_BOOL, self_contained, false, "true", NULL,
+      "checkpoints hold the token set, feature settings and normalisation (asr.assets); false: the layout of checkpoints "
+      "written before, to evaluate or resume those"),
     F("demo", "examples", LU_CFG_INT, demo_examples, false, "3", NULL, "reference/hypothesis pairs the demo prints"),
     {0},
 };
@@ -114,19 +135,25 @@ static const char *const wer_keys[MAX_EXITS] = {
 
 /* Dynamic-exit policies evaluated: entropy thresholds around the 0.2-0.3 of Wright et al.'s
  * operating points, posterior thresholds from lenient to strict. */
+#define DYN_KEYS(name) \
+    "dyn_" name "_wer", "dyn_" name "_avg_exit", "dyn_" name "_layer_frac", "dyn_" name "_time_frac"
 static const struct {
     lu_exit_policy policy;
-    const char *wer_key, *exit_key;
+    const char *name, *wer_key, *exit_key, *layer_key, *time_key;
 } dyn_policies[] = {
-    {{LU_EXIT_ENTROPY, 0.1}, "dyn_entropy_0.1_wer", "dyn_entropy_0.1_avg_exit"},
-    {{LU_EXIT_ENTROPY, 0.2}, "dyn_entropy_0.2_wer", "dyn_entropy_0.2_avg_exit"},
-    {{LU_EXIT_ENTROPY, 0.3}, "dyn_entropy_0.3_wer", "dyn_entropy_0.3_avg_exit"},
-    {{LU_EXIT_POSTERIOR, 0.8}, "dyn_posterior_0.8_wer", "dyn_posterior_0.8_avg_exit"},
-    {{LU_EXIT_POSTERIOR, 0.9}, "dyn_posterior_0.9_wer", "dyn_posterior_0.9_avg_exit"},
-    {{LU_EXIT_POSTERIOR, 0.95}, "dyn_posterior_0.95_wer", "dyn_posterior_0.95_avg_exit"},
+    {{LU_EXIT_ENTROPY, 0.1}, "entropy:0.1", DYN_KEYS("entropy_0.1")},
+    {{LU_EXIT_ENTROPY, 0.2}, "entropy:0.2", DYN_KEYS("entropy_0.2")},
+    {{LU_EXIT_ENTROPY, 0.3}, "entropy:0.3", DYN_KEYS("entropy_0.3")},
+    {{LU_EXIT_POSTERIOR, 0.8}, "posterior:0.8", DYN_KEYS("posterior_0.8")},
+    {{LU_EXIT_POSTERIOR, 0.9}, "posterior:0.9", DYN_KEYS("posterior_0.9")},
+    {{LU_EXIT_POSTERIOR, 0.95}, "posterior:0.95", DYN_KEYS("posterior_0.95")},
 };
+#undef DYN_KEYS
 enum { N_DYN = sizeof dyn_policies / sizeof dyn_policies[0] };
-_Static_assert(1 + MAX_EXITS + 2 * N_DYN <= LU_TASK_MAX_METRICS, "asr metrics exceed LU_TASK_MAX_METRICS");
+_Static_assert(1 + MAX_EXITS + 4 * N_DYN <= LU_TASK_MAX_METRICS, "asr metrics exceed LU_TASK_MAX_METRICS");
+
+/* The buffer of self-contained checkpoints: a JSON record (see assets_json). */
+#define ASSETS_TENSOR "asr.assets"
 
 typedef struct utt_tokens {
     int *ids;
@@ -149,9 +176,19 @@ typedef struct asr {
     int exit_layer[MAX_EXITS];   /* encoder layers below each exit */
     lu_ee_conformer conformer;
     lu_ee_zipformer zipformer;
+    char *zipformer_json;        /* text of model.zipformer_config (ee_zipformer) */
+    char features[16];           /* the training store's feature kind, rate and dimension */
+    int sample_rate;
+    int64_t dim;
+    char *assets;                /* the asr.assets record (self-contained checkpoints) or NULL */
+    /* owned by a state from lu_asr_task_open (the trainer owns them otherwise) */
+    lu_params *own_params;
+    lu_cfg_field *own_schema;
+    void *own_config;
     /* the last evaluation, for demo() */
     bool evaluated;
     double wer[MAX_EXITS];
+    double dyn_wer[N_DYN], dyn_exit[N_DYN], dyn_layers[N_DYN], dyn_time[N_DYN];
     int n_demo;
     char *demo_ref[DEMO_MAX], *demo_hyp[DEMO_MAX][MAX_EXITS];
 } asr;
@@ -251,11 +288,12 @@ static lu_status declare_model(asr *s, int64_t dim, lu_params *params)
     const asr_config *c = &s->cfg;
     int64_t V = lu_bpe_size(s->tokens);
     if (c->arch == ARCH_EE_ZIPFORMER) {
-        if (!c->zipformer_config) return lu_errorf(LU_ERR_CONFIG, "asr: model.arch ee_zipformer needs model.zipformer_config");
+        if (!s->zipformer_json) return lu_errorf(LU_ERR_CONFIG, "asr: model.arch ee_zipformer needs model.zipformer_config");
+        const char *name = c->zipformer_config ? c->zipformer_config : "model.zipformer_config";
         lu_ee_zipformer_config zc = {.vocab_size = V};
-        LU_TRY(lu_zipformer_config_load_json(c->zipformer_config, &zc.enc));
+        LU_TRY(lu_zipformer_config_parse_json(s->zipformer_json, name, &zc.enc));
         if (zc.enc.feature_dim != dim)
-            return lu_errorf(LU_ERR_CONFIG, "asr: %s has feature_dim %lld, the feature store has %lld", c->zipformer_config,
+            return lu_errorf(LU_ERR_CONFIG, "asr: %s has feature_dim %lld, the feature store has %lld", name,
                              (long long)zc.enc.feature_dim, (long long)dim);
         lu_ee_zipformer_default_exits(&zc);
         s->n_exits = zc.n_exits;
@@ -332,15 +370,103 @@ static lu_status encode(asr *s, const char *text, utt_tokens *t, char **normalis
     return st;
 }
 
-static lu_status asr_create(void **state, const void *config, uint64_t seed, lu_params *params)
+/* ---- self-contained checkpoints -------------------------------------------------------------- */
+
+/* What inference needs beyond the weights, as JSON: {"format": "luthier-asr-assets",
+ * "features": the store's kind, "sample_rate", "dim", "cmvn_mean" and "cmvn_inv_std" ([dim];
+ * absent without normalisation), "tokens": the luthier-bpe JSON text (models/bpe.h),
+ * "zipformer_config": the JSON text of model.zipformer_config (ee_zipformer only)}. cJSON prints
+ * a number with the digits that read it back (15, else 17), so each float comes back bit-exact. */
+static char *assets_json(const asr *s)
 {
-    const asr_config *c = config;
+    cJSON *root = cJSON_CreateObject();
+    char *tokens = lu_bpe_to_json(s->tokens), *text = NULL;
+    bool ok = root && tokens && cJSON_AddStringToObject(root, "format", "luthier-asr-assets") &&
+              cJSON_AddStringToObject(root, "features", s->features) &&
+              cJSON_AddNumberToObject(root, "sample_rate", s->sample_rate) &&
+              cJSON_AddNumberToObject(root, "dim", (double)s->dim) && cJSON_AddStringToObject(root, "tokens", tokens);
+    if (ok && s->mean) {
+        cJSON *mean = cJSON_CreateFloatArray(s->mean, (int)s->dim), *inv = cJSON_CreateFloatArray(s->inv_std, (int)s->dim);
+        ok = mean && inv;
+        if (mean) cJSON_AddItemToObject(root, "cmvn_mean", mean);
+        if (inv) cJSON_AddItemToObject(root, "cmvn_inv_std", inv);
+    }
+    if (ok && s->zipformer_json) ok = cJSON_AddStringToObject(root, "zipformer_config", s->zipformer_json);
+    if (ok) text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    free(tokens);
+    if (!text) lu_errorf(LU_ERR_NOMEM, "asr: out of memory writing %s", ASSETS_TENSOR);
+    return text;
+}
+
+/* Reads the record of assets_json into a state that has no data stores. */
+static lu_status assets_read(asr *s, const char *text, const char *path)
+{
+    cJSON *root = cJSON_Parse(text);
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "format");
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(root, "features");
+    const cJSON *rate = cJSON_GetObjectItemCaseSensitive(root, "sample_rate");
+    const cJSON *dim = cJSON_GetObjectItemCaseSensitive(root, "dim");
+    const cJSON *tokens = cJSON_GetObjectItemCaseSensitive(root, "tokens");
+    const cJSON *mean = cJSON_GetObjectItemCaseSensitive(root, "cmvn_mean");
+    const cJSON *inv = cJSON_GetObjectItemCaseSensitive(root, "cmvn_inv_std");
+    const cJSON *zip = cJSON_GetObjectItemCaseSensitive(root, "zipformer_config");
+    lu_status st = LU_OK;
+    if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "luthier-asr-assets") || !cJSON_IsString(kind) ||
+        strlen(kind->valuestring) >= sizeof s->features || !cJSON_IsNumber(rate) || rate->valuedouble < 1 ||
+        !cJSON_IsNumber(dim) || dim->valuedouble < 1 || !cJSON_IsString(tokens) || (zip && !cJSON_IsString(zip)) ||
+        !mean != !inv || (mean && (!cJSON_IsArray(mean) || !cJSON_IsArray(inv) ||
+                                   cJSON_GetArraySize(mean) != dim->valueint || cJSON_GetArraySize(inv) != dim->valueint))) {
+        st = lu_errorf(LU_ERR_FORMAT, "checkpoint '%s': tensor '%s' is not a luthier-asr-assets record (features, "
+                       "sample_rate, dim, tokens, and dim values per normalisation array)", path, ASSETS_TENSOR);
+    } else {
+        snprintf(s->features, sizeof s->features, "%s", kind->valuestring);
+        s->sample_rate = rate->valueint;
+        s->dim = dim->valueint;
+        if (!(s->tokens = lu_bpe_from_json(tokens->valuestring, ASSETS_TENSOR))) st = lu_error_context("checkpoint '%s': ", path);
+        if (!st && zip && !(s->zipformer_json = strdup(zip->valuestring))) st = lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+    }
+    if (!st && mean) {
+        s->mean = malloc((size_t)s->dim * sizeof *s->mean);
+        s->inv_std = malloc((size_t)s->dim * sizeof *s->inv_std);
+        if (!s->mean || !s->inv_std) st = lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+        for (int64_t d = 0; !st && d < s->dim; d++) {
+            const cJSON *m = cJSON_GetArrayItem(mean, (int)d), *v = cJSON_GetArrayItem(inv, (int)d);
+            if (!cJSON_IsNumber(m) || !cJSON_IsNumber(v))
+                st = lu_errorf(LU_ERR_FORMAT, "checkpoint '%s': tensor '%s': normalisation value %lld is not a number", path,
+                               ASSETS_TENSOR, (long long)d);
+            else s->mean[d] = (float)m->valuedouble, s->inv_std[d] = (float)v->valuedouble;
+        }
+    }
+    cJSON_Delete(root);
+    return st;
+}
+
+/* Declares asr.assets, a u8 buffer of the record's length (filled by asr_init or a checkpoint). */
+static lu_status declare_assets(lu_params *params, size_t n)
+{
+    return lu_params_add(params, ASSETS_TENSOR, LU_U8, LU_SHAPE((int64_t)n), false) ? LU_OK : lu_error_code();
+}
+
+/* A state before create/open fills it. */
+static asr *asr_new(const asr_config *c, uint64_t seed)
+{
     asr *s = calloc(1, sizeof *s);
-    if (!s) return lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
-    *state = s;
+    if (!s) {
+        lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+        return NULL;
+    }
     s->cfg = *c;
     s->seed = seed;
     s->train.file = s->train.feats = s->valid.file = s->valid.feats = -1;
+    return s;
+}
+
+static lu_status asr_create(void **state, const void *config, uint64_t seed, lu_params *params)
+{
+    const asr_config *c = config;
+    asr *s = asr_new(c, seed);
+    if (!(*state = s)) return lu_error_code();
     if (c->max_frames < 1 || c->max_train_frames < 8)
         return lu_errorf(LU_ERR_CONFIG, "asr: data.max_frames must be >= 1 and data.max_train_frames >= 8");
     LU_TRY(lu_asr_store_open(c->train_features, &s->train));
@@ -348,6 +474,12 @@ static lu_status asr_create(void **state, const void *config, uint64_t seed, lu_
     if (s->train.dim != s->valid.dim)
         return lu_errorf(LU_ERR_CONFIG, "asr: %s has %lld features per frame, %s has %lld", c->train_features,
                          (long long)s->train.dim, c->valid_features, (long long)s->valid.dim);
+    snprintf(s->features, sizeof s->features, "%s", s->train.features);
+    s->sample_rate = s->train.sample_rate;
+    s->dim = s->train.dim;
+    if (c->arch == ARCH_EE_ZIPFORMER && c->zipformer_config &&
+        !(s->zipformer_json = lu_file_read(c->zipformer_config, (size_t)1 << 20, NULL)))
+        return lu_error_context("asr: model.zipformer_config: ");
     int64_t n = s->train.n;
     char **norm = calloc((size_t)n, sizeof *norm);
     s->train_tok = calloc((size_t)n, sizeof *s->train_tok);
@@ -390,14 +522,25 @@ static lu_status asr_create(void **state, const void *config, uint64_t seed, lu_
     st = lu_asr_buckets_make(frames, s->n_train, c->max_frames, seed, &s->buckets);
     free(frames);
     LU_TRY(st);
-    return compute_cmvn(s);
+    LU_TRY(compute_cmvn(s));
+    if (!c->self_contained) return LU_OK;
+    if (!(s->assets = assets_json(s))) return lu_error_code();
+    return declare_assets(params, strlen(s->assets));
 }
 
 static lu_status asr_init(void *state, uint64_t seed)
 {
     asr *s = state;
-    if (s->cfg.arch == ARCH_EE_ZIPFORMER) return lu_ee_zipformer_init(&s->zipformer, seed);
-    return lu_ee_conformer_init(&s->conformer, seed);
+    lu_params *p = s->cfg.arch == ARCH_EE_ZIPFORMER ? s->zipformer.params : s->conformer.params;
+    LU_TRY(s->cfg.arch == ARCH_EE_ZIPFORMER ? lu_ee_zipformer_init(&s->zipformer, seed)
+                                            : lu_ee_conformer_init(&s->conformer, seed));
+    if (!s->assets) return LU_OK;
+    /* After the model's init, which fills every tensor of the store. */
+    lu_tensor *t = lu_params_get(p, ASSETS_TENSOR);
+    lu_tensor *h = t ? lu_tensor_wrap(LU_U8, t->ndim, t->shape, LU_CPU, s->assets, NULL, NULL) : NULL;
+    lu_status st = h ? lu_tensor_copy(t, h) : lu_error_code();
+    lu_tensor_release(h);
+    return st;
 }
 
 static int64_t asr_epoch_size(void *state)
@@ -460,6 +603,76 @@ static lu_status forward(asr *s, const batch *b, bool training, int64_t position
     if (s->cfg.arch == ARCH_EE_ZIPFORMER) return lu_ee_zipformer_forward(&s->zipformer, b->feats, b->lengths, exits, out_len);
     lu_conformer_run run = {.training = training, .seed = s->seed, .step = (uint64_t)position};
     return lu_ee_conformer_forward(&s->conformer, b->feats, b->lengths, &run, exits, out_len);
+}
+
+/* The encoder of either family exit by exit, in eval mode (conformer.h, zipformer.h). */
+typedef struct exit_steps {
+    asr *s;
+    lu_ee_conformer_steps conformer;
+    lu_ee_zipformer_steps zipformer;
+} exit_steps;
+
+static lu_status steps_begin(asr *s, const batch *b, exit_steps *e)
+{
+    e->s = s;
+    if (s->cfg.arch == ARCH_EE_ZIPFORMER) return lu_ee_zipformer_begin(&s->zipformer, b->feats, b->lengths, &e->zipformer);
+    return lu_ee_conformer_begin(&s->conformer, b->feats, b->lengths, NULL, &e->conformer);
+}
+
+/* Log-probabilities [B,T',V] of the next exit (a Zipformer runs stacks until one has an exit). */
+static lu_tensor *steps_next(exit_steps *e)
+{
+    if (e->s->cfg.arch != ARCH_EE_ZIPFORMER) return lu_ee_conformer_next(&e->conformer);
+    lu_tensor *x = NULL;
+    while (!x)
+        if (lu_ee_zipformer_next(&e->zipformer, &x)) return NULL;
+    return x;
+}
+
+static lu_tensor *steps_lengths(const exit_steps *e)
+{
+    if (e->s->cfg.arch == ARCH_EE_ZIPFORMER) return lu_ee_zipformer_steps_lengths(&e->zipformer);
+    return lu_ee_conformer_steps_lengths(&e->conformer);
+}
+
+/* Encoder layers run so far (Splitformer branches not counted). */
+static int steps_layers(const exit_steps *e)
+{
+    if (e->s->cfg.arch != ARCH_EE_ZIPFORMER) return e->conformer.done * e->conformer.m->cfg.block.num_layers;
+    int n = 0;
+    for (int i = 0; i < e->zipformer.done; i++) n += e->zipformer.m->cfg.enc.num_encoder_layers[i];
+    return n;
+}
+
+static void steps_end(exit_steps *e)
+{
+    if (e->s->cfg.arch == ARCH_EE_ZIPFORMER) lu_ee_zipformer_steps_end(&e->zipformer);
+    else lu_ee_conformer_steps_end(&e->conformer);
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Every exit of a batch, block by block: exits[i], out_len, and seconds[i] the wall time from
+ * exit i-1 (the batch's features, for i = 0) to exit i. */
+static lu_status forward_timed(asr *s, const batch *b, lu_tensor **exits, lu_tensor **out_len, double *seconds)
+{
+    exit_steps e;
+    double t0 = now_seconds();
+    lu_status st = steps_begin(s, b, &e);
+    for (int i = 0; i < s->n_exits && !st; i++) {
+        if (!(exits[i] = steps_next(&e))) st = lu_error_code();
+        double t = now_seconds();
+        seconds[i] = t - t0;
+        t0 = t;
+    }
+    if (!st && !(*out_len = steps_lengths(&e))) st = lu_error_code();
+    steps_end(&e);
+    return st;
 }
 
 /* sum_i w_i CTC_i (see the file comment). */
@@ -567,18 +780,34 @@ static lu_status score_exits(const asr *s, int64_t B, lu_tensor **exits, lu_tens
     return st;
 }
 
-/* Adds each policy's chosen exit of the batch's utterances to dyn_counts and dyn_exit_sum. */
+/* Each policy's results over the evaluation (see the file comment). */
+typedef struct dyn_totals {
+    lu_wer_counts counts[N_DYN];
+    double exit_sum[N_DYN];           /* 1-based exits, summed over utterances */
+    double layers[N_DYN], full_layers; /* encoder layers run, times the batch's utterances */
+    double seconds[N_DYN], full_seconds;
+} dyn_totals;
+
+/* Adds each policy's chosen exits of a batch to the totals; the batch runs up to the latest
+ * of them. seconds[i]: measured time of exit step i. */
 static void choose_exits(const asr *s, int64_t B, const double *entropy, const double *posterior,
-                         const lu_wer_counts *utt, lu_wer_counts *dyn_counts, double *dyn_exit_sum)
+                         const lu_wer_counts *utt, const double *seconds, dyn_totals *d)
 {
+    int last = s->n_exits - 1;
+    for (int i = 0; i <= last; i++) d->full_seconds += seconds[i];
+    d->full_layers += (double)B * s->exit_layer[last];
     for (int p = 0; p < N_DYN; p++) {
         const lu_exit_policy *pol = &dyn_policies[p].policy;
         const double *scores = pol->criterion == LU_EXIT_ENTROPY ? entropy : posterior;
+        int stop = 0;
         for (int64_t k = 0; k < B; k++) {
             int e = lu_exit_select(pol, scores + k * s->n_exits, s->n_exits);
-            lu_wer_accumulate(&dyn_counts[p], &utt[k * s->n_exits + e]);
-            dyn_exit_sum[p] += e + 1;
+            lu_wer_accumulate(&d->counts[p], &utt[k * s->n_exits + e]);
+            d->exit_sum[p] += e + 1;
+            stop = e > stop ? e : stop;
         }
+        for (int i = 0; i <= stop; i++) d->seconds[p] += seconds[i];
+        d->layers[p] += (double)B * s->exit_layer[stop];
     }
 }
 
@@ -607,8 +836,8 @@ static lu_status asr_evaluate(void *state, lu_task_metrics *out)
     }
     lu_arena *prev = lu_arena_activate(arena);
     bool grad = lu_grad_set_enabled(false);
-    lu_wer_counts totals[MAX_EXITS] = {0}, dyn_counts[N_DYN] = {0};
-    double dyn_exit_sum[N_DYN] = {0};
+    lu_wer_counts totals[MAX_EXITS] = {0};
+    dyn_totals dyn = {0};
     double loss_sum = 0;
     int64_t loss_utts = 0;
     for (int64_t k = 0; k < vb.n_batches && !st; k++) {
@@ -617,8 +846,9 @@ static lu_status asr_evaluate(void *state, lu_task_metrics *out)
         int64_t B = vb.start[k + 1] - vb.start[k];
         batch b;
         lu_tensor *exits[MAX_EXITS] = {0}, *out_len = NULL, *loss = NULL;
+        double seconds[MAX_EXITS] = {0};
         if (!(st = make_batch(s, &s->valid, s->valid_tok, ids, B, false, 0, &b)) &&
-            !(st = forward(s, &b, false, 0, exits, &out_len))) {
+            !(st = forward_timed(s, &b, exits, &out_len, seconds))) {
             if (!(loss = exit_loss(s, &b, exits, out_len))) st = lu_error_code();
             else loss_sum += lu_tensor_item(loss) * (double)B, loss_utts += B;
         }
@@ -628,7 +858,7 @@ static lu_status asr_evaluate(void *state, lu_task_metrics *out)
         if (!st && !(utt && entropy && posterior)) st = lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
         if (!st) st = score_batch(s, ids, B, exits, out_len, totals, utt);
         if (!st) st = score_exits(s, B, exits, out_len, entropy, posterior);
-        if (!st) choose_exits(s, B, entropy, posterior, utt, dyn_counts, dyn_exit_sum);
+        if (!st) choose_exits(s, B, entropy, posterior, utt, seconds, &dyn);
         free(utt);
         free(entropy);
         free(posterior);
@@ -647,9 +877,13 @@ static lu_status asr_evaluate(void *state, lu_task_metrics *out)
     }
     for (int p = 0; p < N_DYN; p++) {
         out->keys[out->n] = dyn_policies[p].wer_key;
-        out->values[out->n++] = 100.0 * lu_wer_rate(&dyn_counts[p]);
+        out->values[out->n++] = s->dyn_wer[p] = 100.0 * lu_wer_rate(&dyn.counts[p]);
         out->keys[out->n] = dyn_policies[p].exit_key;
-        out->values[out->n++] = dyn_exit_sum[p] / (double)n;
+        out->values[out->n++] = s->dyn_exit[p] = dyn.exit_sum[p] / (double)n;
+        out->keys[out->n] = dyn_policies[p].layer_key;
+        out->values[out->n++] = s->dyn_layers[p] = dyn.layers[p] / dyn.full_layers;
+        out->keys[out->n] = dyn_policies[p].time_key;
+        out->values[out->n++] = s->dyn_time[p] = dyn.full_seconds > 0 ? dyn.seconds[p] / dyn.full_seconds : 1.0;
     }
     s->evaluated = true;
     return LU_OK;
@@ -662,6 +896,11 @@ static void asr_demo(void *state, FILE *f)
     if (!s->evaluated) return;
     fprintf(f, "\n| exit | encoder layers | WER %% |\n|---:|---:|---:|\n");
     for (int i = 0; i < s->n_exits; i++) fprintf(f, "| %d | %d | %.1f |\n", i + 1, s->exit_layer[i], s->wer[i]);
+    fprintf(f, "\n| dynamic exit | WER %% | mean exit | encoder layers run %% | encoder time %% |\n"
+               "|---|---:|---:|---:|---:|\n");
+    for (int p = 0; p < N_DYN; p++)
+        fprintf(f, "| %s | %.1f | %.2f | %.1f | %.1f |\n", dyn_policies[p].name, s->dyn_wer[p], s->dyn_exit[p],
+                100.0 * s->dyn_layers[p], 100.0 * s->dyn_time[p]);
     for (int k = 0; k < s->n_demo; k++) {
         fprintf(f, "\nREF:            %s\n", s->demo_ref[k]);
         fprintf(f, "HYP exit 1:     %s\n", s->demo_hyp[k][0] ? s->demo_hyp[k][0] : "");
@@ -687,7 +926,184 @@ static void asr_destroy(void *state)
     lu_bpe_free(s->tokens);
     lu_asr_store_close(&s->train);
     lu_asr_store_close(&s->valid);
+    free(s->zipformer_json);
+    free(s->assets);
+    lu_params_free(s->own_params);
+    if (s->own_schema) lu_config_free(s->own_schema, s->own_config);
+    free(s->own_schema);
+    free(s->own_config);
     free(s);
+}
+
+/* ---- opening a checkpoint for inference (task_asr.h) ------------------------------------------ */
+
+#define PATH_LEN 4096
+
+/* A resolved config read outside the trainer: the common sections and the asr ones. */
+typedef struct full_config {
+    lu_train_config common;
+    asr_config task;
+} full_config;
+
+static lu_cfg_field *full_schema(void)
+{
+    int nc = 0, nt = 0;
+    while (lu_train_schema[nc].key) nc++;
+    while (asr_schema[nt].key) nt++;
+    lu_cfg_field *f = calloc((size_t)(nc + nt + 1), sizeof *f);
+    if (!f) {
+        lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+        return NULL;
+    }
+    for (int i = 0; i < nc; i++) f[i] = lu_train_schema[i], f[i].offset += offsetof(full_config, common);
+    for (int i = 0; i < nt; i++) f[nc + i] = asr_schema[i], f[nc + i].offset += offsetof(full_config, task);
+    return f;
+}
+
+/* Parses a config after checking its top-level `task:` line names asr (another task's sections
+ * would otherwise read as unknown keys). */
+static lu_status parse_config(const char *text, const char *name, const lu_cfg_field *schema, full_config *fc)
+{
+    for (const char *l = text; l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        if (strncmp(l, "task:", 5)) continue;
+        l += 5 + strspn(l + 5, " \t\"'");
+        size_t n = strcspn(l, " \t\"'\r\n#");
+        if (n != 3 || strncmp(l, "asr", 3))
+            return lu_errorf(LU_ERR_CONFIG, "%s: task '%.*s', not asr", name, (int)(n < 64 ? n : 64), l);
+        break;
+    }
+    return lu_config_parse(text, name, schema, fc, 0, NULL);
+}
+
+/* The run's checkpoints/last.h5, the run directory named as the trainer names it: train.out_dir,
+ * else runs/<name>, the name defaulting to the config file's name without its extension. */
+static lu_status run_checkpoint(const lu_train_config *c, const char *config_path, char *path)
+{
+    const char *base = strrchr(config_path, '/') ? strrchr(config_path, '/') + 1 : config_path;
+    const char *dot = strrchr(base, '.');
+    int n = c->out_dir ? snprintf(path, PATH_LEN, "%s/checkpoints/last.h5", c->out_dir)
+          : c->name    ? snprintf(path, PATH_LEN, "runs/%s/checkpoints/last.h5", c->name)
+                       : snprintf(path, PATH_LEN, "runs/%.*s/checkpoints/last.h5", (int)(dot ? dot - base : (long)strlen(base)), base);
+    return n < PATH_LEN ? LU_OK : lu_errorf(LU_ERR_IO, "asr: path too long: %s", path);
+}
+
+/* A checkpoint file, or a run directory's checkpoints/last.h5. */
+static lu_status checkpoint_path(const char *given, char *path)
+{
+    struct stat sb;
+    bool dir = stat(given, &sb) == 0 && S_ISDIR(sb.st_mode);
+    int n = snprintf(path, PATH_LEN, dir ? "%s/checkpoints/last.h5" : "%s", given);
+    return n < PATH_LEN ? LU_OK : lu_errorf(LU_ERR_IO, "asr: path too long: %s", given);
+}
+
+/* The config text and the asr.assets record of a checkpoint (NULL when absent), read before a
+ * parameter store exists, from the layout of core/checkpoint.h: the /meta attribute "config"
+ * and the dataset /params/asr.assets. */
+static lu_status checkpoint_peek(const char *path, char **config, char **assets)
+{
+    *config = *assets = NULL;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    if (access(path, R_OK)) return lu_errorf(LU_ERR_IO, "checkpoint '%s': cannot read: %s", path, strerror(errno));
+    if (H5Fis_hdf5(path) <= 0) return lu_errorf(LU_ERR_FORMAT, "checkpoint '%s': not an HDF5 file", path);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return lu_errorf(LU_ERR_FORMAT, "checkpoint '%s': cannot open (truncated or damaged HDF5 file)", path);
+    lu_status st = LU_OK;
+    if (H5Lexists(f, "meta", H5P_DEFAULT) > 0 && H5Aexists_by_name(f, "meta", "config", H5P_DEFAULT) > 0) {
+        hid_t a = H5Aopen_by_name(f, "meta", "config", H5P_DEFAULT, H5P_DEFAULT), t = H5Tcopy(H5T_C_S1);
+        char *v = NULL;
+        if (t >= 0) H5Tset_size(t, H5T_VARIABLE), H5Tset_cset(t, H5T_CSET_UTF8);
+        if (a < 0 || t < 0 || H5Aread(a, t, &v) < 0 || !v)
+            st = lu_errorf(LU_ERR_FORMAT, "checkpoint '%s': cannot read the config attribute of /meta", path);
+        else if (!(*config = strdup(v))) st = lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+        if (v) H5free_memory(v);
+        if (t >= 0) H5Tclose(t);
+        if (a >= 0) H5Aclose(a);
+    }
+    if (!st && H5Lexists(f, "params", H5P_DEFAULT) > 0 && H5Lexists(f, "params/" ASSETS_TENSOR, H5P_DEFAULT) > 0) {
+        hid_t d = H5Dopen2(f, "params/" ASSETS_TENSOR, H5P_DEFAULT), sp = d >= 0 ? H5Dget_space(d) : -1;
+        hssize_t n = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+        if (n < 0 || !(*assets = malloc((size_t)n + 1)) || H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, *assets) < 0)
+            st = lu_errorf(LU_ERR_FORMAT, "checkpoint '%s': cannot read tensor '%s'", path, ASSETS_TENSOR);
+        else (*assets)[n] = 0;
+        if (sp >= 0) H5Sclose(sp);
+        if (d >= 0) H5Dclose(d);
+    }
+    H5Fclose(f);
+    return st;
+}
+
+lu_status lu_asr_task_open(const char *checkpoint, const char *config_path, void **state)
+{
+    *state = NULL;
+    char path[PATH_LEN], name[PATH_LEN + 32];
+    char *text = NULL, *stored = NULL, *assets = NULL;
+    full_config *fc = calloc(1, sizeof *fc);
+    lu_cfg_field *schema = full_schema();
+    lu_params *params = NULL;
+    asr *s = NULL;
+    lu_status st = fc && schema ? LU_OK : lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+    if (!st && !checkpoint && !config_path) st = lu_errorf(LU_ERR_INVALID, "asr: needs a checkpoint or the run's config");
+    if (!st && config_path && !(text = lu_file_read(config_path, (size_t)1 << 20, NULL))) st = lu_error_context("asr config: ");
+    bool parsed = false;
+    if (!st && !checkpoint) {
+        parsed = !(st = parse_config(text, config_path, schema, fc));
+        if (!st) st = run_checkpoint(&fc->common, config_path, path);
+    } else if (!st) {
+        st = checkpoint_path(checkpoint, path);
+    }
+    if (!st) st = checkpoint_peek(path, &stored, &assets);
+    if (!st && !text && !stored)
+        st = lu_errorf(LU_ERR_FORMAT, "checkpoint '%s' holds no config (it was saved without one): give the run's config (--config)", path);
+    if (!st && !parsed) {
+        snprintf(name, sizeof name, "%s", text ? config_path : path);
+        st = parse_config(text ? text : stored, name, schema, fc);
+    }
+    if (!st && !(params = lu_params_new(LU_CPU))) st = lu_error_code();
+    if (!st && assets) {
+        /* Self-contained: the record replaces the training data. */
+        if (!(s = asr_new(&fc->task, (uint64_t)fc->common.seed))) st = lu_error_code();
+        if (!st) st = assets_read(s, assets, path);
+        if (!st) st = declare_model(s, s->dim, params);
+        if (!st) st = declare_assets(params, strlen(assets));
+    } else if (!st) {
+        /* An older checkpoint: the token set and normalisation come from the data, as in training. */
+        void *v = NULL;
+        fc->task.self_contained = false;
+        st = asr_create(&v, &fc->task, (uint64_t)fc->common.seed, params);
+        s = v;
+        if (st)
+            st = lu_error_context("checkpoint '%s' has no tensor '%s' (it predates self-contained checkpoints), so the token set "
+                                  "and feature normalisation come from the training data its config names: ", path, ASSETS_TENSOR);
+    }
+    if (!st) st = lu_params_finalize(params);
+    lu_ckpt_meta meta = {0};
+    if (!st) st = lu_ckpt_load(path, params, NULL, &meta);
+    if (!st) fprintf(stderr, "loaded %s (step %lld)\n", path, (long long)meta.step);
+    free(meta.loaded_config_text);
+    free(text);
+    free(stored);
+    free(assets);
+    if (s) {
+        s->own_params = params;
+        s->own_schema = schema;
+        s->own_config = fc;
+    } else {
+        lu_params_free(params);
+        if (schema) lu_config_free(schema, fc);
+        free(schema);
+        free(fc);
+    }
+    if (st) {
+        if (s) asr_destroy(s);
+        return st;
+    }
+    *state = s;
+    return LU_OK;
+}
+
+void lu_asr_task_close(void *state)
+{
+    if (state) asr_destroy(state);
 }
 
 /* ---- inference (task_asr.h) ------------------------------------------------------------------ */
@@ -700,9 +1116,9 @@ int lu_asr_task_n_exits(void *state)
 const char *lu_asr_task_features(void *state, int *sample_rate, int64_t *dim)
 {
     asr *s = state;
-    *sample_rate = s->train.sample_rate;
-    *dim = s->train.dim;
-    return s->train.features;
+    *sample_rate = s->sample_rate;
+    *dim = s->dim;
+    return s->features;
 }
 
 int lu_asr_task_exit_layers(void *state, int exit)
@@ -710,10 +1126,30 @@ int lu_asr_task_exit_layers(void *state, int exit)
     return ((asr *)state)->exit_layer[exit];
 }
 
-lu_status lu_asr_task_forward(void *state, const float *feats, int64_t T, lu_tensor **exits, int64_t *frames)
+/* Copies exit i's log-probabilities [1,T',V] to out->logp (allocated at the first exit copied). */
+static lu_status exit_to_host(lu_tensor *x, int i, lu_asr_exit_out *out)
+{
+    char sx[LU_SHAPE_STR_MAX];
+    if (x->ndim != 3 || x->shape[0] != 1 || (out->logp && (x->shape[1] != out->t_out || x->shape[2] != out->vocab)))
+        return lu_errorf(LU_ERR_SHAPE, "asr: exit %d gives %s log-probabilities, expected [1, %lld, %lld]", i + 1,
+                         lu_shape_str(x, sx, sizeof sx), (long long)out->t_out, (long long)out->vocab);
+    if (!out->logp) {
+        out->t_out = x->shape[1];
+        out->vocab = x->shape[2];
+        if (!(out->logp = malloc((size_t)(out->t_out * out->vocab) * sizeof *out->logp)))
+            return lu_errorf(LU_ERR_NOMEM, "asr: out of memory");
+    }
+    return lu_tensor_to_host(x, LU_F32, out->logp);
+}
+
+lu_status lu_asr_task_run(void *state, const float *feats, int64_t T, int exit, const lu_exit_policy *policy,
+                          lu_asr_exit_out *out)
 {
     asr *s = state;
-    int64_t D = s->train.dim;
+    *out = (lu_asr_exit_out){0};
+    if (exit < 0 || exit > s->n_exits)
+        return lu_errorf(LU_ERR_INVALID, "asr: exit %d, the model has exits 1..%d", exit, s->n_exits);
+    int64_t D = s->dim;
     batch b = {.feats = lu_tensor_empty(LU_F32, LU_SHAPE(1, T, D), LU_CPU),
                .lengths = lu_tensor_full(LU_I64, LU_SHAPE(1), LU_CPU, (double)T)};
     if (!b.feats || !b.lengths) return lu_error_code();
@@ -721,12 +1157,33 @@ lu_status lu_asr_task_forward(void *state, const float *feats, int64_t T, lu_ten
     for (int64_t t = 0; t < T; t++)
         for (int64_t d = 0; d < D; d++)
             x[t * D + d] = s->mean ? (feats[t * D + d] - s->mean[d]) * s->inv_std[d] : feats[t * D + d];
-    lu_tensor *out_len = NULL;
+    int last = exit ? exit - 1 : s->n_exits - 1;
+    bool deciding = !exit && policy;
     bool grad = lu_grad_set_enabled(false);
-    lu_status st = forward(s, &b, false, 0, exits, &out_len);
+    exit_steps e;
+    lu_status st = steps_begin(s, &b, &e);
+    lu_tensor *len = st ? NULL : steps_lengths(&e);
+    if (!st && (!len || lu_tensor_to_host(len, LU_I64, &out->frames))) st = lu_error_code();
+    for (int i = 0; !st && i <= last; i++) {
+        lu_tensor *lp = steps_next(&e);
+        if (!lp) {
+            st = lu_error_code();
+            break;
+        }
+        out->exit = i + 1;
+        out->layers = steps_layers(&e);
+        if (i < last && !deciding) continue;
+        if ((st = exit_to_host(lp, i, out))) break;
+        if (out->frames > out->t_out) out->frames = out->t_out;
+        if (deciding && lu_exit_accepts(policy, lu_exit_score(policy->criterion, out->logp, out->frames, out->vocab))) break;
+    }
+    steps_end(&e);
     lu_grad_set_enabled(grad);
-    LU_TRY(st);
-    return lu_tensor_to_host(out_len, LU_I64, frames);
+    if (st) {
+        free(out->logp);
+        *out = (lu_asr_exit_out){0};
+    }
+    return st;
 }
 
 char *lu_asr_task_detokenize(void *state, const int *ids, int n)
