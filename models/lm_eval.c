@@ -27,6 +27,8 @@ static void item_free(lu_lmeval_item *it)
     for (int i = 0; i < it->n_answers; i++) free(it->answers[i]);
     free(it->answers);
     free(it->regex);
+    for (int i = 0; i < it->n_instructions; i++) lu_ifeval_instruction_free(it->instructions[i]);
+    free(it->instructions);
 }
 
 void lu_lmeval_task_free(lu_lmeval_task *t)
@@ -38,7 +40,48 @@ void lu_lmeval_task_free(lu_lmeval_task *t)
     free(t);
 }
 
-static const char *type_name(lu_lmeval_type t) { return t == LU_LMEVAL_MC ? "mc" : t == LU_LMEVAL_GEN ? "gen" : "ppl"; }
+static const char *type_name(lu_lmeval_type t)
+{
+    return t == LU_LMEVAL_MC ? "mc" : t == LU_LMEVAL_GEN ? "gen" : t == LU_LMEVAL_PPL ? "ppl" : "ifeval";
+}
+
+/* An optional "max_new_tokens" (a positive integer). */
+static lu_status get_max_new(const cJSON *o, const char *where, const char *type, int64_t *out)
+{
+    const cJSON *mx = cJSON_GetObjectItemCaseSensitive(o, "max_new_tokens");
+    if (!mx) return LU_OK;
+    if (!cJSON_IsNumber(mx) || mx->valuedouble < 1 || mx->valuedouble != (double)(int64_t)mx->valuedouble)
+        return lu_errorf(LU_ERR_INVALID, "%s: %s item: \"max_new_tokens\" must be a positive integer", where, type);
+    *out = (int64_t)mx->valuedouble;
+    return LU_OK;
+}
+
+/* "instruction_id_list" and "kwargs" (one object or null per id) of an ifeval item. */
+static lu_status parse_instructions(const cJSON *o, const char *where, lu_lmeval_item *it)
+{
+    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "instruction_id_list");
+    const cJSON *kws = cJSON_GetObjectItemCaseSensitive(o, "kwargs");
+    int n = cJSON_IsArray(ids) ? cJSON_GetArraySize(ids) : 0;
+    if (n == 0)
+        return lu_errorf(LU_ERR_INVALID, "%s: ifeval item: \"instruction_id_list\" must be a non-empty array of strings",
+                         where);
+    if (!cJSON_IsArray(kws) || cJSON_GetArraySize(kws) != n)
+        return lu_errorf(LU_ERR_INVALID, "%s: ifeval item: \"kwargs\" must be an array of %d objects, one per instruction",
+                         where, n);
+    if (!(it->instructions = calloc((size_t)n, sizeof *it->instructions)))
+        return lu_errorf(LU_ERR_NOMEM, "%s: out of memory", where);
+    for (int i = 0; i < n; i++) {
+        const cJSON *id = cJSON_GetArrayItem(ids, i), *kw = cJSON_GetArrayItem(kws, i);
+        if (!cJSON_IsString(id))
+            return lu_errorf(LU_ERR_INVALID, "%s: ifeval item: \"instruction_id_list\"[%d] is not a string", where, i);
+        if (!cJSON_IsObject(kw) && !cJSON_IsNull(kw))
+            return lu_errorf(LU_ERR_INVALID, "%s: ifeval item: \"kwargs\"[%d] is not an object", where, i);
+        if (!(it->instructions[i] = lu_ifeval_instruction_new(id->valuestring, kw)))
+            return lu_error_context("%s: ifeval item: ", where);
+        it->n_instructions++;
+    }
+    return LU_OK;
+}
 
 /* A required string field. */
 static char *get_string(const cJSON *o, const char *key, const char *where, const char *type)
@@ -96,23 +139,24 @@ static lu_status parse_item(const char *line, size_t len, const char *where, lu_
     } else if (!strcmp(ts, "gen")) {
         it->type = LU_LMEVAL_GEN;
         const cJSON *re = cJSON_GetObjectItemCaseSensitive(o, "regex");
-        const cJSON *mx = cJSON_GetObjectItemCaseSensitive(o, "max_new_tokens");
         if (!(it->text = get_string(o, "prompt", where, ts))) st = lu_error_code();
         else if ((st = get_strings(o, "answers", where, ts, &it->answers, &it->n_answers)) != LU_OK) {
         } else if (re && !(it->regex = get_string(o, "regex", where, ts))) {
             st = lu_error_code();
-        } else if (mx && (!cJSON_IsNumber(mx) || mx->valuedouble < 1 ||
-                          mx->valuedouble != (double)(int64_t)mx->valuedouble)) {
-            st = lu_errorf(LU_ERR_INVALID, "%s: gen item: \"max_new_tokens\" must be a positive integer", where);
-        } else if (mx) {
-            it->max_new_tokens = (int64_t)mx->valuedouble;
+        } else {
+            st = get_max_new(o, where, ts, &it->max_new_tokens);
         }
+    } else if (!strcmp(ts, "ifeval")) {
+        it->type = LU_LMEVAL_IFEVAL;
+        if (!(it->text = get_string(o, "prompt", where, ts))) st = lu_error_code();
+        else if ((st = parse_instructions(o, where, it)) == LU_OK)
+            st = get_max_new(o, where, ts, &it->max_new_tokens);
     } else if (!strcmp(ts, "ppl")) {
         it->type = LU_LMEVAL_PPL;
         if (!(it->text = get_string(o, "text", where, ts))) st = lu_error_code();
         else if (!*it->text) st = lu_errorf(LU_ERR_INVALID, "%s: ppl item: empty text", where);
     } else {
-        st = lu_errorf(LU_ERR_INVALID, "%s: \"type\" must be \"mc\", \"gen\" or \"ppl\"", where);
+        st = lu_errorf(LU_ERR_INVALID, "%s: \"type\" must be \"mc\", \"gen\", \"ppl\" or \"ifeval\"", where);
     }
     cJSON_Delete(o);
     return st;
@@ -455,6 +499,14 @@ char *lu_lmeval_normalize(const char *s)
     return out;
 }
 
+lu_status lu_lmeval_ifeval_score(const lu_lmeval_item *it, const char *response, bool *strict, bool *loose)
+{
+    if (it->type != LU_LMEVAL_IFEVAL) return lu_errorf(LU_ERR_INVALID, "lm eval: line %d is not an ifeval item", it->line);
+    for (int i = 0; i < it->n_instructions; i++)
+        LU_TRY(lu_ifeval_evaluate(it->instructions[i], response, &strict[i], &loose[i]));
+    return LU_OK;
+}
+
 /* ---- running a task ---- */
 
 static char *render(const lu_decoder *m, const lu_lmeval_opts *o, const char *text)
@@ -587,7 +639,7 @@ lu_status lu_lmeval_run(lu_decoder *m, const lu_tokenizer *tok, const lu_lmeval_
     if (window < 2) return lu_errorf(LU_ERR_INVALID, "lm eval: max_length %lld must be at least 2", (long long)window);
     lu_progress *p = o->progress ? lu_progress_begin(stderr, task->name, n) : NULL;
     double hits[LU_LMEVAL_MAX_METRICS] = {0}, nll = 0, bytes = 0;
-    int64_t tokens = 0;
+    int64_t tokens = 0, instructions = 0;
     lu_status st = LU_OK;
     for (int64_t i = 0; i < n && st == LU_OK; i++) {
         const lu_lmeval_item *it = &task->items[i];
@@ -643,6 +695,31 @@ lu_status lu_lmeval_run(lu_decoder *m, const lu_tokenizer *tok, const lu_lmeval_
             free(gen);
             free(ans);
             free(norm);
+        } else if (it->type == LU_LMEVAL_IFEVAL) {
+            char *prompt = render(m, o, it->text);
+            int64_t bound = it->max_new_tokens > 0 ? it->max_new_tokens : max_new;
+            char *gen = prompt ? generate_text(m, tok, prompt, bound, false) : NULL;
+            bool *ok = gen ? calloc(2 * (size_t)it->n_instructions, sizeof *ok) : NULL;
+            st = !gen ? lu_error_code()
+                 : !ok ? lu_errorf(LU_ERR_NOMEM, "lm eval: out of memory")
+                       : lu_lmeval_ifeval_score(it, gen, ok, ok + it->n_instructions);
+            if (st == LU_OK) {
+                bool all_strict = true, all_loose = true;
+                for (int k = 0; k < it->n_instructions; k++) {
+                    all_strict &= ok[k];
+                    all_loose &= ok[it->n_instructions + k];
+                    hits[1] += ok[k];
+                    hits[3] += ok[it->n_instructions + k];
+                }
+                hits[0] += all_strict;
+                hits[2] += all_loose;
+                instructions += it->n_instructions;
+            } else {
+                lu_errorf(lu_error_code(), "%s:%d: %s", task->name, it->line, lu_error_message());
+            }
+            free(prompt);
+            free(gen);
+            free(ok);
         } else {
             st = ppl_item(m, tok, it->text, window, &nll, &tokens);
             bytes += (double)strlen(it->text);
@@ -661,6 +738,12 @@ lu_status lu_lmeval_run(lu_decoder *m, const lu_tokenizer *tok, const lu_lmeval_
         r->n_metrics = 2;
         r->metric[0] = "em", r->value[0] = hits[0] / (double)n;
         r->metric[1] = "qem", r->value[1] = hits[1] / (double)n;
+    } else if (task->type == LU_LMEVAL_IFEVAL) {
+        static const char *names[] = {"prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
+                                      "inst_level_loose_acc"};
+        r->n_metrics = 4;
+        for (int k = 0; k < 4; k++)
+            r->metric[k] = names[k], r->value[k] = hits[k] / (double)(k % 2 ? instructions : n);
     } else {
         r->n_metrics = 2;
         r->metric[0] = "ppl", r->value[0] = tokens ? exp(nll / (double)tokens) : NAN;

@@ -40,6 +40,18 @@
  *         ppl            exp(sum NLL / sum tokens)
  *         bits_per_byte  sum NLL / (ln 2 * sum UTF-8 bytes)
  *
+ *   {"type": "ifeval", "prompt": "...", "instruction_id_list": ["punctuation:no_comma", ...],
+ *    "kwargs": [{}, ...], "max_new_tokens": 1280}
+ *       IFEval (google/IFEval, jzhang86/fr_ifeval): greedy decoding as for gen items (without the
+ *       first-line stop), then the instruction checkers of ifeval.h on the whole response, one
+ *       kwargs object (or null) per instruction; an unknown id or bad kwargs is an error naming the
+ *       line. Metrics, as LightEval's ifeval_metrics and lm-evaluation-harness:
+ *         prompt_level_strict_acc  items whose response follows all their instructions
+ *         inst_level_strict_acc    instructions followed, over all instructions of all items
+ *         prompt_level_loose_acc, inst_level_loose_acc   the same where a response also counts
+ *                                  as following if a variant does (first/last line dropped, '*'
+ *                                  removed; ifeval.h)
+ *
  * Chat mode renders the query/prompt as a user turn after an optional system turn with the Qwen3
  * chat template (chat_template.h) and its generation prompt, non-thinking (the empty think block)
  * for Qwen3 models (q/k norm), without it for other ChatML models (SmolLM2); the choices of mc
@@ -48,20 +60,23 @@
 #define LU_LM_EVAL_H
 
 #include "models/decoder.h"
+#include "models/ifeval.h"
 #include "models/tokenizer.h"
 
-typedef enum lu_lmeval_type { LU_LMEVAL_MC, LU_LMEVAL_GEN, LU_LMEVAL_PPL } lu_lmeval_type;
+typedef enum lu_lmeval_type { LU_LMEVAL_MC, LU_LMEVAL_GEN, LU_LMEVAL_PPL, LU_LMEVAL_IFEVAL } lu_lmeval_type;
 
 typedef struct lu_lmeval_item {
     lu_lmeval_type type;
-    char *text;      /* mc query, gen prompt, ppl text */
+    char *text;      /* mc query, gen or ifeval prompt, ppl text */
     int n_choices;   /* mc */
     char **choices;
     int gold;
     int n_answers;   /* gen */
     char **answers;
     char *regex;     /* gen, or NULL */
-    int64_t max_new_tokens; /* gen: the item's bound, 0: the run's */
+    int64_t max_new_tokens; /* gen, ifeval: the item's bound, 0: the run's */
+    int n_instructions;      /* ifeval */
+    lu_ifeval_instruction **instructions;
     int line;        /* line in the file */
 } lu_lmeval_item;
 
@@ -103,6 +118,9 @@ lu_status lu_lmeval_run(lu_decoder *m, const lu_tokenizer *tok, const lu_lmeval_
 /* Total log-likelihood of continuation after context and its token count (the mc score). */
 lu_status lu_lmeval_loglikelihood(lu_decoder *m, const lu_tokenizer *tok, const char *context, const char *continuation,
                                 double *ll, int64_t *n_tokens);
+
+/* The IFEval results of a response to an ifeval item: per instruction, strict and loose. */
+lu_status lu_lmeval_ifeval_score(const lu_lmeval_item *it, const char *response, bool *strict, bool *loose);
 
 /* The answer of a generated text: regex (first group) or first non-empty line, trimmed; new string. */
 char *lu_lmeval_extract(const char *generated, const char *regex);

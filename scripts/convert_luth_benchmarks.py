@@ -25,12 +25,16 @@ Benchmarks (task file names as the table expects them; prompts exactly as luth.m
   gpqa_diamond_en     Idavidrein/gpqa gpqa_diamond: same fields                  gen   em of the extracted letter
   math_500_fr         bezir/MATH-500-multilingual French (test): problem, answer gen   qem of the \\boxed{} content
   math_500_en         HuggingFaceH4/MATH-500 (test): problem, answer             gen   qem of the \\boxed{} content
+  ifeval_fr           jzhang86/fr_ifeval (train): prompt, instruction_id_list,   ifeval prompt_level_strict_acc
+                      kwargs
+  ifeval_en           google/IFEval (train): same fields                         ifeval prompt_level_strict_acc
 
 Differences from LightEval, stated so the numbers are read correctly: math answers are compared
 as normalised strings, not with sympy equivalence (so the score is a lower bound); GPQA's correct
-answer is placed at random.Random(seed) positions, once, not re-shuffled per run; IFEval needs
-its instruction checkers and is not converted (its rows stay empty). Generative items carry
-max_new_tokens 1 (hellaswag_fr) or 2048 (gpqa, math; Luth allowed up to 8192).
+answer is placed at random.Random(seed) positions, once, not re-shuffled per run; IFEval's checkers
+(models/ifeval.h) identify languages without langdetect and count sentences with a reduced Punkt
+model. Generative items carry max_new_tokens 1 (hellaswag_fr), 2048 (gpqa, math; Luth allowed up to
+8192), 1280 (ifeval_en, LightEval's generation_size) or 1024 (ifeval_fr, Luth's task).
 
 The table: rows = benchmarks (ifeval, gpqa-diamond, mmlu, math-500, arc-chall, hellaswag, with the
 -fr / -en suffix of the blog), columns = the --model names in order (e.g. base, SFT, merged),
@@ -176,15 +180,42 @@ def math500(template):
     return convert
 
 
+def ifeval_kwargs(kw):
+    """One instruction's kwargs as plain JSON: parquet gives every kwarg of the schema, absent ones as
+    None or NaN, lists as arrays, integers as floats."""
+    out = {}
+    for k, v in (kw or {}).items():
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        if v is None or (isinstance(v, float) and v != v):
+            continue
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out[k] = v
+    return out
+
+
+def ifeval(max_new_tokens):
+    def convert(row, rng):
+        ids = [str(i) for i in as_list(field(row, "instruction_id_list"))]
+        kwargs = as_list(field(row, "kwargs"))
+        if len(kwargs) != len(ids):
+            sys.exit(f"ifeval row {row.get('key')}: {len(ids)} instructions but {len(kwargs)} kwargs")
+        return {"type": "ifeval", "prompt": str(field(row, "prompt")), "instruction_id_list": ids,
+                "kwargs": [ifeval_kwargs(k) for k in kwargs], "max_new_tokens": max_new_tokens}
+    return convert
+
+
 CONVERTERS = {
     "mmlu_fr": mmlu_fr, "mmlu_en": mmlu_en, "arc_challenge_fr": arc, "arc_challenge_en": arc,
     "hellaswag_fr": hellaswag_fr, "hellaswag_en": hellaswag_en,
     "gpqa_diamond_fr": gpqa(GPQA_FR, "Réponse"), "gpqa_diamond_en": gpqa(GPQA_EN, "Answer"),
     "math_500_fr": math500(MATH_FR), "math_500_en": math500(MATH_EN),
+    "ifeval_fr": ifeval(1024), "ifeval_en": ifeval(1280),
 }
 
 # Table rows: (label, task name without language, metric).
-ROWS = [("ifeval", "ifeval", "prompt_strict"), ("gpqa-diamond", "gpqa_diamond", "em"), ("mmlu", "mmlu", "acc"),
+ROWS = [("ifeval", "ifeval", "prompt_level_strict_acc"), ("gpqa-diamond", "gpqa_diamond", "em"), ("mmlu", "mmlu", "acc"),
         ("math-500", "math_500", "qem"), ("arc-chall", "arc_challenge", "acc_norm_nospace")]
 HELLASWAG_METRIC = {"fr": "em", "en": "acc_norm"}
 

@@ -356,7 +356,7 @@ Test(lm_eval, malformed_lines_name_file_and_line)
                        "dir/t.jsonl:1: gen item: \"answers\"[1] is not a string");
     assert_parse_error("{\"type\":\"gen\",\"answers\":[\"a\"]}", "dir/t.jsonl:1: gen item: \"prompt\" must be a string");
     assert_parse_error("{\"type\":\"ppl\",\"text\":\"\"}", "dir/t.jsonl:1: ppl item: empty text");
-    assert_parse_error("{\"type\":\"cloze\"}", "dir/t.jsonl:1: \"type\" must be \"mc\", \"gen\" or \"ppl\"");
+    assert_parse_error("{\"type\":\"cloze\"}", "dir/t.jsonl:1: \"type\" must be \"mc\", \"gen\", \"ppl\" or \"ifeval\"");
     assert_parse_error("{\"type\":\"ppl\",\"text\":\"a\"}\n{\"type\":\"gen\",\"prompt\":\"p\",\"answers\":[\"a\"]}",
                        "dir/t.jsonl:2: gen item in a ppl task");
     assert_parse_error("\n  \n", "dir/t.jsonl: no item");

@@ -18,7 +18,7 @@ static const char *eval_usage =
     "usage: luthier lm eval --model DIR|FILE.gguf --tasks T1.jsonl[,T2.jsonl...] [--chat] [--system TEXT]\n"
     "                       [--limit N] [--max-new-tokens N] [--max-length N] [--out RESULTS.json]\n"
     "\n"
-    "  Task files are JSON Lines of multiple-choice, generative or perplexity items (models/lm_eval.h).\n"
+    "  Task files are JSON Lines of multiple-choice, generative, perplexity or IFEval items (models/lm_eval.h).\n"
     "  --chat renders prompts with the chat template and the system prompt (default, as Luth evaluates:\n"
     "  \"You are a helpful assistant.\"; --system '' for none); without it prompts are raw text.\n"
     "  --limit N evaluates the first N items of each task; --max-new-tokens bounds generation (256);\n"
@@ -45,7 +45,7 @@ static bool parse_count(const char *s, int64_t *out)
 static lu_status write_json(const char *path, const char *model, const lu_lmeval_opts *o, lu_lmeval_task **tasks,
                             const lu_lmeval_result *res, int n)
 {
-    static const char *types[] = {"mc", "gen", "ppl"};
+    static const char *types[] = {"mc", "gen", "ppl", "ifeval"};
     cJSON *root = cJSON_CreateObject(), *ts = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "model", model);
     cJSON_AddBoolToObject(root, "chat", o->chat);
