@@ -11,6 +11,9 @@ JSONL, models/lm_eval.h), all on text the model is never trained on:
   manpages-ppl-fr  perplexity of excerpts of French man pages (manpages-fr; general French)
   faq-mc-en    the same multiple choice on the English Debian FAQ (debian-faq)
   faq-ppl-en   perplexity of English FAQ pairs
+  faq-ifeval-fr / faq-ifeval-en  held-out FAQ questions followed by one verifiable instruction
+               (IFEval's ids and kwargs: word limit, no comma, title, end phrase, bullet list,
+               quotation), scored by IFEval's checkers; the instruction wording is ours
 
 English FAQ pairs are never trained on (the training data is French only); the same every-K-th
 rule picks them so that both languages cover the same FAQ sections.
@@ -60,6 +63,39 @@ def ppl_items(held, max_words, q_label, a_label):
     return [{"type": "ppl", "text": f"{q_label} {q}\n{a_label} {cut(a, max_words)}"} for _, q, a in held]
 
 
+# (instruction id, kwargs, French wording, English wording), cycled over the questions.
+INSTRUCTIONS = [
+    ("length_constraints:number_words", {"relation": "less than", "num_words": 40},
+     "Réponds en moins de 40 mots.", "Answer in fewer than 40 words."),
+    ("punctuation:no_comma", {},
+     "N'utilise aucune virgule dans ta réponse.", "Do not use any commas in your response."),
+    ("detectable_format:title", {},
+     "Donne à ta réponse un titre entre doubles chevrons, comme <<titre>>.",
+     "Give your answer a title wrapped in double angular brackets, such as <<title>>."),
+    ("startend:end_checker", {"end_phrase": "Bonne journée !"},
+     "Termine ta réponse par la phrase exacte « Bonne journée ! », sans rien après.",
+     None),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 3},
+     "Réponds avec exactement 3 puces Markdown, comme :\n* premier point\n* deuxième point",
+     "Answer with exactly 3 Markdown bullet points, such as:\n* first point\n* second point"),
+    ("startend:quotation", {},
+     "Mets toute ta réponse entre guillemets doubles (\").",
+     "Wrap your entire response with double quotation marks."),
+]
+
+
+def ifeval_items(held, lang, n, max_new_tokens):
+    items = []
+    for i, (_, q, _) in enumerate(held[:n]):
+        iid, kwargs, fr, en = INSTRUCTIONS[i % len(INSTRUCTIONS)]
+        if lang == "en" and iid == "startend:end_checker":
+            kwargs, en = {"end_phrase": "Is there anything else I can help with?"}, \
+                "Finish your response with this exact phrase: Is there anything else I can help with?"
+        items.append({"type": "ifeval", "prompt": f"{q} {fr if lang == 'fr' else en}", "instruction_id_list": [iid],
+                      "kwargs": [kwargs], "max_new_tokens": max_new_tokens})
+    return items
+
+
 def manpage_items(path, n, chars):
     """n excerpts of about `chars` characters, evenly spaced, cut at line boundaries."""
     with open(path, encoding="utf-8") as f:
@@ -82,6 +118,8 @@ def main():
     ap.add_argument("--heldout-every", type=int, default=4)
     ap.add_argument("--manpages", default="data/fr-manpages.txt", help="rendered French man pages (scripts/prepare_fr_text.sh)")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--ifeval-items", type=int, default=8, help="instruction-following prompts per language")
+    ap.add_argument("--ifeval-tokens", type=int, default=64, help="their generation bound (tokens)")
     a = ap.parse_args()
     for lang, pkg in (("fr", "debian-faq-fr"), ("en", "debian-faq")):
         if not os.path.exists(FAQ.format(lang)):
@@ -103,6 +141,8 @@ def main():
     write_jsonl(os.path.join(tasks, "faq-ppl-fr.jsonl"), ppl_items(fr_held, a.max_words, "Question :", "Réponse :"))
     write_jsonl(os.path.join(tasks, "faq-mc-en.jsonl"), mc_items(en_held, a.mc_words, rng))
     write_jsonl(os.path.join(tasks, "faq-ppl-en.jsonl"), ppl_items(en_held, a.max_words, "Question:", "Answer:"))
+    write_jsonl(os.path.join(tasks, "faq-ifeval-fr.jsonl"), ifeval_items(fr_held, "fr", a.ifeval_items, a.ifeval_tokens))
+    write_jsonl(os.path.join(tasks, "faq-ifeval-en.jsonl"), ifeval_items(en_held, "en", a.ifeval_items, a.ifeval_tokens))
     if os.path.exists(a.manpages):
         write_jsonl(os.path.join(tasks, "manpages-ppl-fr.jsonl"), manpage_items(a.manpages, 8, 1500))
     else:

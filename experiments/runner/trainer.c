@@ -509,7 +509,15 @@ lu_status lu_train_run(const lu_run_options *opt)
     } else if (!s) {
         s = evaluate(&r, metrics, step, true);
         if (!s && r.task->demo) r.task->demo(r.state, stdout);
-        if (!s && r.task->finish) s = r.task->finish(r.state, c->out_dir);
+        if (!s && r.task->finish) {
+            /* The step's activations and the optimiser state are not needed any more, and the
+             * hook may load further models (the sft comparison holds three in turn). */
+            lu_arena_free(arena);
+            arena = NULL;
+            lu_optim_free(r.optim);
+            r.optim = NULL;
+            s = r.task->finish(r.state, c->out_dir);
+        }
     }
 done:
     if (progress) lu_progress_end(progress);
