@@ -518,14 +518,63 @@ static lu_status make_plan(merge *g, planned **out, int *n_out)
 
 /* ---- computing one tensor ------------------------------------------------------------------------ */
 
-static lu_status merge_one(merge *g, const planned *t, uint64_t stream, uint64_t seed, float *out)
+/* Buffers reused from tensor to tensor, sized for the largest: one f32 array per input, the merged
+ * f32 values and their conversion to the output dtype (fresh buffers per tensor would cost a page
+ * fault per 4 KB of every tensor); and the previous tensor's bytes still to write, which go to the
+ * file while this tensor's inputs are read. */
+typedef struct scratch {
+    float **in;
+    int n_in;
+    float *out;
+    void *conv;
+    FILE *f;            /* pending: bytes of conv for f, from path */
+    const char *path;
+    size_t pending;
+} scratch;
+
+static lu_status flush_pending(scratch *sc)
+{
+    size_t n = sc->pending;
+    sc->pending = 0;
+    return n && fwrite(sc->conv, 1, n, sc->f) != n ? LU_ERR_IO : LU_OK;
+}
+
+/* Input `name` of f into `into` as f32, cast through dtype when the config sets one (mergekit
+ * casts every input to dtype on load); a value stored in dtype already is unchanged by that cast.
+ * Runs on any thread: a failure's message goes to why, as errors are per thread. */
+static lu_status load_input(const merge *g, const planned *t, lu_st_file *f, const char *name, float *into, char *why,
+                            size_t why_size)
+{
+    lu_dtype stored;
+    lu_status s = lu_st_info(f, lu_st_find(f, name), &stored, NULL, NULL);
+    lu_tensor *view = s ? NULL : lu_tensor_wrap(LU_F32, t->ndim, t->shape, LU_CPU, into, NULL, NULL);
+    if (!s) s = view ? lu_st_read_into(f, name, view) : lu_error_code();
+    lu_tensor_release(view);
+    if (s) {
+        snprintf(why, why_size, "%s", lu_error_message());
+        return s;
+    }
+    if (!g->has_dtype || g->dtype == LU_F32 || g->dtype == stored) return LU_OK;
+    uint16_t tmp[4096];
+    for (int64_t e = 0; e < t->numel; e += 4096) {
+        size_t m = (size_t)(t->numel - e < 4096 ? t->numel - e : 4096);
+        lu_dtype_convert(tmp, g->dtype, into + e, LU_F32, m);
+        lu_dtype_convert(into + e, LU_F32, tmp, g->dtype, m);
+    }
+    return LU_OK;
+}
+
+static lu_status merge_one(merge *g, const planned *t, uint64_t stream, uint64_t seed, scratch *sc)
 {
     const slice *sl = &g->slices[t->slice];
     int n = sl->n_src;
-    lu_tensor **loaded = calloc((size_t)n, sizeof *loaded);
-    const float **x = calloc((size_t)n, sizeof *x);
+    lu_st_file **files = calloc((size_t)n, sizeof *files);
+    char(*names)[256] = calloc((size_t)n, sizeof *names); /* the tensor read from each input */
+    lu_status *st = calloc((size_t)n, sizeof *st);
+    char(*why)[512] = calloc((size_t)n, sizeof *why);
     double *weight = calloc((size_t)n, sizeof *weight), *density = calloc((size_t)n, sizeof *density);
-    lu_status s = loaded && x && weight && density ? LU_OK : lu_errorf(LU_ERR_NOMEM, "merge: no memory");
+    bool ok = files && names && st && why && weight && density;
+    lu_status s = ok ? LU_OK : lu_errorf(LU_ERR_NOMEM, "merge: no memory");
     lu_merge_args a;
     lu_merge_args_defaults(&a, g->method);
     a.n = n;
@@ -541,25 +590,26 @@ static lu_status merge_one(merge *g, const planned *t, uint64_t stream, uint64_t
         char name[256];
         const char *resolved;
         input_name(t, &sl->src[j], name, sizeof name);
-        lu_st_file *f = find_input(g, sl->src[j].model, name, &resolved);
-        if (!(loaded[j] = lu_st_load(f, resolved, LU_F32))) {
-            s = lu_error_code();
-            break;
-        }
-        x[j] = lu_tensor_data(loaded[j]);
-        if (g->has_dtype && g->dtype != LU_F32) { /* mergekit casts every input to dtype on load */
-            uint16_t tmp;
-            for (int64_t e = 0; e < t->numel; e++) {
-                lu_dtype_convert(&tmp, g->dtype, &x[j][e], LU_F32, 1);
-                lu_dtype_convert(&((float *)lu_tensor_data(loaded[j]))[e], LU_F32, &tmp, g->dtype, 1);
-            }
-        }
+        files[j] = find_input(g, sl->src[j].model, name, &resolved);
+        snprintf(names[j], sizeof names[j], "%s", resolved);
         if (sl->src[j].model == g->base) a.base = j;
         /* Per-input parameters are resolved with the input's own tensor name. */
         bool is_base = sl->src[j].model == g->base;
         if (needs_weight && (linear || !is_base))
             s = resolve(g, sl, &sl->src[j], "weight", name, t->p, nan, &weight[j]);
         if (s == LU_OK && !is_base) s = resolve(g, sl, &sl->src[j], "density", name, t->p, 1.0, &density[j]);
+    }
+    /* The previous tensor's write and the inputs' reads (and conversions to f32), in parallel. */
+    lu_status written = LU_OK;
+    if (s == LU_OK) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int j = -1; j < n; j++) {
+            if (j < 0) written = flush_pending(sc);
+            else st[j] = load_input(g, t, files[j], names[j], sc->in[j], why[j], sizeof why[j]);
+        }
+        if (written) s = lu_errorf(LU_ERR_IO, "merge: write to '%s' failed", sc->path);
+        for (int j = 0; j < n && s == LU_OK; j++)
+            if (st[j]) s = lu_errorf(st[j], "%s", why[j]);
     }
     if (s == LU_OK) s = resolve(g, sl, NULL, "t", t->name, t->p, g->method == LU_MERGE_SLERP ? nan : 0, &a.t);
     if (s == LU_OK) s = resolve(g, sl, NULL, "lambda", t->name, t->p, 1.0, &a.lambda);
@@ -569,15 +619,16 @@ static lu_status merge_one(merge *g, const planned *t, uint64_t stream, uint64_t
     if (s == LU_OK) s = resolve(g, sl, NULL, "nuslerp_row_wise", t->name, t->p, 0, &v), a.row_wise = v != 0;
     if (s == LU_OK) s = resolve(g, sl, NULL, "filter_wise", t->name, t->p, 0, &v), a.filter_wise = v != 0;
     if (s == LU_OK) {
-        a.x = x;
+        a.x = (const float *const *)sc->in;
         a.weight = weight;
         a.density = density;
-        s = lu_merge_tensor(&a, out);
+        s = lu_merge_tensor(&a, sc->out);
         if (s != LU_OK) lu_error_context("tensor %s: ", t->name);
     }
-    for (int j = 0; loaded && j < n; j++) lu_tensor_release(loaded[j]);
-    free(loaded);
-    free(x);
+    free(files);
+    free(names);
+    free(st);
+    free(why);
     free(weight);
     free(density);
     return s;
@@ -608,8 +659,20 @@ static int by_shard_order(const void *pa, const void *pb)
     return strcmp(a->name, b->name);
 }
 
+/* f32 -> dt in blocks, one block per thread at a time. */
+static void convert_output(void *dst, lu_dtype dt, const float *src, int64_t n)
+{
+    const int64_t block = (int64_t)1 << 16;
+    size_t es = lu_dtype_size(dt);
+#pragma omp parallel for schedule(static) if (n > block)
+    for (int64_t b = 0; b < (n + block - 1) / block; b++) {
+        int64_t m = n - b * block < block ? n - b * block : block;
+        lu_dtype_convert((char *)dst + (size_t)(b * block) * es, dt, src + b * block, LU_F32, (size_t)m);
+    }
+}
+
 static lu_status write_shard(merge *g, planned **ts, int n, const char *path, uint64_t seed, lu_progress *pr,
-                             int *done, float *buf, void *conv)
+                             int *done, scratch *sc)
 {
     qsort(ts, (size_t)n, sizeof *ts, by_shard_order);
     cJSON *h = cJSON_CreateObject(), *meta = cJSON_AddObjectToObject(h, "__metadata__");
@@ -640,16 +703,19 @@ static lu_status write_shard(merge *g, planned **ts, int n, const char *path, ui
     for (size_t i = len; ok && i < padded; i++) ok = fputc(' ', f) != EOF;
     free(json);
     lu_status s = ok ? LU_OK : lu_errorf(LU_ERR_IO, "merge: write to '%s' failed", path);
+    sc->f = f;
+    sc->path = path;
     for (int i = 0; i < n && s == LU_OK; i++) {
         const planned *t = ts[i];
-        s = merge_one(g, t, (uint64_t)t->index, seed, buf);
+        s = merge_one(g, t, (uint64_t)t->index, seed, sc);
         if (s != LU_OK) break;
-        lu_dtype_convert(conv, t->dt, buf, LU_F32, (size_t)t->numel);
-        size_t bytes = (size_t)t->numel * lu_dtype_size(t->dt);
-        if (fwrite(conv, 1, bytes, f) != bytes) s = lu_errorf(LU_ERR_IO, "merge: write to '%s' failed", path);
+        convert_output(sc->conv, t->dt, sc->out, t->numel);
+        sc->pending = (size_t)t->numel * lu_dtype_size(t->dt);
         (*done)++;
-        if (pr) lu_progress_update(pr, *done, 0, NULL, NULL, (double)bytes, "B");
+        if (pr) lu_progress_update(pr, *done, 0, NULL, NULL, (double)sc->pending, "B");
     }
+    if (s == LU_OK && flush_pending(sc)) s = lu_errorf(LU_ERR_IO, "merge: write to '%s' failed", path);
+    sc->pending = 0;
     if (fclose(f) != 0 && s == LU_OK) s = lu_errorf(LU_ERR_IO, "merge: closing '%s' failed", path);
     return s;
 }
@@ -755,19 +821,25 @@ static void remove_dir(const char *dir)
 static lu_status write_model(merge *g, planned *plan, int n, const char *tmp, const lu_merge_options *opt)
 {
     int64_t max_params = opt && opt->max_shard_params > 0 ? opt->max_shard_params : 5000000000LL, acc = 0;
-    int n_shards = 1, out_layers = 0, max_numel = 1;
+    int n_shards = 1, out_layers = 0;
+    int64_t max_numel = 1;
     for (int i = 0; i < n; i++) {
         plan[i].index = i;
         if (acc > 0 && acc + plan[i].numel > max_params) n_shards++, acc = 0;
         plan[i].shard = n_shards - 1;
         acc += plan[i].numel;
-        if (plan[i].numel > max_numel) max_numel = (int)plan[i].numel;
+        if (plan[i].numel > max_numel) max_numel = plan[i].numel;
     }
     for (int i = 0; i < g->n_slices; i++) out_layers += g->slices[i].src[0].end - g->slices[i].src[0].start;
+    int n_in = 0;
+    for (int i = 0; i < g->n_slices; i++) n_in = g->slices[i].n_src > n_in ? g->slices[i].n_src : n_in;
     planned **ts = malloc((size_t)n * sizeof *ts);
-    float *buf = malloc((size_t)max_numel * sizeof *buf);
-    void *conv = malloc((size_t)max_numel * sizeof(float));
-    lu_status s = ts && buf && conv ? LU_OK : lu_errorf(LU_ERR_NOMEM, "merge: no memory");
+    scratch sc = {.in = calloc((size_t)n_in, sizeof *sc.in), .n_in = n_in,
+                  .out = malloc((size_t)max_numel * sizeof(float)), .conv = malloc((size_t)max_numel * sizeof(float))};
+    bool ok = ts && sc.in && sc.out && sc.conv;
+    for (int j = 0; ok && j < n_in; j++) ok = (sc.in[j] = malloc((size_t)max_numel * sizeof(float))) != NULL;
+    lu_status s = ok ? LU_OK
+                     : lu_errorf(LU_ERR_NOMEM, "merge: no memory for %d inputs of %lld values", n_in, (long long)max_numel);
     lu_progress *pr = s == LU_OK && opt && opt->progress ? lu_progress_begin(stderr, "merge", n) : NULL;
     int done = 0;
     for (int sh = 0; sh < n_shards && s == LU_OK; sh++) {
@@ -777,12 +849,14 @@ static lu_status write_model(merge *g, planned *plan, int n, const char *tmp, co
         char name[64], path[PATH_MAX];
         shard_file_name(sh, n_shards, name, sizeof name);
         path_join(path, tmp, name);
-        s = write_shard(g, ts, k, path, opt ? opt->seed : 0, pr, &done, buf, conv);
+        s = write_shard(g, ts, k, path, opt ? opt->seed : 0, pr, &done, &sc);
     }
     if (pr) lu_progress_end(pr);
     free(ts);
-    free(buf);
-    free(conv);
+    for (int j = 0; sc.in && j < n_in; j++) free(sc.in[j]);
+    free(sc.in);
+    free(sc.out);
+    free(sc.conv);
     if (s == LU_OK && n_shards > 1) s = write_index(tmp, plan, n, n_shards);
     int donor = g->base >= 0 ? g->base : g->slices[0].src[0].model;
     if (s == LU_OK) s = write_config(g, donor, tmp, out_layers);

@@ -56,7 +56,7 @@ void lu_merge_sparsify_random(double *delta, int64_t n, double density, bool res
     for (int64_t i = 0; i < n; i++) delta[i] *= s;
 }
 
-/* qsort has no context argument; merges run on one thread. */
+/* qsort has no context argument; sparsification runs on the calling thread only. */
 static const double *sort_key;
 
 /* Descending |delta|, then ascending index. */
@@ -95,11 +95,17 @@ lu_status lu_merge_sparsify_magnitude(double *delta, int64_t n, double density)
     return LU_OK;
 }
 
+/* The elementwise methods run on OpenMP threads over blocks of BLOCK elements; their sums over
+ * a whole tensor are summed per block, then over the blocks in order, so that a merge gives the
+ * same bits for any thread count. */
+#define BLOCK 65536
+
 /* linear.py: sum_i w_i x_i, divided by sum_i w_i when normalize. */
 static void merge_linear(const lu_merge_args *a, float *out)
 {
     double wsum = 0;
     for (int i = 0; i < a->n; i++) wsum += a->weight[i];
+#pragma omp parallel for schedule(static) if (a->numel > BLOCK)
     for (int64_t e = 0; e < a->numel; e++) {
         double s = 0;
         for (int i = 0; i < a->n; i++) s += a->weight[i] * a->x[i][e];
@@ -108,18 +114,33 @@ static void merge_linear(const lu_merge_args *a, float *out)
 }
 
 /* slerp.py: one angle for the whole flattened tensor; v0 = base (t = 0), v1 = the other. Norms
- * <= 1e-8 count as 1; dot clamped to [-1, 1]; |dot| > 0.9995 falls back to lerp. */
-static void merge_slerp(const lu_merge_args *a, float *out)
+ * <= 1e-8 count as 1; dot clamped to [-1, 1]; |dot| > 0.9995 falls back to lerp. part holds
+ * 2 * ceil(numel / BLOCK) doubles of scratch. */
+static void merge_slerp(const lu_merge_args *a, float *out, double *part)
 {
     const float *v0 = a->x[a->base], *v1 = a->x[1 - a->base];
+    int64_t nb = (a->numel + BLOCK - 1) / BLOCK;
     double n0 = 0, n1 = 0, dot = 0, t = a->t;
-    for (int64_t e = 0; e < a->numel; e++) {
-        n0 += (double)v0[e] * v0[e];
-        n1 += (double)v1[e] * v1[e];
+#pragma omp parallel for schedule(static) if (nb > 1)
+    for (int64_t b = 0; b < nb; b++) {
+        double s0 = 0, s1 = 0;
+        for (int64_t e = b * BLOCK; e < a->numel && e < (b + 1) * BLOCK; e++) {
+            s0 += (double)v0[e] * v0[e];
+            s1 += (double)v1[e] * v1[e];
+        }
+        part[2 * b] = s0;
+        part[2 * b + 1] = s1;
     }
+    for (int64_t b = 0; b < nb; b++) n0 += part[2 * b], n1 += part[2 * b + 1];
     n0 = sqrt(n0) > 1e-8 ? sqrt(n0) : 1;
     n1 = sqrt(n1) > 1e-8 ? sqrt(n1) : 1;
-    for (int64_t e = 0; e < a->numel; e++) dot += (v0[e] / n0) * (v1[e] / n1);
+#pragma omp parallel for schedule(static) if (nb > 1)
+    for (int64_t b = 0; b < nb; b++) {
+        double d = 0;
+        for (int64_t e = b * BLOCK; e < a->numel && e < (b + 1) * BLOCK; e++) d += (v0[e] / n0) * (v1[e] / n1);
+        part[b] = d;
+    }
+    for (int64_t b = 0; b < nb; b++) dot += part[b];
     dot = fmin(1, fmax(-1, dot));
     double c0 = 1 - t, c1 = t;
     if (fabs(dot) <= 0.9995) {
@@ -127,6 +148,7 @@ static void merge_slerp(const lu_merge_args *a, float *out)
         c0 = sin((1 - t) * theta) / s;
         c1 = sin(t * theta) / s;
     }
+#pragma omp parallel for schedule(static) if (nb > 1)
     for (int64_t e = 0; e < a->numel; e++) out[e] = (float)(c0 * v0[e] + c1 * v1[e]);
 }
 
@@ -283,12 +305,17 @@ lu_status lu_merge_tensor(const lu_merge_args *a, float *out)
         if (a->n < 1) return lu_errorf(LU_ERR_INVALID, "merge: linear needs at least one model");
         merge_linear(a, out);
         return LU_OK;
-    case LU_MERGE_SLERP:
+    case LU_MERGE_SLERP: {
         if (a->n != 2 || a->base < 0)
             return lu_errorf(LU_ERR_INVALID, "merge: slerp needs exactly 2 models, one of them base_model (got %d%s)",
                              a->n, a->base < 0 ? ", no base" : "");
-        merge_slerp(a, out);
+        int64_t nb = (a->numel + BLOCK - 1) / BLOCK;
+        double *part = malloc((size_t)(2 * nb + 1) * sizeof *part);
+        if (!part) return lu_errorf(LU_ERR_NOMEM, "merge: no memory for %lld partial sums", (long long)nb);
+        merge_slerp(a, out, part);
+        free(part);
         return LU_OK;
+    }
     case LU_MERGE_MODEL_STOCK:
         if (a->base < 0 || non_base < 2)
             return lu_errorf(LU_ERR_INVALID, "merge: model_stock needs base_model and at least 2 other models (got %d)",

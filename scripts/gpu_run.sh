@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # gpu_run.sh PACKAGE OUT - on a GPU machine, runs what scripts/gpu_package.sh packed (PACKAGE is
 # its directory or its .tar.gz):
-# nvidia-smi, the GPU tests (test_cuda) first, then every other test binary, then any bench_*
-# program, and writes OUT/report.md (date, GPU, driver, each test binary's pass/fail counts from
-# Criterion's summary line, benchmark output) and OUT/logs/. Run it from the repository root
-# (tests read fixtures relative to it). Exit status 1 when a test failed or crashed.
+# nvidia-smi, the GPU tests (test_cuda*) first, then every other test binary, then
+# `luthier bench gpu` (PyTorch reference by python3 when it imports torch there, else
+# --no-reference) and any bench_* program, and writes OUT/report.md (date, GPU, driver, each test
+# binary's pass/fail counts from Criterion's summary line, benchmark output) and OUT/logs/. Run it
+# from the repository root (tests read fixtures, the benchmark its reference script, relative to
+# it). Exit status 1 when a test failed or crashed.
 set -uo pipefail
 
 if [ $# -ne 2 ]; then
@@ -25,6 +27,7 @@ fi
 report="$out/report.md"
 run="$pkg/run.sh"
 test_timeout=${LUTHIER_TEST_TIMEOUT:-300}
+bench_timeout=${LUTHIER_BENCH_TIMEOUT:-600}
 # As in CTest: the CPU kernels' results must not depend on the thread count anyway.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 
@@ -59,9 +62,11 @@ echo "- libraries not found: ${unresolved:-none}" >> "$report"
 
 failed=0
 tests=()
-[ -x "$pkg/tests/test_cuda" ] && tests+=("$pkg/tests/test_cuda")
+for t in "$pkg"/tests/test_cuda*; do
+  [ -x "$t" ] && tests+=("$t")
+done
 for t in "$pkg"/tests/test_*; do
-  [ "$t" = "$pkg/tests/test_cuda" ] || tests+=("$t")
+  case $(basename "$t") in test_cuda*) ;; *) tests+=("$t") ;; esac
 done
 for t in "${tests[@]}"; do
   name=$(basename "$t")
@@ -84,6 +89,28 @@ done
   echo "## Benchmarks"
   echo
 } >> "$report"
+if [ -x "$pkg/bin/luthier" ]; then
+  # Checked as the benchmark will run it: with the package's libraries on the search path.
+  if "$run" python3 -c "import torch" > "$out/logs/python-torch.txt" 2>&1; then
+    reference=(--python "$(command -v python3)")
+  else
+    reference=(--no-reference)
+  fi
+  # stdout is Markdown (tables and notes); stderr, the progress lines, stays in the log.
+  timeout "$bench_timeout" "$run" "$pkg/bin/luthier" bench gpu "${reference[@]}" \
+    > "$out/logs/bench-gpu.md" 2> "$out/logs/bench-gpu.log"
+  rc=$?
+  [ $rc -eq 124 ] && rc="124 (timeout ${bench_timeout}s)"
+  {
+    echo "### luthier bench gpu ${reference[*]} (exit $rc)"
+    echo
+    cat "$out/logs/bench-gpu.md"
+    [ "$rc" = 0 ] || { echo; echo '```'; tail -20 "$out/logs/bench-gpu.log"; echo '```'; }
+    echo
+  } >> "$report"
+else
+  echo "bin/luthier was not packaged: no \`luthier bench gpu\`." >> "$report"
+fi
 benches=("$pkg"/bin/bench_*)
 if [ -x "${benches[0]}" ]; then
   for b in "${benches[@]}"; do
@@ -99,7 +126,7 @@ if [ -x "${benches[0]}" ]; then
     } >> "$report"
   done
 else
-  echo "No benchmark programs were packaged." >> "$report"
+  echo "No bench_* programs were packaged." >> "$report"
 fi
 
 cat "$report"

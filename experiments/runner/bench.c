@@ -224,12 +224,18 @@ int lu_cli_bench(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "--help")) {
         fprintf(argc < 2 ? stderr : stdout, "usage: luthier bench ops | luthier bench lm [--layers N ...] (lm --help)\n"
-                                            "     | luthier bench asr [--seconds S ...] (asr --help)\n");
+                                            "     | luthier bench asr [--seconds S ...] (asr --help)\n"
+                                            "     | luthier bench sft [--layers N ...] (sft --help)\n"
+                                            "     | luthier bench merge [--dir DIR ...] (merge --help)\n"
+                                            "     | luthier bench gpu [--case NAME ...] (gpu --help)\n");
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "ops")) return bench_ops();
     if (!strcmp(argv[1], "lm")) return lu_bench_lm(argc - 1, argv + 1);
     if (!strcmp(argv[1], "asr")) return lu_bench_asr(argc - 1, argv + 1);
-    fprintf(stderr, "luthier bench: unknown benchmark '%s' (known: ops, lm, asr)\n", argv[1]);
+    if (!strcmp(argv[1], "sft")) return lu_bench_sft(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "merge")) return lu_bench_merge(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "gpu")) return lu_bench_gpu(argc - 1, argv + 1);
+    fprintf(stderr, "luthier bench: unknown benchmark '%s' (known: ops, lm, asr, sft, merge, gpu)\n", argv[1]);
     return 2;
 }

@@ -17,6 +17,9 @@ int lu_cli_eval(int argc, char **argv);
 int lu_cli_bench(int argc, char **argv);
 int lu_bench_lm(int argc, char **argv);     /* bench_lm.c: bench lm (argv[0] = "lm") */
 int lu_bench_asr(int argc, char **argv);    /* bench_asr.c: bench asr (argv[0] = "asr") */
+int lu_bench_sft(int argc, char **argv);    /* bench_sft.c: bench sft (argv[0] = "sft") */
+int lu_bench_merge(int argc, char **argv);  /* bench_merge.c: bench merge (argv[0] = "merge") */
+int lu_bench_gpu(int argc, char **argv);    /* bench_gpu.c: bench gpu (argv[0] = "gpu") */
 int lu_cli_lm(int argc, char **argv);       /* cli_lm.c: lm forward / generate / chat */
 int lu_cli_lm_eval(int argc, char **argv);  /* cli_lm_eval.c: lm eval (argv[0] = "eval") */
 int lu_cli_features(int argc, char **argv); /* cli_features.c: features fbank / mel */

@@ -17,7 +17,7 @@ static void usage(FILE *f)
             "  data prepare-chat | prepare-speech ...\n"
             "  features fbank | mel --audio FILE --out OUT.safetensors\n"
             "  asr forward | transcribe ...\n"
-            "  bench ops | lm | asr\n"
+            "  bench ops | lm | asr | sft | merge | gpu\n"
             "  version\n"
             "\n"
             "Run 'luthier <verb> --help' for a verb's options.\n");
