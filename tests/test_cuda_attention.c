@@ -339,7 +339,7 @@ Test(cuda_attention, f16_within_f16_rounding) { require_gpu(); check_cases(half_
 Test(cuda_attention, sizes_bf16_within_bf16_rounding) { require_gpu(); check_cases(sizes, N_OF(sizes), LU_BF16, TOL_BF16); }
 
 /* Two runs on the same inputs give the same bits (no atomics, fixed summation orders). */
-static void check_deterministic(const gcase *c, lu_dtype dt)
+static void check_attention_deterministic(const gcase *c, lu_dtype dt)
 {
     grun r;
     setup(&r, c, dt, 2000);
@@ -364,11 +364,11 @@ Test(cuda_attention, reruns_are_bit_identical)
     require_gpu();
     const gcase c = {.name = "causal mask weights 129x300 8/2 d64", DIMS(2, 129, 300, 8, 2, 64, 64), .causal = true,
                      .weights = true, .mask = 2};
-    check_deterministic(&c, LU_F32);
-    check_deterministic(&c, LU_BF16);
+    check_attention_deterministic(&c, LU_F32);
+    check_attention_deterministic(&c, LU_BF16);
     /* Without returned weights, bf16 with D = Dv = 128 takes the tensor-core forward. */
     const gcase t = {.name = "causal mask 129x300 8/2 d128", DIMS(2, 129, 300, 8, 2, 128, 128), .causal = true, .mask = 2};
-    check_deterministic(&t, LU_BF16);
+    check_attention_deterministic(&t, LU_BF16);
 }
 
 /* ---- through the frontend and autograd ---- */

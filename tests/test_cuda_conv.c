@@ -204,30 +204,6 @@ Test(cuda_tiles, device_philox_matches_core_rng_word_for_word)
 
 #include "cuda_testutil.h"
 
-/* Runs the device side of k twice on the same inputs and asserts bit-identical outputs. */
-static void check_deterministic(kcase *k, const char *what)
-{
-    lu_tensor *din[LU_MAX_IO] = {0}, *d1[LU_MAX_IO] = {0}, *d2[LU_MAX_IO] = {0};
-    for (int i = 0; i < k->n_in; i++) din[i] = to_device(k->in[i], k->keep_f32_in >> i & 1 ? LU_F32 : k->dev_dt);
-    for (int j = 0; j < k->n_out; j++) {
-        d1[j] = to_device(k->out[j], k->keep_f32_out >> j & 1 ? LU_F32 : k->dev_dt);
-        d2[j] = to_device(k->out[j], k->keep_f32_out >> j & 1 ? LU_F32 : k->dev_dt);
-    }
-    cr_assert_eq(run_kernel(LU_CUDA, k->backward, k->op, din, k->n_in, d1, k->n_out, k->params), LU_OK, "%s: %s",
-                 what, lu_error_message());
-    cr_assert_eq(run_kernel(LU_CUDA, k->backward, k->op, din, k->n_in, d2, k->n_out, k->params), LU_OK, "%s: %s",
-                 what, lu_error_message());
-    char name[200];
-    for (int j = 0; j < k->n_out; j++) {
-        if (!d1[j]) continue;
-        snprintf(name, sizeof name, "%s, output %d run twice", what, j);
-        tu_assert_tensors_close(d2[j], d1[j], 0, 0, name);
-    }
-    release_all(din, k->n_in);
-    release_all(d1, k->n_out);
-    release_all(d2, k->n_out);
-}
-
 /* ---- convolution ---- */
 
 /* Forward, then the backward (dx, dw, dbias) on the CPU's y, then the backward once more on the
