@@ -12,22 +12,6 @@
 
 #define FIX "tests/fixtures/tokenizer/"
 
-static cJSON *read_json(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "cannot open fixture %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    cr_assert_eq(fread(s, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    cJSON *j = cJSON_ParseWithLength(s, (size_t)n);
-    free(s);
-    cr_assert(j, "fixture %s is not JSON", path);
-    return j;
-}
-
 /* Converts a fixture conversation; the strings stay owned by the JSON. */
 static int to_messages(const cJSON *conv, lu_chat_message *m, int cap)
 {
@@ -45,7 +29,7 @@ static int to_messages(const cJSON *conv, lu_chat_message *m, int cap)
 /* Renders every fixture conversation with (add_generation_prompt, enable_thinking) and compares. */
 static void check_variant(bool gen, bool think)
 {
-    cJSON *ref = read_json(FIX "chat_reference.json"), *conv;
+    cJSON *ref = tu_read_json(FIX "chat_reference.json"), *conv;
     char key[32];
     snprintf(key, sizeof key, "gen%d_think%d", gen, think);
     int checked = 0;

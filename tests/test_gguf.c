@@ -28,18 +28,6 @@ static lu_gguf *open_ok(const char *path)
     return g;
 }
 
-static cJSON *read_json(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "cannot open %s", path);
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    cJSON *j = cJSON_ParseWithLength(buf, n);
-    cr_assert(j, "%s is not JSON", path);
-    return j;
-}
-
 /* ---- hand-written files ------------------------------------------------------------------------ */
 
 typedef struct bytes {
@@ -481,7 +469,7 @@ Test(gguf, tiny_llama_logits_match_transformers_reading_the_same_file)
     lu_decoder m;
     lu_params *p;
     cr_assert_eq(lu_gguf_load_decoder(FIX "tiny_llama.gguf", &m, &p, NULL), LU_OK, "%s", lu_error_message());
-    cJSON *j = read_json(FIX "tiny_llama.json");
+    cJSON *j = tu_read_json(FIX "tiny_llama.json");
     const cJSON *ids_j = cJSON_GetObjectItem(j, "input_ids"), *rows = cJSON_GetObjectItem(j, "logits");
     int64_t T = cJSON_GetArraySize(ids_j), V = 96, ids[64];
     double *ref = malloc((size_t)(T * V) * sizeof *ref);
@@ -517,6 +505,29 @@ static bool have_smollm2(void)
             cr_skip_test("%s is absent: run scripts/fetch_smollm2.sh to test the real SmolLM2 model", SMOLLM2);    \
     } while (0)
 
+/* transformers' ids for the fixture's texts, and the texts back from them. */
+static void assert_transformers_ids(const lu_tokenizer *t)
+{
+    cJSON *j = tu_read_json(FIX "smollm2.json");
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "texts"))
+    {
+        const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
+        const cJSON *want = cJSON_GetObjectItem(c, "ids");
+        int32_t *ids;
+        int64_t n;
+        cr_assert_eq(lu_tokenizer_encode(t, text, strlen(text), &ids, &n), LU_OK, "%s", lu_error_message());
+        cr_assert_eq(n, cJSON_GetArraySize(want), "\"%s\": %lld tokens", text, (long long)n);
+        for (int64_t i = 0; i < n; i++)
+            cr_assert_eq(ids[i], cJSON_GetArrayItem(want, (int)i)->valueint, "\"%s\" token %lld", text, (long long)i);
+        char *back = lu_tokenizer_decode(t, ids, n, false);
+        cr_assert_str_eq(back, text);
+        free(back);
+        free(ids);
+    }
+    cJSON_Delete(j);
+}
+
 Test(gguf, smollm2_metadata_config_and_chat_template)
 {
     SKIP_WITHOUT_SMOLLM2();
@@ -537,24 +548,7 @@ Test(gguf, smollm2_tokenizer_matches_transformers)
     lu_gguf *g = open_ok(SMOLLM2);
     lu_tokenizer *t = lu_gguf_read_tokenizer(g);
     cr_assert(t, "%s", lu_error_message());
-    cJSON *j = read_json(FIX "smollm2.json");
-    const cJSON *c;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "texts"))
-    {
-        const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
-        const cJSON *want = cJSON_GetObjectItem(c, "ids");
-        int32_t *ids;
-        int64_t n;
-        cr_assert_eq(lu_tokenizer_encode(t, text, strlen(text), &ids, &n), LU_OK, "%s", lu_error_message());
-        cr_assert_eq(n, cJSON_GetArraySize(want), "\"%s\": %lld tokens", text, (long long)n);
-        for (int64_t i = 0; i < n; i++)
-            cr_assert_eq(ids[i], cJSON_GetArrayItem(want, (int)i)->valueint, "\"%s\" token %lld", text, (long long)i);
-        char *back = lu_tokenizer_decode(t, ids, n, false);
-        cr_assert_str_eq(back, text);
-        free(back);
-        free(ids);
-    }
-    cJSON_Delete(j);
+    assert_transformers_ids(t);
     lu_tokenizer_free(t);
     lu_gguf_close(g);
 }
@@ -571,24 +565,10 @@ Test(gguf, smollm2_tokenizer_exported_as_tokenizer_json_encodes_the_same_ids)
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     lu_tokenizer *t = lu_tokenizer_load(path);
     cr_assert(t, "%s", lu_error_message());
-    cJSON *j = read_json(FIX "smollm2.json");
-    const cJSON *c;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "texts"))
-    {
-        const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
-        const cJSON *want = cJSON_GetObjectItem(c, "ids");
-        int32_t *ids;
-        int64_t n;
-        cr_assert_eq(lu_tokenizer_encode(t, text, strlen(text), &ids, &n), LU_OK, "%s", lu_error_message());
-        cr_assert_eq(n, cJSON_GetArraySize(want), "\"%s\": %lld tokens", text, (long long)n);
-        for (int64_t i = 0; i < n; i++)
-            cr_assert_eq(ids[i], cJSON_GetArrayItem(want, (int)i)->valueint, "\"%s\" token %lld", text, (long long)i);
-        free(ids);
-    }
-    cJSON_Delete(j);
+    assert_transformers_ids(t);
     lu_tokenizer_free(t);
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    cJSON *cfg = read_json(path);
+    cJSON *cfg = tu_read_json(path);
     cr_assert_str_eq(cJSON_GetObjectItem(cfg, "eos_token")->valuestring, "<|im_end|>");
     cr_assert_str_eq(cJSON_GetObjectItem(cfg, "bos_token")->valuestring, "<|im_start|>");
     cr_assert(strstr(cJSON_GetObjectItem(cfg, "chat_template")->valuestring, "<|im_start|>"));
@@ -606,7 +586,7 @@ Test(gguf, smollm2_answers_the_capital_of_france_greedily, .timeout = 300)
     lu_params *p;
     lu_tokenizer *tok;
     cr_assert_eq(lu_gguf_load_decoder(SMOLLM2, &m, &p, &tok), LU_OK, "%s", lu_error_message());
-    cJSON *j = read_json(FIX "smollm2.json");
+    cJSON *j = tu_read_json(FIX "smollm2.json");
     /* SmolLM2's template is ChatML with a default system turn: the Qwen3 renderer gives the same text. */
     lu_chat_message msgs[] = {
         {"system", "You are a helpful AI assistant named SmolLM, trained by Hugging Face", NULL},

@@ -540,18 +540,6 @@ static void write_file(const char *path, const char *text)
     fclose(f);
 }
 
-static cJSON *read_json_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "cannot open %s", path);
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    cJSON *j = cJSON_ParseWithLength(buf, n);
-    cr_assert(j, "%s is not JSON", path);
-    return j;
-}
-
 static double metric(const cJSON *compare, int model, const char *task, const char *name)
 {
     const cJSON *m = cJSON_GetArrayItem(cJSON_GetObjectItem(compare, "models"), model);
@@ -590,7 +578,7 @@ Test(sft, compare_evaluates_start_fine_tuned_and_merged_models)
     char *over[] = {model_over, tasks_over, "compare.merge_t=0", "train.max_steps=6", "train.save_every=0"};
     cr_assert_eq(train("ft", 0, false, 5, over), LU_OK, "%s", lu_error_message());
     snprintf(path, sizeof path, "%s/ft/compare.json", dir);
-    cJSON *c = read_json_file(path);
+    cJSON *c = tu_read_json(path);
     cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(c, "models")), 3);
     double base_ppl = metric(c, 0, "text-ppl-en", "ppl"), ft_ppl = metric(c, 1, "text-ppl-en", "ppl");
     cr_assert(base_ppl > 1 && ft_ppl > 1 && base_ppl != ft_ppl, "ppl %g -> %g: fine-tuning changed nothing", base_ppl, ft_ppl);
@@ -615,7 +603,7 @@ Test(sft, compare_evaluates_start_fine_tuned_and_merged_models)
     lu_compare_opts o = {.tasks = tasks, .chat = false, .merge = LU_COMPARE_SLERP, .t = 1, .export_dtype = LU_F32};
     cr_assert_eq(lu_luth_compare(run, start, &o), LU_OK, "%s", lu_error_message());
     snprintf(path, sizeof path, "%s/ft/compare.json", dir);
-    c = read_json_file(path);
+    c = tu_read_json(path);
     cr_assert_eq(metric(c, 2, "text-ppl-en", "ppl"), metric(c, 1, "text-ppl-en", "ppl"), "t = 1 is the fine-tuned model");
     cJSON_Delete(c);
 

@@ -14,22 +14,6 @@
 #define FIX "tests/fixtures/tokenizer/"
 #define QWEN3_JSON "data/tokenizers/qwen3/tokenizer.json"
 
-static cJSON *read_json(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "cannot open fixture %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    cr_assert_eq(fread(s, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    cJSON *j = cJSON_ParseWithLength(s, (size_t)n);
-    free(s);
-    cr_assert(j, "fixture %s is not JSON", path);
-    return j;
-}
-
 static lu_tokenizer *load(const char *path)
 {
     lu_tokenizer *t = lu_tokenizer_load(path);
@@ -48,7 +32,7 @@ static lu_tokenizer *parse(const char *json)
 static void check_ids(const char *tok_path, const char *ref_path, const char *key)
 {
     lu_tokenizer *t = load(tok_path);
-    cJSON *ref = read_json(ref_path), *c;
+    cJSON *ref = tu_read_json(ref_path), *c;
     cr_assert_eq(lu_tokenizer_vocab_size(t), cJSON_GetObjectItem(ref, "vocab_size")->valueint);
     int n_cases = 0;
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(ref, "cases")) {
@@ -75,8 +59,8 @@ static void check_ids(const char *tok_path, const char *ref_path, const char *ke
 static void check_round_trip(const char *tok_path, const char *ref_path)
 {
     lu_tokenizer *t = load(tok_path);
-    cJSON *ref = read_json(ref_path), *c;
-    cJSON *small = read_json(FIX "small_reference.json");
+    cJSON *ref = tu_read_json(ref_path), *c;
+    cJSON *small = tu_read_json(FIX "small_reference.json");
     int k = 0;
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(ref, "cases")) {
         const char *text = cJSON_GetObjectItem(c, "text")->valuestring;

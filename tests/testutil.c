@@ -1,6 +1,7 @@
 /* testutil.c - shared helpers of the Criterion tests (see testutil.h). */
 #include "testutil.h"
 
+#include "core/fileio.h"
 #include "core/safetensors.h"
 
 #include <math.h>
@@ -151,4 +152,11 @@ void tu_gradcheck(tu_fn f, lu_tensor **in, int n_in, const bool *check, void *ct
         lu_tensor_zero_grad(in[i]);
         lu_tensor_set_requires_grad(in[i], false);
     }
+}
+
+cJSON *tu_read_json(const char *path)
+{
+    cJSON *j = lu_json_read(path);
+    cr_assert(j, "%s", lu_error_message());
+    return j;
 }

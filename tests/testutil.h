@@ -8,6 +8,7 @@
 #define LU_TESTUTIL_H
 
 #include <criterion/criterion.h>
+#include <cjson/cJSON.h>
 
 #include "core/arena.h"
 #include "core/autograd.h"
@@ -27,6 +28,9 @@ void tu_assert_tensors_close(const lu_tensor *got, const lu_tensor *ref, double 
 /* Tensor `name` of a safetensors fixture file, converted to dt; a missing file or tensor fails
  * the test with the reason. */
 lu_tensor *tu_load_fixture(const char *file, const char *name, lu_dtype dt);
+/* A JSON fixture or output file whose top level is an object; failing the test with the reason
+ * otherwise (free it with cJSON_Delete). */
+cJSON *tu_read_json(const char *path);
 /* Asserts a call returned NULL/failed and the error message contains `needle`. */
 void tu_assert_error_contains(const char *needle);
 
