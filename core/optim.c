@@ -473,9 +473,62 @@ static void scale_chunk(double *x, int64_t n, void *ctx)
     for (int64_t i = 0; i < n; i++) x[i] *= c;
 }
 
+/* CPU gradients in f32/f64 are read in place: blocks of NORM_CHUNK elements on OpenMP threads,
+ * each block's sum of squares in a double, the block sums added in order, so the norm is the
+ * same for any thread count. */
+static bool cpu_fast_path(const lu_params *p)
+{
+    if (p->device != LU_CPU) return false;
+    for (int i = 0; i < p->n; i++) {
+        const lu_tensor *g = p->items[i].trainable ? p->items[i].t->grad : NULL;
+        if (g && ((g->dtype != LU_F32 && g->dtype != LU_F64) || !lu_tensor_is_contiguous(g))) return false;
+    }
+    return true;
+}
+
+static double cpu_sum_squares(const lu_tensor *g)
+{
+    int64_t n = lu_tensor_numel(g), nb = (n + NORM_CHUNK - 1) / NORM_CHUNK;
+    double *part = malloc((size_t)(nb > 0 ? nb : 1) * sizeof *part), sum = 0;
+    if (!part) return NAN;
+    const void *d = lu_tensor_data(g);
+    bool f32 = g->dtype == LU_F32;
+#pragma omp parallel for schedule(static) if (nb > 1)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t lo = b * NORM_CHUNK, hi = lo + NORM_CHUNK < n ? lo + NORM_CHUNK : n;
+        double s = 0;
+        if (f32)
+            for (int64_t i = lo; i < hi; i++) s += (double)((const float *)d)[i] * ((const float *)d)[i];
+        else
+            for (int64_t i = lo; i < hi; i++) s += ((const double *)d)[i] * ((const double *)d)[i];
+        part[b] = s;
+    }
+    for (int64_t b = 0; b < nb; b++) sum += part[b];
+    free(part);
+    return sum;
+}
+
+static void cpu_scale(lu_tensor *g, double c)
+{
+    int64_t n = lu_tensor_numel(g);
+    void *d = lu_tensor_data(g);
+    if (g->dtype == LU_F32) {
+#pragma omp parallel for schedule(static) if (n > NORM_CHUNK)
+        for (int64_t i = 0; i < n; i++) ((float *)d)[i] = (float)(((float *)d)[i] * c);
+    } else {
+#pragma omp parallel for schedule(static) if (n > NORM_CHUNK)
+        for (int64_t i = 0; i < n; i++) ((double *)d)[i] *= c;
+    }
+}
+
 double lu_grad_global_norm(lu_params *p)
 {
     double sum = 0;
+    if (cpu_fast_path(p)) {
+        for (int i = 0; i < p->n; i++)
+            if (p->items[i].trainable) sum += cpu_sum_squares(p->items[i].t->grad);
+        return sqrt(sum);
+    }
     if (for_each_grad_chunk(p, add_squares, &sum, false)) return NAN;
     return sqrt(sum);
 }
@@ -486,6 +539,12 @@ double lu_clip_grad_norm(lu_params *p, double max_norm)
     double coef = max_norm / (norm + 1e-6);
     /* torch multiplies by min(coef, 1); a factor of exactly 1 changes nothing. NaN norms pass
      * through unscaled (torch's error_if_nonfinite=False leaves them to the caller). */
-    if (coef < 1.0 && for_each_grad_chunk(p, scale_chunk, &coef, true)) return NAN;
+    if (!(coef < 1.0)) return norm;
+    if (cpu_fast_path(p)) {
+        for (int i = 0; i < p->n; i++)
+            if (p->items[i].trainable) cpu_scale(p->items[i].t->grad, coef);
+        return norm;
+    }
+    if (for_each_grad_chunk(p, scale_chunk, &coef, true)) return NAN;
     return norm;
 }

@@ -1,6 +1,7 @@
 /* test_optim.c - AdamW and ScaledAdam against float64 references of their formulas (torch
  * AdamW; icefall ScaledAdam per reference/asr.md 9.6), and global gradient-norm clipping. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -559,5 +560,34 @@ Test(grad_norm, nonfinite_gradient_gives_nonfinite_norm)
     cr_assert(isinf(lu_grad_global_norm(p)));
     ((float *)lu_tensor_data(lu_params_get(p, "a")->grad))[3] = NAN;
     cr_assert(isnan(lu_grad_global_norm(p)));
+    lu_params_free(p);
+}
+
+/* f32/f64 CPU gradients take the in-place path (several chunks of 16384 on OpenMP threads): the
+ * same norm and clipping, identical for any thread count. */
+Test(grad_norm, in_place_path_matches_and_ignores_the_thread_count)
+{
+    lu_params *p = lu_params_new(LU_CPU);
+    lu_params_add(p, "big", LU_F32, LU_SHAPE(700, 301), true);
+    lu_params_add(p, "frozen", LU_F32, LU_SHAPE(50), false);
+    lu_params_add(p, "small", LU_F64, LU_SHAPE(7), true);
+    cr_assert_eq(lu_params_finalize(p), LU_OK);
+    set_grads(p, 901, 3.0);
+    double want = ref_norm(p);
+    double *big = tu_to_doubles(lu_params_get(p, "big")->grad);
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    double one = lu_grad_global_norm(p);
+    omp_set_num_threads(threads > 1 ? threads : 2);
+    double many = lu_grad_global_norm(p);
+    cr_assert(one == many, "norm %.17g on one thread, %.17g on several", one, many);
+    cr_assert(fabs(one - want) <= 1e-12 * want, "norm %.17g, reference %.17g", one, want);
+    double got = lu_clip_grad_norm(p, 1.0);
+    cr_assert(got == one);
+    double coef = 1.0 / (want + 1e-6);
+    for (int64_t i = 0; i < 700 * 301; i++) big[i] = (float)(big[i] * coef);
+    tu_assert_close(lu_params_get(p, "big")->grad, big, 700 * 301, 0, 0, "clipped in place");
+    omp_set_num_threads(threads);
+    free(big);
     lu_params_free(p);
 }
