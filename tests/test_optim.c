@@ -584,7 +584,7 @@ Test(grad_norm, in_place_path_matches_and_ignores_the_thread_count)
     cr_assert(fabs(one - want) <= 1e-12 * want, "norm %.17g, reference %.17g", one, want);
     double got = lu_clip_grad_norm(p, 1.0);
     cr_assert(got == one);
-    double coef = 1.0 / (want + 1e-6);
+    double coef = 1.0 / (one + 1e-6);
     for (int64_t i = 0; i < 700 * 301; i++) big[i] = (float)(big[i] * coef);
     tu_assert_close(lu_params_get(p, "big")->grad, big, 700 * 301, 0, 0, "clipped in place");
     omp_set_num_threads(threads);
