@@ -7,6 +7,7 @@
 #include "arena.h"
 #include "backend.h"
 #include "ops.h"
+#include "profile.h"
 
 static _Thread_local bool grad_disabled;
 static _Thread_local lu_node *tape;
@@ -75,6 +76,17 @@ static lu_status record(lu_op op, lu_backward_fn fn, lu_tensor **in, int n_in, l
     return LU_OK;
 }
 
+/* Runs a kernel, timed (device synchronised) under LUTHIER_PROFILE. */
+static lu_status timed_kernel(lu_backend *b, lu_kernel k, const lu_op_call *call, lu_profile_dir dir)
+{
+    if (!lu_profile_enabled()) return k(call);
+    double t0 = lu_profile_begin();
+    lu_status s = k(call);
+    if (s == LU_OK) s = b->synchronize();
+    lu_profile_end(call->op, dir, t0);
+    return s;
+}
+
 lu_status lu_op_run(lu_op op, lu_tensor **in, int n_in, lu_tensor **out, int n_out, const void *params,
                     size_t params_size)
 {
@@ -93,7 +105,7 @@ lu_status lu_op_run(lu_op op, lu_tensor **in, int n_in, lu_tensor **out, int n_o
     lu_op_call call = {.op = op, .n_in = n_in, .n_out = n_out, .params = params};
     memcpy(call.in, in, (size_t)n_in * sizeof *in);
     memcpy(call.out, out, (size_t)n_out * sizeof *out);
-    LU_TRY(b->forward[op](&call));
+    LU_TRY(timed_kernel(b, b->forward[op], &call, LU_PROFILE_FORWARD));
     if (b->backward[op] && needs_record(in, n_in)) return record(op, NULL, in, n_in, out, n_out, params, params_size);
     return LU_OK;
 }
@@ -132,7 +144,7 @@ static lu_status accumulate(lu_tensor *t, lu_tensor *g)
     lu_op_call call = {.op = LU_OP_ACCUMULATE, .n_in = 1, .n_out = 1};
     call.in[0] = g;
     call.out[0] = t->grad;
-    lu_status s = b->forward[LU_OP_ACCUMULATE](&call);
+    lu_status s = timed_kernel(b, b->forward[LU_OP_ACCUMULATE], &call, LU_PROFILE_BACKWARD);
     lu_tensor_release(g);
     return s;
 }
@@ -151,7 +163,11 @@ static lu_status run_node(lu_node *n)
     }
     if (!any_dy || !any_need) return LU_OK;
     if (n->op == LU_OP_COUNT) {
-        LU_TRY(n->backward(n, dy, dx, needs));
+        bool timed = lu_profile_enabled();
+        double t0 = timed ? lu_profile_begin() : 0;
+        lu_status s = n->backward(n, dy, dx, needs);
+        if (timed) lu_profile_end(LU_OP_COUNT, LU_PROFILE_BACKWARD, t0);
+        LU_TRY(s);
     } else {
         lu_backend *b = lu_backend_get(lu_tensor_device(n->out[0] ? n->out[0] : n->in[0]));
         if (!b) return lu_error_code();
@@ -168,7 +184,7 @@ static lu_status run_node(lu_node *n)
             }
             call.out[i] = dx[i];
         }
-        lu_status s = b->backward[n->op](&call);
+        lu_status s = timed_kernel(b, b->backward[n->op], &call, LU_PROFILE_BACKWARD);
         if (s) {
             for (int i = 0; i < n->n_in; i++) lu_tensor_release(dx[i]);
             return lu_error_context("%s backward: ", lu_op_name(n->op));

@@ -2,6 +2,9 @@
 #include "rng.h"
 
 #include <math.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 #include <stdlib.h>
 
 #include "arena.h"
@@ -35,8 +38,80 @@ void lu_philox4x32(uint64_t seed, uint64_t step, uint32_t op, uint64_t block, ui
 
 #define PHILOX_LANES 16
 
+#ifdef __AVX2__
+/* High and low 32-bit halves of the lane-wise products a * m (unsigned): vpmuludq multiplies
+ * the even lanes, a second one the odd lanes shifted down. */
+static inline void mul_hi_lo(__m256i a, __m256i m, __m256i *hi, __m256i *lo)
+{
+    __m256i even = _mm256_mul_epu32(a, m), odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+/* Counter words of blocks first .. first+7 (the low word may wrap into the high one). */
+static inline void philox8_counter(uint64_t first, __m256i *c0, __m256i *c1)
+{
+    __m256i base = _mm256_set1_epi32((int)(uint32_t)first), sign = _mm256_set1_epi32(INT32_MIN);
+    __m256i lo = _mm256_add_epi32(base, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    /* -1 where lo < base as unsigned numbers, i.e. where the low word wrapped. */
+    __m256i wrap = _mm256_cmpgt_epi32(_mm256_xor_si256(base, sign), _mm256_xor_si256(lo, sign));
+    *c0 = lo;
+    *c1 = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(first >> 32)), wrap);
+}
+
+/* 8 blocks x 4 words -> out[4*block + word]: a 4x4 transpose in each 128-bit half. */
+static inline void philox8_store(__m256i c0, __m256i c1, __m256i c2, __m256i c3, uint32_t *out)
+{
+    __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
+    __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
+    __m256i b0 = _mm256_unpacklo_epi64(t0, t2), b1 = _mm256_unpackhi_epi64(t0, t2);
+    __m256i b2 = _mm256_unpacklo_epi64(t1, t3), b3 = _mm256_unpackhi_epi64(t1, t3);
+    __m256i *o = (__m256i *)out;
+    _mm256_storeu_si256(o + 0, _mm256_permute2x128_si256(b0, b1, 0x20));
+    _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(b2, b3, 0x20));
+    _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(b0, b1, 0x31));
+    _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(b2, b3, 0x31));
+}
+
+/* Blocks first .. first+15 with the rounds of lu_philox4x32: two independent sets of 8 lanes
+ * keep the multipliers busy while the other set waits on its products. */
+static void philox16_avx2(uint64_t seed, uint64_t step, uint32_t op, uint64_t first, uint32_t *out)
+{
+    __m256i a0, a1, b0, b1;
+    philox8_counter(first, &a0, &a1);
+    philox8_counter(first + 8, &b0, &b1);
+    __m256i a2 = _mm256_set1_epi32((int)((uint32_t)step ^ (op * 0x85EBCA6Bu)));
+    __m256i a3 = _mm256_set1_epi32((int)((uint32_t)(step >> 32) ^ op)), b2 = a2, b3 = a3;
+    __m256i m0 = _mm256_set1_epi32((int)PHILOX_M0), m1 = _mm256_set1_epi32((int)PHILOX_M1);
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int r = 0; r < 10; r++) {
+        __m256i ka = _mm256_set1_epi32((int)k0), kb = _mm256_set1_epi32((int)k1);
+        __m256i ahi0, alo0, ahi1, alo1, bhi0, blo0, bhi1, blo1;
+        mul_hi_lo(a0, m0, &ahi0, &alo0);
+        mul_hi_lo(b0, m0, &bhi0, &blo0);
+        mul_hi_lo(a2, m1, &ahi1, &alo1);
+        mul_hi_lo(b2, m1, &bhi1, &blo1);
+        a0 = _mm256_xor_si256(_mm256_xor_si256(ahi1, a1), ka);
+        b0 = _mm256_xor_si256(_mm256_xor_si256(bhi1, b1), ka);
+        a2 = _mm256_xor_si256(_mm256_xor_si256(ahi0, a3), kb);
+        b2 = _mm256_xor_si256(_mm256_xor_si256(bhi0, b3), kb);
+        a1 = alo1;
+        b1 = blo1;
+        a3 = alo0;
+        b3 = blo0;
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
+    }
+    philox8_store(a0, a1, a2, a3, out);
+    philox8_store(b0, b1, b2, b3, out + 32);
+}
+#endif
+
 void lu_philox4x32_blocks(uint64_t seed, uint64_t step, uint32_t op, uint64_t first, int n, uint32_t *out)
 {
+#ifdef __AVX2__
+    for (; n >= 16; n -= 16, first += 16, out += 64) philox16_avx2(seed, step, op, first, out);
+#endif
     for (int base = 0; base < n; base += PHILOX_LANES) {
         int m = n - base < PHILOX_LANES ? n - base : PHILOX_LANES;
         uint32_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];

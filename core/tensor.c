@@ -6,6 +6,7 @@
 
 #include "arena.h"
 #include "backend.h"
+#include "cpu/cpu.h"
 
 const char *lu_device_name(lu_device d)
 {
@@ -259,27 +260,8 @@ lu_status lu_tensor_fill(lu_tensor *t, double value)
 /* Strided element copy on the host: dst and src host tensors of the same shape and dtype. */
 static void host_strided_copy(lu_tensor *dst, const lu_tensor *src)
 {
-    size_t es = lu_dtype_size(src->dtype);
-    int64_t n = lu_tensor_numel(src);
-    if (lu_tensor_is_contiguous(dst) && lu_tensor_is_contiguous(src)) {
-        memcpy(lu_tensor_data(dst), lu_tensor_data(src), (size_t)n * es);
-        return;
-    }
-    int64_t idx[LU_MAX_DIMS] = {0};
-    char *d = lu_tensor_data(dst);
-    const char *s = lu_tensor_data(src);
-    for (int64_t i = 0; i < n; i++) {
-        int64_t so = 0, dof = 0;
-        for (int k = 0; k < src->ndim; k++) {
-            so += idx[k] * src->stride[k];
-            dof += idx[k] * dst->stride[k];
-        }
-        memcpy(d + dof * (int64_t)es, s + so * (int64_t)es, es);
-        for (int k = src->ndim - 1; k >= 0; k--) {
-            if (++idx[k] < src->shape[k]) break;
-            idx[k] = 0;
-        }
-    }
+    lu_cpu_strided_copy(lu_tensor_data(dst), dst->stride, lu_tensor_data(src), src->stride, src->shape, src->ndim,
+                        lu_dtype_size(src->dtype));
 }
 
 lu_status lu_tensor_copy(lu_tensor *dst, const lu_tensor *src)

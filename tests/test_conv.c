@@ -496,6 +496,25 @@ Test(dropout, gradient_is_mask_over_keep_probability)
     lu_tensor_release(x);
 }
 
+/* The backward reads the mask off y where x != 0 and regenerates it in chunks of 64 elements
+ * holding an x == 0 (there y is 0 either way): zeros only in the second chunk cover both. */
+Test(dropout, gradient_where_the_input_has_zeros)
+{
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(200), -1, 1, 6);
+    float *xv = lu_tensor_data(x);
+    for (int i = 64; i < 128; i += 3) xv[i] = 0;
+    lu_tensor_set_requires_grad(x, true);
+    lu_tensor *y = lu_dropout(x, 0.3, 2, 5, 7);
+    lu_tensor *ones = lu_tensor_full(LU_F32, LU_SHAPE(200), LU_CPU, 1);
+    cr_assert_eq(lu_backward_from(y, ones), LU_OK, "%s", lu_error_message());
+    double ref[200];
+    for (int i = 0; i < 200; i++) ref[i] = lu_rng_uniform(2, 5, 7, (uint64_t)i) < 0.3 ? 0 : (double)(float)(1 / 0.7);
+    tu_assert_close(x->grad, ref, 200, 0, 0, "dropout grad");
+    lu_tensor_release(ones);
+    lu_tensor_release(y);
+    lu_tensor_release(x);
+}
+
 static lu_tensor *dropout_fn(lu_tensor **in, void *ctx)
 {
     (void)ctx;

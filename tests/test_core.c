@@ -96,6 +96,60 @@ Test(view, transpose_shares_storage_and_copies_contiguous)
     lu_tensor_release(x);
 }
 
+/* Every permutation of a 4-D tensor, plain and with a step-2 slice, in widths 1, 2, 4 and 8
+ * bytes: lu_contiguous and lu_tensor_copy into a permuted destination against an index loop.
+ * Dims of 33 and 70 cross the 32-element copy tiles; 70*33*5*6 elements take the parallel path. */
+Test(view, contiguous_and_copy_match_an_index_loop_for_every_permutation)
+{
+    static const lu_dtype dts[] = {LU_U8, LU_BF16, LU_F32, LU_F64};
+    int64_t shape[4] = {5, 70, 6, 33};
+    for (size_t d = 0; d < sizeof dts / sizeof *dts; d++) {
+        lu_tensor *x64 = tu_rand(LU_F64, 4, shape, 0, 100, 3 + d), *x = lu_cast(x64, dts[d]);
+        cr_assert(x);
+        double *xv = tu_to_doubles(x);
+        for (int p = 0; p < 24; p++) {
+            int perm[4], avail[4] = {0, 1, 2, 3}, code = p;
+            for (int i = 0; i < 4; i++) {
+                int f = 4 - i, k = code % f;
+                code /= f;
+                perm[i] = avail[k];
+                for (int j = k; j < f - 1; j++) avail[j] = avail[j + 1];
+            }
+            for (int step = 1; step <= 2; step++) {
+                lu_tensor *s = lu_slice(x, 1, 1, shape[1], step), *v = lu_permute(s, perm);
+                lu_tensor *c = lu_contiguous(v);
+                lu_tensor *dst = lu_tensor_zeros(dts[d], 4, s->shape, LU_CPU), *dv = lu_permute(dst, perm);
+                cr_assert(c && dv && lu_tensor_copy(dv, v) == LU_OK);
+                int64_t n = lu_tensor_numel(v), idx[4] = {0};
+                double *ref = malloc((size_t)n * sizeof *ref);
+                for (int64_t e = 0; e < n; e++) {
+                    int64_t src[4];
+                    for (int i = 0; i < 4; i++) src[perm[i]] = idx[i];
+                    ref[e] = xv[((src[0] * shape[1] + 1 + src[1] * step) * shape[2] + src[2]) * shape[3] + src[3]];
+                    for (int i = 3; i >= 0 && ++idx[i] == v->shape[i]; i--) idx[i] = 0;
+                }
+                char what[64];
+                snprintf(what, sizeof what, "%s perm %d%d%d%d step %d", lu_dtype_name(dts[d]), perm[0], perm[1],
+                         perm[2], perm[3], step);
+                tu_assert_close(c, ref, n, 0, 0, what);
+                /* dst holds s's layout: read it back through the permutation. */
+                lu_tensor *dc = lu_contiguous(dv);
+                tu_assert_close(dc, ref, n, 0, 0, what);
+                free(ref);
+                lu_tensor_release(dc);
+                lu_tensor_release(dv);
+                lu_tensor_release(dst);
+                lu_tensor_release(c);
+                lu_tensor_release(v);
+                lu_tensor_release(s);
+            }
+        }
+        free(xv);
+        lu_tensor_release(x);
+        lu_tensor_release(x64);
+    }
+}
+
 Test(view, slice_with_step_and_negative_start)
 {
     lu_tensor *x = tu_rand(LU_F64, LU_SHAPE(2, 7), -1, 1, 2);
@@ -356,10 +410,14 @@ Test(cpu_math, log1p_of_non_negative_matches_libm)
 
 Test(rng, block_generator_equals_single_blocks)
 {
+    /* Starts where the block counter's low word wraps inside a group of generated blocks. */
+    static const uint64_t firsts[] = {1000, 0xFFFFFFF6u, (5ull << 32) + 0xFFFFFFFDu};
     uint32_t many[4 * 37], one[4];
-    lu_philox4x32_blocks(9, 4, 3, 1000, 37, many);
-    for (int k = 0; k < 37; k++) {
-        lu_philox4x32(9, 4, 3, 1000 + (uint64_t)k, one);
-        cr_assert_arr_eq(many + 4 * k, one, sizeof one, "block %d", k);
+    for (int f = 0; f < 3; f++) {
+        lu_philox4x32_blocks(9, 4, 3, firsts[f], 37, many);
+        for (int k = 0; k < 37; k++) {
+            lu_philox4x32(9, 4, 3, firsts[f] + (uint64_t)k, one);
+            cr_assert_arr_eq(many + 4 * k, one, sizeof one, "first %llu block %d", (unsigned long long)firsts[f], k);
+        }
     }
 }

@@ -46,14 +46,19 @@ static int64_t R(att_probs)(const att_dims *a, const real *q, const real *k, int
                 if (m[j]) pr[j] = -INFINITY;
         real l = have_lse ? lse[r] : -INFINITY;
         if (!have_lse) {
+            /* Maximum over 8 lanes (the same value as a running maximum). */
+            real lane[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+            int64_t j0 = lo;
+            for (; j0 + 8 <= hi; j0 += 8)
+                for (int l = 0; l < 8; l++) lane[l] = pr[j0 + l] > lane[l] ? pr[j0 + l] : lane[l];
             real mx = -INFINITY;
-            for (int64_t j = lo; j < hi; j++) mx = pr[j] > mx ? pr[j] : mx;
+            for (int64_t j = j0; j < hi; j++) mx = pr[j] > mx ? pr[j] : mx;
+            for (int l = 0; l < 8; l++) mx = lane[l] > mx ? lane[l] : mx;
             if (mx > -INFINITY) {
-                double sum = 0;
-                for (int64_t j = lo; j < hi; j++) {
-                    pr[j] = R_EXP(pr[j] - mx);
-                    sum += pr[j];
-                }
+                double sum;
+#pragma omp simd
+                for (int64_t j = lo; j < hi; j++) pr[j] = R_EXP(pr[j] - mx);
+                LU_CPU_LANE_SUM(sum, hi - lo, j, (double)pr[lo + j]);
                 real inv = (real)(1 / sum);
                 for (int64_t j = lo; j < hi; j++) pr[j] *= inv;
                 l = (real)(mx + log(sum));
@@ -173,8 +178,8 @@ static lu_status R(attention_bwd)(const lu_op_call *call)
                             const real *dwr = dW + ((b * a.hq + h) * a.tq + i0 + r) * a.tk + klo;
                             for (int64_t j = 0; j < nk; j++) dpr[j] += dwr[j];
                         }
-                        double s = 0;
-                        for (int64_t j = 0; j < nk; j++) s += (double)pr[j] * dpr[j];
+                        double s;
+                        LU_CPU_LANE_SUM(s, nk, j, (double)pr[j] * dpr[j]);
                         for (int64_t j = 0; j < nk; j++) dpr[j] = pr[j] * (dpr[j] - (real)s);
                     }
                     if (dqr)

@@ -7,6 +7,8 @@
  * y_g [Cout/g, OH*OW] = w_g [Cout/g, Cin/g*KH*KW] @ col [Cin/g*KH*KW, OH*OW]; a 1x1 kernel with
  * unit stride and no padding needs no im2col (the input already is the column matrix). */
 #include <cblas.h>
+#include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,11 +73,26 @@ static bool conv_is_pointwise(const conv_geom *g)
     return g->kh == 1 && g->kw == 1 && g->stride[0] == 1 && g->stride[1] == 1 && g->pad[0] == 0 && g->pad[1] == 0;
 }
 
+/* Elements of one im2col buffer: [Cin/g * KH * KW, OH * OW]. */
+static int64_t conv_col_size(const conv_geom *g) { return g->cin / g->groups * g->kh * g->kw * g->oh * g->ow; }
+
+/* Whether the general path's (batch, group) tasks run one per thread: when there is at least
+ * one per thread. */
+static bool conv_tasks_parallel(int64_t tasks)
+{
+    int threads = omp_get_max_threads();
+    return threads > 1 && tasks >= threads;
+}
+
 static lu_status conv_nomem(const lu_op_call *c, const conv_geom *g)
 {
     return lu_errorf(LU_ERR_NOMEM, "%s: cannot allocate the im2col buffer [%lld, %lld]", lu_op_name(c->op),
                      (long long)(g->cin / g->groups * g->kh * g->kw), (long long)(g->oh * g->ow));
 }
+
+/* Dropout drops element i when its uniform (w >> 8) / 2^24 is below p (lu_rng_uniform), that is
+ * when the integer w >> 8 is below ceil(p * 2^24). */
+static uint32_t dropout_threshold(double p) { return (uint32_t)ceil(p * 16777216.0); }
 
 #define LU_GENERIC_FILE "conv_generic.h"
 #include "generic.h"

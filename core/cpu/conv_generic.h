@@ -103,11 +103,56 @@ static void R(conv_depthwise_fwd)(const conv_geom *g, const real *x, const real 
         }
 }
 
+/* The backward of conv_depthwise_fwd_row, tap by tap over whole rows: dx[t + off] += w_j dy[t];
+ * dw_j = sum over the batch (in order) of the row dot product dy[t] x[t + off]. */
+static void R(conv_depthwise_bwd_row)(const conv_geom *g, const real *dy, const real *x, const real *w, real *dx,
+                                      real *dw)
+{
+    int64_t og = g->cout / g->groups, K = g->kw, T = g->w, OT = g->ow;
+    if (dx) {
+#pragma omp parallel for collapse(2)
+        for (int64_t b = 0; b < g->batch; b++)
+            for (int64_t ic = 0; ic < g->cin; ic++) {
+                real *restrict dxc = dx + (b * g->cin + ic) * T;
+                memset(dxc, 0, (size_t)T * sizeof(real));
+                for (int64_t oc = ic * og; oc < (ic + 1) * og; oc++) {
+                    const real *restrict dyc = dy + (b * g->cout + oc) * OT;
+                    for (int64_t j = 0; j < K; j++) {
+                        int64_t off = j * g->dil[1] - g->pad[1];
+                        int64_t lo = off < 0 ? -off : 0, hi = T - off < OT ? T - off : OT;
+                        real wj = w[oc * K + j];
+                        for (int64_t t = lo; t < hi; t++) dxc[t + off] += wj * dyc[t];
+                    }
+                }
+            }
+    }
+    if (dw) {
+#pragma omp parallel for
+        for (int64_t oc = 0; oc < g->cout; oc++)
+            for (int64_t j = 0; j < K; j++) {
+                int64_t off = j * g->dil[1] - g->pad[1];
+                int64_t lo = off < 0 ? -off : 0, hi = T - off < OT ? T - off : OT;
+                double acc = 0;
+                for (int64_t b = 0; b < g->batch; b++) {
+                    const real *xc = x + (b * g->cin + oc / og) * T + off, *dyc = dy + (b * g->cout + oc) * OT;
+                    double s = 0;
+                    if (hi > lo) LU_CPU_LANE_SUM(s, hi - lo, t, (double)dyc[lo + t] * xc[lo + t]);
+                    acc += s;
+                }
+                dw[oc * K + j] = (real)acc;
+            }
+    }
+}
+
 /* dx: one thread per (batch, input channel), scattering from its Cout/g output channels.
  * dw: one thread per output channel, summing over the batch in order. */
 static void R(conv_depthwise_bwd)(const conv_geom *g, const real *dy, const real *x, const real *w, real *dx, real *dw)
 {
     int64_t og = g->cout / g->groups, K = g->kh * g->kw, HW = g->h * g->w, OL = g->oh * g->ow;
+    if (g->kh == 1 && g->h == 1 && g->stride[1] == 1) {
+        R(conv_depthwise_bwd_row)(g, dy, x, w, dx, dw);
+        return;
+    }
     if (dx) {
 #pragma omp parallel for collapse(2)
         for (int64_t b = 0; b < g->batch; b++)
@@ -159,51 +204,111 @@ static void R(conv_depthwise_bwd)(const conv_geom *g, const real *dy, const real
     }
 }
 
-/* General path: per (batch, group), y_g = w_g @ im2col(x_g) (see conv.c). */
-static lu_status R(conv_gemm_fwd)(const lu_op_call *c, const conv_geom *g, const real *x, const real *w, real *y)
+/* One (batch, group) task t of the general path: y_g = w_g @ im2col(x_g) (see conv.c). */
+static void R(conv_gemm_fwd_task)(const conv_geom *g, int64_t t, const real *x, const real *w, real *y, real *col)
 {
     int64_t cg = g->cin / g->groups, og = g->cout / g->groups, ck = cg * g->kh * g->kw, L = g->oh * g->ow;
-    bool pointwise = conv_is_pointwise(g);
-    real *col = pointwise ? NULL : malloc((size_t)(ck * L) * sizeof(real));
-    if (!pointwise && !col) return conv_nomem(c, g);
-    for (int64_t b = 0; b < g->batch; b++)
-        for (int64_t grp = 0; grp < g->groups; grp++) {
-            const real *xg = x + (b * g->cin + grp * cg) * g->h * g->w;
-            if (!pointwise) R(im2col)(g, xg, col);
-            R_BLAS(gemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)og, (int)L, (int)ck, 1, w + grp * og * ck,
-                         (int)ck, pointwise ? xg : col, (int)L, 0, y + (b * g->cout + grp * og) * L, (int)L);
-        }
-    free(col);
-    return LU_OK;
+    int64_t b = t / g->groups, grp = t % g->groups;
+    const real *xg = x + (b * g->cin + grp * cg) * g->h * g->w;
+    if (col) R(im2col)(g, xg, col);
+    R_BLAS(gemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)og, (int)L, (int)ck, 1, w + grp * og * ck, (int)ck,
+                 col ? col : xg, (int)L, 0, y + (b * g->cout + grp * og) * L, (int)L);
 }
 
-/* dw_g = sum_b dy_bg @ col_bg^T; dcol = w_g^T @ dy_bg, folded back by col2im. */
+/* Task t of the backward: dw_part = dy_g @ col_g^T (into dwp, og x ck), dcol = w_g^T @ dy_g
+ * folded back into dx by col2im. */
+static void R(conv_gemm_bwd_task)(const conv_geom *g, int64_t t, const real *dy, const real *x, const real *w,
+                                  real *dx, real *dwp, real dw_beta, real *col)
+{
+    int64_t cg = g->cin / g->groups, og = g->cout / g->groups, ck = cg * g->kh * g->kw, L = g->oh * g->ow;
+    int64_t b = t / g->groups, grp = t % g->groups;
+    const real *xg = x + (b * g->cin + grp * cg) * g->h * g->w, *dyg = dy + (b * g->cout + grp * og) * L;
+    real *dxg = dx ? dx + (b * g->cin + grp * cg) * g->h * g->w : NULL;
+    if (dwp) {
+        if (col) R(im2col)(g, xg, col);
+        R_BLAS(gemm)(CblasRowMajor, CblasNoTrans, CblasTrans, (int)og, (int)ck, (int)L, 1, dyg, (int)L, col ? col : xg,
+                     (int)L, dw_beta, dwp, (int)ck);
+    }
+    if (dxg) {
+        R_BLAS(gemm)(CblasRowMajor, CblasTrans, CblasNoTrans, (int)ck, (int)L, (int)og, 1, w + grp * og * ck, (int)ck,
+                     dyg, (int)L, 0, col ? col : dxg, (int)L);
+        if (col) R(col2im)(g, col, dxg);
+    }
+}
+
+/* General path, one task per (batch, group). With at least one task per thread the tasks run
+ * in parallel, each GEMM on its thread (OpenBLAS is the OpenMP build), and each thread has its
+ * own im2col buffer; otherwise (B = 1 inference) they run in turn with threaded GEMMs. */
+static lu_status R(conv_gemm_fwd)(const lu_op_call *c, const conv_geom *g, const real *x, const real *w, real *y)
+{
+    int64_t tasks = g->batch * g->groups, colsize = conv_is_pointwise(g) ? 0 : conv_col_size(g);
+    bool nomem = false;
+    if (!conv_tasks_parallel(tasks)) { /* outside any parallel region: see gemm_batch (matmul) */
+        real *col = colsize ? malloc((size_t)colsize * sizeof(real)) : NULL;
+        if (colsize && !col) return conv_nomem(c, g);
+        for (int64_t t = 0; t < tasks; t++) R(conv_gemm_fwd_task)(g, t, x, w, y, col);
+        free(col);
+        return LU_OK;
+    }
+#pragma omp parallel
+    {
+        real *col = colsize ? malloc((size_t)colsize * sizeof(real)) : NULL;
+        if (colsize && !col) {
+#pragma omp atomic write
+            nomem = true;
+        }
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; t++)
+            if (!colsize || col) R(conv_gemm_fwd_task)(g, t, x, w, y, col);
+        free(col);
+    }
+    return nomem ? conv_nomem(c, g) : LU_OK;
+}
+
+/* dw = sum over the batch of the tasks' parts, added in batch order: in place (beta = 1) when
+ * the tasks run in turn, from per-task parts when they run in parallel. */
 static lu_status R(conv_gemm_bwd)(const lu_op_call *c, const conv_geom *g, const real *dy, const real *x,
                                   const real *w, real *dx, real *dw)
 {
-    int64_t cg = g->cin / g->groups, og = g->cout / g->groups, ck = cg * g->kh * g->kw, L = g->oh * g->ow;
-    bool pointwise = conv_is_pointwise(g);
-    real *col = pointwise ? NULL : malloc((size_t)(ck * L) * sizeof(real));
-    if (!pointwise && !col) return conv_nomem(c, g);
-    if (dw) memset(dw, 0, (size_t)(g->cout * ck) * sizeof(real));
-    for (int64_t b = 0; b < g->batch; b++)
-        for (int64_t grp = 0; grp < g->groups; grp++) {
-            const real *xg = x + (b * g->cin + grp * cg) * g->h * g->w, *dyg = dy + (b * g->cout + grp * og) * L;
-            const real *wg = w + grp * og * ck;
-            real *dxg = dx ? dx + (b * g->cin + grp * cg) * g->h * g->w : NULL;
-            if (dw) {
-                if (!pointwise) R(im2col)(g, xg, col);
-                R_BLAS(gemm)(CblasRowMajor, CblasNoTrans, CblasTrans, (int)og, (int)ck, (int)L, 1, dyg, (int)L,
-                             pointwise ? xg : col, (int)L, 1, dw + grp * og * ck, (int)ck);
-            }
-            if (dx) {
-                R_BLAS(gemm)(CblasRowMajor, CblasTrans, CblasNoTrans, (int)ck, (int)L, (int)og, 1, wg, (int)ck, dyg,
-                             (int)L, 0, pointwise ? dxg : col, (int)L);
-                if (!pointwise) R(col2im)(g, col, dxg);
-            }
+    int64_t tasks = g->batch * g->groups, colsize = conv_is_pointwise(g) ? 0 : conv_col_size(g);
+    int64_t og = g->cout / g->groups, wsize = og * (g->cin / g->groups) * g->kh * g->kw;
+    bool nomem = false;
+    if (!conv_tasks_parallel(tasks)) { /* outside any parallel region: see gemm_batch (matmul) */
+        real *col = colsize ? malloc((size_t)colsize * sizeof(real)) : NULL;
+        if (colsize && !col) return conv_nomem(c, g);
+        if (dw) memset(dw, 0, (size_t)(g->groups * wsize) * sizeof(real));
+        for (int64_t t = 0; t < tasks; t++)
+            R(conv_gemm_bwd_task)(g, t, dy, x, w, dx, dw ? dw + (t % g->groups) * wsize : NULL, 1, col);
+        free(col);
+        return LU_OK;
+    }
+    real *parts = dw ? malloc((size_t)(tasks * wsize) * sizeof(real)) : NULL;
+    if (dw && !parts) return conv_nomem(c, g);
+#pragma omp parallel
+    {
+        real *col = colsize ? malloc((size_t)colsize * sizeof(real)) : NULL;
+        if (colsize && !col) {
+#pragma omp atomic write
+            nomem = true;
         }
-    free(col);
-    return LU_OK;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; t++) {
+            if (colsize && !col) continue;
+            R(conv_gemm_bwd_task)(g, t, dy, x, w, dx, parts ? parts + t * wsize : NULL, 0, col);
+        }
+        free(col);
+    }
+    if (parts && !nomem) {
+#pragma omp parallel for
+        for (int64_t i = 0; i < g->groups * wsize; i++) {
+            int64_t grp = i / wsize, e = i % wsize;
+            real s = 0;
+            for (int64_t b = 0; b < g->batch; b++) s += parts[(b * g->groups + grp) * wsize + e];
+            dw[i] = s;
+        }
+    }
+    free(parts);
+    return nomem ? conv_nomem(c, g) : LU_OK;
 }
 
 /* in = [x, w, bias?], out = [y]. */
@@ -356,39 +461,58 @@ static lu_status R(batchnorm_bwd)(const lu_op_call *c)
 
 /* ---- dropout -------------------------------------------------------------------------------- */
 
-/* Element i is dropped when lu_rng_uniform(seed, step, op_id, i) < p; kept ones are scaled by
- * 1/(1-p). The backward regenerates the same mask instead of saving it. */
-static void R(dropout_apply)(const lu_dropout_params *p, const real *src, real *dst, int64_t n)
+/* Element i is dropped when lu_rng_uniform(seed, step, op_id, i) < p, i.e. when the top 24 bits
+ * of its Philox word are below dropout_threshold(p) (conv.c); kept ones are scaled by 1/(1-p). Chunks of 64
+ * elements = 16 Philox blocks generated together (element i uses word i % 4 of block i / 4). */
+static void R(dropout_chunk_mask)(const lu_dropout_params *p, uint32_t thr, int64_t c, const real *src, real scale,
+                                  real *dst, int64_t m)
 {
-    real scale = (real)(1 / (1 - p->p));
-    /* Chunks of 64 elements = 16 Philox blocks generated together (lu_rng_uniform's layout:
-     * element i uses word i % 4 of block i / 4). */
-    int64_t chunks = (n + 63) / 64;
-#pragma omp parallel for if (n > 16384)
-    for (int64_t c = 0; c < chunks; c++) {
-        uint32_t w[64];
-        lu_philox4x32_blocks(p->seed, p->step, p->op_id, (uint64_t)c * 16, 16, w);
-        int64_t i0 = 64 * c, m = n - i0 < 64 ? n - i0 : 64;
-        for (int64_t j = 0; j < m; j++)
-            dst[i0 + j] = (double)lu_rng_word_to_unit(w[j]) < p->p ? 0 : src[i0 + j] * scale;
-    }
+    uint32_t w[64];
+    lu_philox4x32_blocks(p->seed, p->step, p->op_id, (uint64_t)c * 16, 16, w);
+#pragma omp simd
+    for (int64_t j = 0; j < m; j++) dst[j] = (w[j] >> 8) < thr ? 0 : src[j] * scale;
 }
 
 static lu_status R(dropout_fwd)(const lu_op_call *c)
 {
-    R(dropout_apply)(c->params, lu_tensor_data(c->in[0]), lu_tensor_data(c->out[0]), lu_tensor_numel(c->in[0]));
+    const lu_dropout_params *p = c->params;
+    const real *X = lu_tensor_data(c->in[0]);
+    real *Y = lu_tensor_data(c->out[0]), scale = (real)(1 / (1 - p->p));
+    int64_t n = lu_tensor_numel(c->in[0]);
+    uint32_t thr = dropout_threshold(p->p);
+#pragma omp parallel for if (n > 16384)
+    for (int64_t k = 0; k < (n + 63) / 64; k++)
+        R(dropout_chunk_mask)(p, thr, k, X + 64 * k, scale, Y + 64 * k, n - 64 * k < 64 ? n - 64 * k : 64);
     return LU_OK;
 }
 
-/* in = [dy, x, y], out = [dx]: dx = dy * mask / (1-p). */
+/* in = [dy, x, y], out = [dx]: dx = dy * mask / (1-p). The mask is read off the output instead of
+ * regenerated: a dropped element is 0 and a kept one x / (1-p), which is not 0 when x is not
+ * (|1/(1-p)| >= 1, no flush-to-zero). A chunk holding an x == 0 regenerates its mask. */
 static lu_status R(dropout_bwd)(const lu_op_call *c)
 {
+    const lu_dropout_params *p = c->params;
     lu_tensor *dx = c->out[0];
     if (!dx) return LU_OK;
     if (!c->in[0]) {
         memset(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx));
         return LU_OK;
     }
-    R(dropout_apply)(c->params, lu_tensor_data(c->in[0]), lu_tensor_data(dx), lu_tensor_numel(dx));
+    const real *DY = lu_tensor_data(c->in[0]), *X = lu_tensor_data(c->in[1]), *Y = lu_tensor_data(c->in[2]);
+    real *DX = lu_tensor_data(dx), scale = (real)(1 / (1 - p->p));
+    int64_t n = lu_tensor_numel(dx);
+    uint32_t thr = dropout_threshold(p->p);
+#pragma omp parallel for if (n > 16384)
+    for (int64_t k = 0; k < (n + 63) / 64; k++) {
+        int64_t i0 = 64 * k, m = n - i0 < 64 ? n - i0 : 64;
+        bool zero = false;
+        for (int64_t j = 0; j < m; j++) zero |= X[i0 + j] == 0;
+        if (zero) {
+            R(dropout_chunk_mask)(p, thr, k, DY + i0, scale, DX + i0, m);
+            continue;
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < m; j++) DX[i0 + j] = Y[i0 + j] != 0 ? DY[i0 + j] * scale : 0;
+    }
     return LU_OK;
 }

@@ -18,6 +18,7 @@ static inline float lu_expf(float x)
     /* Results below FLT_MIN (x < -87.33) flush to 0: subnormal exponentials do not matter to
      * softmax-like uses and keeping them would need a second scaling step. */
     float xc = x < -87.33654f ? -87.33654f : (x > 88.72283905f ? 88.72283905f : x);
+    xc = x != x ? 0.0f : xc; /* NaN: keep the integer conversion below defined */
     /* n = round(x / ln 2) by the 1.5 * 2^23 trick (round to nearest without roundps). */
     float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = xc - n * 0.693359375f + n * 2.12194440e-4f;

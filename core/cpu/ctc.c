@@ -19,11 +19,26 @@ static double ctc_logaddexp(double a, double b)
 typedef struct ctc_sample {
     int64_t t;      /* input length */
     int64_t len;    /* 2 * target length + 1 */
-    int64_t *label; /* [len] */
+    int64_t *label; /* [len]; one allocation with the two rows below */
+    double *skip;   /* [len]: 0 where the path may jump from s-2 to s (ctc_can_skip), else -inf */
+    double *row;    /* [len]: scratch for lp[t, l'(s)] of one frame */
 } ctc_sample;
 
-/* Reads sample b: its input length, and its labels from targets [B, S] into s->label, which has
- * room for 2S + 1 entries. */
+/* Room for the labels, skips and row of up to 2S + 1 positions; false when out of memory. */
+static bool ctc_sample_alloc(ctc_sample *s, int64_t S)
+{
+    size_t n = (size_t)(2 * S + 1);
+    s->label = malloc(n * (sizeof *s->label + sizeof *s->skip + sizeof *s->row));
+    s->skip = s->label ? (double *)(s->label + n) : NULL;
+    s->row = s->label ? s->skip + n : NULL;
+    return s->label != NULL;
+}
+
+/* Whether the path may jump from s-2 to s (skipping a blank): l'(s) is a label that differs
+ * from l'(s-2). */
+static bool ctc_can_skip(const ctc_sample *s, int64_t i) { return i >= 2 && i % 2 == 1 && s->label[i] != s->label[i - 2]; }
+
+/* Reads sample b: its input length, its labels from targets [B, S] and their skips. */
 static void ctc_sample_read(const lu_tensor *targets, const lu_tensor *input_lengths,
                             const lu_tensor *target_lengths, int blank, int64_t b, ctc_sample *s)
 {
@@ -31,11 +46,8 @@ static void ctc_sample_read(const lu_tensor *targets, const lu_tensor *input_len
     s->t = lu_cpu_index_at(input_lengths, b);
     s->len = 2 * lu_cpu_index_at(target_lengths, b) + 1;
     for (int64_t i = 0; i < s->len; i++) s->label[i] = i % 2 ? lu_cpu_index_at(targets, b * S + i / 2) : blank;
+    for (int64_t i = 0; i < s->len; i++) s->skip[i] = ctc_can_skip(s, i) ? 0 : -INFINITY;
 }
-
-/* Whether the path may jump from s-2 to s (skipping a blank): l'(s) is a label that differs
- * from l'(s-2). */
-static bool ctc_can_skip(const ctc_sample *s, int64_t i) { return i >= 2 && i % 2 == 1 && s->label[i] != s->label[i - 2]; }
 
 #define LU_GENERIC_FILE "ctc_generic.h"
 #include "generic.h"

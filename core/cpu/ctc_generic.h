@@ -6,23 +6,43 @@
  * beta_t(s) the same over suffixes from (t, s), also including lp[t, l'(s)];
  * log Z = lse(alpha_{T-1}(L'-1), alpha_{T-1}(L'-2)), loss = -log Z. */
 
+/* exp of x <= 0 in the precision of `real`: the terms it gives are probabilities whose relative
+ * error then stays below that of the log-probabilities they come from. */
+static inline double R(ctc_exp)(double x) { return (double)R_EXP((real)x); }
+
+/* log(e^a + e^b + e^c), -inf for log 0, as m + log1p(sum of the other two terms) with m the
+ * largest: the terms are in [0, 1] and are computed in the precision of `real` (for f32 the
+ * vectorisable lu_expf and lu_log1pf_pos), the running sums stay in double. Branch-free, so
+ * that the recursions' loops vectorise. */
+static inline double R(ctc_lse3)(double a, double b, double c)
+{
+    double m = a > b ? a : b;
+    m = m > c ? m : c;
+    double z = m == -INFINITY ? 0 : m; /* all -inf: exp(-inf - 0) = 0, no NaN from -inf - -inf */
+    real e = R_EXP((real)(a - z)) + R_EXP((real)(b - z)) + R_EXP((real)(c - z)) - 1;
+    return m == -INFINITY ? m : m + (double)R_LOG1P_POS(e);
+}
+
 /* Runs the alpha recursion of one sample over lp [T, V] into alpha (t rows of len when all_rows,
  * else 2 alternating rows) and returns log Z. */
 static double R(ctc_alpha)(const real *lp, int64_t V, const ctc_sample *s, double *alpha, bool all_rows)
 {
     int64_t L = s->len;
+    const int64_t *lab = s->label;
     if (s->t == 0) return L == 1 ? 0 : -INFINITY;
     double *prev = alpha;
-    for (int64_t i = 0; i < L; i++) prev[i] = i < 2 ? (double)lp[s->label[i]] : -INFINITY;
+    for (int64_t i = 0; i < L; i++) prev[i] = i < 2 ? (double)lp[lab[i]] : -INFINITY;
     for (int64_t t = 1; t < s->t; t++) {
-        double *cur = alpha + (all_rows ? t : t % 2) * L;
+        double *restrict cur = alpha + (all_rows ? t : t % 2) * L;
+        const double *restrict pv = prev;
         const real *lpt = lp + t * V;
-        for (int64_t i = 0; i < L; i++) {
-            double a = prev[i];
-            if (i >= 1) a = ctc_logaddexp(a, prev[i - 1]);
-            if (ctc_can_skip(s, i)) a = ctc_logaddexp(a, prev[i - 2]);
-            cur[i] = a + (double)lpt[s->label[i]];
-        }
+        double *restrict row = s->row;
+        const double *restrict skip = s->skip;
+        for (int64_t i = 0; i < L; i++) row[i] = (double)lpt[lab[i]];
+        cur[0] = pv[0] + row[0];
+        if (L > 1) cur[1] = R(ctc_lse3)(pv[1], pv[0], -INFINITY) + row[1];
+#pragma omp simd
+        for (int64_t i = 2; i < L; i++) cur[i] = R(ctc_lse3)(pv[i], pv[i - 1], pv[i - 2] + skip[i]) + row[i];
         prev = cur;
     }
     return ctc_logaddexp(prev[L - 1], L >= 2 ? prev[L - 2] : -INFINITY);
@@ -32,18 +52,21 @@ static double R(ctc_alpha)(const real *lp, int64_t V, const ctc_sample *s, doubl
 static void R(ctc_beta)(const real *lp, int64_t V, const ctc_sample *s, double *beta)
 {
     int64_t L = s->len, T = s->t;
+    const int64_t *lab = s->label;
     if (T == 0) return;
     double *last = beta + (T - 1) * L;
-    for (int64_t i = 0; i < L; i++) last[i] = i >= L - 2 ? (double)lp[(T - 1) * V + s->label[i]] : -INFINITY;
+    for (int64_t i = 0; i < L; i++) last[i] = i >= L - 2 ? (double)lp[(T - 1) * V + lab[i]] : -INFINITY;
     for (int64_t t = T - 2; t >= 0; t--) {
-        double *cur = beta + t * L, *next = cur + L;
+        double *restrict cur = beta + t * L;
+        const double *restrict nx = cur + L;
         const real *lpt = lp + t * V;
-        for (int64_t i = 0; i < L; i++) {
-            double b = next[i];
-            if (i + 1 < L) b = ctc_logaddexp(b, next[i + 1]);
-            if (i + 2 < L && ctc_can_skip(s, i + 2)) b = ctc_logaddexp(b, next[i + 2]);
-            cur[i] = b + (double)lpt[s->label[i]];
-        }
+        double *restrict row = s->row;
+        const double *restrict skip = s->skip;
+        for (int64_t i = 0; i < L; i++) row[i] = (double)lpt[lab[i]];
+#pragma omp simd
+        for (int64_t i = 0; i < L - 2; i++) cur[i] = R(ctc_lse3)(nx[i], nx[i + 1], nx[i + 2] + skip[i + 2]) + row[i];
+        if (L > 1) cur[L - 2] = R(ctc_lse3)(nx[L - 2], nx[L - 1], -INFINITY) + row[L - 2];
+        cur[L - 1] = nx[L - 1] + row[L - 1];
     }
 }
 
@@ -60,9 +83,9 @@ static lu_status R(ctc_fwd)(const lu_op_call *c)
 #pragma omp parallel for reduction(| : failed) schedule(dynamic)
     for (int64_t b = 0; b < B; b++) {
         ctc_sample s;
-        s.label = malloc((size_t)(2 * S + 1) * sizeof *s.label);
+        bool have = ctc_sample_alloc(&s, S);
         double *alpha = malloc((size_t)(2 * (2 * S + 1)) * sizeof *alpha);
-        if (!s.label || !alpha) {
+        if (!have || !alpha) {
             failed = 1;
         } else {
             ctc_sample_read(targets, il, tl, p->blank, b, &s);
@@ -116,9 +139,9 @@ static lu_status R(ctc_bwd)(const lu_op_call *c)
         int64_t tb = lu_cpu_index_at(il, b), lenb = 2 * lu_cpu_index_at(tl, b) + 1;
         if (scale == 0 || tb == 0) continue;
         ctc_sample s;
-        s.label = malloc((size_t)(2 * S + 1) * sizeof *s.label);
-        double *ab = malloc((size_t)(2 * tb * lenb + V) * sizeof *ab);
-        if (!s.label || !ab) {
+        bool have = ctc_sample_alloc(&s, S);
+        double *ab = malloc((size_t)(2 * tb * lenb + V + lenb) * sizeof *ab);
+        if (!have || !ab) {
             failed = 1;
             free(s.label);
             free(ab);
@@ -132,14 +155,20 @@ static lu_status R(ctc_bwd)(const lu_op_call *c)
             for (int64_t i = 0; i < s.t * V; i++) gb[i] = fill;
         } else {
             R(ctc_beta)(lpb, V, &s, beta);
+            /* The occupancies exp(alpha + beta - log Z - lp) are probabilities: summed per label
+             * in linear space, as the lse over the label's positions then exp would give. */
+            double *occ = lse, *term = lse + V;
             for (int64_t t = 0; t < s.t; t++) {
-                for (int64_t k = 0; k < V; k++) lse[k] = -INFINITY;
+                const double *at = alpha + t * s.len, *bt = beta + t * s.len;
+                const real *lpt = lpb + t * V;
+                for (int64_t i = 0; i < s.len; i++) occ[s.label[i]] = 0;
+#pragma omp simd
+                for (int64_t i = 0; i < s.len; i++) term[i] = R(ctc_exp)(at[i] + bt[i] - logz - (double)lpt[s.label[i]]);
+                for (int64_t i = 0; i < s.len; i++) occ[s.label[i]] += term[i];
                 for (int64_t i = 0; i < s.len; i++) {
                     int64_t k = s.label[i];
-                    lse[k] = ctc_logaddexp(lse[k], alpha[t * s.len + i] + beta[t * s.len + i]);
+                    if (occ[k] > 0) gb[t * V + k] = (real)(-scale * occ[k]);
                 }
-                for (int64_t k = 0; k < V; k++)
-                    if (lse[k] != -INFINITY) gb[t * V + k] = (real)(-scale * exp(lse[k] - logz - (double)lpb[t * V + k]));
             }
         }
         free(s.label);

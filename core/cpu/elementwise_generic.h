@@ -49,9 +49,18 @@
             for (int64_t r = 0; r < n / inner; r++) {                                             \
                 int64_t oa, ob;                                                                   \
                 bcast_row(g, r, &oa, &ob);                                                        \
-                real *Yr = Y + r * inner;                                                         \
+                real *restrict Yr = Y + r * inner;                                                \
+                const real *restrict Ar = A + oa, *restrict Br = B + ob;                          \
+                if (ia == 1 && ib == 1) {                                                         \
+                    _Pragma("omp simd")                                                           \
+                    for (int64_t i = 0; i < inner; i++) {                                         \
+                        real a = Ar[i], b = Br[i];                                                \
+                        Yr[i] = (EXPR);                                                           \
+                    }                                                                             \
+                    continue;                                                                     \
+                }                                                                                 \
                 for (int64_t i = 0; i < inner; i++) {                                             \
-                    real a = A[oa + i * ia], b = B[ob + i * ib];                                  \
+                    real a = Ar[i * ia], b = Br[i * ib];                                          \
                     Yr[i] = (EXPR);                                                               \
                 }                                                                                 \
             }                                                                                     \
@@ -103,6 +112,12 @@ static inline real R(bin_term)(bin_term t, real dy, real a, real b)
     return 0;
 }
 
+#define LU_EW_GRAD_LOOP(EXPR)                               \
+    do {                                                    \
+        _Pragma("omp parallel for simd if (n > 32768)")     \
+        for (int64_t i = 0; i < n; i++) DX[i] = (EXPR);     \
+    } while (0)
+
 /* dx (operand k's shape, contiguous) = the sum, over the dims operand k is broadcast along, of
  * term(dy, a, b). */
 static void R(grad_to)(bin_term t, const bcast *g, int k, const lu_tensor *a, const lu_tensor *b, const real *DY,
@@ -126,14 +141,37 @@ static void R(grad_to)(bin_term t, const bcast *g, int k, const lu_tensor *a, co
         return;
     }
     int64_t nx = n / m;
+    /* No reduction and an elementwise term (the usual residual and product gradients): plain
+     * loops with the term chosen outside them. */
+    bool same = lu_tensor_is_contiguous(a) && lu_tensor_is_contiguous(b) && lu_tensor_numel(a) == n &&
+                lu_tensor_numel(b) == n;
+    if (nr == 0 && (t == TERM_DY || t == TERM_NEG_DY || same)) {
+        switch (t) {
+        case TERM_DY: memcpy(DX, DY, (size_t)n * sizeof *DX); return;
+        case TERM_NEG_DY: LU_EW_GRAD_LOOP(-DY[i]); return;
+        case TERM_DY_B: LU_EW_GRAD_LOOP(DY[i] * B[i]); return;
+        case TERM_DY_A: LU_EW_GRAD_LOOP(DY[i] * A[i]); return;
+        case TERM_DY_OVER_B: LU_EW_GRAD_LOOP(DY[i] / B[i]); return;
+        case TERM_DIV_DB: LU_EW_GRAD_LOOP(-DY[i] * A[i] / (B[i] * B[i])); return;
+        }
+    }
     if (nr == 0) {
         int64_t inner = nd ? g->shape[nd - 1] : 1, ia = nd ? g->sa[nd - 1] : 0, ib = nd ? g->sb[nd - 1] : 0;
 #pragma omp parallel for if (n > 32768)
         for (int64_t r = 0; r < n / inner; r++) {
             int64_t oa, ob;
             bcast_row(g, r, &oa, &ob);
-            for (int64_t i = 0; i < inner; i++)
-                DX[r * inner + i] = R(bin_term)(t, DY[r * inner + i], A[oa + i * ia], B[ob + i * ib]);
+            const real *restrict dyr = DY + r * inner, *restrict Ar = A + oa, *restrict Br = B + ob;
+            real *restrict dxr = DX + r * inner;
+            if (ia == 1 && ib == 1 && t == TERM_DY_B) { /* the product of two row slices (GLU) */
+#pragma omp simd
+                for (int64_t i = 0; i < inner; i++) dxr[i] = dyr[i] * Br[i];
+            } else if (ia == 1 && ib == 1 && t == TERM_DY_A) {
+#pragma omp simd
+                for (int64_t i = 0; i < inner; i++) dxr[i] = dyr[i] * Ar[i];
+            } else {
+                for (int64_t i = 0; i < inner; i++) dxr[i] = R(bin_term)(t, dyr[i], Ar[i * ia], Br[i * ib]);
+            }
         }
         return;
     }
@@ -142,7 +180,8 @@ static void R(grad_to)(bin_term t, const bcast *g, int k, const lu_tensor *a, co
      * in double (contiguous reads). */
     const lu_tensor *other = k ? a : b;
     if (trailing_extent(g, k ? b : a, k) == nx && lu_tensor_is_contiguous(other) && lu_tensor_numel(other) == n) {
-        enum { COLS = 64 };
+        /* 16 columns: a cache line of f32 per row, and enough blocks for every thread. */
+        enum { COLS = 16 };
         const real *X = k ? B : A, *O = k ? A : B;
 #pragma omp parallel for if (n > 32768)
         for (int64_t blk = 0; blk < (nx + COLS - 1) / COLS; blk++) {
@@ -150,7 +189,9 @@ static void R(grad_to)(bin_term t, const bcast *g, int k, const lu_tensor *a, co
             double acc[COLS] = {0};
             for (int64_t r = 0; r < m; r++) {
                 const real *dyr = DY + r * nx + k0, *Or = O + r * nx + k0, *Xr = X + k0;
-                if (k) {
+                if (t == TERM_DY) {
+                    for (int64_t j = 0; j < kn; j++) acc[j] += dyr[j];
+                } else if (k) {
                     for (int64_t j = 0; j < kn; j++) acc[j] += R(bin_term)(t, dyr[j], Or[j], Xr[j]);
                 } else {
                     for (int64_t j = 0; j < kn; j++) acc[j] += R(bin_term)(t, dyr[j], Xr[j], Or[j]);
@@ -191,6 +232,8 @@ static void R(grad_to)(bin_term t, const bcast *g, int k, const lu_tensor *a, co
         DX[e] = (real)acc;
     }
 }
+
+#undef LU_EW_GRAD_LOOP
 
 /* in = [dy, a, b, y], out = [da, db]. */
 static lu_status R(binary_bwd)(const lu_op_call *c)

@@ -4,6 +4,10 @@
 
 #include "cpu.h"
 
+/* Products below this many multiply-adds (128^3) run one per thread in a batch: splitting each
+ * small GEMM across threads costs more than it gains. */
+#define LU_MATMUL_SMALL (1 << 21)
+
 #define LU_GENERIC_FILE "matmul_generic.h"
 #include "generic.h"
 

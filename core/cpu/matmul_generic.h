@@ -12,6 +12,19 @@ static void R(gemm_batch)(int64_t batch, bool ta, bool tb, int64_t m, int64_t n,
                          b + i * sb, tb ? (int)k : (int)n, a + i * sa, 1, beta, c + i * sc, 1);
         return;
     }
+    /* Many small products (attention heads): one per thread, each GEMM on its calling thread
+     * (OpenBLAS is the OpenMP build, CMakeLists.txt), instead of every small GEMM split across
+     * all threads. Larger ones are called outside any parallel region, where OpenBLAS threads
+     * them (inside an inactive `parallel if (0)` region the training step ran several times
+     * slower). */
+    if (batch > 1 && m * n * k < LU_MATMUL_SMALL) {
+#pragma omp parallel for
+        for (int64_t i = 0; i < batch; i++)
+            R_BLAS(gemm)(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n,
+                         (int)k, 1, a + i * sa, ta ? (int)m : (int)k, b + i * sb, tb ? (int)k : (int)n, beta,
+                         c + i * sc, (int)n);
+        return;
+    }
     for (int64_t i = 0; i < batch; i++)
         R_BLAS(gemm)(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n,
                      (int)k, 1, a + i * sa, ta ? (int)m : (int)k, b + i * sb, tb ? (int)k : (int)n, beta,
@@ -47,15 +60,18 @@ static lu_status R(matmul_bwd)(const lu_op_call *call)
         if (!p->trans_a) R(gemm_batch)(batch, false, !p->trans_b, m, k, n, DC, m * n, B, sb, 0, DA, m * k);
         else R(gemm_batch)(batch, p->trans_b, true, k, m, n, B, sb, DC, m * n, 0, DA, m * k);
     }
-    if (db) {
+    if (db && !shared_b) {
         real *DB = lu_tensor_data(db);
-        if (shared_b) memset(DB, 0, (size_t)(k * n) * sizeof(real));
+        if (!p->trans_b) R(gemm_batch)(batch, !p->trans_a, false, k, n, m, A, m * k, DC, m * n, 0, DB, k * n);
+        else R(gemm_batch)(batch, true, p->trans_a, n, k, m, DC, m * n, A, m * k, 0, DB, k * n);
+    } else if (db) {
+        /* b shared by the batch: its gradient sums the products in batch order. */
+        real *DB = lu_tensor_data(db);
+        memset(DB, 0, (size_t)(k * n) * sizeof(real));
         for (int64_t i = 0; i < batch; i++) {
             const real *Ai = A + i * m * k, *DCi = DC + i * m * n;
-            real *DBi = DB + (shared_b ? 0 : i * k * n);
-            real beta = shared_b ? 1 : 0;
-            if (!p->trans_b) R(gemm_batch)(1, !p->trans_a, false, k, n, m, Ai, 0, DCi, 0, beta, DBi, 0);
-            else R(gemm_batch)(1, true, p->trans_a, n, k, m, DCi, 0, Ai, 0, beta, DBi, 0);
+            if (!p->trans_b) R(gemm_batch)(1, !p->trans_a, false, k, n, m, Ai, 0, DCi, 0, 1, DB, 0);
+            else R(gemm_batch)(1, true, p->trans_a, n, k, m, DCi, 0, Ai, 0, 1, DB, 0);
         }
     }
     return LU_OK;

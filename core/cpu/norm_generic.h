@@ -97,10 +97,10 @@ static lu_status R(layernorm_fwd)(const lu_op_call *call)
 #pragma omp parallel for if (rows * d > LU_NORM_PAR)
     for (int64_t r = 0; r < rows; r++) {
         const real *xr = x + r * d;
-        double m = 0, v = 0;
-        for (int64_t c = 0; c < d; c++) m += xr[c];
+        double m, v;
+        LU_CPU_LANE_SUM(m, d, c, (double)xr[c]);
         m /= (double)d;
-        for (int64_t c = 0; c < d; c++) v += ((double)xr[c] - m) * ((double)xr[c] - m);
+        LU_CPU_LANE_SUM(v, d, c, ((double)xr[c] - m) * ((double)xr[c] - m));
         double s = 1.0 / sqrt(v / (double)d + p->eps);
         mean[r] = (real)m;
         rstd[r] = (real)s;
@@ -129,11 +129,13 @@ static lu_status R(layernorm_bwd)(const lu_op_call *call)
 #pragma omp parallel for if (rows * d > LU_NORM_PAR)
         for (int64_t r = 0; r < rows; r++) {
             const real *xr = x + r * d, *dyr = dy + r * d;
-            double s = rstd[r], m = mean[r], sg = 0, sgh = 0;
-            for (int64_t c = 0; c < d; c++) {
-                double g = (double)dyr[c] * (w ? w[c] : 1);
-                sg += g;
-                sgh += g * ((double)xr[c] - m) * s;
+            double s = rstd[r], m = mean[r], sg, sgh;
+            if (w) {
+                LU_CPU_LANE_SUM(sg, d, c, (double)dyr[c] * w[c]);
+                LU_CPU_LANE_SUM(sgh, d, c, (double)dyr[c] * w[c] * ((double)xr[c] - m) * s);
+            } else {
+                LU_CPU_LANE_SUM(sg, d, c, (double)dyr[c]);
+                LU_CPU_LANE_SUM(sgh, d, c, (double)dyr[c] * ((double)xr[c] - m) * s);
             }
             sg /= (double)d;
             sgh /= (double)d;

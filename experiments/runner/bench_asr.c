@@ -18,6 +18,7 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "core/optim.h"
+#include "core/profile.h"
 #include "core/rng.h"
 #include "experiments/runner/cli.h"
 #include "models/conformer.h"
@@ -208,6 +209,7 @@ static lu_status bench_split_train(const asr_bench_opts *o, asr_result *r)
         lu_arena_activate(prev);
         if (!s) s = lu_optim_step(opt, 1e-3);
         if (i >= 0) times[i] = now() - t0;
+        else lu_profile_reset(); /* LUTHIER_PROFILE: the table covers the timed steps */
     }
     lu_tensor_release(feats);
     lu_tensor_release(lengths);
@@ -313,7 +315,9 @@ static void usage(FILE *f)
                "  --train         training throughput (seconds of audio per second) of the small Splitformer\n"
                "                  (experiments/asr/splitformer-small.yaml): forward with dropout, sum of the 6\n"
                "                  exits' CTC losses, backward, AdamW; PyTorch runs the same model definition\n"
-               "  --batch B       --train: utterances of --seconds each per step (default 8)\n");
+               "  --batch B       --train: utterances of --seconds each per step (default 8)\n"
+               "  With LUTHIER_PROFILE=1 in the environment, --train also prints the time per op (forward and\n"
+               "  backward) of its timed steps, to stderr.\n");
 }
 
 static bool parse_int(const char *flag, const char *v, long lo, long hi, int *out)
