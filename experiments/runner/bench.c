@@ -3,6 +3,7 @@
  * matmul against OpenBLAS's own sgemm, attention against the unfused BLAS formulation
  * (scores GEMM, softmax, output GEMM), memory-bound ops against memcpy. */
 #include <cblas.h>
+#include <errno.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -218,6 +219,19 @@ static int bench_ops(void)
     free(m.dst);
     lu_arena_free(arena);
     return 0;
+}
+
+bool lu_bench_int_arg(const char *bench, const char *flag, const char *v, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long x = v ? strtoll(v, &end, 10) : 0;
+    if (!v || !*v || *end || errno || x < lo || x > hi) {
+        fprintf(stderr, "luthier bench %s: %s needs an integer in [%lld, %lld], got '%s'\n", bench, flag, lo, hi, v ? v : "");
+        return false;
+    }
+    *out = x;
+    return true;
 }
 
 int lu_cli_bench(int argc, char **argv)

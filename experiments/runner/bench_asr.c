@@ -322,12 +322,8 @@ static void usage(FILE *f)
 
 static bool parse_int(const char *flag, const char *v, long lo, long hi, int *out)
 {
-    char *end;
-    long x = v ? strtol(v, &end, 10) : 0;
-    if (!v || *end || x < lo || x > hi) {
-        fprintf(stderr, "luthier bench asr: %s needs an integer in [%ld, %ld], got '%s'\n", flag, lo, hi, v ? v : "");
-        return false;
-    }
+    long long x;
+    if (!lu_bench_int_arg("asr", flag, v, lo, hi, &x)) return false;
     *out = (int)x;
     return true;
 }

@@ -563,12 +563,8 @@ int lu_bench_gpu(int argc, char **argv)
             o.only = strcmp(v, "all") ? v : NULL;
             i++;
         } else if (!strcmp(a, "--iters")) {
-            char *end;
-            long x = v ? strtol(v, &end, 10) : 0;
-            if (!v || *end || x < 1 || x > MAX_ITERS) {
-                fprintf(stderr, "luthier bench gpu: --iters needs an integer in [1, %d], got '%s'\n", MAX_ITERS, v ? v : "");
-                return 2;
-            }
+            long long x;
+            if (!lu_bench_int_arg("gpu", a, v, 1, MAX_ITERS, &x)) return 2;
             o.iters = (int)x;
             i++;
         } else if (!strcmp(a, "--python")) {

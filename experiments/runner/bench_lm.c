@@ -173,18 +173,6 @@ static void usage(FILE *f)
                "  (28 layers by default; --layers shrinks it), beside transformers on CPU and the ratio.\n");
 }
 
-static bool parse_count(const char *flag, const char *v, long long lo, long long *out)
-{
-    char *end;
-    long long x = v ? strtoll(v, &end, 10) : 0;
-    if (!v || *end || x < lo) {
-        fprintf(stderr, "luthier bench lm: %s needs an integer >= %lld, got '%s'\n", flag, lo, v ? v : "");
-        return false;
-    }
-    *out = x;
-    return true;
-}
-
 int lu_bench_lm(int argc, char **argv)
 {
     lm_bench_opts o = {.layers = 28, .prompt_len = 512, .new_tokens = 64, .reference = true};
@@ -197,7 +185,7 @@ int lu_bench_lm(int argc, char **argv)
         } else if (!strcmp(a, "--no-reference")) {
             o.reference = false;
         } else if (!strcmp(a, "--layers") || !strcmp(a, "--prompt-tokens") || !strcmp(a, "--new-tokens")) {
-            if (!parse_count(a, v, 1, &x)) return 2;
+            if (!lu_bench_int_arg("lm", a, v, 1, 1 << 20, &x)) return 2;
             i++;
             if (!strcmp(a, "--layers")) o.layers = (int)(x > 1000 ? 1000 : x);
             else if (!strcmp(a, "--prompt-tokens")) o.prompt_len = x;

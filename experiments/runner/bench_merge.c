@@ -415,12 +415,8 @@ int lu_bench_merge(int argc, char **argv)
             *(!strcmp(a, "--dir") ? &o.dir : &o.python) = v;
             i++;
         } else if (!strcmp(a, "--threads")) {
-            char *end;
-            long x = v ? strtol(v, &end, 10) : 0;
-            if (!v || *end || x < 1 || x > 1024) {
-                fprintf(stderr, "luthier bench merge: --threads needs an integer in [1, 1024], got '%s'\n", v ? v : "");
-                return 2;
-            }
+            long long x;
+            if (!lu_bench_int_arg("merge", a, v, 1, 1024, &x)) return 2;
             o.threads = (int)x;
             i++;
         } else {

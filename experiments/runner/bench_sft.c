@@ -237,25 +237,13 @@ static void usage(FILE *f)
                "  --no-reference   skip transformers\n");
 }
 
-static bool parse_int(const char *flag, const char *v, long lo, long hi, long *out)
-{
-    char *end;
-    long x = v ? strtol(v, &end, 10) : 0;
-    if (!v || *end || x < lo || x > hi) {
-        fprintf(stderr, "luthier bench sft: %s needs an integer in [%ld, %ld], got '%s'\n", flag, lo, hi, v ? v : "");
-        return false;
-    }
-    *out = x;
-    return true;
-}
-
 int lu_bench_sft(int argc, char **argv)
 {
     sft_bench_opts o = {.model = DEFAULT_MODEL, .attn = "sdpa", .layers = 0, .batch = 1, .steps = 3, .warmup = 1,
                         .threads = omp_get_max_threads(), .seq_len = 512, .reference = true};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long x;
+        long long x;
         if (!strcmp(a, "--help")) {
             usage(stdout);
             return 0;
@@ -271,15 +259,15 @@ int lu_bench_sft(int argc, char **argv)
             o.attn = v;
             i++;
         } else if (!strcmp(a, "--layers") || !strcmp(a, "--batch") || !strcmp(a, "--threads")) {
-            if (!parse_int(a, v, 1, 1024, &x)) return 2;
+            if (!lu_bench_int_arg("sft", a, v, 1, 1024, &x)) return 2;
             *(!strcmp(a, "--layers") ? &o.layers : !strcmp(a, "--batch") ? &o.batch : &o.threads) = (int)x;
             i++;
         } else if (!strcmp(a, "--steps") || !strcmp(a, "--warmup")) {
-            if (!parse_int(a, v, !strcmp(a, "--steps"), MAX_STEPS, &x)) return 2;
+            if (!lu_bench_int_arg("sft", a, v, !strcmp(a, "--steps"), MAX_STEPS, &x)) return 2;
             *(!strcmp(a, "--steps") ? &o.steps : &o.warmup) = (int)x;
             i++;
         } else if (!strcmp(a, "--seq-len")) {
-            if (!parse_int(a, v, 2, 1 << 20, &x)) return 2;
+            if (!lu_bench_int_arg("sft", a, v, 2, 1 << 20, &x)) return 2;
             o.seq_len = x;
             i++;
         } else {

@@ -3,6 +3,8 @@
 #ifndef LU_CLI_H
 #define LU_CLI_H
 
+#include <stdbool.h>
+
 #define LU_VERSION "0.1.0"
 
 typedef struct lu_cli_verb {
@@ -20,6 +22,9 @@ int lu_bench_asr(int argc, char **argv);    /* bench_asr.c: bench asr (argv[0] =
 int lu_bench_sft(int argc, char **argv);    /* bench_sft.c: bench sft (argv[0] = "sft") */
 int lu_bench_merge(int argc, char **argv);  /* bench_merge.c: bench merge (argv[0] = "merge") */
 int lu_bench_gpu(int argc, char **argv);    /* bench_gpu.c: bench gpu (argv[0] = "gpu") */
+/* bench.c: an integer option value of `luthier bench NAME` in [lo, hi]; otherwise prints
+ * "luthier bench NAME: FLAG needs an integer in [lo, hi], got 'V'" and returns false. */
+bool lu_bench_int_arg(const char *bench, const char *flag, const char *v, long long lo, long long hi, long long *out);
 int lu_cli_lm(int argc, char **argv);       /* cli_lm.c: lm forward / generate / chat */
 int lu_cli_lm_eval(int argc, char **argv);  /* cli_lm_eval.c: lm eval (argv[0] = "eval") */
 int lu_cli_features(int argc, char **argv); /* cli_features.c: features fbank / mel */
