@@ -35,6 +35,24 @@ static bool has_config(const char *dir)
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+/* Appends item (a new string, or NULL when its allocation failed) to the list; false when out of
+ * memory (item is freed). */
+static bool push(char ***f, int *cap, int *n, char *item)
+{
+    if (item && *n == *cap) {
+        char **g = realloc(*f, (size_t)(*cap * 2) * sizeof **f);
+        if (!g) {
+            free(item);
+            return false;
+        }
+        *f = g;
+        *cap *= 2;
+    }
+    if (!item) return false;
+    (*f)[(*n)++] = item;
+    return true;
+}
+
 /* The task files: every *.jsonl of a directory, sorted, or the comma-separated list. */
 static lu_status list_tasks(const char *spec, char ***files, int *n)
 {
@@ -42,6 +60,7 @@ static lu_status list_tasks(const char *spec, char ***files, int *n)
     *n = 0;
     struct stat st;
     int cap = 8;
+    bool oom = false;
     char **f = malloc((size_t)cap * sizeof *f);
     if (!f) return lu_errorf(LU_ERR_NOMEM, "compare: out of memory");
     if (stat(spec, &st) == 0 && S_ISDIR(st.st_mode)) {
@@ -50,34 +69,25 @@ static lu_status list_tasks(const char *spec, char ***files, int *n)
             free(f);
             return lu_errorf(LU_ERR_IO, "compare.tasks: cannot open %s: %s", spec, strerror(errno));
         }
-        for (struct dirent *e; (e = readdir(d));) {
+        for (struct dirent *e; !oom && (e = readdir(d));) {
             size_t l = strlen(e->d_name);
             if (l <= 6 || strcmp(e->d_name + l - 6, ".jsonl")) continue;
-            if (*n == cap) {
-                char **g = realloc(f, (size_t)(cap *= 2) * sizeof *f);
-                if (!g) break;
-                f = g;
-            }
             size_t m = strlen(spec) + l + 2;
-            if (!(f[*n] = malloc(m))) break;
-            snprintf(f[(*n)++], m, "%s/%s", spec, e->d_name);
+            char *path = malloc(m);
+            if (path) snprintf(path, m, "%s/%s", spec, e->d_name);
+            oom = !push(&f, &cap, n, path);
         }
         closedir(d);
         qsort(f, (size_t)*n, sizeof *f, cmp_str);
     } else {
         char *copy = strdup(spec), *save = NULL;
-        for (char *p = copy ? strtok_r(copy, ",", &save) : NULL; p; p = strtok_r(NULL, ",", &save)) {
-            if (*n == cap) {
-                char **g = realloc(f, (size_t)(cap *= 2) * sizeof *f);
-                if (!g) break;
-                f = g;
-            }
-            if (!(f[*n] = strdup(p))) break;
-            (*n)++;
-        }
+        oom = !copy;
+        for (char *p = copy ? strtok_r(copy, ",", &save) : NULL; p && !oom; p = strtok_r(NULL, ",", &save))
+            oom = !push(&f, &cap, n, strdup(p));
         free(copy);
     }
     *files = f;
+    if (oom) return lu_errorf(LU_ERR_NOMEM, "compare: out of memory listing %s", spec);
     if (*n == 0) return lu_errorf(LU_ERR_CONFIG, "compare.tasks: '%s' names no .jsonl task file", spec);
     return LU_OK;
 }
