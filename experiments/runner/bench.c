@@ -17,11 +17,17 @@
 #include "core/rng.h"
 #include "experiments/runner/cli.h"
 
-static double now(void)
+double lu_bench_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int lu_bench_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
 /* Median seconds of repeated calls (at least 5, about 0.5 s in all) after one warm-up. */
@@ -30,14 +36,14 @@ static double time_it(bench_fn fn, void *ctx, lu_arena *arena)
 {
     double times[64];
     int n = 0;
-    double start = now();
+    double start = lu_bench_now();
     lu_arena_reset(arena);
     if (fn(ctx)) return NAN;
-    while (n < 64 && (n < 5 || now() - start < 0.5)) {
+    while (n < 64 && (n < 5 || lu_bench_now() - start < 0.5)) {
         lu_arena_reset(arena);
-        double t0 = now();
+        double t0 = lu_bench_now();
         if (fn(ctx)) return NAN;
-        times[n++] = now() - t0;
+        times[n++] = lu_bench_now() - t0;
     }
     for (int i = 1; i < n; i++)
         for (int j = i; j > 0 && times[j] < times[j - 1]; j--) {

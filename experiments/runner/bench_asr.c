@@ -44,19 +44,6 @@ typedef struct asr_result {
     char why[256];         /* empty when ref_seconds is a measurement */
 } asr_result;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Parameters as PyTorch's model.parameters() counts them: every tensor of the store except the
  * BatchNorm running statistics. The store's other buffer, Zipformer's per-layer bypass_scale
  * that icefall never reads (zipformer.h), is an nn.Parameter in icefall. */
@@ -103,9 +90,9 @@ static lu_status time_forward(forward_fn fn, void *model, const asr_bench_opts *
     lu_arena *prev = lu_arena_activate(arena);
     for (int i = -1; i < o->runs && !s; i++) {
         lu_arena_reset(arena);
-        double t0 = now();
+        double t0 = lu_bench_now();
         s = fn(model, feats, lengths);
-        if (i >= 0) times[i] = now() - t0;
+        if (i >= 0) times[i] = lu_bench_now() - t0;
     }
     lu_arena_activate(prev);
     lu_grad_set_enabled(grad);
@@ -113,7 +100,7 @@ static lu_status time_forward(forward_fn fn, void *model, const asr_bench_opts *
     lu_tensor_release(lengths);
     lu_tensor_release(feats);
     if (s) return s;
-    qsort(times, (size_t)o->runs, sizeof times[0], cmp_double);
+    qsort(times, (size_t)o->runs, sizeof times[0], lu_bench_cmp_double);
     *median = times[o->runs / 2];
     return LU_OK;
 }
@@ -201,14 +188,14 @@ static lu_status bench_split_train(const asr_bench_opts *o, asr_result *r)
     for (int i = -1; i < o->runs && !s; i++) {
         lu_arena_reset(arena);
         lu_arena *prev = lu_arena_activate(arena);
-        double t0 = now();
+        double t0 = lu_bench_now();
         lu_conformer_run run = {.training = true, .seed = 1, .step = (uint64_t)(i + 1)};
         s = lu_params_zero_grad(p);
         lu_tensor *loss = s ? NULL : lu_ee_conformer_loss(&m, feats, lengths, targets, tlens, &run);
         if (!s) s = loss ? lu_backward(loss) : lu_error_code();
         lu_arena_activate(prev);
         if (!s) s = lu_optim_step(opt, 1e-3);
-        if (i >= 0) times[i] = now() - t0;
+        if (i >= 0) times[i] = lu_bench_now() - t0;
         else lu_profile_reset(); /* LUTHIER_PROFILE: the table covers the timed steps */
     }
     lu_tensor_release(feats);
@@ -219,7 +206,7 @@ static lu_status bench_split_train(const asr_bench_opts *o, asr_result *r)
     lu_optim_free(opt);
     lu_params_free(p);
     if (s) return s;
-    qsort(times, (size_t)o->runs, sizeof times[0], cmp_double);
+    qsort(times, (size_t)o->runs, sizeof times[0], lu_bench_cmp_double);
     r->seconds = times[o->runs / 2];
     return LU_OK;
 }

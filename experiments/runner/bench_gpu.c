@@ -260,12 +260,6 @@ static lu_status sample(const op_bench *o, bool backward, int reps, lu_arena *ar
     return LU_OK;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Median seconds per call (see the file comment), or a message in why. */
 static lu_status time_call(const op_bench *o, bool backward, int iters, double *seconds, char *why)
 {
@@ -296,7 +290,7 @@ static lu_status time_call(const op_bench *o, bool backward, int iters, double *
     for (int i = 0; i < 2; i++)
         if (ev[i]) cudaEventDestroy(ev[i]);
     if (s) return s;
-    qsort(samples, (size_t)iters, sizeof samples[0], cmp_double);
+    qsort(samples, (size_t)iters, sizeof samples[0], lu_bench_cmp_double);
     *seconds = samples[iters / 2];
     return LU_OK;
 }

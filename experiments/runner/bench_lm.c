@@ -26,13 +26,6 @@ typedef struct lm_rates {
     double prefill, decode; /* tokens/s */
 } lm_rates;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static lu_decoder_config qwen3_06b_shape(int layers)
 {
     return (lu_decoder_config){.vocab_size = 151936, .hidden_size = 1024, .intermediate_size = 3072,
@@ -78,18 +71,18 @@ static lu_status run_luthier(lu_decoder *m, const lm_bench_opts *o, lm_rates *r)
         int64_t n_prompt = pass || o->prompt_len < 8 ? o->prompt_len : 8, n_new = pass ? o->new_tokens : 2;
         kc->length = 0;
         lu_arena_reset(arena);
-        double t0 = now();
+        double t0 = lu_bench_now();
         lu_tensor *t = lu_tensor_from_host(LU_I64, LU_SHAPE(1, n_prompt), LU_CPU, ids);
         lu_tensor *y = t ? lu_decoder_forward_cached(m, t, kc, true) : NULL;
         int64_t tok = y ? argmax_last(y, logits) : -1;
-        double t1 = now();
+        double t1 = lu_bench_now();
         for (int64_t i = 0; i < n_new && tok >= 0; i++) {
             lu_arena_reset(arena);
             t = lu_tensor_from_host(LU_I64, LU_SHAPE(1, 1), LU_CPU, &tok);
             y = t ? lu_decoder_forward_cached(m, t, kc, true) : NULL;
             tok = y ? argmax_last(y, logits) : -1;
         }
-        double t2 = now();
+        double t2 = lu_bench_now();
         if (tok < 0) s = lu_error_code();
         r->prefill = (double)n_prompt / (t1 - t0);
         r->decode = (double)n_new / (t2 - t1);

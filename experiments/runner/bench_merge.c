@@ -54,13 +54,6 @@ typedef struct merge_run {
     char why[512];              /* non-empty: not measured, and why */
 } merge_run;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* dir/name into out (PATH_MAX bytes); false when too long. Not inlined: gcc would warn that the
  * lengths it sees at each call could exceed PATH_MAX. */
 __attribute__((noinline)) static bool join(char *out, const char *dir, const char *name)
@@ -193,7 +186,7 @@ static lu_status read_files(char paths[][PATH_MAX], int n, bool drop, double *se
         if (fd >= 0) posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), close(fd);
     }
     lu_status s = LU_OK;
-    double t0 = now();
+    double t0 = lu_bench_now();
     for (int i = 0; !s && i < n; i++) {
         int fd = open(paths[i], O_RDONLY);
         if (fd < 0) s = lu_errorf(LU_ERR_IO, "bench merge: cannot open %s: %s", paths[i], strerror(errno));
@@ -202,7 +195,7 @@ static lu_status read_files(char paths[][PATH_MAX], int n, bool drop, double *se
         if (!s && r < 0) s = lu_errorf(LU_ERR_IO, "bench merge: cannot read %s: %s", paths[i], strerror(errno));
         if (fd >= 0) close(fd);
     }
-    *seconds = now() - t0;
+    *seconds = lu_bench_now() - t0;
     free(buf);
     return s;
 }
@@ -244,7 +237,7 @@ static void run_luthier(const merge_bench_opts *o, const char *config, const cha
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
     pid_t pid;
-    double t0 = now();
+    double t0 = lu_bench_now();
     int err = posix_spawn(&pid, exe, &fa, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     int status = 0;
@@ -259,7 +252,7 @@ static void run_luthier(const merge_bench_opts *o, const char *config, const cha
         snprintf(r->why, sizeof r->why, "cannot run %.200s merge: %s", exe, strerror(err ? err : errno));
         return;
     }
-    r->seconds = now() - t0;
+    r->seconds = lu_bench_now() - t0;
     r->cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
     r->peak_kb = ru.ru_maxrss;
     if (!WIFEXITED(status) || WEXITSTATUS(status))

@@ -60,19 +60,6 @@ typedef struct sft_batch {
     lu_tensor *ids, *labels, *pos, *cu;
 } sft_batch;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static lu_status read_shape(const char *path, lu_decoder_config *dc)
 {
     size_t n = strlen(path);
@@ -133,7 +120,7 @@ static lu_status run_luthier(lu_decoder *m, const sft_batch *b, const sft_bench_
     double times[MAX_STEPS];
     lu_decoder_batch batch = {.input_ids = b->ids, .positions = b->pos, .cu_seqlens = b->cu};
     for (int i = -o->warmup; i < o->steps && !s; i++) {
-        double t0 = now();
+        double t0 = lu_bench_now();
         lu_arena_reset(arena);
         lu_arena *prev = lu_arena_activate(arena);
         s = lu_params_zero_grad(m->params);
@@ -144,12 +131,12 @@ static lu_status run_luthier(lu_decoder *m, const sft_batch *b, const sft_bench_
         double norm = s ? 0 : lu_clip_grad_norm(m->params, CLIP);
         if (!s && norm != norm) s = lu_errorf(LU_ERR_INVALID, "bench sft: gradient norm is NaN");
         if (!s) s = lu_optim_step(opt, LR);
-        if (i >= 0) times[i] = now() - t0;
+        if (i >= 0) times[i] = lu_bench_now() - t0;
     }
     lu_arena_free(arena);
     lu_optim_free(opt);
     if (s) return s;
-    qsort(times, (size_t)o->steps, sizeof times[0], cmp_double);
+    qsort(times, (size_t)o->steps, sizeof times[0], lu_bench_cmp_double);
     r->seconds = times[o->steps / 2];
     return LU_OK;
 }

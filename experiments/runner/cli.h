@@ -24,6 +24,9 @@ int lu_bench_merge(int argc, char **argv);  /* bench_merge.c: bench merge (argv[
 int lu_bench_gpu(int argc, char **argv);    /* bench_gpu.c: bench gpu (argv[0] = "gpu") */
 /* bench.c: an integer option value of `luthier bench NAME` in [lo, hi]; otherwise prints
  * "luthier bench NAME: FLAG needs an integer in [lo, hi], got 'V'" and returns false. */
+/* bench.c: monotonic seconds, and a qsort comparison of doubles (medians). */
+double lu_bench_now(void);
+int lu_bench_cmp_double(const void *a, const void *b);
 bool lu_bench_int_arg(const char *bench, const char *flag, const char *v, long long lo, long long hi, long long *out);
 int lu_cli_lm(int argc, char **argv);       /* cli_lm.c: lm forward / generate / chat */
 int lu_cli_lm_eval(int argc, char **argv);  /* cli_lm_eval.c: lm eval (argv[0] = "eval") */
