@@ -400,7 +400,7 @@ Test(asr_exit, auto_runs_only_the_blocks_up_to_the_accepted_exit)
 }
 
 /* Stricter thresholds stop later, so they run at least as many layers; every fraction is in
- * (0, 1]. */
+ * (0, 1]; utterances run one at a time use no more layers than their batches. */
 Test(asr_exit, evaluation_reports_the_compute_of_dynamic_exits)
 {
     char metrics[160];
@@ -417,6 +417,13 @@ Test(asr_exit, evaluation_reports_the_compute_of_dynamic_exits)
         cr_assert(layers[i] > 0 && layers[i] <= 1, "%s = %g", layer_keys[i], layers[i]);
         cr_assert_eq(lu_metrics_read_last(metrics, "eval", time_keys[i], &t, &step), LU_OK, "%s", lu_error_message());
         cr_assert(t > 0 && t <= 1 + 1e-12, "%s = %g", time_keys[i], t);
+        /* One utterance at a time never runs more than its batch, which stops at its latest exit. */
+        char utt_key[64];
+        snprintf(utt_key, sizeof utt_key, "%.*sutt_layer_frac", (int)(strlen(layer_keys[i]) - strlen("layer_frac")),
+                 layer_keys[i]);
+        double u;
+        cr_assert_eq(lu_metrics_read_last(metrics, "eval", utt_key, &u, &step), LU_OK, "%s", lu_error_message());
+        cr_assert(u > 0 && u <= layers[i], "%s = %g, %s = %g", utt_key, u, layer_keys[i], layers[i]);
     }
     for (int c = 0; c < 2; c++)
         for (int i = 0; i < 2; i++)

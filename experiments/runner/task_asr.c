@@ -21,7 +21,9 @@
  * its exit, so the compute is that of the batch's latest exit: *_layer_frac is the fraction of
  * encoder layers run (Splitformer branches not counted), *_time_frac the fraction of the encoder
  * wall time of the full forward, summed from the step times measured on this evaluation's full
- * pass (the early-stopped run executes exactly those steps; the confidence scoring is not timed).
+ * pass (the early-stopped run executes exactly those steps; the confidence scoring is not timed),
+ * and *_utt_layer_frac the fraction of layers when every utterance runs alone up to its own exit
+ * (as `luthier asr transcribe --exit auto` does).
  * Checkpoints are self-contained (model.self_contained): the buffer asr.assets holds what
  * inference needs beyond the weights, so `luthier asr transcribe --checkpoint` runs without the
  * training data (lu_asr_task_open). */
@@ -136,10 +138,11 @@ static const char *const wer_keys[MAX_EXITS] = {
 /* Dynamic-exit policies evaluated: entropy thresholds around the 0.2-0.3 of Wright et al.'s
  * operating points, posterior thresholds from lenient to strict. */
 #define DYN_KEYS(name) \
-    "dyn_" name "_wer", "dyn_" name "_avg_exit", "dyn_" name "_layer_frac", "dyn_" name "_time_frac"
+    "dyn_" name "_wer", "dyn_" name "_avg_exit", "dyn_" name "_layer_frac", "dyn_" name "_time_frac", \
+        "dyn_" name "_utt_layer_frac"
 static const struct {
     lu_exit_policy policy;
-    const char *name, *wer_key, *exit_key, *layer_key, *time_key;
+    const char *name, *wer_key, *exit_key, *layer_key, *time_key, *utt_layer_key;
 } dyn_policies[] = {
     {{LU_EXIT_ENTROPY, 0.1}, "entropy:0.1", DYN_KEYS("entropy_0.1")},
     {{LU_EXIT_ENTROPY, 0.2}, "entropy:0.2", DYN_KEYS("entropy_0.2")},
@@ -150,7 +153,7 @@ static const struct {
 };
 #undef DYN_KEYS
 enum { N_DYN = sizeof dyn_policies / sizeof dyn_policies[0] };
-_Static_assert(1 + MAX_EXITS + 4 * N_DYN <= LU_TASK_MAX_METRICS, "asr metrics exceed LU_TASK_MAX_METRICS");
+_Static_assert(1 + MAX_EXITS + 5 * N_DYN <= LU_TASK_MAX_METRICS, "asr metrics exceed LU_TASK_MAX_METRICS");
 
 /* The buffer of self-contained checkpoints: a JSON record (see assets_json). */
 #define ASSETS_TENSOR "asr.assets"
@@ -188,7 +191,7 @@ typedef struct asr {
     /* the last evaluation, for demo() */
     bool evaluated;
     double wer[MAX_EXITS];
-    double dyn_wer[N_DYN], dyn_exit[N_DYN], dyn_layers[N_DYN], dyn_time[N_DYN];
+    double dyn_wer[N_DYN], dyn_exit[N_DYN], dyn_layers[N_DYN], dyn_time[N_DYN], dyn_utt_layers[N_DYN];
     int n_demo;
     char *demo_ref[DEMO_MAX], *demo_hyp[DEMO_MAX][MAX_EXITS];
 } asr;
@@ -785,6 +788,7 @@ typedef struct dyn_totals {
     lu_wer_counts counts[N_DYN];
     double exit_sum[N_DYN];           /* 1-based exits, summed over utterances */
     double layers[N_DYN], full_layers; /* encoder layers run, times the batch's utterances */
+    double utt_layers[N_DYN];          /* layers up to each utterance's own exit, summed */
     double seconds[N_DYN], full_seconds;
 } dyn_totals;
 
@@ -804,6 +808,7 @@ static void choose_exits(const asr *s, int64_t B, const double *entropy, const d
             int e = lu_exit_select(pol, scores + k * s->n_exits, s->n_exits);
             lu_wer_accumulate(&d->counts[p], &utt[k * s->n_exits + e]);
             d->exit_sum[p] += e + 1;
+            d->utt_layers[p] += s->exit_layer[e];
             stop = e > stop ? e : stop;
         }
         for (int i = 0; i <= stop; i++) d->seconds[p] += seconds[i];
@@ -884,6 +889,8 @@ static lu_status asr_evaluate(void *state, lu_task_metrics *out)
         out->values[out->n++] = s->dyn_layers[p] = dyn.layers[p] / dyn.full_layers;
         out->keys[out->n] = dyn_policies[p].time_key;
         out->values[out->n++] = s->dyn_time[p] = dyn.full_seconds > 0 ? dyn.seconds[p] / dyn.full_seconds : 1.0;
+        out->keys[out->n] = dyn_policies[p].utt_layer_key;
+        out->values[out->n++] = s->dyn_utt_layers[p] = dyn.utt_layers[p] / dyn.full_layers;
     }
     s->evaluated = true;
     return LU_OK;
@@ -896,11 +903,11 @@ static void asr_demo(void *state, FILE *f)
     if (!s->evaluated) return;
     fprintf(f, "\n| exit | encoder layers | WER %% |\n|---:|---:|---:|\n");
     for (int i = 0; i < s->n_exits; i++) fprintf(f, "| %d | %d | %.1f |\n", i + 1, s->exit_layer[i], s->wer[i]);
-    fprintf(f, "\n| dynamic exit | WER %% | mean exit | encoder layers run %% | encoder time %% |\n"
-               "|---|---:|---:|---:|---:|\n");
+    fprintf(f, "\n| dynamic exit | WER %% | mean exit | encoder layers run %% | encoder time %% | layers, one utterance at a time %% |\n"
+               "|---|---:|---:|---:|---:|---:|\n");
     for (int p = 0; p < N_DYN; p++)
-        fprintf(f, "| %s | %.1f | %.2f | %.1f | %.1f |\n", dyn_policies[p].name, s->dyn_wer[p], s->dyn_exit[p],
-                100.0 * s->dyn_layers[p], 100.0 * s->dyn_time[p]);
+        fprintf(f, "| %s | %.1f | %.2f | %.1f | %.1f | %.1f |\n", dyn_policies[p].name, s->dyn_wer[p], s->dyn_exit[p],
+                100.0 * s->dyn_layers[p], 100.0 * s->dyn_time[p], 100.0 * s->dyn_utt_layers[p]);
     for (int k = 0; k < s->n_demo; k++) {
         fprintf(f, "\nREF:            %s\n", s->demo_ref[k]);
         fprintf(f, "HYP exit 1:     %s\n", s->demo_hyp[k][0] ? s->demo_hyp[k][0] : "");
