@@ -199,12 +199,7 @@ static void setup(void)
     cr_assert(mkdtemp(dir));
     snprintf(feats, sizeof feats, "%s/feats.h5", dir);
     char *argv[] = {"prepare-speech", "--manifest", "tests/fixtures/asr/manifest.jsonl", "--out", feats, NULL};
-    FILE *keep = stdout;
-    stdout = fopen("/dev/null", "w");
-    int rc = lu_data_prepare_speech(5, argv);
-    fclose(stdout);
-    stdout = keep;
-    cr_assert_eq(rc, 0, "prepare-speech failed");
+    cr_assert_eq(tu_run_captured(lu_data_prepare_speech, 5, argv, NULL, 0), 0, "prepare-speech failed");
     snprintf(cfg, sizeof cfg, "%s/tiny.yaml", dir);
     write_config(cfg, "  arch: ee_conformer\n  d_model: 16\n  num_heads: 2\n  ffn_dim: 32\n  n_exits: 3\n"
                       "  layers_per_exit: 1\n  kernel: 3\n");
@@ -230,20 +225,7 @@ static int transcribe(char *out, ...)
     va_start(ap, out);
     for (char *a; argc < 31 && (a = va_arg(ap, char *));) argv[argc++] = a;
     va_end(ap);
-    char path[128];
-    snprintf(path, sizeof path, "%s/stdout.txt", dir);
-    FILE *keep = stdout;
-    stdout = fopen(path, "w");
-    cr_assert(stdout);
-    int rc = lu_cli_asr(argc, argv);
-    fclose(stdout);
-    stdout = keep;
-    FILE *f = fopen(path, "r");
-    cr_assert(f);
-    size_t n = fread(out, 1, 2047, f);
-    out[n] = 0;
-    fclose(f);
-    return rc;
+    return tu_run_captured(lu_cli_asr, argc, argv, out, 2048);
 }
 
 static void remove_file(const char *path) { cr_assert_eq(remove(path), 0, "cannot remove %s", path); }

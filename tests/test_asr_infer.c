@@ -25,9 +25,7 @@ static void setup(void)
     char feats[128];
     snprintf(feats, sizeof feats, "%s/feats.h5", dir);
     char *argv[] = {"prepare-speech", "--manifest", "tests/fixtures/asr/manifest.jsonl", "--out", feats, NULL};
-    FILE *keep = stdout;
-    stdout = fopen("/dev/null", "w");
-    int rc = lu_data_prepare_speech(5, argv);
+    cr_assert_eq(tu_run_captured(lu_data_prepare_speech, 5, argv, NULL, 0), 0, "prepare-speech failed");
     snprintf(cfg, sizeof cfg, "%s/tiny.yaml", dir);
     FILE *f = fopen(cfg, "w");
     cr_assert(f);
@@ -43,10 +41,11 @@ static void setup(void)
             feats, feats, dir);
     fclose(f);
     lu_run_options o = {.config_path = cfg};
-    lu_status st = rc ? LU_ERR_IO : lu_train_run(&o);
+    FILE *keep = stdout;
+    stdout = fopen("/dev/null", "w");
+    lu_status st = lu_train_run(&o);
     fclose(stdout);
     stdout = keep;
-    cr_assert_eq(rc, 0, "prepare-speech failed");
     cr_assert_eq(st, LU_OK, "training failed: %s", lu_error_message());
     snprintf(ckpt, sizeof ckpt, "%s/run/checkpoints/last.h5", dir);
 }
@@ -76,30 +75,19 @@ static int transcribe(line *lines, int *n_lines, ...)
     va_start(ap, n_lines);
     for (char *a; argc < 31 && (a = va_arg(ap, char *));) argv[argc++] = a;
     va_end(ap);
-    char out[128];
-    snprintf(out, sizeof out, "%s/stdout.txt", dir);
-    FILE *keep = stdout;
-    stdout = fopen(out, "w");
-    cr_assert(stdout);
-    int rc = lu_cli_asr(argc, argv);
-    fclose(stdout);
-    stdout = keep;
-    FILE *f = fopen(out, "r");
-    cr_assert(f);
-    char buf[512];
+    char out[4096];
+    int rc = tu_run_captured(lu_cli_asr, argc, argv, out, sizeof out);
     *n_lines = 0;
-    while (fgets(buf, sizeof buf, f)) {
+    for (char *save = NULL, *buf = strtok_r(out, "\n", &save); buf; buf = strtok_r(NULL, "\n", &save)) {
         cr_assert_lt(*n_lines, 8, "too many lines");
         line *l = &lines[(*n_lines)++];
         char *tab1 = strchr(buf, '\t'), *tab2 = tab1 ? strchr(tab1 + 1, '\t') : NULL;
         cr_assert(tab1 && tab2, "line '%s' is not PATH<TAB>EXIT<TAB>TEXT", buf);
         *tab1 = *tab2 = 0;
-        tab2[1 + strcspn(tab2 + 1, "\n")] = 0;
         snprintf(l->path, sizeof l->path, "%.159s", buf);
         l->exit = atoi(tab1 + 1);
         snprintf(l->text, sizeof l->text, "%.255s", tab2 + 1);
     }
-    fclose(f);
     return rc;
 }
 

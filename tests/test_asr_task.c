@@ -27,12 +27,7 @@ static void setup(void)
     char out[128];
     snprintf(out, sizeof out, "%s/feats.h5", dir);
     char *argv[] = {"prepare-speech", "--manifest", "tests/fixtures/asr/manifest.jsonl", "--out", out, NULL};
-    FILE *keep = stdout;
-    stdout = fopen("/dev/null", "w");
-    int rc = lu_data_prepare_speech(5, argv);
-    fclose(stdout);
-    stdout = keep;
-    cr_assert_eq(rc, 0, "prepare-speech failed");
+    cr_assert_eq(tu_run_captured(lu_data_prepare_speech, 5, argv, NULL, 0), 0, "prepare-speech failed");
     char path[128];
     snprintf(path, sizeof path, "%s/tiny.yaml", dir);
     FILE *f = fopen(path, "w");

@@ -160,3 +160,20 @@ cJSON *tu_read_json(const char *path)
     cr_assert(j, "%s", lu_error_message());
     return j;
 }
+
+int tu_run_captured(int (*fn)(int, char **), int argc, char **argv, char *out, size_t cap)
+{
+    FILE *keep = stdout, *f = tmpfile();
+    cr_assert(f, "cannot create a temporary file for stdout");
+    fflush(stdout);
+    stdout = f;
+    int rc = fn(argc, argv);
+    fflush(f);
+    stdout = keep;
+    if (out && cap) {
+        rewind(f);
+        out[fread(out, 1, cap - 1, f)] = 0;
+    }
+    fclose(f);
+    return rc;
+}

@@ -31,6 +31,9 @@ lu_tensor *tu_load_fixture(const char *file, const char *name, lu_dtype dt);
 /* A JSON fixture or output file whose top level is an object; failing the test with the reason
  * otherwise (free it with cJSON_Delete). */
 cJSON *tu_read_json(const char *path);
+/* Runs a command-line entry point (luthier's verbs) with stdout in a temporary file; its first
+ * cap - 1 bytes go to out, NUL-terminated (out NULL: discarded). Returns fn's exit code. */
+int tu_run_captured(int (*fn)(int, char **), int argc, char **argv, char *out, size_t cap);
 /* Asserts a call returned NULL/failed and the error message contains `needle`. */
 void tu_assert_error_contains(const char *needle);
 
