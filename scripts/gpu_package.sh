@@ -6,7 +6,9 @@
 # the CUDA runtime libraries (cudart, cuBLAS, NCCL) and the C/C++ runtime are expected there and
 # are not copied. OUT_DIR/run.sh CMD... runs CMD with OUT_DIR/lib on LD_LIBRARY_PATH.
 # OUT_DIR.tar.gz holds the same (about 26 MB instead of 70: small enough to travel to a
-# device machine); gpu_run.sh takes either.
+# device machine); gpu_run.sh takes either. LUTHIER_GPU_TESTS_ONLY=1 packs only the GPU test
+# binaries (test_cuda*) and the programs: CI runs the others, and a device machine takes a
+# limited upload.
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
@@ -22,7 +24,9 @@ fi
 
 mkdir -p "$out/tests" "$out/bin" "$out/lib"
 bins=()
-for f in "$build"/tests/test_*; do
+pattern='test_*'
+[ "${LUTHIER_GPU_TESTS_ONLY:-0}" = 1 ] && pattern='test_cuda*'
+for f in "$build"/tests/$pattern; do
   [ -x "$f" ] && [ -f "$f" ] || continue
   cp "$f" "$out/tests/"
   bins+=("$f")

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # gpu_run.sh PACKAGE OUT - on a GPU machine, runs what scripts/gpu_package.sh packed (PACKAGE is
 # its directory or its .tar.gz):
-# nvidia-smi, the GPU tests (test_cuda*) first, then every other test binary, then
-# `luthier bench gpu` (PyTorch reference by python3 when it imports torch there, else
-# --no-reference) and any bench_* program, and writes OUT/report.md (date, GPU, driver, each test
+# nvidia-smi, the GPU tests (test_cuda*) first, then every other test binary (unless
+# LUTHIER_GPU_TESTS_ONLY=1: CI runs those already, and a device lease is short), then
+# the benchmarks of LUTHIER_GPU_BENCHES (one `luthier bench` argument list per line; default
+# `gpu`, `asr --train --device cuda` and `sft --device cuda`; PyTorch references by python3 when it
+# imports torch there, else --no-reference), and writes OUT/report.md (date, GPU, driver, each test
 # binary's pass/fail counts from Criterion's summary line, benchmark output) and OUT/logs/. Run it
 # from the repository root (tests read fixtures, the benchmark its reference script, relative to
 # it). Exit status 1 when a test failed or crashed.
@@ -28,6 +30,8 @@ report="$out/report.md"
 run="$pkg/run.sh"
 test_timeout=${LUTHIER_TEST_TIMEOUT:-300}
 bench_timeout=${LUTHIER_BENCH_TIMEOUT:-600}
+gpu_tests_only=${LUTHIER_GPU_TESTS_ONLY:-0}
+start=$(date +%s)
 # As in CTest: the CPU kernels' results must not depend on the thread count anyway.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 
@@ -65,9 +69,11 @@ tests=()
 for t in "$pkg"/tests/test_cuda*; do
   [ -x "$t" ] && tests+=("$t")
 done
-for t in "$pkg"/tests/test_*; do
-  case $(basename "$t") in test_cuda*) ;; *) tests+=("$t") ;; esac
-done
+if [ "$gpu_tests_only" != 1 ]; then
+  for t in "$pkg"/tests/test_*; do
+    case $(basename "$t") in test_cuda*) ;; *) tests+=("$t") ;; esac
+  done
+fi
 for t in "${tests[@]}"; do
   name=$(basename "$t")
   log="$out/logs/$name.log"
@@ -81,7 +87,23 @@ for t in "${tests[@]}"; do
   [ -n "$line" ] || { tested=? passing=? failing=? crashing=?; }
   [ $rc -eq 124 ] && rc="124 (timeout ${test_timeout}s)"
   echo "| $name | $tested | $passing | $failing | $crashing | $skipped | $rc |" >> "$report"
+  echo "gpu_run: $name exit $rc at $(( $(date +%s) - start )) s" >&2
   if [ "$rc" != 0 ]; then failed=1; fi
+done
+
+# Criterion's assertion messages ([----] file:line: ...) and failed test names, per failing binary.
+for t in "${tests[@]}"; do
+  log="$out/logs/$(basename "$t").log"
+  if grep -aq '\[FAIL\]\|CRASH\|Assertion' "$log"; then
+    {
+      echo
+      echo "### $(basename "$t"): failures"
+      echo
+      echo '```'
+      grep -a '\[FAIL\]\|\[----\].*:[0-9]*:\|CRASH\|signal' "$log" | head -60
+      echo '```'
+    } >> "$report"
+  fi
 done
 
 {
@@ -89,45 +111,48 @@ done
   echo "## Benchmarks"
   echo
 } >> "$report"
+# The Python packages the references import, as the benchmarks will run them.
+for mod in torch transformers safetensors torchaudio; do
+  v=$("$run" python3 -c "import $mod; print($mod.__version__)" 2>/dev/null) || v="not importable"
+  echo "- python3 $mod: $v" >> "$report"
+done
+echo >> "$report"
 if [ -x "$pkg/bin/luthier" ]; then
-  # Checked as the benchmark will run it: with the package's libraries on the search path.
   if "$run" python3 -c "import torch" > "$out/logs/python-torch.txt" 2>&1; then
-    reference=(--python "$(command -v python3)")
+    reference=()
+    gpu_reference=(--python "$(command -v python3)")
   else
     reference=(--no-reference)
+    gpu_reference=(--no-reference)
   fi
-  # stdout is Markdown (tables and notes); stderr, the progress lines, stays in the log.
-  timeout "$bench_timeout" "$run" "$pkg/bin/luthier" bench gpu "${reference[@]}" \
-    > "$out/logs/bench-gpu.md" 2> "$out/logs/bench-gpu.log"
-  rc=$?
-  [ $rc -eq 124 ] && rc="124 (timeout ${bench_timeout}s)"
-  {
-    echo "### luthier bench gpu ${reference[*]} (exit $rc)"
-    echo
-    cat "$out/logs/bench-gpu.md"
-    [ "$rc" = 0 ] || { echo; echo '```'; tail -20 "$out/logs/bench-gpu.log"; echo '```'; }
-    echo
-  } >> "$report"
-else
-  echo "bin/luthier was not packaged: no \`luthier bench gpu\`." >> "$report"
-fi
-benches=("$pkg"/bin/bench_*)
-if [ -x "${benches[0]}" ]; then
-  for b in "${benches[@]}"; do
-    name=$(basename "$b")
-    timeout "$test_timeout" "$run" "$b" > "$out/logs/$name.log" 2>&1
+  # One `luthier bench` per line: the kernels beside PyTorch, then training steps on the GPU.
+  benches=${LUTHIER_GPU_BENCHES:-"gpu
+asr --train --device cuda
+sft --device cuda"}
+  while IFS= read -r bench; do
+    [ -n "$bench" ] || continue
+    read -r -a args <<< "$bench"
+    if [ "${args[0]}" = gpu ]; then args+=("${gpu_reference[@]}"); else args+=("${reference[@]}"); fi
+    log="$out/logs/bench-$(echo "${args[*]}" | tr -c 'a-zA-Z0-9\n' '-' | tr -s '-')"
+    # stdout is Markdown (tables and notes); stderr, the progress lines, stays in the log.
+    timeout "$bench_timeout" "$run" "$pkg/bin/luthier" bench "${args[@]}" > "$log.md" 2> "$log.log"
     rc=$?
+    [ $rc -eq 124 ] && rc="124 (timeout ${bench_timeout}s)"
+    echo "gpu_run: bench ${args[*]} exit $rc at $(( $(date +%s) - start )) s" >&2
     {
-      echo "### $name (exit $rc)"
+      echo "### luthier bench ${args[*]} (exit $rc)"
       echo
-      echo '```'
-      cat "$out/logs/$name.log"
-      echo '```'
+      cat "$log.md"
+      [ "$rc" = 0 ] || { echo; echo '```'; tail -20 "$log.log"; echo '```'; }
+      echo
     } >> "$report"
-  done
+  done <<< "$benches"
 else
-  echo "No bench_* programs were packaged." >> "$report"
+  echo "bin/luthier was not packaged: no \`luthier bench\`." >> "$report"
 fi
 
+[ "$gpu_tests_only" = 1 ] && { echo; echo "Only the GPU tests ran (LUTHIER_GPU_TESTS_ONLY=1)."; } >> "$report"
+echo >> "$report"
+echo "Wall time of this run: $(( $(date +%s) - start )) s." >> "$report"
 cat "$report"
 exit $failed
