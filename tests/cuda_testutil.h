@@ -29,7 +29,8 @@ static inline void assert_nmse(const lu_tensor *got, const lu_tensor *ref, doubl
     cr_assert(got && ref, "%s: missing tensor", what);
     cr_assert(lu_tensor_same_shape(got, ref), "%s: shapes differ", what);
     int64_t n = lu_tensor_numel(ref);
-    double *g = tu_to_doubles(got), *r = tu_to_doubles(ref), num = 0, den = 0;
+    double *g = tu_to_doubles(got), *r = tu_to_doubles(ref), num = 0, den = 0, worst = -1;
+    int64_t at = 0;
     for (int64_t i = 0; i < n; i++) {
         bool ok = isfinite(r[i]) ? isfinite(g[i]) : (isnan(r[i]) ? isnan(g[i]) : g[i] == r[i]);
         if (!ok) {
@@ -39,14 +40,22 @@ static inline void assert_nmse(const lu_tensor *got, const lu_tensor *ref, doubl
             cr_assert_fail("%s: element %lld is %g on cuda, %g on cpu", what, (long long)i, gi, ri);
         }
         if (isfinite(r[i])) {
-            num += (g[i] - r[i]) * (g[i] - r[i]);
+            double e = (g[i] - r[i]) * (g[i] - r[i]);
+            num += e;
             den += r[i] * r[i];
+            if (e > worst) {
+                worst = e;
+                at = i;
+            }
         }
     }
+    double err = den > 0 ? num / den : num, g_at = n ? g[at] : 0, r_at = n ? r[at] : 0;
     free(g);
     free(r);
-    double err = den > 0 ? num / den : num;
-    cr_assert(err < tol, "%s: normalised error %.3g, tolerance %.3g", what, err, tol);
+    /* The worst element says where to look: its flat index, and the shape to unravel it. */
+    char shape[LU_SHAPE_STR_MAX];
+    cr_assert(err < tol, "%s: normalised error %.3g, tolerance %.3g; worst element %lld of %s: %g on cuda, %g on cpu",
+              what, err, tol, (long long)at, lu_shape_str(ref, shape, sizeof shape), g_at, r_at);
 }
 
 /* Rounds every element of an f32 tensor's storage to bf16 in place. */

@@ -1,0 +1,347 @@
+/* test_cuda_models.c - whole models on the GPU against the same models on the CPU: the Qwen3
+ * decoder (padded batch and packed sequences), the early-exit Conformer and Splitformer (training
+ * mode: dropout and BatchNorm batch statistics) and the early-exit Zipformer, each with the same
+ * parameters on both devices (initialised on the CPU, copied to the GPU store), the same inputs,
+ * one forward (outputs and loss compared), one backward (every parameter's gradient compared) and,
+ * for the Conformers, the BatchNorm running statistics updated in place. Then determinism: two GPU
+ * steps on the same inputs give the same bits.
+ *
+ * Comparisons use the normalised error of cuda_testutil.h; f32 everywhere, so the CPU and GPU
+ * differ only by summation order, which a whole model amplifies a little: TOL_MODEL. Without a GPU
+ * (or without LUTHIER_CUDA) every test skips and says why. */
+#include <math.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#ifdef LUTHIER_HAVE_CUDA
+
+#include "core/arena.h"
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "cuda_testutil.h"
+#include "models/conformer.h"
+#include "models/decoder.h"
+#include "models/zipformer.h"
+
+#define TOL_MODEL 1e-6
+
+/* ---- shared ---- */
+
+/* Copies every buffer of a finalised CPU store into the same declarations on the GPU. */
+static void upload_params(lu_params *gpu, const lu_params *cpu)
+{
+    cr_assert_eq(gpu->n, cpu->n, "stores differ: %d and %d tensors", gpu->n, cpu->n);
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+        cr_assert_eq(!cpu->flat[d], !gpu->flat[d], "stores differ in dtype %s", lu_dtype_name((lu_dtype)d));
+        if (cpu->flat[d]) cr_assert_eq(lu_tensor_copy(gpu->flat[d], cpu->flat[d]), LU_OK, "%s", lu_error_message());
+    }
+}
+
+/* Every trainable parameter's gradient, and every buffer (running statistics), GPU vs CPU. */
+static void assert_params_close(const lu_params *gpu, const lu_params *cpu, const char *model)
+{
+    char what[256];
+    for (int i = 0; i < cpu->n; i++) {
+        const lu_param *c = &cpu->items[i], *g = &gpu->items[i];
+        cr_assert_str_eq(c->name, g->name);
+        if (c->trainable) {
+            cr_assert(c->t->grad && g->t->grad, "%s: %s has no gradient", model, c->name);
+            snprintf(what, sizeof what, "%s: gradient of %s", model, c->name);
+            assert_nmse(g->t->grad, c->t->grad, TOL_MODEL, what);
+        } else {
+            snprintf(what, sizeof what, "%s: buffer %s", model, c->name);
+            assert_nmse(g->t, c->t, TOL_MODEL, what);
+        }
+    }
+}
+
+/* A host copy of t made outside any arena, so that it outlives the step's arena (a conversion to
+ * t's own dtype and device may hand back t itself). */
+static lu_tensor *host_copy(const lu_tensor *t)
+{
+    lu_arena *prev = lu_arena_activate(NULL);
+    lu_tensor *h = lu_tensor_empty(t->dtype, t->ndim, t->shape, LU_CPU);
+    cr_assert(h && lu_tensor_copy(h, t) == LU_OK, "%s", lu_error_message());
+    lu_arena_activate(prev);
+    return h;
+}
+
+/* Copies of every gradient buffer on the host, for a rerun to be compared with. */
+static void save_grads(const lu_params *p, lu_tensor *out[LU_DTYPE_COUNT])
+{
+    for (int d = 0; d < LU_DTYPE_COUNT; d++)
+        out[d] = p->flat_grad[d] ? host_copy(p->flat_grad[d]) : NULL;
+}
+
+static void assert_same_grads(const lu_params *p, lu_tensor *first[LU_DTYPE_COUNT], const char *model)
+{
+    char what[160];
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+        if (!first[d]) continue;
+        snprintf(what, sizeof what, "%s: %s gradients of a second GPU step", model, lu_dtype_name((lu_dtype)d));
+        tu_assert_tensors_close(p->flat_grad[d], first[d], 0, 0, what);
+        lu_tensor_release(first[d]);
+    }
+}
+
+static void assert_loss_close(double gpu, double cpu, const char *model)
+{
+    cr_assert(isfinite(cpu) && isfinite(gpu), "%s: loss %g on cuda, %g on cpu", model, gpu, cpu);
+    cr_assert(fabs(gpu - cpu) <= 1e-5 * fabs(cpu), "%s: loss %.9g on cuda, %.9g on cpu", model, gpu, cpu);
+}
+
+/* One arena per step on the device; the step's tensors die with it. */
+static lu_arena *begin_step(lu_device dev)
+{
+    lu_arena *a = lu_arena_new(dev, 0);
+    cr_assert(a, "%s", lu_error_message());
+    lu_arena_activate(a);
+    return a;
+}
+
+static void end_step(lu_arena *a)
+{
+    lu_arena_activate(NULL);
+    lu_arena_free(a);
+}
+
+/* ---- Qwen3 decoder ---- */
+
+static lu_decoder_config tiny_qwen3(void)
+{
+    return (lu_decoder_config){.vocab_size = 203, .hidden_size = 96, .intermediate_size = 160, .num_layers = 2,
+                               .num_heads = 4, .num_kv_heads = 2, .head_dim = 64, .rope_theta = 1e6,
+                               .rms_norm_eps = 1e-6, .qk_norm = true, .tie_embeddings = true, .init_std = 0.1,
+                               .max_position_embeddings = 512, .bos_token_id = -1, .dtype = LU_F32};
+}
+
+static lu_params *decoder_on(lu_device dev, lu_decoder *m, const lu_decoder_config *c)
+{
+    lu_params *p = lu_params_new(dev);
+    cr_assert(p && !lu_decoder_declare(m, c, p) && !lu_params_finalize(p), "%s", lu_error_message());
+    return p;
+}
+
+/* A batch: ids and labels [B, T] i32 (labels -100 where ignored), packed sequences when cu. */
+typedef struct lm_batch {
+    int64_t b, t;
+    int32_t ids[128], labels[128], pos[128], cu[8];
+    int n_cu;
+} lm_batch;
+
+static void fill_batch(lm_batch *x, int64_t b, int64_t t, const int32_t *cu, int n_cu)
+{
+    memset(x, 0, sizeof *x);
+    x->b = b;
+    x->t = t;
+    for (int64_t i = 0; i < b * t; i++) {
+        x->ids[i] = (int32_t)((i * 37 + 11) % 203);
+        x->labels[i] = i % 7 == 3 ? -100 : (int32_t)((i * 53 + 5) % 203);
+    }
+    x->n_cu = n_cu;
+    for (int s = 0; s < n_cu; s++) x->cu[s] = cu[s];
+    for (int s = 0; s + 1 < n_cu; s++)
+        for (int32_t i = cu[s]; i < cu[s + 1]; i++) x->pos[i] = i - cu[s];
+}
+
+/* Forward, loss, backward on dev; the logits come back on the host. */
+static double decoder_step(lu_decoder *m, lu_device dev, const lm_batch *x, lu_tensor **logits_out)
+{
+    lu_arena *a = begin_step(dev);
+    lu_tensor *ids = lu_tensor_from_host(LU_I32, LU_SHAPE(x->b, x->t), dev, x->ids);
+    lu_tensor *labels = lu_tensor_from_host(LU_I32, LU_SHAPE(x->b, x->t), dev, x->labels);
+    lu_decoder_batch batch = {.input_ids = ids};
+    if (x->n_cu) {
+        batch.positions = lu_tensor_from_host(LU_I32, LU_SHAPE(x->b, x->t), dev, x->pos);
+        batch.cu_seqlens = lu_tensor_from_host(LU_I32, LU_SHAPE(x->n_cu), dev, x->cu);
+    }
+    lu_tensor *logits = lu_decoder_forward(m, &batch), *loss = lu_decoder_lm_loss(logits, labels);
+    cr_assert(loss, "%s forward: %s", lu_device_name(dev), lu_error_message());
+    double value = lu_tensor_item(loss);
+    cr_assert_eq(lu_backward(loss), LU_OK, "%s backward: %s", lu_device_name(dev), lu_error_message());
+    if (logits_out) *logits_out = host_copy(logits);
+    end_step(a);
+    return value;
+}
+
+static void check_decoder(const lm_batch *x, const char *name)
+{
+    lu_decoder_config c = tiny_qwen3();
+    lu_decoder mc, mg;
+    lu_params *pc = decoder_on(LU_CPU, &mc, &c), *pg = decoder_on(LU_CUDA, &mg, &c);
+    cr_assert_eq(lu_decoder_init(&mc, 7), LU_OK, "%s", lu_error_message());
+    upload_params(pg, pc);
+    lu_tensor *lc, *lg;
+    double loss_c = decoder_step(&mc, LU_CPU, x, &lc), loss_g = decoder_step(&mg, LU_CUDA, x, &lg);
+    char what[96];
+    snprintf(what, sizeof what, "%s: logits", name);
+    assert_nmse(lg, lc, TOL_MODEL, what);
+    assert_loss_close(loss_g, loss_c, name);
+    assert_params_close(pg, pc, name);
+
+    /* Determinism: the same step again from zeroed gradients. */
+    lu_tensor *first[LU_DTYPE_COUNT];
+    save_grads(pg, first);
+    cr_assert_eq(lu_params_zero_grad(pg), LU_OK, "%s", lu_error_message());
+    lu_tensor *again;
+    double loss_again = decoder_step(&mg, LU_CUDA, x, &again);
+    cr_assert(loss_again == loss_g, "%s: a second GPU step gave loss %.17g, the first %.17g", name, loss_again, loss_g);
+    snprintf(what, sizeof what, "%s: logits of a second GPU step", name);
+    tu_assert_tensors_close(again, lg, 0, 0, what);
+    assert_same_grads(pg, first, name);
+    release_all((lu_tensor *[]){lc, lg, again}, 3);
+    lu_params_free(pc);
+    lu_params_free(pg);
+}
+
+Test(cuda_models, qwen3_decoder_padded_batch_matches_cpu_and_reruns_identically)
+{
+    require_gpu();
+    lm_batch x;
+    fill_batch(&x, 2, 29, NULL, 0);
+    check_decoder(&x, "qwen3 [2, 29]");
+}
+
+Test(cuda_models, qwen3_decoder_packed_sequences_match_cpu_and_rerun_identically)
+{
+    require_gpu();
+    lm_batch x;
+    fill_batch(&x, 1, 61, (const int32_t[]){0, 20, 41, 61}, 4);
+    check_decoder(&x, "qwen3 packed [1, 61] in 3 sequences");
+}
+
+/* ---- early-exit Conformer and Splitformer ---- */
+
+static lu_ee_conformer_config small_conformer(bool split)
+{
+    lu_ee_conformer_config c = {
+        .block = {.input_dim = 32, .num_heads = 4, .ffn_dim = 48, .num_layers = 2, .depthwise_conv_kernel_size = 7,
+                  .dropout = 0.1},
+        .n_mels = 12, .vocab_size = 11, .n_exits = 3, .max_len = 64, .split_num_layers = 1, .split_factor = 2,
+    };
+    if (split) {
+        c.n_split = 2;
+        c.split_exits[0] = 0;
+        c.split_exits[1] = 2;
+    }
+    return c;
+}
+
+static lu_params *conformer_on(lu_device dev, lu_ee_conformer *m, const lu_ee_conformer_config *c)
+{
+    lu_params *p = lu_params_new(dev);
+    cr_assert(p && !lu_ee_conformer_declare(m, c, p) && !lu_params_finalize(p), "%s", lu_error_message());
+    return p;
+}
+
+/* Training step (dropout seeded as the trainer seeds it) on dev: the summed exit CTC loss. */
+static double conformer_step(lu_ee_conformer *m, lu_device dev, const lu_tensor *feats_host)
+{
+    lu_arena *a = begin_step(dev);
+    lu_tensor *feats = lu_tensor_convert(feats_host, LU_F32, dev);
+    lu_tensor *len = lu_tensor_from_host(LU_I64, LU_SHAPE(2), dev, (int64_t[]){37, 29});
+    lu_tensor *tgt = lu_tensor_from_host(LU_I64, LU_SHAPE(2, 3), dev, (int64_t[]){1, 2, 3, 4, 5, 5});
+    lu_tensor *tlen = lu_tensor_from_host(LU_I64, LU_SHAPE(2), dev, (int64_t[]){3, 2});
+    lu_conformer_run run = {.training = true, .seed = 5, .step = 1};
+    lu_tensor *loss = lu_ee_conformer_loss(m, feats, len, tgt, tlen, &run);
+    cr_assert(loss, "%s forward: %s", lu_device_name(dev), lu_error_message());
+    cr_assert_gt(run.site, 0, "training must apply dropout");
+    double value = lu_tensor_item(loss);
+    cr_assert_eq(lu_backward(loss), LU_OK, "%s backward: %s", lu_device_name(dev), lu_error_message());
+    end_step(a);
+    return value;
+}
+
+static void check_conformer(bool split)
+{
+    const char *name = split ? "splitformer" : "ee-conformer";
+    lu_ee_conformer_config c = small_conformer(split);
+    lu_ee_conformer mc, mg;
+    lu_params *pc = conformer_on(LU_CPU, &mc, &c), *pg = conformer_on(LU_CUDA, &mg, &c);
+    cr_assert_eq(lu_ee_conformer_init(&mc, 11), LU_OK, "%s", lu_error_message());
+    upload_params(pg, pc);
+    lu_tensor *feats = tu_rand(LU_F32, LU_SHAPE(2, 37, 12), -1, 1, 21);
+    double loss_c = conformer_step(&mc, LU_CPU, feats), loss_g = conformer_step(&mg, LU_CUDA, feats);
+    assert_loss_close(loss_g, loss_c, name);
+    assert_params_close(pg, pc, name);
+
+    lu_tensor *first[LU_DTYPE_COUNT];
+    save_grads(pg, first);
+    cr_assert_eq(lu_params_zero_grad(pg), LU_OK, "%s", lu_error_message());
+    double again = conformer_step(&mg, LU_CUDA, feats);
+    cr_assert(again == loss_g, "%s: a second GPU step gave loss %.17g, the first %.17g", name, again, loss_g);
+    assert_same_grads(pg, first, name);
+    lu_tensor_release(feats);
+    lu_params_free(pc);
+    lu_params_free(pg);
+}
+
+Test(cuda_models, ee_conformer_training_step_matches_cpu_and_reruns_identically)
+{
+    require_gpu();
+    check_conformer(false);
+}
+
+Test(cuda_models, splitformer_training_step_matches_cpu_and_reruns_identically)
+{
+    require_gpu();
+    check_conformer(true);
+}
+
+/* ---- early-exit Zipformer ---- */
+
+static lu_params *zipformer_on(lu_device dev, lu_ee_zipformer *m, const lu_ee_zipformer_config *c)
+{
+    lu_params *p = lu_params_new(dev);
+    cr_assert(p && !lu_ee_zipformer_declare(m, c, p) && !lu_params_finalize(p), "%s", lu_error_message());
+    return p;
+}
+
+static double zipformer_step(lu_ee_zipformer *m, lu_device dev, const lu_tensor *feats_host)
+{
+    lu_arena *a = begin_step(dev);
+    lu_tensor *feats = lu_tensor_convert(feats_host, LU_F32, dev);
+    lu_tensor *len = lu_tensor_from_host(LU_I64, LU_SHAPE(2), dev, (int64_t[]){41, 30});
+    lu_tensor *tgt = lu_tensor_from_host(LU_I64, LU_SHAPE(2, 3), dev, (int64_t[]){1, 2, 3, 4, 5, 5});
+    lu_tensor *tlen = lu_tensor_from_host(LU_I64, LU_SHAPE(2), dev, (int64_t[]){3, 2});
+    lu_tensor *loss = lu_ee_zipformer_loss(m, feats, len, tgt, tlen);
+    cr_assert(loss, "%s forward: %s", lu_device_name(dev), lu_error_message());
+    double value = lu_tensor_item(loss);
+    cr_assert_eq(lu_backward(loss), LU_OK, "%s backward: %s", lu_device_name(dev), lu_error_message());
+    end_step(a);
+    return value;
+}
+
+Test(cuda_models, ee_zipformer_step_matches_cpu_and_reruns_identically)
+{
+    require_gpu();
+    lu_ee_zipformer_config c = {.vocab_size = 11};
+    cr_assert_eq(lu_zipformer_config_load_json("tests/fixtures/zipformer/config.json", &c.enc), LU_OK, "%s",
+                 lu_error_message());
+    lu_ee_zipformer_default_exits(&c);
+    lu_ee_zipformer mc, mg;
+    lu_params *pc = zipformer_on(LU_CPU, &mc, &c), *pg = zipformer_on(LU_CUDA, &mg, &c);
+    cr_assert_eq(lu_ee_zipformer_init(&mc, 5), LU_OK, "%s", lu_error_message());
+    upload_params(pg, pc);
+    lu_tensor *feats = tu_rand(LU_F32, LU_SHAPE(2, 41, 80), -1, 1, 21);
+    double loss_c = zipformer_step(&mc, LU_CPU, feats), loss_g = zipformer_step(&mg, LU_CUDA, feats);
+    assert_loss_close(loss_g, loss_c, "ee-zipformer");
+    assert_params_close(pg, pc, "ee-zipformer");
+
+    lu_tensor *first[LU_DTYPE_COUNT];
+    save_grads(pg, first);
+    cr_assert_eq(lu_params_zero_grad(pg), LU_OK, "%s", lu_error_message());
+    double again = zipformer_step(&mg, LU_CUDA, feats);
+    cr_assert(again == loss_g, "ee-zipformer: a second GPU step gave loss %.17g, the first %.17g", again, loss_g);
+    assert_same_grads(pg, first, "ee-zipformer");
+    lu_tensor_release(feats);
+    lu_params_free(pc);
+    lu_params_free(pg);
+}
+
+#else
+
+Test(cuda_models, skipped_without_cuda) { cr_skip_test("built without LUTHIER_CUDA"); }
+
+#endif
