@@ -3,6 +3,7 @@
 which runs this script itself; by hand, from the repository root:
 
     python3 scripts/bench_asr_reference.py [--seconds 10] [--threads N] [--runs 5] [--icefall DIR]
+    python3 scripts/bench_asr_reference.py --train [--batch 8] [--device cpu|cuda] [--seconds 10] [--runs 5]
 
 Prints one JSON line per model, {"model": ..., "params": ..., "seconds_per_forward": ...} or
 {"model": ..., "error": "why"}; other output lines are diagnostics. Both models are built in
@@ -51,12 +52,15 @@ def load_script(name):
     return mod
 
 
-def median_seconds(forward, runs):
+def median_seconds(forward, runs, sync=lambda: None):
+    """sync waits for the device (torch.cuda.synchronize on a GPU): a pass ends with its last kernel."""
     forward()
+    sync()
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         forward()
+        sync()
         times.append(time.perf_counter() - t0)
     return sorted(times)[runs // 2]  # the C side's choice: the upper median for even counts
 
@@ -128,15 +132,17 @@ def bench_zipformer(torch, fx, args):
 def bench_split_train(torch, fx, args):
     """The small Splitformer (experiments/asr/splitformer-small.yaml) trained as the authors'
     train.py does: dropout on, sum of the exits' CTC losses (blank 0, mean, zero_infinity, input
-    length T' for every utterance), backward, AdamW."""
+    length T' for every utterance), backward, AdamW; on --device (cuda: f32, TF32 off, cuDNN CTC
+    where torch picks it)."""
+    dev = torch.device(args.device)
     model = fx.EarlyExitConformer(n_mels=80, d=144, heads=4, ffn=576, kernel=15, layers=1, n_exits=6, vocab=32,
-                                  split_exits=[0, 5], max_len=2000).float().train()
+                                  split_exits=[0, 5], max_len=2000).float().train().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     frames, chars, batch = round(args.seconds * 100), round(args.seconds * 10), args.batch
-    feats = torch.rand(batch, 80, frames) * 2 - 1
-    lengths = torch.full((batch,), frames)
-    targets = torch.randint(1, 32, (batch, chars))
-    target_lengths = torch.full((batch,), chars)
+    feats = (torch.rand(batch, 80, frames) * 2 - 1).to(dev)
+    lengths = torch.full((batch,), frames).to(dev)
+    targets = torch.randint(1, 32, (batch, chars)).to(dev)
+    target_lengths = torch.full((batch,), chars).to(dev)
 
     def step():
         opt.zero_grad()
@@ -147,7 +153,8 @@ def bench_split_train(torch, fx, args):
         loss.backward()
         opt.step()
 
-    sec = median_seconds(step, args.runs)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sec = median_seconds(step, args.runs, sync)
     emit("splitformer-small-train", params=sum(p.numel() for p in model.parameters()), seconds_per_step=sec)
 
 
@@ -159,12 +166,15 @@ def main():
     ap.add_argument("--icefall", help="egs/librispeech/ASR/zipformer of an icefall checkout")
     ap.add_argument("--train", action="store_true", help="time training steps of the small Splitformer instead")
     ap.add_argument("--batch", type=int, default=8, help="--train: utterances per step")
+    ap.add_argument("--device", default="cpu", help="--train: cpu or cuda")
     args = ap.parse_args()
     if args.train:
         try:
             import torch
             torch.set_num_threads(args.threads)
             torch.manual_seed(0)
+            torch.backends.cuda.matmul.allow_tf32 = False  # f32 as ours
+            torch.backends.cudnn.allow_tf32 = False
             bench_split_train(torch, load_script("make_conformer_fixtures"), args)
         except Exception as e:  # noqa: BLE001 - the failure becomes the reason in the table
             emit("splitformer-small-train", error=f"{type(e).__name__}: {e}")

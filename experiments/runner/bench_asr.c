@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "core/arena.h"
+#include "core/backend.h"
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "core/optim.h"
@@ -23,6 +24,10 @@
 #include "experiments/runner/cli.h"
 #include "models/conformer.h"
 #include "models/zipformer.h"
+
+#ifdef LUTHIER_HAVE_CUDA
+#include "cuda/cuda_backend.h"
+#endif
 
 #define REFERENCE_SCRIPT "scripts/bench_asr_reference.py"
 #define MAX_RUNS 100
@@ -34,6 +39,7 @@ typedef struct asr_bench_opts {
     const char *icefall;
     bool train;    /* --train: training steps of the small Splitformer instead of forwards */
     int batch;     /* --train: utterances per step */
+    lu_device device; /* --train: where the step runs */
 } asr_bench_opts;
 
 /* One model's figures: ours, and PyTorch's or the reason there are none. */
@@ -151,21 +157,54 @@ static lu_ee_conformer_config small_splitformer(void)
     return c;
 }
 
+/* The model's parameters on dev: initialised on the CPU (lu_ee_conformer_init writes host
+ * memory), then copied buffer by buffer into the same declarations on dev. */
+static lu_status split_params_on(lu_device dev, const lu_ee_conformer_config *c, lu_ee_conformer *m, lu_params **out)
+{
+    lu_ee_conformer host;
+    lu_params *h = lu_params_new(LU_CPU), *p = dev == LU_CPU ? h : lu_params_new(dev);
+    lu_status s = h && p ? LU_OK : lu_error_code();
+    if (!s) s = lu_ee_conformer_declare(&host, c, h);
+    if (!s) s = lu_params_finalize(h);
+    if (!s) s = lu_ee_conformer_init(&host, 1);
+    if (!s && p != h) s = lu_ee_conformer_declare(m, c, p);
+    if (!s && p != h) s = lu_params_finalize(p);
+    for (int d = 0; d < LU_DTYPE_COUNT && !s && p != h; d++)
+        if (h->flat[d]) s = lu_tensor_copy(p->flat[d], h->flat[d]);
+    if (p == h) *m = host;
+    if (p != h) lu_params_free(h);
+    if (s) {
+        lu_params_free(p);
+        return s;
+    }
+    *out = p;
+    return LU_OK;
+}
+
+/* A host tensor's copy on dev (the tensor itself on the CPU); the host one is released. */
+static lu_tensor *moved_to(lu_tensor *t, lu_device dev)
+{
+    if (!t || dev == LU_CPU) return t;
+    lu_tensor *d = lu_tensor_convert(t, t->dtype, dev);
+    lu_tensor_release(t);
+    return d;
+}
+
 /* Median seconds of one training step (forward with dropout, sum of the exits' CTC losses,
- * backward, AdamW) on `batch` random utterances with random character targets. */
+ * backward, AdamW) on `batch` random utterances with random character targets, on o->device
+ * (the timing waits for the device: the step ends when its last kernel has). */
 static lu_status bench_split_train(const asr_bench_opts *o, asr_result *r)
 {
     lu_ee_conformer_config c = small_splitformer();
     lu_ee_conformer m;
-    lu_params *p = lu_params_new(LU_CPU);
+    lu_params *p = NULL;
     lu_optim *opt = NULL;
     int64_t B = o->batch, T = (int64_t)llround(o->seconds * 100.0), S = (int64_t)llround(o->seconds * 10.0);
     lu_tensor *feats = NULL, *lengths = NULL, *targets = NULL, *tlens = NULL;
-    lu_arena *arena = lu_arena_new(LU_CPU, 0);
-    lu_status s = p && arena ? LU_OK : lu_error_code();
-    if (!s) s = lu_ee_conformer_declare(&m, &c, p);
-    if (!s) s = lu_params_finalize(p);
-    if (!s) s = lu_ee_conformer_init(&m, 1);
+    lu_backend *be = lu_backend_get(o->device);
+    lu_arena *arena = be ? lu_arena_new(o->device, 0) : NULL;
+    lu_status s = arena ? LU_OK : lu_error_code();
+    if (!s) s = split_params_on(o->device, &c, &m, &p);
     if (!s) {
         lu_optim_config oc;
         lu_optim_config_defaults(&oc, LU_OPTIM_ADAMW);
@@ -183,6 +222,11 @@ static lu_status bench_split_train(const asr_bench_opts *o, asr_result *r)
         int64_t *t = lu_tensor_data(targets);
         for (int64_t i = 0; i < B * S; i++) t[i] = 1 + (int64_t)(lu_rng_uniform(7, 0, 1, (uint64_t)i) * 31) % 31;
         r->params = torch_param_count(p);
+        feats = moved_to(feats, o->device);
+        lengths = moved_to(lengths, o->device);
+        targets = moved_to(targets, o->device);
+        tlens = moved_to(tlens, o->device);
+        if (!feats || !lengths || !targets || !tlens) s = lu_error_code();
     }
     double times[MAX_RUNS];
     for (int i = -1; i < o->runs && !s; i++) {
@@ -195,6 +239,7 @@ static lu_status bench_split_train(const asr_bench_opts *o, asr_result *r)
         if (!s) s = loss ? lu_backward(loss) : lu_error_code();
         lu_arena_activate(prev);
         if (!s) s = lu_optim_step(opt, 1e-3);
+        if (!s && be->synchronize) s = be->synchronize();
         if (i >= 0) times[i] = lu_bench_now() - t0;
         else lu_profile_reset(); /* LUTHIER_PROFILE: the table covers the timed steps */
     }
@@ -226,7 +271,8 @@ static void run_reference(const asr_bench_opts *o, asr_result *r, int n)
     int len = snprintf(cmd, sizeof cmd, "python3 %s --seconds %g --threads %d --runs %d", REFERENCE_SCRIPT, o->seconds,
                        o->threads, o->runs);
     if (o->icefall) len += snprintf(cmd + len, sizeof cmd - (size_t)len, " --icefall '%s'", o->icefall);
-    if (o->train) len += snprintf(cmd + len, sizeof cmd - (size_t)len, " --train --batch %d", o->batch);
+    if (o->train) len += snprintf(cmd + len, sizeof cmd - (size_t)len, " --train --batch %d --device %s", o->batch,
+                                  lu_device_name(o->device));
     snprintf(cmd + len, sizeof cmd - (size_t)len, " 2>&1");
     for (int k = 0; k < n; k++) snprintf(r[k].why, sizeof r[k].why, "no result from %s", REFERENCE_SCRIPT);
     FILE *p = popen(cmd, "r");
@@ -289,7 +335,8 @@ static void cpu_model(char *out, size_t size)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: luthier bench asr [--seconds S] [--runs N] [--threads N] [--no-reference] [--icefall DIR]\n"
-               "       luthier bench asr --train [--batch B] [--seconds S] [--runs N] [--threads N] [--no-reference]\n"
+               "       luthier bench asr --train [--batch B] [--device cpu|cuda] [--seconds S] [--runs N] [--threads N]\n"
+               "                 [--no-reference]\n"
                "  CPU forward time (B = 1, random 80-dim features at 100 Hz) and real-time factor of the\n"
                "  Zipformer-small encoder and the 31.5M EE-Conformer (all 6 exits), beside PyTorch eager on\n"
                "  the same models (python3 " REFERENCE_SCRIPT ") and the ratio.\n"
@@ -303,6 +350,7 @@ static void usage(FILE *f)
                "                  (experiments/asr/splitformer-small.yaml): forward with dropout, sum of the 6\n"
                "                  exits' CTC losses, backward, AdamW; PyTorch runs the same model definition\n"
                "  --batch B       --train: utterances of --seconds each per step (default 8)\n"
+               "  --device D      --train: cpu (default) or cuda; PyTorch then trains on the same GPU\n"
                "  With LUTHIER_PROFILE=1 in the environment, --train also prints the time per op (forward and\n"
                "  backward) of its timed steps, to stderr.\n");
 }
@@ -325,9 +373,17 @@ static int report_train(const asr_bench_opts *o, const char *cpu)
     snprintf(r.why, sizeof r.why, "not requested (--no-reference)");
     if (o->reference) run_reference(o, &r, 1);
     double audio = o->batch * o->seconds;
-    printf("luthier bench asr --train: %s, %d threads (OpenMP, OpenBLAS, torch); small Splitformer, batch %d x %g s,\n"
+    char where[400];
+    if (o->device == LU_CPU) {
+        snprintf(where, sizeof where, "%s, %d threads (OpenMP, OpenBLAS, torch)", cpu, o->threads);
+    } else {
+        char gpu[320];
+        lu_bench_gpu_name(gpu, sizeof gpu);
+        snprintf(where, sizeof where, "%s (both sides on the GPU)", gpu);
+    }
+    printf("luthier bench asr --train: %s; small Splitformer, batch %d x %g s,\n"
            "f32 training step (dropout, 6 CTC losses, backward, AdamW), median of %d steps after a warm-up\n\n",
-           cpu, o->threads, o->batch, o->seconds, o->runs);
+           where, o->batch, o->seconds, o->runs);
     printf("| %-23s | %-19s | %9s | %10s | %12s | %12s | %6s |\n", "model", "params (ours/torch)", "ours ms",
            "PyTorch ms", "ours audio/s", "torch audio/s", "ratio");
     printf("|-------------------------|---------------------|-----------|------------|--------------|--------------|--------|\n");
@@ -355,6 +411,13 @@ int lu_bench_asr(int argc, char **argv)
             o.train = true;
         } else if (!strcmp(a, "--batch")) {
             if (!parse_int(a, v, 1, 256, &o.batch)) return 2;
+            i++;
+        } else if (!strcmp(a, "--device")) {
+            if (!v || (strcmp(v, "cpu") && strcmp(v, "cuda"))) {
+                fprintf(stderr, "luthier bench asr: --device needs cpu or cuda, got '%s'\n", v ? v : "");
+                return 2;
+            }
+            o.device = strcmp(v, "cpu") ? LU_CUDA : LU_CPU;
             i++;
         } else if (!strcmp(a, "--no-reference")) {
             o.reference = false;
@@ -386,6 +449,18 @@ int lu_bench_asr(int argc, char **argv)
             usage(stderr);
             return 2;
         }
+    }
+    if (o.device != LU_CPU && !o.train) {
+        fprintf(stderr, "luthier bench asr: --device cuda needs --train (the forward benchmark is the CPU's)\n");
+        return 2;
+    }
+    if (o.device != LU_CPU && !lu_device_available(o.device)) {
+#ifdef LUTHIER_HAVE_CUDA
+        fprintf(stderr, "luthier bench asr: --device cuda: no CUDA GPU (%s)\n", lu_cuda_unavailable_reason());
+#else
+        fprintf(stderr, "luthier bench asr: --device cuda: this luthier was built without CUDA\n");
+#endif
+        return 1;
     }
     omp_set_num_threads(o.threads);
     openblas_set_num_threads(o.threads);

@@ -460,17 +460,6 @@ static int select_rows(const gpu_bench_opts *o, gpu_result *r)
     return n;
 }
 
-static void gpu_name(char *out, size_t size)
-{
-    int dev = 0, runtime = 0;
-    struct cudaDeviceProp prop;
-    snprintf(out, size, "unknown GPU");
-    if (cudaGetDevice(&dev) == cudaSuccess && cudaGetDeviceProperties(&prop, dev) == cudaSuccess &&
-        cudaRuntimeGetVersion(&runtime) == cudaSuccess)
-        snprintf(out, size, "%s (sm_%d%d, %d SMs), CUDA runtime %d.%d", prop.name, prop.major, prop.minor,
-                 prop.multiProcessorCount, runtime / 1000, runtime % 1000 / 10);
-}
-
 static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const char *gpu, const char *torch_desc)
 {
     printf("luthier bench gpu: %s; %s\n\n", gpu, torch_desc);
@@ -529,7 +518,7 @@ static int bench_gpu(const gpu_bench_opts *o)
     } else {
         set_ref_why(r, n, "not requested (--no-reference)");
     }
-    gpu_name(gpu, sizeof gpu);
+    lu_bench_gpu_name(gpu, sizeof gpu);
     report(o, r, n, gpu, torch_desc);
     return failed ? 1 : 0;
 }
@@ -580,5 +569,18 @@ int lu_bench_gpu(int argc, char **argv)
     (void)o;
     printf("luthier bench gpu: skipped: luthier was built without the CUDA backend (LUTHIER_CUDA off)\n");
     return 0;
+#endif
+}
+
+void lu_bench_gpu_name(char *out, size_t size)
+{
+    snprintf(out, size, "no CUDA GPU");
+#ifdef LUTHIER_HAVE_CUDA
+    int dev = 0, runtime = 0;
+    struct cudaDeviceProp prop;
+    if (cudaGetDevice(&dev) == cudaSuccess && cudaGetDeviceProperties(&prop, dev) == cudaSuccess &&
+        cudaRuntimeGetVersion(&runtime) == cudaSuccess)
+        snprintf(out, size, "%s (sm_%d%d, %d SMs), CUDA runtime %d.%d", prop.name, prop.major, prop.minor,
+                 prop.multiProcessorCount, runtime / 1000, runtime % 1000 / 10);
 #endif
 }

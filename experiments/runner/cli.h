@@ -4,6 +4,7 @@
 #define LU_CLI_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #define LU_VERSION "0.1.0"
 
@@ -22,11 +23,13 @@ int lu_bench_asr(int argc, char **argv);    /* bench_asr.c: bench asr (argv[0] =
 int lu_bench_sft(int argc, char **argv);    /* bench_sft.c: bench sft (argv[0] = "sft") */
 int lu_bench_merge(int argc, char **argv);  /* bench_merge.c: bench merge (argv[0] = "merge") */
 int lu_bench_gpu(int argc, char **argv);    /* bench_gpu.c: bench gpu (argv[0] = "gpu") */
-/* bench.c: an integer option value of `luthier bench NAME` in [lo, hi]; otherwise prints
- * "luthier bench NAME: FLAG needs an integer in [lo, hi], got 'V'" and returns false. */
+/* The current CUDA device's name, capability, SM count and runtime version, or "no CUDA GPU". */
+void lu_bench_gpu_name(char *out, size_t size);
 /* bench.c: monotonic seconds, and a qsort comparison of doubles (medians). */
 double lu_bench_now(void);
 int lu_bench_cmp_double(const void *a, const void *b);
+/* bench.c: an integer option value of `luthier bench NAME` in [lo, hi]; otherwise prints
+ * "luthier bench NAME: FLAG needs an integer in [lo, hi], got 'V'" and returns false. */
 bool lu_bench_int_arg(const char *bench, const char *flag, const char *v, long long lo, long long hi, long long *out);
 int lu_cli_lm(int argc, char **argv);       /* cli_lm.c: lm forward / generate / chat */
 int lu_cli_lm_eval(int argc, char **argv);  /* cli_lm_eval.c: lm eval (argv[0] = "eval") */
