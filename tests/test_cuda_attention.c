@@ -373,9 +373,11 @@ Test(cuda_attention, reruns_are_bit_identical)
 
 /* ---- through the frontend and autograd ---- */
 
-/* y = lu_attention(q, k, v) + lu_attention_apply(weights, v) on device tensors, backward from a
- * fixed random dy: the output's gradient and the weights' both reach the attention backward. */
-static void frontend_grads(lu_device dev, lu_dtype dt, lu_tensor *const host[3], lu_tensor *mask, lu_tensor *out[4])
+/* y = lu_attention(q, k, v) + lu_attention_apply(weights, v) (or the attention alone) on device
+ * tensors, backward from a fixed random dy: the output's gradient and the weights' both reach the
+ * attention backward. */
+static void frontend_grads(lu_device dev, lu_dtype dt, lu_tensor *const host[3], lu_tensor *mask, bool weights,
+                           lu_tensor *out[4])
 {
     lu_tensor *x[3], *m = mask ? lu_tensor_convert(mask, mask->dtype, dev) : NULL;
     for (int i = 0; i < 3; i++) {
@@ -384,9 +386,9 @@ static void frontend_grads(lu_device dev, lu_dtype dt, lu_tensor *const host[3],
         lu_tensor_set_requires_grad(x[i], true);
     }
     lu_tensor *w = NULL;
-    lu_attention_opts opts = {.causal = true, .key_padding_mask = m, .weights_out = &w};
+    lu_attention_opts opts = {.causal = true, .key_padding_mask = m, .weights_out = weights ? &w : NULL};
     lu_tensor *o = lu_attention(x[0], x[1], x[2], &opts);
-    lu_tensor *o2 = lu_attention_apply(w, x[2]), *y = lu_add(o, o2);
+    lu_tensor *o2 = weights ? lu_attention_apply(w, x[2]) : NULL, *y = weights ? lu_add(o, o2) : lu_tensor_retain(o);
     cr_assert(y, "%s", lu_error_message());
     lu_tensor *dy = tu_rand(LU_F32, 4, y->shape, -1, 1, 77), *dyd = lu_tensor_convert(dy, dt, dev);
     cr_assert_eq(lu_backward_from(y, dyd), LU_OK, "%s", lu_error_message());
@@ -395,31 +397,46 @@ static void frontend_grads(lu_device dev, lu_dtype dt, lu_tensor *const host[3],
     release_all((lu_tensor *[]){x[0], x[1], x[2], m, w, o, o2, y, dy, dyd}, 10);
 }
 
-Test(cuda_attention, frontend_and_autograd_match_cpu)
+/* The frontend case in dtype dt with the given mask kind and returned weights or not. */
+static void check_frontend(lu_dtype dt, double tol, int mask_kind, bool weights)
 {
-    require_gpu();
-    const gcase c = {.name = "frontend", DIMS(2, 37, 45, 4, 4, 64, 64), .causal = true, .weights = true, .mask = 2};
+    const gcase c = {.name = "frontend", DIMS(2, 37, 45, 4, 4, 64, 64), .causal = true, .weights = weights,
+                     .mask = mask_kind};
     lu_tensor *host[3] = {tu_rand(LU_F32, LU_SHAPE(c.b, c.tq, c.hq, c.d), -2, 2, 90),
                           tu_rand(LU_F32, LU_SHAPE(c.b, c.tk, c.hkv, c.d), -2, 2, 91),
                           tu_rand(LU_F32, LU_SHAPE(c.b, c.tk, c.hkv, c.dv), -1, 1, 92)};
     lu_tensor *mask = make_mask(&c);
-    const lu_dtype dts[2] = {LU_F32, LU_BF16};
-    const double tols[2] = {TOL_F32, TOL_BF16};
-    static const char *names[4] = {"attention + attention_apply", "dq", "dk", "dv"};
-    for (int d = 0; d < 2; d++) {
-        for (int i = 0; i < 3; i++) round_to(host[i], dts[d]);
-        lu_tensor *ref[4], *got[4];
-        frontend_grads(LU_CPU, LU_F32, host, mask, ref);
-        frontend_grads(LU_CUDA, dts[d], host, mask, got);
-        char what[96];
-        for (int i = 0; i < 4; i++) {
-            snprintf(what, sizeof what, "frontend %s: %s", lu_dtype_name(dts[d]), names[i]);
-            assert_nmse(got[i], ref[i], tols[d], what);
-        }
-        release_all(ref, 4);
-        release_all(got, 4);
+    static const char *names[4] = {"output", "dq", "dk", "dv"};
+    for (int i = 0; i < 3; i++) round_to(host[i], dt);
+    lu_tensor *ref[4], *got[4];
+    frontend_grads(LU_CPU, LU_F32, host, mask, weights, ref);
+    frontend_grads(LU_CUDA, dt, host, mask, weights, got);
+    char what[128];
+    for (int i = 0; i < 4; i++) {
+        snprintf(what, sizeof what, "frontend %s mask %d %s: %s", lu_dtype_name(dt), mask_kind,
+                 weights ? "with weights" : "without weights", names[i]);
+        assert_nmse(got[i], ref[i], tol, what);
     }
+    release_all(ref, 4);
+    release_all(got, 4);
     release_all((lu_tensor *[]){host[0], host[1], host[2], mask}, 4);
+}
+
+Test(cuda_attention, frontend_and_autograd_match_cpu_f32) { require_gpu(); check_frontend(LU_F32, TOL_F32, 2, true); }
+Test(cuda_attention, frontend_bf16_with_weights) { require_gpu(); check_frontend(LU_BF16, TOL_BF16, 2, true); }
+Test(cuda_attention, frontend_bf16_with_weights_no_mask) { require_gpu(); check_frontend(LU_BF16, TOL_BF16, 0, true); }
+Test(cuda_attention, frontend_bf16_without_weights) { require_gpu(); check_frontend(LU_BF16, TOL_BF16, 2, false); }
+
+/* The frontend cases at the op level (the CPU's outputs as the GPU backward's inputs), bf16. */
+Test(cuda_attention, causal_weights_bf16_within_bf16_rounding)
+{
+    require_gpu();
+    static const gcase cs[] = {
+        {.name = "weights causal 37x45 4/4 d64 mask", DIMS(2, 37, 45, 4, 4, 64, 64), .causal = true, .weights = true,
+         .mask = 2},
+        {.name = "weights causal 300x300 4/4 d80", DIMS(1, 300, 300, 4, 4, 80, 80), .causal = true, .weights = true},
+    };
+    check_cases(cs, N_OF(cs), LU_BF16, TOL_BF16);
 }
 
 /* ---- errors ---- */
