@@ -281,27 +281,60 @@ lu_status lu_tensor_copy(lu_tensor *dst, const lu_tensor *src)
         host_strided_copy(dst, (lu_tensor *)src);
         return LU_OK;
     }
-    /* General case: make src contiguous with dst's dtype on dst's device, then copy strided. */
+    /* General case: make src contiguous with dst's dtype on dst's device, then copy strided (on a
+     * device, the CONTIGUOUS kernel writes a strided destination too). */
     lu_tensor *tmp = lu_tensor_convert(src, dst->dtype, dd);
     if (!tmp) return lu_error_code();
     lu_status st = LU_OK;
-    if (lu_tensor_is_contiguous(dst)) {
-        lu_backend *b = lu_backend_get(dd);
+    lu_backend *b = lu_backend_get(dd);
+    if (!b) {
+        st = lu_error_code();
+    } else if (lu_tensor_is_contiguous(dst)) {
         st = b->copy(lu_tensor_data(dst), dd, lu_tensor_data(tmp), dd, lu_tensor_nbytes(tmp));
     } else if (dd == LU_CPU) {
         host_strided_copy(dst, tmp);
     } else {
-        st = lu_errorf(LU_ERR_UNSUPPORTED, "copy: strided destination on %s", lu_device_name(dd));
+        lu_op_call call = {.op = LU_OP_CONTIGUOUS, .in = {tmp}, .out = {dst}, .n_in = 1, .n_out = 1};
+        st = b->forward[LU_OP_CONTIGUOUS](&call);
     }
     lu_tensor_release(tmp);
     return st;
+}
+
+/* A contiguous copy of the device tensor t in dtype dt on its own device, by the backend's
+ * CONTIGUOUS and CAST kernels: no round trip through the host. */
+static lu_tensor *convert_on_device(const lu_tensor *t, lu_dtype dt)
+{
+    lu_device d = lu_tensor_device(t);
+    lu_backend *b = lu_backend_get(d);
+    if (!b) return NULL;
+    lu_tensor *c = lu_tensor_retain((lu_tensor *)t);
+    if (!lu_tensor_is_contiguous(t)) {
+        lu_tensor_release(c);
+        c = lu_tensor_empty(t->dtype, t->ndim, t->shape, d);
+        lu_op_call call = {.op = LU_OP_CONTIGUOUS, .in = {(lu_tensor *)t}, .out = {c}, .n_in = 1, .n_out = 1};
+        if (!c || b->forward[LU_OP_CONTIGUOUS](&call)) {
+            lu_tensor_release(c);
+            return NULL;
+        }
+    }
+    if (dt == t->dtype) return c;
+    lu_tensor *y = lu_tensor_empty(dt, t->ndim, t->shape, d);
+    lu_op_call call = {.op = LU_OP_CAST, .in = {c}, .out = {y}, .n_in = 1, .n_out = 1};
+    if (y && b->forward[LU_OP_CAST](&call)) {
+        lu_tensor_release(y);
+        y = NULL;
+    }
+    lu_tensor_release(c);
+    return y;
 }
 
 lu_tensor *lu_tensor_convert(const lu_tensor *t, lu_dtype dt, lu_device dev)
 {
     lu_device sd = lu_tensor_device(t);
     if (t->dtype == dt && sd == dev && lu_tensor_is_contiguous(t)) return lu_tensor_retain((lu_tensor *)t);
-    /* Route through the host: gather to a contiguous host copy, convert, upload. */
+    if (sd == dev && sd != LU_CPU) return convert_on_device(t, dt);
+    /* Across devices: gather to a contiguous host copy, convert, upload. */
     lu_tensor *host = lu_tensor_empty(t->dtype, t->ndim, t->shape, LU_CPU);
     if (!host) return NULL;
     if (sd == LU_CPU) {

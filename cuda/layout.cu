@@ -29,28 +29,38 @@ extern "C" lu_status lu_cuda_fill_pattern(void *dst, size_t elem_size, size_t n,
 
 /* ---- contiguous ---- */
 
-static __global__ void gather_kernel(char *dst, const char *src, int elem_size, int64_t n, lu_cuda_layout l)
+/* dst element at (dst layout) i = src element at (src layout) i, elements of elem_size bytes; a
+ * dst that is not strided is contiguous (its layout unread). */
+static __global__ void strided_copy_kernel(char *dst, const char *src, int elem_size, int64_t n, lu_cuda_layout ls,
+                                           lu_cuda_layout ld, bool dst_strided)
 {
     LU_CUDA_FOR(i, n)
     {
-        int64_t off = lu_dev_offset(&l, i);
+        int64_t from = lu_dev_offset(&ls, i), to = dst_strided ? lu_dev_offset(&ld, i) : i;
         switch (elem_size) {
-        case 1: ((uint8_t *)dst)[i] = ((const uint8_t *)src)[off]; break;
-        case 2: ((uint16_t *)dst)[i] = ((const uint16_t *)src)[off]; break;
-        case 4: ((uint32_t *)dst)[i] = ((const uint32_t *)src)[off]; break;
-        default: ((uint64_t *)dst)[i] = ((const uint64_t *)src)[off]; break;
+        case 1: ((uint8_t *)dst)[to] = ((const uint8_t *)src)[from]; break;
+        case 2: ((uint16_t *)dst)[to] = ((const uint16_t *)src)[from]; break;
+        case 4: ((uint32_t *)dst)[to] = ((const uint32_t *)src)[from]; break;
+        default: ((uint64_t *)dst)[to] = ((const uint64_t *)src)[from]; break;
         }
     }
 }
 
+/* y = x element by element in row-major order. y is contiguous for the op; lu_tensor_copy also
+ * hands it a strided destination (a view), which the same kernel scatters into. */
 static lu_status contiguous_forward(const lu_op_call *c)
 {
     const lu_tensor *x = c->in[0];
     lu_tensor *y = c->out[0];
     int64_t n = lu_tensor_numel(x);
+    if (x->dtype != y->dtype || n != lu_tensor_numel(y))
+        return lu_errorf(LU_ERR_SHAPE, "contiguous: %s[%lld] into %s[%lld]", lu_dtype_name(x->dtype), (long long)n,
+                         lu_dtype_name(y->dtype), (long long)lu_tensor_numel(y));
     if (n == 0) return LU_OK;
-    gather_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>((char *)lu_tensor_data(y), (const char *)lu_tensor_data(x),
-                                                          (int)lu_dtype_size(x->dtype), n, lu_cuda_layout_of(x));
+    bool strided = !lu_tensor_is_contiguous(y);
+    strided_copy_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>((char *)lu_tensor_data(y), (const char *)lu_tensor_data(x),
+                                                                (int)lu_dtype_size(x->dtype), n, lu_cuda_layout_of(x),
+                                                                lu_cuda_layout_of(y), strided);
     LU_CUDA_CHECK_LAUNCH();
     return LU_OK;
 }

@@ -57,6 +57,46 @@ Test(cuda, failed_cuda_call_names_file_line_and_error)
     tu_assert_error_contains("cudaMemcpy");
 }
 
+/* lu_tensor_copy into a strided view on the device (autograd writes gradients of slices so), from
+ * a device source of another dtype and from the host, as the same copy on the CPU. */
+Test(cuda, copy_into_a_strided_device_view_matches_cpu)
+{
+    require_gpu();
+    lu_tensor *base = tu_rand(LU_F32, LU_SHAPE(6, 9, 5), -3, 3, 3);
+    lu_tensor *src = tu_rand(LU_F32, LU_SHAPE(5, 3, 6), -3, 3, 4);
+    lu_tensor *dbase = lu_tensor_convert(base, LU_F32, LU_CUDA), *dsrc = lu_tensor_convert(src, LU_BF16, LU_CUDA);
+    cr_assert(dbase && dsrc, "%s", lu_error_message());
+    /* [6, 9, 5] -> every third of dim 1 from 1 ([6, 3, 5]) -> permuted to [5, 3, 6]. */
+    const int perm[3] = {2, 1, 0};
+    lu_tensor *view = lu_permute(lu_slice(base, 1, 1, 9, 3), perm), *dview = lu_permute(lu_slice(dbase, 1, 1, 9, 3), perm);
+    cr_assert(view && dview && !lu_tensor_is_contiguous(dview), "%s", lu_error_message());
+    lu_tensor *rounded = lu_tensor_convert(dsrc, LU_F32, LU_CPU);
+    cr_assert_eq(lu_tensor_copy(view, rounded), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(lu_tensor_copy(dview, dsrc), LU_OK, "%s", lu_error_message());
+    tu_assert_tensors_close(dbase, base, 0, 0, "bf16 device source into a strided device view");
+    /* From the host, same dtype. */
+    cr_assert_eq(lu_tensor_copy(view, src), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(lu_tensor_copy(dview, src), LU_OK, "%s", lu_error_message());
+    tu_assert_tensors_close(dbase, base, 0, 0, "host source into a strided device view");
+    release_all((lu_tensor *[]){base, src, dbase, dsrc, view, dview, rounded}, 7);
+}
+
+/* A device tensor converted to another dtype stays on the device, gathered and cast there. */
+Test(cuda, convert_on_the_device_gathers_and_casts_as_the_cpu)
+{
+    require_gpu();
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(7, 4, 33), -3, 3, 5);
+    lu_tensor *d = lu_tensor_convert(x, LU_F32, LU_CUDA);
+    const int perm[3] = {1, 2, 0};
+    lu_tensor *v = lu_permute(x, perm), *dv = lu_permute(d, perm);
+    lu_tensor *want = lu_tensor_convert(v, LU_BF16, LU_CPU), *got = lu_tensor_convert(dv, LU_BF16, LU_CUDA);
+    cr_assert(want && got, "%s", lu_error_message());
+    cr_assert_eq(lu_tensor_device(got), LU_CUDA);
+    cr_assert(lu_tensor_is_contiguous(got));
+    tu_assert_tensors_close(got, want, 0, 0, "permuted f32 -> bf16 on the device");
+    release_all((lu_tensor *[]){x, d, v, dv, want, got}, 6);
+}
+
 /* ---- layout ---- */
 
 Test(cuda, contiguous_gathers_permuted_sliced_and_expanded_views)
