@@ -6,7 +6,7 @@
 # the benchmarks of LUTHIER_GPU_BENCHES (one `luthier bench` argument list per line; default
 # `gpu`, `asr --train --device cuda` and `sft --device cuda`; PyTorch references by python3 when it
 # imports torch there, else --no-reference), and writes OUT/report.md (date, GPU, driver, each test
-# binary's pass/fail counts from Criterion's summary line, benchmark output) and OUT/logs/. Run it
+# binary's pass/fail counts from Criterion's summary line, benchmark output) and OUT/logs.tar.gz. Run it
 # from the repository root (tests read fixtures, the benchmark its reference script, relative to
 # it). Exit status 1 when a test failed or crashed.
 set -uo pipefail
@@ -100,7 +100,8 @@ for t in "${tests[@]}"; do
       echo "### $(basename "$t"): failures"
       echo
       echo '```'
-      grep -a '\[FAIL\]\|\[----\].*:[0-9]*:\|CRASH\|signal' "$log" | head -60
+      # The assertion's location and message lines, and each failed test's name.
+      grep -a -A2 '\[----\].*:[0-9]*: \|\[FAIL\]\|CRASH\|signal' "$log" | grep -av '^--$\|\[----\] *$\|\[RUN \]\|\[PASS\]\|\[SKIP\]' | head -80
       echo '```'
     } >> "$report"
   fi
@@ -154,5 +155,7 @@ fi
 [ "$gpu_tests_only" = 1 ] && { echo; echo "Only the GPU tests ran (LUTHIER_GPU_TESTS_ONLY=1)."; } >> "$report"
 echo >> "$report"
 echo "Wall time of this run: $(( $(date +%s) - start )) s." >> "$report"
+# One archive of the logs: a device machine may return only a few files.
+tar -czf "$out/logs.tar.gz" -C "$out" logs && rm -rf "$out/logs"
 cat "$report"
 exit $failed
