@@ -37,6 +37,7 @@
     X(SIGMOID, "sigmoid")                                                                      \
     X(RELU, "relu")                                                                            \
     X(SILU, "silu")                                                                            \
+    X(SWIGLU, "swiglu")           /* gate, up (same shape, contiguous) -> y = silu(gate) * up */ \
     X(GELU, "gelu")               /* lu_gelu_params */                                         \
     X(SWOOSH_L, "swoosh_l")       /* log(1+e^(x-4)) - 0.08x - 0.035 */                         \
     X(SWOOSH_R, "swoosh_r")       /* log(1+e^(x-1)) - 0.08x - 0.313261687 */                   \

@@ -52,6 +52,9 @@ lu_tensor *lu_tanh(lu_tensor *x);
 lu_tensor *lu_sigmoid(lu_tensor *x);
 lu_tensor *lu_relu(lu_tensor *x);
 lu_tensor *lu_silu(lu_tensor *x);
+/* silu(gate) * up in one op (the SwiGLU of Llama/Qwen MLPs): one pass, and no silu(gate) kept
+ * for the backward. gate and up: same shape and float dtype. */
+lu_tensor *lu_swiglu(lu_tensor *gate, lu_tensor *up);
 lu_tensor *lu_gelu(lu_tensor *x, bool tanh_approx);
 lu_tensor *lu_swoosh_l(lu_tensor *x);
 lu_tensor *lu_swoosh_r(lu_tensor *x);

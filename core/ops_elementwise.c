@@ -87,6 +87,19 @@ lu_tensor *lu_tanh(lu_tensor *x) { return unary(LU_OP_TANH, x, NULL, 0); }
 lu_tensor *lu_sigmoid(lu_tensor *x) { return unary(LU_OP_SIGMOID, x, NULL, 0); }
 lu_tensor *lu_relu(lu_tensor *x) { return unary(LU_OP_RELU, x, NULL, 0); }
 lu_tensor *lu_silu(lu_tensor *x) { return unary(LU_OP_SILU, x, NULL, 0); }
+lu_tensor *lu_swiglu(lu_tensor *gate, lu_tensor *up)
+{
+    LU_PROPAGATE_NULL(gate, up);
+    if (gate->dtype != up->dtype) return fail_pair(LU_ERR_DTYPE, "swiglu", "dtypes differ", gate, up);
+    if (!lu_tensor_same_shape(gate, up)) return fail_pair(LU_ERR_SHAPE, "swiglu", "shapes differ", gate, up);
+    if (!check_float("swiglu", gate)) return NULL;
+    lu_tensor *in[2] = {lu_contiguous(gate), lu_contiguous(up)}, *y = NULL;
+    if (in[0] && in[1]) y = run1(LU_OP_SWIGLU, in, 2, lu_tensor_empty_like(in[0]), NULL, 0);
+    lu_tensor_release(in[0]);
+    lu_tensor_release(in[1]);
+    return y;
+}
+
 lu_tensor *lu_swoosh_l(lu_tensor *x) { return unary(LU_OP_SWOOSH_L, x, NULL, 0); }
 lu_tensor *lu_swoosh_r(lu_tensor *x) { return unary(LU_OP_SWOOSH_R, x, NULL, 0); }
 lu_tensor *lu_square(lu_tensor *x) { return unary(LU_OP_SQUARE, x, NULL, 0); }

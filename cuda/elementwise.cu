@@ -310,6 +310,84 @@ static lu_status unary_backward(const lu_op_call *c)
     return LU_OK;
 }
 
+/* ---- swiglu ---- */
+
+/* Element access by storage type (bf16 as its bits), so that the kernels below are compiled once
+ * per dtype without a per-element dtype switch. */
+static __device__ __forceinline__ float sw_load(const float *p, int64_t i) { return p[i]; }
+static __device__ __forceinline__ float sw_load(const uint16_t *p, int64_t i) { return lu_dev_bf16_to_f32(p[i]); }
+static __device__ __forceinline__ void sw_store(float *p, int64_t i, float v) { p[i] = v; }
+static __device__ __forceinline__ void sw_store(uint16_t *p, int64_t i, float v) { p[i] = lu_dev_f32_to_bf16(v); }
+
+/* y = silu(gate) * up, in f32. */
+template <typename T>
+static __global__ void swiglu_forward_kernel(const T *g, const T *u, T *y, int64_t n)
+{
+    LU_CUDA_FOR(i, n)
+    {
+        float x = sw_load(g, i);
+        sw_store(y, i, x * sigmoidf(x) * sw_load(u, i));
+    }
+}
+
+/* dgate = dy up silu'(gate), dup = dy silu(gate); either output may be NULL. */
+template <typename T>
+static __global__ void swiglu_backward_kernel(const T *dy, const T *g, const T *u, T *dg, T *du, int64_t n)
+{
+    LU_CUDA_FOR(i, n)
+    {
+        float x = sw_load(g, i), d = sw_load(dy, i), s = sigmoidf(x);
+        if (dg) sw_store(dg, i, d * sw_load(u, i) * s * (1.0f + x * (1.0f - s)));
+        if (du) sw_store(du, i, d * x * s);
+    }
+}
+
+/* in = [gate, up], out = [y]. */
+static lu_status swiglu_forward(const lu_op_call *c)
+{
+    const lu_tensor *ts[3] = {c->in[0], c->in[1], c->out[0]};
+    LU_TRY(lu_cuda_check_float(c, ts, 3, c->out[0]->dtype));
+    int64_t n = lu_tensor_numel(c->out[0]);
+    if (n == 0) return LU_OK;
+    if (c->out[0]->dtype == LU_BF16)
+        swiglu_forward_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(
+            (const uint16_t *)lu_tensor_data(c->in[0]), (const uint16_t *)lu_tensor_data(c->in[1]),
+            (uint16_t *)lu_tensor_data(c->out[0]), n);
+    else
+        swiglu_forward_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(
+            (const float *)lu_tensor_data(c->in[0]), (const float *)lu_tensor_data(c->in[1]),
+            (float *)lu_tensor_data(c->out[0]), n);
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
+/* in = [dy, gate, up, y], out = [dgate?, dup?]. */
+static lu_status swiglu_backward(const lu_op_call *c)
+{
+    const lu_tensor *dy = c->in[0], *g = c->in[1], *u = c->in[2];
+    lu_tensor *dg = c->out[0], *du = c->out[1];
+    const lu_tensor *ts[5] = {dy, g, u, dg, du};
+    LU_TRY(lu_cuda_check_float(c, ts, 5, g->dtype));
+    int64_t n = lu_tensor_numel(g);
+    if (n == 0 || (!dg && !du)) return LU_OK;
+    if (!dy) {
+        if (dg) LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dg), 0, lu_tensor_nbytes(dg), 0));
+        if (du) LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(du), 0, lu_tensor_nbytes(du), 0));
+        return LU_OK;
+    }
+    if (g->dtype == LU_BF16)
+        swiglu_backward_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(
+            (const uint16_t *)lu_tensor_data(dy), (const uint16_t *)lu_tensor_data(g),
+            (const uint16_t *)lu_tensor_data(u), dg ? (uint16_t *)lu_tensor_data(dg) : NULL,
+            du ? (uint16_t *)lu_tensor_data(du) : NULL, n);
+    else
+        swiglu_backward_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(
+            (const float *)lu_tensor_data(dy), (const float *)lu_tensor_data(g), (const float *)lu_tensor_data(u),
+            dg ? (float *)lu_tensor_data(dg) : NULL, du ? (float *)lu_tensor_data(du) : NULL, n);
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
 extern "C" void lu_cuda_register_elementwise(lu_backend *b)
 {
     static const lu_op binary[] = {LU_OP_ADD, LU_OP_SUB, LU_OP_MUL, LU_OP_DIV};
@@ -324,4 +402,6 @@ extern "C" void lu_cuda_register_elementwise(lu_backend *b)
         b->forward[unary[i]] = unary_forward;
         b->backward[unary[i]] = unary_backward;
     }
+    b->forward[LU_OP_SWIGLU] = swiglu_forward;
+    b->backward[LU_OP_SWIGLU] = swiglu_backward;
 }

@@ -16,6 +16,20 @@
 
 #include "cuda_testutil.h"
 
+/* ---- the catalogue ---- */
+
+Test(cuda, every_op_of_the_catalogue_has_its_cpu_kernels_on_the_gpu)
+{
+    require_gpu();
+    lu_backend *cpu = lu_backend_get(LU_CPU), *gpu = lu_backend_get(LU_CUDA);
+    cr_assert(cpu && gpu, "%s", lu_error_message());
+    for (int op = 0; op < LU_OP_COUNT; op++) {
+        cr_expect(gpu->forward[op], "%s has no cuda forward kernel", lu_op_name((lu_op)op));
+        cr_expect(!cpu->backward[op] || gpu->backward[op], "%s has a cpu backward kernel but no cuda one",
+                  lu_op_name((lu_op)op));
+    }
+}
+
 /* ---- memory, fill, copy ---- */
 
 Test(cuda, fill_writes_every_dtype_as_the_cpu_does)
@@ -319,6 +333,28 @@ Test(cuda, unary_ops_bf16_within_bf16_rounding)
     require_gpu();
     for (size_t i = 0; i < sizeof unary_cases / sizeof unary_cases[0]; i++) check_unary(&unary_cases[i], LU_BF16, TOL_BF16);
 }
+
+/* SWIGLU forward and backward (both gradients) as the CPU, f32 and bf16. */
+static void check_swiglu(lu_dtype dev_dt, double tol)
+{
+    int64_t shape[2] = {37, 129};
+    lu_tensor *g = tu_rand(LU_F32, 2, shape, -8, 8, 80), *u = tu_rand(LU_F32, 2, shape, -2, 2, 81);
+    lu_tensor *y = empty(LU_F32, 2, shape);
+    char what[64];
+    snprintf(what, sizeof what, "swiglu %s forward", lu_dtype_name(dev_dt));
+    kcase f = {.op = LU_OP_SWIGLU, .in = {g, u}, .n_in = 2, .out = {y}, .n_out = 1, .dev_dt = dev_dt, .tol = tol};
+    check_case(&f, what);
+    cpu_forward(LU_OP_SWIGLU, (lu_tensor *[]){g, u}, 2, &y, 1, NULL);
+    lu_tensor *dy = tu_rand(LU_F32, 2, shape, -1, 1, 82), *dg = empty(LU_F32, 2, shape), *du = empty(LU_F32, 2, shape);
+    snprintf(what, sizeof what, "swiglu %s backward", lu_dtype_name(dev_dt));
+    kcase k = {.op = LU_OP_SWIGLU, .backward = true, .in = {dy, g, u, y}, .n_in = 4, .out = {dg, du}, .n_out = 2,
+               .dev_dt = dev_dt, .tol = tol};
+    check_case(&k, what);
+    release_all((lu_tensor *[]){g, u, y, dy, dg, du}, 6);
+}
+
+Test(cuda, swiglu_matches_cpu_forward_and_backward) { require_gpu(); check_swiglu(LU_F32, TOL_F32); }
+Test(cuda, swiglu_bf16_within_bf16_rounding) { require_gpu(); check_swiglu(LU_BF16, TOL_BF16); }
 
 Test(cuda, unsupported_dtype_names_op_and_dtype)
 {

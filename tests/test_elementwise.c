@@ -445,3 +445,49 @@ Test(unary, rejects_integer_input)
     tu_assert_error_contains("gelu: needs a float tensor");
     lu_tensor_release(x);
 }
+
+/* ---- swiglu ---- */
+
+static lu_tensor *swiglu_fn(lu_tensor **in, void *ctx)
+{
+    (void)ctx;
+    return lu_swiglu(in[0], in[1]);
+}
+
+Test(swiglu, equals_silu_of_gate_times_up)
+{
+    lu_tensor *g = tu_rand(LU_F32, LU_SHAPE(3, 37, 11), -8, 8, 90), *u = tu_rand(LU_F32, LU_SHAPE(3, 37, 11), -2, 2, 91);
+    lu_tensor *want = lu_mul(lu_silu(g), u), *got = lu_swiglu(g, u);
+    cr_assert(got, "%s", lu_error_message());
+    double *w = tu_to_doubles(want);
+    tu_assert_close(got, w, lu_tensor_numel(want), 1e-6, 1e-6, "swiglu vs silu * mul");
+    free(w);
+}
+
+Test(swiglu, backward_matches_finite_differences)
+{
+    lu_tensor *in[2] = {tu_rand(LU_F64, LU_SHAPE(4, 9), -6, 6, 92), tu_rand(LU_F64, LU_SHAPE(4, 9), -2, 2, 93)};
+    tu_gradcheck(swiglu_fn, in, 2, (bool[]){true, true}, NULL, 1e-6, 1e-7, 1e-6, 200, "swiglu");
+    /* Only one operand needing a gradient: the other output stays unallocated. */
+    tu_gradcheck(swiglu_fn, in, 2, (bool[]){false, true}, NULL, 1e-6, 1e-7, 1e-6, 200, "swiglu, up only");
+}
+
+Test(swiglu, reads_a_strided_gate)
+{
+    lu_tensor *base = tu_rand(LU_F32, LU_SHAPE(5, 6), -3, 3, 94), *g = lu_transpose(base, 0, 1);
+    lu_tensor *u = tu_rand(LU_F32, LU_SHAPE(6, 5), -1, 1, 95);
+    lu_tensor *want = lu_mul(lu_silu(g), u), *got = lu_swiglu(g, u);
+    double *w = tu_to_doubles(want);
+    tu_assert_close(got, w, 30, 1e-6, 1e-6, "transposed gate");
+    free(w);
+}
+
+Test(swiglu, rejects_different_shapes_and_dtypes)
+{
+    lu_tensor *a = tu_rand(LU_F32, LU_SHAPE(2, 3), -1, 1, 96), *b = tu_rand(LU_F32, LU_SHAPE(3, 2), -1, 1, 97);
+    cr_assert_null(lu_swiglu(a, b));
+    tu_assert_error_contains("swiglu: shapes differ");
+    lu_tensor *c = tu_rand(LU_F64, LU_SHAPE(2, 3), -1, 1, 98);
+    cr_assert_null(lu_swiglu(a, c));
+    tu_assert_error_contains("swiglu: dtypes differ");
+}

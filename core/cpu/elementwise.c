@@ -102,6 +102,8 @@ static lu_status affine_forward(const lu_op_call *c) { LU_CPU_DISPATCH_FLOAT(aff
 static lu_status affine_backward(const lu_op_call *c) { LU_CPU_DISPATCH_FLOAT(affine_bwd, c, c->in[1]->dtype); }
 static lu_status unary_forward(const lu_op_call *c) { LU_CPU_DISPATCH_FLOAT(unary_fwd, c, c->out[0]->dtype); }
 static lu_status unary_backward(const lu_op_call *c) { LU_CPU_DISPATCH_FLOAT(unary_bwd, c, c->in[1]->dtype); }
+static lu_status swiglu_forward(const lu_op_call *c) { LU_CPU_DISPATCH_FLOAT(swiglu_fwd, c, c->out[0]->dtype); }
+static lu_status swiglu_backward(const lu_op_call *c) { LU_CPU_DISPATCH_FLOAT(swiglu_bwd, c, c->in[1]->dtype); }
 
 void lu_cpu_register_elementwise(lu_backend *b)
 {
@@ -118,4 +120,6 @@ void lu_cpu_register_elementwise(lu_backend *b)
     }
     b->forward[LU_OP_AFFINE] = affine_forward;
     b->backward[LU_OP_AFFINE] = affine_backward;
+    b->forward[LU_OP_SWIGLU] = swiglu_forward;
+    b->backward[LU_OP_SWIGLU] = swiglu_backward;
 }

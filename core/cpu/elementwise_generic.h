@@ -381,3 +381,37 @@ static lu_status R(unary_bwd)(const lu_op_call *c)
 }
 
 #undef LU_EW_UNARY_LIST
+
+/* ---- swiglu ------------------------------------------------------------------------------- */
+
+/* in = [gate, up], out = [y = silu(gate) * up]. */
+static lu_status R(swiglu_fwd)(const lu_op_call *c)
+{
+    int64_t n = lu_tensor_numel(c->out[0]);
+    const real *g = lu_tensor_data(c->in[0]), *u = lu_tensor_data(c->in[1]);
+    real *y = lu_tensor_data(c->out[0]);
+#pragma omp parallel for simd if (n > 32768)
+    for (int64_t i = 0; i < n; i++) y[i] = g[i] * R(sigm)(g[i]) * u[i];
+    return LU_OK;
+}
+
+/* in = [dy, gate, up, y], out = [dgate?, dup?]: dgate = dy up silu'(gate), dup = dy silu(gate). */
+static lu_status R(swiglu_bwd)(const lu_op_call *c)
+{
+    lu_tensor *dgt = c->out[0], *dut = c->out[1];
+    int64_t n = lu_tensor_numel(c->in[1]);
+    if (!c->in[0]) {
+        if (dgt) memset(lu_tensor_data(dgt), 0, lu_tensor_nbytes(dgt));
+        if (dut) memset(lu_tensor_data(dut), 0, lu_tensor_nbytes(dut));
+        return LU_OK;
+    }
+    const real *dy = lu_tensor_data(c->in[0]), *g = lu_tensor_data(c->in[1]), *u = lu_tensor_data(c->in[2]);
+    real *dg = dgt ? lu_tensor_data(dgt) : NULL, *du = dut ? lu_tensor_data(dut) : NULL;
+#pragma omp parallel for if (n > 32768)
+    for (int64_t i = 0; i < n; i++) {
+        real s = R(sigm)(g[i]);
+        if (dg) dg[i] = dy[i] * u[i] * s * (1 + g[i] * (1 - s));
+        if (du) du[i] = dy[i] * g[i] * s;
+    }
+    return LU_OK;
+}
