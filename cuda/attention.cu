@@ -4,7 +4,9 @@
  * Semantics are core/cpu/attention.c's: grouped-query heads, causal masking that aligns the last
  * query with the last key, key-padding masks, packed sequences (cu_seqlens), rows that see no key
  * giving o = 0, lse = -inf and zero gradients. q/k/v may be f32, bf16 or f16 (f32 math); lse is
- * f32 (or q's dtype). Head dims up to 256; 64 and 128 select register tiles of their size.
+ * f32 (or q's dtype). Head dims up to 256; 64 and 128 select register tiles of their size. bf16
+ * and f16 with D == Dv in {64, 128} go to the tensor-core kernels of attention_mma.cu instead
+ * (unless the weights or their gradient are involved); these kernels take every other case.
  *
  * Backward (Alg. 2 of the paper, made deterministic): Dsum_i = rowsum(dO_i * O_i) (+ rowsum(W_i *
  * dW_i) when the weights were returned), then one kernel per key tile accumulates dK and dV over
@@ -16,13 +18,9 @@
  * of row `lane` of one tile with rows warp + 8r (r < 4) of the other; in the accumulation phase
  * it owns row `lane` and the columns warp + 8r (r < NC). Shared rows have an odd stride, so lanes
  * reading 32 different rows hit 32 different banks. */
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <math.h>
-#include <mma.h>
 
-#include "attention_ranges.h"
-#include "device.cuh"
+#include "attention.cuh"
 
 #define ATT_TILE 32                           /* queries and keys per tile: one per lane */
 #define ATT_WARPS 8
@@ -31,30 +29,7 @@
 #define ATT_PLD (ATT_TILE + 1)                /* row stride of the 32 x 32 score tiles */
 #define ATT_MAX_HEAD_DIM 256
 
-typedef struct att_args {
-    lu_att_ranges rg; /* Tq, Tk, causal, cu_seqlens */
-    const void *q, *k, *v;
-    const uint8_t *mask; /* [B, Tk], nonzero = ignore; or NULL */
-    int dt, lse_dt;      /* dtype of q, k, v, o and the gradients; of lse */
-    int64_t b, hq, hkv, d, dv;
-    float scale;
-} att_args;
-
 /* ---- device helpers ---- */
-
-static __device__ __forceinline__ float att_load(const void *p, int dt, int64_t i)
-{
-    if (dt == LU_BF16) return lu_dev_bf16_to_f32(((const uint16_t *)p)[i]);
-    if (dt == LU_F16) return lu_dev_f16_to_f32(((const uint16_t *)p)[i]);
-    return ((const float *)p)[i];
-}
-
-static __device__ __forceinline__ void att_store(void *p, int dt, int64_t i, float v)
-{
-    if (dt == LU_BF16) ((uint16_t *)p)[i] = lu_dev_f32_to_bf16(v);
-    else if (dt == LU_F16) ((uint16_t *)p)[i] = lu_dev_f32_to_f16(v);
-    else ((float *)p)[i] = v;
-}
 
 static __device__ __forceinline__ bool att_visible(const att_args *a, int64_t b, int64_t j, int64_t lo, int64_t hi)
 {
@@ -103,7 +78,7 @@ static __device__ __forceinline__ void att_dots(const float *X, int ldx, const f
 /* Shared memory of a kernel: the key ranges of 32 query rows (int64 lo, hi), then `floats` floats. */
 static size_t att_smem_bytes(int64_t floats) { return 2 * ATT_TILE * sizeof(int64_t) + (size_t)floats * sizeof(float); }
 
-extern __shared__ __align__(128) unsigned char att_smem[]; /* WMMA tiles need 32-byte alignment */
+extern __shared__ __align__(16) unsigned char att_smem[];
 
 /* ---- forward ---- */
 
@@ -387,129 +362,6 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     }
 }
 
-/* ---- tensor-core forward (bf16, f16; D == Dv in {64, 128}) ---- */
-
-/* The same forward with S = Q K^T and O += P V on tensor cores (WMMA 16x16x16, f32
- * accumulation): one block of 4 warps per 64 queries, each warp owning 16 query rows, over tiles
- * of 64 keys. P is rounded to the input dtype before P V, as FlashAttention-2 does; the row sums
- * l are of the unrounded p. Softmax state: lanes 2r and 2r+1 hold (m, l) of the warp's row r, and
- * each treats one half (`part`) of the row. Tiles hold raw 16-bit rows padded by 8 elements, so
- * that every fragment starts 32-byte aligned; the warp's S and O stay f32 in shared memory, where
- * the rescaling by exp(m_old - m_new) happens between the two products. */
-#define ATT_MQ 64 /* queries per block */
-#define ATT_MK 64 /* keys per tile */
-#define ATT_MWARPS (ATT_MQ / 16)
-#define ATT_MTHREADS (ATT_MWARPS * LU_CUDA_WARP)
-
-/* Bytes of shared memory of the tensor-core forward for head dim D. */
-static size_t att_mma_smem(int D)
-{
-    return 2 * ATT_MQ * sizeof(int64_t) + (size_t)(ATT_MQ + 2 * ATT_MK) * (D + 8) * 2 + ATT_MQ * (ATT_MK + 8) * 2 +
-           (size_t)ATT_MQ * (ATT_MK + 4) * 4 + (size_t)ATT_MQ * (D + 4) * 4;
-}
-
-template <typename T, int D>
-static __global__ void __launch_bounds__(ATT_MTHREADS) att_forward_mma_kernel(att_args a, void *o, void *lse)
-{
-    using namespace nvcuda;
-    const int LD = D + 8, LP = ATT_MK + 8, LS = ATT_MK + 4, LO = D + 4;
-    const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, r = lane / 2, part = lane % 2;
-    int64_t *row_lo = (int64_t *)att_smem, *row_hi = row_lo + ATT_MQ;
-    uint16_t *Qs = (uint16_t *)(row_hi + ATT_MQ), *Ks = Qs + ATT_MQ * LD, *Vs = Ks + ATT_MK * LD;
-    uint16_t *Pw = Vs + ATT_MK * LD + wp * 16 * LP;
-    float *Sw = (float *)(Vs + ATT_MK * LD + ATT_MQ * LP) + wp * 16 * LS;
-    float *Ow = (float *)(Vs + ATT_MK * LD + ATT_MQ * LP) + ATT_MQ * LS + wp * 16 * LO;
-
-    const int64_t nqt = (a.rg.tq + ATT_MQ - 1) / ATT_MQ, bid = blockIdx.x;
-    const int64_t i0 = bid % nqt * ATT_MQ, h = bid / nqt % a.hq, b = bid / (nqt * a.hq), g = h / (a.hq / a.hkv);
-    const int64_t kbase = (b * a.rg.tk * a.hkv + g) * D, qbase = (b * a.rg.tq * a.hq + h) * D;
-    const uint16_t *q = (const uint16_t *)a.q, *k = (const uint16_t *)a.k, *v = (const uint16_t *)a.v;
-    if (threadIdx.x < ATT_MQ) lu_att_key_range(&a.rg, i0 + threadIdx.x, &row_lo[threadIdx.x], &row_hi[threadIdx.x]);
-    for (int e = threadIdx.x; e < ATT_MQ * D; e += ATT_MTHREADS) {
-        int rr = e / D, c = e % D;
-        Qs[rr * LD + c] = i0 + rr < a.rg.tq ? q[qbase + (i0 + rr) * a.hq * D + c] : 0;
-    }
-    for (int e = lane; e < 16 * D; e += LU_CUDA_WARP) Ow[e / D * LO + e % D] = 0.0f;
-    __syncthreads();
-    int64_t klo = a.rg.tk, khi = 0;
-    for (int rr = 0; rr < ATT_MQ; rr++)
-        if (row_hi[rr] > row_lo[rr]) {
-            klo = row_lo[rr] < klo ? row_lo[rr] : klo;
-            khi = row_hi[rr] > khi ? row_hi[rr] : khi;
-        }
-    const int64_t lo = row_lo[wp * 16 + r], hi = row_hi[wp * 16 + r];
-    float m = -INFINITY, l = 0.0f;
-
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fk;
-    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fv;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
-    const T *Qw = (const T *)(Qs + wp * 16 * LD);
-    for (int64_t j0 = klo; j0 < khi; j0 += ATT_MK) {
-        __syncthreads(); /* every warp is done with the previous K and V */
-        for (int e = threadIdx.x; e < ATT_MK * D; e += ATT_MTHREADS) {
-            int jj = e / D, c = e % D;
-            bool in = j0 + jj < a.rg.tk;
-            Ks[jj * LD + c] = in ? k[kbase + (j0 + jj) * a.hkv * D + c] : 0;
-            Vs[jj * LD + c] = in ? v[kbase + (j0 + jj) * a.hkv * D + c] : 0;
-        }
-        __syncthreads();
-        /* S (16 x 64) = Q_w K^T: K's rows read as the columns of a column-major B. */
-        for (int n = 0; n < ATT_MK / 16; n++) {
-            wmma::fill_fragment(fc, 0.0f);
-            for (int kk = 0; kk < D / 16; kk++) {
-                wmma::load_matrix_sync(fa, Qw + kk * 16, LD);
-                wmma::load_matrix_sync(fk, (const T *)(Ks + n * 16 * LD + kk * 16), LD);
-                wmma::mma_sync(fc, fa, fk, fc);
-            }
-            wmma::store_matrix_sync(Sw + n * 16, fc, LS, wmma::mem_row_major);
-        }
-        __syncwarp();
-        /* Online softmax of row r, columns part*32 .. part*32+31 in this lane. */
-        float *sr = Sw + r * LS + part * 32, mt = -INFINITY;
-        for (int c = 0; c < 32; c++) {
-            float x = att_visible(&a, b, j0 + part * 32 + c, lo, hi) ? sr[c] * a.scale : -INFINITY;
-            sr[c] = x;
-            mt = fmaxf(mt, x);
-        }
-        float mn = fmaxf(m, fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1))), sum = 0.0f;
-        uint16_t *pr = Pw + r * LP + part * 32;
-        for (int c = 0; c < 32; c++) {
-            float p = sr[c] == -INFINITY ? 0.0f : expf(sr[c] - mn);
-            sum += p;
-            pr[c] = a.dt == LU_BF16 ? lu_dev_f32_to_bf16(p) : lu_dev_f32_to_f16(p);
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        float alpha = m == -INFINITY ? 0.0f : expf(m - mn);
-        l = l * alpha + sum;
-        m = mn;
-        for (int c = part * (D / 2); c < (part + 1) * (D / 2); c++) Ow[r * LO + c] *= alpha;
-        __syncwarp();
-        /* O_w (16 x D) += P_w V. */
-        for (int n = 0; n < D / 16; n++) {
-            wmma::load_matrix_sync(fc, Ow + n * 16, LO, wmma::mem_row_major);
-            for (int kk = 0; kk < ATT_MK / 16; kk++) {
-                wmma::load_matrix_sync(fa, (const T *)(Pw + kk * 16), LP);
-                wmma::load_matrix_sync(fv, (const T *)(Vs + kk * 16 * LD + n * 16), LD);
-                wmma::mma_sync(fc, fa, fv, fc);
-            }
-            wmma::store_matrix_sync(Ow + n * 16, fc, LO, wmma::mem_row_major);
-        }
-        __syncwarp();
-    }
-    /* Row rr's 1/l comes from lane 2 rr; the warp stores its 16 rows along the rows. */
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    for (int rr = 0; rr < 16; rr++) {
-        float inv_r = __shfl_sync(0xffffffffu, inv, 2 * rr);
-        int64_t i = i0 + wp * 16 + rr;
-        if (i >= a.rg.tq) continue;
-        for (int c = lane; c < D; c += LU_CUDA_WARP)
-            att_store(o, a.dt, ((b * a.rg.tq + i) * a.hq + h) * D + c, Ow[rr * LO + c] * inv_r);
-    }
-    if (part == 0 && i0 + wp * 16 + r < a.rg.tq)
-        att_store(lse, a.lse_dt, (b * a.hq + h) * a.rg.tq + i0 + wp * 16 + r, l > 0.0f ? m + logf(l) : -INFINITY);
-}
-
 /* ---- host side ---- */
 
 static bool att_dtype_ok(lu_dtype dt) { return dt == LU_F32 || dt == LU_BF16 || dt == LU_F16; }
@@ -551,31 +403,6 @@ static lu_status att_args_of(const lu_attention_params *p, const lu_tensor *q, c
     return LU_OK;
 }
 
-/* Blocks of a flattened grid, or an error when they exceed gridDim.x. */
-static lu_status att_grid(int64_t blocks, const char *what, unsigned *grid)
-{
-    if (blocks > 0x7fffffff)
-        return lu_errorf(LU_ERR_UNSUPPORTED, "attention: %s needs %lld blocks, more than a cuda grid holds", what,
-                         (long long)blocks);
-    *grid = (unsigned)blocks;
-    return LU_OK;
-}
-
-/* Allows `kernel` smem bytes of dynamic shared memory (past 48 KB it must be asked for), or says
- * why the device cannot. */
-static lu_status att_smem_allow(const void *kernel, size_t smem, const att_args *a)
-{
-    if (smem <= 48 * 1024) return LU_OK;
-    int dev = 0, max = 0;
-    LU_CUDA_CHECK(cudaGetDevice(&dev));
-    LU_CUDA_CHECK(cudaDeviceGetAttribute(&max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    if (smem > (size_t)max)
-        return lu_errorf(LU_ERR_UNSUPPORTED, "attention: head dims D = %lld, Dv = %lld need %zu bytes of shared memory, "
-                         "the device gives a block %d", (long long)a->d, (long long)a->dv, smem, max);
-    LU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    return LU_OK;
-}
-
 /* Columns per thread of the register tiles: head dims 64 and 128 get their own, others the next
  * larger. */
 static int att_nc(int64_t n) { return n <= 64 ? 8 : n <= 128 ? 16 : 32; }
@@ -609,18 +436,6 @@ static lu_status att_dq_launch(const att_args &a, unsigned grid, size_t smem, co
     return LU_OK;
 }
 
-template <typename T, int D>
-static lu_status att_forward_mma_launch(const att_args &a, void *o, void *lse)
-{
-    unsigned grid = 0;
-    LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + ATT_MQ - 1) / ATT_MQ), "the forward", &grid));
-    size_t smem = att_mma_smem(D);
-    LU_TRY(att_smem_allow((const void *)att_forward_mma_kernel<T, D>, smem, &a));
-    att_forward_mma_kernel<T, D><<<grid, ATT_MTHREADS, smem>>>(a, o, lse);
-    LU_CUDA_CHECK_LAUNCH();
-    return LU_OK;
-}
-
 /* in = [q, k, v, mask?, cu_seqlens?], out = [o, lse, weights?]. */
 static lu_status attention_forward(const lu_op_call *c)
 {
@@ -636,14 +451,9 @@ static lu_status attention_forward(const lu_op_call *c)
     LU_TRY(att_grid(blocks, "the forward", &grid));
     size_t smem = att_smem_bytes(ATT_TILE * (2 * ((int)a.d | 1) + ((int)a.dv | 1) + ATT_PLD + 3));
     void *od = lu_tensor_data(o), *lsed = lu_tensor_data(c->out[1]), *wd = w ? lu_tensor_data(w) : NULL;
-    /* Tensor cores for 16-bit inputs with D == Dv in {64, 128}; the returned weights need the
-     * second pass of the general kernel. */
-    if (!w && a.d == a.dv && (a.d == 64 || a.d == 128) && (a.dt == LU_BF16 || a.dt == LU_F16)) {
-        if (a.dt == LU_BF16)
-            return a.d == 64 ? att_forward_mma_launch<__nv_bfloat16, 64>(a, od, lsed)
-                             : att_forward_mma_launch<__nv_bfloat16, 128>(a, od, lsed);
-        return a.d == 64 ? att_forward_mma_launch<half, 64>(a, od, lsed) : att_forward_mma_launch<half, 128>(a, od, lsed);
-    }
+    /* The returned weights need the second pass of the general kernel. */
+    const void *outs[1] = {od};
+    if (!w && lu_att_mma_takes(&a, outs, 1)) return lu_att_mma_forward(&a, od, lsed);
     switch (att_nc(a.dv)) {
     case 8: return att_forward_launch<8>(a, grid, smem, od, lsed, wd);
     case 16: return att_forward_launch<16>(a, grid, smem, od, lsed, wd);
@@ -668,12 +478,16 @@ static lu_status att_backward_run(const att_args &a, const void *dO, const void 
         att_dsum_kernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), ATT_THREADS>>>(a, dO, o, dW, w, dsum);
         LU_CUDA_CHECK_LAUNCH();
     }
+    /* The gradient of returned weights (dW) needs the general kernels. */
+    void *dqd = dq ? lu_tensor_data(dq) : NULL, *dkd = dk ? lu_tensor_data(dk) : NULL;
+    void *dvd = dv ? lu_tensor_data(dv) : NULL;
+    const void *ptrs[4] = {dO, dqd, dkd, dvd};
+    if (!dW && lu_att_mma_takes(&a, ptrs, 4)) return lu_att_mma_backward(&a, dO, lse, dsum, dqd, dkd, dvd);
     unsigned grid = 0;
     int64_t kblocks = a.b * a.hkv * ((a.rg.tk + ATT_TILE - 1) / ATT_TILE);
     if ((dk || dv) && kblocks > 0) {
         LU_TRY(att_grid(kblocks, "the dk/dv backward", &grid));
         size_t smem = att_smem_bytes(ATT_TILE * (2 * ldq + 2 * ldv + 2 * ATT_PLD + 2));
-        void *dkd = dk ? lu_tensor_data(dk) : NULL, *dvd = dv ? lu_tensor_data(dv) : NULL;
         switch (att_nc(a.d > a.dv ? a.d : a.dv)) {
         case 8: LU_TRY(att_dkdv_launch<8>(a, grid, smem, dO, dW, lse, dsum, dkd, dvd)); break;
         case 16: LU_TRY(att_dkdv_launch<16>(a, grid, smem, dO, dW, lse, dsum, dkd, dvd)); break;
@@ -684,7 +498,6 @@ static lu_status att_backward_run(const att_args &a, const void *dO, const void 
     if (dq && qblocks > 0) {
         LU_TRY(att_grid(qblocks, "the dq backward", &grid));
         size_t smem = att_smem_bytes(ATT_TILE * (2 * ldq + 2 * ldv + ATT_PLD + 2));
-        void *dqd = lu_tensor_data(dq);
         switch (att_nc(a.d)) {
         case 8: return att_dq_launch<8>(a, grid, smem, dO, dW, lse, dsum, dqd);
         case 16: return att_dq_launch<16>(a, grid, smem, dO, dW, lse, dsum, dqd);

@@ -4,7 +4,8 @@
  * sequences, returned weights and head dims 64, 128 and others; f32, bf16 and f16 compared by the
  * normalised error sum((a - b)^2) / sum(b^2) (NaN/Inf mismatches fail); bit-identical reruns; the
  * frontend and autograd on CUDA tensors. 16-bit cases run the CPU in f32 on the same rounded
- * values; those with D == Dv in {64, 128} and no returned weights take the tensor-core forward.
+ * values; those with D == Dv in {64, 128} and no returned weights take the tensor-core kernels
+ * (cuda/attention_mma.cu), forward and backward.
  * Kernels are called directly (as tests/test_cuda.c does), the backward on the CPU's forward
  * outputs.
  *
@@ -338,6 +339,35 @@ Test(cuda_attention, bf16_within_bf16_rounding)
 Test(cuda_attention, f16_within_f16_rounding) { require_gpu(); check_cases(half_cases, N_OF(half_cases), LU_F16, TOL_F16); }
 Test(cuda_attention, sizes_bf16_within_bf16_rounding) { require_gpu(); check_cases(sizes, N_OF(sizes), LU_BF16, TOL_BF16); }
 
+/* The tensor-core kernels (16-bit, D == Dv in {64, 128}, no returned weights): lengths that end
+ * inside a tile of 64, single rows and keys, query heads 16/8 and 4/4, and every mask. */
+static const gcase mma_cases[] = {
+    {.name = "mma 129x129 16/8 d128", DIMS(1, 129, 129, 16, 8, 128, 128)},
+    {.name = "mma causal 300x300 16/8 d128", DIMS(1, 300, 300, 16, 8, 128, 128), .causal = true},
+    {.name = "mma causal 129x129 4/4 d64", DIMS(2, 129, 129, 4, 4, 64, 64), .causal = true},
+    {.name = "mma 300x300 4/4 d64", DIMS(1, 300, 300, 4, 4, 64, 64)},
+    {.name = "mma 1x77 4/4 d64", DIMS(2, 1, 77, 4, 4, 64, 64)},
+    {.name = "mma causal 1x77 16/8 d128", DIMS(1, 1, 77, 16, 8, 128, 128), .causal = true},
+    {.name = "mma 77x1 4/4 d128", DIMS(2, 77, 1, 4, 4, 128, 128)},
+    {.name = "mma causal 77x1 16/8 d64 (leading rows empty)", DIMS(1, 77, 1, 16, 8, 64, 64), .causal = true},
+    {.name = "mma mask 129x300 4/4 d64, batch 0 fully padded", DIMS(2, 129, 300, 4, 4, 64, 64), .mask = 2},
+    {.name = "mma mask causal 300x129 16/8 d128", DIMS(2, 300, 129, 16, 8, 128, 128), .causal = true, .mask = 1},
+    {.name = "mma cu 3 seqs 129 16/8 d128", DIMS(1, 129, 129, 16, 8, 128, 128), .cu = cu3, .n_cu = 4},
+    {.name = "mma cu i64 empty segment causal mask 77 4/4 d64", DIMS(1, 77, 77, 4, 4, 64, 64), .causal = true,
+     .mask = 1, .cu = cu_empty, .n_cu = 5, .cu_i64 = true},
+};
+
+Test(cuda_attention, tensor_core_path_bf16_within_bf16_rounding)
+{
+    require_gpu();
+    check_cases(mma_cases, N_OF(mma_cases), LU_BF16, TOL_BF16);
+}
+Test(cuda_attention, tensor_core_path_f16_within_f16_rounding)
+{
+    require_gpu();
+    check_cases(mma_cases, N_OF(mma_cases), LU_F16, TOL_F16);
+}
+
 /* Two runs on the same inputs give the same bits (no atomics, fixed summation orders). */
 static void check_attention_deterministic(const gcase *c, lu_dtype dt)
 {
@@ -369,6 +399,17 @@ Test(cuda_attention, reruns_are_bit_identical)
     /* Without returned weights, bf16 with D = Dv = 128 takes the tensor-core forward. */
     const gcase t = {.name = "causal mask 129x300 8/2 d128", DIMS(2, 129, 300, 8, 2, 128, 128), .causal = true, .mask = 2};
     check_attention_deterministic(&t, LU_BF16);
+}
+
+Test(cuda_attention, tensor_core_backward_reruns_are_bit_identical)
+{
+    require_gpu();
+    const gcase c = {.name = "mma causal mask 300x300 16/8 d128", DIMS(2, 300, 300, 16, 8, 128, 128), .causal = true,
+                     .mask = 1};
+    check_attention_deterministic(&c, LU_BF16);
+    const gcase p = {.name = "mma cu causal 129 4/4 d64", DIMS(1, 129, 129, 4, 4, 64, 64), .causal = true, .cu = cu3,
+                     .n_cu = 4};
+    check_attention_deterministic(&p, LU_F16);
 }
 
 /* ---- through the frontend and autograd ---- */

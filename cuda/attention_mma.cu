@@ -1,0 +1,695 @@
+/* attention_mma.cu - ATTENTION on tensor cores for bf16 and f16 with D == Dv in {64, 128}:
+ * FlashAttention-2 (arXiv 2307.08691, Alg. 1 and 2) on mma.sync m16n8k16 (16-bit operands, f32
+ * accumulation), with the semantics of the general kernels in attention.cu (grouped-query heads,
+ * causal alignment of the last query with the last key, key-padding masks, packed sequences,
+ * o = 0 and lse = -inf for rows that see no key) and their determinism: no atomics, every sum in
+ * a fixed order.
+ *
+ * Forward: a warp owns 16 query rows, its Q fragments in registers; tiles of 64 keys and values
+ * come through shared memory by cp.async, double-buffered; S = Q K^T and the online softmax stay
+ * in registers, and P, rounded to the input dtype as FlashAttention-2 does, is the A operand of
+ * O += P V. Backward: one block per 64 keys (a warp per 16) accumulates dK = scale dS^T Q and
+ * dV = P^T dO over every query of the kv head's query heads, P^T recomputed from lse; one block
+ * per 64 queries accumulates dQ = scale dS K. dS = P (dP - Dsum) is rounded like P. Tiles that
+ * no row of a warp can see are skipped; partly visible ones are masked per element, and rows or
+ * keys past the ends are zero-filled on load and never stored.
+ *
+ * Fragments (PTX ISA, "mma.m16n8k16"): lane 4 g + t holds of the 16 x 8 f32 accumulator the
+ * elements (g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1), in that order; of the 16 x 16 A
+ * operand the pairs at (g, 2t), (g + 8, 2t), (g, 2t + 8), (g + 8, 2t + 8); of the 16 x 8 B operand
+ * (k x n) the pairs (2t, g) and (2t + 8, g) along k. So an accumulator pair of key blocks 2kk and
+ * 2kk + 1 is the A operand of keys 16kk .. 16kk + 15 as it stands. ldmatrix gives A from a
+ * row-major tile, B from a tile stored [n][k] (K for S = Q K^T), and with .trans B from a tile
+ * stored [k][n] (V for P V). Tile rows are padded by 8 elements (16 bytes), so that the 8 rows of
+ * an 8 x 8 matrix fall in 8 different 16-byte bank groups. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <limits.h>
+#include <math.h>
+
+#include "attention.cuh"
+
+#define ATT_BK 64                       /* keys per tile of the forward and of dQ; per block of dK, dV */
+#define ATT_BWD_WARPS 4                 /* warps of the backward kernels */
+#define ATT_BWD_BQ (ATT_BWD_WARPS * 16) /* queries per block of dQ */
+#define ATT_FULL 0xffffffffu            /* every lane of a warp */
+#define ATT_LOG2E 1.4426950408889634f
+#define ATT_LN2 0.6931471805599453f
+
+extern __shared__ __align__(16) unsigned char att_mma_smem[];
+
+/* ---- PTX wrappers ---- */
+
+static __device__ __forceinline__ uint32_t att_saddr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* 16 bytes from global to shared memory, or 16 zero bytes when !in (src is then not read). */
+static __device__ __forceinline__ void att_cp16(void *dst, const void *src, bool in)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(att_saddr(dst)), "l"(src), "r"(in ? 16 : 0));
+}
+
+static __device__ __forceinline__ void att_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+/* Waits until at most N committed groups of this thread are in flight. */
+template <int N> static __device__ __forceinline__ void att_cp_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* Four 8 x 8 matrices of 16-bit elements; lane l gives the address of row l % 8 of matrix l / 8. */
+static __device__ __forceinline__ void att_ldsm(uint32_t r[4], const uint16_t *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(att_saddr(p)));
+}
+
+static __device__ __forceinline__ void att_ldsm_t(uint32_t r[4], const uint16_t *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(att_saddr(p)));
+}
+
+/* c (16 x 8) += a (16 x 16) b (16 x 8). */
+template <bool BF16>
+static __device__ __forceinline__ void att_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    if (BF16)
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Two floats rounded to nearest even as one 16-bit pair, lo in the low half (the lower column). */
+template <bool BF16> static __device__ __forceinline__ uint32_t att_pack(float lo, float hi)
+{
+    uint32_t r;
+    if (BF16) {
+        __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);
+        memcpy(&r, &x, sizeof r);
+    } else {
+        __half2 x = __floats2half2_rn(lo, hi);
+        memcpy(&r, &x, sizeof r);
+    }
+    return r;
+}
+
+/* The same through core/dtype.c's conversions, for the values that leave the kernels. */
+template <bool BF16> static __device__ __forceinline__ uint32_t att_pack_out(float lo, float hi)
+{
+    if (BF16) return (uint32_t)lu_dev_f32_to_bf16(lo) | (uint32_t)lu_dev_f32_to_bf16(hi) << 16;
+    return (uint32_t)lu_dev_f32_to_f16(lo) | (uint32_t)lu_dev_f32_to_f16(hi) << 16;
+}
+
+/* ---- tiles and fragments ---- */
+
+/* Rows r0 .. r0 + ROWS - 1 of D 16-bit elements (row r at x + base + r * rstride) into the shared
+ * tile s with row stride D + 8, by NT threads; rows from t on are zero. */
+template <int D, int ROWS, int NT>
+static __device__ __forceinline__ void att_load_rows(uint16_t *s, const uint16_t *x, int64_t base, int64_t rstride,
+                                                     int r0, int t)
+{
+    constexpr int CH = D / 8; /* 16-byte pieces per row */
+    static_assert(ROWS * CH % NT == 0, "every thread copies the same number of pieces");
+#pragma unroll
+    for (int n = 0; n < ROWS * CH / NT; n++) {
+        int e = (int)threadIdx.x + n * NT, r = e / CH, c = e % CH;
+        bool in = r0 + r < t;
+        att_cp16(s + r * (D + 8) + c * 8, in ? x + base + (int64_t)(r0 + r) * rstride + c * 8 : x, in);
+    }
+}
+
+/* The A operand of rows 0 .. 15 and columns c0 .. c0 + 15 of a row-major tile (row stride LD). */
+template <int LD> static __device__ __forceinline__ void att_frag_a(uint32_t r[4], const uint16_t *s, int c0)
+{
+    const int lane = threadIdx.x % LU_CUDA_WARP;
+    att_ldsm(r, s + (lane & 15) * LD + c0 + (lane >> 4) * 8);
+}
+
+/* B operands of n blocks n0 .. n0 + 7 (r[0], r[1]) and n0 + 8 .. n0 + 15 (r[2], r[3]), k = k0 ..
+ * k0 + 15, from a tile stored [n][k]. */
+template <int LD> static __device__ __forceinline__ void att_frag_b(uint32_t r[4], const uint16_t *s, int n0, int k0)
+{
+    const int lane = threadIdx.x % LU_CUDA_WARP;
+    att_ldsm(r, s + (n0 + (lane & 7) + (lane >> 4) * 8) * LD + k0 + ((lane >> 3) & 1) * 8);
+}
+
+/* The same from a tile stored [k][n]. */
+template <int LD> static __device__ __forceinline__ void att_frag_bt(uint32_t r[4], const uint16_t *s, int n0, int k0)
+{
+    const int lane = threadIdx.x % LU_CUDA_WARP;
+    att_ldsm_t(r, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n0 + (lane >> 4) * 8);
+}
+
+/* acc (16 x 8 NB) += A B^T over K = 16 KB columns: A rows 0 .. 15 of a [16+][LD] tile, B rows
+ * 0 .. 8 NB - 1 of a [n][k] tile. */
+template <bool BF16, int LD, int NB, int KB>
+static __device__ __forceinline__ void att_gemm_abt(float acc[][4], const uint16_t *A, const uint16_t *B)
+{
+#pragma unroll
+    for (int kk = 0; kk < KB; kk++) {
+        uint32_t fa[4];
+        att_frag_a<LD>(fa, A, kk * 16);
+#pragma unroll
+        for (int np = 0; np < NB / 2; np++) {
+            uint32_t fb[4];
+            att_frag_b<LD>(fb, B, np * 16, kk * 16);
+            att_mma<BF16>(acc[2 * np], fa, fb[0], fb[1]);
+            att_mma<BF16>(acc[2 * np + 1], fa, fb[2], fb[3]);
+        }
+    }
+}
+
+/* acc (16 x D) += X B: X the 16 x 16 KB matrix whose accumulator fragments are x (as
+ * att_gemm_abt leaves them), rounded to 16 bits; B rows 0 .. 16 KB - 1 of a [k][n] tile. */
+template <bool BF16, int LD, int D, int KB>
+static __device__ __forceinline__ void att_gemm_xb(float acc[][4], const float x[][4], const uint16_t *B)
+{
+#pragma unroll
+    for (int kk = 0; kk < KB; kk++) {
+        const uint32_t fa[4] = {att_pack<BF16>(x[2 * kk][0], x[2 * kk][1]), att_pack<BF16>(x[2 * kk][2], x[2 * kk][3]),
+                                att_pack<BF16>(x[2 * kk + 1][0], x[2 * kk + 1][1]),
+                                att_pack<BF16>(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < D / 16; dp++) {
+            uint32_t fb[4];
+            att_frag_bt<LD>(fb, B, dp * 16, kk * 16);
+            att_mma<BF16>(acc[2 * dp], fa, fb[0], fb[1]);
+            att_mma<BF16>(acc[2 * dp + 1], fa, fb[2], fb[3]);
+        }
+    }
+}
+
+/* Is key j past Tk, or padded by the mask in batch b? */
+static __device__ __forceinline__ bool att_padded(const att_args *a, int64_t b, int j, int tk)
+{
+    return j >= tk || (a->mask && a->mask[b * tk + j]);
+}
+
+/* The key ranges [lo, hi) of a lane's rows g and g + 8 of its warp's 16 queries. */
+typedef struct att_rows {
+    int lo[2], hi[2];
+} att_rows;
+
+/* Rows r and r + 8 of a block's row ranges lo, hi. */
+static __device__ __forceinline__ att_rows att_rows_of(const int *lo, const int *hi, int r)
+{
+    return {{lo[r], lo[r + 8]}, {hi[r], hi[r + 8]}};
+}
+
+/* Does any row of the warp see a key of [j0, j0 + ATT_BK)? */
+static __device__ __forceinline__ bool att_rows_see(const att_rows *r, int j0)
+{
+    bool see = false;
+#pragma unroll
+    for (int x = 0; x < 2; x++) see |= max(r->lo[x], j0) < min(r->hi[x], j0 + ATT_BK);
+    return __any_sync(ATT_FULL, see);
+}
+
+/* Does every row of the warp see every key of [j0, j0 + ATT_BK), with no padding mask? */
+static __device__ __forceinline__ bool att_rows_full(const att_rows *r, int j0, const att_args *a)
+{
+    bool full = !a->mask;
+#pragma unroll
+    for (int x = 0; x < 2; x++) full &= r->lo[x] <= j0 && j0 + ATT_BK <= r->hi[x];
+    return __all_sync(ATT_FULL, full);
+}
+
+/* Sets to -inf the score fragments s (16 x ATT_BK, keys from j0) that rows r may not see. */
+static __device__ __forceinline__ void att_mask_scores(float s[ATT_BK / 8][4], const att_rows *r, int j0,
+                                                       const att_args *a, int64_t b, int tk)
+{
+    const int t = threadIdx.x % 4;
+#pragma unroll
+    for (int nb = 0; nb < ATT_BK / 8; nb++)
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+            int j = j0 + nb * 8 + 2 * t + c;
+            bool pad = att_padded(a, b, j, tk);
+#pragma unroll
+            for (int x = 0; x < 2; x++)
+                if (pad || j < r->lo[x] || j >= r->hi[x]) s[nb][2 * x + c] = -INFINITY;
+        }
+}
+
+/* The key ranges of rows i0 .. i0 + n - 1 into lo, hi (shared), by the block's first n threads. */
+static __device__ __forceinline__ void att_ranges(const att_args *a, int i0, int n, int *lo, int *hi)
+{
+    if ((int)threadIdx.x < n) {
+        int64_t l, h;
+        lu_att_key_range(&a->rg, i0 + (int)threadIdx.x, &l, &h);
+        lo[threadIdx.x] = (int)l;
+        hi[threadIdx.x] = (int)h;
+    }
+}
+
+/* The union [klo, khi) of n rows' key ranges (empty: khi <= klo). */
+static __device__ __forceinline__ void att_union(const int *lo, const int *hi, int n, int tk, int *klo, int *khi)
+{
+    int l = tk, h = 0;
+    for (int r = 0; r < n; r++)
+        if (hi[r] > lo[r]) {
+            l = min(l, lo[r]);
+            h = max(h, hi[r]);
+        }
+    *klo = l;
+    *khi = h;
+}
+
+/* ---- forward ---- */
+
+/* Shared memory: row_lo, row_hi [BQ] int; Q [BQ][D + 8]; K, V [2][ATT_BK][D + 8] (16-bit). */
+static size_t att_fwd_smem(int d, int warps)
+{
+    return (size_t)warps * 16 * 2 * sizeof(int) + (size_t)(warps * 16 + 4 * ATT_BK) * (d + 8) * 2;
+}
+
+/* One block of WARPS warps per (WARPS * 16 queries, query head, batch), the tiles with the most
+ * keys (causal: the last) first. o [B,Tq,Hq,D], lse [B,Hq,Tq]. */
+template <bool BF16, int D, int WARPS>
+static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_kernel(att_args a, void *o, void *lse)
+{
+    constexpr int BQ = WARPS * 16, LD = D + 8, NT = WARPS * LU_CUDA_WARP;
+    const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
+    int *row_lo = (int *)att_mma_smem, *row_hi = row_lo + BQ;
+    uint16_t *Qs = (uint16_t *)(row_hi + BQ), *Ks = Qs + BQ * LD, *Vs = Ks + 2 * ATT_BK * LD;
+
+    const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
+    const int64_t nqt = (tq + BQ - 1) / BQ, bid = blockIdx.x;
+    const int i0 = (int)(nqt - 1 - bid % nqt) * BQ;
+    const int64_t h = bid / nqt % a.hq, b = bid / (nqt * a.hq), hk = h / (a.hq / a.hkv);
+    const int64_t qbase = (b * tq * a.hq + h) * D, kbase = (b * tk * a.hkv + hk) * D;
+    const uint16_t *q = (const uint16_t *)a.q, *k = (const uint16_t *)a.k, *v = (const uint16_t *)a.v;
+
+    att_ranges(&a, i0, BQ, row_lo, row_hi);
+    att_load_rows<D, BQ, NT>(Qs, q, qbase, a.hq * D, i0, tq);
+    __syncthreads();
+    int klo, khi;
+    att_union(row_lo, row_hi, BQ, tk, &klo, &khi);
+    const int ntiles = khi > klo ? (khi - klo + ATT_BK - 1) / ATT_BK : 0;
+    const att_rows rows = att_rows_of(row_lo, row_hi, wp * 16 + g);
+    if (ntiles > 0) {
+        att_load_rows<D, ATT_BK, NT>(Ks, k, kbase, a.hkv * D, klo, tk);
+        att_load_rows<D, ATT_BK, NT>(Vs, v, kbase, a.hkv * D, klo, tk);
+    }
+    att_cp_commit();
+
+    /* Softmax state of rows g and g + 8 in base-2 units (s * scale * log2 e), as every lane of
+     * the row's quad holds it; l sums this lane's columns only until the end. */
+    const float sl2 = a.scale * ATT_LOG2E;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, acc[D / 8][4];
+    uint32_t qf[D / 16][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int it = 0; it < ntiles; it++) {
+        const int j0 = klo + it * ATT_BK;
+        if (it + 1 < ntiles) {
+            uint16_t *Kn = Ks + ((it + 1) & 1) * ATT_BK * LD, *Vn = Vs + ((it + 1) & 1) * ATT_BK * LD;
+            att_load_rows<D, ATT_BK, NT>(Kn, k, kbase, a.hkv * D, j0 + ATT_BK, tk);
+            att_load_rows<D, ATT_BK, NT>(Vn, v, kbase, a.hkv * D, j0 + ATT_BK, tk);
+            att_cp_commit();
+            att_cp_wait<1>();
+        } else {
+            att_cp_wait<0>();
+        }
+        __syncthreads();
+        if (it == 0)
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) att_frag_a<LD>(qf[kk], Qs + wp * 16 * LD, kk * 16);
+        const uint16_t *Kt = Ks + (it & 1) * ATT_BK * LD, *Vt = Vs + (it & 1) * ATT_BK * LD;
+        if (att_rows_see(&rows, j0)) {
+            float s[ATT_BK / 8][4];
+#pragma unroll
+            for (int n = 0; n < ATT_BK / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+                for (int np = 0; np < ATT_BK / 16; np++) {
+                    uint32_t fb[4];
+                    att_frag_b<LD>(fb, Kt, np * 16, kk * 16);
+                    att_mma<BF16>(s[2 * np], qf[kk], fb[0], fb[1]);
+                    att_mma<BF16>(s[2 * np + 1], qf[kk], fb[2], fb[3]);
+                }
+            float mx[2] = {m[0], m[1]};
+#pragma unroll
+            for (int n = 0; n < ATT_BK / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[n][e] *= sl2;
+            if (!att_rows_full(&rows, j0, &a)) att_mask_scores(s, &rows, j0, &a, b, tk);
+#pragma unroll
+            for (int n = 0; n < ATT_BK / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
+            float alpha[2], mb[2], ls[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int x = 0; x < 2; x++) {
+                mx[x] = fmaxf(mx[x], __shfl_xor_sync(ATT_FULL, mx[x], 1));
+                mx[x] = fmaxf(mx[x], __shfl_xor_sync(ATT_FULL, mx[x], 2));
+                /* A row with no visible key yet keeps m = -inf; exp2(-inf - 0) gives its p = 0. */
+                mb[x] = mx[x] == -INFINITY ? 0.0f : mx[x];
+                alpha[x] = exp2f(m[x] - mb[x]);
+                m[x] = mx[x];
+            }
+#pragma unroll
+            for (int n = 0; n < ATT_BK / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    s[n][e] = exp2f(s[n][e] - mb[e / 2]);
+                    ls[e / 2] += s[n][e];
+                }
+#pragma unroll
+            for (int x = 0; x < 2; x++) l[x] = l[x] * alpha[x] + ls[x];
+#pragma unroll
+            for (int n = 0; n < D / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[n][e] *= alpha[e / 2];
+            att_gemm_xb<BF16, LD, D, ATT_BK / 16>(acc, s, Vt);
+        }
+        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+    }
+    att_cp_wait<0>();
+
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        l[x] += __shfl_xor_sync(ATT_FULL, l[x], 1);
+        l[x] += __shfl_xor_sync(ATT_FULL, l[x], 2);
+        const int i = i0 + wp * 16 + g + 8 * x;
+        if (i >= tq) continue;
+        const float inv = l[x] > 0.0f ? 1.0f / l[x] : 0.0f;
+        uint32_t *orow = (uint32_t *)((uint16_t *)o + ((b * tq + i) * a.hq + h) * D);
+#pragma unroll
+        for (int n = 0; n < D / 8; n++)
+            orow[n * 4 + t] = att_pack_out<BF16>(acc[n][2 * x] * inv, acc[n][2 * x + 1] * inv);
+        if (t == 0)
+            att_store(lse, a.lse_dt, (b * a.hq + h) * tq + i, l[x] > 0.0f ? m[x] * ATT_LN2 + logf(l[x]) : -INFINITY);
+    }
+}
+
+/* ---- backward: dQ ---- */
+
+/* Shared memory: row_lo, row_hi [ATT_BWD_BQ] int; Q, dO [ATT_BWD_BQ][D + 8]; K, V [2][ATT_BK][D + 8]
+ * (16-bit). */
+static size_t att_dq_smem(int d)
+{
+    return ATT_BWD_BQ * 2 * sizeof(int) + (size_t)(2 * ATT_BWD_BQ + 4 * ATT_BK) * (d + 8) * 2;
+}
+
+/* One block of 4 warps per (ATT_BWD_BQ queries, query head, batch): dQ = scale sum_j dS_ij k_j with
+ * dS = P (dP - Dsum), P = exp(s scale - lse), dP = dO V^T, over the keys the queries see. */
+template <bool BF16, int D>
+static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
+    att_backward_dq_mma_kernel(att_args a, const void *dO, const void *lse, const float *dsum, void *dq)
+{
+    constexpr int BQ = ATT_BWD_BQ, LD = D + 8, NT = ATT_BWD_WARPS * LU_CUDA_WARP;
+    const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
+    int *row_lo = (int *)att_mma_smem, *row_hi = row_lo + BQ;
+    uint16_t *Qs = (uint16_t *)(row_hi + BQ), *dOs = Qs + BQ * LD, *Ks = dOs + BQ * LD, *Vs = Ks + 2 * ATT_BK * LD;
+
+    const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
+    const int64_t nqt = (tq + BQ - 1) / BQ, bid = blockIdx.x;
+    const int i0 = (int)(nqt - 1 - bid % nqt) * BQ;
+    const int64_t h = bid / nqt % a.hq, b = bid / (nqt * a.hq), hk = h / (a.hq / a.hkv);
+    const int64_t qbase = (b * tq * a.hq + h) * D, kbase = (b * tk * a.hkv + hk) * D;
+    const uint16_t *k = (const uint16_t *)a.k, *v = (const uint16_t *)a.v;
+
+    att_ranges(&a, i0, BQ, row_lo, row_hi);
+    att_load_rows<D, BQ, NT>(Qs, (const uint16_t *)a.q, qbase, a.hq * D, i0, tq);
+    att_load_rows<D, BQ, NT>(dOs, (const uint16_t *)dO, qbase, a.hq * D, i0, tq);
+    __syncthreads();
+    int klo, khi;
+    att_union(row_lo, row_hi, BQ, tk, &klo, &khi);
+    const int ntiles = khi > klo ? (khi - klo + ATT_BK - 1) / ATT_BK : 0;
+    const att_rows rows = att_rows_of(row_lo, row_hi, wp * 16 + g);
+    if (ntiles > 0) {
+        att_load_rows<D, ATT_BK, NT>(Ks, k, kbase, a.hkv * D, klo, tk);
+        att_load_rows<D, ATT_BK, NT>(Vs, v, kbase, a.hkv * D, klo, tk);
+    }
+    att_cp_commit();
+
+    /* lse in base-2 units and Dsum of rows g and g + 8; rows past Tq see nothing. */
+    const float sl2 = a.scale * ATT_LOG2E;
+    float lse2[2], ds[2];
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        const int i = i0 + wp * 16 + g + 8 * x;
+        const int64_t row = (b * a.hq + h) * tq + i;
+        lse2[x] = i < tq ? att_load(lse, a.lse_dt, row) * ATT_LOG2E : 0.0f;
+        ds[x] = i < tq ? dsum[row] : 0.0f;
+    }
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int it = 0; it < ntiles; it++) {
+        const int j0 = klo + it * ATT_BK;
+        if (it + 1 < ntiles) {
+            uint16_t *Kn = Ks + ((it + 1) & 1) * ATT_BK * LD, *Vn = Vs + ((it + 1) & 1) * ATT_BK * LD;
+            att_load_rows<D, ATT_BK, NT>(Kn, k, kbase, a.hkv * D, j0 + ATT_BK, tk);
+            att_load_rows<D, ATT_BK, NT>(Vn, v, kbase, a.hkv * D, j0 + ATT_BK, tk);
+            att_cp_commit();
+            att_cp_wait<1>();
+        } else {
+            att_cp_wait<0>();
+        }
+        __syncthreads();
+        const uint16_t *Kt = Ks + (it & 1) * ATT_BK * LD, *Vt = Vs + (it & 1) * ATT_BK * LD;
+        if (att_rows_see(&rows, j0)) {
+            float s[ATT_BK / 8][4], dp[ATT_BK / 8][4];
+#pragma unroll
+            for (int n = 0; n < ATT_BK / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
+            att_gemm_abt<BF16, LD, ATT_BK / 8, D / 16>(s, Qs + wp * 16 * LD, Kt);
+            att_gemm_abt<BF16, LD, ATT_BK / 8, D / 16>(dp, dOs + wp * 16 * LD, Vt);
+#pragma unroll
+            for (int n = 0; n < ATT_BK / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[n][e] = s[n][e] * sl2 - lse2[e / 2];
+            if (!att_rows_full(&rows, j0, &a)) att_mask_scores(s, &rows, j0, &a, b, tk);
+#pragma unroll
+            for (int n = 0; n < ATT_BK / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float p = exp2f(s[n][e]);
+                    s[n][e] = p * (dp[n][e] - ds[e / 2]);
+                }
+            att_gemm_xb<BF16, LD, D, ATT_BK / 16>(acc, s, Kt);
+        }
+        __syncthreads();
+    }
+    att_cp_wait<0>();
+
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        const int i = i0 + wp * 16 + g + 8 * x;
+        if (i >= tq) continue;
+        uint32_t *row = (uint32_t *)((uint16_t *)dq + ((b * tq + i) * a.hq + h) * D);
+#pragma unroll
+        for (int n = 0; n < D / 8; n++)
+            row[n * 4 + t] = att_pack_out<BF16>(acc[n][2 * x] * a.scale, acc[n][2 * x + 1] * a.scale);
+    }
+}
+
+/* ---- backward: dK, dV ---- */
+
+/* Queries per step of the dK/dV kernel: fewer for d 128, whose two 16 x 128 accumulators leave
+ * fewer registers for the scores. */
+#define ATT_QC(d) ((d) == 128 ? 32 : 64)
+
+/* Shared memory: per query buffer (2) lo, hi [QC] int and lse, Dsum [QC] f32; K, V [ATT_BK][D + 8];
+ * Q, dO [2][QC][D + 8] (16-bit). */
+static size_t att_dkdv_smem(int d)
+{
+    return (size_t)2 * ATT_QC(d) * 16 + (size_t)(2 * ATT_BK + 4 * ATT_QC(d)) * (d + 8) * 2;
+}
+
+/* One block of 4 warps per (ATT_BK keys, kv head, batch), a warp per 16 keys: dV = P^T dO and
+ * dK = scale dS^T Q over every query that may see the keys, of each query head of the group in
+ * turn, QC queries a step. */
+template <bool BF16, int D>
+static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
+    att_backward_dkdv_mma_kernel(att_args a, const void *dO, const void *lse, const float *dsum, void *dk, void *dv)
+{
+    constexpr int QC = ATT_QC(D), LD = D + 8, NT = ATT_BWD_WARPS * LU_CUDA_WARP;
+    const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
+    int *c_lo = (int *)att_mma_smem, *c_hi = c_lo + 2 * QC;
+    float *c_lse = (float *)(c_hi + 2 * QC), *c_ds = c_lse + 2 * QC;
+    uint16_t *Ks = (uint16_t *)(c_ds + 2 * QC), *Vs = Ks + ATT_BK * LD, *Qs = Vs + ATT_BK * LD, *dOs = Qs + 2 * QC * LD;
+
+    const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
+    const int64_t nkt = (tk + ATT_BK - 1) / ATT_BK, bid = blockIdx.x, rep = a.hq / a.hkv;
+    const int j0 = (int)(bid % nkt) * ATT_BK;
+    const int64_t hk = bid / nkt % a.hkv, b = bid / (nkt * a.hkv), kbase = (b * tk * a.hkv + hk) * D;
+    const uint16_t *q = (const uint16_t *)a.q, *dOp = (const uint16_t *)dO;
+    int64_t ql, qh;
+    lu_att_query_range(&a.rg, j0, min(j0 + ATT_BK, tk), &ql, &qh);
+    const int qlo = (int)ql, nch = qh > ql ? (int)((qh - ql + QC - 1) / QC) : 0, steps = (int)rep * nch;
+
+    /* Step st: query head hk rep + st / nch, queries qlo + (st % nch) QC on, into buffer st % 2. */
+    auto stage = [&](int st) {
+        const int buf = st & 1, i0 = qlo + st % nch * QC;
+        const int64_t h = hk * rep + st / nch, qbase = (b * tq * a.hq + h) * D;
+        att_load_rows<D, QC, NT>(Qs + buf * QC * LD, q, qbase, a.hq * D, i0, tq);
+        att_load_rows<D, QC, NT>(dOs + buf * QC * LD, dOp, qbase, a.hq * D, i0, tq);
+        att_ranges(&a, i0, QC, c_lo + buf * QC, c_hi + buf * QC);
+        if ((int)threadIdx.x < QC) {
+            const int i = i0 + (int)threadIdx.x;
+            const int64_t row = (b * a.hq + h) * tq + i;
+            c_lse[buf * QC + threadIdx.x] = i < tq ? att_load(lse, a.lse_dt, row) * ATT_LOG2E : 0.0f;
+            c_ds[buf * QC + threadIdx.x] = i < tq ? dsum[row] : 0.0f;
+        }
+    };
+    att_load_rows<D, ATT_BK, NT>(Ks, (const uint16_t *)a.k, kbase, a.hkv * D, j0, tk);
+    att_load_rows<D, ATT_BK, NT>(Vs, (const uint16_t *)a.v, kbase, a.hkv * D, j0, tk);
+    if (steps > 0) stage(0);
+    att_cp_commit();
+
+    /* This lane's keys kr[0] = j0 + 16 wp + g and kr[1] = kr[0] + 8; the warp's [wj0, wj0 + 16). */
+    const int wj0 = j0 + wp * 16, kr[2] = {wj0 + g, wj0 + g + 8};
+    const bool kpad[2] = {att_padded(&a, b, kr[0], tk), att_padded(&a, b, kr[1], tk)};
+    const float sl2 = a.scale * ATT_LOG2E;
+    float acc_k[D / 8][4], acc_v[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc_k[n][e] = acc_v[n][e] = 0.0f;
+    for (int st = 0; st < steps; st++) {
+        if (st + 1 < steps) {
+            stage(st + 1);
+            att_cp_commit();
+            att_cp_wait<1>();
+        } else {
+            att_cp_wait<0>();
+        }
+        __syncthreads();
+        const int buf = st & 1;
+        const int *lo = c_lo + buf * QC, *hi = c_hi + buf * QC;
+        const float *lse2 = c_lse + buf * QC, *dsm = c_ds + buf * QC;
+        const uint16_t *Qt = Qs + buf * QC * LD, *dOt = dOs + buf * QC * LD;
+        bool see = false, full = !a.mask;
+        for (int c = lane; c < QC; c += LU_CUDA_WARP) {
+            see |= max(lo[c], wj0) < min(hi[c], wj0 + 16);
+            full &= lo[c] <= wj0 && wj0 + 16 <= hi[c];
+        }
+        if (__any_sync(ATT_FULL, see)) {
+            full = __all_sync(ATT_FULL, full);
+            /* S^T and dP^T (16 keys x QC queries) = K_w Q^T and V_w dO^T. */
+            float s[QC / 8][4], dp[QC / 8][4];
+#pragma unroll
+            for (int n = 0; n < QC / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
+            att_gemm_abt<BF16, LD, QC / 8, D / 16>(s, Ks + wp * 16 * LD, Qt);
+            att_gemm_abt<BF16, LD, QC / 8, D / 16>(dp, Vs + wp * 16 * LD, dOt);
+            /* Element (key kr[e / 2], query c): P^T, then dS^T = P^T (dP^T - Dsum) in place of dP^T. */
+#pragma unroll
+            for (int n = 0; n < QC / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int c = n * 8 + 2 * t + (e & 1), x = e / 2;
+                    const bool vis = full || (!kpad[x] && kr[x] >= lo[c] && kr[x] < hi[c]);
+                    const float p = vis ? exp2f(s[n][e] * sl2 - lse2[c]) : 0.0f;
+                    s[n][e] = p;
+                    dp[n][e] = p * (dp[n][e] - dsm[c]);
+                }
+            att_gemm_xb<BF16, LD, D, QC / 16>(acc_v, s, dOt);
+            att_gemm_xb<BF16, LD, D, QC / 16>(acc_k, dp, Qt);
+        }
+        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+    }
+    att_cp_wait<0>();
+
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        if (kr[x] >= tk) continue;
+        const int64_t off = ((b * tk + kr[x]) * a.hkv + hk) * D;
+        if (dk) {
+            uint32_t *row = (uint32_t *)((uint16_t *)dk + off);
+#pragma unroll
+            for (int n = 0; n < D / 8; n++)
+                row[n * 4 + t] = att_pack_out<BF16>(acc_k[n][2 * x] * a.scale, acc_k[n][2 * x + 1] * a.scale);
+        }
+        if (dv) {
+            uint32_t *row = (uint32_t *)((uint16_t *)dv + off);
+#pragma unroll
+            for (int n = 0; n < D / 8; n++) row[n * 4 + t] = att_pack_out<BF16>(acc_v[n][2 * x], acc_v[n][2 * x + 1]);
+        }
+    }
+}
+
+/* ---- host side ---- */
+
+bool lu_att_mma_takes(const att_args *a, const void *const *ptrs, int n)
+{
+    if ((a->dt != LU_BF16 && a->dt != LU_F16) || a->d != a->dv || (a->d != 64 && a->d != 128)) return false;
+    /* Row indices, padded to a whole tile, are ints in the kernels. */
+    if (a->rg.tq > INT_MAX - 2 * ATT_BK || a->rg.tk > INT_MAX - 2 * ATT_BK) return false;
+    const void *own[3] = {a->q, a->k, a->v};
+    for (int i = 0; i < 3 + n; i++) {
+        const void *p = i < 3 ? own[i] : ptrs[i - 3];
+        if (p && (uintptr_t)p % 16) return false;
+    }
+    return true;
+}
+
+template <bool BF16, int D, int WARPS> static lu_status att_forward_mma_launch(const att_args &a, void *o, void *lse)
+{
+    unsigned grid = 0;
+    LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + WARPS * 16 - 1) / (WARPS * 16)), "the forward", &grid));
+    if (grid == 0) return LU_OK;
+    const size_t smem = att_fwd_smem(D, WARPS);
+    LU_TRY(att_smem_allow((const void *)att_forward_mma_kernel<BF16, D, WARPS>, smem, &a));
+    att_forward_mma_kernel<BF16, D, WARPS><<<grid, WARPS * LU_CUDA_WARP, smem>>>(a, o, lse);
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
+/* Head dim 64 takes 128 queries a block (8 warps), 128 takes 64: the 16 x 128 output accumulator
+ * of a warp is what limits its registers. */
+lu_status lu_att_mma_forward(const att_args *a, void *o, void *lse)
+{
+    if (a->dt == LU_BF16)
+        return a->d == 64 ? att_forward_mma_launch<true, 64, 8>(*a, o, lse)
+                          : att_forward_mma_launch<true, 128, 4>(*a, o, lse);
+    return a->d == 64 ? att_forward_mma_launch<false, 64, 8>(*a, o, lse)
+                      : att_forward_mma_launch<false, 128, 4>(*a, o, lse);
+}
+
+template <bool BF16, int D>
+static lu_status att_backward_mma_launch(const att_args &a, const void *dO, const void *lse, const float *dsum,
+                                         void *dq, void *dk, void *dv)
+{
+    const unsigned threads = ATT_BWD_WARPS * LU_CUDA_WARP;
+    unsigned grid = 0;
+    if (dk || dv) {
+        LU_TRY(att_grid(a.b * a.hkv * ((a.rg.tk + ATT_BK - 1) / ATT_BK), "the dk/dv backward", &grid));
+        const size_t smem = att_dkdv_smem(D);
+        LU_TRY(att_smem_allow((const void *)att_backward_dkdv_mma_kernel<BF16, D>, smem, &a));
+        if (grid > 0) att_backward_dkdv_mma_kernel<BF16, D><<<grid, threads, smem>>>(a, dO, lse, dsum, dk, dv);
+        LU_CUDA_CHECK_LAUNCH();
+    }
+    if (dq) {
+        LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + ATT_BWD_BQ - 1) / ATT_BWD_BQ), "the dq backward", &grid));
+        const size_t smem = att_dq_smem(D);
+        LU_TRY(att_smem_allow((const void *)att_backward_dq_mma_kernel<BF16, D>, smem, &a));
+        if (grid > 0) att_backward_dq_mma_kernel<BF16, D><<<grid, threads, smem>>>(a, dO, lse, dsum, dq);
+        LU_CUDA_CHECK_LAUNCH();
+    }
+    return LU_OK;
+}
+
+lu_status lu_att_mma_backward(const att_args *a, const void *dO, const void *lse, const float *dsum, void *dq, void *dk,
+                              void *dv)
+{
+    if (a->dt == LU_BF16)
+        return a->d == 64 ? att_backward_mma_launch<true, 64>(*a, dO, lse, dsum, dq, dk, dv)
+                          : att_backward_mma_launch<true, 128>(*a, dO, lse, dsum, dq, dk, dv);
+    return a->d == 64 ? att_backward_mma_launch<false, 64>(*a, dO, lse, dsum, dq, dk, dv)
+                      : att_backward_mma_launch<false, 128>(*a, dO, lse, dsum, dq, dk, dv);
+}
