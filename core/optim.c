@@ -521,12 +521,71 @@ static void cpu_scale(lu_tensor *g, double c)
     }
 }
 
+/* Off the CPU, f32 gradients stay on their device and are reached through the op library: the
+ * flat gradient buffer of the store (the slots of non-trainable tensors in it are never written,
+ * so they hold zeros and add nothing) is squared and summed by the backend's SQUARE and SUM, and
+ * only the total comes to the host. Other dtypes take the chunked host copies above. */
+#define DEVICE_CHUNK ((int64_t)1 << 24) /* elements squared per launch: bounds the scratch */
+
+static bool device_path(const lu_params *p)
+{
+    if (p->device == LU_CPU) return false;
+    for (int d = 0; d < LU_DTYPE_COUNT; d++)
+        if (p->flat_grad[d] && d != LU_F32) return false;
+    return true;
+}
+
+/* Chunks of g are squared into one scratch tensor and summed into a partial each, the partials
+ * then summed: f32 sums in an order fixed by the sizes (SUM has no atomics), so the same
+ * gradients give the same norm. Scratch comes from the active arena when it is on g's device. */
+static double device_sum_squares(lu_tensor *g)
+{
+    int64_t n = lu_tensor_numel(g);
+    if (n == 0) return 0.0;
+    int64_t chunk = n < DEVICE_CHUNK ? n : DEVICE_CHUNK, n_parts = (n + chunk - 1) / chunk;
+    lu_device dev = lu_tensor_device(g);
+    lu_tensor *scratch = lu_tensor_empty(g->dtype, 1, &chunk, dev), *part = lu_tensor_empty(g->dtype, 1, &n_parts, dev);
+    lu_status s = scratch && part ? LU_OK : lu_error_code();
+    lu_reduce_params all = {LU_ALL_DIMS};
+    for (int64_t c = 0; c < n_parts && !s; c++) {
+        int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        lu_tensor *x = lu_slice(g, 0, lo, hi, 1), *sq = lu_slice(scratch, 0, 0, hi - lo, 1);
+        lu_tensor *y = lu_slice(part, 0, c, c + 1, 1);
+        s = x && sq && y ? lu_op_run(LU_OP_SQUARE, &x, 1, &sq, 1, NULL, 0) : lu_error_code();
+        if (!s) s = lu_op_run(LU_OP_SUM, &sq, 1, &y, 1, &all, sizeof all);
+        lu_tensor_release(x);
+        lu_tensor_release(sq);
+        lu_tensor_release(y);
+    }
+    lu_tensor *total = s ? NULL : lu_sum(part, LU_ALL_DIMS, false);
+    double sum = total ? lu_tensor_item(total) : NAN;
+    lu_tensor_release(total);
+    lu_tensor_release(part);
+    lu_tensor_release(scratch);
+    return sum;
+}
+
+/* g *= c in place: AFFINE maps each element on its own, so its output may be its input. */
+static lu_status device_scale(lu_tensor *g, double c)
+{
+    lu_affine_params a = {c, 0.0};
+    return lu_op_run(LU_OP_AFFINE, &g, 1, &g, 1, &a, sizeof a);
+}
+
 double lu_grad_global_norm(lu_params *p)
 {
     double sum = 0;
     if (cpu_fast_path(p)) {
         for (int i = 0; i < p->n; i++)
             if (p->items[i].trainable) sum += cpu_sum_squares(p->items[i].t->grad);
+        return sqrt(sum);
+    }
+    if (device_path(p)) {
+        /* Gradients do not require gradients, but no tape should see these ops in any case. */
+        bool grad = lu_grad_set_enabled(false);
+        for (int d = 0; d < LU_DTYPE_COUNT; d++)
+            if (p->flat_grad[d]) sum += device_sum_squares(p->flat_grad[d]);
+        lu_grad_set_enabled(grad);
         return sqrt(sum);
     }
     if (for_each_grad_chunk(p, add_squares, &sum, false)) return NAN;
@@ -544,6 +603,14 @@ double lu_clip_grad_norm(lu_params *p, double max_norm)
         for (int i = 0; i < p->n; i++)
             if (p->items[i].trainable) cpu_scale(p->items[i].t->grad, coef);
         return norm;
+    }
+    if (device_path(p)) {
+        bool grad = lu_grad_set_enabled(false);
+        lu_status s = LU_OK;
+        for (int d = 0; d < LU_DTYPE_COUNT && !s; d++)
+            if (p->flat_grad[d]) s = device_scale(p->flat_grad[d], coef);
+        lu_grad_set_enabled(grad);
+        return s ? NAN : norm;
     }
     if (for_each_grad_chunk(p, scale_chunk, &coef, true)) return NAN;
     return norm;

@@ -50,8 +50,10 @@ lu_optim_kind lu_optim_get_kind(const lu_optim *o);
 lu_params *lu_optim_state(lu_optim *o);
 void lu_optim_free(lu_optim *o);
 
-/* L2 norm over all trainable gradients, accumulated in double in a fixed order; NaN or Inf when
- * a gradient holds one, NaN with an error recorded when the gradients cannot be read. */
+/* L2 norm over all trainable gradients, accumulated in a fixed order: in double on the CPU; for
+ * f32 gradients on another device, on that device in f32 partial sums (the backend's SUM) with
+ * one host read of the total. NaN or Inf when a gradient holds one, NaN with an error recorded
+ * when the gradients cannot be read. */
 double lu_grad_global_norm(lu_params *p);
 /* torch.nn.utils.clip_grad_norm_: scales every gradient by max_norm / (norm + 1e-6) when that is
  * below 1, and returns the norm before clipping (NaN on failure, as lu_grad_global_norm). */

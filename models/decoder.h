@@ -34,9 +34,14 @@ typedef struct lu_decoder_config {
 typedef struct lu_decoder {
     lu_decoder_config cfg;
     lu_params *params;
+    /* The dtype the forward computes in (weights, activations, logits). LU_F32, the parameters'
+     * dtype, unless changed after lu_decoder_declare. Mixed precision (LU_BF16 on the GPU): each
+     * f32 parameter is cast once at the start of every forward (torch.autocast casts at each use)
+     * and autograd carries the casts' gradients back to the f32 parameters' gradients. */
+    lu_dtype compute_dtype;
 } lu_decoder;
 
-/* Declares the parameters in `params` (not yet finalised). */
+/* Declares the parameters in `params` (not yet finalised); compute_dtype becomes LU_F32. */
 lu_status lu_decoder_declare(lu_decoder *m, const lu_decoder_config *cfg, lu_params *params);
 /* Random initialisation as transformers' _init_weights: N(0, init_std) for matrices, 1 for norms. */
 lu_status lu_decoder_init(lu_decoder *m, uint64_t seed);
@@ -47,18 +52,21 @@ typedef struct lu_decoder_batch {
     lu_tensor *cu_seqlens;   /* packed sequences (B == 1), or NULL */
 } lu_decoder_batch;
 
-/* Logits [B, T, V]. */
+/* Logits [B, T, V] in the compute dtype. The batch's tensors live on the parameters' device. */
 lu_tensor *lu_decoder_forward(lu_decoder *m, const lu_decoder_batch *batch);
-/* Mean next-token cross-entropy: labels [B, T] (-100 ignored) are shifted inside, as
- * transformers does (logits at t predict labels at t+1). */
+/* Mean next-token cross-entropy, an f32 scalar: labels [B, T] (-100 ignored) are shifted inside,
+ * as transformers does (logits at t predict labels at t+1). */
 lu_tensor *lu_decoder_loss(lu_decoder *m, const lu_decoder_batch *batch, lu_tensor *labels);
-/* The same loss from given logits [B, T, V] (when the logits are wanted too). */
+/* The same loss from given logits [B, T, V] (when the logits are wanted too). The cross-entropy op
+ * returns the loss in the logits' dtype; 16-bit logits give a loss rounded to that dtype, then
+ * widened to f32. */
 lu_tensor *lu_decoder_lm_loss(lu_tensor *logits, lu_tensor *labels);
 
 /* Keys and values of every layer (after k_norm and RoPE) for the positions processed so far, so
  * that decoding one more token costs one token's forward: k[l], v[l] are [batch, capacity,
- * num_kv_heads, head_dim] f32 on the parameters' device, heap-allocated (they outlive arena
- * resets); positions 0 .. length-1 are filled. */
+ * num_kv_heads, head_dim] in the decoder's compute dtype when the cache was made, on the
+ * parameters' device, heap-allocated (they outlive arena resets); positions 0 .. length-1 are
+ * filled. */
 typedef struct lu_kv_cache {
     int num_layers;
     int64_t batch, capacity, length;

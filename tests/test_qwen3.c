@@ -2,7 +2,8 @@
  * tests/fixtures/qwen3 (scripts/make_qwen3_fixtures.py): logits, greedy continuations, masked
  * loss and gradient norm for Qwen3 configurations (tied/untied, GQA and MHA, head_dim !=
  * hidden/heads, rope_theta 1e6) and a Llama one without q/k norm; a bf16 checkpoint; checkpoints
- * written by lu_hf_save reloading identically; and the `luthier lm` verbs called in-process. */
+ * written by lu_hf_save reloading identically; the `luthier lm` verbs called in-process; and mixed
+ * precision (f32 parameters, the forward in f64 on the CPU or bf16 on a GPU when one is present). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/backend.h"
 #include "core/optim.h"
 #include "core/safetensors.h"
 #include "experiments/runner/cli.h"
@@ -422,4 +424,124 @@ Test(qwen3, cli_chat_answers_each_line_until_exit)
     cr_assert_eq(lines, 2, "two replies expected, got: %s", text);
     free(text);
     remove_dir(dir);
+}
+
+/* ---- mixed precision: f32 parameters, the forward in another compute dtype ---- */
+
+/* A random Qwen3 (tied embeddings, q/k norm, GQA, head_dim 64: the GPU attention's tensor-core
+ * size) on dev with the parameters of seed 3, whatever the device. */
+static lu_params *mixed_model(lu_device dev, lu_decoder *m)
+{
+    lu_decoder_config c = {.vocab_size = 211, .hidden_size = 96, .intermediate_size = 160, .num_layers = 2,
+                           .num_heads = 4, .num_kv_heads = 2, .head_dim = 64, .rope_theta = 1e6,
+                           .rms_norm_eps = 1e-6, .qk_norm = true, .tie_embeddings = true, .init_std = 0.1,
+                           .max_position_embeddings = 512, .bos_token_id = -1, .dtype = LU_F32};
+    lu_params *host = lu_params_new(LU_CPU), *p = dev == LU_CPU ? host : lu_params_new(dev);
+    lu_decoder hm;
+    cr_assert(host && p, "%s", lu_error_message());
+    cr_assert(!lu_decoder_declare(&hm, &c, host) && !lu_params_finalize(host) && !lu_decoder_init(&hm, 3), "%s",
+              lu_error_message());
+    if (p != host) {
+        cr_assert(!lu_decoder_declare(m, &c, p) && !lu_params_finalize(p), "%s", lu_error_message());
+        cr_assert_eq(lu_tensor_copy(p->flat[LU_F32], host->flat[LU_F32]), LU_OK, "%s", lu_error_message());
+        lu_params_free(host);
+    } else {
+        *m = hm;
+    }
+    return p;
+}
+
+/* One SFT step's loss and gradients: a packed row of 3 samples (cu_seqlens, restarting
+ * positions), the first 4 tokens of each unlabelled; the loss must be f32 and the parameters and
+ * their gradients stay f32. Returns the loss; *grads receives a host copy of the flat gradients. */
+static double mixed_step(lu_decoder *m, lu_dtype compute, lu_tensor **grads)
+{
+    enum { L = 48 };
+    int32_t ids[L], labels[L], pos[L], cu[4] = {0, 17, 30, L};
+    for (int s = 0; s < 3; s++)
+        for (int t = cu[s]; t < cu[s + 1]; t++) {
+            ids[t] = (t * 37 + 11) % 211;
+            pos[t] = t - cu[s];
+            labels[t] = pos[t] < 4 ? -100 : ids[t];
+        }
+    lu_device dev = m->params->device;
+    lu_arena *a = lu_arena_new(dev, 0);
+    lu_arena *prev = lu_arena_activate(a);
+    lu_decoder_batch batch = {.input_ids = lu_tensor_from_host(LU_I32, LU_SHAPE(1, L), dev, ids),
+                              .positions = lu_tensor_from_host(LU_I32, LU_SHAPE(1, L), dev, pos),
+                              .cu_seqlens = lu_tensor_from_host(LU_I32, LU_SHAPE(4), dev, cu)};
+    m->compute_dtype = compute;
+    cr_assert_eq(lu_params_zero_grad(m->params), LU_OK, "%s", lu_error_message());
+    lu_tensor *loss = lu_decoder_loss(m, &batch, lu_tensor_from_host(LU_I32, LU_SHAPE(1, L), dev, labels));
+    cr_assert(loss, "%s compute on %s: %s", lu_dtype_name(compute), lu_device_name(dev), lu_error_message());
+    cr_assert_eq(loss->dtype, LU_F32, "the loss is %s", lu_dtype_name(loss->dtype));
+    cr_assert_eq(lu_backward(loss), LU_OK, "%s", lu_error_message());
+    double value = lu_tensor_item(loss);
+    lu_arena_activate(prev);
+    for (int i = 0; i < m->params->n; i++) {
+        const lu_tensor *t = m->params->items[i].t;
+        cr_assert(t->dtype == LU_F32 && t->grad && t->grad->dtype == LU_F32, "%s: %s parameter or gradient",
+                  m->params->items[i].name, lu_dtype_name(t->dtype));
+    }
+    *grads = lu_tensor_convert(m->params->flat_grad[LU_F32], LU_F32, LU_CPU);
+    cr_assert(*grads, "%s", lu_error_message());
+    lu_arena_free(a);
+    return value;
+}
+
+static double max_abs(const lu_tensor *t)
+{
+    double *x = tu_to_doubles(t), mx = 0;
+    for (int64_t i = 0; i < lu_tensor_numel(t); i++) mx = fmax(mx, fabs(x[i]));
+    free(x);
+    return mx;
+}
+
+/* The CPU's other compute dtype runs the mixed-precision path end to end: casts once per forward,
+ * gradients back through the casts into the f32 parameters' gradients. f64 compute differs from
+ * f32 compute by f32 rounding only. */
+Test(qwen3, f64_compute_from_f32_parameters_matches_f32_compute)
+{
+    lu_decoder m;
+    lu_params *p = mixed_model(LU_CPU, &m);
+    lu_tensor *g32, *g64;
+    double l32 = mixed_step(&m, LU_F32, &g32), l64 = mixed_step(&m, LU_F64, &g64);
+    cr_assert(fabs(l64 - l32) <= 1e-6 * l32, "loss: f64 compute %.9g, f32 compute %.9g", l64, l32);
+    tu_assert_tensors_close(g64, g32, 1e-5 * max_abs(g32), 1e-4, "gradients, f64 compute against f32");
+    lu_tensor_release(g32);
+    lu_tensor_release(g64);
+    lu_params_free(p);
+}
+
+/* The CPU backend stores bf16 but has no bf16 kernels: a bf16 forward there fails saying so. */
+Test(qwen3, bf16_compute_on_the_cpu_is_refused_by_its_kernels)
+{
+    lu_decoder m;
+    lu_params *p = mixed_model(LU_CPU, &m);
+    m.compute_dtype = LU_BF16;
+    lu_arena_activate(arena);
+    lu_decoder_batch batch = {.input_ids = lu_tensor_from_host(LU_I32, LU_SHAPE(1, 3), LU_CPU, (int32_t[]){1, 2, 3})};
+    cr_assert_null(lu_decoder_forward(&m, &batch));
+    tu_assert_error_contains("not supported by the cpu backend");
+    lu_arena_activate(NULL);
+    lu_params_free(p);
+}
+
+/* bf16 weights and activations with f32 accumulation (the GPU's mixed precision) against f32 on
+ * the CPU from the same parameters: the loss within 1% (it is rounded to bf16's 8 significant
+ * bits, 0.4%, by the cross-entropy op on bf16 logits), each gradient within 5% of the largest
+ * gradient plus 10% of itself. */
+Test(qwen3, bf16_compute_on_cuda_matches_f32_on_the_cpu_within_bf16_tolerance)
+{
+    if (!lu_device_available(LU_CUDA)) cr_skip_test("no CUDA GPU here (or luthier built without LUTHIER_CUDA)");
+    lu_decoder mc, mg;
+    lu_params *pc = mixed_model(LU_CPU, &mc), *pg = mixed_model(LU_CUDA, &mg);
+    lu_tensor *gc, *gg;
+    double lc = mixed_step(&mc, LU_F32, &gc), lg = mixed_step(&mg, LU_BF16, &gg);
+    cr_assert(fabs(lg - lc) <= 1e-2 * lc, "loss: bf16 on cuda %.6g, f32 on the cpu %.6g", lg, lc);
+    tu_assert_tensors_close(gg, gc, 5e-2 * max_abs(gc), 0.1, "gradients, bf16 on cuda against f32 on the cpu");
+    lu_tensor_release(gc);
+    lu_tensor_release(gg);
+    lu_params_free(pc);
+    lu_params_free(pg);
 }

@@ -1,8 +1,9 @@
 /* test_sft.c - supervised fine-tuning data and training: packing and loss masking, truncation
  * and drop accounting, malformed lines, deterministic shuffling and split, the shard reader, the
  * `sft` task through the trainer (loss decreases, exact resume, HF export), the paper configs and
- * the comparison of starting, fine-tuned and merged models (luth_compare.h) and the `luthier data
- * prepare-chat` command line. Conversations: tests/fixtures/sft/chat.jsonl
+ * the comparison of starting, fine-tuned and merged models (luth_compare.h), the `luthier data
+ * prepare-chat` and `luthier bench sft` command lines, and the step's gradient clipping on a GPU
+ * (when one is present) against the CPU. Conversations: tests/fixtures/sft/chat.jsonl
  * (12 short French chats, hand-written) and bad.jsonl (malformed lines 2, 5 and 7). */
 #include <math.h>
 #include <stdio.h>
@@ -15,8 +16,10 @@
 
 #include "core/arena.h"
 #include "core/autograd.h"
+#include "core/backend.h"
 #include "core/checkpoint.h"
 #include "core/metrics.h"
+#include "core/optim.h"
 #include "experiments/runner/cli.h"
 #include "experiments/runner/luth_compare.h"
 #include "experiments/runner/trainer.h"
@@ -672,4 +675,78 @@ Test(sft, command_line_prepares_and_rejects_bad_usage)
     char *fails[] = {"prepare-chat", "--input", BAD, "--tokenizer", "tests/fixtures/tokenizer/small_qwen2.json", "--out", out,
                      "--seq-len", "128"};
     cr_assert_eq(lu_data_prepare_chat(9, fails), 1, "malformed line with the default --on-error fail");
+}
+
+/* ---- `luthier bench sft` usage, and the step's gradient clipping on a GPU ---- */
+
+/* Runs `luthier bench sft ARGS` (stdout discarded) with its stderr in err; returns its exit code. */
+static int bench_sft(char *err, size_t cap, int argc, char **argv)
+{
+    FILE *keep = stderr, *f = tmpfile();
+    cr_assert(f, "cannot create a temporary file for stderr");
+    stderr = f;
+    int rc = tu_run_captured(lu_bench_sft, argc, argv, NULL, 0);
+    fflush(f);
+    stderr = keep;
+    rewind(f);
+    err[fread(err, 1, cap - 1, f)] = 0;
+    fclose(f);
+    return rc;
+}
+
+Test(sft, bench_usage_errors_name_the_option_and_exit_non_zero)
+{
+    struct { int argc; char *argv[5]; int rc; const char *says; } cases[] = {
+        {3, {"sft", "--device", "tpu"}, 2, "--device is cpu or cuda, got 'tpu'"},
+        {3, {"sft", "--dtype", "bf16"}, 2, "--dtype bf16 needs --device cuda"},
+        {5, {"sft", "--device", "cuda", "--dtype", "f64"}, 2, "--dtype f64 needs --device cpu"},
+        {3, {"sft", "--shape", "qwen3-7b"}, 2, "unknown --shape 'qwen3-7b'"},
+        {5, {"sft", "--shape", "qwen3-0.6b", "--model", "x"}, 2, "--model and --shape exclude each other"},
+        {3, {"sft", "--attn", "sdpa,flex"}, 2, "--attn takes up to 2 of sdpa, eager, flash_attention_2"},
+    };
+    char err[1024];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = bench_sft(err, sizeof err, cases[i].argc, cases[i].argv);
+        cr_assert_eq(rc, cases[i].rc, "%s %s: exit %d", cases[i].argv[1], cases[i].argv[2], rc);
+        cr_assert(strstr(err, cases[i].says), "%s %s: stderr '%s' lacks '%s'", cases[i].argv[1], cases[i].argv[2], err,
+                  cases[i].says);
+    }
+    if (lu_device_available(LU_CUDA)) return; /* the GPU case would run the whole benchmark */
+    char *gpu[] = {"sft", "--device", "cuda", "--no-reference"};
+    cr_assert_eq(bench_sft(err, sizeof err, 4, gpu), 1);
+    cr_assert(strstr(err, "--device cuda: "), "stderr: %s", err);
+}
+
+/* A store of two f32 parameters around a buffer (whose gradient slot stays zero), 2^24 + 9000
+ * elements in all: the device path of the clipping sums more than one chunk. */
+static lu_params *clip_store(lu_device dev)
+{
+    lu_params *p = lu_params_new(dev);
+    cr_assert(p, "%s", lu_error_message());
+    cr_assert(lu_params_add(p, "a", LU_F32, 1, (int64_t[]){(1 << 24) - 1000}, true) &&
+              lu_params_add(p, "buffer", LU_F32, 1, (int64_t[]){3000}, false) &&
+              lu_params_add(p, "b", LU_F32, 2, (int64_t[]){7, 1000}, true) && !lu_params_finalize(p),
+              "%s", lu_error_message());
+    lu_tensor *g = tu_rand(LU_F32, 1, p->flat_grad[LU_F32]->shape, -1, 1, 5);
+    cr_assert_eq(lu_tensor_copy(p->items[0].t->grad, lu_slice(g, 0, 0, (1 << 24) - 1000, 1)), LU_OK);
+    cr_assert_eq(lu_tensor_copy(p->items[2].t->grad, lu_reshape(lu_slice(g, 0, 1 << 24, (1 << 24) + 7000, 1),
+                                                               LU_SHAPE(7, 1000))), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(lu_tensor_fill(lu_params_get(p, "buffer"), 3.0), LU_OK);
+    lu_tensor_release(g);
+    return p;
+}
+
+Test(sft, clipping_on_cuda_matches_the_cpu_and_keeps_the_gradients_there)
+{
+    if (!lu_device_available(LU_CUDA)) cr_skip_test("no CUDA GPU here (or luthier built without LUTHIER_CUDA)");
+    lu_params *pc = clip_store(LU_CPU), *pg = clip_store(LU_CUDA);
+    double nc = lu_clip_grad_norm(pc, 0.1), ng = lu_clip_grad_norm(pg, 0.1);
+    /* f32 partial sums on the GPU against double on the CPU. */
+    cr_assert(fabs(ng - nc) <= 1e-5 * nc, "norm: cuda %.9g, cpu %.9g", ng, nc);
+    lu_tensor *g = lu_tensor_convert(pg->flat_grad[LU_F32], LU_F32, LU_CPU);
+    cr_assert(g, "%s", lu_error_message());
+    tu_assert_tensors_close(g, pc->flat_grad[LU_F32], 0, 1e-5, "clipped gradients, cuda against cpu");
+    lu_tensor_release(g);
+    lu_params_free(pc);
+    lu_params_free(pg);
 }
