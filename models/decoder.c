@@ -29,6 +29,7 @@ lu_status lu_decoder_declare(lu_decoder *m, const lu_decoder_config *c, lu_param
         return lu_errorf(LU_ERR_CONFIG, "decoder: vocab_size, hidden_size, intermediate_size and num_layers must be positive");
     m->cfg = *c;
     m->params = p;
+    m->compute_dtype = LU_F32;
     int64_t D = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
     int64_t q = (int64_t)c->num_heads * c->head_dim, kv = (int64_t)c->num_kv_heads * c->head_dim;
     char n[NAME_MAX_LEN];
@@ -76,55 +77,109 @@ lu_status lu_decoder_init(lu_decoder *m, uint64_t seed)
     return LU_OK;
 }
 
-static lu_tensor *param(lu_decoder *m, const char *fmt, int layer)
+/* One forward's weights: the parameters themselves, or (cast != NULL) their casts to the compute
+ * dtype, made once per forward so that a weight used twice (tied embeddings) is cast once and
+ * its two gradients meet in the compute dtype before one cast back to the f32 gradient. */
+typedef struct weights {
+    const lu_decoder *m;
+    lu_tensor **cast; /* per store item */
+} weights;
+
+/* Drops the forward's references to the casts; the autograd tape keeps its own. */
+static void weights_end(weights *w)
+{
+    for (int i = 0; w->cast && i < w->m->params->n; i++) lu_tensor_release(w->cast[i]);
+    free(w->cast);
+    w->cast = NULL;
+}
+
+/* Casts every parameter to m's compute dtype when any differs from it, one recorded CAST per
+ * tensor (each needs its own gradient edge back to its f32 parameter); on failure nothing is left
+ * to end. */
+static lu_status weights_begin(weights *w, const lu_decoder *m)
+{
+    const lu_params *p = m->params;
+    w->m = m;
+    w->cast = NULL;
+    if (!lu_dtype_is_float(m->compute_dtype))
+        return lu_errorf(LU_ERR_DTYPE, "decoder: compute dtype %s is not a float dtype", lu_dtype_name(m->compute_dtype));
+    bool differs = false;
+    for (int i = 0; i < p->n; i++) differs |= p->items[i].t->dtype != m->compute_dtype;
+    if (!differs) return LU_OK;
+    if (!(w->cast = calloc((size_t)p->n, sizeof *w->cast))) return lu_errorf(LU_ERR_NOMEM, "decoder: out of memory");
+    for (int i = 0; i < p->n; i++) {
+        if ((w->cast[i] = lu_cast(p->items[i].t, m->compute_dtype))) continue;
+        lu_status s = lu_error_context("decoder: %s: ", p->items[i].name);
+        weights_end(w);
+        return s;
+    }
+    return LU_OK;
+}
+
+static lu_tensor *weight(const weights *w, const char *name)
+{
+    const lu_params *p = w->m->params;
+    if (!w->cast) return lu_params_get(p, name);
+    const lu_param *q = lu_params_find(p, name);
+    if (!q) return lu_params_get(p, name); /* records the missing name */
+    return w->cast[q - p->items];
+}
+
+static lu_tensor *param(const weights *w, const char *fmt, int layer)
 {
     char n[NAME_MAX_LEN];
     snprintf(n, sizeof n, fmt, layer);
-    return lu_params_get(m->params, n);
+    return weight(w, n);
 }
 
 /* x [B,T,D] -> [B,T,H,hd] projections, optional q/k norm, rotary positions. Ops propagate a
  * NULL input (ops.h), so only the end result of a chain is checked. */
-static lu_tensor *project_heads(lu_decoder *m, lu_tensor *x, int l, const char *proj, const char *norm, int heads,
+static lu_tensor *project_heads(const weights *ws, lu_tensor *x, int l, const char *proj, const char *norm, int heads,
                                 lu_tensor *positions, bool rotate)
 {
+    const lu_decoder_config *c = &ws->m->cfg;
     char w[NAME_MAX_LEN], b[NAME_MAX_LEN];
     snprintf(w, sizeof w, "model.layers.%%d.self_attn.%s.weight", proj);
     snprintf(b, sizeof b, "model.layers.%%d.self_attn.%s.bias", proj);
-    lu_tensor *y = lu_linear(x, param(m, w, l), m->cfg.attention_bias ? param(m, b, l) : NULL);
-    y = lu_reshape(y, LU_SHAPE(x->shape[0], x->shape[1], heads, m->cfg.head_dim));
-    if (norm && m->cfg.qk_norm) {
+    lu_tensor *y = lu_linear(x, param(ws, w, l), c->attention_bias ? param(ws, b, l) : NULL);
+    y = lu_reshape(y, LU_SHAPE(x->shape[0], x->shape[1], heads, c->head_dim));
+    if (norm && c->qk_norm) {
         char nn[NAME_MAX_LEN];
         snprintf(nn, sizeof nn, "model.layers.%%d.self_attn.%s.weight", norm);
-        y = lu_rmsnorm(y, param(m, nn, l), m->cfg.rms_norm_eps);
+        y = lu_rmsnorm(y, param(ws, nn, l), c->rms_norm_eps);
     }
-    return rotate ? lu_rope(y, positions, m->cfg.rope_theta, 0) : y;
+    return rotate ? lu_rope(y, positions, c->rope_theta, 0) : y;
 }
 
+/* Positions start .. start + T - 1 in every row, on the ids' device. */
 static lu_tensor *default_positions(const lu_tensor *ids, int64_t start)
 {
     int64_t B = ids->shape[0], T = ids->shape[1];
-    lu_tensor *pos = lu_tensor_empty(LU_I32, LU_SHAPE(B, T), LU_CPU);
-    if (!pos) return NULL;
-    int32_t *p = lu_tensor_data(pos);
+    int32_t *p = malloc((size_t)(B * T > 0 ? B * T : 1) * sizeof *p);
+    if (!p) {
+        lu_errorf(LU_ERR_NOMEM, "decoder: out of memory");
+        return NULL;
+    }
     for (int64_t b = 0; b < B; b++)
         for (int64_t t = 0; t < T; t++) p[b * T + t] = (int32_t)(start + t);
+    lu_tensor *pos = lu_tensor_from_host(LU_I32, LU_SHAPE(B, T), lu_tensor_device(ids), p);
+    free(p);
     return pos;
 }
 
 /* One decoder layer on h [B,T,D]. With a cache, this call's K and V are stored at positions
  * cache->length .. + T and the queries attend to every cached key (causal alignment puts the
  * last query on the last key, ops.h), which is the full forward restricted to the new rows. */
-static lu_tensor *layer_forward(lu_decoder *m, int l, lu_tensor *h, lu_tensor *pos, const lu_attention_opts *ao,
+static lu_tensor *layer_forward(const weights *w, int l, lu_tensor *h, lu_tensor *pos, const lu_attention_opts *ao,
                                 lu_kv_cache *cache)
 {
-    const lu_decoder_config *c = &m->cfg;
+    const lu_decoder_config *c = &w->m->cfg;
     int64_t B = h->shape[0], T = h->shape[1];
-    lu_tensor *x = lu_rmsnorm(h, param(m, "model.layers.%d.input_layernorm.weight", l), c->rms_norm_eps);
+    lu_tensor *x = lu_rmsnorm(h, param(w, "model.layers.%d.input_layernorm.weight", l), c->rms_norm_eps);
     if (!x) return NULL;
-    lu_tensor *q = project_heads(m, x, l, "q_proj", "q_norm", c->num_heads, pos, true);
-    lu_tensor *k = project_heads(m, x, l, "k_proj", "k_norm", c->num_kv_heads, pos, true);
-    lu_tensor *v = project_heads(m, x, l, "v_proj", NULL, c->num_kv_heads, pos, false);
+    lu_tensor *q = project_heads(w, x, l, "q_proj", "q_norm", c->num_heads, pos, true);
+    lu_tensor *k = project_heads(w, x, l, "k_proj", "k_norm", c->num_kv_heads, pos, true);
+    lu_tensor *v = project_heads(w, x, l, "v_proj", NULL, c->num_kv_heads, pos, false);
     if (cache) {
         if (!k || !v) return NULL;
         int64_t end = cache->length + T;
@@ -136,20 +191,19 @@ static lu_tensor *layer_forward(lu_decoder *m, int l, lu_tensor *h, lu_tensor *p
     }
     lu_tensor *a = lu_attention(q, k, v, ao);
     a = lu_reshape(a, LU_SHAPE(B, T, (int64_t)c->num_heads * c->head_dim));
-    h = lu_add(h, lu_linear(a, param(m, "model.layers.%d.self_attn.o_proj.weight", l), NULL));
-    /* SwiGLU: down(silu(gate(x)) * up(x)). */
-    x = lu_rmsnorm(h, param(m, "model.layers.%d.post_attention_layernorm.weight", l), c->rms_norm_eps);
-    lu_tensor *g = lu_silu(lu_linear(x, param(m, "model.layers.%d.mlp.gate_proj.weight", l), NULL));
-    lu_tensor *u = lu_linear(x, param(m, "model.layers.%d.mlp.up_proj.weight", l), NULL);
-    return lu_add(h, lu_linear(lu_mul(g, u), param(m, "model.layers.%d.mlp.down_proj.weight", l), NULL));
+    h = lu_add(h, lu_linear(a, param(w, "model.layers.%d.self_attn.o_proj.weight", l), NULL));
+    /* SwiGLU: down(silu(gate(x)) * up(x)), the product in one op. */
+    x = lu_rmsnorm(h, param(w, "model.layers.%d.post_attention_layernorm.weight", l), c->rms_norm_eps);
+    lu_tensor *g = lu_linear(x, param(w, "model.layers.%d.mlp.gate_proj.weight", l), NULL);
+    lu_tensor *u = lu_linear(x, param(w, "model.layers.%d.mlp.up_proj.weight", l), NULL);
+    return lu_add(h, lu_linear(lu_swiglu(g, u), param(w, "model.layers.%d.mlp.down_proj.weight", l), NULL));
 }
 
-static lu_tensor *head_forward(lu_decoder *m, lu_tensor *h)
+static lu_tensor *head_forward(const weights *w, lu_tensor *h)
 {
-    const lu_decoder_config *c = &m->cfg;
-    h = lu_rmsnorm(h, lu_params_get(m->params, "model.norm.weight"), c->rms_norm_eps);
-    lu_tensor *head = lu_params_get(m->params, c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
-    return lu_linear(h, head, NULL);
+    const lu_decoder_config *c = &w->m->cfg;
+    h = lu_rmsnorm(h, weight(w, "model.norm.weight"), c->rms_norm_eps);
+    return lu_linear(h, weight(w, c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"), NULL);
 }
 
 static bool check_ids(const lu_tensor *ids)
@@ -164,12 +218,16 @@ static bool check_ids(const lu_tensor *ids)
 lu_tensor *lu_decoder_forward(lu_decoder *m, const lu_decoder_batch *batch)
 {
     lu_tensor *ids = batch->input_ids;
-    if (!check_ids(ids)) return NULL;
+    weights w;
+    if (!check_ids(ids) || weights_begin(&w, m)) return NULL;
     lu_tensor *pos = batch->positions ? batch->positions : default_positions(ids, 0);
-    lu_tensor *h = lu_embedding(lu_params_get(m->params, "model.embed_tokens.weight"), ids);
+    lu_tensor *h = lu_embedding(weight(&w, "model.embed_tokens.weight"), ids);
     lu_attention_opts ao = {.causal = true, .cu_seqlens = batch->cu_seqlens};
-    for (int l = 0; l < m->cfg.num_layers && h; l++) h = layer_forward(m, l, h, pos, &ao, NULL);
-    return head_forward(m, h);
+    for (int l = 0; l < m->cfg.num_layers && h; l++) h = layer_forward(&w, l, h, pos, &ao, NULL);
+    lu_tensor *logits = head_forward(&w, h);
+    if (!batch->positions) lu_tensor_release(pos);
+    weights_end(&w);
+    return logits;
 }
 
 lu_kv_cache *lu_kv_cache_new(const lu_decoder *m, int64_t batch, int64_t capacity)
@@ -195,8 +253,8 @@ lu_kv_cache *lu_kv_cache_new(const lu_decoder *m, int64_t batch, int64_t capacit
     bool ok = kc->k && kc->v;
     for (int l = 0; l < c->num_layers && ok; l++) {
         int64_t shape[4] = {batch, capacity, c->num_kv_heads, c->head_dim};
-        kc->k[l] = lu_tensor_empty(LU_F32, 4, shape, m->params->device);
-        kc->v[l] = lu_tensor_empty(LU_F32, 4, shape, m->params->device);
+        kc->k[l] = lu_tensor_empty(m->compute_dtype, 4, shape, m->params->device);
+        kc->v[l] = lu_tensor_empty(m->compute_dtype, 4, shape, m->params->device);
         ok = kc->k[l] && kc->v[l];
     }
     lu_arena_activate(prev);
@@ -232,13 +290,20 @@ lu_tensor *lu_decoder_forward_cached(lu_decoder *m, lu_tensor *input_ids, lu_kv_
     }
     /* The cache is written by copies that autograd does not record: no tape here. */
     bool grad = lu_grad_set_enabled(false);
+    weights w;
+    if (weights_begin(&w, m)) {
+        lu_grad_set_enabled(grad);
+        return NULL;
+    }
     lu_tensor *pos = default_positions(input_ids, cache->length);
-    lu_tensor *h = lu_embedding(lu_params_get(m->params, "model.embed_tokens.weight"), input_ids);
+    lu_tensor *h = lu_embedding(weight(&w, "model.embed_tokens.weight"), input_ids);
     lu_attention_opts ao = {.causal = true};
-    for (int l = 0; l < m->cfg.num_layers && h; l++) h = layer_forward(m, l, h, pos, &ao, cache);
+    for (int l = 0; l < m->cfg.num_layers && h; l++) h = layer_forward(&w, l, h, pos, &ao, cache);
     if (h && last_only && T > 1) h = lu_slice(h, 1, T - 1, T, 1);
-    lu_tensor *logits = head_forward(m, h);
+    lu_tensor *logits = head_forward(&w, h);
     if (logits) cache->length += T;
+    lu_tensor_release(pos);
+    weights_end(&w);
     lu_grad_set_enabled(grad);
     return logits;
 }
@@ -265,5 +330,7 @@ lu_tensor *lu_decoder_lm_loss(lu_tensor *logits, lu_tensor *labels)
     /* logits[:, :-1] predict labels[:, 1:]. */
     lu_tensor *lg = lu_reshape(lu_slice(logits, 1, 0, T - 1, 1), LU_SHAPE(B * (T - 1), V));
     lu_tensor *lb = lu_reshape(lu_slice(labels, 1, 1, T, 1), LU_SHAPE(B * (T - 1)));
-    return lu_cross_entropy(lg, lb, -100, LU_REDUCE_MEAN);
+    lu_tensor *loss = lu_cross_entropy(lg, lb, -100, LU_REDUCE_MEAN), *loss32 = lu_cast(loss, LU_F32);
+    lu_tensor_release(loss);
+    return loss32;
 }
