@@ -161,19 +161,6 @@ static __global__ void rmsnorm_backward_dx_kernel(int dt, const void *dy, int rd
     }
 }
 
-/* dw[j] = sum over rows of dy * x * rstd: one thread per column, rows in order. */
-static __global__ void rmsnorm_backward_dw_kernel(int dt, const void *dy, const void *x, int rdt, const void *rstd,
-                                                  void *dw, int64_t rows, int64_t d)
-{
-    LU_CUDA_FOR(j, d)
-    {
-        float acc = 0.0f;
-        for (int64_t row = 0; row < rows; row++)
-            acc += lu_dev_load(dy, dt, row * d + j) * lu_dev_load(x, dt, row * d + j) * lu_dev_load(rstd, rdt, row);
-        lu_dev_store(dw, dt, j, acc);
-    }
-}
-
 /* rows: the product of x's dims but the last (d); rstd has one element per row, f32 or bf16. */
 static lu_status rmsnorm_shapes(const lu_tensor *x, const lu_tensor *w, const lu_tensor *rstd, int64_t *rows, int64_t *d)
 {
@@ -207,41 +194,6 @@ static lu_status rmsnorm_forward(const lu_op_call *c)
                                                                   rstd->dtype, lu_tensor_data(rstd), rows, d,
                                                                   (float)p->eps);
     LU_CUDA_CHECK_LAUNCH();
-    return LU_OK;
-}
-
-/* in = [dy, drstd, x, weight, y, rstd], out = [dx, dweight]. */
-static lu_status rmsnorm_backward(const lu_op_call *c)
-{
-    const lu_tensor *dy = c->in[0], *drstd = c->in[1], *x = c->in[2], *w = c->in[3], *rstd = c->in[5];
-    lu_tensor *dx = c->out[0], *dw = c->out[1];
-    const lu_tensor *ts[5] = {dy, x, w, dx, dw};
-    LU_TRY(lu_cuda_check_float(c, ts, 5, x->dtype));
-    int64_t rows, d;
-    LU_TRY(rmsnorm_shapes(x, w, rstd, &rows, &d));
-    if (drstd && drstd->dtype != rstd->dtype)
-        return lu_errorf(LU_ERR_DTYPE, "rmsnorm backward: drstd is %s, rstd %s", lu_dtype_name(drstd->dtype),
-                         lu_dtype_name(rstd->dtype));
-    if (dx && lu_tensor_numel(dx)) {
-        if (!dy && !drstd) {
-            LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
-        } else {
-            rmsnorm_backward_dx_kernel<<<row_blocks(rows), LU_CUDA_THREADS>>>(
-                x->dtype, dy ? lu_tensor_data(dy) : NULL, rstd->dtype, drstd ? lu_tensor_data(drstd) : NULL,
-                lu_tensor_data(x), w ? lu_tensor_data(w) : NULL, lu_tensor_data(rstd), lu_tensor_data(dx), rows, d);
-            LU_CUDA_CHECK_LAUNCH();
-        }
-    }
-    if (dw && lu_tensor_numel(dw)) {
-        if (!dy) {
-            LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dw), 0, lu_tensor_nbytes(dw), 0));
-        } else {
-            rmsnorm_backward_dw_kernel<<<lu_cuda_blocks(d), LU_CUDA_THREADS>>>(
-                x->dtype, lu_tensor_data(dy), lu_tensor_data(x), rstd->dtype, lu_tensor_data(rstd), lu_tensor_data(dw),
-                rows, d);
-            LU_CUDA_CHECK_LAUNCH();
-        }
-    }
     return LU_OK;
 }
 
@@ -326,6 +278,67 @@ static lu_status zero_outputs(const lu_op_call *c)
     for (int i = 0; i < c->n_out; i++)
         if (c->out[i] && lu_tensor_nbytes(c->out[i]))
             LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(c->out[i]), 0, lu_tensor_nbytes(c->out[i]), 0));
+    return LU_OK;
+}
+
+/* ---- rmsnorm backward ---- */
+
+/* Stage 1 of dw = sum over rows of dy * x * rstd (layout as layernorm_backward_cols_kernel):
+ * thread (chunk c, column j) sums its rows in order into part[c*d + j], or into dw with one
+ * chunk. Many chunks: Qwen3's q/k norms have d = 128 columns over B*T*heads rows, which one
+ * thread per column would walk alone. */
+static __global__ void rmsnorm_backward_cols_kernel(int dt, const void *dy, const void *x, int rdt, const void *rstd,
+                                                    int64_t rows, int64_t d, int64_t chunk, int64_t chunks, float *part,
+                                                    void *dw)
+{
+    LU_CUDA_FOR(t, chunks * d)
+    {
+        int64_t c = t / d, j = t % d, r1 = (c + 1) * chunk < rows ? (c + 1) * chunk : rows;
+        float acc = 0.0f;
+        for (int64_t r = c * chunk; r < r1; r++)
+            acc += lu_dev_load(dy, dt, r * d + j) * lu_dev_load(x, dt, r * d + j) * lu_dev_load(rstd, rdt, r);
+        if (part) part[t] = acc;
+        else lu_dev_store(dw, dt, j, acc);
+    }
+}
+
+/* in = [dy, drstd, x, weight, y, rstd], out = [dx, dweight]. */
+static lu_status rmsnorm_backward(const lu_op_call *c)
+{
+    const lu_tensor *dy = c->in[0], *drstd = c->in[1], *x = c->in[2], *w = c->in[3], *rstd = c->in[5];
+    lu_tensor *dx = c->out[0], *dw = c->out[1];
+    const lu_tensor *ts[5] = {dy, x, w, dx, dw};
+    LU_TRY(lu_cuda_check_float(c, ts, 5, x->dtype));
+    int64_t rows, d;
+    LU_TRY(rmsnorm_shapes(x, w, rstd, &rows, &d));
+    if (drstd && drstd->dtype != rstd->dtype)
+        return lu_errorf(LU_ERR_DTYPE, "rmsnorm backward: drstd is %s, rstd %s", lu_dtype_name(drstd->dtype),
+                         lu_dtype_name(rstd->dtype));
+    if (dx && lu_tensor_numel(dx)) {
+        if (!dy && !drstd) {
+            LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
+        } else {
+            rmsnorm_backward_dx_kernel<<<row_blocks(rows), LU_CUDA_THREADS>>>(
+                x->dtype, dy ? lu_tensor_data(dy) : NULL, rstd->dtype, drstd ? lu_tensor_data(drstd) : NULL,
+                lu_tensor_data(x), w ? lu_tensor_data(w) : NULL, lu_tensor_data(rstd), lu_tensor_data(dx), rows, d);
+            LU_CUDA_CHECK_LAUNCH();
+        }
+    }
+    if (dw && lu_tensor_numel(dw)) {
+        if (!dy || rows == 0) {
+            LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dw), 0, lu_tensor_nbytes(dw), 0));
+        } else {
+            int64_t chunk, chunks;
+            float *part;
+            void *out = lu_tensor_data(dw);
+            LU_TRY(col_scratch(rows, d, 1, &chunk, &chunks, &part));
+            rmsnorm_backward_cols_kernel<<<lu_cuda_blocks(chunks * d), LU_CUDA_THREADS>>>(
+                x->dtype, lu_tensor_data(dy), lu_tensor_data(x), rstd->dtype, lu_tensor_data(rstd), rows, d, chunk, chunks,
+                part, out);
+            LU_CUDA_CHECK_LAUNCH();
+            LU_TRY(col_finish(x->dtype, part, d, chunks, 1, &out));
+        }
+    }
     return LU_OK;
 }
 
