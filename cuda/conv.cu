@@ -1,10 +1,11 @@
 /* conv.cu - CUDA kernels of CONV1D and CONV2D, forward and backward, f32 and bf16 with fp32
  * math (core/cpu/conv.c is the reference). A conv1d is a conv2d with H = KH = 1. Three paths:
- *  - fast depthwise conv1d (groups == Cin == Cout, stride 1 or 2, (K-1)*dilation <= 256: the
- *    Conformer/Zipformer convolution modules, memory-bound): a block takes LU_DW_TILE frames of
- *    one (batch, channel) row and stages the window they touch in shared memory (index
- *    arithmetic in conv_tiles.h); dx is the transposed convolution over a dy window; dw and
- *    dbias are per-block partial sums that a second kernel adds up in a fixed order;
+ *  - fast depthwise conv1d (groups == Cin == Cout, stride 1 or 2, dilation 1, K <= 257: the
+ *    Conformer/Zipformer convolution modules, memory-bound): a block stages a tile of one
+ *    (batch, channel) row in shared memory with vector loads and runs it as stride-1
+ *    correlations, 4 outputs per thread with the inputs sliding through registers (geometry in
+ *    conv_tiles.h); dx is the transposed convolution of a dy tile; dw and dbias are per-block
+ *    partial sums over several rows of a channel that a second kernel adds up in a fixed order;
  *  - other depthwise convolutions (Cin == groups): direct kernels, one thread per output
  *    element, per dx element, and one block per weight;
  *  - the rest, per group: y_g = w_g @ im2col(x_g) through cuBLAS (lu_cuda_gemm), the batch taken
@@ -12,7 +13,7 @@
  *    (each dx element adds its taps in order); dw = sum over the batch of dy_g @ col_g^T in fp32.
  * No float atomics anywhere: results are deterministic. */
 #include "conv_tiles.h"
-#include "device.cuh"
+#include "rows.cuh"
 
 /* One geometry for both ops (as core/cpu/conv.c): axis 0 height, axis 1 width (time). */
 typedef struct conv_geom {
@@ -89,113 +90,355 @@ static bool conv_is_pointwise(const conv_geom *g)
     return g->kh == 1 && g->kw == 1 && g->stride[0] == 1 && g->stride[1] == 1 && g->pad[0] == 0 && g->pad[1] == 0;
 }
 
-static bool conv_is_fast_depthwise(const lu_op_call *c, const conv_geom *g)
-{
-    return c->op == LU_OP_CONV1D && lu_dw_fast_ok(g->cin, g->cout, g->groups, g->kw, g->stride[1], g->dil[1]);
-}
 
 static unsigned item_blocks(int64_t items) { return (unsigned)(items < 1 ? 1 : items > 65535 ? 65535 : items); }
 
-/* ---- fast depthwise conv1d ---- */
+/* ---- fast depthwise conv1d (geometry in conv_tiles.h) ---- */
 
-/* Items are (row, tile) pairs, row = b*C + c, tile of LU_DW_TILE output frames. */
-static __global__ void dw_forward_kernel(int dt, const void *x, const void *w, const void *bias, void *y, conv_geom g,
-                                         int64_t tiles)
+/* Rows of one channel (consecutive batch items) that a block stages together: the weights are
+ * loaded once for them and twice the bytes are in flight per load. */
+#define DW_ROWS 2
+
+/* acc[v] += sum over i < 4*groups of wt[i] xw[v + i], v < 4: xw and wt 16-byte aligned, the
+ * inputs sliding through registers, one 16-byte shared load of each per 4 taps. */
+static __device__ __forceinline__ void dw_corr4(float acc[4], const float *xw, const float *wt, int groups)
 {
-    __shared__ float xs[LU_DW_X_WINDOW];
-    __shared__ float ws[LU_DW_MAX_HALO + 1];
-    const int64_t T = g.w, OT = g.ow, K = g.kw, s = g.stride[1], p = g.pad[1], d = g.dil[1];
-    for (int64_t item = blockIdx.x; item < g.batch * g.cin * tiles; item += gridDim.x) {
-        int64_t row = item / tiles, o0 = item % tiles * LU_DW_TILE, ch = row % g.cin;
-        int64_t cnt = OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE, span;
-        int64_t in0 = lu_dw_x_window(o0, cnt, s, p, K, d, &span);
-        __syncthreads(); /* the previous item is done with xs and ws */
-        for (int64_t j = threadIdx.x; j < span; j += blockDim.x) {
-            int64_t i = in0 + j;
-            xs[j] = i >= 0 && i < T ? lu_dev_load(x, dt, row * T + i) : 0.0f;
-        }
-        for (int64_t j = threadIdx.x; j < K; j += blockDim.x) ws[j] = lu_dev_load(w, dt, ch * K + j);
-        __syncthreads();
-        float b0 = bias ? lu_dev_load(bias, dt, ch) : 0.0f;
-        for (int64_t q = threadIdx.x; q < cnt; q += blockDim.x)
-            lu_dev_store(y, dt, row * OT + o0 + q, lu_dw_fwd_point(xs, ws, b0, o0 + q, in0, T, s, p, d, K));
+    float4 a = *(const float4 *)xw;
+    for (int gi = 0; gi < groups; gi++) {
+        float4 b = *(const float4 *)(xw + 4 * gi + 4), wv = *(const float4 *)(wt + 4 * gi);
+        const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w}, w[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+        for (int t = 0; t < 4; t++)
+#pragma unroll
+            for (int v = 0; v < 4; v++) acc[v] = fmaf(w[t], xv[v + t], acc[v]);
+        a = b;
     }
 }
 
-/* Items are (row, tile of LU_DW_TILE input frames). */
-static __global__ void dw_dx_kernel(int dt, const void *dy, const void *w, void *dx, conv_geom g, int64_t tiles)
+/* Weight phases of channel ch, zero-padded to groups of 4: ws[r][i] = w[S*i + r] (forward), or
+ * the reversed ws[c][i] = w[S*(kc-1-i) + c] (dx). Returns whether this thread's weights are finite. */
+template <typename T, int S>
+static __device__ __forceinline__ bool dw_stage_weights(const T *w, int64_t ch, int K, bool reversed,
+                                                        float (*ws)[LU_DW_WLEN])
 {
-    __shared__ float dys[LU_DW_DY_WINDOW];
-    __shared__ float ws[LU_DW_MAX_HALO + 1];
-    const int64_t T = g.w, OT = g.ow, K = g.kw, s = g.stride[1], p = g.pad[1], d = g.dil[1];
-    for (int64_t item = blockIdx.x; item < g.batch * g.cin * tiles; item += gridDim.x) {
-        int64_t row = item / tiles, t0 = item % tiles * LU_DW_TILE, ch = row % g.cin;
-        int64_t cnt = T - t0 < LU_DW_TILE ? T - t0 : LU_DW_TILE, o_base;
-        int64_t span = lu_dw_dy_window(t0, cnt, s, p, K, d, &o_base);
-        __syncthreads();
-        for (int64_t j = threadIdx.x; j < span; j += blockDim.x) {
-            int64_t o = o_base + j;
-            dys[j] = o >= 0 && o < OT ? lu_dev_load(dy, dt, row * OT + o) : 0.0f;
+    const int n = (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 0));
+    bool ok = true;
+    for (int r = 0; r < S; r++) {
+        const int kr = (int)lu_dw_phase_taps(K, S, r);
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            float v = i < kr ? lu_ld(w, ch * K + S * (reversed ? kr - 1 - i : i) + r) : 0.0f;
+            ws[r][i] = v;
+            ok = ok && isfinite(v);
         }
-        for (int64_t j = threadIdx.x; j < K; j += blockDim.x) ws[j] = lu_dev_load(w, dt, ch * K + j);
-        __syncthreads();
-        for (int64_t q = threadIdx.x; q < cnt; q += blockDim.x)
-            lu_dev_store(dx, dt, row * T + t0 + q, lu_dw_dx_point(dys, ws, t0 + q, o_base, OT, s, p, d, K));
+    }
+    return ok;
+}
+
+/* Stages the input window of the forward (or dw) tile of outputs [o0, o0 + cnt) of row xr (n
+ * frames) as S phases of `fill` floats, zero outside the input and past the window. Returns
+ * whether this thread's inputs are finite. */
+template <typename T, int S>
+static __device__ __forceinline__ bool dw_stage_x(const T *xr, int64_t n, int64_t o0, int cnt, int64_t p, int K,
+                                                  int fill, float (*xs)[LU_DW_PHASE_LEN])
+{
+    int64_t span, in0 = lu_dw_x_window(o0, cnt, S, p, K, &span);
+    int64_t lo = in0 > 0 ? in0 : 0, hi = in0 + span < n ? in0 + span : n;
+    /* window positions [0, k_lo) and [k_hi, S*fill) are padding */
+    int k_lo = (int)(lo - in0 < S * fill ? lo - in0 : S * fill), k_hi = (int)(hi - in0 > k_lo ? hi - in0 : k_lo);
+    for (int k = threadIdx.x; k < k_lo; k += blockDim.x) xs[k % S][k / S] = 0.0f;
+    for (int k = k_hi + threadIdx.x; k < S * fill; k += blockDim.x) xs[k % S][k / S] = 0.0f;
+    bool ok = true;
+    lu_row_load(xr, lo, hi, [&](int64_t i, float v) {
+        int k = (int)(i - in0);
+        xs[k % S][k / S] = v;
+        ok = ok && isfinite(v);
+    });
+    return ok;
+}
+
+/* The rows of a block: blockIdx.x = channel + C * (batch / DW_ROWS), gridDim.x = C *
+ * ceil(B / DW_ROWS); the tile is blockIdx.y. Sets *ch and returns the number of rows, whose first
+ * is (*b0)*C + *ch. */
+static __device__ __forceinline__ int dw_block_rows(const conv_geom *g, int64_t *ch, int64_t *b0)
+{
+    *ch = blockIdx.x % (uint32_t)g->cin;
+    *b0 = blockIdx.x / (uint32_t)g->cin * DW_ROWS;
+    return (int)(g->batch - *b0 < DW_ROWS ? g->batch - *b0 : DW_ROWS);
+}
+
+/* A block per (DW_ROWS rows of one channel, tile of LU_DW_TILE outputs), 4 outputs per thread. */
+template <typename T, int S>
+static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const T *x, const T *w, const T *bias, T *y,
+                                                                          conv_geom g)
+{
+    __shared__ __align__(16) float xs[DW_ROWS][S][LU_DW_PHASE_LEN];
+    __shared__ __align__(16) float ws[S][LU_DW_WLEN];
+    __shared__ __align__(16) float ys[DW_ROWS][LU_DW_TILE];
+    const int64_t T_ = g.w, OT = g.ow, p = g.pad[1], o0 = (int64_t)blockIdx.y * LU_DW_TILE;
+    const int K = (int)g.kw, fill = (int)lu_dw_fwd_fill(K, S), q0 = 4 * threadIdx.x;
+    const int cnt = (int)(OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE);
+    int64_t ch, b0;
+    const int rows = dw_block_rows(&g, &ch, &b0);
+    bool ok = dw_stage_weights<T, S>(w, ch, K, false, ws);
+    for (int r = 0; r < rows; r++)
+        ok = dw_stage_x<T, S>(x + ((b0 + r) * g.cin + ch) * T_, T_, o0, cnt, p, K, fill, xs[r]) && ok;
+    const float b = bias ? lu_ld(bias, ch) : 0.0f;
+    if (__syncthreads_and(ok)) {
+        for (int r = 0; r < rows && q0 < cnt; r++) {
+            float acc[4] = {b, b, b, b};
+            for (int ph = 0; ph < S; ph++)
+                dw_corr4(acc, &xs[r][ph][q0], ws[ph], (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, ph)) / 4);
+            *(float4 *)&ys[r][q0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+        }
+    } else {
+        for (int r = 0; r < rows; r++)
+            for (int q = threadIdx.x; q < cnt; q += blockDim.x)
+                ys[r][q] = lu_dw_fwd_exact(&xs[r][0][0], LU_DW_PHASE_LEN, &ws[0][0], b, q, o0, T_, S, p, K);
+    }
+    __syncthreads();
+    for (int r = 0; r < rows; r++)
+        lu_row_store(y + ((b0 + r) * g.cin + ch) * OT + o0, cnt, [&](int64_t q) { return ys[r][q]; });
+}
+
+/* A block per (DW_ROWS rows of one channel, tile of LU_DW_TILE inputs); class c of the tile
+ * (lu_dw_dx_class) takes the threads [c, c + 1) * LU_DW_THREADS/S, 4 members each. */
+template <typename T, int S>
+static __global__ void __launch_bounds__(LU_DW_THREADS) dw_dx_kernel(const T *dy, const T *w, T *dx, conv_geom g)
+{
+    __shared__ __align__(16) float dys[DW_ROWS][S][LU_DW_PHASE_LEN];
+    __shared__ __align__(16) float ws[S][LU_DW_WLEN];
+    __shared__ __align__(16) float xo[DW_ROWS][LU_DW_TILE];
+    const int64_t T_ = g.w, OT = g.ow, p = g.pad[1], t0 = (int64_t)blockIdx.y * LU_DW_TILE;
+    const int K = (int)g.kw, fill = (int)lu_dw_dx_fill(K, S);
+    const int mine = threadIdx.x / (LU_DW_THREADS / S), q0 = 4 * (threadIdx.x % (LU_DW_THREADS / S));
+    const int64_t cnt = T_ - t0 < LU_DW_TILE ? T_ - t0 : LU_DW_TILE;
+    int64_t first[S], members[S], ob[S], need[S], lo = OT, hi = 0, ch, b0;
+    int kc[S], za[S], zb[S];
+    for (int c = 0; c < S; c++) {
+        kc[c] = (int)lu_dw_dx_class(t0, cnt, S, p, K, c, &first[c], &members[c], &ob[c]);
+        need[c] = members[c] > 0 && kc[c] > 0 ? members[c] + kc[c] - 1 : 0; /* dy entries with taps */
+        if (need[c] > 0) {
+            lo = ob[c] < lo ? ob[c] : lo;
+            hi = ob[c] + need[c] > hi ? ob[c] + need[c] : hi;
+        }
+        /* entries [za, zb) hold dy[ob + m]; the others of [0, fill) are zero */
+        int64_t a = ob[c] < 0 ? -ob[c] : 0, e = need[c] < OT - ob[c] ? need[c] : OT - ob[c];
+        a = a < fill ? a : fill;
+        za[c] = (int)a;
+        zb[c] = (int)(e < a ? a : e > fill ? fill : e);
+    }
+    lo = lo > 0 ? lo : 0;
+    hi = hi < OT ? hi : OT;
+    const int rows = dw_block_rows(&g, &ch, &b0);
+    bool ok = dw_stage_weights<T, S>(w, ch, K, true, ws);
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < S; c++) {
+            for (int m = threadIdx.x; m < za[c]; m += blockDim.x) dys[r][c][m] = 0.0f;
+            for (int m = zb[c] + threadIdx.x; m < fill; m += blockDim.x) dys[r][c][m] = 0.0f;
+        }
+        lu_row_load(dy + ((b0 + r) * g.cin + ch) * OT, lo, hi, [&](int64_t o, float v) {
+            for (int c = 0; c < S; c++)
+                if (o - ob[c] >= 0 && o - ob[c] < need[c]) dys[r][c][o - ob[c]] = v;
+            ok = ok && isfinite(v);
+        });
+    }
+    if (__syncthreads_and(ok)) {
+        for (int r = 0; r < rows && q0 < members[mine]; r++) {
+            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            dw_corr4(acc, &dys[r][mine][q0], ws[mine], (int)lu_dw_ceil4(kc[mine]) / 4);
+            if (S == 1) /* first == t0: the members are the tile's inputs */
+                *(float4 *)&xo[r][q0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+            else
+                for (int v = 0; v < 4; v++)
+                    if (q0 + v < members[mine]) xo[r][first[mine] - t0 + S * (q0 + v)] = acc[v];
+        }
+    } else {
+        for (int r = 0; r < rows; r++)
+            for (int q = threadIdx.x; q < cnt; q += blockDim.x) {
+                int c = (int)((t0 + q + p) % S);
+                xo[r][q] = lu_dw_dx_exact(dys[r][c], ws[c], t0 + q, ob[c], OT, S, p, kc[c], c);
+            }
+    }
+    __syncthreads();
+    for (int r = 0; r < rows; r++)
+        lu_row_store(dx + ((b0 + r) * g.cin + ch) * T_ + t0, cnt, [&](int64_t q) { return xo[r][q]; });
+}
+
+/* First stage of dw and dbias. Items are (channel, chunk of `per` consecutive units), a unit the
+ * DW_ROWS rows from batch item 2*(u / tiles) in tile u % tiles. A thread holds LU_DW_WTAPS taps of
+ * one phase (its combo: phase 0's groups, then phase 1's) for every unit of the item, summing
+ * over the segments lane, lane + per_combo, ... of the unit's rows; the threads of combo 0 also
+ * sum dy. Then partial[item*(K+1) + j] = tap j's sum over the combo's threads in order (j == K:
+ * dbias). */
+template <typename T, int S>
+static __global__ void __launch_bounds__(LU_DW_THREADS) dw_partial_kernel(const T *dy, const T *x, float *partial,
+                                                                          conv_geom g, int tiles, int per, int chunks)
+{
+    __shared__ __align__(16) float xs[DW_ROWS][S][LU_DW_PHASE_LEN];
+    __shared__ __align__(16) float dys[DW_ROWS][LU_DW_DY_LEN];
+    __shared__ float red[LU_DW_WTAPS + 1][LU_DW_THREADS];
+    const int64_t T_ = g.w, OT = g.ow, p = g.pad[1];
+    const int units = (int)((g.batch + DW_ROWS - 1) / DW_ROWS) * tiles;
+    const int K = (int)g.kw, fill = (int)lu_dw_dw_fill(K, S), g0 = (int)lu_dw_dw_groups(K, S, 0);
+    const int combos = g0 + (S == 2 ? (int)lu_dw_dw_groups(K, S, 1) : 0), per_combo = LU_DW_THREADS / combos;
+    const int combo = threadIdx.x / per_combo, lane = threadIdx.x % per_combo;
+    const int ph = combo < g0 ? 0 : 1, gi = combo - ph * g0, kr = (int)lu_dw_phase_taps(K, S, ph);
+    const int64_t ch = blockIdx.x / chunks;
+    const int chunk = blockIdx.x % chunks, u1 = (chunk + 1) * per < units ? (chunk + 1) * per : units;
+    float acc[LU_DW_WTAPS] = {0.0f}, accb = 0.0f;
+    for (int u = chunk * per; u < u1; u++) {
+        const int64_t b0 = (int64_t)(u / tiles) * DW_ROWS, o0 = (int64_t)(u % tiles) * LU_DW_TILE;
+        const int rows = (int)(g.batch - b0 < DW_ROWS ? g.batch - b0 : DW_ROWS);
+        const int cnt = (int)(OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE), nseg = (cnt + LU_DW_SEG - 1) / LU_DW_SEG;
+        __syncthreads(); /* the previous unit is done with xs and dys */
+        bool ok = true;
+        for (int r = 0; r < rows; r++) {
+            int64_t row = (b0 + r) * g.cin + ch;
+            ok = dw_stage_x<T, S>(x + row * T_, T_, o0, cnt, p, K, fill, xs[r]) && ok;
+            for (int q = cnt + threadIdx.x; q < LU_DW_DY_LEN; q += blockDim.x) dys[r][q] = 0.0f;
+            lu_row_load(dy + row * OT, o0, o0 + cnt, [&](int64_t o, float v) {
+                dys[r][o - o0] = v;
+                ok = ok && isfinite(v);
+            });
+        }
+        ok = __syncthreads_and(ok);
+        if (combo >= combos) continue;
+        for (int si = lane; si < rows * nseg; si += per_combo) {
+            const int r = si / nseg, qs = si % nseg * LU_DW_SEG;
+            if (ok) {
+                /* outputs qs.. in steps of 4: x_ph[q + 8gi .. q + 8gi + 11] in registers */
+                const float *xw = &xs[r][ph][qs + LU_DW_WTAPS * gi], *dw = &dys[r][qs];
+                float4 x0 = *(const float4 *)xw, x1 = *(const float4 *)(xw + 4);
+                for (int q = 0; q < LU_DW_SEG; q += 4) {
+                    float4 x2 = *(const float4 *)(xw + q + 8), d = *(const float4 *)(dw + q);
+                    const float xv[12] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w, x2.x, x2.y, x2.z, x2.w};
+                    const float dv[4] = {d.x, d.y, d.z, d.w};
+#pragma unroll
+                    for (int v = 0; v < 4; v++)
+#pragma unroll
+                        for (int t = 0; t < LU_DW_WTAPS; t++) acc[t] = fmaf(dv[v], xv[v + t], acc[t]);
+                    if (combo == 0) accb += dv[0] + dv[1] + dv[2] + dv[3];
+                    x0 = x1;
+                    x1 = x2;
+                }
+            } else {
+                int qe = qs + LU_DW_SEG < cnt ? qs + LU_DW_SEG : cnt;
+                for (int q = qs; q < qe; q++) {
+#pragma unroll
+                    for (int t = 0; t < LU_DW_WTAPS; t++)
+                        if (LU_DW_WTAPS * gi + t < kr)
+                            acc[t] += lu_dw_dw_term(xs[r][ph], dys[r][q], q, o0, T_, S, p, ph, LU_DW_WTAPS * gi + t);
+                    if (combo == 0) accb += dys[r][q];
+                }
+            }
+        }
+    }
+    for (int t = 0; t < LU_DW_WTAPS; t++) red[t][threadIdx.x] = acc[t];
+    red[LU_DW_WTAPS][threadIdx.x] = accb;
+    __syncthreads();
+    for (int j = threadIdx.x; j <= K; j += blockDim.x) {
+        int src = 0, t = LU_DW_WTAPS; /* dbias: combo 0's accb */
+        if (j < K) {
+            src = (j % S ? g0 : 0) + j / S / LU_DW_WTAPS;
+            t = j / S % LU_DW_WTAPS;
+        }
+        /* tap j starts at lane j % per_combo: the threads of a warp read distinct banks */
+        float v = 0.0f;
+        for (int n = 0, l = j % per_combo; n < per_combo; n++, l = l + 1 < per_combo ? l + 1 : 0)
+            v += red[t][src * per_combo + l];
+        partial[(int64_t)blockIdx.x * (K + 1) + j] = v;
     }
 }
 
-/* First stage of dw and dbias: item (row, tile) writes partial[item*(K+1) + j] = the tile's sum
- * of dy[o] x[o*s - p + j*d] for tap j < K, and of dy[o] for j == K. Each tap is summed per thread,
- * then per warp (shuffles), then over the warps in order. */
-static __global__ void dw_partial_kernel(int dt, const void *dy, const void *x, float *partial, conv_geom g,
-                                         int64_t tiles)
+/* Second stage: dw[c, j] (j < K) and dbias[c] (j == K) = the partials of channel c, chunk by
+ * chunk. */
+template <typename T>
+static __global__ void dw_reduce_kernel(const float *partial, T *dw, T *db, int64_t C, int64_t K, int64_t chunks)
 {
-    __shared__ float xs[LU_DW_X_WINDOW];
-    __shared__ float dys[LU_DW_TILE];
-    __shared__ float red[(LU_DW_MAX_HALO + 2) * (LU_CUDA_THREADS / LU_CUDA_WARP)];
-    const int64_t T = g.w, OT = g.ow, K = g.kw, s = g.stride[1], p = g.pad[1], d = g.dil[1];
-    const int nw = blockDim.x / LU_CUDA_WARP, warp = threadIdx.x / LU_CUDA_WARP, lane = threadIdx.x % LU_CUDA_WARP;
-    for (int64_t item = blockIdx.x; item < g.batch * g.cin * tiles; item += gridDim.x) {
-        int64_t row = item / tiles, o0 = item % tiles * LU_DW_TILE;
-        int64_t cnt = OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE, span;
-        int64_t in0 = lu_dw_x_window(o0, cnt, s, p, K, d, &span);
-        __syncthreads(); /* the previous item is done with xs, dys and red */
-        for (int64_t j = threadIdx.x; j < span; j += blockDim.x) {
-            int64_t i = in0 + j;
-            xs[j] = i >= 0 && i < T ? lu_dev_load(x, dt, row * T + i) : 0.0f;
-        }
-        for (int64_t q = threadIdx.x; q < cnt; q += blockDim.x) dys[q] = lu_dev_load(dy, dt, row * OT + o0 + q);
-        __syncthreads();
-        for (int64_t j = 0; j <= K; j++) {
-            float v = 0.0f;
-            for (int64_t q = threadIdx.x; q < cnt; q += blockDim.x)
-                v += j < K ? lu_dw_dw_term(xs, dys[q], o0 + q, in0, T, s, p, d, j) : dys[q];
-            v = lu_dev_warp_sum(v);
-            if (lane == 0) red[j * nw + warp] = v;
-        }
-        __syncthreads();
-        for (int64_t j = threadIdx.x; j <= K; j += blockDim.x) {
-            float t = 0.0f;
-            for (int i = 0; i < nw; i++) t += red[j * nw + i];
-            partial[item * (K + 1) + j] = t;
-        }
-    }
-}
-
-/* Second stage: dw[c, j] (j < K) and dbias[c] (j == K) = the partials of channel c, batch by
- * batch and tile by tile. */
-static __global__ void dw_reduce_kernel(int dt, const float *partial, void *dw, void *db, conv_geom g, int64_t tiles)
-{
-    const int64_t K = g.kw;
-    LU_CUDA_FOR(idx, g.cin * (K + 1))
+    LU_CUDA_FOR(idx, C * (K + 1))
     {
         int64_t ch = idx / (K + 1), j = idx % (K + 1);
         double acc = 0.0;
-        for (int64_t b = 0; b < g.batch; b++)
-            for (int64_t t = 0; t < tiles; t++) acc += partial[((b * g.cin + ch) * tiles + t) * (K + 1) + j];
-        if (j < K && dw) lu_dev_store(dw, dt, ch * K + j, (float)acc);
-        if (j == K && db) lu_dev_store(db, dt, ch, (float)acc);
+        for (int64_t k = 0; k < chunks; k++) acc += partial[(ch * chunks + k) * (K + 1) + j];
+        if (j < K && dw) lu_st(dw, ch * K + j, (float)acc);
+        if (j == K && db) lu_st(db, ch, (float)acc);
     }
+}
+
+/* Blocks of dw_partial_kernel: about DW_PARTIAL_ITEMS, each over whole units. */
+#define DW_PARTIAL_ITEMS 4096
+
+/* The fast kernels index a block's rows and units in 32 bits, and the grid's second dimension
+ * holds the tiles. */
+static bool dw_fits_grid(const conv_geom *g)
+{
+    int64_t tiles = ((g->w > g->ow ? g->w : g->ow) + LU_DW_TILE - 1) / LU_DW_TILE;
+    return tiles <= 65535 && g->cin * ((g->batch + DW_ROWS - 1) / DW_ROWS) * tiles < INT32_MAX;
+}
+
+template <typename T, int S>
+static lu_status dw_forward(const conv_geom *g, const void *x, const void *w, const void *bias, void *y)
+{
+    dim3 grid((unsigned)(g->cin * ((g->batch + DW_ROWS - 1) / DW_ROWS)),
+              (unsigned)((g->ow + LU_DW_TILE - 1) / LU_DW_TILE));
+    dw_forward_kernel<T, S><<<grid, LU_DW_THREADS>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y, *g);
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
+template <typename T, int S>
+static lu_status dw_backward(const conv_geom *g, const void *dy, const void *x, const void *w, void *dx, void *dw,
+                             void *db)
+{
+    const int64_t pairs = (g->batch + DW_ROWS - 1) / DW_ROWS;
+    if (dx) {
+        dim3 grid((unsigned)(g->cin * pairs), (unsigned)((g->w + LU_DW_TILE - 1) / LU_DW_TILE));
+        dw_dx_kernel<T, S><<<grid, LU_DW_THREADS>>>((const T *)dy, (const T *)w, (T *)dx, *g);
+        LU_CUDA_CHECK_LAUNCH();
+    }
+    if (!dw && !db) return LU_OK;
+    int64_t tiles = (g->ow + LU_DW_TILE - 1) / LU_DW_TILE, units = pairs * tiles;
+    int64_t per = units * g->cin / DW_PARTIAL_ITEMS, chunks;
+    per = per < 1 ? 1 : per;
+    chunks = (units + per - 1) / per;
+    void *partial;
+    LU_TRY(lu_cuda_scratch_alloc(&partial, (size_t)(g->cin * chunks * (g->kw + 1)) * sizeof(float)));
+    dw_partial_kernel<T, S><<<(unsigned)(g->cin * chunks), LU_DW_THREADS>>>(
+        (const T *)dy, (const T *)x, (float *)partial, *g, (int)tiles, (int)per, (int)chunks);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess) {
+        dw_reduce_kernel<T><<<lu_cuda_blocks(g->cin * (g->kw + 1)), LU_CUDA_THREADS>>>((const float *)partial, (T *)dw,
+                                                                                      (T *)db, g->cin, g->kw, chunks);
+        e = cudaGetLastError();
+    }
+    lu_cuda_scratch_free(partial);
+    if (e != cudaSuccess) return lu_cuda_fail(e, __FILE__, __LINE__, "depthwise dw kernels");
+    return LU_OK;
+}
+
+static bool conv_is_fast_depthwise(const lu_op_call *c, const conv_geom *g)
+{
+    return c->op == LU_OP_CONV1D && lu_dw_fast_ok(g->cin, g->cout, g->groups, g->kw, g->stride[1], g->dil[1]) &&
+           dw_fits_grid(g);
+}
+
+static lu_status fast_depthwise_forward(lu_dtype dt, const conv_geom *g, const void *x, const void *w,
+                                        const void *bias, void *y)
+{
+    if (dt == LU_BF16)
+        return g->stride[1] == 1 ? dw_forward<uint16_t, 1>(g, x, w, bias, y)
+                                 : dw_forward<uint16_t, 2>(g, x, w, bias, y);
+    return g->stride[1] == 1 ? dw_forward<float, 1>(g, x, w, bias, y) : dw_forward<float, 2>(g, x, w, bias, y);
+}
+
+static lu_status fast_depthwise_backward(lu_dtype dt, const conv_geom *g, const void *dy, const void *x, const void *w,
+                                         void *dx, void *dw, void *db)
+{
+    if (dt == LU_BF16)
+        return g->stride[1] == 1 ? dw_backward<uint16_t, 1>(g, dy, x, w, dx, dw, db)
+                                 : dw_backward<uint16_t, 2>(g, dy, x, w, dx, dw, db);
+    return g->stride[1] == 1 ? dw_backward<float, 1>(g, dy, x, w, dx, dw, db)
+                             : dw_backward<float, 2>(g, dy, x, w, dx, dw, db);
 }
 
 /* ---- other depthwise convolutions (Cin == groups): output channel oc reads input channel
@@ -435,39 +678,10 @@ static lu_status conv_forward(const lu_op_call *c)
     if (n == 0) return LU_OK;
     const void *X = lu_tensor_data(x), *W = lu_tensor_data(w), *BIAS = bias ? lu_tensor_data(bias) : NULL;
     void *Y = lu_tensor_data(y);
-    if (g.cin == g.groups && conv_is_fast_depthwise(c, &g)) {
-        int64_t tiles = (g.ow + LU_DW_TILE - 1) / LU_DW_TILE;
-        dw_forward_kernel<<<item_blocks(g.batch * g.cin * tiles), LU_CUDA_THREADS>>>(x->dtype, X, W, BIAS, Y, g, tiles);
-    } else if (g.cin == g.groups) {
-        dwg_forward_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(x->dtype, X, W, BIAS, Y, g);
-    } else {
-        return gemm_forward(x->dtype, &g, (const char *)X, (const char *)W, BIAS, (char *)Y);
-    }
+    if (g.cin == g.groups && conv_is_fast_depthwise(c, &g)) return fast_depthwise_forward(x->dtype, &g, X, W, BIAS, Y);
+    if (g.cin != g.groups) return gemm_forward(x->dtype, &g, (const char *)X, (const char *)W, BIAS, (char *)Y);
+    dwg_forward_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(x->dtype, X, W, BIAS, Y, g);
     LU_CUDA_CHECK_LAUNCH();
-    return LU_OK;
-}
-
-static lu_status fast_depthwise_backward(lu_dtype dt, const conv_geom *g, const void *dy, const void *x, const void *w,
-                                         void *dx, void *dw, void *db)
-{
-    if (dx) {
-        int64_t tiles = (g->w + LU_DW_TILE - 1) / LU_DW_TILE;
-        dw_dx_kernel<<<item_blocks(g->batch * g->cin * tiles), LU_CUDA_THREADS>>>(dt, dy, w, dx, *g, tiles);
-        LU_CUDA_CHECK_LAUNCH();
-    }
-    if (!dw && !db) return LU_OK;
-    int64_t tiles = (g->ow + LU_DW_TILE - 1) / LU_DW_TILE, items = g->batch * g->cin * tiles;
-    void *partial;
-    LU_TRY(lu_cuda_scratch_alloc(&partial, (size_t)(items * (g->kw + 1)) * sizeof(float)));
-    dw_partial_kernel<<<item_blocks(items), LU_CUDA_THREADS>>>(dt, dy, x, (float *)partial, *g, tiles);
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess) {
-        dw_reduce_kernel<<<lu_cuda_blocks(g->cin * (g->kw + 1)), LU_CUDA_THREADS>>>(dt, (const float *)partial, dw, db,
-                                                                                  *g, tiles);
-        e = cudaGetLastError();
-    }
-    lu_cuda_scratch_free(partial);
-    if (e != cudaSuccess) return lu_cuda_fail(e, __FILE__, __LINE__, "depthwise dw kernels");
     return LU_OK;
 }
 

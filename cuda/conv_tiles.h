@@ -2,10 +2,21 @@
  * compiles for the device and for the host, so that tests/test_cuda_conv.c can check the tiling
  * on a machine without a GPU by running the same functions serially.
  *
- * Geometry as core/cpu/conv.c: output o reads input o*s - p + k*d for taps k in [0, K).
- * The fast depthwise conv1d (groups == Cin == Cout, stride 1 or 2) gives a block LU_DW_TILE
- * consecutive frames of one (batch, channel) row and stages the frames they touch in shared
- * memory: forward and dw read an input window, dx (the transposed convolution) a dy window. */
+ * Geometry as core/cpu/conv.c: output o reads input o*s - p + j for taps j in [0, K) (the fast
+ * depthwise conv1d has dilation 1). It runs as stride-1 correlations, which a thread computes
+ * four outputs at a time with the inputs sliding through its registers:
+ *  - forward: a block takes LU_DW_TILE outputs of (batch, channel) rows and stages the input
+ *    window they read split into s phases, window position k in phase k % s at k / s; taps
+ *    j = s*i + r form phase r of the weights, and y[o0 + q] = bias + sum over r and i of
+ *    w_r[i] x_r[q + i];
+ *  - dx (the transposed convolution): a block takes LU_DW_TILE inputs; input t takes the taps
+ *    j = t + p (mod s), so the inputs fall into s classes, class c a correlation of its own dy
+ *    window with the reversed taps of phase c (lu_dw_dx_class);
+ *  - dw: dw[s*i + r] = sum over the outputs of dy[q] x_r[q + i], a thread holding LU_DW_WTAPS
+ *    taps of one phase and sliding along LU_DW_SEG outputs.
+ * Phase arrays and tap lists are padded with zeros to whole groups: exact only when every staged
+ * value is finite (0 * Inf is NaN where the CPU skips the term), which the kernels check, taking
+ * the lu_dw_*_exact path for a tile that holds a NaN or an Inf. */
 #ifndef LU_CUDA_CONV_TILES_H
 #define LU_CUDA_CONV_TILES_H
 
@@ -18,15 +29,21 @@
 #define LU_HD static inline
 #endif
 
-#define LU_DW_TILE 512     /* frames per block (outputs for forward and dw, inputs for dx) */
-#define LU_DW_MAX_HALO 256 /* largest (K-1)*dilation of the fast path */
-/* Shared-memory floats of the windows: the input window of a forward tile, and the dy window
- * of a dx tile (lu_dw_dy_window). */
-#define LU_DW_X_WINDOW ((LU_DW_TILE - 1) * 2 + LU_DW_MAX_HALO + 1)
-#define LU_DW_DY_WINDOW (LU_DW_TILE + LU_DW_MAX_HALO + 1)
+#define LU_DW_TILE 512     /* frames per tile (outputs for forward and dw, inputs for dx) */
+#define LU_DW_THREADS 128  /* threads of a tile block: 4 frames each */
+#define LU_DW_MAX_HALO 256 /* largest K - 1 of the fast path */
+#define LU_DW_SEG 20       /* dw: outputs per thread segment; 80 bytes apart, the 8 lanes of a
+                            * 16-byte shared load hit distinct banks */
+#define LU_DW_WTAPS 8      /* dw: taps per thread */
+/* Taps of a weight phase, padded to groups of 4. */
+#define LU_DW_WLEN ((LU_DW_MAX_HALO + 1 + 3) / 4 * 4)
+/* dy floats of a dw tile: whole segments. */
+#define LU_DW_DY_LEN ((LU_DW_TILE + LU_DW_SEG - 1) / LU_DW_SEG * LU_DW_SEG)
+/* Floats of one phase array: the most any kernel reads (lu_dw_dw_fill at the largest K, which
+ * bounds lu_dw_fwd_fill and lu_dw_dx_fill too). */
+#define LU_DW_PHASE_LEN (LU_DW_DY_LEN + (LU_DW_MAX_HALO + LU_DW_WTAPS) / LU_DW_WTAPS * LU_DW_WTAPS)
 
-/* floor(a / b) for b > 0 and any sign of a. */
-LU_HD int64_t lu_floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+LU_HD int64_t lu_dw_ceil4(int64_t n) { return (n + 3) / 4 * 4; }
 
 /* Taps k in [*lo, *hi) whose input index o*s - p + k*d lies in [0, n) (core/cpu/conv.c). */
 LU_HD void lu_conv_taps(int64_t o, int64_t s, int64_t p, int64_t d, int64_t k, int64_t n, int64_t *lo, int64_t *hi)
@@ -49,61 +66,92 @@ LU_HD int64_t lu_conv_out_of(int64_t i, int64_t k, int64_t s, int64_t p, int64_t
     return o < n_out ? o : -1;
 }
 
-/* Whether a conv1d takes the fast depthwise path. */
+/* Whether a conv1d takes the fast depthwise path (a dilation is no dilation for K == 1). */
 LU_HD bool lu_dw_fast_ok(int64_t cin, int64_t cout, int64_t groups, int64_t k, int64_t stride, int64_t dil)
 {
-    return groups == cin && cout == cin && (stride == 1 || stride == 2) && k >= 1 && (k - 1) * dil <= LU_DW_MAX_HALO;
+    return groups == cin && cout == cin && (stride == 1 || stride == 2) && k >= 1 && k - 1 <= LU_DW_MAX_HALO &&
+           (dil == 1 || k == 1);
 }
 
-/* Input frames read by the forward (or dw) tile of outputs [o0, o0 + cnt), cnt <= LU_DW_TILE:
- * [o0*s - p, that + *span). */
-LU_HD int64_t lu_dw_x_window(int64_t o0, int64_t cnt, int64_t s, int64_t p, int64_t k, int64_t d, int64_t *span)
+/* Taps of phase r < s: j = s*i + r < k. */
+LU_HD int64_t lu_dw_phase_taps(int64_t k, int64_t s, int64_t r) { return r < k ? (k - r + s - 1) / s : 0; }
+
+/* Input frames read by the tile of outputs [o0, o0 + cnt), cnt <= LU_DW_TILE: [o0*s - p, that +
+ * *span). */
+LU_HD int64_t lu_dw_x_window(int64_t o0, int64_t cnt, int64_t s, int64_t p, int64_t k, int64_t *span)
 {
-    *span = (cnt - 1) * s + (k - 1) * d + 1;
+    *span = (cnt - 1) * s + k;
     return o0 * s - p;
 }
 
-/* Output o of a forward tile whose input window starts at in0 (xs[j] = x[in0 + j], 0 outside
- * [0, n)): bias, then the taps inside the input in order, as the CPU adds them. */
-LU_HD float lu_dw_fwd_point(const float *xs, const float *ws, float b0, int64_t o, int64_t in0, int64_t n, int64_t s,
-                            int64_t p, int64_t d, int64_t k)
+/* Entries of each phase array that the forward reads: a thread's outputs q0 + [0, 4), q0 <=
+ * LU_DW_TILE - 4, read x_r[q0 + i] for i up to the taps rounded to groups of 4. */
+LU_HD int64_t lu_dw_fwd_fill(int64_t k, int64_t s) { return LU_DW_TILE + lu_dw_ceil4(lu_dw_phase_taps(k, s, 0)); }
+
+/* Output o0 + q of a forward tile without the padding shortcut: bias, then the taps inside the
+ * input in order, as the CPU adds them. xs holds the phases plen floats apart, ws the weight
+ * phases LU_DW_WLEN apart. */
+LU_HD float lu_dw_fwd_exact(const float *xs, int64_t plen, const float *ws, float b0, int64_t q, int64_t o0, int64_t n,
+                            int64_t s, int64_t p, int64_t k)
 {
     int64_t lo, hi;
-    lu_conv_taps(o, s, p, d, k, n, &lo, &hi);
-    const float *xr = xs + (o * s - p - in0);
+    lu_conv_taps(o0 + q, s, p, 1, k, n, &lo, &hi);
     float acc = b0;
-    for (int64_t j = lo; j < hi; j++) acc += ws[j] * xr[j * d];
-    return acc;
-}
-
-/* Outputs that reach the inputs [t0, t0 + cnt) of a dx tile, cnt <= LU_DW_TILE: returns the span
- * of [*o_base, *o_base + span) (indices outside [0, n_out) included; they read as 0). */
-LU_HD int64_t lu_dw_dy_window(int64_t t0, int64_t cnt, int64_t s, int64_t p, int64_t k, int64_t d, int64_t *o_base)
-{
-    *o_base = lu_floor_div(t0 + p - (k - 1) * d, s);
-    return lu_floor_div(t0 + cnt - 1 + p, s) - *o_base + 1;
-}
-
-/* dx at input t: sum over taps k of w[k] dy[o] with o*s = t + p - k*d, 0 <= o < n_out
- * (dys[j] = dy[o_base + j]). Taps run from K-1 down, in the order the CPU's scatter adds them. */
-LU_HD float lu_dw_dx_point(const float *dys, const float *ws, int64_t t, int64_t o_base, int64_t n_out, int64_t s,
-                           int64_t p, int64_t d, int64_t k)
-{
-    float acc = 0.0f;
-    for (int64_t j = k - 1; j >= 0; j--) {
-        int64_t o = lu_conv_out_of(t, j, s, p, d, n_out);
-        if (o >= 0) acc += ws[j] * dys[o - o_base];
+    for (int64_t j = lo; j < hi; j++) {
+        int64_t pos = q * s + j;
+        acc += ws[j % s * LU_DW_WLEN + j / s] * xs[pos % s * plen + pos / s];
     }
     return acc;
 }
 
-/* Term of tap j of dw for output o with gradient g: g * x[o*s - p + j*d], 0 when that input is
- * padding (the CPU skips it: an Inf g times a padded zero must not give NaN). */
-LU_HD float lu_dw_dw_term(const float *xs, float g, int64_t o, int64_t in0, int64_t n, int64_t s, int64_t p, int64_t d,
-                          int64_t j)
+/* Class c < s of the dx tile of inputs [t0, t0 + cnt): the inputs t with (t + p) % s == c,
+ * *first and then every s-th, *members of them; their dy array starts at output *ob, so that
+ * dx[*first + s*m] = sum over i < kc of w[s*(kc-1-i) + c] dy[*ob + m + i] (0 outside [0, n_out)).
+ * Returns kc, the taps of phase c. */
+LU_HD int64_t lu_dw_dx_class(int64_t t0, int64_t cnt, int64_t s, int64_t p, int64_t k, int64_t c, int64_t *first,
+                             int64_t *members, int64_t *ob)
 {
-    int64_t i = o * s - p + j * d;
-    return i >= 0 && i < n ? g * xs[i - in0] : 0.0f;
+    int64_t kc = lu_dw_phase_taps(k, s, c);
+    *first = t0 + ((c - p - t0) % s + s) % s;
+    *members = *first < t0 + cnt ? (t0 + cnt - *first + s - 1) / s : 0;
+    *ob = (*first + p - c) / s - kc + 1;
+    return kc;
+}
+
+/* Entries of a class array that dx reads: a thread's members q0 + [0, 4), q0 <= LU_DW_TILE/s - 4,
+ * read dy_c[q0 + i] for i up to the taps rounded to groups of 4. */
+LU_HD int64_t lu_dw_dx_fill(int64_t k, int64_t s) { return LU_DW_TILE / s + lu_dw_ceil4(lu_dw_phase_taps(k, s, 0)); }
+
+/* dx at input t of class c without the padding shortcut: the taps whose output lies in
+ * [0, n_out), from j = K-1 down as the fast path adds them. dys and ws are class c's arrays. */
+LU_HD float lu_dw_dx_exact(const float *dys, const float *ws, int64_t t, int64_t ob, int64_t n_out, int64_t s,
+                           int64_t p, int64_t kc, int64_t c)
+{
+    float acc = 0.0f;
+    for (int64_t i = 0; i < kc; i++) {
+        int64_t o = (t + p - (s * (kc - 1 - i) + c)) / s;
+        if (o >= 0 && o < n_out) acc += ws[i] * dys[o - ob];
+    }
+    return acc;
+}
+
+/* dw: threads take (phase, group of LU_DW_WTAPS taps) pairs; phase r has this many groups. */
+LU_HD int64_t lu_dw_dw_groups(int64_t k, int64_t s, int64_t r)
+{
+    return (lu_dw_phase_taps(k, s, r) + LU_DW_WTAPS - 1) / LU_DW_WTAPS;
+}
+
+/* Entries of each phase array that dw reads: a segment [qs, qs + LU_DW_SEG), qs <= LU_DW_DY_LEN -
+ * LU_DW_SEG, with taps 8g..8g+7 reads x_r up to qs + LU_DW_SEG + 8g + 7 (whole 16-byte loads). */
+LU_HD int64_t lu_dw_dw_fill(int64_t k, int64_t s) { return LU_DW_DY_LEN + LU_DW_WTAPS * lu_dw_dw_groups(k, s, 0); }
+
+/* Term of tap j = s*i + r of dw for output o0 + q with gradient g: g x_r[q + i], 0 when that input
+ * is padding (the CPU skips it: an Inf g times a padded zero must not give NaN). */
+LU_HD float lu_dw_dw_term(const float *xr, float g, int64_t q, int64_t o0, int64_t n, int64_t s, int64_t p, int64_t r,
+                          int64_t i)
+{
+    int64_t in = (o0 + q) * s - p + s * i + r;
+    return in >= 0 && in < n ? g * xr[q + i] : 0.0f;
 }
 
 #endif

@@ -5,12 +5,13 @@
  *
  * A tensor is read as [outer, T, inner] around the resampled dim. Decimate and upsample forward,
  * and decimate backward, only move elements: they take every dtype, as the CPU does. The sums
- * (upsample backward, downsample) are f32 or bf16 with fp32 math, one thread per output element
- * adding in the CPU's order; the bias gradient of downsample is a two-stage reduction in a fixed
- * order. */
+ * (upsample backward, downsample) are f32 or bf16 with fp32 math, adding in the CPU's order.
+ * Downsample moves 4 channels per thread with vector accesses when C % 4 == 0 and f <= 8 (its
+ * backward one pass over dy writing dx and per-block partial sums of the bias gradient), one
+ * element per thread otherwise; the partials are added up by one block in a fixed order. */
 #include <math.h>
 
-#include "device.cuh"
+#include "rows.cuh"
 
 typedef struct frames {
     int64_t outer, t, inner; /* x viewed as [outer, t, inner] */
@@ -158,14 +159,26 @@ static lu_status gather_backward(const lu_op_call *c)
 
 /* ---- downsample ---- */
 
-/* w = softmax(bias) in double (one thread: factor is small). */
-static __global__ void downsample_weights_kernel(int dt, const void *bias, double *w, int64_t f)
+/* Factors of the vector kernels (Zipformer's are 2, 4 and 8); larger ones take the general
+ * kernels. */
+#define DS_MAX_F 8
+/* Blocks of the vector backward, each leaving one partial sum per tap for dbias. */
+#define DS_BLOCKS 1024
+
+/* w = softmax(bias) in double, as core/cpu/resample_generic.h. */
+static __device__ void downsample_softmax(int dt, const void *bias, int64_t f, double *w)
 {
-    if (blockIdx.x != 0 || threadIdx.x != 0) return;
     double mx = lu_dev_load(bias, dt, 0), s = 0;
     for (int64_t j = 1; j < f; j++) mx = fmax(mx, (double)lu_dev_load(bias, dt, j));
     for (int64_t j = 0; j < f; j++) s += w[j] = exp((double)lu_dev_load(bias, dt, j) - mx);
     for (int64_t j = 0; j < f; j++) w[j] /= s;
+}
+
+/* One thread (factor is small). */
+static __global__ void downsample_weights_kernel(int dt, const void *bias, double *w, int64_t f)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    downsample_softmax(dt, bias, f, w);
 }
 
 /* y[b, t] = sum_j w_j x[b, min(f*t + j, T-1)]. */
@@ -184,6 +197,28 @@ static __global__ void downsample_forward_kernel(int dt, const void *x, const do
     }
 }
 
+/* The same for C % 4 == 0, f <= DS_MAX_F and fewer than 2^31 elements: items (row b*To + t,
+ * group of 4 channels), vector loads and stores; each block computes the weights itself. */
+template <typename T>
+static __global__ void downsample_forward4_kernel(int dt, const T *x, const void *bias, T *y, int T_, int C4, int To,
+                                                  int f, int n)
+{
+    __shared__ double w[DS_MAX_F];
+    if (threadIdx.x == 0) downsample_softmax(dt, bias, f, w);
+    __syncthreads();
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += blockDim.x * gridDim.x) {
+        int c4 = idx % C4, bt = idx / C4, t = bt % To, b = bt / To;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int j = 0; j < f; j++) {
+            int s = f * t + j < T_ ? f * t + j : T_ - 1;
+            float v[4], wj = (float)w[j];
+            lu_ld4(x + ((int64_t)(b * T_ + s) * C4 + c4) * 4, v);
+            for (int e = 0; e < 4; e++) acc[e] += wj * v[e];
+        }
+        lu_st4(y + (int64_t)idx * 4, acc);
+    }
+}
+
 /* dx[b, s] = w_{s mod f} dy[b, s/f]; the last frame also collects the pad taps j > (T-1) mod f. */
 static __global__ void downsample_dx_kernel(int dt, const void *dy, const double *w, void *dx, int64_t B, int64_t T,
                                             int64_t C, int64_t To, int64_t f)
@@ -198,9 +233,9 @@ static __global__ void downsample_dx_kernel(int dt, const void *dy, const double
     }
 }
 
-/* Items (j, chunk): partial[j*chunks + chunk] = sum over the chunk's elements e of dy (as
- * [B, To, C]) of dy[e] x[b, min(f*t + j, T-1), c]. */
-static __global__ void downsample_partial_kernel(int dt, const void *dy, const void *x, float *partial, int64_t B,
+/* Items (j, chunk): partial[chunk*f + j] = sum over the chunk's elements e of dy (as [B, To, C])
+ * of dy[e] x[b, min(f*t + j, T-1), c]. */
+static __global__ void downsample_partial_kernel(int dt, const void *dy, const void *x, double *partial, int64_t B,
                                                  int64_t T, int64_t C, int64_t To, int64_t f, int64_t chunks,
                                                  int64_t chunk_len)
 {
@@ -213,26 +248,84 @@ static __global__ void downsample_partial_kernel(int dt, const void *dy, const v
             v += lu_dev_load(dy, dt, e) * lu_dev_load(x, dt, (b * T + s) * C + i);
         }
         v = lu_dev_block_sum(v);
-        if (threadIdx.x == 0) partial[item] = v;
+        if (threadIdx.x == 0) partial[item % chunks * f + j] = v;
     }
 }
 
-/* dbias_k = w_k (G_k - sum_j w_j G_j), G_j = the partials of tap j in order (one thread). */
-static __global__ void downsample_dbias_kernel(int dt, const float *partial, const double *w, void *db, int64_t f,
-                                               int64_t chunks)
+/* Sum over the block (blockDim.x a multiple of the warp size, at most LU_CUDA_THREADS) in an
+ * order that depends only on blockDim.x; every thread gets the total. */
+static __device__ double downsample_block_sum(double v)
 {
-    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    __shared__ double part[LU_CUDA_THREADS / LU_CUDA_WARP];
+    for (int o = LU_CUDA_WARP / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads(); /* part may still be read from a previous call */
+    if (threadIdx.x % LU_CUDA_WARP == 0) part[threadIdx.x / LU_CUDA_WARP] = v;
+    __syncthreads();
+    double s = 0;
+    for (int k = 0; k < (int)(blockDim.x / LU_CUDA_WARP); k++) s += part[k];
+    return s;
+}
+
+/* The vector backward (the conditions of downsample_forward4_kernel), one pass over dy: dx as
+ * downsample_dx_kernel, and when partial is given, partial[block*f + j] = the block's sum of
+ * dy[b, t] . x[b, min(f*t + j, T-1)] (in fp64, as the CPU). */
+template <typename T>
+static __global__ void __launch_bounds__(LU_CUDA_THREADS, 4)
+    downsample_backward4_kernel(int dt, const T *dy, const T *x, const void *bias, T *dx, double *partial, int T_,
+                                int C4, int To, int f, int n)
+{
+    __shared__ double w[DS_MAX_F];
+    if (threadIdx.x == 0) downsample_softmax(dt, bias, f, w);
+    __syncthreads();
+    double g[DS_MAX_F] = {0};
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += blockDim.x * gridDim.x) {
+        int c4 = idx % C4, bt = idx / C4, t = bt % To, b = bt / To;
+        float d[4];
+        lu_ld4(dy + (int64_t)idx * 4, d);
+#pragma unroll
+        for (int j = 0; j < DS_MAX_F; j++) {
+            if (j >= f) break;
+            int s = f * t + j;
+            if (partial) {
+                float v[4];
+                lu_ld4(x + ((int64_t)(b * T_ + (s < T_ ? s : T_ - 1)) * C4 + c4) * 4, v);
+                for (int e = 0; e < 4; e++) g[j] += (double)d[e] * v[e];
+            }
+            if (dx && s < T_) {
+                double ws = w[j];
+                if (s == T_ - 1)
+                    for (int k = j + 1; k < f; k++) ws += w[k];
+                float wr = (float)ws, o[4] = {wr * d[0], wr * d[1], wr * d[2], wr * d[3]};
+                lu_st4(dx + ((int64_t)(b * T_ + s) * C4 + c4) * 4, o);
+            }
+        }
+    }
+    if (!partial) return;
+#pragma unroll
+    for (int j = 0; j < DS_MAX_F; j++) {
+        if (j >= f) break;
+        double s = downsample_block_sum(g[j]);
+        if (threadIdx.x == 0) partial[blockIdx.x * f + j] = s;
+    }
+}
+
+/* dbias_k = w_k (G_k - sum_j w_j G_j), G_j = the sum over k < parts of partial[k*f + j], added in
+ * a fixed order by one block. partial has room for 2f more doubles: G, then w. */
+static __global__ void downsample_dbias_kernel(int dt, double *partial, const void *bias, void *db, int64_t f,
+                                               int64_t parts)
+{
+    double *G = partial + parts * f, *w = G + f;
+    for (int64_t j = 0; j < f; j++) {
+        double v = 0;
+        for (int64_t k = threadIdx.x; k < parts; k += blockDim.x) v += partial[k * f + j];
+        v = downsample_block_sum(v);
+        if (threadIdx.x == 0) G[j] = v;
+    }
+    if (threadIdx.x != 0) return;
+    downsample_softmax(dt, bias, f, w);
     double wg = 0;
-    for (int64_t j = 0; j < f; j++) {
-        double g = 0;
-        for (int64_t k = 0; k < chunks; k++) g += partial[j * chunks + k];
-        wg += w[j] * g;
-    }
-    for (int64_t j = 0; j < f; j++) {
-        double g = 0;
-        for (int64_t k = 0; k < chunks; k++) g += partial[j * chunks + k];
-        lu_dev_store(db, dt, j, (float)(w[j] * (g - wg)));
-    }
+    for (int64_t j = 0; j < f; j++) wg += w[j] * G[j];
+    for (int64_t j = 0; j < f; j++) lu_dev_store(db, dt, j, (float)(w[j] * (G[j] - wg)));
 }
 
 /* x [B, T, C], bias [f], y (or dy) [B, ceil(T/f), C]. */
@@ -249,6 +342,20 @@ static lu_status downsample_shapes(const lu_tensor *x, const lu_tensor *bias, co
     return LU_OK;
 }
 
+/* Whether the vector kernels take x [B, T, C] with factor f and the frame tensors a, b (NULL
+ * slots skipped). */
+static bool downsample_vec_ok(const lu_tensor *x, int64_t f, const lu_tensor *a, const lu_tensor *b)
+{
+    const lu_tensor *ts[3] = {x, a, b};
+    bool ok = f <= DS_MAX_F && x->shape[2] % 4 == 0 && lu_tensor_numel(x) < INT32_MAX;
+    for (int i = 0; i < 3 && ok; i++) {
+        if (!ts[i]) continue;
+        const void *p = lu_tensor_data(ts[i]);
+        ok = x->dtype == LU_BF16 ? lu_aligned4((const uint16_t *)p) : lu_aligned4((const float *)p);
+    }
+    return ok;
+}
+
 /* in = [x, bias], out = [y]. */
 static lu_status downsample_forward(const lu_op_call *c)
 {
@@ -259,15 +366,45 @@ static lu_status downsample_forward(const lu_op_call *c)
     LU_TRY(downsample_shapes(x, bias, y));
     int64_t B = x->shape[0], T = x->shape[1], C = x->shape[2], To = y->shape[1], f = bias->shape[0];
     if (lu_tensor_numel(y) == 0) return LU_OK;
+    lu_dtype dt = x->dtype;
+    const void *X = lu_tensor_data(x), *BIAS = lu_tensor_data(bias);
+    void *Y = lu_tensor_data(y);
+    if (downsample_vec_ok(x, f, y, NULL)) {
+        int n = (int)(B * To * C / 4);
+        if (dt == LU_BF16)
+            downsample_forward4_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(
+                dt, (const uint16_t *)X, BIAS, (uint16_t *)Y, (int)T, (int)(C / 4), (int)To, (int)f, n);
+        else
+            downsample_forward4_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(dt, (const float *)X, BIAS, (float *)Y,
+                                                                             (int)T, (int)(C / 4), (int)To, (int)f, n);
+        LU_CUDA_CHECK_LAUNCH();
+        return LU_OK;
+    }
     void *w;
     LU_TRY(lu_cuda_scratch_alloc(&w, (size_t)f * sizeof(double)));
-    downsample_weights_kernel<<<1, 1>>>(x->dtype, lu_tensor_data(bias), (double *)w, f);
-    downsample_forward_kernel<<<lu_cuda_blocks(B * To * C), LU_CUDA_THREADS>>>(
-        x->dtype, lu_tensor_data(x), (const double *)w, lu_tensor_data(y), B, T, C, To, f);
+    downsample_weights_kernel<<<1, 1>>>(dt, BIAS, (double *)w, f);
+    downsample_forward_kernel<<<lu_cuda_blocks(B * To * C), LU_CUDA_THREADS>>>(dt, X, (const double *)w, Y, B, T, C,
+                                                                               To, f);
     cudaError_t e = cudaGetLastError();
     lu_cuda_scratch_free(w);
     if (e != cudaSuccess) return lu_cuda_fail(e, __FILE__, __LINE__, "downsample kernels");
     return LU_OK;
+}
+
+/* The general backward: the weights, dx when given, and when partial is given, one partial per
+ * tap of each chunk of chunk_len elements of dy. */
+static void downsample_backward_general(lu_dtype dt, const void *dy, const void *x, const void *bias, void *dx,
+                                        double *w, double *partial, int64_t B, int64_t T, int64_t C, int64_t To,
+                                        int64_t f, int64_t chunk_len, int64_t chunks)
+{
+    downsample_weights_kernel<<<1, 1>>>(dt, bias, w, f);
+    if (dx)
+        downsample_dx_kernel<<<lu_cuda_blocks(B * T * C), LU_CUDA_THREADS>>>(dt, dy, w, dx, B, T, C, To, f);
+    if (partial) {
+        int64_t items = f * chunks;
+        downsample_partial_kernel<<<(unsigned)(items > 65535 ? 65535 : items), LU_CUDA_THREADS>>>(
+            dt, dy, x, partial, B, T, C, To, f, chunks, chunk_len);
+    }
 }
 
 /* in = [dy, x, bias, y], out = [dx?, dbias?]. */
@@ -288,23 +425,30 @@ static lu_status downsample_backward(const lu_op_call *c)
         return lu_errorf(LU_ERR_SHAPE, "downsample backward: dy and y differ in shape");
     int64_t B = x->shape[0], T = x->shape[1], C = x->shape[2], f = bias->shape[0], To = dy->shape[1];
     lu_dtype dt = x->dtype;
-    /* Chunks of at least 4096 elements, at most 256 per tap. */
+    const void *DY = lu_tensor_data(dy), *X = lu_tensor_data(x), *BIAS = lu_tensor_data(bias);
+    void *DX = dx ? lu_tensor_data(dx) : NULL;
+    bool vec = downsample_vec_ok(x, f, dy, dx);
+    /* General path: chunks of at least 4096 elements, at most 256 per tap. */
     int64_t chunk_len = (n + 255) / 256 > 4096 ? (n + 255) / 256 : 4096, chunks = (n + chunk_len - 1) / chunk_len;
+    int blocks = (int)lu_cuda_blocks(n / 4), parts = vec ? (blocks < DS_BLOCKS ? blocks : DS_BLOCKS) : (int)chunks;
     void *w = NULL, *partial = NULL;
-    lu_status st = lu_cuda_scratch_alloc(&w, (size_t)f * sizeof(double));
-    if (st == LU_OK && db) st = lu_cuda_scratch_alloc(&partial, (size_t)(f * chunks) * sizeof(float));
+    lu_status st = vec ? LU_OK : lu_cuda_scratch_alloc(&w, (size_t)f * sizeof(double));
+    if (st == LU_OK && db) st = lu_cuda_scratch_alloc(&partial, (size_t)(f * (parts + 2)) * sizeof(double));
     if (st == LU_OK) {
-        downsample_weights_kernel<<<1, 1>>>(dt, lu_tensor_data(bias), (double *)w, f);
-        if (dx)
-            downsample_dx_kernel<<<lu_cuda_blocks(B * T * C), LU_CUDA_THREADS>>>(
-                dt, lu_tensor_data(dy), (const double *)w, lu_tensor_data(dx), B, T, C, To, f);
-        if (db) {
-            int64_t items = f * chunks;
-            downsample_partial_kernel<<<(unsigned)(items > 65535 ? 65535 : items), LU_CUDA_THREADS>>>(
-                dt, lu_tensor_data(dy), lu_tensor_data(x), (float *)partial, B, T, C, To, f, chunks, chunk_len);
-            downsample_dbias_kernel<<<1, 1>>>(dt, (const float *)partial, (const double *)w, lu_tensor_data(db), f,
-                                              chunks);
-        }
+        int nv = (int)(n / 4);
+        if (vec && dt == LU_BF16)
+            downsample_backward4_kernel<<<parts, LU_CUDA_THREADS>>>(dt, (const uint16_t *)DY, (const uint16_t *)X, BIAS,
+                                                                   (uint16_t *)DX, (double *)partial, (int)T,
+                                                                   (int)(C / 4), (int)To, (int)f, nv);
+        else if (vec)
+            downsample_backward4_kernel<<<parts, LU_CUDA_THREADS>>>(dt, (const float *)DY, (const float *)X, BIAS,
+                                                                   (float *)DX, (double *)partial, (int)T, (int)(C / 4),
+                                                                   (int)To, (int)f, nv);
+        else
+            downsample_backward_general(dt, DY, X, BIAS, DX, (double *)w, (double *)partial, B, T, C, To, f, chunk_len,
+                                        chunks);
+        if (db)
+            downsample_dbias_kernel<<<1, LU_CUDA_THREADS>>>(dt, (double *)partial, BIAS, lu_tensor_data(db), f, parts);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) st = lu_cuda_fail(e, __FILE__, __LINE__, "downsample backward kernels");
     }

@@ -20,114 +20,221 @@
 /* Pseudo-random value in [-1, 1) for element i of stream s. */
 static float prand(uint32_t s, uint64_t i) { return 2 * lu_rng_uniform(7, 0, s, i) - 1; }
 
-/* A window buffer whose slots outside [0, span) hold NaN: a kernel index that leaves the window
- * turns the result into NaN. */
-typedef struct window {
-    float *base, *at; /* at = base + guard */
-} window;
+/* Phase arrays of a simulated block (S rows of LU_DW_PHASE_LEN floats): NaN wherever the kernel
+ * does not write, so that a read past what it stages turns the result into NaN. */
+typedef struct phases {
+    float a[2][LU_DW_PHASE_LEN];
+} phases;
 
-enum { GUARD = 1024 };
+/* Weight phases (LU_DW_WLEN floats apart, as in the kernels), NaN where not staged. */
+typedef struct wphases {
+    float a[2][LU_DW_WLEN];
+} wphases;
 
-static window window_new(int64_t cap)
+static void phases_clear(phases *ph)
 {
-    window w;
-    w.base = malloc((size_t)(cap + 2 * GUARD) * sizeof(float));
-    cr_assert(w.base);
-    for (int64_t j = 0; j < cap + 2 * GUARD; j++) w.base[j] = NAN;
-    w.at = w.base + GUARD;
-    return w;
+    for (int r = 0; r < 2; r++)
+        for (int m = 0; m < LU_DW_PHASE_LEN; m++) ph->a[r][m] = NAN;
 }
 
-/* Forward, dx and dw of one row through the tiles of the fast depthwise kernels, against direct
- * double loops: y[o] = b + sum_k w[k] x[o*s - p + k*d]. */
-static void check_dw_tiling(int64_t T, int64_t K, int64_t s, int64_t p, int64_t d)
+/* dw_stage_x of conv.cu: the input window of outputs [o0, o0 + cnt) as s phases of fill floats. */
+static void stage_x(phases *xs, const float *x, int64_t T, int64_t o0, int64_t cnt, int64_t s, int64_t p, int64_t K,
+                    int64_t fill)
 {
-    int64_t OT = (T + 2 * p - d * (K - 1) - 1) / s + 1;
+    int64_t span, in0 = lu_dw_x_window(o0, cnt, s, p, K, &span);
+    cr_assert(fill <= LU_DW_PHASE_LEN && span <= s * fill, "window %lld, fill %lld", (long long)span, (long long)fill);
+    phases_clear(xs);
+    for (int64_t k = 0; k < s * fill; k++) {
+        int64_t i = in0 + k;
+        xs->a[k % s][k / s] = k < span && i >= 0 && i < T ? x[i] : 0.0f;
+    }
+}
+
+/* dw_stage_weights of conv.cu. */
+static void stage_weights(wphases *ws, const float *w, int64_t K, int64_t s, bool reversed)
+{
+    int64_t n = lu_dw_ceil4(lu_dw_phase_taps(K, s, 0));
+    cr_assert(n <= LU_DW_WLEN);
+    for (int r = 0; r < 2; r++)
+        for (int m = 0; m < LU_DW_WLEN; m++) ws->a[r][m] = NAN;
+    for (int64_t r = 0; r < s; r++)
+        for (int64_t i = 0, kr = lu_dw_phase_taps(K, s, r); i < n; i++)
+            ws->a[r][i] = i < kr ? w[s * (reversed ? kr - 1 - i : i) + r] : 0.0f;
+}
+
+/* dw_corr4 of conv.cu, element by element; every index it loads must be below `fill`. */
+static void corr4(float acc[4], const float *xw, int64_t base, const float *wt, int64_t groups, int64_t fill)
+{
+    cr_assert(base + 4 * groups + 4 <= fill, "corr4 loads up to %lld, %lld staged", (long long)(base + 4 * groups + 3),
+              (long long)fill);
+    for (int64_t gi = 0; gi < groups; gi++)
+        for (int t = 0; t < 4; t++)
+            for (int v = 0; v < 4; v++) acc[v] += wt[4 * gi + t] * xw[base + 4 * gi + t + v];
+}
+
+/* Forward, dx, dw and dbias of one row (the batch of one) through the tiles of the fast depthwise
+ * kernels, their fast and exact paths, against direct double loops: y[o] = b + sum_j w[j]
+ * x[o*s - p + j]. */
+static void check_dw_tiling(int64_t T, int64_t K, int64_t s, int64_t p)
+{
+    int64_t OT = (T + 2 * p - K) / s + 1;
     float *x = malloc((size_t)T * sizeof(float)), *w = malloc((size_t)K * sizeof(float));
-    float *dy = malloc((size_t)OT * sizeof(float));
-    double *dw_ref = calloc((size_t)K, sizeof(double)), *dw_got = calloc((size_t)K, sizeof(double));
-    cr_assert(x && w && dy && dw_ref && dw_got);
+    float *dy = malloc((size_t)OT * sizeof(float)), *got = malloc((size_t)LU_DW_TILE * sizeof(float));
+    double *dw_ref = calloc((size_t)K + 1, sizeof(double)), *dx_ref = calloc((size_t)T, sizeof(double));
+    double *dw_fast = calloc((size_t)K + 1, sizeof(double)), *dw_exact = calloc((size_t)K + 1, sizeof(double));
+    phases *xs = malloc(sizeof *xs);
+    wphases *ws = malloc(sizeof *ws);
+    cr_assert(x && w && dy && got && dw_ref && dx_ref && dw_fast && dw_exact && xs && ws);
     for (int64_t i = 0; i < T; i++) x[i] = prand(1, (uint64_t)i);
     for (int64_t k = 0; k < K; k++) w[k] = prand(2, (uint64_t)k);
     for (int64_t o = 0; o < OT; o++) dy[o] = prand(3, (uint64_t)o);
     char what[128];
-    snprintf(what, sizeof what, "T %lld K %lld stride %lld padding %lld dilation %lld", (long long)T, (long long)K,
-             (long long)s, (long long)p, (long long)d);
-    window xs = window_new(LU_DW_X_WINDOW), dys = window_new(LU_DW_DY_WINDOW);
+    snprintf(what, sizeof what, "T %lld K %lld stride %lld padding %lld", (long long)T, (long long)K, (long long)s,
+             (long long)p);
+    for (int64_t o = 0; o < OT; o++) {
+        dw_ref[K] += dy[o];
+        for (int64_t k = 0; k < K; k++) {
+            int64_t i = o * s - p + k;
+            if (i >= 0 && i < T) {
+                dw_ref[k] += (double)dy[o] * x[i];
+                dx_ref[i] += (double)w[k] * dy[o];
+            }
+        }
+    }
+    /* forward */
+    stage_weights(ws, w, K, s, false);
     for (int64_t o0 = 0; o0 < OT; o0 += LU_DW_TILE) {
-        int64_t cnt = OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE, span;
-        int64_t in0 = lu_dw_x_window(o0, cnt, s, p, K, d, &span);
-        cr_assert(span >= 1 && span <= LU_DW_X_WINDOW, "%s: input window %lld", what, (long long)span);
-        for (int64_t j = 0; j < span; j++) xs.at[j] = in0 + j >= 0 && in0 + j < T ? x[in0 + j] : 0;
+        int64_t cnt = OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE, fill = lu_dw_fwd_fill(K, s);
+        stage_x(xs, x, T, o0, cnt, s, p, K, fill);
+        for (int tid = 0; tid < LU_DW_THREADS; tid++) {
+            float acc[4] = {0.25f, 0.25f, 0.25f, 0.25f};
+            for (int64_t r = 0; r < s; r++)
+                corr4(acc, xs->a[r], 4 * tid, ws->a[r], lu_dw_ceil4(lu_dw_phase_taps(K, s, r)) / 4, fill);
+            for (int v = 0; v < 4; v++)
+                if (4 * tid + v < cnt) got[4 * tid + v] = acc[v];
+        }
         for (int64_t q = 0; q < cnt; q++) {
             int64_t o = o0 + q;
             double ref = 0.25;
-            for (int64_t k = 0; k < K; k++) {
-                int64_t i = o * s - p + k * d;
-                if (i >= 0 && i < T) {
-                    ref += (double)w[k] * x[i];
-                    dw_ref[k] += (double)dy[o] * x[i];
-                }
-            }
-            float got = lu_dw_fwd_point(xs.at, w, 0.25f, o, in0, T, s, p, d, K);
-            cr_assert(fabs(got - ref) <= 1e-4, "%s: y[%lld] = %g, expected %g", what, (long long)o, got, ref);
-            for (int64_t k = 0; k < K; k++) dw_got[k] += lu_dw_dw_term(xs.at, dy[o], o, in0, T, s, p, d, k);
+            for (int64_t k = 0; k < K; k++)
+                if (o * s - p + k >= 0 && o * s - p + k < T) ref += (double)w[k] * x[o * s - p + k];
+            float ex = lu_dw_fwd_exact(&xs->a[0][0], LU_DW_PHASE_LEN, &ws->a[0][0], 0.25f, q, o0, T, s, p, K);
+            cr_assert(fabs(got[q] - ref) <= 1e-4, "%s: y[%lld] = %g, expected %g", what, (long long)o, got[q], ref);
+            cr_assert(fabs(ex - ref) <= 1e-4, "%s: exact y[%lld] = %g, expected %g", what, (long long)o, ex, ref);
         }
-        for (int64_t j = 0; j < span; j++) xs.at[j] = NAN;
     }
-    for (int64_t k = 0; k < K; k++)
-        cr_assert(fabs(dw_got[k] - dw_ref[k]) <= 1e-3, "%s: dw[%lld] = %g, expected %g", what, (long long)k, dw_got[k],
-                  dw_ref[k]);
-    double *dx_ref = calloc((size_t)T, sizeof(double));
-    cr_assert(dx_ref);
-    for (int64_t o = 0; o < OT; o++)
-        for (int64_t k = 0; k < K; k++) {
-            int64_t i = o * s - p + k * d;
-            if (i >= 0 && i < T) dx_ref[i] += (double)w[k] * dy[o];
-        }
+    /* dx */
+    stage_weights(ws, w, K, s, true);
     for (int64_t t0 = 0; t0 < T; t0 += LU_DW_TILE) {
-        int64_t cnt = T - t0 < LU_DW_TILE ? T - t0 : LU_DW_TILE, o_base;
-        int64_t span = lu_dw_dy_window(t0, cnt, s, p, K, d, &o_base);
-        cr_assert(span >= 1 && span <= LU_DW_DY_WINDOW, "%s: dy window %lld", what, (long long)span);
-        for (int64_t j = 0; j < span; j++) dys.at[j] = o_base + j >= 0 && o_base + j < OT ? dy[o_base + j] : 0;
+        int64_t cnt = T - t0 < LU_DW_TILE ? T - t0 : LU_DW_TILE, fill = lu_dw_dx_fill(K, s);
+        int64_t first[2], members[2], ob[2], kc[2], covered = 0;
+        cr_assert(fill <= LU_DW_PHASE_LEN);
+        phases_clear(xs);
+        for (int64_t c = 0; c < s; c++) {
+            kc[c] = lu_dw_dx_class(t0, cnt, s, p, K, c, &first[c], &members[c], &ob[c]);
+            int64_t need = members[c] > 0 && kc[c] > 0 ? members[c] + kc[c] - 1 : 0;
+            cr_assert(members[c] <= LU_DW_TILE / s && need <= fill, "%s: class %lld", what, (long long)c);
+            for (int64_t m = 0; m < fill; m++)
+                xs->a[c][m] = m < need && ob[c] + m >= 0 && ob[c] + m < OT ? dy[ob[c] + m] : 0.0f;
+            covered += members[c];
+        }
+        cr_assert_eq(covered, cnt, "%s: the classes hold %lld of %lld inputs", what, (long long)covered,
+                     (long long)cnt);
+        for (int64_t q = 0; q < cnt; q++) got[q] = NAN;
+        for (int tid = 0; tid < LU_DW_THREADS; tid++) {
+            int c = tid / (LU_DW_THREADS / (int)s), q0 = 4 * (tid % (LU_DW_THREADS / (int)s));
+            float acc[4] = {0, 0, 0, 0};
+            corr4(acc, xs->a[c], q0, ws->a[c], lu_dw_ceil4(kc[c]) / 4, fill);
+            for (int v = 0; v < 4; v++)
+                if (q0 + v < members[c]) {
+                    int64_t at = first[c] - t0 + s * (q0 + v);
+                    cr_assert(at >= 0 && at < cnt && isnan(got[at]), "%s: dx slot %lld", what, (long long)at);
+                    got[at] = acc[v];
+                }
+        }
         for (int64_t q = 0; q < cnt; q++) {
-            int64_t t = t0 + q;
-            float got = lu_dw_dx_point(dys.at, w, t, o_base, OT, s, p, d, K);
-            cr_assert(fabs(got - dx_ref[t]) <= 1e-4, "%s: dx[%lld] = %g, expected %g", what, (long long)t, got,
+            int64_t t = t0 + q, c = (t + p) % s;
+            float ex = lu_dw_dx_exact(xs->a[c], ws->a[c], t, ob[c], OT, s, p, kc[c], c);
+            cr_assert(fabs(got[q] - dx_ref[t]) <= 1e-4, "%s: dx[%lld] = %g, expected %g", what, (long long)t, got[q],
+                      dx_ref[t]);
+            cr_assert(fabs(ex - dx_ref[t]) <= 1e-4, "%s: exact dx[%lld] = %g, expected %g", what, (long long)t, ex,
                       dx_ref[t]);
         }
-        for (int64_t j = 0; j < span; j++) dys.at[j] = NAN;
     }
-    free(xs.base);
-    free(dys.base);
+    /* dw and dbias: the threads of dw_partial_kernel, then its reduction over each combo */
+    int64_t g0 = lu_dw_dw_groups(K, s, 0), combos = g0 + (s == 2 ? lu_dw_dw_groups(K, s, 1) : 0);
+    int64_t per_combo = LU_DW_THREADS / combos;
+    cr_assert(per_combo >= 1);
+    for (int exact = 0; exact < 2; exact++) {
+        double *dw_got = exact ? dw_exact : dw_fast;
+        for (int tid = 0; tid < combos * per_combo; tid++) {
+            int64_t combo = tid / per_combo, lane = tid % per_combo, r = combo < g0 ? 0 : 1, gi = combo - r * g0;
+            int64_t kr = lu_dw_phase_taps(K, s, r);
+            double acc[LU_DW_WTAPS + 1] = {0};
+            for (int64_t o0 = 0; o0 < OT; o0 += LU_DW_TILE) {
+                int64_t cnt = OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE, fill = lu_dw_dw_fill(K, s);
+                float dys[LU_DW_DY_LEN];
+                stage_x(xs, x, T, o0, cnt, s, p, K, fill);
+                for (int64_t q = 0; q < LU_DW_DY_LEN; q++) dys[q] = q < cnt ? dy[o0 + q] : 0.0f;
+                for (int64_t qs = lane * LU_DW_SEG; qs < cnt; qs += per_combo * LU_DW_SEG) {
+                    int64_t base = qs + LU_DW_WTAPS * gi;
+                    cr_assert(base + LU_DW_SEG + 8 <= fill && qs + LU_DW_SEG <= LU_DW_DY_LEN, "%s: dw loads", what);
+                    int64_t qe = exact ? (qs + LU_DW_SEG < cnt ? qs + LU_DW_SEG : cnt) : qs + LU_DW_SEG;
+                    for (int64_t q = qs; q < qe; q++) {
+                        for (int64_t t = 0; t < LU_DW_WTAPS; t++) {
+                            int64_t i = LU_DW_WTAPS * gi + t;
+                            if (!exact) acc[t] += dys[q] * xs->a[r][q + i];
+                            else if (i < kr) acc[t] += lu_dw_dw_term(xs->a[r], dys[q], q, o0, T, s, p, r, i);
+                        }
+                        if (combo == 0) acc[LU_DW_WTAPS] += dys[q];
+                    }
+                }
+            }
+            for (int64_t j = 0; j <= K; j++) {
+                int64_t src = 0, t = LU_DW_WTAPS;
+                if (j < K) {
+                    src = (j % s ? g0 : 0) + j / s / LU_DW_WTAPS;
+                    t = j / s % LU_DW_WTAPS;
+                }
+                if (src == combo) dw_got[j] += acc[t];
+            }
+        }
+        for (int64_t k = 0; k <= K; k++)
+            cr_assert(fabs(dw_got[k] - dw_ref[k]) <= 1e-3, "%s: %s dw[%lld] = %g, expected %g", what,
+                      exact ? "exact" : "fast", (long long)k, dw_got[k], dw_ref[k]);
+    }
     free(x);
     free(w);
     free(dy);
+    free(got);
     free(dw_ref);
-    free(dw_got);
     free(dx_ref);
+    free(dw_fast);
+    free(dw_exact);
+    free(xs);
+    free(ws);
 }
 
 Test(cuda_tiles, depthwise_tiles_match_direct_loops_on_odd_sizes)
 {
-    const int64_t Ts[] = {1, 2, 17, 499, 500, 512, 513, 1100, 1537};
-    const int64_t Ks[] = {1, 2, 7, 15, 31};
+    const int64_t Ts[] = {1, 2, 17, 37, 499, 500, 512, 513, 1100, 1537};
+    const int64_t Ks[] = {1, 2, 3, 4, 7, 15, 31};
     int checked = 0;
     for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
         for (size_t b = 0; b < sizeof Ks / sizeof Ks[0]; b++)
-            for (int64_t s = 1; s <= 2; s++)
-                for (int64_t d = 1; d <= 9; d += 8) {
-                    int64_t K = Ks[b], pads[4] = {0, (K - 1) / 2 * d, (K - 1) * d, (K - 1) * d + 5};
-                    for (int pi = 0; pi < 4; pi++) {
-                        if (Ts[a] + 2 * pads[pi] < d * (K - 1) + 1 || !lu_dw_fast_ok(3, 3, 3, K, s, d)) continue;
-                        check_dw_tiling(Ts[a], K, s, pads[pi], d);
-                        checked++;
-                    }
+            for (int64_t s = 1; s <= 2; s++) {
+                int64_t K = Ks[b], pads[4] = {0, (K - 1) / 2, K - 1, K + 4};
+                for (int pi = 0; pi < 4; pi++) {
+                    if (Ts[a] + 2 * pads[pi] < K) continue;
+                    check_dw_tiling(Ts[a], K, s, pads[pi]);
+                    checked++;
                 }
-    /* The largest halo the fast path takes. */
-    check_dw_tiling(700, LU_DW_MAX_HALO + 1, 2, LU_DW_MAX_HALO / 2, 1);
-    check_dw_tiling(700, LU_DW_MAX_HALO / 2 + 1, 1, 3, 2);
-    cr_assert_gt(checked, 300);
+            }
+    /* The largest kernels of the fast path. */
+    check_dw_tiling(700, LU_DW_MAX_HALO + 1, 2, LU_DW_MAX_HALO / 2);
+    check_dw_tiling(700, LU_DW_MAX_HALO + 1, 1, 3);
+    check_dw_tiling(1537, LU_DW_MAX_HALO, 1, LU_DW_MAX_HALO + 9);
+    cr_assert_gt(checked, 400);
 }
 
 Test(cuda_tiles, fast_depthwise_path_is_taken_only_where_its_windows_fit)
@@ -137,7 +244,8 @@ Test(cuda_tiles, fast_depthwise_path_is_taken_only_where_its_windows_fit)
     cr_assert(!lu_dw_fast_ok(384, 384, 384, 31, 3, 1), "stride 3");
     cr_assert(!lu_dw_fast_ok(384, 768, 384, 31, 1, 1), "channel multiplier");
     cr_assert(!lu_dw_fast_ok(384, 384, 192, 31, 1, 1), "two channels per group");
-    cr_assert(!lu_dw_fast_ok(8, 8, 8, 31, 1, 9), "halo 270");
+    cr_assert(!lu_dw_fast_ok(8, 8, 8, 7, 1, 2), "dilation 2");
+    cr_assert(lu_dw_fast_ok(8, 8, 8, 1, 2, 5), "a dilated 1-tap kernel is not dilated");
     cr_assert(lu_dw_fast_ok(8, 8, 8, LU_DW_MAX_HALO + 1, 1, 1));
     cr_assert(!lu_dw_fast_ok(8, 8, 8, LU_DW_MAX_HALO + 2, 1, 1));
 }
@@ -174,9 +282,6 @@ Test(cuda_tiles, tap_ranges_and_their_inverse_match_brute_force)
                                 cr_assert_eq(lu_conv_out_of(i, j, s, p, d, n_out), expect);
                             }
                     }
-    cr_assert_eq(lu_floor_div(-7, 2), -4);
-    cr_assert_eq(lu_floor_div(-6, 2), -3);
-    cr_assert_eq(lu_floor_div(7, 2), 3);
 }
 
 Test(cuda_tiles, device_philox_matches_core_rng_word_for_word)
@@ -264,16 +369,17 @@ static void check_conv2d(int64_t B, int64_t cin, int64_t cout, int64_t H, int64_
     release_all((lu_tensor *[]){x, w, bias}, 3);
 }
 
-/* The Conformer/Zipformer depthwise module: groups == Cin == Cout, K 7..31, stride 1 and 2. */
+/* The Conformer/Zipformer depthwise module: groups == Cin == Cout, K 3..31 (odd and even),
+ * stride 1 and 2; dilation 2 takes the other depthwise kernels. */
 static void check_depthwise_sweep(lu_dtype dev_dt, double tol)
 {
-    const int64_t Ts[] = {1, 17, 499, 500};
-    const int64_t Ks[] = {7, 15, 31};
-    for (size_t a = 0; a < 4; a++)
-        for (size_t b = 0; b < 3; b++)
+    const int64_t Ts[] = {1, 17, 37, 499, 500};
+    const int64_t Ks[] = {3, 4, 7, 15, 31};
+    for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
+        for (size_t b = 0; b < sizeof Ks / sizeof Ks[0]; b++)
             for (int s = 1; s <= 2; s++) {
                 int64_t K = Ks[b], T = Ts[a];
-                check_conv1d(2, 3, 3, T, K, s, (int)(K - 1) / 2, 1, 3, true, dev_dt, tol);
+                if (T + (K - 1) / 2 * 2 >= K) check_conv1d(2, 3, 3, T, K, s, (int)(K - 1) / 2, 1, 3, true, dev_dt, tol);
                 if (T >= K) check_conv1d(2, 3, 3, T, K, s, 0, 1, 3, false, dev_dt, tol);
                 check_conv1d(1, 3, 3, T, K, s, (int)K + 2, 2, 3, true, dev_dt, tol);
             }
@@ -297,9 +403,22 @@ Test(cuda_conv, depthwise_conv1d_matches_cpu_at_model_width)
     for (int s = 1; s <= 2; s++) {
         check_conv1d(2, 384, 384, 500, 31, s, 15, 1, 384, true, LU_F32, TOL_F32);
         check_conv1d(2, 384, 384, 499, 15, s, 7, 1, 384, true, LU_BF16, TOL_BF16);
+        check_conv1d(3, 384, 384, 37, 31, s, 15, 1, 384, true, LU_F32, TOL_F32); /* a block with one row */
+        check_conv1d(3, 384, 384, 1, 31, s, 15, 1, 384, false, LU_BF16, TOL_BF16);
     }
     /* Several tiles per row, the largest halo of the fast path. */
     check_conv1d(2, 5, 5, 1537, 257, 2, 128, 1, 5, true, LU_F32, TOL_F32);
+    check_conv1d(2, 5, 5, 1537, 256, 1, 300, 1, 5, false, LU_F32, TOL_F32);
+}
+
+/* The shape of `luthier bench gpu`: dw sums several (batch, tile) units per block. */
+Test(cuda_conv, depthwise_conv1d_matches_cpu_at_benchmark_shape)
+{
+    require_gpu();
+    for (int s = 1; s <= 2; s++) {
+        check_conv1d(32, 384, 384, 500, 31, s, 15, 1, 384, true, LU_F32, TOL_F32);
+        check_conv1d(32, 384, 384, 500, 31, s, 15, 1, 384, true, LU_BF16, TOL_BF16);
+    }
 }
 
 Test(cuda_conv, other_depthwise_conv1d_match_cpu)
@@ -391,6 +510,33 @@ Test(cuda_conv, depthwise_conv1d_propagates_nan_and_inf_as_the_cpu)
                .dev_dt = LU_F32, .tol = TOL_F32};
     check_case(&f, "depthwise conv1d with NaN and Inf inputs");
     release_all((lu_tensor *[]){x, w, y}, 3);
+}
+
+/* NaN and Inf in x and dy, near the padded ends too: the tiles holding them take the exact path,
+ * which skips padded taps as the CPU does (Inf times a padded zero must not give NaN). */
+Test(cuda_conv, depthwise_conv1d_backward_propagates_nan_and_inf_as_the_cpu)
+{
+    require_gpu();
+    for (int s = 1; s <= 2; s++) {
+        lu_conv1d_params p = {s, 7, 1, 3};
+        int64_t OT = (60 + 14 - 15) / s + 1;
+        lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(2, 3, 60), -1, 1, 612);
+        lu_tensor *w = tu_rand(LU_F32, LU_SHAPE(3, 1, 15), -1, 1, 613), *y = empty(LU_F32, LU_SHAPE(2, 3, OT));
+        lu_tensor *dy = tu_rand(LU_F32, LU_SHAPE(2, 3, OT), -1, 1, 614);
+        float *X = lu_tensor_data(x), *DY = lu_tensor_data(dy);
+        X[70] = NAN;
+        X[100] = INFINITY;
+        DY[0] = INFINITY;            /* row 0, its first output reads padding */
+        DY[2 * OT - 1] = -INFINITY;  /* row 1, its last output reads padding */
+        DY[3 * OT + OT / 2] = NAN;
+        cpu_forward(LU_OP_CONV1D, (lu_tensor *[]){x, w, NULL}, 3, &y, 1, &p);
+        lu_tensor *dx = empty(LU_F32, LU_SHAPE(2, 3, 60)), *dw = empty(LU_F32, LU_SHAPE(3, 1, 15));
+        kcase k = {.op = LU_OP_CONV1D, .backward = true, .params = &p, .in = {dy, x, w, NULL, y}, .n_in = 5,
+                   .out = {dx, dw, NULL}, .n_out = 3, .dev_dt = LU_F32, .tol = TOL_F32};
+        check_case(&k, s == 1 ? "depthwise conv1d backward with NaN and Inf" : "strided depthwise conv1d backward "
+                                                                              "with NaN and Inf");
+        release_all((lu_tensor *[]){x, w, y, dy, dx, dw}, 6);
+    }
 }
 
 Test(cuda_conv, conv_rejects_mismatched_shapes_and_f64)
@@ -560,6 +706,22 @@ Test(cuda_conv, downsample_matches_cpu)
     check_downsample(2, 9, 3, 1, LU_F32, TOL_F32);
     check_downsample(4, 500, 384, 2, LU_F32, TOL_F32); /* several partial-sum chunks */
     check_downsample(2, 17, 7, 3, LU_BF16, TOL_BF16);
+}
+
+/* C % 4 == 0 and f <= 8: the vector kernels (the others above take the general ones, as f 9). */
+Test(cuda_conv, downsample_vector_path_matches_cpu)
+{
+    require_gpu();
+    check_downsample(2, 37, 8, 2, LU_F32, TOL_F32);
+    check_downsample(2, 37, 12, 3, LU_F32, TOL_F32);
+    check_downsample(3, 16, 4, 4, LU_F32, TOL_F32);
+    check_downsample(2, 17, 8, 8, LU_F32, TOL_F32);
+    check_downsample(1, 1, 8, 2, LU_F32, TOL_F32);
+    check_downsample(2, 9, 4, 1, LU_F32, TOL_F32);
+    check_downsample(2, 37, 8, 9, LU_F32, TOL_F32);
+    check_downsample(32, 500, 384, 2, LU_F32, TOL_F32); /* the benchmark's shape */
+    check_downsample(32, 500, 384, 2, LU_BF16, TOL_BF16);
+    check_downsample(2, 37, 8, 3, LU_BF16, TOL_BF16);
 }
 
 /* ---- dropout ---- */
