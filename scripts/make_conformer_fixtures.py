@@ -145,7 +145,8 @@ class EarlyExitConformer(torch.nn.Module):
                 pad = enc_in.size(1) % self.factor
                 if pad != 0:
                     pad = self.factor - pad
-                    enc_in = torch.cat((enc_in, torch.zeros(enc_in.size(0), pad, enc_in.size(2))), dim=1)
+                    zeros = torch.zeros(enc_in.size(0), pad, enc_in.size(2), device=enc_in.device, dtype=enc_in.dtype)
+                    enc_in = torch.cat((enc_in, zeros), dim=1)
                 enc_in = enc_in[:, :: self.factor, :]
                 blen = torch.clamp((lengths + pad) / self.factor, max=enc_in.size(1)).to(torch.int)
                 enc_in, _ = self.conformer_parallel[k](enc_in, blen)
