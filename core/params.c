@@ -178,3 +178,71 @@ lu_status lu_params_zero_grad(lu_params *p)
         if (p->flat_grad[d]) LU_TRY(lu_tensor_fill(p->flat_grad[d], 0.0));
     return LU_OK;
 }
+
+/* A heap copy of the buffer b on dev. */
+static lu_tensor *buffer_copy(const lu_tensor *b, lu_device dev)
+{
+    lu_tensor *t = lu_tensor_empty(b->dtype, b->ndim, b->shape, dev);
+    if (t && lu_tensor_copy(t, b)) {
+        lu_tensor_release(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* Points t at storage s at its current offset; the buffer tensor whose storage t left still
+ * holds a reference to it, so the count cannot reach zero here. */
+static void rebind(lu_tensor *t, lu_storage *s)
+{
+    t->storage->refcount--;
+    t->storage = s;
+    s->refcount++;
+}
+
+lu_status lu_params_to_device(lu_params *p, lu_device dev)
+{
+    if (!p->finalized) return lu_errorf(LU_ERR_STATE, "params: cannot move a store to %s before finalize", lu_device_name(dev));
+    if (p->device == dev) return LU_OK;
+    /* Each buffer's storage is referenced by the buffer tensor and by every tensor bound into it;
+     * any other reference is a view that would keep reading the old memory. */
+    int values[LU_DTYPE_COUNT] = {0}, grads[LU_DTYPE_COUNT] = {0};
+    for (int i = 0; i < p->n; i++) {
+        values[p->items[i].t->dtype]++;
+        grads[p->items[i].t->dtype] += p->items[i].trainable;
+    }
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+        bool extra = (p->flat[d] && p->flat[d]->storage->refcount != 1 + values[d]) ||
+                     (p->flat_grad[d] && p->flat_grad[d]->storage->refcount != 1 + grads[d]);
+        if (extra)
+            return lu_errorf(LU_ERR_STATE, "params: cannot move the store to %s: a view of its %s buffer is held elsewhere",
+                             lu_device_name(dev), lu_dtype_name((lu_dtype)d));
+    }
+    lu_tensor *flat[LU_DTYPE_COUNT] = {0}, *flat_grad[LU_DTYPE_COUNT] = {0};
+    lu_status s = LU_OK;
+    lu_arena *prev = lu_arena_activate(NULL); /* the buffers outlive every arena */
+    for (int d = 0; d < LU_DTYPE_COUNT && !s; d++) {
+        if (p->flat[d] && !(flat[d] = buffer_copy(p->flat[d], dev))) s = lu_error_code();
+        if (!s && p->flat_grad[d] && !(flat_grad[d] = buffer_copy(p->flat_grad[d], dev))) s = lu_error_code();
+    }
+    lu_arena_activate(prev);
+    if (s) {
+        for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+            lu_tensor_release(flat[d]);
+            lu_tensor_release(flat_grad[d]);
+        }
+        return lu_error_context("params: moving the store to %s: ", lu_device_name(dev));
+    }
+    for (int i = 0; i < p->n; i++) {
+        lu_tensor *t = p->items[i].t;
+        rebind(t, flat[t->dtype]->storage);
+        if (p->items[i].trainable) rebind(t->grad, flat_grad[t->dtype]->storage);
+    }
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+        lu_tensor_release(p->flat[d]);
+        lu_tensor_release(p->flat_grad[d]);
+        p->flat[d] = flat[d];
+        p->flat_grad[d] = flat_grad[d];
+    }
+    p->device = dev;
+    return LU_OK;
+}

@@ -40,5 +40,11 @@ const lu_param *lu_params_find(const lu_params *p, const char *name);
 int64_t lu_params_count(const lu_params *p, bool trainable_only);
 /* Zeroes every gradient buffer. */
 lu_status lu_params_zero_grad(lu_params *p);
+/* Moves a finalised store to dev in place: new value and gradient buffers on dev holding the
+ * same bytes, every declared tensor and gradient (the same structs, so pointers held elsewhere
+ * stay valid) re-pointed into them at its offset, the old buffers released. A no-op when the
+ * store is on dev already. Fails, leaving the store unchanged, when a view of its buffers is
+ * held outside the store (it would keep pointing at the old memory). */
+lu_status lu_params_to_device(lu_params *p, lu_device dev);
 
 #endif

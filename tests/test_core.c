@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/backend.h"
 #include "core/params.h"
 #include "testutil.h"
 
@@ -331,6 +332,103 @@ Test(params, one_buffer_per_dtype_with_gradients)
     cr_assert_eq(lu_params_count(p, true), 17);
     cr_assert_eq(lu_params_count(p, false), 21);
     cr_assert_eq(lu_params_get(p, "v"), v);
+    lu_params_free(p);
+}
+
+/* A finalised store of two trainable f32 tensors, an f32 buffer and an i64 buffer, every value
+ * and gradient element set to a value of its own. */
+static lu_params *filled_store(void)
+{
+    lu_params *p = lu_params_new(LU_CPU);
+    cr_assert(p && lu_params_add(p, "w", LU_F32, LU_SHAPE(3, 4), true) && lu_params_add(p, "bn.count", LU_I64, LU_SHAPE(2), false) &&
+              lu_params_add(p, "bn.mean", LU_F32, LU_SHAPE(4), false) && lu_params_add(p, "v", LU_F32, LU_SHAPE(5), true));
+    cr_assert_eq(lu_params_finalize(p), LU_OK, "%s", lu_error_message());
+    float *f = lu_tensor_data(p->flat[LU_F32]), *g = lu_tensor_data(p->flat_grad[LU_F32]);
+    for (int i = 0; i < 21; i++) f[i] = 0.5f * (float)i, g[i] = -0.25f * (float)i;
+    int64_t *n = lu_tensor_data(p->flat[LU_I64]);
+    n[0] = 7, n[1] = 9;
+    return p;
+}
+
+/* What a move must keep: the tensor structs, their offsets and shapes, values and gradients. */
+typedef struct store_view {
+    lu_tensor *t[4], *grad[4];
+    size_t offset[4];
+    lu_storage *storage[4];
+} store_view;
+
+static store_view view_of(const lu_params *p)
+{
+    store_view v;
+    for (int i = 0; i < 4; i++) {
+        v.t[i] = p->items[i].t;
+        v.grad[i] = p->items[i].t->grad;
+        v.offset[i] = p->items[i].t->offset;
+        v.storage[i] = p->items[i].t->storage;
+    }
+    return v;
+}
+
+static void assert_store_unchanged(const lu_params *p, const store_view *v)
+{
+    cr_assert_eq(p->device, LU_CPU);
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(p->items[i].t, v->t[i], "%s: tensor struct replaced", p->items[i].name);
+        cr_assert_eq(p->items[i].t->grad, v->grad[i], "%s: gradient struct replaced", p->items[i].name);
+        cr_assert_eq(p->items[i].t->offset, v->offset[i]);
+        cr_assert_eq(p->items[i].t->storage, v->storage[i], "%s: storage replaced", p->items[i].name);
+    }
+    cr_assert_eq(p->flat[LU_F32]->storage->refcount, 4, "the f32 buffer and its three tensors");
+    cr_assert_eq(p->flat_grad[LU_F32]->storage->refcount, 3, "the gradient buffer and two gradients");
+    const float *f = lu_tensor_data(p->flat[LU_F32]), *g = lu_tensor_data(p->flat_grad[LU_F32]);
+    for (int i = 0; i < 21; i++) {
+        cr_assert_eq(f[i], 0.5f * (float)i, "value %d", i);
+        cr_assert_eq(g[i], -0.25f * (float)i, "gradient %d", i);
+    }
+    cr_assert_eq(((const int64_t *)lu_tensor_data(lu_params_get(p, "bn.count")))[1], 9);
+}
+
+Test(params, to_device_on_its_own_device_changes_nothing)
+{
+    lu_params *p = filled_store();
+    store_view v = view_of(p);
+    cr_assert_eq(lu_params_to_device(p, LU_CPU), LU_OK, "%s", lu_error_message());
+    assert_store_unchanged(p, &v);
+    lu_params_free(p);
+}
+
+Test(params, to_device_before_finalize_is_an_error)
+{
+    lu_params *p = lu_params_new(LU_CPU);
+    cr_assert(lu_params_add(p, "w", LU_F32, LU_SHAPE(2), true));
+    cr_assert_neq(lu_params_to_device(p, LU_CUDA), LU_OK);
+    tu_assert_error_contains("before finalize");
+    lu_params_free(p);
+}
+
+/* The check comes before any allocation, so it runs without a GPU too. */
+Test(params, to_device_refuses_while_a_view_of_the_store_is_held)
+{
+    lu_params *p = filled_store();
+    store_view v = view_of(p);
+    lu_tensor *view = lu_detach(lu_params_get(p, "v"));
+    cr_assert(view, "%s", lu_error_message());
+    cr_assert_neq(lu_params_to_device(p, LU_CUDA), LU_OK);
+    tu_assert_error_contains("a view of its f32 buffer is held elsewhere");
+    lu_tensor_release(view);
+    assert_store_unchanged(p, &v);
+    lu_params_free(p);
+}
+
+Test(params, to_device_without_that_device_fails_and_keeps_the_store)
+{
+    if (lu_device_available(LU_CUDA))
+        cr_skip_test("a CUDA GPU is present: tests/test_cuda_train.c checks the move itself");
+    lu_params *p = filled_store();
+    store_view v = view_of(p);
+    cr_assert_neq(lu_params_to_device(p, LU_CUDA), LU_OK);
+    tu_assert_error_contains("moving the store to cuda");
+    assert_store_unchanged(p, &v);
     lu_params_free(p);
 }
 
