@@ -9,6 +9,7 @@
 #include <hdf5.h>
 #include <math.h>
 
+#include "core/backend.h"
 #include "core/checkpoint.h"
 #include "core/metrics.h"
 #include "experiments/runner/trainer.h"
@@ -83,7 +84,7 @@ Test(trainer, run_directory_holds_config_metrics_and_checkpoint)
 {
     cr_assert_eq(train("run", 0, false, 0, NULL), LU_OK, "%s", lu_error_message());
     const char *cfg = read_text("run/config.yaml");
-    cr_assert(strstr(cfg, "bytelm") && strstr(cfg, "max_steps"), "resolved config:\n%s", cfg);
+    cr_assert(strstr(cfg, "bytelm") && strstr(cfg, "max_steps") && strstr(cfg, "device: cpu"), "resolved config:\n%s", cfg);
     const char *m = read_text("run/metrics.jsonl");
     int train_lines = 0;
     for (const char *p = m; (p = strstr(p, "\"event\":\"train\"")); p++) train_lines++;
@@ -199,6 +200,27 @@ Test(trainer, unknown_task_lists_the_known_ones)
     lu_run_options o = {.config_path = path};
     cr_assert_neq(lu_train_run(&o), LU_OK);
     tu_assert_error_contains("unknown task 'splitformer9000' (known: bytelm, sft, asr)");
+}
+
+Test(trainer, unknown_device_names_the_key_and_the_choices)
+{
+    char *over[] = {"train.device=tpu"};
+    cr_assert_neq(train("run", 0, false, 1, over), LU_OK);
+    tu_assert_error_contains("train.device");
+    tu_assert_error_contains("cpu|cuda");
+}
+
+/* Refused before the task loads anything: the message names the key, the config and the reason. */
+Test(trainer, cuda_device_without_a_gpu_fails_at_start)
+{
+    if (lu_device_available(LU_CUDA))
+        cr_skip_test("a CUDA GPU is present: tests/test_cuda_train.c trains on it");
+    char *over[] = {"train.device=cuda", "data.text_file=/nonexistent/fr.txt"};
+    cr_assert_neq(train("run", 0, false, 2, over), LU_OK);
+    tu_assert_error_contains("tiny.yaml: train.device cuda: no usable GPU: ");
+    char path[512];
+    snprintf(path, sizeof path, "%s/run", dir);
+    cr_assert_neq(access(path, F_OK), 0, "nothing written for a refused run");
 }
 
 Test(trainer, missing_text_file_is_reported)

@@ -24,17 +24,22 @@ typedef struct lu_task {
     const char *description;
     const lu_cfg_field *schema;      /* the task's own sections (model.*, data.*) */
     size_t config_size;              /* size of the struct the schema fills */
-    /* Loads data and declares parameters in params (not yet finalised). */
+    /* loss and evaluate run on the device of the parameter store (train.device), building their
+     * batches on the host and uploading them; false: the task runs on the CPU only. */
+    bool any_device;
+    /* Loads data and declares parameters in params (not yet finalised, on the CPU). */
     lu_status (*create)(void **state, const void *config, uint64_t seed, lu_params *params);
-    /* Initialises the finalised parameters (skipped when resuming from a checkpoint). */
+    /* Initialises the finalised parameters on the CPU; the trainer then moves the store to
+     * train.device (lu_params_to_device) and, when resuming, loads the checkpoint into it. */
     lu_status (*init_params)(void *state, uint64_t seed);
     /* Micro-batches in one epoch. */
     int64_t (*epoch_size)(void *state);
-    /* Loss of the micro-batch at `position` (inside the trainer's arena); *items counts what it
-     * processed (tokens, seconds of audio) for throughput. `step` keys dropout. */
+    /* Loss of the micro-batch at `position` (inside the trainer's arena, on the parameters'
+     * device); *items counts what it processed (tokens, seconds of audio) for throughput.
+     * `step` keys dropout. */
     lu_tensor *(*loss)(void *state, int64_t position, int64_t step, double *items);
     /* Held-out evaluation: fills metrics (e.g. loss, perplexity); runs in no-grad mode and
-     * allocates its activations from an arena of its own. */
+     * allocates its activations from an arena of its own on the parameters' device. */
     lu_status (*evaluate)(void *state, lu_task_metrics *out);
     /* Optional: a human-readable demonstration after evaluation (a text sample, a transcript). */
     void (*demo)(void *state, FILE *f);

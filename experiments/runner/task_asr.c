@@ -42,6 +42,7 @@
 
 #include "core/arena.h"
 #include "core/autograd.h"
+#include "core/backend.h"
 #include "core/checkpoint.h"
 #include "core/fileio.h"
 #include "core/ops.h"
@@ -184,6 +185,7 @@ typedef struct asr {
     int sample_rate;
     int64_t dim;
     char *assets;                /* the asr.assets record (self-contained checkpoints) or NULL */
+    lu_arena *host;              /* host memory of batches built for another device, or NULL */
     /* owned by a state from lu_asr_task_open (the trainer owns them otherwise) */
     lu_params *own_params;
     lu_cfg_field *own_schema;
@@ -557,9 +559,14 @@ typedef struct batch {
     lu_tensor *feats, *lengths, *targets, *target_lengths;
 } batch;
 
-/* Pads utterances `ids` of `store` into a batch (in the active arena); `aug` applies
- * SpecAugment keyed by (seed + utterance, position). */
-static lu_status make_batch(asr *s, const lu_asr_store *store, const utt_tokens *tok, const int64_t *ids, int64_t B,
+static lu_device model_device(const asr *s)
+{
+    return (s->cfg.arch == ARCH_EE_ZIPFORMER ? s->zipformer.params : s->conformer.params)->device;
+}
+
+/* Pads utterances `ids` of `store` into a batch on the host (in the active arena); `aug`
+ * applies SpecAugment keyed by (seed + utterance, position). */
+static lu_status host_batch(asr *s, const lu_asr_store *store, const utt_tokens *tok, const int64_t *ids, int64_t B,
                             bool aug, int64_t position, batch *b)
 {
     int64_t D = store->dim, T = 0, S = 1;
@@ -597,6 +604,28 @@ static lu_status make_batch(asr *s, const lu_asr_store *store, const utt_tokens 
         tl[k] = tok[u].n;
         for (int i = 0; i < tok[u].n; i++) tg[k * S + i] = tok[u].ids[i];
     }
+    return LU_OK;
+}
+
+/* host_batch on the model's device. For another device than the CPU the batch is built in
+ * s->host (reset per batch: host tensors made while a device arena is active would otherwise
+ * come from the heap and outlive the step), then each tensor is copied into the active arena. */
+static lu_status make_batch(asr *s, const lu_asr_store *store, const utt_tokens *tok, const int64_t *ids, int64_t B,
+                            bool aug, int64_t position, batch *b)
+{
+    lu_device dev = model_device(s);
+    if (dev == LU_CPU) return host_batch(s, store, tok, ids, B, aug, position, b);
+    if (!s->host && !(s->host = lu_arena_new(LU_CPU, 0))) return lu_error_code();
+    lu_arena_reset(s->host);
+    lu_arena *prev = lu_arena_activate(s->host);
+    batch h;
+    lu_status st = host_batch(s, store, tok, ids, B, aug, position, &h);
+    lu_arena_activate(prev);
+    LU_TRY(st);
+    lu_tensor **from[] = {&h.feats, &h.lengths, &h.targets, &h.target_lengths};
+    lu_tensor **to[] = {&b->feats, &b->lengths, &b->targets, &b->target_lengths};
+    for (int i = 0; i < 4; i++)
+        if (!(*to[i] = lu_tensor_convert(*from[i], (*from[i])->dtype, dev))) return lu_error_code();
     return LU_OK;
 }
 
@@ -661,14 +690,20 @@ static double now_seconds(void)
 }
 
 /* Every exit of a batch, block by block: exits[i], out_len, and seconds[i] the wall time from
- * exit i-1 (the batch's features, for i = 0) to exit i. */
+ * exit i-1 (the batch's features, for i = 0) to exit i. A GPU runs kernels asynchronously: each
+ * exit's are waited for before the clock is read. */
 static lu_status forward_timed(asr *s, const batch *b, lu_tensor **exits, lu_tensor **out_len, double *seconds)
 {
     exit_steps e;
+    lu_device dev = model_device(s);
+    lu_backend *backend = lu_backend_get(dev);
+    if (!backend) return lu_error_code();
+    if (dev != LU_CPU) LU_TRY(backend->synchronize());
     double t0 = now_seconds();
     lu_status st = steps_begin(s, b, &e);
     for (int i = 0; i < s->n_exits && !st; i++) {
         if (!(exits[i] = steps_next(&e))) st = lu_error_code();
+        if (!st && dev != LU_CPU) st = backend->synchronize();
         double t = now_seconds();
         seconds[i] = t - t0;
         t0 = t;
@@ -683,7 +718,8 @@ static lu_tensor *exit_loss(asr *s, const batch *b, lu_tensor **exits, lu_tensor
 {
     lu_tensor *input_lengths = out_len;
     if (s->cfg.arch != ARCH_EE_ZIPFORMER && !s->cfg.ctc_utterance_lengths)
-        input_lengths = lu_tensor_full(LU_I64, LU_SHAPE(exits[0]->shape[0]), LU_CPU, (double)exits[0]->shape[1]);
+        input_lengths = lu_tensor_full(LU_I64, LU_SHAPE(exits[0]->shape[0]), lu_tensor_device(exits[0]),
+                                       (double)exits[0]->shape[1]);
     lu_tensor *loss = NULL;
     for (int i = 0; i < s->n_exits; i++) {
         lu_tensor *l = lu_ctc_loss(exits[i], b->targets, input_lengths, b->target_lengths, 0, LU_REDUCE_MEAN, true);
@@ -834,7 +870,7 @@ static lu_status asr_evaluate(void *state, lu_task_metrics *out)
     lu_status st = lu_asr_buckets_make(frames, n, s->cfg.max_frames, 0, &vb);
     free(frames);
     LU_TRY(st);
-    lu_arena *arena = lu_arena_new(LU_CPU, 0);
+    lu_arena *arena = lu_arena_new(model_device(s), 0);
     if (!arena) {
         lu_asr_buckets_free(&vb);
         return lu_error_code();
@@ -931,6 +967,7 @@ static void asr_destroy(void *state)
     free(s->inv_std);
     lu_asr_buckets_free(&s->buckets);
     lu_bpe_free(s->tokens);
+    lu_arena_free(s->host);
     lu_asr_store_close(&s->train);
     lu_asr_store_close(&s->valid);
     free(s->zipformer_json);
@@ -1203,6 +1240,7 @@ const lu_task lu_task_asr = {
     .description = "early-exit CTC speech recognition (EE-Conformer, Splitformer, EE-Zipformer)",
     .schema = asr_schema,
     .config_size = sizeof(asr_config),
+    .any_device = true,
     .create = asr_create,
     .init_params = asr_init,
     .epoch_size = asr_epoch_size,

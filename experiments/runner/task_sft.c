@@ -80,7 +80,7 @@ typedef struct sft {
     int64_t seq_len;
     int64_t *perm;                /* sequence order of the current epoch */
     int64_t perm_epoch;
-    int32_t *ids, *labels, *cu;   /* one packed row of batch_size sequences */
+    int32_t *ids, *labels, *pos, *cu; /* one packed row of batch_size sequences (host) */
     lu_decoder model;
 } sft;
 
@@ -128,8 +128,9 @@ static lu_status sft_create(void **state, const void *config, uint64_t seed, lu_
     s->perm = malloc((size_t)n * sizeof *s->perm);
     s->ids = malloc((size_t)row * sizeof *s->ids);
     s->labels = malloc((size_t)row * sizeof *s->labels);
+    s->pos = malloc((size_t)row * sizeof *s->pos);
     s->cu = malloc((size_t)(row + c->batch_size + 1) * sizeof *s->cu);
-    if (!s->perm || !s->ids || !s->labels || !s->cu) return lu_errorf(LU_ERR_NOMEM, "sft: out of memory");
+    if (!s->perm || !s->ids || !s->labels || !s->pos || !s->cu) return lu_errorf(LU_ERR_NOMEM, "sft: out of memory");
     int64_t data_vocab = lu_sft_data_vocab_size(c->data_dir);
     if (data_vocab < 0) return lu_error_code();
     lu_decoder_config dc;
@@ -203,7 +204,8 @@ static void shuffle_for_epoch(sft *s, int64_t epoch)
     s->perm_epoch = epoch;
 }
 
-/* Loss of sequences idx[0..B) of `data`, flattened into one packed row; *targets counts its labels. */
+/* Loss of sequences idx[0..B) of `data`, flattened into one packed row (built on the host, then
+ * copied to the model's device); *targets counts its labels. */
 static lu_tensor *packed_loss(sft *s, lu_sft_data *data, const int64_t *idx, int64_t B, int64_t *targets)
 {
     int64_t T = s->seq_len, L = B * T;
@@ -216,17 +218,14 @@ static lu_tensor *packed_loss(sft *s, lu_sft_data *data, const int64_t *idx, int
         for (int i = 0; i < k; i++) s->cu[n_cu - 1 + i] += (int32_t)(b * T);
         n_cu += k - 1;
     }
-    lu_tensor *ids = lu_tensor_empty(LU_I32, LU_SHAPE(1, L), LU_CPU);
-    lu_tensor *labels = lu_tensor_empty(LU_I32, LU_SHAPE(1, L), LU_CPU);
-    lu_tensor *pos = lu_tensor_empty(LU_I32, LU_SHAPE(1, L), LU_CPU);
-    lu_tensor *cu = lu_tensor_empty(LU_I32, LU_SHAPE(n_cu), LU_CPU);
-    if (!ids || !labels || !pos || !cu) return NULL;
-    memcpy(lu_tensor_data(ids), s->ids, (size_t)L * sizeof(int32_t));
-    memcpy(lu_tensor_data(labels), s->labels, (size_t)L * sizeof(int32_t));
-    memcpy(lu_tensor_data(cu), s->cu, (size_t)n_cu * sizeof(int32_t));
-    int32_t *p = lu_tensor_data(pos);
     for (int i = 0; i + 1 < n_cu; i++)
-        for (int32_t t = s->cu[i]; t < s->cu[i + 1]; t++) p[t] = t - s->cu[i];
+        for (int32_t t = s->cu[i]; t < s->cu[i + 1]; t++) s->pos[t] = t - s->cu[i];
+    lu_device dev = s->model.params->device;
+    lu_tensor *ids = lu_tensor_from_host(LU_I32, LU_SHAPE(1, L), dev, s->ids);
+    lu_tensor *labels = lu_tensor_from_host(LU_I32, LU_SHAPE(1, L), dev, s->labels);
+    lu_tensor *pos = lu_tensor_from_host(LU_I32, LU_SHAPE(1, L), dev, s->pos);
+    lu_tensor *cu = lu_tensor_from_host(LU_I32, LU_SHAPE(n_cu), dev, s->cu);
+    if (!ids || !labels || !pos || !cu) return NULL;
     *targets = 0;
     for (int64_t t = 1; t < L; t++) *targets += s->labels[t] != -100;
     lu_decoder_batch batch = {.input_ids = ids, .positions = pos, .cu_seqlens = cu};
@@ -249,7 +248,7 @@ static lu_status sft_evaluate(void *state, lu_task_metrics *out)
     lu_sft_data *data = s->valid ? s->valid : s->train;
     int64_t n = lu_sft_data_count(data), B = s->cfg.batch_size;
     if (s->cfg.eval_max_sequences > 0 && s->cfg.eval_max_sequences < n) n = s->cfg.eval_max_sequences;
-    lu_arena *arena = lu_arena_new(LU_CPU, 0);
+    lu_arena *arena = lu_arena_new(s->model.params->device, 0);
     if (!arena) return lu_error_code();
     lu_arena *prev = lu_arena_activate(arena);
     double total = 0;
@@ -340,6 +339,7 @@ static void sft_destroy(void *state)
     free(s->perm);
     free(s->ids);
     free(s->labels);
+    free(s->pos);
     free(s->cu);
     free(s);
 }
@@ -349,6 +349,7 @@ const lu_task lu_task_sft = {
     .description = "supervised fine-tuning of a decoder on packed chat data (luthier data prepare-chat)",
     .schema = sft_schema,
     .config_size = sizeof(sft_config),
+    .any_device = true,
     .create = sft_create,
     .init_params = sft_init,
     .epoch_size = sft_epoch_size,

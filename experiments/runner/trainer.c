@@ -15,10 +15,15 @@
 
 #include "core/arena.h"
 #include "core/autograd.h"
+#include "core/backend.h"
 #include "core/checkpoint.h"
 #include "core/metrics.h"
 #include "core/ops.h"
 #include "core/progress.h"
+#include "experiments/runner/cli.h"
+#ifdef LUTHIER_HAVE_CUDA
+#include "cuda/cuda_backend.h"
+#endif
 
 #define F(sec, key, type, member, req, def, choices, help) \
     {sec, key, type, offsetof(lu_train_config, member), req, def, choices, help}
@@ -37,6 +42,8 @@ const lu_cfg_field lu_train_schema[] = {
     F("train", "keep_checkpoints", LU_CFG_INT, keep_checkpoints, false, "0", NULL,
       "also keep checkpoints/step-N.h5 of the last N saves (for eval --avg)"),
     F("train", "out_dir", LU_CFG_STRING, out_dir, false, NULL, NULL, "run directory (default runs/<name>)"),
+    F("train", "device", LU_CFG_ENUM, device, false, "cpu", "cpu|cuda",
+      "where parameters, optimiser state, steps and evaluation run (cuda: the current GPU)"),
     F("optim", "kind", LU_CFG_ENUM, optim_kind, false, "adamw", "adamw|scaled_adam", "optimiser"),
     F("optim", "lr", LU_CFG_FLOAT, lr, false, "3e-4", NULL, "peak learning rate"),
     F("optim", "beta1", LU_CFG_FLOAT, beta1, false, "0.9", NULL, "first-moment decay"),
@@ -56,6 +63,7 @@ const lu_cfg_field lu_train_schema[] = {
     {0},
 };
 #undef F
+_Static_assert(LU_CPU == 0 && LU_CUDA == 1, "train.device choices are in lu_device order");
 
 /* ---- config: common fields + the task's fields in one allocation ----------------------------- */
 
@@ -220,6 +228,29 @@ static void run_free(run *r)
     run_config_free(&r->rc);
 }
 
+/* train.device is refused at start, before any data is loaded, when this build, this machine,
+ * the task or the optimiser cannot use it. */
+static lu_status check_device(const lu_task *task, const lu_train_config *c, const char *path)
+{
+    lu_device dev = (lu_device)c->device;
+    const char *name = lu_device_name(dev);
+    if (dev == LU_CPU) return LU_OK;
+    if (!lu_device_available(dev)) {
+#ifdef LUTHIER_HAVE_CUDA
+        const char *why = lu_cuda_unavailable_reason();
+#else
+        const char *why = "luthier was built without the CUDA backend (LUTHIER_CUDA off)";
+#endif
+        return lu_errorf(LU_ERR_DEVICE, "%s: train.device %s: no usable GPU: %s", path, name, why);
+    }
+    if (!task->any_device)
+        return lu_errorf(LU_ERR_CONFIG, "%s: train.device %s: task %s runs on the cpu only", path, name, task->name);
+    if (c->optim_kind == LU_OPTIM_SCALED_ADAM)
+        return lu_errorf(LU_ERR_CONFIG, "%s: train.device %s: optim.kind scaled_adam runs on the cpu only (use "
+                         "train.device cpu, or optim.kind adamw)", path, name);
+    return LU_OK;
+}
+
 static lu_status run_setup(run *r, const lu_run_options *opt, bool with_optim)
 {
     char task_name[128];
@@ -235,11 +266,14 @@ static lu_status run_setup(run *r, const lu_run_options *opt, bool with_optim)
     }
     LU_TRY(run_config_load(&r->rc, r->task, opt));
     lu_train_config *c = r->rc.common;
+    LU_TRY(check_device(r->task, c, opt->config_path));
+    /* Initialisers write host memory: the store is built on the CPU, then moved. */
     r->params = lu_params_new(LU_CPU);
     if (!r->params) return lu_error_code();
     LU_TRY(r->task->create(&r->state, r->rc.task_cfg, (uint64_t)c->seed, r->params));
     LU_TRY(lu_params_finalize(r->params));
     LU_TRY(r->task->init_params(r->state, (uint64_t)c->seed));
+    LU_TRY(lu_params_to_device(r->params, (lu_device)c->device));
     int64_t per_epoch = r->task->epoch_size(r->state) / c->grad_accum;
     r->total_steps = c->max_steps > 0 ? c->max_steps : c->epochs * (per_epoch > 0 ? per_epoch : 1);
     if (!with_optim) return LU_OK;
@@ -407,6 +441,18 @@ static lu_status evaluate(run *r, lu_metrics *metrics, int64_t step, bool print)
     return LU_OK;
 }
 
+/* "cpu", or "cuda [<GPU name, capability, SMs, CUDA runtime>]" for the run's first line. */
+static void device_description(lu_device dev, char *out, size_t size)
+{
+    if (dev == LU_CPU) {
+        snprintf(out, size, "%s", lu_device_name(dev));
+        return;
+    }
+    char gpu[192];
+    lu_bench_gpu_name(gpu, sizeof gpu);
+    snprintf(out, size, "%s [%s]", lu_device_name(dev), gpu);
+}
+
 lu_status lu_train_run(const lu_run_options *opt)
 {
     run r = {0};
@@ -439,14 +485,16 @@ lu_status lu_train_run(const lu_run_options *opt)
     if ((s = path_join(path, c->out_dir, "/config.yaml")) || (s = write_file_atomic(path, r.rc.text))) goto done;
     if ((s = path_join(path, c->out_dir, "/metrics.jsonl"))) goto done;
     metrics = lu_metrics_open(path, true);
-    arena = lu_arena_new(LU_CPU, 0);
+    arena = lu_arena_new(r.params->device, 0);
     if (!metrics || !arena) {
         s = lu_error_code();
         goto done;
     }
-    fprintf(stderr, "training %s (task %s): %lld parameters, %lld steps x %lld micro-batches, run dir %s\n", c->name,
-            r.task->name, (long long)lu_params_count(r.params, true), (long long)r.total_steps, (long long)c->grad_accum,
-            c->out_dir);
+    char where[256];
+    device_description(r.params->device, where, sizeof where);
+    fprintf(stderr, "training %s (task %s) on %s: %lld parameters, %lld steps x %lld micro-batches, run dir %s\n",
+            c->name, r.task->name, where, (long long)lu_params_count(r.params, true), (long long)r.total_steps,
+            (long long)c->grad_accum, c->out_dir);
     interrupted = 0;
     void (*old_handler)(int) = signal(SIGINT, on_sigint);
     progress = lu_progress_begin(stderr, c->name, r.total_steps);

@@ -21,6 +21,7 @@ typedef struct lu_train_config {
     double clip_norm;        /* 0: no clipping (ScaledAdam clips by itself) */
     int64_t keep_checkpoints; /* also keep checkpoints/step-N.h5 of the last N saves (for --avg) */
     char *out_dir;
+    int device;              /* lu_device: where parameters, optimiser state and steps live */
     /* optim */
     int optim_kind;
     double lr, beta1, beta2, eps, weight_decay;
@@ -55,7 +56,8 @@ lu_status lu_train_run(const lu_run_options *opt);
 lu_status lu_eval_run(const lu_run_options *opt);
 
 /* A task built from its config with a checkpoint loaded, as `luthier eval` does, for tools that
- * use a trained model (e.g. `luthier asr transcribe`). opt->checkpoint NULL: the run's
+ * use a trained model (e.g. `luthier asr transcribe`); its parameters are on the config's
+ * train.device, as in training and `luthier eval`. opt->checkpoint NULL: the run's
  * checkpoints/last.h5. NULL + error on failure; free with lu_task_close. */
 typedef struct lu_loaded_task lu_loaded_task;
 lu_loaded_task *lu_task_open(const lu_run_options *opt);

@@ -1,0 +1,281 @@
+/* test_cuda_train.c - `luthier train` with train.device cuda against the same run on the CPU:
+ * the parameter store moved to the GPU in place (lu_params_to_device), then the tiny ASR config
+ * of test_asr_task.c (EE-Conformer with dropout and SpecAugment, on the espeak-ng fixture) and the
+ * tiny SFT config of test_sft.c (from-scratch decoder on packed chats, gradient clipping) trained
+ * in-process for six steps on each device. Same seed, same data order and the same Philox dropout
+ * masks on both devices, so every step's logged loss agrees to a relative 1e-4 (the GPU sums in
+ * another order; the gradient norm is an f32 sum there, a double one on the CPU). A GPU run stopped
+ * after three steps and resumed logs the same losses, bit for bit, as one run straight through.
+ * The starts that must be refused (ScaledAdam, a CPU-only task) name train.device.
+ *
+ * Without a GPU (or without LUTHIER_CUDA) every test skips and says why; CUDA is first touched
+ * inside a test body (Criterion forks each test). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+#ifdef LUTHIER_HAVE_CUDA
+
+#include <criterion/redirect.h>
+
+#include "core/params.h"
+#include "cuda_testutil.h"
+#include "experiments/runner/cli.h"
+#include "experiments/runner/trainer.h"
+#include "models/sft_data.h"
+#include "models/tokenizer.h"
+
+#define STEPS 6
+#define TOL_LOSS 1e-4
+
+static char dir[64];
+
+static void make_dir(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/lu_cuda_train_XXXXXX");
+    cr_assert(mkdtemp(dir));
+}
+
+static void teardown(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+/* The fixture's features and test_asr_task.c's tiny config: d 16, 2 heads, 3 exits x 1 layer. */
+static void asr_setup(void)
+{
+    make_dir();
+    char feats[128], path[128];
+    snprintf(feats, sizeof feats, "%s/feats.h5", dir);
+    char *argv[] = {"prepare-speech", "--manifest", "tests/fixtures/asr/manifest.jsonl", "--out", feats, NULL};
+    cr_assert_eq(tu_run_captured(lu_data_prepare_speech, 5, argv, NULL, 0), 0, "prepare-speech failed");
+    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fprintf(f,
+            "task: asr\n"
+            "seed: 3\n"
+            "data:\n  train_features: %s\n  valid_features: %s\n  max_frames: 200\n  max_train_frames: 400\n"
+            "model:\n  arch: ee_conformer\n  d_model: 16\n  num_heads: 2\n  ffn_dim: 32\n  n_exits: 3\n"
+            "  layers_per_exit: 1\n  kernel: 3\n  dropout: 0.1\n"
+            "specaug:\n  time_width: 10\n  freq_width: 8\n"
+            "train:\n  max_steps: %d\n  log_every: 1\n  save_every: 3\n"
+            "optim:\n  lr: 3.0e-3\n"
+            "schedule:\n  kind: constant\n"
+            "demo:\n  examples: 2\n",
+            feats, feats, STEPS);
+    fclose(f);
+}
+
+/* test_sft.c's tiny config: 12 French chats packed into 96-token sequences, a quarter held out. */
+static void sft_setup(void)
+{
+    make_dir();
+    lu_tokenizer *tok = lu_tokenizer_load("tests/fixtures/tokenizer/small_qwen2.json");
+    cr_assert(tok, "%s", lu_error_message());
+    char data[128], path[128];
+    snprintf(data, sizeof data, "%s/data", dir);
+    lu_sft_options o = {.input = "tests/fixtures/sft/chat.jsonl", .out_dir = data, .tok = tok,
+                        .tokenizer_name = "small_qwen2.json", .seq_len = 96, .seed = 11, .valid_fraction = 0.25,
+                        .shard_tokens = 1 << 20, .pad_id = lu_tokenizer_token_id(tok, "<|endoftext|>")};
+    lu_sft_stats st;
+    cr_assert_eq(lu_sft_prepare(&o, &st), LU_OK, "%s", lu_error_message());
+    lu_tokenizer_free(tok);
+    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fprintf(f,
+            "task: sft\nseed: 5\n"
+            "data:\n  dir: %s\n  batch_size: 2\n"
+            "model:\n  hidden_size: 32\n  intermediate_size: 64\n  num_layers: 1\n  num_heads: 2\n  num_kv_heads: 1\n"
+            "  head_dim: 16\n  export_dtype: f32\n"
+            "train:\n  max_steps: %d\n  log_every: 1\n  save_every: 3\n  clip_norm: 1.0\n"
+            "optim:\n  lr: 1.0e-2\n"
+            "schedule:\n  kind: cosine\n  warmup_ratio: 0.1\n",
+            data, STEPS);
+    fclose(f);
+}
+
+/* Trains dir/tiny.yaml into dir/out on `device`, with `extra` overrides (NULL-terminated). */
+static lu_status train(const char *out, const char *device, int64_t stop_after, bool resume, char **extra)
+{
+    char cfg[128], outp[128], dev[64];
+    snprintf(cfg, sizeof cfg, "%s/tiny.yaml", dir);
+    snprintf(outp, sizeof outp, "%s/%s", dir, out);
+    snprintf(dev, sizeof dev, "train.device=%s", device);
+    char *over[8] = {dev};
+    int n = 1;
+    for (; extra && extra[n - 1] && n < 8; n++) over[n] = extra[n - 1];
+    lu_run_options o = {.config_path = cfg, .out_dir = outp, .stop_after = stop_after, .resume = resume,
+                        .n_overrides = n, .overrides = over};
+    return lu_train_run(&o);
+}
+
+/* The "loss" of every train line of dir/run/metrics.jsonl, in order (log_every 1: one per step). */
+static int read_losses(const char *run, double *loss, int max)
+{
+    char path[160], line[4096];
+    snprintf(path, sizeof path, "%s/%s/metrics.jsonl", dir, run);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "no %s", path);
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        cJSON *o = cJSON_Parse(line);
+        cr_assert(o, "%s: a line is not JSON: %s", path, line);
+        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "event"), *l = cJSON_GetObjectItemCaseSensitive(o, "loss");
+        if (cJSON_IsString(ev) && !strcmp(ev->valuestring, "train")) {
+            cr_assert(cJSON_IsNumber(l) && n < max, "%s: train line without a loss, or too many: %s", path, line);
+            loss[n++] = l->valuedouble;
+        }
+        cJSON_Delete(o);
+    }
+    fclose(f);
+    return n;
+}
+
+/* Every step's loss on cuda within TOL_LOSS (relative) of the CPU's. */
+static void assert_losses_match_cpu(const char *task)
+{
+    double cpu[STEPS + 1], gpu[STEPS + 1];
+    cr_assert_eq(read_losses("cpu", cpu, STEPS + 1), STEPS, "%s: cpu run logged another number of steps", task);
+    cr_assert_eq(read_losses("cuda", gpu, STEPS + 1), STEPS, "%s: cuda run logged another number of steps", task);
+    for (int i = 0; i < STEPS; i++) {
+        cr_assert(isfinite(cpu[i]) && isfinite(gpu[i]), "%s step %d: loss %g on cuda, %g on cpu", task, i + 1, gpu[i], cpu[i]);
+        cr_assert(fabs(gpu[i] - cpu[i]) <= TOL_LOSS * fabs(cpu[i]), "%s step %d: loss %.9g on cuda, %.9g on cpu (relative %.3g)",
+                  task, i + 1, gpu[i], cpu[i], fabs(gpu[i] - cpu[i]) / fabs(cpu[i]));
+    }
+}
+
+/* A cuda run stopped after 3 steps and resumed logs the straight run's losses exactly. */
+static void assert_resume_is_exact(const char *task)
+{
+    cr_assert_eq(train("straight", "cuda", 0, false, NULL), LU_OK, "%s: %s", task, lu_error_message());
+    cr_assert_eq(train("split", "cuda", 3, false, NULL), LU_OK, "%s: %s", task, lu_error_message());
+    cr_assert_eq(train("split", "cuda", 0, true, NULL), LU_OK, "%s resume: %s", task, lu_error_message());
+    double a[STEPS + 1], b[STEPS + 1];
+    cr_assert_eq(read_losses("straight", a, STEPS + 1), STEPS);
+    cr_assert_eq(read_losses("split", b, STEPS + 1), STEPS, "%s: the resumed run logged another number of steps", task);
+    for (int i = 0; i < STEPS; i++)
+        cr_assert(a[i] == b[i], "%s step %d: loss %.17g resumed, %.17g straight through", task, i + 1, b[i], a[i]);
+}
+
+/* ---- the parameter store ---- */
+
+Test(cuda_train, params_to_device_moves_values_and_keeps_every_tensor_pointer)
+{
+    require_gpu();
+    lu_params *p = lu_params_new(LU_CPU);
+    lu_tensor *w = lu_params_add(p, "w", LU_F32, LU_SHAPE(3, 4), true);
+    lu_tensor *n = lu_params_add(p, "bn.count", LU_I64, LU_SHAPE(2), false);
+    lu_tensor *v = lu_params_add(p, "v", LU_F32, LU_SHAPE(5), true);
+    cr_assert_eq(lu_params_finalize(p), LU_OK, "%s", lu_error_message());
+    lu_tensor *wg = w->grad, *vg = v->grad;
+    float *f = lu_tensor_data(p->flat[LU_F32]), *g = lu_tensor_data(p->flat_grad[LU_F32]);
+    for (int i = 0; i < 17; i++) f[i] = 0.5f * (float)i, g[i] = -0.25f * (float)i;
+    ((int64_t *)lu_tensor_data(n))[1] = 9;
+    /* Host copies of what the store holds, to compare with after each move. */
+    lu_tensor *hv = lu_tensor_empty(LU_F32, LU_SHAPE(17), LU_CPU), *hg = lu_tensor_empty(LU_F32, LU_SHAPE(17), LU_CPU);
+    lu_tensor *hn = lu_tensor_empty(LU_I64, LU_SHAPE(2), LU_CPU);
+    cr_assert(hv && hg && hn && !lu_tensor_copy(hv, p->flat[LU_F32]) && !lu_tensor_copy(hg, p->flat_grad[LU_F32]) &&
+              !lu_tensor_copy(hn, n), "%s", lu_error_message());
+
+    for (int round = 0; round < 2; round++) {
+        lu_device dev = round ? LU_CPU : LU_CUDA;
+        cr_assert_eq(lu_params_to_device(p, dev), LU_OK, "to %s: %s", lu_device_name(dev), lu_error_message());
+        cr_assert_eq(p->device, dev);
+        cr_assert(lu_params_get(p, "w") == w && lu_params_get(p, "v") == v && lu_params_get(p, "bn.count") == n,
+                  "the declared tensors are the same structs");
+        cr_assert(w->grad == wg && v->grad == vg, "the gradients are the same structs");
+        cr_assert(w->storage == p->flat[LU_F32]->storage && v->storage == w->storage && wg->storage == p->flat_grad[LU_F32]->storage,
+                  "every tensor points into the new buffers");
+        cr_assert_eq(lu_tensor_device(w), dev);
+        cr_assert_eq(lu_tensor_device(vg), dev);
+        cr_assert_eq(lu_tensor_device(n), dev);
+        cr_assert_eq(v->offset, 12);
+        cr_assert_eq(vg->offset, 12);
+        cr_assert_eq(p->flat[LU_F32]->storage->refcount, 3, "the buffer and its two tensors hold the storage");
+        cr_assert_eq(p->flat_grad[LU_F32]->storage->refcount, 3);
+        tu_assert_tensors_close(p->flat[LU_F32], hv, 0, 0, "values after the move");
+        tu_assert_tensors_close(p->flat_grad[LU_F32], hg, 0, 0, "gradients after the move");
+        tu_assert_tensors_close(n, hn, 0, 0, "the i64 buffer after the move");
+    }
+    release_all((lu_tensor *[]){hv, hg, hn}, 3);
+    lu_params_free(p);
+}
+
+/* ---- ASR ---- */
+
+TestSuite(cuda_train_asr, .init = asr_setup, .fini = teardown, .timeout = 300);
+
+Test(cuda_train_asr, tiny_conformer_losses_on_cuda_match_the_cpu)
+{
+    require_gpu();
+    cr_redirect_stdout();
+    cr_assert_eq(train("cpu", "cpu", 0, false, NULL), LU_OK, "cpu: %s", lu_error_message());
+    cr_assert_eq(train("cuda", "cuda", 0, false, NULL), LU_OK, "cuda: %s", lu_error_message());
+    assert_losses_match_cpu("asr");
+}
+
+Test(cuda_train_asr, resumed_cuda_run_continues_with_the_same_losses)
+{
+    require_gpu();
+    cr_redirect_stdout();
+    assert_resume_is_exact("asr");
+}
+
+Test(cuda_train_asr, scaled_adam_on_cuda_is_refused_at_start)
+{
+    require_gpu();
+    char *extra[] = {"optim.kind=scaled_adam", NULL};
+    cr_assert_neq(train("run", "cuda", 0, false, extra), LU_OK);
+    tu_assert_error_contains("train.device cuda: optim.kind scaled_adam runs on the cpu only");
+}
+
+Test(cuda_train_asr, cpu_only_task_on_cuda_is_refused_at_start)
+{
+    require_gpu();
+    char path[128];
+    snprintf(path, sizeof path, "%s/bytelm.yaml", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fputs("task: bytelm\ndata:\n  text_file: /nonexistent.txt\ntrain:\n  device: cuda\n", f);
+    fclose(f);
+    lu_run_options o = {.config_path = path};
+    cr_assert_neq(lu_train_run(&o), LU_OK);
+    tu_assert_error_contains("train.device cuda: task bytelm runs on the cpu only");
+}
+
+/* ---- SFT ---- */
+
+TestSuite(cuda_train_sft, .init = sft_setup, .fini = teardown, .timeout = 300);
+
+Test(cuda_train_sft, tiny_decoder_losses_on_cuda_match_the_cpu)
+{
+    require_gpu();
+    cr_redirect_stdout();
+    cr_assert_eq(train("cpu", "cpu", 0, false, NULL), LU_OK, "cpu: %s", lu_error_message());
+    cr_assert_eq(train("cuda", "cuda", 0, false, NULL), LU_OK, "cuda: %s", lu_error_message());
+    assert_losses_match_cpu("sft");
+    char path[160];
+    snprintf(path, sizeof path, "%s/cuda/model/model.safetensors", dir);
+    cr_assert_eq(access(path, R_OK), 0, "the cuda run exported its model to %s", path);
+}
+
+Test(cuda_train_sft, resumed_cuda_run_continues_with_the_same_losses)
+{
+    require_gpu();
+    cr_redirect_stdout();
+    assert_resume_is_exact("sft");
+}
+
+#else
+
+Test(cuda_train, skipped_without_cuda) { cr_skip_test("built without LUTHIER_CUDA"); }
+
+#endif
