@@ -72,7 +72,11 @@
     X(UPSAMPLE, "upsample")       /* x -> y, each frame repeated factor times, cut to out_len */ \
     X(CTC_LOSS, "ctc_loss")       /* log_probs [B,T,V], targets [B,S] int, input_lengths [B] int, \
                                      target_lengths [B] int -> loss, aux nll [B] */             \
-    X(ADAMW, "adamw")             /* in-place on in[0..3] = param, grad, m, v; no outputs */
+    X(ADAMW, "adamw")             /* in-place on in[0..3] = param, grad, m, v; no outputs */   \
+    X(SCALED_ADAM_STATS, "scaled_adam_stats") /* param, grad -> f64 [3]: sum(p g), sum(p p),   \
+                                     sum(g g), each accumulated in f64; no backward */          \
+    X(SCALED_ADAM, "scaled_adam") /* in-place on in[0..3] = param, grad, delta, exp_avg_sq;    \
+                                     lu_scaled_adam_params; no outputs */
 
 typedef enum lu_op {
 #define LU_OP_ENUM(name, str) LU_OP_##name,
@@ -126,5 +130,14 @@ typedef struct lu_resample_params { int dim, factor; int64_t out_len; } lu_resam
 typedef struct lu_ctc_params { int blank; lu_reduction reduction; bool zero_infinity; } lu_ctc_params;
 /* Decoupled weight decay: p -= lr*wd*p; m,v moments with bias correction at `step` (1-based). */
 typedef struct lu_adamw_params { double lr, beta1, beta2, eps, weight_decay; int64_t step; } lu_adamw_params;
+/* One tensor's ScaledAdam update (icefall optim.py), its per-tensor scalars computed on the host
+ * (core/optim.c): with g' = g * grad_scale (grad_scale 0: g' = 0, as icefall zeroes non-finite
+ * steps), v <- beta2 v + (1 - beta2) g'^2; d = -lr g' / (sqrt(v inv_bc2) + eps) * factor, plus
+ * p * scale_step when size_update; delta <- beta1 delta + (1 - beta1) d; p <- p + delta, then
+ * clamped to [-clamp, clamp] when clamped (scalar parameters). */
+typedef struct lu_scaled_adam_params {
+    double grad_scale, lr, factor, inv_bc2, scale_step, clamp, beta1, beta2, eps;
+    bool size_update, clamped;
+} lu_scaled_adam_params;
 
 #endif

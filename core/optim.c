@@ -21,10 +21,20 @@ static const int64_t sa_early_estimates[] = {10, 20, 40};
 /* One trainable parameter and its state tensors (views into the state store).
  * AdamW: a = exp_avg, b = exp_avg_sq. ScaledAdam: a = delta (momentum of the update),
  * b = exp_avg_sq, and for non-scalars rms = param_rms [1], scale_sq = scale_exp_avg_sq [1],
- * scale_grads [size_update_period]. */
+ * scale_grads [size_update_period]; hrms, hscale_sq, hscale_grads are the same three as the host
+ * reads and writes them (the tensors themselves on the CPU, views of the host mirror otherwise). */
 typedef struct slot {
     lu_tensor *p, *a, *b, *rms, *scale_sq, *scale_grads;
+    lu_tensor *hrms, *hscale_sq, *hscale_grads;
 } slot;
+
+/* ScaledAdam's small state (the per-tensor scalars, the recent norms and the threshold) sits at
+ * the end of each dtype's state buffer, after every delta and exp_avg_sq (declare_state); off the
+ * CPU the host works on a copy of that tail, fetched before each step and written back after. */
+typedef struct mirror {
+    lu_tensor *dev, *host; /* views: the tail of the state buffer, and its host copy */
+    size_t start;          /* element offset of the tail in the state buffer */
+} mirror;
 
 /* A run of trainable tensors that sit back to back in the parameter, gradient and both moment
  * buffers: AdamW updates it with one op call. */
@@ -41,6 +51,12 @@ struct lu_optim {
     int n_slots;
     run *runs;
     int n_runs;
+    /* ScaledAdam: per-slot sums [n_slots, 3] f64 on the parameters' device and on the host; the
+     * host views of norms and threshold; the mirrors (off the CPU only). */
+    lu_tensor *stats;
+    double *host_stats;
+    lu_tensor *hnorms, *hthreshold;
+    mirror mirrors[LU_DTYPE_COUNT];
 };
 
 void lu_optim_config_defaults(lu_optim_config *c, lu_optim_kind kind)
@@ -78,6 +94,21 @@ void lu_optim_free(lu_optim *o)
         lu_tensor_release(o->runs[i].v);
     }
     free(o->runs);
+    for (int i = 0; i < o->n_slots && o->params->device != LU_CPU; i++) {
+        lu_tensor_release(o->slots[i].hrms);
+        lu_tensor_release(o->slots[i].hscale_sq);
+        lu_tensor_release(o->slots[i].hscale_grads);
+    }
+    if (o->params->device != LU_CPU) {
+        lu_tensor_release(o->hnorms);
+        lu_tensor_release(o->hthreshold);
+    }
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+        lu_tensor_release(o->mirrors[d].dev);
+        lu_tensor_release(o->mirrors[d].host);
+    }
+    lu_tensor_release(o->stats);
+    free(o->host_stats);
     free(o->slots);
     lu_params_free(o->state);
     free(o);
@@ -222,6 +253,75 @@ static lu_status build_runs(lu_optim *o)
     return LU_OK;
 }
 
+/* The view of the host copy m->host for the state tensor t of the mirrored tail m. */
+static lu_tensor *mirror_view(const mirror *m, const lu_tensor *t)
+{
+    int64_t at = (int64_t)(t->offset - m->start);
+    return lu_slice(m->host, 0, at, at + lu_tensor_numel(t), 1);
+}
+
+/* ScaledAdam's per-slot sums, and the tensors the host reads: on the CPU the state tensors
+ * themselves; elsewhere views of a host copy of each dtype's small-state tail (see mirror). */
+static lu_status sa_bind_host(lu_optim *o)
+{
+    lu_device dev = o->params->device;
+    o->stats = lu_tensor_empty(LU_F64, 2, (int64_t[]){o->n_slots, 3}, dev);
+    o->host_stats = malloc((size_t)o->n_slots * 3 * sizeof *o->host_stats);
+    if (!o->stats || !o->host_stats) return o->stats ? lu_errorf(LU_ERR_NOMEM, "scaled_adam: out of memory") : lu_error_code();
+    if (dev == LU_CPU) {
+        for (int i = 0; i < o->n_slots; i++) {
+            slot *s = &o->slots[i];
+            s->hrms = s->rms;
+            s->hscale_sq = s->scale_sq;
+            s->hscale_grads = s->scale_grads;
+        }
+        o->hnorms = o->norms;
+        o->hthreshold = o->threshold;
+        return LU_OK;
+    }
+    /* Where each dtype's tail starts: its first small-state tensor. */
+    size_t start[LU_DTYPE_COUNT];
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) start[d] = SIZE_MAX;
+    for (int i = 0; i < o->n_slots; i++) {
+        const slot *s = &o->slots[i];
+        const lu_tensor *small[3] = {s->rms, s->scale_sq, s->scale_grads};
+        for (int k = 0; k < 3; k++)
+            if (small[k] && small[k]->offset < start[small[k]->dtype]) start[small[k]->dtype] = small[k]->offset;
+    }
+    if (o->norms->offset < start[LU_F64]) start[LU_F64] = o->norms->offset;
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+        if (start[d] == SIZE_MAX) continue;
+        mirror *m = &o->mirrors[d];
+        int64_t end = lu_tensor_numel(o->state->flat[d]);
+        m->start = start[d];
+        m->dev = lu_slice(o->state->flat[d], 0, (int64_t)start[d], end, 1);
+        m->host = lu_tensor_empty((lu_dtype)d, 1, (int64_t[]){end - (int64_t)start[d]}, LU_CPU);
+        if (!m->dev || !m->host) return lu_error_code();
+    }
+    for (int i = 0; i < o->n_slots; i++) {
+        slot *s = &o->slots[i];
+        if (!s->rms) continue;
+        s->hrms = mirror_view(&o->mirrors[s->rms->dtype], s->rms);
+        s->hscale_sq = mirror_view(&o->mirrors[s->scale_sq->dtype], s->scale_sq);
+        s->hscale_grads = mirror_view(&o->mirrors[s->scale_grads->dtype], s->scale_grads);
+        if (!s->hrms || !s->hscale_sq || !s->hscale_grads) return lu_error_code();
+    }
+    o->hnorms = mirror_view(&o->mirrors[LU_F64], o->norms);
+    o->hthreshold = mirror_view(&o->mirrors[LU_F64], o->threshold);
+    return o->hnorms && o->hthreshold ? LU_OK : lu_error_code();
+}
+
+/* Off the CPU: the small state from the device into the host copies (to_device false), or back. */
+static lu_status sa_sync(lu_optim *o, bool to_device)
+{
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+        mirror *m = &o->mirrors[d];
+        if (!m->dev) continue;
+        LU_TRY(to_device ? lu_tensor_copy(m->dev, m->host) : lu_tensor_copy(m->host, m->dev));
+    }
+    return LU_OK;
+}
+
 lu_optim *lu_optim_new(lu_params *p, const lu_optim_config *c)
 {
     if (check_config(c)) return NULL;
@@ -240,15 +340,12 @@ lu_optim *lu_optim_new(lu_params *p, const lu_optim_config *c)
             lu_errorf(LU_ERR_DTYPE, "%s: trainable parameter '%s' has dtype %s", k, q->name, lu_dtype_name(q->t->dtype));
             return NULL;
         }
-        if (c->kind == LU_OPTIM_SCALED_ADAM && q->trainable && q->t->dtype != LU_F32 && q->t->dtype != LU_F64) {
-            lu_errorf(LU_ERR_DTYPE, "scaled_adam: parameter '%s' is %s; the cpu implementation updates f32 and "
-                      "f64 parameters", q->name, lu_dtype_name(q->t->dtype));
+        if (c->kind == LU_OPTIM_SCALED_ADAM && q->trainable && q->t->dtype != LU_F32 &&
+            (q->t->dtype != LU_F64 || p->device != LU_CPU)) {
+            lu_errorf(LU_ERR_DTYPE, "scaled_adam: parameter '%s' is %s; it updates f32 parameters (and f64 ones on "
+                      "the cpu)", q->name, lu_dtype_name(q->t->dtype));
             return NULL;
         }
-    }
-    if (c->kind == LU_OPTIM_SCALED_ADAM && p->device != LU_CPU) {
-        lu_errorf(LU_ERR_DEVICE, "scaled_adam: runs on the cpu only, the parameters are on %s", lu_device_name(p->device));
-        return NULL;
     }
     lu_optim *o = calloc(1, sizeof *o);
     if (!o) {
@@ -261,6 +358,7 @@ lu_optim *lu_optim_new(lu_params *p, const lu_optim_config *c)
     lu_status s = (o->state = lu_params_new(p->device)) ? declare_state(o) : lu_error_code();
     if (!s) s = bind_slots(o);
     if (!s && c->kind == LU_OPTIM_ADAMW) s = build_runs(o);
+    if (!s && c->kind == LU_OPTIM_SCALED_ADAM) s = sa_bind_host(o);
     if (!s && o->threshold) s = lu_tensor_fill(o->threshold, -1.0);
     lu_arena_activate(prev);
     if (s) {
@@ -284,7 +382,7 @@ static lu_status adamw_step(lu_optim *o, double lr, int64_t t)
     return LU_OK;
 }
 
-/* ---- ScaledAdam (CPU) ----------------------------------------------------------------------- */
+/* ---- ScaledAdam ---------------------------------------------------------------------------- */
 
 static inline double ld(const lu_tensor *t, int64_t i)
 {
@@ -309,15 +407,14 @@ static lu_status sa_clip_factor(lu_optim *o, int64_t t, double *factor)
 {
     *factor = 1.0;
     if (o->cfg.clipping_scale == 0 || t == 0) return LU_OK;
+    /* sum over tensors of (g w)^2 = w^2 sum(g^2), w the tensor's rms (scalar_lr_scale for scalars) */
     double sumsq = 0;
     for (int i = 0; i < o->n_slots; i++) {
         const slot *s = &o->slots[i];
-        const lu_tensor *g = s->p->grad;
-        int64_t n = lu_tensor_numel(g);
-        double w = s->rms ? ld(s->rms, 0) : o->cfg.scalar_lr_scale;
-        for (int64_t j = 0; j < n; j++) sumsq += (ld(g, j) * w) * (ld(g, j) * w);
+        double w = s->hrms ? ld(s->hrms, 0) : o->cfg.scalar_lr_scale;
+        sumsq += w * w * o->host_stats[3 * i + 2];
     }
-    double norm = sqrt(sumsq), *norms = lu_tensor_data(o->norms), *thr = lu_tensor_data(o->threshold);
+    double norm = sqrt(sumsq), *norms = lu_tensor_data(o->hnorms), *thr = lu_tensor_data(o->hthreshold);
     norms[t % SA_CLIP_PERIOD] = norm;
     bool early = false;
     for (size_t k = 0; k < sizeof sa_early_estimates / sizeof *sa_early_estimates; k++)
@@ -343,27 +440,23 @@ static lu_status sa_clip_factor(lu_optim *o, int64_t t, double *factor)
 }
 
 /* One tensor's update at step t with clipped gradients g*clip (icefall basic_step,
- * scaling_step and momentum_step). */
-static void sa_update(const lu_optim *o, const slot *s, double lr, double clip, int64_t t)
+ * scaling_step and momentum_step): the per-tensor scalars here, from the slot's sums
+ * (host_stats: sum(p g), sum(p p), sum(g g)), the elementwise part by the SCALED_ADAM op. */
+static lu_status sa_update(const lu_optim *o, int i, double lr, double clip, int64_t t)
 {
     const lu_optim_config *c = &o->cfg;
-    lu_tensor *p = s->p, *delta = s->a, *v = s->b;
-    const lu_tensor *g = p->grad;
-    int64_t n = lu_tensor_numel(p), period = c->size_update_period;
+    const slot *s = &o->slots[i];
+    const double *sums = o->host_stats + 3 * i;
+    int64_t n = lu_tensor_numel(s->p), period = c->size_update_period;
     bool scalar = s->rms == NULL;
-    /* clip == 0 zeroes the gradients (icefall does so to get rid of infinities). */
-#define GRAD(j) (clip == 0 ? 0.0 : clip == 1 ? ld(g, j) : ld(g, j) * clip)
     double step_lr = scalar ? lr * c->scalar_lr_scale : lr, factor = 1.0, scale_step = 0.0;
     bool size_update = false;
     if (!scalar) {
-        double pg = 0, pp = 0;
-        for (int64_t j = 0; j < n; j++) {
-            pg += ld(p, j) * GRAD(j);
-            pp += ld(p, j) * ld(p, j);
-        }
-        st(s->scale_grads, t % period, pg);
-        if (t == 0 || t % period == period - 1) st(s->rms, 0, sqrt(pp / (double)n));
-        double rms = ld(s->rms, 0);
+        /* sum(p * g clip); clip == 0 zeroes the gradients (icefall does so to get rid of infinities). */
+        double pg = clip == 0 ? 0.0 : clip == 1 ? sums[0] : sums[0] * clip, pp = sums[1];
+        st(s->hscale_grads, t % period, pg);
+        if (t == 0 || t % period == period - 1) st(s->hrms, 0, sqrt(pp / (double)n));
+        double rms = ld(s->hrms, 0);
         factor = fmax(rms, c->param_min_rms);
         if (t % period == period - 1 && t > 0) {
             /* Learns the tensor's overall scale: one Adam step on the scale gradients
@@ -371,12 +464,12 @@ static void sa_update(const lu_optim *o, const slot *s, double lr, double clip, 
             size_update = true;
             double beta2_corr = pow(c->beta2, (double)period), sum = 0, sumsq = 0;
             for (int64_t k = 0; k < period; k++) {
-                sum += ld(s->scale_grads, k);
-                sumsq += ld(s->scale_grads, k) * ld(s->scale_grads, k);
+                sum += ld(s->hscale_grads, k);
+                sumsq += ld(s->hscale_grads, k) * ld(s->hscale_grads, k);
             }
-            double sq = beta2_corr * ld(s->scale_sq, 0) + (1 - beta2_corr) * (sumsq / (double)period);
-            st(s->scale_sq, 0, sq);
-            sq = ld(s->scale_sq, 0);
+            double sq = beta2_corr * ld(s->hscale_sq, 0) + (1 - beta2_corr) * (sumsq / (double)period);
+            st(s->hscale_sq, 0, sq);
+            sq = ld(s->hscale_sq, 0);
             double size_step = (double)((t + 1) / period);
             double bc2 = 1 - pow(beta2_corr, size_step);
             scale_step = -lr * c->scalar_lr_scale * sqrt(bc2) * sum / (sqrt(sq) + c->eps);
@@ -386,26 +479,35 @@ static void sa_update(const lu_optim *o, const slot *s, double lr, double clip, 
         }
     }
     double bc2 = 1 - pow(c->beta2, (double)(t + 1));
-    double inv_bc2 = bc2 < 0.99 ? 1.0 / bc2 : 1.0;
-    for (int64_t j = 0; j < n; j++) {
-        double gj = GRAD(j), pj = ld(p, j);
-        st(v, j, c->beta2 * ld(v, j) + (1 - c->beta2) * gj * gj);
-        double d = -step_lr * gj / (sqrt(ld(v, j) * inv_bc2) + c->eps) * factor;
-        if (size_update) d += pj * scale_step;
-        st(delta, j, c->beta1 * ld(delta, j) + (1 - c->beta1) * d);
-        pj += ld(delta, j);
-        if (scalar) pj = fmin(fmax(pj, -c->scalar_max), c->scalar_max);
-        st(p, j, pj);
+    lu_scaled_adam_params a = {.grad_scale = clip, .lr = step_lr, .factor = factor, .inv_bc2 = bc2 < 0.99 ? 1.0 / bc2 : 1.0,
+                               .scale_step = scale_step, .clamp = c->scalar_max, .beta1 = c->beta1, .beta2 = c->beta2,
+                               .eps = c->eps, .size_update = size_update, .clamped = scalar};
+    lu_tensor *in[4] = {s->p, s->p->grad, s->a, s->b}, *none[1] = {NULL};
+    return lu_op_run(LU_OP_SCALED_ADAM, in, 4, none, 0, &a, sizeof a);
+}
+
+/* Every slot's sum(p g), sum(p p), sum(g g) by the SCALED_ADAM_STATS op on the parameters'
+ * device, into host_stats with one read. */
+static lu_status sa_stats(lu_optim *o)
+{
+    for (int i = 0; i < o->n_slots; i++) {
+        lu_tensor *row = lu_slice(o->stats, 0, i, i + 1, 1);
+        lu_tensor *in[2] = {o->slots[i].p, o->slots[i].p->grad};
+        lu_status s = row ? lu_op_run(LU_OP_SCALED_ADAM_STATS, in, 2, &row, 1, NULL, 0) : lu_error_code();
+        lu_tensor_release(row);
+        LU_TRY(s);
     }
-#undef GRAD
+    return lu_tensor_to_host(o->stats, LU_F64, o->host_stats);
 }
 
 static lu_status scaled_adam_step(lu_optim *o, double lr, int64_t t)
 {
+    LU_TRY(sa_sync(o, false));
+    LU_TRY(sa_stats(o));
     double clip;
     LU_TRY(sa_clip_factor(o, t, &clip));
-    for (int i = 0; i < o->n_slots; i++) sa_update(o, &o->slots[i], lr, clip, t);
-    return LU_OK;
+    for (int i = 0; i < o->n_slots; i++) LU_TRY(sa_update(o, i, lr, clip, t));
+    return sa_sync(o, true);
 }
 
 lu_status lu_optim_step(lu_optim *o, double lr)

@@ -8,7 +8,10 @@
  * rms, a learned tensor scale updated every size_update_period steps, scalar parameters (numel 1)
  * with lr * scalar_lr_scale and no rms factor, momentum on the combined update, and its own
  * gradient clipping at clipping_scale x the median of recent (rms-weighted) gradient norms. It
- * runs on the CPU only (f32/f64 parameters) and never modifies the store's gradients.
+ * updates f32 parameters on any backend (and f64 ones on the CPU): each tensor's sums by the
+ * SCALED_ADAM_STATS op (one read of them all per step), its scalars on the host (off the CPU on
+ * a host copy of the small per-tensor state, fetched before and written back after each step),
+ * the elementwise update by the SCALED_ADAM op. It never modifies the store's gradients.
  *
  * All optimiser state lives in a store of its own (lu_optim_state): per-parameter tensors named
  * "<state>.<param>" plus globals ("step", ...), so that a checkpoint saves and restores it
