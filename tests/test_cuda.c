@@ -452,6 +452,47 @@ Test(cuda, adamw_updates_param_and_moments_as_the_cpu)
     release_all((lu_tensor *[]){w, g, m, v}, 4);
 }
 
+Test(cuda, scaled_adam_updates_param_and_state_as_the_cpu)
+{
+    require_gpu();
+    /* A size-update step with clipped gradients, then a clamped scalar-style step with zeroed ones. */
+    const lu_scaled_adam_params ps[2] = {
+        {.grad_scale = 0.7, .lr = 3e-2, .factor = 0.05, .inv_bc2 = 1 / 0.3, .scale_step = -0.02, .clamp = 10,
+         .beta1 = 0.9, .beta2 = 0.98, .eps = 1e-8, .size_update = true},
+        {.grad_scale = 0, .lr = 3e-3, .factor = 1, .inv_bc2 = 1, .clamp = 0.5, .beta1 = 0.9, .beta2 = 0.98, .eps = 1e-8,
+         .clamped = true},
+    };
+    for (int k = 0; k < 2; k++) {
+        lu_tensor *w = tu_rand(LU_F32, LU_SHAPE(1001), -1, 1, 120), *g = tu_rand(LU_F32, LU_SHAPE(1001), -1, 1, 121);
+        lu_tensor *d = tu_rand(LU_F32, LU_SHAPE(1001), -0.1, 0.1, 122), *v = tu_rand(LU_F32, LU_SHAPE(1001), 0, 0.01, 123);
+        kcase c = {.op = LU_OP_SCALED_ADAM, .inplace = true, .params = &ps[k], .in = {w, g, d, v}, .n_in = 4, .n_out = 0,
+                   .dev_dt = LU_F32, .tol = TOL_F32};
+        check_case(&c, k ? "scaled_adam, zeroed gradients, clamped" : "scaled_adam, size update");
+        release_all((lu_tensor *[]){w, g, d, v}, 4);
+    }
+}
+
+Test(cuda, scaled_adam_stats_sum_in_double_as_the_cpu)
+{
+    require_gpu();
+    /* Sizes below one block, across the two-stage grid, and at its cap. */
+    const int64_t sizes[3] = {1, 70001, 3000017};
+    for (int k = 0; k < 3; k++) {
+        lu_tensor *w = tu_rand(LU_F32, 1, &sizes[k], -1, 1, 130), *g = tu_rand(LU_F32, 1, &sizes[k], -2, 2, 131);
+        lu_tensor *out = empty(LU_F64, 1, (int64_t[]){3}), *in[2] = {w, g};
+        lu_tensor *din[2] = {to_device(w, LU_F32), to_device(g, LU_F32)};
+        lu_tensor *dout = lu_tensor_empty(LU_F64, 1, (int64_t[]){3}, LU_CUDA);
+        cr_assert(dout, "%s", lu_error_message());
+        cr_assert_eq(run_kernel(LU_CPU, false, LU_OP_SCALED_ADAM_STATS, in, 2, &out, 1, NULL), LU_OK, "%s",
+                     lu_error_message());
+        cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_SCALED_ADAM_STATS, din, 2, &dout, 1, NULL), LU_OK, "%s",
+                     lu_error_message());
+        /* Products of floats are exact in double: only the summation order differs. */
+        tu_assert_tensors_close(dout, out, 0, 1e-12, "scaled_adam_stats");
+        release_all((lu_tensor *[]){w, g, out, din[0], din[1], dout}, 6);
+    }
+}
+
 #else
 
 Test(cuda, skipped_without_cuda) { cr_skip_test("built without LUTHIER_CUDA"); }

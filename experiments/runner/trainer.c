@@ -245,9 +245,6 @@ static lu_status check_device(const lu_task *task, const lu_train_config *c, con
     }
     if (!task->any_device)
         return lu_errorf(LU_ERR_CONFIG, "%s: train.device %s: task %s runs on the cpu only", path, name, task->name);
-    if (c->optim_kind == LU_OPTIM_SCALED_ADAM)
-        return lu_errorf(LU_ERR_CONFIG, "%s: train.device %s: optim.kind scaled_adam runs on the cpu only (use "
-                         "train.device cpu, or optim.kind adamw)", path, name);
     return LU_OK;
 }
 
