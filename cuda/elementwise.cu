@@ -9,6 +9,7 @@
 #include <math.h>
 
 #include "device.cuh"
+#include "rows.cuh"
 
 /* ---- binary ops ---- */
 
@@ -134,6 +135,17 @@ static __global__ void binary_backward_kernel(int kind, int which, int dt, const
     }
 }
 
+/* The same-shape case (residual adds, gates): every operand dense with y's shape, no sum. */
+static __global__ void binary_backward_dense_kernel(int kind, int which, int dt, const void *dy, const void *a,
+                                                    const void *b, void *dx, int64_t n)
+{
+    LU_CUDA_FOR(i, n)
+    {
+        float va = kind >= BIN_MUL ? lu_dev_load(a, dt, i) : 0.0f, vb = kind >= BIN_MUL ? lu_dev_load(b, dt, i) : 0.0f;
+        lu_dev_store(dx, dt, i, binary_grad(kind, which, va, vb, lu_dev_load(dy, dt, i)));
+    }
+}
+
 /* in = [dy, a, b, y], out = [da, db] (contiguous, shapes of a and b). */
 static lu_status binary_backward(const lu_op_call *c)
 {
@@ -161,6 +173,13 @@ static lu_status binary_backward(const lu_op_call *c)
         if (!lu_tensor_same_shape(dx, x) || dx->dtype != y->dtype)
             return lu_errorf(LU_ERR_SHAPE, "%s backward: gradient %d does not have its input's shape and dtype",
                              lu_op_name(c->op), which);
+        if (is_dense_like(a, y) && is_dense_like(b, y) && is_dense_like(dy, y) && lu_tensor_is_contiguous(dx)) {
+            binary_backward_dense_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(
+                binary_kind(c->op), which, y->dtype, lu_tensor_data(dy), lu_tensor_data(a), lu_tensor_data(b),
+                lu_tensor_data(dx), n);
+            LU_CUDA_CHECK_LAUNCH();
+            continue;
+        }
         lu_cuda_layout lx, lr;
         memset(&lx, 0, sizeof lx);
         memset(&lr, 0, sizeof lr);
@@ -312,21 +331,14 @@ static lu_status unary_backward(const lu_op_call *c)
 
 /* ---- swiglu ---- */
 
-/* Element access by storage type (bf16 as its bits), so that the kernels below are compiled once
- * per dtype without a per-element dtype switch. */
-static __device__ __forceinline__ float sw_load(const float *p, int64_t i) { return p[i]; }
-static __device__ __forceinline__ float sw_load(const uint16_t *p, int64_t i) { return lu_dev_bf16_to_f32(p[i]); }
-static __device__ __forceinline__ void sw_store(float *p, int64_t i, float v) { p[i] = v; }
-static __device__ __forceinline__ void sw_store(uint16_t *p, int64_t i, float v) { p[i] = lu_dev_f32_to_bf16(v); }
-
 /* y = silu(gate) * up, in f32. */
 template <typename T>
 static __global__ void swiglu_forward_kernel(const T *g, const T *u, T *y, int64_t n)
 {
     LU_CUDA_FOR(i, n)
     {
-        float x = sw_load(g, i);
-        sw_store(y, i, x * sigmoidf(x) * sw_load(u, i));
+        float x = lu_ld(g, i);
+        lu_st(y, i, x * sigmoidf(x) * lu_ld(u, i));
     }
 }
 
@@ -336,9 +348,9 @@ static __global__ void swiglu_backward_kernel(const T *dy, const T *g, const T *
 {
     LU_CUDA_FOR(i, n)
     {
-        float x = sw_load(g, i), d = sw_load(dy, i), s = sigmoidf(x);
-        if (dg) sw_store(dg, i, d * sw_load(u, i) * s * (1.0f + x * (1.0f - s)));
-        if (du) sw_store(du, i, d * x * s);
+        float x = lu_ld(g, i), d = lu_ld(dy, i), s = sigmoidf(x);
+        if (dg) lu_st(dg, i, d * lu_ld(u, i) * s * (1.0f + x * (1.0f - s)));
+        if (du) lu_st(du, i, d * x * s);
     }
 }
 
