@@ -126,6 +126,25 @@ static __device__ __forceinline__ void att_load_rows(uint16_t *s, const uint16_t
     }
 }
 
+/* Key tile `it` of `ntiles` (keys j0 .. j0 + ATT_BK - 1) double-buffered in Ks/Vs: starts the
+ * copy of tile it + 1 into the other buffer, then waits until tile it has landed (every earlier
+ * copy group when it is the last) and the block sees it. */
+template <int D, int NT, int LD>
+static __device__ __forceinline__ void att_prefetch_kv(uint16_t *Ks, uint16_t *Vs, const uint16_t *k, const uint16_t *v,
+                                                       int64_t kbase, int64_t rstride, int it, int ntiles, int j0, int tk)
+{
+    if (it + 1 < ntiles) {
+        uint16_t *Kn = Ks + ((it + 1) & 1) * ATT_BK * LD, *Vn = Vs + ((it + 1) & 1) * ATT_BK * LD;
+        att_load_rows<D, ATT_BK, NT>(Kn, k, kbase, rstride, j0 + ATT_BK, tk);
+        att_load_rows<D, ATT_BK, NT>(Vn, v, kbase, rstride, j0 + ATT_BK, tk);
+        att_cp_commit();
+        att_cp_wait<1>();
+    } else {
+        att_cp_wait<0>();
+    }
+    __syncthreads();
+}
+
 /* The A operand of rows 0 .. 15 and columns c0 .. c0 + 15 of a row-major tile (row stride LD). */
 template <int LD> static __device__ __forceinline__ void att_frag_a(uint32_t r[4], const uint16_t *s, int c0)
 {
@@ -310,16 +329,7 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
     for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     for (int it = 0; it < ntiles; it++) {
         const int j0 = klo + it * ATT_BK;
-        if (it + 1 < ntiles) {
-            uint16_t *Kn = Ks + ((it + 1) & 1) * ATT_BK * LD, *Vn = Vs + ((it + 1) & 1) * ATT_BK * LD;
-            att_load_rows<D, ATT_BK, NT>(Kn, k, kbase, a.hkv * D, j0 + ATT_BK, tk);
-            att_load_rows<D, ATT_BK, NT>(Vn, v, kbase, a.hkv * D, j0 + ATT_BK, tk);
-            att_cp_commit();
-            att_cp_wait<1>();
-        } else {
-            att_cp_wait<0>();
-        }
-        __syncthreads();
+        att_prefetch_kv<D, NT, LD>(Ks, Vs, k, v, kbase, a.hkv * D, it, ntiles, j0, tk);
         if (it == 0)
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) att_frag_a<LD>(qf[kk], Qs + wp * 16 * LD, kk * 16);
@@ -448,16 +458,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
     for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     for (int it = 0; it < ntiles; it++) {
         const int j0 = klo + it * ATT_BK;
-        if (it + 1 < ntiles) {
-            uint16_t *Kn = Ks + ((it + 1) & 1) * ATT_BK * LD, *Vn = Vs + ((it + 1) & 1) * ATT_BK * LD;
-            att_load_rows<D, ATT_BK, NT>(Kn, k, kbase, a.hkv * D, j0 + ATT_BK, tk);
-            att_load_rows<D, ATT_BK, NT>(Vn, v, kbase, a.hkv * D, j0 + ATT_BK, tk);
-            att_cp_commit();
-            att_cp_wait<1>();
-        } else {
-            att_cp_wait<0>();
-        }
-        __syncthreads();
+        att_prefetch_kv<D, NT, LD>(Ks, Vs, k, v, kbase, a.hkv * D, it, ntiles, j0, tk);
         const uint16_t *Kt = Ks + (it & 1) * ATT_BK * LD, *Vt = Vs + (it & 1) * ATT_BK * LD;
         if (att_rows_see(&rows, j0)) {
             float s[ATT_BK / 8][4], dp[ATT_BK / 8][4];

@@ -261,7 +261,7 @@ Test(cuda_models, qwen3_decoder_packed_sequences_match_cpu_and_rerun_identically
     check_decoder(&x, "qwen3 packed [1, 61] in 3 sequences");
 }
 
-/* ---- early-exit Conformer and Splitformer ---- */
+/* ---- early-exit Conformer, Splitformer and Zipformer ---- */
 
 static lu_ee_conformer_config small_conformer(bool split)
 {
@@ -285,43 +285,76 @@ static lu_params *conformer_on(lu_device dev, lu_ee_conformer *m, const lu_ee_co
     return p;
 }
 
-/* Training step (dropout seeded as the trainer seeds it) on dev: the summed exit CTC loss. */
-static double conformer_step(lu_ee_conformer *m, lu_device dev, const lu_tensor *feats_host)
+static lu_params *zipformer_on(lu_device dev, lu_ee_zipformer *m, const lu_ee_zipformer_config *c)
+{
+    lu_params *p = lu_params_new(dev);
+    cr_assert(p && !lu_ee_zipformer_declare(m, c, p) && !lu_params_finalize(p), "%s", lu_error_message());
+    return p;
+}
+
+/* Two utterances of frames[0] and frames[1] frames (features from the host), targets [2, 3]. */
+typedef struct asr_batch {
+    lu_tensor *feats, *len, *tgt, *tlen;
+} asr_batch;
+
+typedef lu_tensor *(*asr_loss_fn)(void *model, const asr_batch *b);
+
+/* Training step (dropout seeded as the trainer seeds it): the summed exit CTC loss. */
+static lu_tensor *conformer_loss(void *model, const asr_batch *b)
+{
+    lu_conformer_run run = {.training = true, .seed = 5, .step = 1};
+    lu_tensor *loss = lu_ee_conformer_loss(model, b->feats, b->len, b->tgt, b->tlen, &run);
+    cr_assert(!loss || run.site > 0, "training must apply dropout");
+    return loss;
+}
+
+static lu_tensor *zipformer_loss(void *model, const asr_batch *b)
+{
+    return lu_ee_zipformer_loss(model, b->feats, b->len, b->tgt, b->tlen);
+}
+
+/* One forward and backward of `loss` on dev; the loss value. */
+static double asr_step(void *model, asr_loss_fn loss, lu_device dev, const lu_tensor *feats, const int64_t frames[2])
 {
     lu_arena *a = begin_step(dev);
-    lu_tensor *feats = lu_tensor_convert(feats_host, LU_F32, dev);
-    lu_tensor *len = lu_tensor_from_host(LU_I64, LU_SHAPE(2), dev, (int64_t[]){37, 29});
-    lu_tensor *tgt = lu_tensor_from_host(LU_I64, LU_SHAPE(2, 3), dev, (int64_t[]){1, 2, 3, 4, 5, 5});
-    lu_tensor *tlen = lu_tensor_from_host(LU_I64, LU_SHAPE(2), dev, (int64_t[]){3, 2});
-    lu_conformer_run run = {.training = true, .seed = 5, .step = 1};
-    lu_tensor *loss = lu_ee_conformer_loss(m, feats, len, tgt, tlen, &run);
-    cr_assert(loss, "%s forward: %s", lu_device_name(dev), lu_error_message());
-    cr_assert_gt(run.site, 0, "training must apply dropout");
-    double value = lu_tensor_item(loss);
-    cr_assert_eq(lu_backward(loss), LU_OK, "%s backward: %s", lu_device_name(dev), lu_error_message());
+    asr_batch b = {.feats = lu_tensor_convert(feats, LU_F32, dev),
+                   .len = lu_tensor_from_host(LU_I64, LU_SHAPE(2), dev, frames),
+                   .tgt = lu_tensor_from_host(LU_I64, LU_SHAPE(2, 3), dev, (int64_t[]){1, 2, 3, 4, 5, 5}),
+                   .tlen = lu_tensor_from_host(LU_I64, LU_SHAPE(2), dev, (int64_t[]){3, 2})};
+    lu_tensor *l = loss(model, &b);
+    cr_assert(l, "%s forward: %s", lu_device_name(dev), lu_error_message());
+    double value = lu_tensor_item(l);
+    cr_assert_eq(lu_backward(l), LU_OK, "%s backward: %s", lu_device_name(dev), lu_error_message());
     end_step(a);
     return value;
 }
 
-static void check_conformer(bool split)
+/* The CPU model (initialised) and the GPU one (same declarations) after one step each, then a
+ * second GPU step from zeroed gradients, which must give the same bits. */
+static void check_asr(void *mc, lu_params *pc, void *mg, lu_params *pg, asr_loss_fn loss, const lu_tensor *feats,
+                      const int64_t frames[2], const char *name)
 {
-    const char *name = split ? "splitformer" : "ee-conformer";
-    lu_ee_conformer_config c = small_conformer(split);
-    lu_ee_conformer mc, mg;
-    lu_params *pc = conformer_on(LU_CPU, &mc, &c), *pg = conformer_on(LU_CUDA, &mg, &c);
-    cr_assert_eq(lu_ee_conformer_init(&mc, 11), LU_OK, "%s", lu_error_message());
     upload_params(pg, pc);
-    lu_tensor *feats = tu_rand(LU_F32, LU_SHAPE(2, 37, 12), -1, 1, 21);
-    double loss_c = conformer_step(&mc, LU_CPU, feats), loss_g = conformer_step(&mg, LU_CUDA, feats);
+    double loss_c = asr_step(mc, loss, LU_CPU, feats, frames), loss_g = asr_step(mg, loss, LU_CUDA, feats, frames);
     assert_loss_close(loss_g, loss_c, name);
     assert_params_close(pg, pc, name);
 
     lu_tensor *first[LU_DTYPE_COUNT];
     save_grads(pg, first);
     cr_assert_eq(lu_params_zero_grad(pg), LU_OK, "%s", lu_error_message());
-    double again = conformer_step(&mg, LU_CUDA, feats);
+    double again = asr_step(mg, loss, LU_CUDA, feats, frames);
     cr_assert(again == loss_g, "%s: a second GPU step gave loss %.17g, the first %.17g", name, again, loss_g);
     assert_same_grads(pg, first, name);
+}
+
+static void check_conformer(bool split)
+{
+    lu_ee_conformer_config c = small_conformer(split);
+    lu_ee_conformer mc, mg;
+    lu_params *pc = conformer_on(LU_CPU, &mc, &c), *pg = conformer_on(LU_CUDA, &mg, &c);
+    cr_assert_eq(lu_ee_conformer_init(&mc, 11), LU_OK, "%s", lu_error_message());
+    lu_tensor *feats = tu_rand(LU_F32, LU_SHAPE(2, 37, 12), -1, 1, 21);
+    check_asr(&mc, pc, &mg, pg, conformer_loss, feats, (const int64_t[]){37, 29}, split ? "splitformer" : "ee-conformer");
     lu_tensor_release(feats);
     lu_params_free(pc);
     lu_params_free(pg);
@@ -339,30 +372,6 @@ Test(cuda_models, splitformer_training_step_matches_cpu_and_reruns_identically)
     check_conformer(true);
 }
 
-/* ---- early-exit Zipformer ---- */
-
-static lu_params *zipformer_on(lu_device dev, lu_ee_zipformer *m, const lu_ee_zipformer_config *c)
-{
-    lu_params *p = lu_params_new(dev);
-    cr_assert(p && !lu_ee_zipformer_declare(m, c, p) && !lu_params_finalize(p), "%s", lu_error_message());
-    return p;
-}
-
-static double zipformer_step(lu_ee_zipformer *m, lu_device dev, const lu_tensor *feats_host)
-{
-    lu_arena *a = begin_step(dev);
-    lu_tensor *feats = lu_tensor_convert(feats_host, LU_F32, dev);
-    lu_tensor *len = lu_tensor_from_host(LU_I64, LU_SHAPE(2), dev, (int64_t[]){41, 30});
-    lu_tensor *tgt = lu_tensor_from_host(LU_I64, LU_SHAPE(2, 3), dev, (int64_t[]){1, 2, 3, 4, 5, 5});
-    lu_tensor *tlen = lu_tensor_from_host(LU_I64, LU_SHAPE(2), dev, (int64_t[]){3, 2});
-    lu_tensor *loss = lu_ee_zipformer_loss(m, feats, len, tgt, tlen);
-    cr_assert(loss, "%s forward: %s", lu_device_name(dev), lu_error_message());
-    double value = lu_tensor_item(loss);
-    cr_assert_eq(lu_backward(loss), LU_OK, "%s backward: %s", lu_device_name(dev), lu_error_message());
-    end_step(a);
-    return value;
-}
-
 Test(cuda_models, ee_zipformer_step_matches_cpu_and_reruns_identically)
 {
     require_gpu();
@@ -373,18 +382,8 @@ Test(cuda_models, ee_zipformer_step_matches_cpu_and_reruns_identically)
     lu_ee_zipformer mc, mg;
     lu_params *pc = zipformer_on(LU_CPU, &mc, &c), *pg = zipformer_on(LU_CUDA, &mg, &c);
     cr_assert_eq(lu_ee_zipformer_init(&mc, 5), LU_OK, "%s", lu_error_message());
-    upload_params(pg, pc);
     lu_tensor *feats = tu_rand(LU_F32, LU_SHAPE(2, 41, 80), -1, 1, 21);
-    double loss_c = zipformer_step(&mc, LU_CPU, feats), loss_g = zipformer_step(&mg, LU_CUDA, feats);
-    assert_loss_close(loss_g, loss_c, "ee-zipformer");
-    assert_params_close(pg, pc, "ee-zipformer");
-
-    lu_tensor *first[LU_DTYPE_COUNT];
-    save_grads(pg, first);
-    cr_assert_eq(lu_params_zero_grad(pg), LU_OK, "%s", lu_error_message());
-    double again = zipformer_step(&mg, LU_CUDA, feats);
-    cr_assert(again == loss_g, "ee-zipformer: a second GPU step gave loss %.17g, the first %.17g", again, loss_g);
-    assert_same_grads(pg, first, "ee-zipformer");
+    check_asr(&mc, pc, &mg, pg, zipformer_loss, feats, (const int64_t[]){41, 30}, "ee-zipformer");
     lu_tensor_release(feats);
     lu_params_free(pc);
     lu_params_free(pg);
