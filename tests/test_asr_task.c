@@ -19,32 +19,12 @@
 
 static char dir[64];
 
-/* Features of the fixture and a tiny config: d 16, 2 heads, 3 exits x 1 layer. */
+/* Features of the fixture and the tiny config (tu_write_tiny_asr_config), 6 steps. */
 static void setup(void)
 {
     snprintf(dir, sizeof dir, "/tmp/lu_asr_task_XXXXXX");
     cr_assert(mkdtemp(dir));
-    char out[128];
-    snprintf(out, sizeof out, "%s/feats.h5", dir);
-    char *argv[] = {"prepare-speech", "--manifest", "tests/fixtures/asr/manifest.jsonl", "--out", out, NULL};
-    cr_assert_eq(tu_run_captured(lu_data_prepare_speech, 5, argv, NULL, 0), 0, "prepare-speech failed");
-    char path[128];
-    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    fprintf(f,
-            "task: asr\n"
-            "seed: 3\n"
-            "data:\n  train_features: %s\n  valid_features: %s\n  max_frames: 200\n  max_train_frames: 400\n"
-            "model:\n  arch: ee_conformer\n  d_model: 16\n  num_heads: 2\n  ffn_dim: 32\n  n_exits: 3\n"
-            "  layers_per_exit: 1\n  kernel: 3\n  dropout: 0.1\n"
-            "specaug:\n  time_width: 10\n  freq_width: 8\n"
-            "train:\n  max_steps: 6\n  log_every: 1\n  save_every: 3\n"
-            "optim:\n  lr: 3.0e-3\n"
-            "schedule:\n  kind: constant\n"
-            "demo:\n  examples: 2\n",
-            out, out);
-    fclose(f);
+    tu_write_tiny_asr_config(dir, 6);
 }
 
 static void teardown(void)

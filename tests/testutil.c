@@ -3,6 +3,7 @@
 
 #include "core/fileio.h"
 #include "core/safetensors.h"
+#include "experiments/runner/cli.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -176,4 +177,28 @@ int tu_run_captured(int (*fn)(int, char **), int argc, char **argv, char *out, s
     }
     fclose(f);
     return rc;
+}
+
+void tu_write_tiny_asr_config(const char *dir, int max_steps)
+{
+    char feats[256], path[256];
+    snprintf(feats, sizeof feats, "%s/feats.h5", dir);
+    char *argv[] = {"prepare-speech", "--manifest", "tests/fixtures/asr/manifest.jsonl", "--out", feats, NULL};
+    cr_assert_eq(tu_run_captured(lu_data_prepare_speech, 5, argv, NULL, 0), 0, "prepare-speech failed");
+    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "cannot write %s", path);
+    fprintf(f,
+            "task: asr\n"
+            "seed: 3\n"
+            "data:\n  train_features: %s\n  valid_features: %s\n  max_frames: 200\n  max_train_frames: 400\n"
+            "model:\n  arch: ee_conformer\n  d_model: 16\n  num_heads: 2\n  ffn_dim: 32\n  n_exits: 3\n"
+            "  layers_per_exit: 1\n  kernel: 3\n  dropout: 0.1\n"
+            "specaug:\n  time_width: 10\n  freq_width: 8\n"
+            "train:\n  max_steps: %d\n  log_every: 1\n  save_every: 3\n"
+            "optim:\n  lr: 3.0e-3\n"
+            "schedule:\n  kind: constant\n"
+            "demo:\n  examples: 2\n",
+            feats, feats, max_steps);
+    fclose(f);
 }
