@@ -251,6 +251,22 @@ Test(cuda_train_sft, tiny_decoder_losses_on_cuda_match_the_cpu)
     cr_assert_eq(access(path, R_OK), 0, "the cuda run exported its model to %s", path);
 }
 
+/* Mixed precision: bf16 compute on the f32 masters follows the f32 run within bf16 rounding. */
+Test(cuda_train_sft, bf16_compute_losses_follow_the_f32_run)
+{
+    require_gpu();
+    cr_redirect_stdout();
+    char *bf16[] = {"model.compute_dtype=bf16", NULL};
+    cr_assert_eq(train("cpu", "cpu", 0, false, NULL), LU_OK, "cpu: %s", lu_error_message());
+    cr_assert_eq(train("cuda", "cuda", 0, false, bf16), LU_OK, "cuda bf16: %s", lu_error_message());
+    double f32[STEPS + 1], mixed[STEPS + 1];
+    cr_assert_eq(read_losses("cpu", f32, STEPS + 1), STEPS);
+    cr_assert_eq(read_losses("cuda", mixed, STEPS + 1), STEPS);
+    for (int i = 0; i < STEPS; i++)
+        cr_assert(fabs(mixed[i] - f32[i]) <= 2e-2 * fabs(f32[i]), "step %d: loss %.6g in bf16, %.6g in f32", i + 1,
+                  mixed[i], f32[i]);
+}
+
 Test(cuda_train_sft, resumed_cuda_run_continues_with_the_same_losses)
 {
     require_gpu();

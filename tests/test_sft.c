@@ -533,6 +533,14 @@ Test(sft, missing_data_directory_is_reported)
     tu_assert_error_contains("/nonexistent/sft");
 }
 
+Test(sft, bf16_compute_on_the_cpu_is_refused_naming_the_keys)
+{
+    write_config();
+    char *over[] = {"model.compute_dtype=bf16"};
+    cr_assert_neq(train("run", 0, false, 1, over), LU_OK);
+    tu_assert_error_contains("model.compute_dtype bf16 needs train.device cuda");
+}
+
 /* ---- the Luth comparison: starting vs fine-tuned vs merged ---------------------------------- */
 
 static void write_file(const char *path, const char *text)

@@ -29,7 +29,7 @@ typedef struct sft_config {
     char *model_path;
     int64_t vocab_size, hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, head_dim;
     double rope_theta;
-    int export_dtype;
+    int export_dtype, compute_dtype;
     char *data_dir;
     int64_t batch_size;
     int64_t eval_max_sequences;
@@ -54,6 +54,9 @@ static const lu_cfg_field sft_schema[] = {
     F("model", "head_dim", LU_CFG_INT, head_dim, false, "16", NULL, "from scratch: per-head width"),
     F("model", "rope_theta", LU_CFG_FLOAT, rope_theta, false, "1000000", NULL, "from scratch: rotary base"),
     F("model", "export_dtype", LU_CFG_ENUM, export_dtype, false, "bf16", "bf16|f32|f16", "dtype of the exported model"),
+    F("model", "compute_dtype", LU_CFG_ENUM, compute_dtype, false, "f32", "f32|bf16",
+      "dtype of the forward and backward: bf16 = mixed precision with f32 master weights and optimiser state "
+      "(train.device cuda; the cpu computes in f32)"),
     F("data", "dir", LU_CFG_STRING, data_dir, true, NULL, NULL, "directory written by `luthier data prepare-chat`"),
     F("data", "batch_size", LU_CFG_INT, batch_size, false, "1", NULL, "packed sequences per micro-batch"),
     F("eval", "max_sequences", LU_CFG_INT, eval_max_sequences, false, "0", NULL, "held-out sequences per evaluation (0: all)"),
@@ -157,7 +160,9 @@ static lu_status sft_create(void **state, const void *config, uint64_t seed, lu_
             return lu_errorf(LU_ERR_CONFIG, "sft: model.vocab_size %lld is smaller than the data's tokenizer (%lld)",
                              (long long)dc.vocab_size, (long long)data_vocab);
     }
-    return lu_decoder_declare(&s->model, &dc, params);
+    LU_TRY(lu_decoder_declare(&s->model, &dc, params));
+    if (c->compute_dtype == 1) s->model.compute_dtype = LU_BF16;
+    return LU_OK;
 }
 
 /* Weights of model.path, loaded into a store of their own and copied by name. */
@@ -221,6 +226,10 @@ static lu_tensor *packed_loss(sft *s, lu_sft_data *data, const int64_t *idx, int
     for (int i = 0; i + 1 < n_cu; i++)
         for (int32_t t = s->cu[i]; t < s->cu[i + 1]; t++) s->pos[t] = t - s->cu[i];
     lu_device dev = s->model.params->device;
+    if (s->model.compute_dtype == LU_BF16 && dev == LU_CPU) {
+        lu_errorf(LU_ERR_CONFIG, "sft: model.compute_dtype bf16 needs train.device cuda (the cpu computes in f32)");
+        return NULL;
+    }
     lu_tensor *ids = lu_tensor_from_host(LU_I32, LU_SHAPE(1, L), dev, s->ids);
     lu_tensor *labels = lu_tensor_from_host(LU_I32, LU_SHAPE(1, L), dev, s->labels);
     lu_tensor *pos = lu_tensor_from_host(LU_I32, LU_SHAPE(1, L), dev, s->pos);
