@@ -36,7 +36,8 @@ static lu_status check_arg(const char *op, const lu_tensor *x, const norm_arg *a
 }
 
 /* Runs a last-dim normalisation: in = x, args...; out = y, then n_aux statistics of shape
- * x.shape[:-1] in x's dtype (kept only by the tape). */
+ * x.shape[:-1] (kept only by the tape) in x's dtype, or f32 for 16-bit x: the backward rescales
+ * every element by them, and a bf16 rstd would round them all by up to 2^-9. */
 static lu_tensor *norm_run(lu_op op, lu_tensor *x, norm_arg *args, int n_args, int n_aux, const void *params,
                            size_t params_size)
 {
@@ -51,7 +52,8 @@ static lu_tensor *norm_run(lu_op op, lu_tensor *x, norm_arg *args, int n_args, i
         if (args[i].t) ok = (in[1 + i] = lu_contiguous(args[i].t)) != NULL;
     lu_device dev = lu_tensor_device(x);
     if (ok) ok = (out[0] = lu_tensor_empty(x->dtype, x->ndim, x->shape, dev)) != NULL;
-    for (int i = 0; i < n_aux && ok; i++) ok = (out[1 + i] = lu_tensor_empty(x->dtype, x->ndim - 1, x->shape, dev)) != NULL;
+    lu_dtype sdt = x->dtype == LU_BF16 || x->dtype == LU_F16 ? LU_F32 : x->dtype;
+    for (int i = 0; i < n_aux && ok; i++) ok = (out[1 + i] = lu_tensor_empty(sdt, x->ndim - 1, x->shape, dev)) != NULL;
     if (ok && lu_op_run(op, in, n_in, out, n_out, params, params_size) == LU_OK) y = lu_tensor_retain(out[0]);
     for (int i = 0; i < n_in; i++) lu_tensor_release(in[i]);
     for (int i = 0; i < n_out; i++) lu_tensor_release(out[i]);
