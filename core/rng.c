@@ -174,6 +174,8 @@ static lu_status fill_random(lu_tensor *t, int normal, double a, double b, uint6
     lu_arena_activate(prev);
     if (!host) return lu_error_code();
     double *h = lu_tensor_data(host);
+    /* Element i depends only on (seed, op, i): any thread count gives the same values. */
+#pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++)
         h[i] = normal ? a + b * lu_rng_normal(seed, 0, op, (uint64_t)i)
                       : a + (b - a) * lu_rng_uniform(seed, 0, op, (uint64_t)i);
