@@ -264,6 +264,14 @@ static void host_strided_copy(lu_tensor *dst, const lu_tensor *src)
                         lu_dtype_size(src->dtype));
 }
 
+/* Whether a view reaches one element twice: a zero stride on a dim of more than one element. */
+static bool has_repeats(const lu_tensor *t)
+{
+    for (int k = 0; k < t->ndim; k++)
+        if (t->stride[k] == 0 && t->shape[k] > 1) return true;
+    return false;
+}
+
 lu_status lu_tensor_copy(lu_tensor *dst, const lu_tensor *src)
 {
     if (!lu_tensor_same_shape(dst, src)) {
@@ -293,6 +301,11 @@ lu_status lu_tensor_copy(lu_tensor *dst, const lu_tensor *src)
         st = b->copy(lu_tensor_data(dst), dd, lu_tensor_data(tmp), dd, lu_tensor_nbytes(tmp));
     } else if (dd == LU_CPU) {
         host_strided_copy(dst, tmp);
+    } else if (has_repeats(dst)) {
+        /* Parallel writes to one element would land in no fixed order (the host's loop: last wins). */
+        char sd[LU_SHAPE_STR_MAX];
+        st = lu_errorf(LU_ERR_UNSUPPORTED, "copy: destination %s on %s repeats elements (a zero stride): copy into "
+                       "the tensor it expands instead", lu_shape_str(dst, sd, sizeof sd), lu_device_name(dd));
     } else {
         lu_op_call call = {.op = LU_OP_CONTIGUOUS, .in = {tmp}, .out = {dst}, .n_in = 1, .n_out = 1};
         st = b->forward[LU_OP_CONTIGUOUS](&call);

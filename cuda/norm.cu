@@ -235,17 +235,18 @@ static lu_status col_scratch(int64_t rows, int64_t d, int n_sums, int64_t *chunk
     return LU_OK;
 }
 
-/* Stage 2 for each of n_sums sums whose outputs are given, then frees the scratch. */
+/* Checks stage 1's launch, runs stage 2 for each of n_sums sums whose outputs are given, and
+ * frees the scratch whatever failed. */
 static lu_status col_finish(int dt, float *part, int64_t d, int64_t chunks, int n_sums, void *const *outs)
 {
-    if (!part) return LU_OK;
-    for (int k = 0; k < n_sums; k++) {
+    cudaError_t e = cudaGetLastError();
+    for (int k = 0; k < n_sums && part && e == cudaSuccess; k++) {
         if (!outs[k]) continue;
         col_chunks_kernel<<<lu_cuda_blocks(d), LU_CUDA_THREADS>>>(dt, part + (size_t)(k * chunks * d), d, chunks, outs[k]);
-        LU_CUDA_CHECK_LAUNCH();
+        e = cudaGetLastError();
     }
     lu_cuda_scratch_free(part);
-    return LU_OK;
+    return e == cudaSuccess ? LU_OK : lu_cuda_fail(e, __FILE__, __LINE__, "column-sum kernels");
 }
 
 /* Shapes of a last-dim normalisation: rows and d of x, each per-channel operand given of d
@@ -335,7 +336,6 @@ static lu_status rmsnorm_backward(const lu_op_call *c)
             rmsnorm_backward_cols_kernel<<<lu_cuda_blocks(chunks * d), LU_CUDA_THREADS>>>(
                 x->dtype, lu_tensor_data(dy), lu_tensor_data(x), rstd->dtype, lu_tensor_data(rstd), rows, d, chunk, chunks,
                 part, out);
-            LU_CUDA_CHECK_LAUNCH();
             LU_TRY(col_finish(x->dtype, part, d, chunks, 1, &out));
         }
     }
@@ -470,7 +470,6 @@ static lu_status layernorm_backward(const lu_op_call *c)
         layernorm_backward_cols_kernel<<<lu_cuda_blocks(chunks * d), LU_CUDA_THREADS>>>(
             x->dtype, lu_tensor_data(dy), lu_tensor_data(x), mean->dtype, lu_tensor_data(mean), lu_tensor_data(rstd),
             rows, d, chunk, chunks, part, outs[0], outs[1]);
-        LU_CUDA_CHECK_LAUNCH();
         LU_TRY(col_finish(x->dtype, part, d, chunks, 2, outs));
     }
     return LU_OK;
@@ -588,23 +587,27 @@ static lu_status biasnorm_backward(const lu_op_call *c)
     biasnorm_backward_rows_kernel<<<row_blocks(rows), LU_CUDA_THREADS>>>(
         x->dtype, lu_tensor_data(dy), lu_tensor_data(x), lu_tensor_data(bias), lu_tensor_data(ls), lu_tensor_data(y),
         rstd->dtype, lu_tensor_data(rstd), dx ? lu_tensor_data(dx) : NULL, kt, kt + rows, rows, d);
-    LU_CUDA_CHECK_LAUNCH();
-    if (db) {
+    /* kt is freed on every path from here. */
+    cudaError_t e = cudaGetLastError();
+    lu_status st = e == cudaSuccess ? LU_OK : lu_cuda_fail(e, __FILE__, __LINE__, "biasnorm_backward_rows_kernel");
+    if (!st && db) {
         int64_t chunk, chunks;
         float *part;
         void *outs[1] = {lu_tensor_data(db)};
-        LU_TRY(col_scratch(rows, d, 1, &chunk, &chunks, &part));
-        biasnorm_backward_cols_kernel<<<lu_cuda_blocks(chunks * d), LU_CUDA_THREADS>>>(
-            x->dtype, lu_tensor_data(x), lu_tensor_data(bias), kt, rows, d, chunk, chunks, part, outs[0]);
-        LU_CUDA_CHECK_LAUNCH();
-        LU_TRY(col_finish(x->dtype, part, d, chunks, 1, outs));
+        st = col_scratch(rows, d, 1, &chunk, &chunks, &part);
+        if (!st) {
+            biasnorm_backward_cols_kernel<<<lu_cuda_blocks(chunks * d), LU_CUDA_THREADS>>>(
+                x->dtype, lu_tensor_data(x), lu_tensor_data(bias), kt, rows, d, chunk, chunks, part, outs[0]);
+            st = col_finish(x->dtype, part, d, chunks, 1, outs);
+        }
     }
-    if (dls) {
+    if (!st && dls) {
         biasnorm_backward_scale_kernel<<<1, LU_CUDA_THREADS>>>(x->dtype, kt + rows, rows, lu_tensor_data(dls));
-        LU_CUDA_CHECK_LAUNCH();
+        e = cudaGetLastError();
+        if (e != cudaSuccess) st = lu_cuda_fail(e, __FILE__, __LINE__, "biasnorm_backward_scale_kernel");
     }
     lu_cuda_scratch_free(kt);
-    return LU_OK;
+    return st;
 }
 
 extern "C" void lu_cuda_register_norm(lu_backend *b)

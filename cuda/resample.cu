@@ -233,25 +233,6 @@ static __global__ void downsample_dx_kernel(int dt, const void *dy, const double
     }
 }
 
-/* Items (j, chunk): partial[chunk*f + j] = sum over the chunk's elements e of dy (as [B, To, C])
- * of dy[e] x[b, min(f*t + j, T-1), c]. */
-static __global__ void downsample_partial_kernel(int dt, const void *dy, const void *x, double *partial, int64_t B,
-                                                 int64_t T, int64_t C, int64_t To, int64_t f, int64_t chunks,
-                                                 int64_t chunk_len)
-{
-    const int64_t n = B * To * C;
-    for (int64_t item = blockIdx.x; item < f * chunks; item += gridDim.x) {
-        int64_t j = item / chunks, e0 = item % chunks * chunk_len, e1 = e0 + chunk_len < n ? e0 + chunk_len : n;
-        float v = 0.0f;
-        for (int64_t e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
-            int64_t i = e % C, t = e / C % To, b = e / (C * To), s = f * t + j < T ? f * t + j : T - 1;
-            v += lu_dev_load(dy, dt, e) * lu_dev_load(x, dt, (b * T + s) * C + i);
-        }
-        v = lu_dev_block_sum(v);
-        if (threadIdx.x == 0) partial[item % chunks * f + j] = v;
-    }
-}
-
 /* Sum over the block (blockDim.x a multiple of the warp size, at most LU_CUDA_THREADS) in an
  * order that depends only on blockDim.x; every thread gets the total. */
 static __device__ double downsample_block_sum(double v)
@@ -265,6 +246,27 @@ static __device__ double downsample_block_sum(double v)
     for (int k = 0; k < (int)(blockDim.x / LU_CUDA_WARP); k++) s += part[k];
     return s;
 }
+
+/* Items (j, chunk): partial[chunk*f + j] = sum over the chunk's elements e of dy (as [B, To, C])
+ * of dy[e] x[b, min(f*t + j, T-1), c]. */
+static __global__ void downsample_partial_kernel(int dt, const void *dy, const void *x, double *partial, int64_t B,
+                                                 int64_t T, int64_t C, int64_t To, int64_t f, int64_t chunks,
+                                                 int64_t chunk_len)
+{
+    const int64_t n = B * To * C;
+    for (int64_t item = blockIdx.x; item < f * chunks; item += gridDim.x) {
+        int64_t j = item / chunks, e0 = item % chunks * chunk_len, e1 = e0 + chunk_len < n ? e0 + chunk_len : n;
+        /* In double, as the CPU and the vector path: dbias = w_k (G_k - sum_j w_j G_j) cancels. */
+        double v = 0.0;
+        for (int64_t e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
+            int64_t i = e % C, t = e / C % To, b = e / (C * To), s = f * t + j < T ? f * t + j : T - 1;
+            v += (double)lu_dev_load(dy, dt, e) * (double)lu_dev_load(x, dt, (b * T + s) * C + i);
+        }
+        v = downsample_block_sum(v);
+        if (threadIdx.x == 0) partial[item % chunks * f + j] = v;
+    }
+}
+
 
 /* The vector backward (the conditions of downsample_forward4_kernel), one pass over dy: dx as
  * downsample_dx_kernel, and when partial is given, partial[block*f + j] = the block's sum of

@@ -92,7 +92,12 @@ Test(cuda, copy_into_a_strided_device_view_matches_cpu)
     cr_assert_eq(lu_tensor_copy(view, src), LU_OK, "%s", lu_error_message());
     cr_assert_eq(lu_tensor_copy(dview, src), LU_OK, "%s", lu_error_message());
     tu_assert_tensors_close(dbase, base, 0, 0, "host source into a strided device view");
-    release_all((lu_tensor *[]){base, src, dbase, dsrc, view, dview, rounded}, 7);
+    /* A destination that repeats elements (expanded) has no defined result in parallel. */
+    lu_tensor *row = lu_tensor_zeros(LU_F32, LU_SHAPE(1, 5), LU_CUDA), *wide = lu_expand(row, 2, (int64_t[]){4, 5});
+    lu_tensor *four = tu_rand(LU_F32, LU_SHAPE(4, 5), -1, 1, 6);
+    cr_assert_neq(lu_tensor_copy(wide, four), LU_OK);
+    tu_assert_error_contains("repeats elements");
+    release_all((lu_tensor *[]){base, src, dbase, dsrc, view, dview, rounded, row, wide, four}, 10);
 }
 
 /* A device tensor converted to another dtype stays on the device, gathered and cast there. */
