@@ -148,7 +148,8 @@ static inline void lu_cuda_scratch_free(void *p)
 
 /* ---- warp reductions (every lane gets the result) ---- */
 
-static __device__ __forceinline__ float lu_dev_warp_sum(float v)
+/* float, or double where partial sums cancel (DOWNSAMPLE's dbias). */
+template <typename T> static __device__ __forceinline__ T lu_dev_warp_sum(T v)
 {
     for (int o = LU_CUDA_WARP / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -161,15 +162,16 @@ static __device__ __forceinline__ float lu_dev_warp_max(float v)
 }
 
 /* Sum over the block (blockDim.x a multiple of the warp size, at most LU_CUDA_THREADS); every
- * thread gets the total, added in an order that depends only on blockDim.x (deterministic). */
-static __device__ __forceinline__ float lu_dev_block_sum(float v)
+ * thread gets the total, added in an order that depends only on blockDim.x (deterministic). T is
+ * float or double (each has its own shared array). */
+template <typename T> static __device__ __forceinline__ T lu_dev_block_sum(T v)
 {
-    __shared__ float part[LU_CUDA_THREADS / LU_CUDA_WARP];
+    __shared__ T part[LU_CUDA_THREADS / LU_CUDA_WARP];
     v = lu_dev_warp_sum(v);
     __syncthreads(); /* part may still be read from a previous call */
     if (threadIdx.x % LU_CUDA_WARP == 0) part[threadIdx.x / LU_CUDA_WARP] = v;
     __syncthreads();
-    float s = 0.0f;
+    T s = 0;
     for (int w = 0; w < (int)(blockDim.x / LU_CUDA_WARP); w++) s += part[w];
     return s;
 }

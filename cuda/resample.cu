@@ -233,20 +233,6 @@ static __global__ void downsample_dx_kernel(int dt, const void *dy, const double
     }
 }
 
-/* Sum over the block (blockDim.x a multiple of the warp size, at most LU_CUDA_THREADS) in an
- * order that depends only on blockDim.x; every thread gets the total. */
-static __device__ double downsample_block_sum(double v)
-{
-    __shared__ double part[LU_CUDA_THREADS / LU_CUDA_WARP];
-    for (int o = LU_CUDA_WARP / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads(); /* part may still be read from a previous call */
-    if (threadIdx.x % LU_CUDA_WARP == 0) part[threadIdx.x / LU_CUDA_WARP] = v;
-    __syncthreads();
-    double s = 0;
-    for (int k = 0; k < (int)(blockDim.x / LU_CUDA_WARP); k++) s += part[k];
-    return s;
-}
-
 /* Items (j, chunk): partial[chunk*f + j] = sum over the chunk's elements e of dy (as [B, To, C])
  * of dy[e] x[b, min(f*t + j, T-1), c]. */
 static __global__ void downsample_partial_kernel(int dt, const void *dy, const void *x, double *partial, int64_t B,
@@ -262,7 +248,7 @@ static __global__ void downsample_partial_kernel(int dt, const void *dy, const v
             int64_t i = e % C, t = e / C % To, b = e / (C * To), s = f * t + j < T ? f * t + j : T - 1;
             v += (double)lu_dev_load(dy, dt, e) * (double)lu_dev_load(x, dt, (b * T + s) * C + i);
         }
-        v = downsample_block_sum(v);
+        v = lu_dev_block_sum(v);
         if (threadIdx.x == 0) partial[item % chunks * f + j] = v;
     }
 }
@@ -306,7 +292,7 @@ static __global__ void __launch_bounds__(LU_CUDA_THREADS, 4)
 #pragma unroll
     for (int j = 0; j < DS_MAX_F; j++) {
         if (j >= f) break;
-        double s = downsample_block_sum(g[j]);
+        double s = lu_dev_block_sum(g[j]);
         if (threadIdx.x == 0) partial[blockIdx.x * f + j] = s;
     }
 }
@@ -320,7 +306,7 @@ static __global__ void downsample_dbias_kernel(int dt, double *partial, const vo
     for (int64_t j = 0; j < f; j++) {
         double v = 0;
         for (int64_t k = threadIdx.x; k < parts; k += blockDim.x) v += partial[k * f + j];
-        v = downsample_block_sum(v);
+        v = lu_dev_block_sum(v);
         if (threadIdx.x == 0) G[j] = v;
     }
     if (threadIdx.x != 0) return;
