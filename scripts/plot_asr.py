@@ -12,28 +12,15 @@ the last evaluation of each run:
                          column per model (also printed)
 A run is named by its model.arch (config.yaml in the run directory) or else its directory."""
 import argparse
-import json
 import math
 import os
 import re
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plot_metrics import read  # noqa: E402 - metrics.jsonl into (train, evals) records
+
 ARCH_NAMES = {"ee_conformer": "EE-Conformer", "splitformer": "Splitformer", "ee_zipformer": "EE-Zipformer"}
-
-
-def read(path):
-    train, evals = [], []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                sys.exit(f"{path}:{n}: not JSON ({e})")
-            (train if rec.get("event") == "train" else evals).append(rec)
-    return train, evals
 
 
 def run_name(run):
