@@ -115,12 +115,13 @@ lu_tensor *lu_cross_entropy(lu_tensor *logits, lu_tensor *target, int64_t ignore
     if (t1) {
         lu_device dev = lu_tensor_device(logits);
         lu_cross_entropy_params p = {ignore_index, red};
-        /* lse and count stay f32 for 16-bit logits: the backward's exp(x - lse) needs lse to
-         * more than bf16's 8 bits, and bf16 counts only to 256 exactly. */
-        lu_dtype aux = lu_dtype_size(logits->dtype) < 4 ? LU_F32 : logits->dtype;
-        lu_tensor *out[3] = {red == LU_REDUCE_NONE ? lu_tensor_empty(logits->dtype, 1, &N, dev)
-                                                   : lu_tensor_empty(logits->dtype, 0, &N, dev),
-                             lu_tensor_empty(aux, 1, &N, dev), lu_tensor_empty(aux, 1, (int64_t[]){1}, dev)};
+        /* The loss, lse and count are f32 for 16-bit logits: a loss rounded to bf16's 8
+         * significant bits hides the small differences a training curve is read for, the
+         * backward's exp(x - lse) needs lse to more than 8 bits, and bf16 counts only to 256
+         * exactly. dloss is then f32 too; dlogits stay in the logits' dtype. */
+        lu_dtype odt = lu_dtype_size(logits->dtype) < 4 ? LU_F32 : logits->dtype;
+        lu_tensor *out[3] = {lu_tensor_empty(odt, red == LU_REDUCE_NONE ? 1 : 0, &N, dev),
+                             lu_tensor_empty(odt, 1, &N, dev), lu_tensor_empty(odt, 1, (int64_t[]){1}, dev)};
         lu_tensor *in[2] = {x2, t1};
         if (out[0] && out[1] && out[2] && lu_op_run(LU_OP_CROSS_ENTROPY, in, 2, out, 3, &p, sizeof p) == LU_OK)
             y = red == LU_REDUCE_NONE ? lu_reshape(out[0], target->ndim, target->shape) : lu_tensor_retain(out[0]);

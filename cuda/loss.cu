@@ -1,5 +1,7 @@
 /* loss.cu - the fused softmax cross-entropy (CROSS_ENTROPY) on the GPU, f32 and bf16 logits with
- * fp32 math (core/cpu/reduce_generic.h is the reference).
+ * fp32 math (core/cpu/reduce_generic.h is the reference). The loss (and dloss) and the saved lse
+ * and count may be f32 or bf16 whatever the logits' dtype; core/ops_reduce.c makes them f32 for
+ * bf16 logits.
  *
  * Forward: one block per row reads the logits once, keeping a running (max, sum of exp(x - max))
  * per thread, merged by a fixed tree; the row's lse and loss follow, and one small block reduces
@@ -29,9 +31,9 @@ static __device__ __forceinline__ void lse_merge(float *m, float *s, float m2, f
 }
 
 /* Per row: lse[row], the row loss (0 for ignored rows) into rows[row] (f32) or, for reduction
- * none, into loss[row]; an invalid target records its row in *bad (the smallest one). */
+ * none, into loss[row] (dtype ldt); an invalid target records its row in *bad (the smallest one). */
 static __global__ void xent_rows_kernel(int dt, const void *logits, const void *target, bool i64, int64_t N, int64_t V,
-                                        int64_t ignore, int sdt, void *lse, float *rows, void *loss, bool none,
+                                        int64_t ignore, int sdt, void *lse, float *rows, int ldt, void *loss, bool none,
                                         unsigned long long *bad)
 {
     __shared__ float wm[LU_CUDA_THREADS / LU_CUDA_WARP], ws[LU_CUDA_THREADS / LU_CUDA_WARP];
@@ -73,7 +75,7 @@ static __global__ void xent_rows_kernel(int dt, const void *logits, const void *
                 }
             }
             lu_dev_store(lse, sdt, row, ls + m);
-            if (none) lu_dev_store(loss, dt, row, r);
+            if (none) lu_dev_store(loss, ldt, row, r);
             else rows[row] = r;
         }
     }
@@ -81,8 +83,8 @@ static __global__ void xent_rows_kernel(int dt, const void *logits, const void *
 
 /* One block: count = targets != ignore; loss = sum (or mean over count) of the row losses, each
  * thread a strided run in order, then a fixed tree. */
-static __global__ void xent_total_kernel(int dt, const float *rows, const void *target, bool i64, int64_t N,
-                                         int64_t ignore, int reduction, void *loss, int sdt, void *count)
+static __global__ void xent_total_kernel(const float *rows, const void *target, bool i64, int64_t N, int64_t ignore,
+                                         int reduction, int ldt, void *loss, int sdt, void *count)
 {
     __shared__ double ps[LU_CUDA_THREADS];
     __shared__ int64_t pc[LU_CUDA_THREADS];
@@ -104,25 +106,25 @@ static __global__ void xent_total_kernel(int dt, const float *rows, const void *
     }
     if (threadIdx.x == 0) {
         /* torch: the mean over zero counted targets is 0/0 = NaN. */
-        if (reduction == LU_REDUCE_SUM) lu_dev_store(loss, dt, 0, (float)ps[0]);
-        if (reduction == LU_REDUCE_MEAN) lu_dev_store(loss, dt, 0, (float)(ps[0] / (double)pc[0]));
+        if (reduction == LU_REDUCE_SUM) lu_dev_store(loss, ldt, 0, (float)ps[0]);
+        if (reduction == LU_REDUCE_MEAN) lu_dev_store(loss, ldt, 0, (float)(ps[0] / (double)pc[0]));
         lu_dev_store(count, sdt, 0, (float)pc[0]);
     }
 }
 
 /* dlogits[i, j] = g_i (exp(x_ij - lse_i) - [j == t_i]), g_i = 0 for ignored rows; rows over
- * blockIdx.y, columns over blockIdx.x. */
+ * blockIdx.y, columns over blockIdx.x. logits and dlogits are of dtype dt, dloss of ddt. */
 static __global__ void xent_backward_kernel(int dt, const void *logits, const void *target, bool i64, int64_t N,
-                                            int64_t V, int64_t ignore, int reduction, const void *dloss, int sdt,
-                                            const void *lse, const void *count, void *dlogits)
+                                            int64_t V, int64_t ignore, int reduction, int ddt, const void *dloss,
+                                            int sdt, const void *lse, const void *count, void *dlogits)
 {
     for (int64_t row = blockIdx.y; row < N; row += gridDim.y) {
         int64_t t = load_target(target, i64, row), base = row * V;
         float g = 0.0f, l = lu_dev_load(lse, sdt, row);
         if (t != ignore)
-            g = reduction == LU_REDUCE_NONE  ? lu_dev_load(dloss, dt, row)
-                : reduction == LU_REDUCE_SUM ? lu_dev_load(dloss, dt, 0)
-                                             : lu_dev_load(dloss, dt, 0) / lu_dev_load(count, sdt, 0);
+            g = reduction == LU_REDUCE_NONE  ? lu_dev_load(dloss, ddt, row)
+                : reduction == LU_REDUCE_SUM ? lu_dev_load(dloss, ddt, 0)
+                                             : lu_dev_load(dloss, ddt, 0) / lu_dev_load(count, sdt, 0);
         for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < V; j += (int64_t)gridDim.x * blockDim.x) {
             float d = 0.0f;
             if (t != ignore) {
@@ -134,14 +136,14 @@ static __global__ void xent_backward_kernel(int dt, const void *logits, const vo
     }
 }
 
-/* Checks shapes and dtypes: logits [N, V] f32/bf16, target [N] i32/i64, loss ([] or [N]) in the
- * logits' dtype, lse [N] and count [1] f32 or bf16. */
+/* Checks shapes and dtypes: logits [N, V] f32/bf16, target [N] i32/i64, loss ([] or [N]) f32 or
+ * bf16, lse [N] and count [1] f32 or bf16 (the same). */
 static lu_status xent_check(const lu_op_call *c, const lu_tensor *logits, const lu_tensor *target,
                             const lu_tensor *loss, const lu_tensor *lse, const lu_tensor *count)
 {
     const lu_cross_entropy_params *p = (const lu_cross_entropy_params *)c->params;
-    const lu_tensor *ts[2] = {logits, loss};
-    LU_TRY(lu_cuda_check_float(c, ts, 2, logits->dtype));
+    LU_TRY(lu_cuda_check_float(c, &logits, 1, logits->dtype));
+    LU_TRY(lu_cuda_check_float(c, &loss, 1, loss->dtype));
     char sl[LU_SHAPE_STR_MAX], st[LU_SHAPE_STR_MAX];
     if (logits->ndim != 2 || target->ndim != 1 || target->shape[0] != logits->shape[0] ||
         (target->dtype != LU_I32 && target->dtype != LU_I64))
@@ -179,12 +181,11 @@ static lu_status xent_forward(const lu_op_call *c)
         unsigned grid = (unsigned)(N < 1048576 ? N : 1048576);
         xent_rows_kernel<<<grid, LU_CUDA_THREADS>>>(logits->dtype, lu_tensor_data(logits), lu_tensor_data(target), i64,
                                                     N, V, p->ignore_index, lse->dtype, lu_tensor_data(lse), rows,
-                                                    lu_tensor_data(loss), none, bad);
+                                                    loss->dtype, lu_tensor_data(loss), none, bad);
         LU_CUDA_CHECK_LAUNCH();
     }
-    xent_total_kernel<<<1, LU_CUDA_THREADS>>>(logits->dtype, rows, lu_tensor_data(target), i64, N, p->ignore_index,
-                                              (int)p->reduction, lu_tensor_data(loss), count->dtype,
-                                              lu_tensor_data(count));
+    xent_total_kernel<<<1, LU_CUDA_THREADS>>>(rows, lu_tensor_data(target), i64, N, p->ignore_index, (int)p->reduction,
+                                              loss->dtype, lu_tensor_data(loss), count->dtype, lu_tensor_data(count));
     LU_CUDA_CHECK_LAUNCH();
     LU_CUDA_CHECK(cudaMemcpy(&found, bad, sizeof found, cudaMemcpyDeviceToHost));
     lu_cuda_scratch_free(bad);
@@ -200,8 +201,9 @@ static lu_status xent_forward(const lu_op_call *c)
     return LU_OK;
 }
 
-/* in = [dloss, dlse, dcount, logits, target, loss, lse, count], out = [dlogits, -]. The
- * gradients of the saved lse and count are ignored, as on the CPU. */
+/* in = [dloss, dlse, dcount, logits, target, loss, lse, count], out = [dlogits, -]: dlogits in
+ * the logits' dtype, dloss f32 or bf16. The gradients of the saved lse and count are ignored, as
+ * on the CPU. */
 static lu_status xent_backward(const lu_op_call *c)
 {
     const lu_cross_entropy_params *p = (const lu_cross_entropy_params *)c->params;
@@ -210,20 +212,21 @@ static lu_status xent_backward(const lu_op_call *c)
     lu_tensor *dx = c->out[0];
     if (!dx) return LU_OK;
     LU_TRY(xent_check(c, logits, target, loss, lse, count));
-    const lu_tensor *ts[3] = {logits, dloss, dx};
-    LU_TRY(lu_cuda_check_float(c, ts, 3, logits->dtype));
+    const lu_tensor *ts[2] = {logits, dx};
+    LU_TRY(lu_cuda_check_float(c, ts, 2, logits->dtype));
     int64_t N = logits->shape[0], V = logits->shape[1];
     if (N == 0 || V == 0) return LU_OK;
     if (!dloss) {
         LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
         return LU_OK;
     }
+    LU_TRY(lu_cuda_check_float(c, &dloss, 1, dloss->dtype));
     int64_t gx = (V + 4 * LU_CUDA_THREADS - 1) / (4 * LU_CUDA_THREADS);
     dim3 grid((unsigned)(gx < 1024 ? gx : 1024), (unsigned)(N < 65535 ? N : 65535));
     xent_backward_kernel<<<grid, LU_CUDA_THREADS>>>(logits->dtype, lu_tensor_data(logits), lu_tensor_data(target),
                                                     target->dtype == LU_I64, N, V, p->ignore_index, (int)p->reduction,
-                                                    lu_tensor_data(dloss), lse->dtype, lu_tensor_data(lse),
-                                                    lu_tensor_data(count), lu_tensor_data(dx));
+                                                    dloss->dtype, lu_tensor_data(dloss), lse->dtype,
+                                                    lu_tensor_data(lse), lu_tensor_data(count), lu_tensor_data(dx));
     LU_CUDA_CHECK_LAUNCH();
     return LU_OK;
 }

@@ -330,6 +330,8 @@ lu_tensor *lu_decoder_lm_loss(lu_tensor *logits, lu_tensor *labels)
     /* logits[:, :-1] predict labels[:, 1:]. */
     lu_tensor *lg = lu_reshape(lu_slice(logits, 1, 0, T - 1, 1), LU_SHAPE(B * (T - 1), V));
     lu_tensor *lb = lu_reshape(lu_slice(labels, 1, 1, T, 1), LU_SHAPE(B * (T - 1)));
+    /* The op's loss is f32 for f32 and 16-bit logits; f64 logits (the CPU's other compute dtype)
+     * give an f64 one, narrowed here so that every compute dtype returns f32. */
     lu_tensor *loss = lu_cross_entropy(lg, lb, -100, LU_REDUCE_MEAN), *loss32 = lu_cast(loss, LU_F32);
     lu_tensor_release(loss);
     return loss32;

@@ -57,9 +57,8 @@ lu_tensor *lu_decoder_forward(lu_decoder *m, const lu_decoder_batch *batch);
 /* Mean next-token cross-entropy, an f32 scalar: labels [B, T] (-100 ignored) are shifted inside,
  * as transformers does (logits at t predict labels at t+1). */
 lu_tensor *lu_decoder_loss(lu_decoder *m, const lu_decoder_batch *batch, lu_tensor *labels);
-/* The same loss from given logits [B, T, V] (when the logits are wanted too). The cross-entropy op
- * returns the loss in the logits' dtype; 16-bit logits give a loss rounded to that dtype, then
- * widened to f32. */
+/* The same loss from given logits [B, T, V] (when the logits are wanted too), f32 for every
+ * logits dtype (the cross-entropy op computes it in f32 for 16-bit logits). */
 lu_tensor *lu_decoder_lm_loss(lu_tensor *logits, lu_tensor *labels);
 
 /* Keys and values of every layer (after k_norm and RoPE) for the positions processed so far, so

@@ -285,7 +285,9 @@ Test(cuda_loss, gather_index_out_of_range_names_its_position)
 
 /* ---- cross-entropy ---- */
 
-/* logits [N, V] in [-8, 8); targets in [0, V) with every fifth row set to ignore_index. */
+/* logits [N, V] in [-8, 8); targets in [0, V) with every fifth row set to ignore_index. With bf16
+ * logits (and dlogits) on the device, the loss, dloss, lse and count stay f32 there, as
+ * lu_cross_entropy makes them. */
 static void check_xent(int64_t N, int64_t V, lu_reduction red, int64_t ignore, lu_dtype dev_dt, double tol,
                        bool non_finite, bool twice)
 {
@@ -307,7 +309,7 @@ static void check_xent(int64_t N, int64_t V, lu_reduction red, int64_t ignore, l
     snprintf(what, sizeof what, "cross_entropy %s N %lld V %lld reduction %d ignore %lld, forward", lu_dtype_name(dev_dt),
              (long long)N, (long long)V, (int)red, (long long)ignore);
     kcase f = {.op = LU_OP_CROSS_ENTROPY, .params = &p, .in = {x, t}, .n_in = 2, .out = {loss, lse, count}, .n_out = 3,
-               .dev_dt = dev_dt, .keep_f32_out = 6, .tol = tol};
+               .dev_dt = dev_dt, .keep_f32_out = 7, .tol = tol};
     check_case(&f, what);
     if (twice) check_deterministic(&f, what);
     cpu_forward(LU_OP_CROSS_ENTROPY, (lu_tensor *[]){x, t}, 2, (lu_tensor *[]){loss, lse, count}, 3, &p);
@@ -317,7 +319,7 @@ static void check_xent(int64_t N, int64_t V, lu_reduction red, int64_t ignore, l
              (long long)N, (long long)V, (int)red);
     kcase b = {.op = LU_OP_CROSS_ENTROPY, .backward = true, .params = &p,
                .in = {dl, NULL, NULL, x, t, loss, lse, count}, .n_in = 8, .out = {dx, NULL}, .n_out = 2,
-               .dev_dt = dev_dt, .keep_f32_in = 3u << 6, .tol = tol};
+               .dev_dt = dev_dt, .keep_f32_in = 1u | 7u << 5, .tol = tol};
     check_case(&b, what);
     if (twice) check_deterministic(&b, what);
     release_all((lu_tensor *[]){x, t, loss, lse, count, dl, dx}, 7);
@@ -344,6 +346,42 @@ Test(cuda_loss, cross_entropy_bf16_logits_within_bf16_rounding)
     require_gpu();
     check_xent(333, 1000, LU_REDUCE_MEAN, -100, LU_BF16, TOL_BF16, false, false);
     check_xent(7, 152064, LU_REDUCE_SUM, -100, LU_BF16, TOL_BF16, false, true);
+}
+
+/* Through lu_cross_entropy and autograd, as training runs it: bf16 logits on the GPU give an f32
+ * loss (within f32 error of the CPU's on the same values, for every reduction) and a bf16
+ * gradient (within bf16 error), from an f32 dloss. */
+Test(cuda_loss, cross_entropy_op_gives_an_f32_loss_for_bf16_logits)
+{
+    require_gpu();
+    int64_t N = 333, V = 1000;
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(N, V), -8, 8, 520), *t = tu_randint(LU_I64, LU_SHAPE(N), V, 521);
+    for (int64_t i = 0; i < N; i += 5) ((int64_t *)lu_tensor_data(t))[i] = -100;
+    round_to_bf16(x);
+    lu_tensor *dx = to_device(x, LU_BF16), *dt = to_device(t, LU_F32);
+    lu_tensor_set_requires_grad(x, true);
+    lu_tensor_set_requires_grad(dx, true);
+    for (int r = LU_REDUCE_MEAN; r <= LU_REDUCE_NONE; r++) {
+        char what[96];
+        lu_tensor *lc = lu_cross_entropy(x, t, -100, (lu_reduction)r);
+        cr_assert(lc, "cpu: %s", lu_error_message());
+        lu_tensor *dy = tu_rand(LU_F32, lc->ndim, lc->shape, 0.5, 1.5, 522 + (uint64_t)r), *ddy = to_device(dy, LU_F32);
+        cr_assert_eq(lu_backward_from(lc, dy), LU_OK, "cpu: %s", lu_error_message());
+        lu_tensor *lg = lu_cross_entropy(dx, dt, -100, (lu_reduction)r);
+        cr_assert(lg, "cuda: %s", lu_error_message());
+        cr_assert(lg->dtype == LU_F32, "reduction %d: the loss of bf16 logits is %s, not f32", r,
+                  lu_dtype_name(lg->dtype));
+        snprintf(what, sizeof what, "cross_entropy op, bf16 logits, reduction %d: loss", r);
+        assert_nmse(lg, lc, TOL_F32, what);
+        cr_assert_eq(lu_backward_from(lg, ddy), LU_OK, "cuda: %s", lu_error_message());
+        cr_assert(dx->grad && dx->grad->dtype == LU_BF16, "the gradient of bf16 logits is bf16");
+        snprintf(what, sizeof what, "cross_entropy op, bf16 logits, reduction %d: gradient", r);
+        assert_nmse(dx->grad, x->grad, TOL_BF16, what);
+        lu_tensor_zero_grad(x);
+        lu_tensor_zero_grad(dx);
+        release_all((lu_tensor *[]){lc, dy, ddy, lg}, 4);
+    }
+    release_all((lu_tensor *[]){x, t, dx, dt}, 4);
 }
 
 Test(cuda_loss, cross_entropy_propagates_inf_and_nan_as_the_cpu)

@@ -353,6 +353,53 @@ Test(cross_entropy, backward_matches_finite_differences)
     lu_tensor_release(x);
 }
 
+/* 16-bit logits (the GPU's compute dtype) give an f32 loss, not one rounded to 8 significant
+ * bits: the CPU runs them through its f32 kernel, so the loss equals, bit for bit, that of f32
+ * logits holding the same values, for every reduction (every third row ignored). dloss is f32
+ * (dy below, not 1, so that a misread dtype shows); the gradient comes back in the logits' dtype:
+ * the f32 one rounded to nearest, within half an ulp (2^-8 relative for bf16, 2^-11 for f16, and
+ * half f16's smallest subnormal, 2^-25, near 0). */
+Test(cross_entropy, sixteen_bit_logits_give_an_f32_loss_and_a_rounded_gradient)
+{
+    const lu_dtype dts[2] = {LU_BF16, LU_F16};
+    const double rtol[2] = {0x1p-8, 0x1p-11}, atol[2] = {0, 0x1p-25};
+    lu_tensor *t = make_targets(LU_I64, LU_SHAPE(3, 5), 7, -100, 19);
+    for (int d = 0; d < 2; d++) {
+        lu_tensor *x32 = tu_rand(LU_F32, LU_SHAPE(3, 5, 7), -3, 3, 18);
+        lu_tensor *xh = lu_tensor_convert(x32, dts[d], LU_CPU), *xf = lu_tensor_convert(xh, LU_F32, LU_CPU);
+        cr_assert(xh && xf, "%s", lu_error_message());
+        lu_tensor_set_requires_grad(xh, true);
+        lu_tensor_set_requires_grad(xf, true);
+        for (int r = LU_REDUCE_MEAN; r <= LU_REDUCE_NONE; r++) {
+            char what[96];
+            /* One loss at a time: a backward clears the whole tape. */
+            lu_tensor *lh = lu_cross_entropy(xh, t, -100, r);
+            cr_assert(lh, "%s", lu_error_message());
+            cr_assert(lh->dtype == LU_F32, "%s logits, reduction %d: the loss is %s, not f32", lu_dtype_name(dts[d]),
+                      r, lu_dtype_name(lh->dtype));
+            lu_tensor *dy = tu_rand(LU_F32, lh->ndim, lh->shape, 0.5, 1.5, 20 + (uint64_t)r);
+            cr_assert_eq(lu_backward_from(lh, dy), LU_OK, "%s", lu_error_message());
+            lu_tensor *lf = lu_cross_entropy(xf, t, -100, r);
+            cr_assert(lf, "%s", lu_error_message());
+            snprintf(what, sizeof what, "%s logits, reduction %d: loss", lu_dtype_name(dts[d]), r);
+            tu_assert_tensors_close(lh, lf, 0, 0, what);
+            cr_assert_eq(lu_backward_from(lf, dy), LU_OK, "%s", lu_error_message());
+            cr_assert(xh->grad && xh->grad->dtype == dts[d], "the gradient is in the logits' dtype");
+            snprintf(what, sizeof what, "%s logits, reduction %d: gradient", lu_dtype_name(dts[d]), r);
+            tu_assert_tensors_close(xh->grad, xf->grad, atol[d], rtol[d], what);
+            lu_tensor_zero_grad(xh);
+            lu_tensor_zero_grad(xf);
+            lu_tensor_release(dy);
+            lu_tensor_release(lh);
+            lu_tensor_release(lf);
+        }
+        lu_tensor_release(x32);
+        lu_tensor_release(xh);
+        lu_tensor_release(xf);
+    }
+    lu_tensor_release(t);
+}
+
 Test(cross_entropy, all_ignored_mean_is_nan_like_torch)
 {
     lu_tensor *x = tu_rand(LU_F64, LU_SHAPE(3, 4), -1, 1, 17);

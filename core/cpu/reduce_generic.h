@@ -232,8 +232,10 @@ static double R(row_lse)(const real *x, int64_t n, real *max)
     return log(s);
 }
 
-/* in = [logits [N,V], target [N]], out = [loss ([] or [N]), lse [N], count [1]]. Row losses are
- * log(sum exp(x - max)) - (x[t] - max) in double; the softmax itself is never stored. */
+/* in = [logits [N,V], target [N]], out = [loss ([] or [N]), lse [N], count [1]], every float
+ * operand a `real` (reduce.c hands 16-bit logits over widened to f32, with their f32 loss, lse
+ * and count). Row losses are log(sum exp(x - max)) - (x[t] - max) in double; the softmax itself
+ * is never stored. */
 static lu_status R(xent_fwd)(const lu_op_call *c)
 {
     const lu_cross_entropy_params *p = c->params;
@@ -273,7 +275,8 @@ static lu_status R(xent_fwd)(const lu_op_call *c)
     return LU_OK;
 }
 
-/* in = [dloss, dlse, dcount, logits, target, loss, lse, count], out = [dlogits, -]:
+/* in = [dloss, dlse, dcount, logits, target, loss, lse, count], out = [dlogits, -], every float
+ * operand a `real` (reduce.c runs 16-bit logits and dlogits through f32 copies; their dloss is f32):
  * dlogits[i, j] = g_i (exp(x_ij - lse_i) - [j == t_i]), g_i = 0 for ignored rows. */
 static lu_status R(xent_bwd)(const lu_op_call *c)
 {

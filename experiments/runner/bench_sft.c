@@ -427,8 +427,7 @@ static void report_gpu(const sft_bench_opts *o, const lu_decoder_config *cfg, co
     }
     printf("\nGPU GiB: luthier, device memory in use after the steps less before the parameters (cudaMemGetInfo:\n"
            "parameters, gradients, AdamW state, the step arena at its peak, library workspaces); transformers,\n"
-           "torch.cuda.max_memory_reserved. First losses: same weights and batch%s.\n",
-           o->dtype == LU_BF16 ? "; ours is rounded to bf16 by the cross-entropy op on bf16 logits" : "");
+           "torch.cuda.max_memory_reserved. First losses: same weights and batch.\n");
     for (int k = 0; k < n_refs; k++) {
         if (refs[k].why[0]) printf("transformers %s: not measured: %s\n", refs[k].attn, refs[k].why);
         else
