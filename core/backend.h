@@ -17,6 +17,16 @@ typedef struct lu_backend {
     lu_status (*copy)(void *dst, lu_device dst_dev, const void *src, lu_device src_dev, size_t nbytes);
     lu_status (*fill)(void *dst, lu_dtype dt, size_t n, double value);
     lu_status (*synchronize)(void);
+    /* Collectives between the processes of a data-parallel run for buffers on this device, used
+     * by core/dist.c; NULL where the backend has none (the CPU's buffers go through MPI). Rank 0
+     * fills comm_id_size bytes with comm_id and sends them to the others; every rank then joins
+     * with comm_init. comm_all_reduce_sum sums n elements of dtype dt in place across ranks and
+     * returns when the sum is there. */
+    size_t comm_id_size;
+    lu_status (*comm_id)(void *id);
+    lu_status (*comm_init)(void **comm, const void *id, int rank, int size);
+    lu_status (*comm_all_reduce_sum)(void *comm, void *buf, lu_dtype dt, size_t n);
+    void (*comm_free)(void *comm);
     lu_kernel forward[LU_OP_COUNT];
     lu_kernel backward[LU_OP_COUNT];
 } lu_backend;

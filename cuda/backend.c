@@ -70,6 +70,15 @@ static lu_status cuda_synchronize(void)
     return LU_OK;
 }
 
+lu_status lu_cuda_select_device(int index)
+{
+    int count = 0;
+    LU_CUDA_CHECK(cudaGetDeviceCount(&count));
+    if (count < 1) return lu_errorf(LU_ERR_DEVICE, "cuda: no GPU to select");
+    LU_CUDA_CHECK(cudaSetDevice(index % count));
+    return LU_OK;
+}
+
 bool lu_cuda_backend_init(lu_backend *b)
 {
     memset(b, 0, sizeof *b);
@@ -109,5 +118,6 @@ bool lu_cuda_backend_init(lu_backend *b)
     lu_cuda_register_dropout(b);
     lu_cuda_register_rope(b);
     lu_cuda_register_embedding(b);
+    lu_cuda_register_comm(b);
     return true;
 }

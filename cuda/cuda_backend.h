@@ -44,6 +44,11 @@ void lu_cuda_register_resample(lu_backend *b);
 void lu_cuda_register_dropout(lu_backend *b);
 void lu_cuda_register_rope(lu_backend *b);
 void lu_cuda_register_embedding(lu_backend *b);
+/* The NCCL communicator (nccl.c; nothing without NCCL). */
+void lu_cuda_register_comm(lu_backend *b);
+/* Makes GPU (index mod the number of GPUs) this process's device, before anything touches the
+ * GPU (data-parallel runs: one GPU per process by local rank). */
+lu_status lu_cuda_select_device(int index);
 
 /* Fills n elements of dt at dst with the element whose bytes are `pattern` (dtype size bytes,
  * little-endian, as lu_dtype_convert writes it). */

@@ -1,11 +1,14 @@
-/* nccl.c - the NCCL communicator (see nccl.h). */
-#include "nccl.h"
+/* nccl.c - the CUDA backend's communicator for data-parallel runs (the comm_* entries of
+ * lu_backend, used by core/dist.c): one NCCL communicator per process, one GPU per process, an
+ * in-place all-reduce sum on the default stream. Without NCCL at configure time the entries stay
+ * NULL and a multi-GPU run fails with a message saying so. */
+#include "cuda_backend.h"
 
 #ifdef LUTHIER_HAVE_NCCL
 
-#include <stdlib.h>
+#include <string.h>
 
-#include "cuda_backend.h"
+#include <nccl.h>
 
 static lu_status nccl_fail(ncclResult_t r, ncclComm_t comm, const char *file, int line, const char *expr)
 {
@@ -20,47 +23,62 @@ static lu_status nccl_fail(ncclResult_t r, ncclComm_t comm, const char *file, in
             return nccl_fail(lu_nccl_r_, (comm), __FILE__, __LINE__, #expr);       \
     } while (0)
 
-lu_status lu_nccl_unique_id(ncclUniqueId *id)
+static lu_status nccl_id(void *id)
 {
-    LU_NCCL_CHECK(NULL, ncclGetUniqueId(id));
+    LU_NCCL_CHECK(NULL, ncclGetUniqueId((ncclUniqueId *)id));
     return LU_OK;
 }
 
-lu_status lu_nccl_init(lu_nccl **out, const ncclUniqueId *id, int rank, int size)
+static lu_status nccl_init(void **out, const void *id, int rank, int size)
 {
     *out = NULL;
     if (size < 1 || rank < 0 || rank >= size)
         return lu_errorf(LU_ERR_INVALID, "nccl: rank %d is not in [0, %d)", rank, size);
-    lu_nccl *c = calloc(1, sizeof *c);
-    if (!c) return lu_errorf(LU_ERR_NOMEM, "nccl: out of memory");
-    ncclResult_t r = ncclCommInitRank(&c->comm, size, *id, rank);
-    if (r != ncclSuccess) {
-        free(c);
-        return nccl_fail(r, NULL, __FILE__, __LINE__, "ncclCommInitRank");
-    }
-    c->rank = rank;
-    c->size = size;
-    *out = c;
+    ncclUniqueId uid;
+    memcpy(&uid, id, sizeof uid);
+    ncclComm_t comm = NULL;
+    LU_NCCL_CHECK(NULL, ncclCommInitRank(&comm, size, uid, rank));
+    *out = comm;
     return LU_OK;
 }
 
-lu_status lu_nccl_all_reduce_sum(lu_nccl *c, float *buf, size_t n)
+static lu_status nccl_all_reduce_sum(void *comm, void *buf, lu_dtype dt, size_t n)
 {
+    ncclComm_t c = (ncclComm_t)comm;
+    ncclDataType_t type;
+    switch (dt) {
+    case LU_F32: type = ncclFloat32; break;
+    case LU_F64: type = ncclFloat64; break;
+    case LU_BF16: type = ncclBfloat16; break;
+    case LU_F16: type = ncclFloat16; break;
+    default: return lu_errorf(LU_ERR_DTYPE, "nccl: all-reduce of %s", lu_dtype_name(dt));
+    }
     if (n == 0) return LU_OK;
     /* On the default stream, after the kernels that produced buf. */
-    LU_NCCL_CHECK(c->comm, ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, c->comm, 0));
+    LU_NCCL_CHECK(c, ncclAllReduce(buf, buf, n, type, ncclSum, c, 0));
     LU_CUDA_CHECK(cudaStreamSynchronize(0));
     ncclResult_t async = ncclSuccess;
-    LU_NCCL_CHECK(c->comm, ncclCommGetAsyncError(c->comm, &async));
-    LU_NCCL_CHECK(c->comm, async);
+    LU_NCCL_CHECK(c, ncclCommGetAsyncError(c, &async));
+    LU_NCCL_CHECK(c, async);
     return LU_OK;
 }
 
-void lu_nccl_destroy(lu_nccl *c)
+static void nccl_free(void *comm)
 {
-    if (!c) return;
-    ncclCommDestroy(c->comm);
-    free(c);
+    if (comm) ncclCommDestroy((ncclComm_t)comm);
 }
+
+void lu_cuda_register_comm(lu_backend *b)
+{
+    b->comm_id_size = sizeof(ncclUniqueId);
+    b->comm_id = nccl_id;
+    b->comm_init = nccl_init;
+    b->comm_all_reduce_sum = nccl_all_reduce_sum;
+    b->comm_free = nccl_free;
+}
+
+#else
+
+void lu_cuda_register_comm(lu_backend *b) { (void)b; }
 
 #endif

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/dist.h"
 #include "experiments/runner/cli.h"
 #include "experiments/runner/trainer.h"
 
@@ -92,7 +93,13 @@ static int run_verb(int argc, char **argv, lu_status (*fn)(const lu_run_options 
     if (rc < 0) {
         o.overrides = overrides;
         lu_status s = fn(&o);
+        if (s && lu_dist_size() > 1) {
+            /* The other ranks would wait for this one in their next collective: end them all. */
+            fprintf(stderr, "luthier %s: rank %d of %d: %s\n", argv[0], lu_dist_rank(), lu_dist_size(), lu_error_message());
+            lu_dist_abort(1);
+        }
         if (s) fprintf(stderr, "luthier %s: %s\n", argv[0], lu_error_message());
+        lu_dist_finalize();
         rc = s ? 1 : 0;
     }
     free(overrides);

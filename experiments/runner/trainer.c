@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/checkpoint.h"
+#include "core/dist.h"
 #include "core/metrics.h"
 #include "core/ops.h"
 #include "core/progress.h"
@@ -264,6 +266,10 @@ static lu_status run_setup(run *r, const lu_run_options *opt, bool with_optim)
     LU_TRY(run_config_load(&r->rc, r->task, opt));
     lu_train_config *c = r->rc.common;
     LU_TRY(check_device(r->task, c, opt->config_path));
+#ifdef LUTHIER_HAVE_CUDA
+    /* Data-parallel runs: one GPU per process, by rank on the node, before anything uses one. */
+    if (c->device == LU_CUDA && lu_dist_size() > 1) LU_TRY(lu_cuda_select_device(lu_dist_local_rank()));
+#endif
     /* Initialisers write host memory: the store is built on the CPU, then moved. */
     r->params = lu_params_new(LU_CPU);
     if (!r->params) return lu_error_code();
@@ -271,7 +277,8 @@ static lu_status run_setup(run *r, const lu_run_options *opt, bool with_optim)
     LU_TRY(lu_params_finalize(r->params));
     LU_TRY(r->task->init_params(r->state, (uint64_t)c->seed));
     LU_TRY(lu_params_to_device(r->params, (lu_device)c->device));
-    int64_t per_epoch = r->task->epoch_size(r->state) / c->grad_accum;
+    /* A step takes grad_accum micro-batches on each of the data-parallel ranks. */
+    int64_t per_epoch = r->task->epoch_size(r->state) / (c->grad_accum * lu_dist_size());
     r->total_steps = c->max_steps > 0 ? c->max_steps : c->epochs * (per_epoch > 0 ? per_epoch : 1);
     if (!with_optim) return LU_OK;
     lu_optim_config oc;
@@ -450,11 +457,70 @@ static void device_description(lu_device dev, char *out, size_t size)
     snprintf(out, size, "%s [%s]", lu_device_name(dev), gpu);
 }
 
+/* ---- data parallelism (core/dist.h) --------------------------------------------------------- */
+
+/* Gradients <- their mean over the ranks (each rank's loss is already divided by the number of
+ * micro-batches of the whole step, so the sum is the mean): one all-reduce per dtype buffer. */
+static lu_status sum_gradients(lu_params *p)
+{
+    for (int d = 0; d < LU_DTYPE_COUNT; d++)
+        if (p->flat_grad[d]) LU_TRY(lu_dist_all_reduce_sum(p->flat_grad[d]));
+    return LU_OK;
+}
+
+/* Buffers that training updates (BatchNorm running statistics) <- their mean over the ranks,
+ * which saw different batches; the replicas stay identical. */
+static lu_status average_buffers(lu_params *p)
+{
+    double inv = 1.0 / lu_dist_size();
+    for (int i = 0; i < p->n; i++) {
+        lu_tensor *t = p->items[i].t;
+        if (p->items[i].trainable || !lu_dtype_is_float(t->dtype)) continue;
+        LU_TRY(lu_dist_all_reduce_sum(t));
+        lu_tensor *mean = lu_scale(t, inv);
+        lu_status s = mean ? lu_tensor_copy(t, mean) : lu_error_code();
+        lu_tensor_release(mean);
+        LU_TRY(s);
+    }
+    return LU_OK;
+}
+
+/* Every rank applies the same update to the same parameters, so the replicas stay equal; a
+ * difference (a kernel whose result depends on the rank's thread count, a rank that skipped a
+ * step) is caught at each checkpoint by comparing a sum of each dtype's buffer across ranks. */
+static lu_status check_replicas(lu_params *p, int64_t step)
+{
+    double lo[LU_DTYPE_COUNT] = {0}, hi[LU_DTYPE_COUNT] = {0};
+    bool grad = lu_grad_set_enabled(false);
+    lu_status s = LU_OK;
+    for (int d = 0; d < LU_DTYPE_COUNT && !s; d++) {
+        if (!p->flat[d] || !lu_dtype_is_float((lu_dtype)d)) continue;
+        lu_tensor *sum = lu_sum(p->flat[d], LU_ALL_DIMS, false);
+        if (!sum) s = lu_error_code();
+        else lo[d] = hi[d] = isfinite(lu_tensor_item(sum)) ? lu_tensor_item(sum) : 0;
+        lu_tensor_release(sum);
+    }
+    lu_grad_set_enabled(grad);
+    LU_TRY(s);
+    LU_TRY(lu_dist_all_reduce_doubles(lo, LU_DTYPE_COUNT, LU_DIST_MIN));
+    LU_TRY(lu_dist_all_reduce_doubles(hi, LU_DTYPE_COUNT, LU_DIST_MAX));
+    for (int d = 0; d < LU_DTYPE_COUNT; d++)
+        if (lo[d] != hi[d])
+            return lu_errorf(LU_ERR_STATE, "data parallel: the ranks' %s parameters differ at step %lld (sums from %.17g to "
+                             "%.17g): the replicas diverged", lu_dtype_name((lu_dtype)d), (long long)step, lo[d], hi[d]);
+    return LU_OK;
+}
+
 lu_status lu_train_run(const lu_run_options *opt)
 {
     run r = {0};
-    lu_status s = run_setup(&r, opt, true);
+    lu_status s = lu_dist_init();
+    if (!s) s = run_setup(&r, opt, true);
     lu_train_config *c = r.rc.common;
+    /* Data parallel: every rank runs this loop on its share of each step's micro-batches; rank 0
+     * alone writes the run directory, logs and evaluates. */
+    int world = lu_dist_size(), rank = lu_dist_rank();
+    bool lead = rank == 0;
     char ckdir[PATH_LEN], path[PATH_LEN];
     lu_metrics *metrics = NULL;
     lu_progress *progress = NULL;
@@ -478,57 +544,79 @@ lu_status lu_train_run(const lu_run_options *opt)
                       c->out_dir, path);
         goto done;
     }
-    if ((s = make_dir(ckdir))) goto done;
-    if ((s = path_join(path, c->out_dir, "/config.yaml")) || (s = write_file_atomic(path, r.rc.text))) goto done;
-    if ((s = path_join(path, c->out_dir, "/metrics.jsonl"))) goto done;
-    metrics = lu_metrics_open(path, true);
-    arena = lu_arena_new(r.params->device, 0);
-    if (!metrics || !arena) {
+    if (lead) {
+        if ((s = make_dir(ckdir))) goto done;
+        if ((s = path_join(path, c->out_dir, "/config.yaml")) || (s = write_file_atomic(path, r.rc.text))) goto done;
+        if ((s = path_join(path, c->out_dir, "/metrics.jsonl"))) goto done;
+        if (!(metrics = lu_metrics_open(path, true))) {
+            s = lu_error_code();
+            goto done;
+        }
+    }
+    if (!(arena = lu_arena_new(r.params->device, 0))) {
         s = lu_error_code();
         goto done;
     }
     char where[256];
     device_description(r.params->device, where, sizeof where);
-    fprintf(stderr, "training %s (task %s) on %s: %lld parameters, %lld steps x %lld micro-batches, run dir %s\n",
-            c->name, r.task->name, where, (long long)lu_params_count(r.params, true), (long long)r.total_steps,
-            (long long)c->grad_accum, c->out_dir);
+    int64_t per_step = c->grad_accum * world; /* micro-batches of one optimiser step */
+    if (lead) {
+        fprintf(stderr, "training %s (task %s) on %s: %lld parameters, %lld steps x %lld micro-batches, run dir %s\n",
+                c->name, r.task->name, where, (long long)lu_params_count(r.params, true), (long long)r.total_steps,
+                (long long)per_step, c->out_dir);
+        if (world > 1)
+            fprintf(stderr, "data parallel over %d processes (%s): %lld micro-batches per process and step\n", world,
+                    lu_dist_backend_name(), (long long)c->grad_accum);
+    }
     interrupted = 0;
     void (*old_handler)(int) = signal(SIGINT, on_sigint);
-    progress = lu_progress_begin(stderr, c->name, r.total_steps);
+    progress = lead ? lu_progress_begin(stderr, c->name, r.total_steps) : NULL;
     double items_since = 0, loss_since = 0;
     int64_t steps_since = 0;
     int64_t stop_at = opt->stop_after > 0 ? step + opt->stop_after : r.total_steps;
-    while (step < r.total_steps && step < stop_at && !interrupted) {
+    bool stop = false; /* an interruption seen by any rank, agreed after each step */
+    while (step < r.total_steps && step < stop_at && !stop && !(world == 1 && interrupted)) {
         lu_arena_reset(arena);
         lu_arena *prev = lu_arena_activate(arena);
         if ((s = lu_params_zero_grad(r.params))) break;
         double loss_sum = 0, items = 0;
+        /* Micro-batch a of rank k is number position + a * world + k: the same examples in the
+         * same step whatever the number of ranks, so N ranks with grad_accum g train as one
+         * process with grad_accum N * g. */
         for (int64_t a = 0; a < c->grad_accum && !s; a++) {
             double n = 0;
-            lu_tensor *loss = r.task->loss(r.state, position, step, &n);
-            lu_tensor *scaled = loss ? lu_scale(loss, 1.0 / (double)c->grad_accum) : NULL;
+            lu_tensor *loss = r.task->loss(r.state, position + a * world + rank, step, &n);
+            lu_tensor *scaled = loss ? lu_scale(loss, 1.0 / (double)per_step) : NULL;
             s = scaled ? lu_backward(scaled) : lu_error_code();
             if (!s) {
                 loss_sum += lu_tensor_item(loss);
                 items += n;
-                position++;
             }
         }
         lu_arena_activate(prev);
         if (s) break;
+        if (world > 1) {
+            double sums[3] = {loss_sum, items, interrupted ? 1 : 0};
+            if ((s = sum_gradients(r.params)) || (s = lu_dist_all_reduce_doubles(sums, 3, LU_DIST_SUM))) break;
+            loss_sum = sums[0];
+            items = sums[1];
+            stop = sums[2] > 0;
+        }
+        position += per_step;
         double norm = c->clip_norm > 0 ? lu_clip_grad_norm(r.params, c->clip_norm) : lu_grad_global_norm(r.params);
         /* Eden counts completed epochs, as icefall's step_epoch does. */
         double lr = lu_schedule_lr(&r.sched, step, (double)(position / r.task->epoch_size(r.state)));
         if ((s = lu_optim_step(r.optim, lr))) break;
+        if (world > 1 && (s = average_buffers(r.params))) break;
         step++;
-        double loss = loss_sum / (double)c->grad_accum;
+        double loss = loss_sum / (double)per_step;
         items_since += items;
         loss_since += loss;
         steps_since++;
         const char *keys[] = {"loss", "lr", "grad_norm"};
         double vals[] = {loss, lr, norm};
         lu_progress_update(progress, step, 3, keys, vals, items, "tok");
-        if (step % c->log_every == 0 || step == r.total_steps) {
+        if (lead && (step % c->log_every == 0 || step == r.total_steps)) {
             /* loss: mean over the steps since the last line; lr and grad_norm: this step. */
             const char *mk[] = {"loss", "lr", "grad_norm", "items"};
             double mv[] = {loss_since / (double)steps_since, lr, norm, items_since};
@@ -537,21 +625,24 @@ lu_status lu_train_run(const lu_run_options *opt)
             if ((s = lu_metrics_log(metrics, "train", step, 4, mk, mv))) break;
         }
         bool last = step == r.total_steps;
-        if ((c->eval_every > 0 && step % c->eval_every == 0) && !last) {
+        if (lead && (c->eval_every > 0 && step % c->eval_every == 0) && !last) {
             if ((s = evaluate(&r, metrics, step, false))) break;
         }
         if ((c->save_every > 0 && step % c->save_every == 0) || last) {
-            if ((s = save_checkpoint(&r, ckdir, step, position))) break;
+            if (world > 1 && (s = check_replicas(r.params, step))) break;
+            if (lead && (s = save_checkpoint(&r, ckdir, step, position))) break;
         }
     }
     lu_progress_end(progress);
     progress = NULL;
     signal(SIGINT, old_handler);
-    if (!s && (interrupted || step < r.total_steps)) {
-        fprintf(stderr, "%s at step %lld of %lld: saving a checkpoint to resume from\n",
-                interrupted ? "interrupted" : "stopping", (long long)step, (long long)r.total_steps);
-        s = save_checkpoint(&r, ckdir, step, position);
-    } else if (!s) {
+    if (!s && (interrupted || stop || step < r.total_steps)) {
+        if (lead) {
+            fprintf(stderr, "%s at step %lld of %lld: saving a checkpoint to resume from\n",
+                    interrupted || stop ? "interrupted" : "stopping", (long long)step, (long long)r.total_steps);
+            s = save_checkpoint(&r, ckdir, step, position);
+        }
+    } else if (!s && lead) {
         s = evaluate(&r, metrics, step, true);
         if (!s && r.task->demo) r.task->demo(r.state, stdout);
         if (!s && r.task->finish) {

@@ -1,0 +1,42 @@
+/* dist.h - the processes of a data-parallel run: rank, world size, and the collectives the
+ * trainer needs (an in-place sum of a tensor, sums and extrema of a few host numbers).
+ *
+ * A run is data-parallel when a launcher started it: `mpirun -np N luthier train ...` (Open MPI,
+ * MPICH) or `srun --mpi=pmix luthier train ...` (Slurm). lu_dist_init recognises the launcher by
+ * its environment and joins MPI; started by hand, the process is rank 0 of 1 and MPI is never
+ * touched. Host tensors are reduced with MPI; device tensors with the device backend's
+ * communicator (NCCL on GPUs), bootstrapped over MPI on first use. One process per GPU: each
+ * process takes GPU (local rank mod GPUs on its node).
+ *
+ * Every collective must be called by every rank in the same order. A rank that fails calls
+ * lu_dist_abort, which ends the whole job instead of leaving the others waiting. */
+#ifndef LU_DIST_H
+#define LU_DIST_H
+
+#include "tensor.h"
+
+/* Joins the launcher's job (once per process; later calls return the first result). Fails when
+ * a launcher started several ranks but luthier was built without MPI, or MPI cannot start. */
+lu_status lu_dist_init(void);
+int lu_dist_rank(void);
+int lu_dist_size(void);
+/* Rank among the processes on this node (GPU selection); 0 when not distributed. */
+int lu_dist_local_rank(void);
+/* "mpi" when distributed, "none" otherwise. */
+const char *lu_dist_backend_name(void);
+
+/* t <- the sum of every rank's t, in place. t is contiguous, floating point, on the CPU (MPI) or
+ * on a device whose backend has a communicator (NCCL). A no-op with one rank. */
+lu_status lu_dist_all_reduce_sum(lu_tensor *t);
+
+typedef enum lu_dist_op { LU_DIST_SUM, LU_DIST_MIN, LU_DIST_MAX } lu_dist_op;
+/* v[0..n) <- op over the ranks of v[0..n), host doubles. */
+lu_status lu_dist_all_reduce_doubles(double *v, int n, lu_dist_op op);
+
+/* Ends every process of the job with exit code `code` (MPI_Abort); exit(code) when not
+ * distributed. */
+_Noreturn void lu_dist_abort(int code);
+/* Leaves MPI (after the last collective; the process exits afterwards). */
+void lu_dist_finalize(void);
+
+#endif

@@ -1,0 +1,281 @@
+/* test_dist.c - data-parallel training on the CPU: `mpirun -np 2 luthier train` against one
+ * process that accumulates the same micro-batches (losses, gradient norms, parameters and
+ * optimiser state), resuming a 2-rank run in one process, and a failing rank ending the job. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <hdf5.h>
+
+#include "core/dist.h"
+#include "experiments/runner/trainer.h"
+#include "testutil.h"
+
+static char dir[256];
+
+static void setup(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/lu_dist_XXXXXX");
+    cr_assert(mkdtemp(dir));
+    /* mpirun refuses root without these (CI containers run as root). */
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    /* Open MPI keeps its start-up allocations until exit: LeakSanitizer would report them. */
+    setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
+}
+
+static void teardown(void)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(dist, .init = setup, .fini = teardown, .timeout = 240);
+
+/* The bytelm config of test_trainer (no BatchNorm: every tensor must match). */
+static void write_bytelm_config(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/text.txt", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    const char *lines[] = {"La commande ls affiche le contenu des répertoires.\n",
+                           "Les options courtes peuvent être regroupées.\n",
+                           "Ce programme est un logiciel libre ; vous pouvez le redistribuer.\n"};
+    for (int i = 0; i < 120; i++) fputs(lines[i % 3], f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
+    f = fopen(path, "w");
+    cr_assert(f);
+    fprintf(f,
+            "task: bytelm\n"
+            "seed: 7\n"
+            "data:\n  text_file: %s/text.txt\n  seq_len: 16\n  batch_size: 2\n  eval_batches: 2\n  valid_fraction: 0.1\n"
+            "model:\n  hidden_size: 16\n  intermediate_size: 32\n  num_layers: 1\n  num_heads: 2\n  num_kv_heads: 1\n"
+            "  head_dim: 8\n"
+            "train:\n  max_steps: 6\n  log_every: 1\n  save_every: 3\n"
+            "optim:\n  lr: 1.0e-2\n"
+            "schedule:\n  kind: cosine\n  warmup_ratio: 0.2\n"
+            "demo:\n  tokens: 4\n",
+            dir);
+    fclose(f);
+}
+
+/* luthier train dir/tiny.yaml --out dir/out [--resume] over... in this process. */
+static void train_here(const char *out, bool resume, int n, char **over)
+{
+    char cfg[512], outp[512];
+    snprintf(cfg, sizeof cfg, "%s/tiny.yaml", dir);
+    snprintf(outp, sizeof outp, "%s/%s", dir, out);
+    lu_run_options o = {.config_path = cfg, .out_dir = outp, .resume = resume, .n_overrides = n, .overrides = over};
+    cr_assert_eq(lu_train_run(&o), LU_OK, "%s: %s", out, lu_error_message());
+}
+
+/* `mpirun -np ranks luthier train dir/tiny.yaml --out dir/out args`; returns the exit status and
+ * leaves the output in dir/out.log. */
+static int train_mpi(int ranks, const char *out, const char *args)
+{
+    char cmd[2048];
+    /* One thread per rank (the ranks share this machine's cores); no binding (other suites run
+     * beside this one); `timeout`: a hang fails instead of stalling CI. */
+    snprintf(cmd, sizeof cmd,
+             "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 timeout 180 mpirun -np %d --oversubscribe --bind-to none "
+             "%s train %s/tiny.yaml --out %s/%s %s > %s/%s.log 2>&1",
+             ranks, LU_TEST_LUTHIER, dir, dir, out, args, dir, out);
+    int rc = system(cmd);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+static const char *read_log(const char *out)
+{
+    static char buf[1 << 15];
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s.log", dir, out);
+    FILE *f = fopen(path, "r");
+    if (!f) return "(no log)";
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+/* The "train" lines of a run's metrics.jsonl: loss and grad_norm per step. */
+typedef struct curve {
+    int n;
+    double loss[64], norm[64], items[64];
+} curve;
+
+static void read_curve(const char *out, curve *c)
+{
+    char path[512], line[4096];
+    snprintf(path, sizeof path, "%s/%s/metrics.jsonl", dir, out);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "cannot open %s", path);
+    c->n = 0;
+    while (fgets(line, sizeof line, f) && c->n < 64) {
+        cJSON *j = cJSON_Parse(line);
+        cr_assert(j, "%s: bad line %s", path, line);
+        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
+        if (ev && !strcmp(ev, "train")) {
+            c->loss[c->n] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "loss"));
+            c->norm[c->n] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "grad_norm"));
+            c->items[c->n] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "items"));
+            c->n++;
+        }
+        cJSON_Delete(j);
+    }
+    fclose(f);
+}
+
+static void assert_curves_match(const char *a, const char *b)
+{
+    curve ca, cb;
+    read_curve(a, &ca);
+    read_curve(b, &cb);
+    cr_assert_gt(ca.n, 0, "%s logged no steps", a);
+    cr_assert_eq(ca.n, cb.n, "%s logged %d steps, %s %d", a, ca.n, b, cb.n);
+    for (int i = 0; i < ca.n; i++) {
+        /* The same micro-batches summed in another order: float rounding only. */
+        cr_assert(fabs(ca.loss[i] - cb.loss[i]) <= 1e-5 * fabs(ca.loss[i]), "step %d loss: %s %.9g, %s %.9g", i + 1, a,
+                  ca.loss[i], b, cb.loss[i]);
+        cr_assert(fabs(ca.norm[i] - cb.norm[i]) <= 1e-4 * fabs(ca.norm[i]) + 1e-7, "step %d grad_norm: %s %.9g, %s %.9g",
+                  i + 1, a, ca.norm[i], b, cb.norm[i]);
+        cr_assert_eq(ca.items[i], cb.items[i], "step %d items: %s %g, %s %g", i + 1, a, ca.items[i], b, cb.items[i]);
+    }
+}
+
+/* Every dataset of group in both runs' last.h5, read as doubles, within tolerance. */
+typedef struct h5_walk {
+    hid_t other;
+    const char *group, *a, *b;
+    int n;
+    double worst;
+} h5_walk;
+
+static herr_t compare_dataset(hid_t group, const char *name, const H5L_info_t *info, void *data)
+{
+    (void)info;
+    h5_walk *w = data;
+    hid_t da = H5Dopen2(group, name, H5P_DEFAULT);
+    if (da < 0) return 0; /* a subgroup */
+    hid_t db = H5Dopen2(w->other, name, H5P_DEFAULT);
+    cr_assert(db >= 0, "%s/%s is in %s but not in %s", w->group, name, w->a, w->b);
+    hid_t sa = H5Dget_space(da), sb = H5Dget_space(db);
+    hssize_t n = H5Sget_simple_extent_npoints(sa);
+    cr_assert_eq(n, H5Sget_simple_extent_npoints(sb), "%s/%s: sizes differ", w->group, name);
+    double *x = malloc((size_t)n * sizeof *x + 8), *y = malloc((size_t)n * sizeof *y + 8);
+    cr_assert(x && y);
+    cr_assert(H5Dread(da, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, x) >= 0);
+    cr_assert(H5Dread(db, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, y) >= 0);
+    for (hssize_t i = 0; i < n; i++) {
+        double d = fabs(x[i] - y[i]) / (fabs(x[i]) + 1e-3);
+        cr_assert(d <= 1e-4, "%s/%s[%lld]: %s %.9g, %s %.9g", w->group, name, (long long)i, w->a, x[i], w->b, y[i]);
+        if (d > w->worst) w->worst = d;
+    }
+    free(x);
+    free(y);
+    H5Sclose(sa);
+    H5Sclose(sb);
+    H5Dclose(da);
+    H5Dclose(db);
+    w->n++;
+    return 0;
+}
+
+static void assert_checkpoints_match(const char *a, const char *b, const char *group)
+{
+    char pa[512], pb[512];
+    snprintf(pa, sizeof pa, "%s/%s/checkpoints/last.h5", dir, a);
+    snprintf(pb, sizeof pb, "%s/%s/checkpoints/last.h5", dir, b);
+    hid_t fa = H5Fopen(pa, H5F_ACC_RDONLY, H5P_DEFAULT), fb = H5Fopen(pb, H5F_ACC_RDONLY, H5P_DEFAULT);
+    cr_assert(fa >= 0 && fb >= 0, "cannot open %s or %s", pa, pb);
+    hid_t ga = H5Gopen2(fa, group, H5P_DEFAULT), gb = H5Gopen2(fb, group, H5P_DEFAULT);
+    cr_assert(ga >= 0 && gb >= 0, "%s: no group %s", a, group);
+    h5_walk w = {.other = gb, .group = group, .a = a, .b = b};
+    H5Literate(ga, H5_INDEX_NAME, H5_ITER_INC, NULL, compare_dataset, &w);
+    cr_assert_gt(w.n, 0, "%s: no datasets in %s", a, group);
+    H5Gclose(ga);
+    H5Gclose(gb);
+    H5Fclose(fa);
+    H5Fclose(fb);
+}
+
+#ifdef LUTHIER_HAVE_MPI
+#define REQUIRE_MPI()
+#else
+#define REQUIRE_MPI() cr_skip_test("luthier was built without MPI")
+#endif
+
+Test(dist, started_by_hand_is_rank_0_of_1)
+{
+    cr_assert_eq(lu_dist_init(), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(lu_dist_size(), 1);
+    cr_assert_eq(lu_dist_rank(), 0);
+    cr_assert_str_eq(lu_dist_backend_name(), "none");
+    double v[2] = {1.5, -2};
+    cr_assert_eq(lu_dist_all_reduce_doubles(v, 2, LU_DIST_SUM), LU_OK);
+    cr_assert(v[0] == 1.5 && v[1] == -2, "one rank: the values are their own sum");
+    lu_tensor *t = tu_rand(LU_F32, 1, (int64_t[]){5}, -1, 1, 3);
+    cr_assert_eq(lu_dist_all_reduce_sum(t), LU_OK);
+    lu_tensor *i = tu_randint(LU_I32, 1, (int64_t[]){5}, 9, 3);
+    cr_assert_neq(lu_dist_all_reduce_sum(i), LU_OK);
+    tu_assert_error_contains("floating-point");
+    lu_tensor_release(t);
+    lu_tensor_release(i);
+}
+
+Test(dist, two_ranks_train_as_one_process_accumulating_both_shares)
+{
+    REQUIRE_MPI();
+    write_bytelm_config();
+    train_here("one", false, 1, (char *[]){"train.grad_accum=2"});
+    cr_assert_eq(train_mpi(2, "two", ""), 0, "mpirun failed:\n%s", read_log("two"));
+    cr_assert(strstr(read_log("two"), "data parallel over 2 processes"), "%s", read_log("two"));
+    assert_curves_match("one", "two");
+    assert_checkpoints_match("one", "two", "/params");
+    assert_checkpoints_match("one", "two", "/optim");
+}
+
+Test(dist, asr_with_batchnorm_and_scaled_adam)
+{
+    REQUIRE_MPI();
+    tu_write_tiny_asr_config(dir, 4);
+    /* Two ranks with 2 micro-batches each = one process with 4, compared by losses and gradient
+     * norms: BatchNorm's running statistics are averaged over the ranks (not updated in turn as
+     * in one process), and the depthwise-conv bias before a training-mode BatchNorm has a zero
+     * gradient in exact arithmetic, so ScaledAdam's updates of it follow rounding noise. */
+    train_here("one", false, 2, (char *[]){"train.grad_accum=4", "optim.kind=scaled_adam"});
+    cr_assert_eq(train_mpi(2, "two", "train.grad_accum=2 optim.kind=scaled_adam"), 0, "mpirun failed:\n%s",
+                 read_log("two"));
+    assert_curves_match("one", "two");
+}
+
+Test(dist, a_two_rank_run_resumes_in_one_process)
+{
+    REQUIRE_MPI();
+    write_bytelm_config();
+    train_here("straight", false, 1, (char *[]){"train.grad_accum=2"});
+    cr_assert_eq(train_mpi(2, "split", "--stop-after 3"), 0, "mpirun failed:\n%s", read_log("split"));
+    /* The checkpoint holds the global data position: one process with twice the accumulation
+     * takes the same micro-batches from there. */
+    train_here("split", true, 1, (char *[]){"train.grad_accum=2"});
+    assert_curves_match("straight", "split");
+    assert_checkpoints_match("straight", "split", "/params");
+}
+
+Test(dist, a_failing_rank_ends_the_whole_job)
+{
+    REQUIRE_MPI();
+    write_bytelm_config();
+    cr_assert_eq(train_mpi(2, "run", ""), 0, "mpirun failed:\n%s", read_log("run"));
+    /* Again into the same directory without --resume: refused, and no rank is left waiting. */
+    int rc = train_mpi(2, "run", "");
+    const char *log = read_log("run");
+    cr_assert_neq(rc, 0, "a refused run must fail:\n%s", log);
+    cr_assert_neq(rc, 124, "the job hung until the timeout:\n%s", log);
+    cr_assert(strstr(log, "already holds a run"), "the error is not reported:\n%s", log);
+    cr_assert(strstr(log, "rank "), "the error does not name the rank:\n%s", log);
+}
