@@ -4,7 +4,8 @@
 # nvidia-smi, the GPU tests (test_cuda*) first, then every other test binary (unless
 # LUTHIER_GPU_TESTS_ONLY=1: CI runs those already, and a device lease is short), then
 # the benchmarks of LUTHIER_GPU_BENCHES (one `luthier bench` argument list per line; default
-# `gpu`, `asr --train --device cuda` and `sft --device cuda`; PyTorch references by python3 when it
+# `gpu`, `asr --train --device cuda`, `sft --device cuda` and that step under LUTHIER_PROFILE=1;
+# leading VAR=value words of a line set its environment; PyTorch references by python3 when it
 # imports torch there, else --no-reference), and writes OUT/report.md (date, GPU, driver, each test
 # binary's pass/fail counts from Criterion's summary line, benchmark output) and OUT/logs.tar.gz. Run it
 # from the repository root (tests read fixtures, the benchmark its reference script, relative to
@@ -126,24 +127,31 @@ if [ -x "$pkg/bin/luthier" ]; then
     reference=(--no-reference)
     gpu_reference=(--no-reference)
   fi
-  # One `luthier bench` per line: the kernels beside PyTorch, then training steps on the GPU.
+  # One `luthier bench` per line: the kernels beside PyTorch, then training steps on the GPU, then
+  # the SFT step again under the per-op profiler (leading VAR=value words set the environment).
   benches=${LUTHIER_GPU_BENCHES:-"gpu
 asr --train --device cuda
-sft --device cuda"}
+sft --device cuda
+LUTHIER_PROFILE=1 sft --device cuda --steps 1 --warmup 1 --no-reference"}
   while IFS= read -r bench; do
     [ -n "$bench" ] || continue
     read -r -a args <<< "$bench"
+    envs=()
+    while [ ${#args[@]} -gt 0 ] && [[ ${args[0]} == [A-Z_]*=* ]]; do envs+=("${args[0]}"); args=("${args[@]:1}"); done
     if [ "${args[0]}" = gpu ]; then args+=("${gpu_reference[@]}"); else args+=("${reference[@]}"); fi
-    log="$out/logs/bench-$(echo "${args[*]}" | tr -c 'a-zA-Z0-9\n' '-' | tr -s '-')"
-    # stdout is Markdown (tables and notes); stderr, the progress lines, stays in the log.
-    timeout "$bench_timeout" "$run" "$pkg/bin/luthier" bench "${args[@]}" > "$log.md" 2> "$log.log"
+    log="$out/logs/bench-$(echo "${envs[*]} ${args[*]}" | tr -c 'a-zA-Z0-9\n' '-' | tr -s '-' | sed 's/^-//')"
+    # stdout is Markdown (tables and notes); stderr, the progress lines and any profile, stays in the log.
+    timeout "$bench_timeout" env "${envs[@]}" "$run" "$pkg/bin/luthier" bench "${args[@]}" > "$log.md" 2> "$log.log"
     rc=$?
     [ $rc -eq 124 ] && rc="124 (timeout ${bench_timeout}s)"
-    echo "gpu_run: bench ${args[*]} exit $rc at $(( $(date +%s) - start )) s" >&2
+    echo "gpu_run: bench ${envs[*]}${envs[*]:+ }${args[*]} exit $rc at $(( $(date +%s) - start )) s" >&2
     {
-      echo "### luthier bench ${args[*]} (exit $rc)"
+      echo "### ${envs[*]}${envs[*]:+ }luthier bench ${args[*]} (exit $rc)"
       echo
       cat "$log.md"
+      if grep -q '^luthier profile' "$log.log"; then
+        echo; echo '```'; sed -n '/^luthier profile/,/all ops/p' "$log.log"; echo '```'
+      fi
       [ "$rc" = 0 ] || { echo; echo '```'; tail -20 "$log.log"; echo '```'; }
       echo
     } >> "$report"
