@@ -35,35 +35,6 @@ static void teardown(void)
 
 TestSuite(dist, .init = setup, .fini = teardown, .timeout = 240);
 
-/* The bytelm config of test_trainer (no BatchNorm: every tensor must match). */
-static void write_bytelm_config(void)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/text.txt", dir);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    const char *lines[] = {"La commande ls affiche le contenu des répertoires.\n",
-                           "Les options courtes peuvent être regroupées.\n",
-                           "Ce programme est un logiciel libre ; vous pouvez le redistribuer.\n"};
-    for (int i = 0; i < 120; i++) fputs(lines[i % 3], f);
-    fclose(f);
-    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
-    f = fopen(path, "w");
-    cr_assert(f);
-    fprintf(f,
-            "task: bytelm\n"
-            "seed: 7\n"
-            "data:\n  text_file: %s/text.txt\n  seq_len: 16\n  batch_size: 2\n  eval_batches: 2\n  valid_fraction: 0.1\n"
-            "model:\n  hidden_size: 16\n  intermediate_size: 32\n  num_layers: 1\n  num_heads: 2\n  num_kv_heads: 1\n"
-            "  head_dim: 8\n"
-            "train:\n  max_steps: 6\n  log_every: 1\n  save_every: 3\n"
-            "optim:\n  lr: 1.0e-2\n"
-            "schedule:\n  kind: cosine\n  warmup_ratio: 0.2\n"
-            "demo:\n  tokens: 4\n",
-            dir);
-    fclose(f);
-}
-
 /* luthier train dir/tiny.yaml --out dir/out [--resume] over... in this process. */
 static void train_here(const char *out, bool resume, int n, char **over)
 {
@@ -230,9 +201,9 @@ Test(dist, started_by_hand_is_rank_0_of_1)
 Test(dist, two_ranks_train_as_one_process_accumulating_both_shares)
 {
     REQUIRE_MPI();
-    write_bytelm_config();
-    train_here("one", false, 1, (char *[]){"train.grad_accum=2"});
-    cr_assert_eq(train_mpi(2, "two", ""), 0, "mpirun failed:\n%s", read_log("two"));
+    tu_write_tiny_bytelm_config(dir);
+    train_here("one", false, 2, (char *[]){"train.grad_accum=2", "train.log_every=1"});
+    cr_assert_eq(train_mpi(2, "two", "train.log_every=1"), 0, "mpirun failed:\n%s", read_log("two"));
     cr_assert(strstr(read_log("two"), "data parallel over 2 processes"), "%s", read_log("two"));
     assert_curves_match("one", "two");
     assert_checkpoints_match("one", "two", "/params");
@@ -256,12 +227,12 @@ Test(dist, asr_with_batchnorm_and_scaled_adam)
 Test(dist, a_two_rank_run_resumes_in_one_process)
 {
     REQUIRE_MPI();
-    write_bytelm_config();
-    train_here("straight", false, 1, (char *[]){"train.grad_accum=2"});
-    cr_assert_eq(train_mpi(2, "split", "--stop-after 3"), 0, "mpirun failed:\n%s", read_log("split"));
+    tu_write_tiny_bytelm_config(dir);
+    train_here("straight", false, 2, (char *[]){"train.grad_accum=2", "train.log_every=1"});
+    cr_assert_eq(train_mpi(2, "split", "--stop-after 3 train.log_every=1"), 0, "mpirun failed:\n%s", read_log("split"));
     /* The checkpoint holds the global data position: one process with twice the accumulation
      * takes the same micro-batches from there. */
-    train_here("split", true, 1, (char *[]){"train.grad_accum=2"});
+    train_here("split", true, 2, (char *[]){"train.grad_accum=2", "train.log_every=1"});
     assert_curves_match("straight", "split");
     assert_checkpoints_match("straight", "split", "/params");
 }
@@ -269,7 +240,7 @@ Test(dist, a_two_rank_run_resumes_in_one_process)
 Test(dist, a_failing_rank_ends_the_whole_job)
 {
     REQUIRE_MPI();
-    write_bytelm_config();
+    tu_write_tiny_bytelm_config(dir);
     cr_assert_eq(train_mpi(2, "run", ""), 0, "mpirun failed:\n%s", read_log("run"));
     /* Again into the same directory without --resume: refused, and no rank is left waiting. */
     int rc = train_mpi(2, "run", "");

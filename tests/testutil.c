@@ -179,6 +179,34 @@ int tu_run_captured(int (*fn)(int, char **), int argc, char **argv, char *out, s
     return rc;
 }
 
+void tu_write_tiny_bytelm_config(const char *dir)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/text.txt", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "cannot write %s", path);
+    const char *lines[] = {"La commande ls affiche le contenu des répertoires.\n",
+                           "Les options courtes peuvent être regroupées.\n",
+                           "Ce programme est un logiciel libre ; vous pouvez le redistribuer.\n"};
+    for (int i = 0; i < 120; i++) fputs(lines[i % 3], f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
+    f = fopen(path, "w");
+    cr_assert(f, "cannot write %s", path);
+    fprintf(f,
+            "task: bytelm\n"
+            "seed: 7\n"
+            "data:\n  text_file: %s/text.txt\n  seq_len: 16\n  batch_size: 2\n  eval_batches: 2\n  valid_fraction: 0.1\n"
+            "model:\n  hidden_size: 16\n  intermediate_size: 32\n  num_layers: 1\n  num_heads: 2\n  num_kv_heads: 1\n"
+            "  head_dim: 8\n"
+            "train:\n  max_steps: 6\n  log_every: 2\n  save_every: 3\n"
+            "optim:\n  lr: 1.0e-2\n"
+            "schedule:\n  kind: cosine\n  warmup_ratio: 0.2\n"
+            "demo:\n  tokens: 4\n",
+            dir);
+    fclose(f);
+}
+
 void tu_write_tiny_asr_config(const char *dir, int max_steps)
 {
     char feats[256], path[256];

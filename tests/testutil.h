@@ -38,6 +38,10 @@ int tu_run_captured(int (*fn)(int, char **), int argc, char **argv, char *out, s
  * the trainer tests share in dir/tiny.yaml: an EE-Conformer of d 16, 2 heads, 3 exits x 1 layer,
  * kernel 3, dropout 0.1, SpecAugment, max_steps steps logged each, a checkpoint every 3. */
 void tu_write_tiny_asr_config(const char *dir, int max_steps);
+/* A small French text in dir/text.txt and the tiny bytelm config the trainer tests share in
+ * dir/tiny.yaml: a 1-layer Qwen3-style model of width 16, 6 steps logged every 2, a checkpoint
+ * every 3 (no BatchNorm: training is fully deterministic). */
+void tu_write_tiny_bytelm_config(const char *dir);
 /* Asserts a call returned NULL/failed and the error message contains `needle`. */
 void tu_assert_error_contains(const char *needle);
 
