@@ -80,13 +80,30 @@ static lu_status mpi_start(void)
 }
 #endif
 
+/* Several processes started without a way to join them would each train alone and write the
+ * same run directory: srun without an MPI plugin (--mpi=none), or torchrun's environment. */
+static lu_status check_unjoinable(void)
+{
+    if (getenv("LUTHIER_INDEPENDENT_RANKS")) return LU_OK; /* separate runs on purpose (a sweep) */
+    const char *n = getenv("SLURM_STEP_NUM_TASKS");
+    if (n && atoi(n) > 1)
+        return lu_errorf(LU_ERR_CONFIG, "dist: srun started %d tasks without MPI process management: run "
+                         "srun --mpi=pmix (or --mpi=pmi2), or mpirun, so that they train as one job (LUTHIER_INDEPENDENT_RANKS=1: "
+                         "separate runs)", atoi(n));
+    n = getenv("WORLD_SIZE");
+    if (n && atoi(n) > 1)
+        return lu_errorf(LU_ERR_CONFIG, "dist: WORLD_SIZE=%d (torchrun?) but no MPI launcher: start the ranks with "
+                         "mpirun or srun --mpi=pmix", atoi(n));
+    return LU_OK;
+}
+
 lu_status lu_dist_init(void)
 {
     if (dist.done) return dist.status ? lu_errorf(dist.status, "%s", dist.error) : LU_OK;
     dist.done = true;
     const char *launcher = NULL;
     int size = launcher_size(&launcher);
-    lu_status s = LU_OK;
+    lu_status s = size == 0 ? check_unjoinable() : LU_OK;
     if (size != 0 && size != 1) {
 #ifdef LUTHIER_HAVE_MPI
         s = mpi_start();

@@ -4,9 +4,11 @@
  * A run is data-parallel when a launcher started it: `mpirun -np N luthier train ...` (Open MPI,
  * MPICH) or `srun --mpi=pmix luthier train ...` (Slurm). lu_dist_init recognises the launcher by
  * its environment and joins MPI; started by hand, the process is rank 0 of 1 and MPI is never
- * touched. Host tensors are reduced with MPI; device tensors with the device backend's
- * communicator (NCCL on GPUs), bootstrapped over MPI on first use. One process per GPU: each
- * process takes GPU (local rank mod GPUs on its node).
+ * touched; several processes that cannot join (srun --mpi=none, torchrun's WORLD_SIZE) are an
+ * error unless LUTHIER_INDEPENDENT_RANKS is set (separate runs on purpose). Host tensors are
+ * reduced with MPI; device tensors with the device backend's communicator (NCCL on GPUs),
+ * bootstrapped over MPI on first use. One process per GPU: each process takes GPU (local rank
+ * mod GPUs on its node).
  *
  * Every collective must be called by every rank in the same order. A rank that fails calls
  * lu_dist_abort, which ends the whole job instead of leaving the others waiting. */

@@ -198,6 +198,16 @@ Test(dist, started_by_hand_is_rank_0_of_1)
     lu_tensor_release(i);
 }
 
+/* srun --mpi=none would start independent copies writing one run directory: refused. */
+Test(dist, tasks_started_without_process_management_are_refused)
+{
+    setenv("SLURM_STEP_NUM_TASKS", "4", 1);
+    cr_assert_neq(lu_dist_init(), LU_OK, "4 srun tasks without PMI must not train as 4 separate runs");
+    tu_assert_error_contains("srun --mpi=pmix");
+    /* The answer stays (lu_dist_init runs once per process). */
+    cr_assert_neq(lu_dist_init(), LU_OK);
+}
+
 Test(dist, two_ranks_train_as_one_process_accumulating_both_shares)
 {
     REQUIRE_MPI();
