@@ -117,6 +117,16 @@ lu_status lu_dist_init(void)
     return s;
 }
 
+int lu_dist_launcher_local_rank(void)
+{
+    static const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return -1;
+}
+
 int lu_dist_rank(void) { return dist.rank; }
 int lu_dist_size(void) { return dist.size; }
 int lu_dist_local_rank(void) { return dist.local_rank; }

@@ -24,6 +24,9 @@ int lu_dist_rank(void);
 int lu_dist_size(void);
 /* Rank among the processes on this node (GPU selection); 0 when not distributed. */
 int lu_dist_local_rank(void);
+/* The node-local rank a launcher exported (Open MPI, MPICH, Slurm), or -1: lets a process pick
+ * its GPU before lu_dist_init (a CUDA-aware MPI may create a context on the current GPU). */
+int lu_dist_launcher_local_rank(void);
 /* "mpi" when distributed, "none" otherwise. */
 const char *lu_dist_backend_name(void);
 

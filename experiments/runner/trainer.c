@@ -250,6 +250,24 @@ static lu_status check_device(const lu_task *task, const lu_train_config *c, con
     return LU_OK;
 }
 
+/* Training joins the ranks a launcher started (core/dist.h), one GPU per process by its rank on
+ * the node. The GPU is picked before MPI starts as well: a CUDA-aware MPI may create a context
+ * on the current GPU in MPI_Init, and every rank would then hold one on GPU 0. */
+static lu_status join_ranks(const lu_train_config *c)
+{
+#ifdef LUTHIER_HAVE_CUDA
+    int early = lu_dist_launcher_local_rank();
+    if (c->device == LU_CUDA && early > 0) LU_TRY(lu_cuda_select_device(early));
+#endif
+    LU_TRY(lu_dist_init());
+#ifdef LUTHIER_HAVE_CUDA
+    if (c->device == LU_CUDA && lu_dist_size() > 1) LU_TRY(lu_cuda_select_device(lu_dist_local_rank()));
+#else
+    (void)c;
+#endif
+    return LU_OK;
+}
+
 static lu_status run_setup(run *r, const lu_run_options *opt, bool with_optim)
 {
     char task_name[128];
@@ -266,10 +284,7 @@ static lu_status run_setup(run *r, const lu_run_options *opt, bool with_optim)
     LU_TRY(run_config_load(&r->rc, r->task, opt));
     lu_train_config *c = r->rc.common;
     LU_TRY(check_device(r->task, c, opt->config_path));
-#ifdef LUTHIER_HAVE_CUDA
-    /* Data-parallel runs: one GPU per process, by rank on the node, before anything uses one. */
-    if (c->device == LU_CUDA && lu_dist_size() > 1) LU_TRY(lu_cuda_select_device(lu_dist_local_rank()));
-#endif
+    if (with_optim) LU_TRY(join_ranks(c));
     /* Initialisers write host memory: the store is built on the CPU, then moved. */
     r->params = lu_params_new(LU_CPU);
     if (!r->params) return lu_error_code();
@@ -514,8 +529,7 @@ static lu_status check_replicas(lu_params *p, int64_t step)
 lu_status lu_train_run(const lu_run_options *opt)
 {
     run r = {0};
-    lu_status s = lu_dist_init();
-    if (!s) s = run_setup(&r, opt, true);
+    lu_status s = run_setup(&r, opt, true);
     lu_train_config *c = r.rc.common;
     /* Data parallel: every rank runs this loop on its share of each step's micro-batches; rank 0
      * alone writes the run directory, logs and evaluates. */
