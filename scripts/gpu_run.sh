@@ -4,7 +4,7 @@
 # nvidia-smi, the GPU tests (test_cuda*) first, then every other test binary (unless
 # LUTHIER_GPU_TESTS_ONLY=1: CI runs those already, and a device lease is short), then
 # the benchmarks of LUTHIER_GPU_BENCHES (one `luthier bench` argument list per line; default
-# `gpu`, `asr --train --device cuda`, `sft --device cuda` and that step under LUTHIER_PROFILE=1;
+# `gpu`, `asr --train --device cuda`, `sft --device cuda` and both steps under LUTHIER_PROFILE=1;
 # leading VAR=value words of a line set its environment; PyTorch references by python3 when it
 # imports torch there, else --no-reference), and writes OUT/report.md (date, GPU, driver, each test
 # binary's pass/fail counts from Criterion's summary line, benchmark output) and OUT/logs.tar.gz. Run it
@@ -128,10 +128,11 @@ if [ -x "$pkg/bin/luthier" ]; then
     gpu_reference=(--no-reference)
   fi
   # One `luthier bench` per line: the kernels beside PyTorch, then training steps on the GPU, then
-  # the SFT step again under the per-op profiler (leading VAR=value words set the environment).
+  # both steps again under the per-op profiler (leading VAR=value words set the environment).
   benches=${LUTHIER_GPU_BENCHES:-"gpu
 asr --train --device cuda
 sft --device cuda
+LUTHIER_PROFILE=1 asr --train --device cuda --runs 2 --no-reference
 LUTHIER_PROFILE=1 sft --device cuda --steps 1 --warmup 1 --no-reference"}
   while IFS= read -r bench; do
     [ -n "$bench" ] || continue
