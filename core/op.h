@@ -26,6 +26,8 @@
     X(CAST, "cast")               /* x -> y of out dtype */                                    \
     X(ACCUMULATE, "accumulate")   /* in-place: out[0] += in[0] (same shape); no backward */    \
     X(MATMUL, "matmul")           /* a [Ba,M,K], b [Bb,K,N] (Ba,Bb equal or 1) -> c [B,M,N] */ \
+    X(LINEAR, "linear")           /* x [M,K], w [N,K], bias [N] -> y [M,N] = x w^T + bias      \
+                                     (torch.nn.Linear; lu_linear with a bias) */                \
     X(ADD, "add")                 /* a, b (own shapes, numpy-broadcast; any strides) -> y */   \
     X(SUB, "sub")                                                                              \
     X(MUL, "mul")                                                                              \

@@ -1,4 +1,5 @@
-/* ops_matmul.c - matrix products: lu_matmul (batched, with transposes) and lu_linear. */
+/* ops_matmul.c - matrix products: lu_matmul (batched, with transposes) and lu_linear (the LINEAR
+ * op when it has a bias). */
 #include "autograd.h"
 #include "ops.h"
 
@@ -49,12 +50,43 @@ lu_tensor *lu_matmul(lu_tensor *a, lu_tensor *b, bool trans_a, bool trans_b)
     return c;
 }
 
+static lu_tensor *linear_fail(lu_status code, const char *what, const lu_tensor *x, const lu_tensor *w,
+                             const lu_tensor *bias)
+{
+    char sx[LU_SHAPE_STR_MAX], sw[LU_SHAPE_STR_MAX], sb[LU_SHAPE_STR_MAX];
+    lu_errorf(code, "linear: %s (x %s %s, w %s %s, bias %s %s)", what, lu_shape_str(x, sx, sizeof sx),
+              lu_dtype_name(x->dtype), lu_shape_str(w, sw, sizeof sw), lu_dtype_name(w->dtype),
+              lu_shape_str(bias, sb, sizeof sb), lu_dtype_name(bias->dtype));
+    return NULL;
+}
+
+/* With a bias, one LINEAR op on x's rows: a backend can add the bias in the GEMM's epilogue and
+ * reduce its gradient in the weight gradient's (cuda/linear.c). Without one, a plain matmul. */
 lu_tensor *lu_linear(lu_tensor *x, lu_tensor *w, lu_tensor *bias)
 {
     LU_PROPAGATE_NULL(x, w);
-    lu_tensor *y = lu_matmul(x, w, false, true);
-    if (!y || !bias) return y;
-    lu_tensor *z = lu_add(y, bias);
-    lu_tensor_release(y);
-    return z;
+    if (!bias) return lu_matmul(x, w, false, true);
+    if (!lu_dtype_is_float(x->dtype) || w->dtype != x->dtype || bias->dtype != x->dtype)
+        return linear_fail(LU_ERR_DTYPE, "x, w and bias need one float dtype", x, w, bias);
+    if (x->ndim < 2 || w->ndim != 2)
+        return linear_fail(LU_ERR_SHAPE, "x needs at least 2 dims and w 2 ([out, in])", x, w, bias);
+    int64_t k = w->shape[1], n = w->shape[0], rows = 1;
+    if (x->shape[x->ndim - 1] != k) return linear_fail(LU_ERR_SHAPE, "x's last dim differs from w's in", x, w, bias);
+    if (bias->ndim != 1 || bias->shape[0] != n) return linear_fail(LU_ERR_SHAPE, "bias must be [out]", x, w, bias);
+    for (int i = 0; i < x->ndim - 1; i++) rows *= x->shape[i];
+    lu_tensor *x2 = lu_reshape(x, 2, (int64_t[]){rows, k}), *wc = x2 ? lu_contiguous(w) : NULL;
+    lu_tensor *bc = wc ? lu_contiguous(bias) : NULL, *y2 = NULL, *y = NULL;
+    if (bc) y2 = lu_tensor_empty(x->dtype, 2, (int64_t[]){rows, n}, lu_tensor_device(x));
+    lu_tensor *in[3] = {x2, wc, bc};
+    if (y2 && lu_op_run(LU_OP_LINEAR, in, 3, &y2, 1, NULL, 0) == LU_OK) {
+        int64_t shape[LU_MAX_DIMS];
+        for (int i = 0; i < x->ndim - 1; i++) shape[i] = x->shape[i];
+        shape[x->ndim - 1] = n;
+        y = lu_reshape(y2, x->ndim, shape);
+    }
+    lu_tensor_release(y2);
+    lu_tensor_release(bc);
+    lu_tensor_release(wc);
+    lu_tensor_release(x2);
+    return y;
 }

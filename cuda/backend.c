@@ -104,6 +104,7 @@ bool lu_cuda_backend_init(lu_backend *b)
     b->synchronize = cuda_synchronize;
     lu_cuda_register_layout(b);
     lu_cuda_register_matmul(b);
+    lu_cuda_register_linear(b);
     lu_cuda_register_elementwise(b);
     lu_cuda_register_norm(b);
     lu_cuda_register_optim(b);

@@ -30,6 +30,7 @@ const char *lu_cuda_unavailable_reason(void);
 /* One per kernel file. */
 void lu_cuda_register_layout(lu_backend *b);
 void lu_cuda_register_matmul(lu_backend *b);
+void lu_cuda_register_linear(lu_backend *b);
 void lu_cuda_register_elementwise(lu_backend *b);
 void lu_cuda_register_norm(lu_backend *b);
 void lu_cuda_register_optim(lu_backend *b);
@@ -60,6 +61,9 @@ lu_status lu_cuda_convert(void *dst, lu_dtype dst_dt, const void *src, lu_dtype 
  * stored transposed. A and B are of dtype dt, C of c_dt (dt, or f32 for an fp32 accumulator). */
 lu_status lu_cuda_gemm(lu_dtype dt, lu_dtype c_dt, int64_t batch, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
                        const void *a, int64_t sa, const void *b, int64_t sb, float beta, void *c, int64_t sc);
+/* GEMMs that LINEAR ran with a cuBLASLt epilogue (bias, bias gradient) in this process so far
+ * (linear.c): tests and the benchmark tell by it whether the fused path ran. */
+int64_t lu_cuda_linear_fused_gemms(void);
 
 #ifdef __cplusplus
 }

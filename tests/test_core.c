@@ -1,5 +1,5 @@
-/* test_core.c - tensors, dtypes, views, the parameter store, the arena, the RNG, matmul and the
- * autograd tape. */
+/* test_core.c - tensors, dtypes, views, the parameter store, the arena, the RNG, matmul, linear
+ * and the autograd tape. */
 #include <math.h>
 #include <string.h>
 
@@ -275,6 +275,111 @@ Test(matmul, rejects_mismatched_inner_dims)
     tu_assert_error_contains("matmul: inner dimensions differ (a [2, 3] f32, b [4, 5] f32)");
     lu_tensor_release(a);
     lu_tensor_release(b);
+}
+
+/* ---- linear (the LINEAR op: lu_linear with a bias) ---- */
+
+static lu_tensor *linear_fn(lu_tensor **in, void *ctx)
+{
+    (void)ctx;
+    return lu_linear(in[0], in[1], in[2]);
+}
+
+static lu_tensor *matmul_add_fn(lu_tensor **in, void *ctx)
+{
+    (void)ctx;
+    lu_tensor *y = lu_matmul(in[0], in[1], false, true), *z = lu_add(y, in[2]);
+    lu_tensor_release(y);
+    return z;
+}
+
+/* y and the gradients of x, w and bias for one output gradient, by f. */
+static void linear_outputs(tu_fn f, lu_tensor **in, lu_tensor **out)
+{
+    for (int i = 0; i < 3; i++) {
+        lu_tensor_zero_grad(in[i]);
+        lu_tensor_set_requires_grad(in[i], true);
+    }
+    lu_tensor *y = f(in, NULL);
+    cr_assert(y, "%s", lu_error_message());
+    lu_tensor *dy = tu_rand(y->dtype, y->ndim, y->shape, -1, 1, 17);
+    cr_assert_eq(lu_backward_from(y, dy), LU_OK, "%s", lu_error_message());
+    out[0] = y;
+    for (int i = 0; i < 3; i++) {
+        out[1 + i] = lu_tensor_retain(in[i]->grad);
+        lu_tensor_zero_grad(in[i]);
+        lu_tensor_set_requires_grad(in[i], false);
+    }
+    lu_tensor_release(dy);
+}
+
+/* The CPU kernels make the calls MATMUL and ADD made (the same GEMMs, the bias gradient summed in
+ * double in the same order), so the fused op changes no result: y, dx, dw and dbias are equal. */
+Test(linear, equals_matmul_then_add_forward_and_backward)
+{
+    const lu_dtype dts[2] = {LU_F32, LU_F64};
+    const int64_t shapes[3][3] = {{2, 7, 13}, {1, 1, 33}, {3, 40, 9}}; /* x [B, T, K]; N below */
+    const int64_t outs[3] = {5, 17, 70};
+    for (int d = 0; d < 2; d++)
+        for (int c = 0; c < 3; c++) {
+            lu_tensor *in[3] = {tu_rand(dts[d], 3, shapes[c], -1, 1, 30 + (uint64_t)c),
+                                tu_rand(dts[d], LU_SHAPE(outs[c], shapes[c][2]), -1, 1, 40 + (uint64_t)c),
+                                tu_rand(dts[d], LU_SHAPE(outs[c]), -1, 1, 50 + (uint64_t)c)};
+            lu_tensor *got[4], *want[4];
+            linear_outputs(linear_fn, in, got);
+            linear_outputs(matmul_add_fn, in, want);
+            const char *names[4] = {"y", "dx", "dw", "dbias"};
+            char what[64];
+            for (int i = 0; i < 4; i++) {
+                snprintf(what, sizeof what, "%s %s case %d", lu_dtype_name(dts[d]), names[i], c);
+                tu_assert_tensors_close(got[i], want[i], 0, 0, what);
+                lu_tensor_release(got[i]);
+                lu_tensor_release(want[i]);
+            }
+            for (int i = 0; i < 3; i++) lu_tensor_release(in[i]);
+        }
+}
+
+Test(linear, backward_matches_finite_differences)
+{
+    lu_tensor *in[3] = {tu_rand(LU_F64, LU_SHAPE(2, 3, 6), -1, 1, 60), tu_rand(LU_F64, LU_SHAPE(5, 6), -1, 1, 61),
+                        tu_rand(LU_F64, LU_SHAPE(5), -1, 1, 62)};
+    tu_gradcheck(linear_fn, in, 3, (bool[]){true, true, true}, NULL, 1e-6, 1e-8, 1e-6, 200, "linear grad");
+    for (int i = 0; i < 3; i++) lu_tensor_release(in[i]);
+}
+
+/* The op as a kernel call: no output gradient reads as zero; gradients not asked for are skipped. */
+Test(linear, backward_kernel_zeroes_without_dy_and_skips_null_outputs)
+{
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(4, 3), -1, 1, 63), *w = tu_rand(LU_F32, LU_SHAPE(2, 3), -1, 1, 64);
+    lu_tensor *b = tu_rand(LU_F32, LU_SHAPE(2), -1, 1, 65), *y = lu_tensor_zeros(LU_F32, LU_SHAPE(4, 2), LU_CPU);
+    lu_tensor *dx = lu_tensor_full(LU_F32, LU_SHAPE(4, 3), LU_CPU, 7), *db = lu_tensor_full(LU_F32, LU_SHAPE(2), LU_CPU, 7);
+    lu_backend *cpu = lu_backend_get(LU_CPU);
+    lu_op_call call = {.op = LU_OP_LINEAR, .in = {NULL, x, w, b, y}, .n_in = 5, .out = {dx, NULL, db}, .n_out = 3};
+    cr_assert_eq(cpu->backward[LU_OP_LINEAR](&call), LU_OK, "%s", lu_error_message());
+    double zeros[12] = {0};
+    tu_assert_close(dx, zeros, 12, 0, 0, "dx without dy");
+    tu_assert_close(db, zeros, 2, 0, 0, "dbias without dy");
+    lu_tensor *all[6] = {x, w, b, y, dx, db};
+    for (int i = 0; i < 6; i++) lu_tensor_release(all[i]);
+}
+
+Test(linear, rejects_bad_shapes_and_dtypes)
+{
+    lu_tensor *x = lu_tensor_zeros(LU_F32, LU_SHAPE(2, 3, 4), LU_CPU), *w = lu_tensor_zeros(LU_F32, LU_SHAPE(5, 4), LU_CPU);
+    lu_tensor *w3 = lu_tensor_zeros(LU_F32, LU_SHAPE(5, 3), LU_CPU), *b = lu_tensor_zeros(LU_F32, LU_SHAPE(5), LU_CPU);
+    lu_tensor *b6 = lu_tensor_zeros(LU_F32, LU_SHAPE(6), LU_CPU), *b64 = lu_tensor_zeros(LU_F64, LU_SHAPE(5), LU_CPU);
+    lu_tensor *x1 = lu_tensor_zeros(LU_F32, LU_SHAPE(4), LU_CPU);
+    cr_assert_null(lu_linear(x, w3, b));
+    tu_assert_error_contains("linear: x's last dim differs from w's in (x [2, 3, 4] f32, w [5, 3] f32, bias [5] f32)");
+    cr_assert_null(lu_linear(x, w, b6));
+    tu_assert_error_contains("linear: bias must be [out] (x [2, 3, 4] f32, w [5, 4] f32, bias [6] f32)");
+    cr_assert_null(lu_linear(x, w, b64));
+    tu_assert_error_contains("linear: x, w and bias need one float dtype");
+    cr_assert_null(lu_linear(x1, w, b));
+    tu_assert_error_contains("linear: x needs at least 2 dims");
+    lu_tensor *all[7] = {x, w, w3, b, b6, b64, x1};
+    for (int i = 0; i < 7; i++) lu_tensor_release(all[i]);
 }
 
 /* ---- autograd, params, arena, rng ---- */

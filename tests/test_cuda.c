@@ -8,6 +8,7 @@
  * Without a GPU (or without LUTHIER_CUDA) every test skips and says why. CUDA is first touched
  * inside a test body: Criterion forks each test, and a CUDA context does not survive a fork. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "testutil.h"
@@ -223,6 +224,105 @@ Test(cuda, matmul_f32_forward_matches_cpu) { require_gpu(); check_matmul(LU_F32,
 Test(cuda, matmul_f32_backward_matches_cpu) { require_gpu(); check_matmul(LU_F32, true, TOL_F32); }
 Test(cuda, matmul_bf16_forward_within_bf16_rounding) { require_gpu(); check_matmul(LU_BF16, false, TOL_BF16); }
 Test(cuda, matmul_bf16_backward_within_bf16_rounding) { require_gpu(); check_matmul(LU_BF16, true, TOL_BF16); }
+
+/* ---- linear ---- */
+
+/* x [M,K], w [N,K], bias [N] -> y; then the backward (dx, dw, dbias) on the CPU's y; each twice
+ * on the device, bit for bit. The path (cuBLASLt epilogues, or LUTHIER_CUBLASLT=0: GEMM, bias
+ * rows, column sums) is the caller's. */
+static void check_linear(int64_t m, int64_t k, int64_t n, lu_dtype dev_dt, double tol, const char *path)
+{
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(m, k), -1, 1, 140), *w = tu_rand(LU_F32, LU_SHAPE(n, k), -1, 1, 141);
+    lu_tensor *b = tu_rand(LU_F32, LU_SHAPE(n), -1, 1, 142), *y = empty(LU_F32, LU_SHAPE(m, n));
+    char what[128];
+    snprintf(what, sizeof what, "linear %s %s forward, M %lld K %lld N %lld", path, lu_dtype_name(dev_dt),
+             (long long)m, (long long)k, (long long)n);
+    kcase f = {.op = LU_OP_LINEAR, .in = {x, w, b}, .n_in = 3, .out = {y}, .n_out = 1, .dev_dt = dev_dt, .tol = tol};
+    check_case(&f, what);
+    check_deterministic(&f, what);
+    cpu_forward(LU_OP_LINEAR, (lu_tensor *[]){x, w, b}, 3, &y, 1, NULL);
+    lu_tensor *dy = tu_rand(LU_F32, LU_SHAPE(m, n), -1, 1, 143), *dx = empty(LU_F32, LU_SHAPE(m, k));
+    lu_tensor *dw = empty(LU_F32, LU_SHAPE(n, k)), *db = empty(LU_F32, LU_SHAPE(n));
+    snprintf(what, sizeof what, "linear %s %s backward, M %lld K %lld N %lld", path, lu_dtype_name(dev_dt),
+             (long long)m, (long long)k, (long long)n);
+    kcase bk = {.op = LU_OP_LINEAR, .backward = true, .in = {dy, x, w, b, y}, .n_in = 5, .out = {dx, dw, db},
+                .n_out = 3, .dev_dt = dev_dt, .tol = tol};
+    check_case(&bk, what);
+    check_deterministic(&bk, what);
+    release_all((lu_tensor *[]){x, w, b, y, dy, dx, dw, db}, 8);
+}
+
+/* Every combination of M 1, 7, 333, K 5, 64, 130 and N 3, 96, 257 (GEMV-like rows, unaligned
+ * leading dimensions) on one path; the unfused one must run no cuBLASLt epilogue. */
+static void check_linear_shapes(lu_dtype dev_dt, double tol, bool fused)
+{
+    static const int64_t ms[3] = {1, 7, 333}, ks[3] = {5, 64, 130}, ns[3] = {3, 96, 257};
+    if (fused) unsetenv("LUTHIER_CUBLASLT");
+    else setenv("LUTHIER_CUBLASLT", "0", 1);
+    int64_t before = lu_cuda_linear_fused_gemms();
+    for (int i = 0; i < 27; i++) check_linear(ms[i / 9], ks[i / 3 % 3], ns[i % 3], dev_dt, tol, fused ? "fused" : "unfused");
+    if (!fused) cr_assert_eq(lu_cuda_linear_fused_gemms(), before, "LUTHIER_CUBLASLT=0 still ran cuBLASLt epilogues");
+}
+
+Test(cuda, linear_f32_fused_matches_cpu) { require_gpu(); check_linear_shapes(LU_F32, TOL_F32, true); }
+Test(cuda, linear_f32_unfused_matches_cpu) { require_gpu(); check_linear_shapes(LU_F32, TOL_F32, false); }
+Test(cuda, linear_bf16_fused_within_bf16_rounding) { require_gpu(); check_linear_shapes(LU_BF16, TOL_BF16, true); }
+Test(cuda, linear_bf16_unfused_within_bf16_rounding) { require_gpu(); check_linear_shapes(LU_BF16, TOL_BF16, false); }
+
+/* In bf16 with aligned sizes cuBLASLt must take both epilogues (bias in the forward GEMM, bias
+ * gradient in the weight gradient's), or the fused path is never the one measured. Both paths
+ * run in this one process, switched by the variable between calls. */
+Test(cuda, linear_bf16_aligned_runs_the_cublaslt_epilogues_and_the_variable_turns_them_off)
+{
+    require_gpu();
+    for (int pass = 0; pass < 2; pass++) {
+        int64_t before = lu_cuda_linear_fused_gemms();
+        unsetenv("LUTHIER_CUBLASLT");
+        check_linear(333, 64, 96, LU_BF16, TOL_BF16, "fused");
+        /* check_linear runs the forward and the backward twice each on the device. */
+        cr_assert_eq(lu_cuda_linear_fused_gemms() - before, 4, "cuBLASLt ran %lld of the 4 fused GEMMs (bf16, M 333, "
+                     "K 64, N 96): it refused the bias or bias-gradient epilogue",
+                     (long long)(lu_cuda_linear_fused_gemms() - before));
+        setenv("LUTHIER_CUBLASLT", "0", 1);
+        before = lu_cuda_linear_fused_gemms();
+        check_linear(333, 64, 96, LU_BF16, TOL_BF16, "unfused");
+        cr_assert_eq(lu_cuda_linear_fused_gemms(), before, "LUTHIER_CUBLASLT=0 still ran cuBLASLt epilogues");
+    }
+}
+
+/* A contiguous [r, c] view starting one element into its storage: pointers at 2 (bf16) or 4 (f32)
+ * bytes of alignment, below what cuBLASLt assumes unless told. */
+static lu_tensor *offset_by_one(int64_t r, int64_t c, uint64_t seed)
+{
+    lu_tensor *base = tu_rand(LU_F32, LU_SHAPE(1 + r * c), -1, 1, seed), *tail = lu_slice(base, 0, 1, 1 + r * c, 1);
+    lu_tensor *v = lu_reshape(tail, 2, (int64_t[]){r, c});
+    cr_assert(v && lu_tensor_is_contiguous(v) && v->offset == 1, "%s", lu_error_message());
+    release_all((lu_tensor *[]){base, tail}, 2);
+    return v;
+}
+
+Test(cuda, linear_handles_inputs_at_unaligned_offsets)
+{
+    require_gpu();
+    const lu_dtype dts[2] = {LU_F32, LU_BF16};
+    for (int d = 0; d < 2; d++) {
+        double tol = dts[d] == LU_BF16 ? TOL_BF16 : TOL_F32;
+        lu_tensor *x = offset_by_one(7, 64, 150), *w = offset_by_one(96, 64, 151), *bias = offset_by_one(1, 96, 152);
+        lu_tensor *b = lu_reshape(bias, 1, (int64_t[]){96}), *y = empty(LU_F32, LU_SHAPE(7, 96));
+        char what[96];
+        snprintf(what, sizeof what, "linear %s forward, inputs one element into their storage", lu_dtype_name(dts[d]));
+        kcase f = {.op = LU_OP_LINEAR, .in = {x, w, b}, .n_in = 3, .out = {y}, .n_out = 1, .dev_dt = dts[d], .tol = tol};
+        check_case(&f, what);
+        cpu_forward(LU_OP_LINEAR, (lu_tensor *[]){x, w, b}, 3, &y, 1, NULL);
+        lu_tensor *dy = offset_by_one(7, 96, 153), *dx = empty(LU_F32, LU_SHAPE(7, 64));
+        lu_tensor *dw = empty(LU_F32, LU_SHAPE(96, 64)), *db = empty(LU_F32, LU_SHAPE(96));
+        snprintf(what, sizeof what, "linear %s backward, inputs one element into their storage", lu_dtype_name(dts[d]));
+        kcase bk = {.op = LU_OP_LINEAR, .backward = true, .in = {dy, x, w, b, y}, .n_in = 5, .out = {dx, dw, db},
+                    .n_out = 3, .dev_dt = dts[d], .tol = tol};
+        check_case(&bk, what);
+        release_all((lu_tensor *[]){x, w, bias, b, y, dy, dx, dw, db}, 9);
+    }
+}
 
 /* ---- binary elementwise ---- */
 

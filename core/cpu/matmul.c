@@ -1,4 +1,4 @@
-/* matmul.c - CPU matrix products through OpenBLAS (float and double). */
+/* matmul.c - CPU matrix products through OpenBLAS (float and double): MATMUL and LINEAR. */
 #include <cblas.h>
 #include <string.h>
 
@@ -13,9 +13,13 @@
 
 static lu_status matmul_forward(const lu_op_call *c) { LU_CPU_DISPATCH_FLOAT(matmul_fwd, c, c->out[0]->dtype); }
 static lu_status matmul_backward(const lu_op_call *c) { LU_CPU_DISPATCH_FLOAT(matmul_bwd, c, c->in[1]->dtype); }
+static lu_status linear_forward(const lu_op_call *c) { LU_CPU_DISPATCH_FLOAT(linear_fwd, c, c->out[0]->dtype); }
+static lu_status linear_backward(const lu_op_call *c) { LU_CPU_DISPATCH_FLOAT(linear_bwd, c, c->in[1]->dtype); }
 
 void lu_cpu_register_matmul(lu_backend *b)
 {
     b->forward[LU_OP_MATMUL] = matmul_forward;
     b->backward[LU_OP_MATMUL] = matmul_backward;
+    b->forward[LU_OP_LINEAR] = linear_forward;
+    b->backward[LU_OP_LINEAR] = linear_backward;
 }

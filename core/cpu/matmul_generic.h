@@ -1,6 +1,6 @@
-/* matmul_generic.h - batched GEMM through CBLAS, written over `real` (see generic.h).
- * Shapes (op.h): a [Ba,M,K] (or [Ba,K,M] when trans_a), b [Bb,K,N] (or [Bb,N,K]), Bb == Ba or 1,
- * c [Ba,M,N]. */
+/* matmul_generic.h - batched GEMM through CBLAS, written over `real` (see generic.h): MATMUL and
+ * LINEAR. Shapes (op.h): a [Ba,M,K] (or [Ba,K,M] when trans_a), b [Bb,K,N] (or [Bb,N,K]), Bb == Ba
+ * or 1, c [Ba,M,N]; LINEAR's x [M,K], w [N,K], bias [N], y [M,N]. */
 
 static void R(gemm_batch)(int64_t batch, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const real *a,
                           int64_t sa, const real *b, int64_t sb, real beta, real *c, int64_t sc)
@@ -72,6 +72,63 @@ static lu_status R(matmul_bwd)(const lu_op_call *call)
             const real *Ai = A + i * m * k, *DCi = DC + i * m * n;
             if (!p->trans_b) R(gemm_batch)(1, !p->trans_a, false, k, n, m, Ai, 0, DCi, 0, 1, DB, 0);
             else R(gemm_batch)(1, true, p->trans_a, n, k, m, DCi, 0, Ai, 0, 1, DB, 0);
+        }
+    }
+    return LU_OK;
+}
+
+/* ---- LINEAR: x [M,K], w [N,K], bias [N] -> y [M,N] = x w^T + bias ---- */
+
+/* One row-major product c = op(a) op(b), m x n x k, with the sizes BLAS refuses (a zero leading
+ * dimension) handled here: nothing to write, or a zero sum. */
+static void R(linear_gemm)(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const real *a, const real *b, real *c)
+{
+    if (m == 0 || n == 0) return;
+    if (k == 0) memset(c, 0, (size_t)(m * n) * sizeof(real));
+    else R(gemm_batch)(1, ta, tb, m, n, k, a, 0, b, 0, 0, c, 0);
+}
+
+/* The product, then the bias added to each row: the same sums as MATMUL followed by ADD. */
+static lu_status R(linear_fwd)(const lu_op_call *call)
+{
+    const lu_tensor *x = call->in[0], *w = call->in[1], *bias = call->in[2];
+    lu_tensor *y = call->out[0];
+    int64_t m = x->shape[0], k = x->shape[1], n = w->shape[0];
+    const real *B = lu_tensor_data(bias);
+    real *Y = lu_tensor_data(y);
+    R(linear_gemm)(false, true, m, n, k, lu_tensor_data(x), lu_tensor_data(w), Y);
+#pragma omp parallel for if (m * n > 32768)
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) Y[i * n + j] += B[j];
+    return LU_OK;
+}
+
+/* in = [dy, x, w, bias, y], out = [dx, dw, dbias]: dx = dy w, dw = dy^T x, dbias = the column sums
+ * of dy, accumulated in double down the rows for blocks of 16 columns (a cache line of f32), as
+ * ADD's broadcast gradient does: the order does not depend on the thread count. */
+static lu_status R(linear_bwd)(const lu_op_call *call)
+{
+    const lu_tensor *dy = call->in[0], *x = call->in[1], *w = call->in[2];
+    lu_tensor *dx = call->out[0], *dw = call->out[1], *db = call->out[2];
+    int64_t m = x->shape[0], k = x->shape[1], n = w->shape[0];
+    if (!dy) {
+        for (int i = 0; i < 3; i++)
+            if (call->out[i]) memset(lu_tensor_data(call->out[i]), 0, lu_tensor_nbytes(call->out[i]));
+        return LU_OK;
+    }
+    const real *DY = lu_tensor_data(dy);
+    if (dx) R(linear_gemm)(false, false, m, k, n, DY, lu_tensor_data(w), lu_tensor_data(dx));
+    if (dw) R(linear_gemm)(true, false, n, k, m, DY, lu_tensor_data(x), lu_tensor_data(dw));
+    if (db) {
+        enum { COLS = 16 };
+        real *DB = lu_tensor_data(db);
+#pragma omp parallel for if (m * n > 32768)
+        for (int64_t blk = 0; blk < (n + COLS - 1) / COLS; blk++) {
+            int64_t j0 = blk * COLS, jn = n - j0 < COLS ? n - j0 : COLS;
+            double acc[COLS] = {0};
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < jn; j++) acc[j] += DY[i * n + j0 + j];
+            for (int64_t j = 0; j < jn; j++) DB[j0 + j] = (real)acc[j];
         }
     }
     return LU_OK;
