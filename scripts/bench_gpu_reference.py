@@ -23,6 +23,9 @@ and the timing are bench_gpu.c's (keep the two in step):
   downsample-x2     icefall's SimpleDownsample (Zipformer, factor 2) on x [B 32, T 500, C 384]:
                     softmax(bias)-weighted sum of each pair of frames, written as icefall writes
                     it (pad with the last frame, reshape, multiply, sum); bf16 and f32
+  linear-256-1024   F.linear(x, w, bias) with x [16000, 256], w [1024, 256], bias [1024] (the
+                    LINEAR op; Zipformer feed-forward sizes), TF32 off; bf16 and f32; impl "torch"
+  linear-1024-256   the same with x [16000, 1024], w [256, 1024], bias [256]
 
 fwd runs under torch.no_grad(); fwdbwd is the forward with inputs requiring gradients and
 torch.autograd.grad of every input for a random output gradient (no accumulation into .grad).
@@ -50,7 +53,11 @@ CONV = {
     "dwconv-k31-s2": dict(b=32, c=384, t=500, k=31, stride=2),
 }
 DOWNSAMPLE = {"downsample-x2": dict(b=32, t=500, c=384, factor=2)}
-CASES = [*ATTENTION, *CONV, *DOWNSAMPLE]
+LINEAR = {
+    "linear-256-1024": dict(rows=32 * 500, k=256, n=1024),
+    "linear-1024-256": dict(rows=32 * 500, k=1024, n=256),
+}
+CASES = [*ATTENTION, *CONV, *DOWNSAMPLE, *LINEAR]
 
 
 def emit(**fields):
@@ -175,6 +182,21 @@ def bench_downsample(torch, name, s, iters, device):
             emit(case=name, impl="torch", dtype=dname, error=one_line(e))
 
 
+def bench_linear(torch, name, s, iters, device):
+    import torch.nn.functional as F
+
+    for dtype, dname in ((torch.bfloat16, "bf16"), (torch.float32, "f32")):
+        try:
+            gen = torch.Generator(device=device).manual_seed(4)
+            x = torch.rand(s["rows"], s["k"], device=device, dtype=dtype, generator=gen) * 2 - 1
+            w = torch.rand(s["n"], s["k"], device=device, dtype=dtype, generator=gen) * 2 - 1
+            bias = torch.rand(s["n"], device=device, dtype=dtype, generator=gen) * 2 - 1
+            fwd, fwdbwd = fwd_and_fwdbwd(torch, F.linear, (x, w, bias), iters, device)
+            emit(case=name, impl="torch", dtype=dname, fwd_s=fwd, fwdbwd_s=fwdbwd, note="")
+        except Exception as e:  # noqa: BLE001
+            emit(case=name, impl="torch", dtype=dname, error=one_line(e))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", default="all", choices=["all", *CASES])
@@ -198,11 +220,14 @@ def main():
     emit(gpu=gpu, torch=torch.__version__)
     if args.device == "cuda":
         torch.backends.cudnn.allow_tf32 = False  # f32 convolutions in f32, as luthier's
+        torch.set_float32_matmul_precision("highest")  # f32 GEMMs in f32 (no TF32), as luthier's
     for n in names:
         if n in ATTENTION:
             bench_attention(torch, n, ATTENTION[n], args.iters, args.device)
         elif n in CONV:
             bench_conv(torch, n, CONV[n], args.iters, args.device)
+        elif n in LINEAR:
+            bench_linear(torch, n, LINEAR[n], args.iters, args.device)
         else:
             bench_downsample(torch, n, DOWNSAMPLE[n], args.iters, args.device)
         if args.device == "cuda":

@@ -1,5 +1,6 @@
 /* bench_gpu.c - `luthier bench gpu`: the CUDA backend's fused attention (bf16), depthwise conv1d
- * (kernel 31, stride 1 and 2) and Zipformer's downsampling (bf16 and f32) beside PyTorch on the
+ * (kernel 31, stride 1 and 2), Zipformer's downsampling and the biased linear layer (bf16 and f32;
+ * the linear with its cuBLASLt epilogues and without, LUTHIER_CUBLASLT=0) beside PyTorch on the
  * same GPU, shapes and dtypes, measured in the same run by scripts/bench_gpu_reference.py, and
  * the ratio (issue 7).
  *
@@ -29,7 +30,7 @@
 #define MAX_REPS 1000
 #define MAX_ITERS 1000
 
-typedef enum case_kind { CASE_ATTENTION, CASE_CONV, CASE_DOWNSAMPLE } case_kind;
+typedef enum case_kind { CASE_ATTENTION, CASE_CONV, CASE_DOWNSAMPLE, CASE_LINEAR } case_kind;
 
 /* One case; names and shapes are the reference script's. */
 typedef struct gpu_case {
@@ -38,8 +39,9 @@ typedef struct gpu_case {
     int64_t b, t;
     int64_t hq, hkv, d; /* attention: query heads, key/value heads, head dim */
     bool causal;
-    int64_t c;          /* conv1d, downsample: channels */
+    int64_t c;          /* conv1d, downsample: channels; linear: input features */
     int k, stride;      /* conv1d: kernel (padding k/2) and stride; downsample: k = factor */
+    int64_t out;        /* linear: output features (rows: b * t) */
     const char *what;
 } gpu_case;
 
@@ -56,6 +58,10 @@ static const gpu_case cases[] = {
      .what = "the same depthwise conv1d with stride 2 (downsampling conv, T 500 -> 250)"},
     {.name = "downsample-x2", .kind = CASE_DOWNSAMPLE, .b = 32, .t = 500, .c = 384, .k = 2,
      .what = "Zipformer SimpleDownsample (DOWNSAMPLE op), factor 2, x [B 32, T 500, C 384] -> [32, 250, 384]"},
+    {.name = "linear-256-1024", .kind = CASE_LINEAR, .b = 32, .t = 500, .c = 256, .out = 1024,
+     .what = "biased linear (LINEAR op; Zipformer feed-forward in), x [32*500 = 16000, 256] -> [16000, 1024]"},
+    {.name = "linear-1024-256", .kind = CASE_LINEAR, .b = 32, .t = 500, .c = 1024, .out = 256,
+     .what = "biased linear (feed-forward out), x [16000, 1024] -> [16000, 256]"},
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -69,8 +75,9 @@ typedef struct gpu_bench_opts {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: luthier bench gpu [--case NAME|all] [--iters N] [--python PY] [--no-reference]\n"
-               "  The CUDA backend's attention, depthwise conv1d and downsampling kernels (forward, and forward +\n"
-               "  backward) beside PyTorch on the same GPU and shapes (PY " REFERENCE_SCRIPT "), and the ratio.\n"
+               "  The CUDA backend's attention, depthwise conv1d, downsampling and biased linear kernels (forward,\n"
+               "  and forward + backward) beside PyTorch on the same GPU and shapes (PY " REFERENCE_SCRIPT "),\n"
+               "  and the ratio; the linear also without its cuBLASLt epilogues (LUTHIER_CUBLASLT=0).\n"
                "  --case NAME    one case (default all):");
     for (int i = 0; i < N_CASES; i++) fprintf(f, " %s", cases[i].name);
     fprintf(f, "\n"
@@ -90,7 +97,9 @@ typedef struct gpu_result {
     const gpu_case *c;
     lu_dtype dt;
     double ours[2];
+    double unfused[2];             /* linear: ours with LUTHIER_CUBLASLT=0 */
     char why[WHY_LEN];             /* why ours is missing; "" when measured */
+    char fused_note[WHY_LEN];      /* linear: when cuBLASLt refused an epilogue, "" otherwise */
     double ref[N_REF][2];
     char ref_why[N_REF][WHY_LEN];  /* why a reference is missing; "" when measured */
     char note[N_REF][128];         /* how the reference ran, when it matters (GQA) */
@@ -116,6 +125,13 @@ static double attention_flop(const gpu_case *c, int pass)
 {
     double f = 4.0 * (double)(c->b * c->hq) * (double)c->t * (double)c->t * (double)c->d * (c->causal ? 0.5 : 1.0);
     return pass ? 3.5 * f : f;
+}
+
+/* 2*M*N*K for the forward GEMM; fwd+bwd adds the dx and dw GEMMs (the bias terms are not counted). */
+static double linear_flop(const gpu_case *c, int pass)
+{
+    double f = 2.0 * (double)(c->b * c->t) * (double)c->c * (double)c->out;
+    return pass ? 3.0 * f : f;
 }
 
 static int64_t conv_out_len(const gpu_case *c) { return (c->t + 2 * (c->k / 2) - c->k) / c->stride + 1; }
@@ -236,6 +252,25 @@ static lu_status setup_downsample(op_bench *o, const gpu_case *c, lu_dtype dt)
     return LU_OK;
 }
 
+/* x [M,K], w [N,K], bias [N] (M = B*T rows); in = [x, w, bias], out = [y]; backward in = [dy, x,
+ * w, bias, y], out = [dx, dw, dbias]. */
+static lu_status setup_linear(op_bench *o, const gpu_case *c, lu_dtype dt)
+{
+    int64_t M = c->b * c->t, K = c->c, N = c->out;
+    lu_tensor *x = bench_tensor(o, dt, LU_SHAPE(M, K), true);
+    lu_tensor *w = bench_tensor(o, dt, LU_SHAPE(N, K), true);
+    lu_tensor *bias = bench_tensor(o, dt, LU_SHAPE(N), true);
+    lu_tensor *y = bench_tensor(o, dt, LU_SHAPE(M, N), false);
+    lu_tensor *dy = bench_tensor(o, dt, LU_SHAPE(M, N), true);
+    lu_tensor *dx = bench_tensor(o, dt, LU_SHAPE(M, K), false);
+    lu_tensor *dw = bench_tensor(o, dt, LU_SHAPE(N, K), false);
+    lu_tensor *db = bench_tensor(o, dt, LU_SHAPE(N), false);
+    if (o->n != 8) return lu_error_code();
+    o->fwd = (lu_op_call){.op = LU_OP_LINEAR, .in = {x, w, bias}, .n_in = 3, .out = {y}, .n_out = 1};
+    o->bwd = (lu_op_call){.op = LU_OP_LINEAR, .in = {dy, x, w, bias, y}, .n_in = 5, .out = {dx, dw, db}, .n_out = 3};
+    return LU_OK;
+}
+
 static lu_status op_call(const op_bench *o, bool backward)
 {
     LU_TRY(o->be->forward[o->fwd.op](&o->fwd));
@@ -295,6 +330,34 @@ static lu_status time_call(const op_bench *o, bool backward, int iters, double *
     return LU_OK;
 }
 
+/* The linear's two paths, switched by LUTHIER_CUBLASLT (cuda/linear.c reads it at each call); the
+ * caller's setting is restored afterwards. One untimed call counts the GEMMs that ran with a
+ * cuBLASLt epilogue (one forward, two with the backward): where cuBLASLt refused one, the fused
+ * figure is kept with a note that part of it ran unfused. */
+static lu_status time_linear(const op_bench *o, gpu_result *r, int pass, int iters)
+{
+    const char *env = getenv("LUTHIER_CUBLASLT");
+    char keep[64] = "";
+    if (env) snprintf(keep, sizeof keep, "%s", env);
+    setenv("LUTHIER_CUBLASLT", "1", 1);
+    int64_t before = lu_cuda_linear_fused_gemms(), want = pass ? 2 : 1;
+    lu_status s = op_call(o, pass == 1);
+    int64_t ran = lu_cuda_linear_fused_gemms() - before;
+    if (s) snprintf(r->why, WHY_LEN, "%s", lu_error_message());
+    else if (ran < want)
+        snprintf(r->fused_note, WHY_LEN, "cuBLASLt ran %lld of the %lld epilogue GEMMs of a %s call: the rest of the "
+                 "fused figure ran unfused", (long long)ran, (long long)want, pass ? "fwd+bwd" : "fwd");
+    if (!s) s = time_call(o, pass == 1, iters, &r->ours[pass], r->why);
+    setenv("LUTHIER_CUBLASLT", "0", 1);
+    if (!s) {
+        fprintf(stderr, "luthier bench gpu: %s %s %s, unfused\n", r->c->name, lu_dtype_name(r->dt), pass ? "fwd+bwd" : "fwd");
+        s = time_call(o, pass == 1, iters, &r->unfused[pass], r->why);
+    }
+    if (env) setenv("LUTHIER_CUBLASLT", keep, 1);
+    else unsetenv("LUTHIER_CUBLASLT");
+    return s;
+}
+
 static void bench_ours(gpu_result *r, int iters)
 {
     op_bench o = {.dev = LU_CUDA, .be = lu_backend_get(LU_CUDA)};
@@ -302,6 +365,7 @@ static void bench_ours(gpu_result *r, int iters)
     if (!s) {
         if (r->c->kind == CASE_ATTENTION) s = setup_attention(&o, r->c, r->dt);
         else if (r->c->kind == CASE_CONV) s = setup_conv(&o, r->c, r->dt);
+        else if (r->c->kind == CASE_LINEAR) s = setup_linear(&o, r->c, r->dt);
         else s = setup_downsample(&o, r->c, r->dt);
     }
     if (!s && (!o.be->forward[o.fwd.op] || !o.be->backward[o.bwd.op]))
@@ -309,7 +373,8 @@ static void bench_ours(gpu_result *r, int iters)
     if (s) snprintf(r->why, WHY_LEN, "%s", lu_error_message());
     for (int pass = 0; pass < 2 && !s; pass++) {
         fprintf(stderr, "luthier bench gpu: %s %s %s\n", r->c->name, lu_dtype_name(r->dt), pass ? "fwd+bwd" : "fwd");
-        s = time_call(&o, pass == 1, iters, &r->ours[pass], r->why);
+        if (r->c->kind == CASE_LINEAR) s = time_linear(&o, r, pass, iters);
+        else s = time_call(&o, pass == 1, iters, &r->ours[pass], r->why);
     }
     for (int i = 0; i < o.n; i++) lu_tensor_release(o.t[i]);
 }
@@ -421,13 +486,40 @@ static void attention_table(const gpu_result *r, int n)
     }
 }
 
+static void linear_table(const gpu_result *r, int n)
+{
+    printf("| %-16s | %-5s | %-7s | %8s | %7s | %10s | %7s | %10s | %9s | %5s | %9s |\n", "linear", "dtype", "pass",
+           "fused us", "TFLOP/s", "unfused us", "TFLOP/s", "PyTorch us", "PyT. TF/s", "ratio", "unf/fused");
+    printf("|------------------|-------|---------|----------|---------|------------|---------|------------|-----------|"
+           "-------|-----------|\n");
+    for (int k = 0; k < n; k++) {
+        if (r[k].c->kind != CASE_LINEAR) continue;
+        for (int pass = 0; pass < 2; pass++) {
+            double flop = linear_flop(r[k].c, pass), ours = r[k].ours[pass], unf = r[k].unfused[pass];
+            double ref = r[k].ref[0][pass];
+            bool have = ours > 0, have_unf = unf > 0, have_ref = !r[k].ref_why[0][0];
+            char fu[32], ft[32], uu[32], ut[32], ru[32], rt[32], ra[32], uf[32];
+            cell(fu, sizeof fu, "%.1f", 1e6 * ours, have);
+            cell(ft, sizeof ft, "%.1f", flop / ours * 1e-12, have);
+            cell(uu, sizeof uu, "%.1f", 1e6 * unf, have_unf);
+            cell(ut, sizeof ut, "%.1f", flop / unf * 1e-12, have_unf);
+            cell(ru, sizeof ru, "%.1f", 1e6 * ref, have_ref);
+            cell(rt, sizeof rt, "%.1f", flop / ref * 1e-12, have_ref);
+            cell(ra, sizeof ra, "%.2f", ref / ours, have && have_ref);
+            cell(uf, sizeof uf, "%.2f", unf / ours, have && have_unf);
+            printf("| %-16s | %-5s | %-7s | %8s | %7s | %10s | %7s | %10s | %9s | %5s | %9s |\n", r[k].c->name,
+                   lu_dtype_name(r[k].dt), pass ? "fwd+bwd" : "fwd", fu, ft, uu, ut, ru, rt, ra, uf);
+        }
+    }
+}
+
 static void memory_table(const gpu_result *r, int n)
 {
     printf("| %-24s | %-5s | %-7s | %8s | %9s | %10s | %10s | %5s |\n", "conv / downsample", "dtype", "pass", "ours us",
            "ours GB/s", "PyTorch us", "PyT. GB/s", "ratio");
     printf("|--------------------------|-------|---------|----------|-----------|------------|------------|-------|\n");
     for (int k = 0; k < n; k++) {
-        if (r[k].c->kind == CASE_ATTENTION) continue;
+        if (r[k].c->kind != CASE_CONV && r[k].c->kind != CASE_DOWNSAMPLE) continue;
         for (int pass = 0; pass < 2; pass++) {
             double bytes = pass_bytes(r[k].c, r[k].dt, pass), ours = r[k].ours[pass], ref = r[k].ref[0][pass];
             bool have = ours > 0, have_ref = !r[k].ref_why[0][0];
@@ -463,9 +555,10 @@ static int select_rows(const gpu_bench_opts *o, gpu_result *r)
 static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const char *gpu, const char *torch_desc)
 {
     printf("luthier bench gpu: %s; %s\n\n", gpu, torch_desc);
-    bool any_attention = false, any_memory = false;
+    bool any_attention = false, any_memory = false, any_linear = false;
     for (int k = 0; k < n; k++) {
         if (r[k].c->kind == CASE_ATTENTION) any_attention = true;
+        else if (r[k].c->kind == CASE_LINEAR) any_linear = true;
         else any_memory = true;
     }
     if (any_attention) {
@@ -476,18 +569,26 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
         memory_table(r, n);
         printf("\n");
     }
+    if (any_linear) {
+        linear_table(r, n);
+        printf("\n");
+    }
     printf("ratio = PyTorch time / ours (> 1: luthier is faster). Attention FLOP as FlashAttention counts them:\n"
            "4*B*H*T^2*d forward, halved when causal, fwd+bwd 3.5x the forward. GB/s: bytes each pass reads and\n"
-           "writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias). Per call: median of %d samples\n"
+           "writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias). Linear FLOP: 2*M*N*K forward,\n"
+           "3x for fwd+bwd (the dx and dw GEMMs); fused: the bias in the GEMM's cuBLASLt epilogue and its\n"
+           "gradient in the dw GEMM's; unfused: LUTHIER_CUBLASLT=0 (GEMM into the bias rows, column-sum kernel);\n"
+           "ratio = PyTorch / fused, unf/fused = unfused / fused time. Per call: median of %d samples\n"
            "of back-to-back calls (>= %g ms each) after %d warm-up calls, CUDA events, on both sides. Ours: the\n"
            "CUDA backend's kernels through its op table on preallocated tensors. PyTorch: SDPA under\n"
-           "sdpa_kernel(FLASH_ATTENTION / CUDNN_ATTENTION), F.conv1d (TF32 off), icefall's SimpleDownsample;\n"
-           "fwd under no_grad, fwd+bwd with torch.autograd.grad of every input.\n",
+           "sdpa_kernel(FLASH_ATTENTION / CUDNN_ATTENTION), F.conv1d (TF32 off), icefall's SimpleDownsample,\n"
+           "F.linear (TF32 off); fwd under no_grad, fwd+bwd with torch.autograd.grad of every input.\n",
            o->iters, 1e3 * MIN_SAMPLE_S, WARMUP);
     for (int i = 0; i < N_CASES; i++)
         if (!o->only || !strcmp(o->only, cases[i].name)) printf("- %s: %s\n", cases[i].name, cases[i].what);
     for (int k = 0; k < n; k++) {
         if (r[k].why[0]) printf("ours %s %s: failed: %s\n", r[k].c->name, lu_dtype_name(r[k].dt), r[k].why);
+        if (r[k].fused_note[0]) printf("ours %s %s: %s\n", r[k].c->name, lu_dtype_name(r[k].dt), r[k].fused_note);
         for (int i = 0; i < n_refs(r[k].c); i++) {
             if (r[k].ref_why[i][0])
                 printf("%s %s %s: not measured: %s\n", ref_label(r[k].c, i), r[k].c->name, lu_dtype_name(r[k].dt),
