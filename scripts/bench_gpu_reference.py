@@ -26,6 +26,10 @@ and the timing are bench_gpu.c's (keep the two in step):
   linear-256-1024   F.linear(x, w, bias) with x [16000, 256], w [1024, 256], bias [1024] (the
                     LINEAR op; Zipformer feed-forward sizes), TF32 off; bf16 and f32; impl "torch"
   linear-1024-256   the same with x [16000, 1024], w [256, 1024], bias [256]
+  gemm-qwen3-up     F.linear(x, w) without bias, bf16, x [16384, 1024], w [3072, 1024] (a Qwen3-0.6B
+                    SFT step's gate/up projection); impl "torch"
+  gemm-qwen3-down   the same with x [16384, 3072], w [1024, 3072]
+  gemm-qwen3-lmhead the same with x [16384, 1024], w [151936, 1024] (the LM head)
 
 fwd runs under torch.no_grad(); fwdbwd is the forward with inputs requiring gradients and
 torch.autograd.grad of every input for a random output gradient (no accumulation into .grad).
@@ -57,7 +61,12 @@ LINEAR = {
     "linear-256-1024": dict(rows=32 * 500, k=256, n=1024),
     "linear-1024-256": dict(rows=32 * 500, k=1024, n=256),
 }
-CASES = [*ATTENTION, *CONV, *DOWNSAMPLE, *LINEAR]
+GEMM = {
+    "gemm-qwen3-up": dict(rows=8 * 2048, k=1024, n=3072),
+    "gemm-qwen3-down": dict(rows=8 * 2048, k=3072, n=1024),
+    "gemm-qwen3-lmhead": dict(rows=8 * 2048, k=1024, n=151936),
+}
+CASES = [*ATTENTION, *CONV, *DOWNSAMPLE, *LINEAR, *GEMM]
 
 
 def emit(**fields):
@@ -197,6 +206,19 @@ def bench_linear(torch, name, s, iters, device):
             emit(case=name, impl="torch", dtype=dname, error=one_line(e))
 
 
+def bench_gemm(torch, name, s, iters, device):
+    import torch.nn.functional as F
+
+    try:
+        gen = torch.Generator(device=device).manual_seed(5)
+        x = torch.rand(s["rows"], s["k"], device=device, dtype=torch.bfloat16, generator=gen) * 2 - 1
+        w = torch.rand(s["n"], s["k"], device=device, dtype=torch.bfloat16, generator=gen) * 2 - 1
+        fwd, fwdbwd = fwd_and_fwdbwd(torch, F.linear, (x, w), iters, device)
+        emit(case=name, impl="torch", dtype="bf16", fwd_s=fwd, fwdbwd_s=fwdbwd, note="")
+    except Exception as e:  # noqa: BLE001
+        emit(case=name, impl="torch", dtype="bf16", error=one_line(e))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", default="all", choices=["all", *CASES])
@@ -228,6 +250,8 @@ def main():
             bench_conv(torch, n, CONV[n], args.iters, args.device)
         elif n in LINEAR:
             bench_linear(torch, n, LINEAR[n], args.iters, args.device)
+        elif n in GEMM:
+            bench_gemm(torch, n, GEMM[n], args.iters, args.device)
         else:
             bench_downsample(torch, n, DOWNSAMPLE[n], args.iters, args.device)
         if args.device == "cuda":

@@ -1,8 +1,8 @@
 /* bench_gpu.c - `luthier bench gpu`: the CUDA backend's fused attention (bf16), depthwise conv1d
  * (kernel 31, stride 1 and 2), Zipformer's downsampling and the biased linear layer (bf16 and f32;
- * the linear with its cuBLASLt epilogues and without, LUTHIER_CUBLASLT=0) beside PyTorch on the
- * same GPU, shapes and dtypes, measured in the same run by scripts/bench_gpu_reference.py, and
- * the ratio (issue 7).
+ * the linear with its cuBLASLt epilogues and without, LUTHIER_CUBLASLT=0) and the products of a
+ * Qwen3-0.6B SFT step (bf16, no bias) beside PyTorch on the same GPU, shapes and dtypes, measured
+ * in the same run by scripts/bench_gpu_reference.py, and the ratio (issue 7).
  *
  * Our kernels are called through the CUDA backend's op table on tensors allocated beforehand
  * (forward; forward then backward, with kernel scratch from an arena), and timed as the script
@@ -30,7 +30,7 @@
 #define MAX_REPS 1000
 #define MAX_ITERS 1000
 
-typedef enum case_kind { CASE_ATTENTION, CASE_CONV, CASE_DOWNSAMPLE, CASE_LINEAR } case_kind;
+typedef enum case_kind { CASE_ATTENTION, CASE_CONV, CASE_DOWNSAMPLE, CASE_LINEAR, CASE_GEMM } case_kind;
 
 /* One case; names and shapes are the reference script's. */
 typedef struct gpu_case {
@@ -39,9 +39,9 @@ typedef struct gpu_case {
     int64_t b, t;
     int64_t hq, hkv, d; /* attention: query heads, key/value heads, head dim */
     bool causal;
-    int64_t c;          /* conv1d, downsample: channels; linear: input features */
+    int64_t c;          /* conv1d, downsample: channels; linear, gemm: input features */
     int k, stride;      /* conv1d: kernel (padding k/2) and stride; downsample: k = factor */
-    int64_t out;        /* linear: output features (rows: b * t) */
+    int64_t out;        /* linear, gemm: output features (rows: b * t) */
     const char *what;
 } gpu_case;
 
@@ -62,6 +62,13 @@ static const gpu_case cases[] = {
      .what = "biased linear (LINEAR op; Zipformer feed-forward in), x [32*500 = 16000, 256] -> [16000, 1024]"},
     {.name = "linear-1024-256", .kind = CASE_LINEAR, .b = 32, .t = 500, .c = 1024, .out = 256,
      .what = "biased linear (feed-forward out), x [16000, 1024] -> [16000, 256]"},
+    {.name = "gemm-qwen3-up", .kind = CASE_GEMM, .b = 8, .t = 2048, .c = 1024, .out = 3072,
+     .what = "Qwen3-0.6B SFT product (MATMUL op, no bias, bf16): gate/up projection, x [8*2048 = 16384, 1024] -> "
+             "[16384, 3072]"},
+    {.name = "gemm-qwen3-down", .kind = CASE_GEMM, .b = 8, .t = 2048, .c = 3072, .out = 1024,
+     .what = "Qwen3-0.6B down projection, x [16384, 3072] -> [16384, 1024], bf16"},
+    {.name = "gemm-qwen3-lmhead", .kind = CASE_GEMM, .b = 8, .t = 2048, .c = 1024, .out = 151936,
+     .what = "Qwen3-0.6B LM head, x [16384, 1024] -> logits [16384, 151936], bf16"},
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -75,9 +82,10 @@ typedef struct gpu_bench_opts {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: luthier bench gpu [--case NAME|all] [--iters N] [--python PY] [--no-reference]\n"
-               "  The CUDA backend's attention, depthwise conv1d, downsampling and biased linear kernels (forward,\n"
-               "  and forward + backward) beside PyTorch on the same GPU and shapes (PY " REFERENCE_SCRIPT "),\n"
-               "  and the ratio; the linear also without its cuBLASLt epilogues (LUTHIER_CUBLASLT=0).\n"
+               "  The CUDA backend's attention, depthwise conv1d, downsampling, biased linear and Qwen3 matmul\n"
+               "  kernels (forward, and forward + backward) beside PyTorch on the same GPU and shapes\n"
+               "  (PY " REFERENCE_SCRIPT "), and the ratio; the linear also without its cuBLASLt epilogues\n"
+               "  (LUTHIER_CUBLASLT=0).\n"
                "  --case NAME    one case (default all):");
     for (int i = 0; i < N_CASES; i++) fprintf(f, " %s", cases[i].name);
     fprintf(f, "\n"
@@ -165,6 +173,7 @@ typedef struct op_bench {
         lu_attention_params att;
         lu_conv1d_params conv;
         lu_resample_params rs;
+        lu_matmul_params mm;
     } p;
     lu_tensor *t[MAX_TENSORS];
     int n;
@@ -271,6 +280,25 @@ static lu_status setup_linear(op_bench *o, const gpu_case *c, lu_dtype dt)
     return LU_OK;
 }
 
+/* x [1,M,K] times w [1,N,K] transposed (a linear layer without bias, as the decoder runs it);
+ * backward in = [dy, x, w, y], out = [dx, dw]. */
+static lu_status setup_gemm(op_bench *o, const gpu_case *c, lu_dtype dt)
+{
+    int64_t M = c->b * c->t, K = c->c, N = c->out;
+    lu_tensor *x = bench_tensor(o, dt, LU_SHAPE(1, M, K), true);
+    lu_tensor *w = bench_tensor(o, dt, LU_SHAPE(1, N, K), true);
+    lu_tensor *y = bench_tensor(o, dt, LU_SHAPE(1, M, N), false);
+    lu_tensor *dy = bench_tensor(o, dt, LU_SHAPE(1, M, N), true);
+    lu_tensor *dx = bench_tensor(o, dt, LU_SHAPE(1, M, K), false);
+    lu_tensor *dw = bench_tensor(o, dt, LU_SHAPE(1, N, K), false);
+    if (o->n != 6) return lu_error_code();
+    o->p.mm = (lu_matmul_params){.trans_a = false, .trans_b = true};
+    o->fwd = (lu_op_call){.op = LU_OP_MATMUL, .in = {x, w}, .n_in = 2, .out = {y}, .n_out = 1, .params = &o->p};
+    o->bwd = (lu_op_call){.op = LU_OP_MATMUL, .in = {dy, x, w, y}, .n_in = 4, .out = {dx, dw}, .n_out = 2,
+                          .params = &o->p};
+    return LU_OK;
+}
+
 static lu_status op_call(const op_bench *o, bool backward)
 {
     LU_TRY(o->be->forward[o->fwd.op](&o->fwd));
@@ -366,6 +394,7 @@ static void bench_ours(gpu_result *r, int iters)
         if (r->c->kind == CASE_ATTENTION) s = setup_attention(&o, r->c, r->dt);
         else if (r->c->kind == CASE_CONV) s = setup_conv(&o, r->c, r->dt);
         else if (r->c->kind == CASE_LINEAR) s = setup_linear(&o, r->c, r->dt);
+        else if (r->c->kind == CASE_GEMM) s = setup_gemm(&o, r->c, r->dt);
         else s = setup_downsample(&o, r->c, r->dt);
     }
     if (!s && (!o.be->forward[o.fwd.op] || !o.be->backward[o.bwd.op]))
@@ -513,6 +542,28 @@ static void linear_table(const gpu_result *r, int n)
     }
 }
 
+static void gemm_table(const gpu_result *r, int n)
+{
+    printf("| %-18s | %-7s | %9s | %7s | %10s | %9s | %5s |\n", "matmul (bf16)", "pass", "ours us", "TFLOP/s",
+           "PyTorch us", "PyT. TF/s", "ratio");
+    printf("|--------------------|---------|-----------|---------|------------|-----------|-------|\n");
+    for (int k = 0; k < n; k++) {
+        if (r[k].c->kind != CASE_GEMM) continue;
+        for (int pass = 0; pass < 2; pass++) {
+            double flop = linear_flop(r[k].c, pass), ours = r[k].ours[pass], ref = r[k].ref[0][pass];
+            bool have = ours > 0, have_ref = !r[k].ref_why[0][0];
+            char ou[32], ot[32], ru[32], rt[32], ra[32];
+            cell(ou, sizeof ou, "%.1f", 1e6 * ours, have);
+            cell(ot, sizeof ot, "%.1f", flop / ours * 1e-12, have);
+            cell(ru, sizeof ru, "%.1f", 1e6 * ref, have_ref);
+            cell(rt, sizeof rt, "%.1f", flop / ref * 1e-12, have_ref);
+            cell(ra, sizeof ra, "%.2f", ref / ours, have && have_ref);
+            printf("| %-18s | %-7s | %9s | %7s | %10s | %9s | %5s |\n", r[k].c->name, pass ? "fwd+bwd" : "fwd", ou, ot,
+                   ru, rt, ra);
+        }
+    }
+}
+
 static void memory_table(const gpu_result *r, int n)
 {
     printf("| %-24s | %-5s | %-7s | %8s | %9s | %10s | %10s | %5s |\n", "conv / downsample", "dtype", "pass", "ours us",
@@ -544,7 +595,7 @@ static int select_rows(const gpu_bench_opts *o, gpu_result *r)
         if (o->only && strcmp(o->only, cases[i].name)) continue;
         r[n].c = &cases[i];
         r[n++].dt = LU_BF16;
-        if (cases[i].kind != CASE_ATTENTION) {
+        if (cases[i].kind != CASE_ATTENTION && cases[i].kind != CASE_GEMM) {
             r[n].c = &cases[i];
             r[n++].dt = LU_F32;
         }
@@ -555,10 +606,11 @@ static int select_rows(const gpu_bench_opts *o, gpu_result *r)
 static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const char *gpu, const char *torch_desc)
 {
     printf("luthier bench gpu: %s; %s\n\n", gpu, torch_desc);
-    bool any_attention = false, any_memory = false, any_linear = false;
+    bool any_attention = false, any_memory = false, any_linear = false, any_gemm = false;
     for (int k = 0; k < n; k++) {
         if (r[k].c->kind == CASE_ATTENTION) any_attention = true;
         else if (r[k].c->kind == CASE_LINEAR) any_linear = true;
+        else if (r[k].c->kind == CASE_GEMM) any_gemm = true;
         else any_memory = true;
     }
     if (any_attention) {
@@ -573,12 +625,17 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
         linear_table(r, n);
         printf("\n");
     }
+    if (any_gemm) {
+        gemm_table(r, n);
+        printf("\n");
+    }
     printf("ratio = PyTorch time / ours (> 1: luthier is faster). Attention FLOP as FlashAttention counts them:\n"
            "4*B*H*T^2*d forward, halved when causal, fwd+bwd 3.5x the forward. GB/s: bytes each pass reads and\n"
            "writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias). Linear FLOP: 2*M*N*K forward,\n"
            "3x for fwd+bwd (the dx and dw GEMMs); fused: the bias in the GEMM's cuBLASLt epilogue and its\n"
            "gradient in the dw GEMM's; unfused: LUTHIER_CUBLASLT=0 (GEMM into the bias rows, column-sum kernel);\n"
-           "ratio = PyTorch / fused, unf/fused = unfused / fused time. Per call: median of %d samples\n"
+           "ratio = PyTorch / fused, unf/fused = unfused / fused time. Matmul: the same FLOP count, cuBLAS\n"
+           "(cublasGemmStridedBatchedEx) against F.linear without bias. Per call: median of %d samples\n"
            "of back-to-back calls (>= %g ms each) after %d warm-up calls, CUDA events, on both sides. Ours: the\n"
            "CUDA backend's kernels through its op table on preallocated tensors. PyTorch: SDPA under\n"
            "sdpa_kernel(FLASH_ATTENTION / CUDNN_ATTENTION), F.conv1d (TF32 off), icefall's SimpleDownsample,\n"
