@@ -2,11 +2,14 @@
  * (see dist.h). */
 #include "dist.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd.h"
 #include "backend.h"
+#include "ops.h"
 
 #ifdef LUTHIER_HAVE_MPI
 #include <mpi.h>
@@ -206,6 +209,54 @@ lu_status lu_dist_all_reduce_doubles(double *v, int n, lu_dist_op op)
     (void)op;
     return lu_errorf(LU_ERR_STATE, "dist: %d ranks without MPI", dist.size);
 #endif
+}
+
+lu_status lu_dist_sum_gradients(lu_params *p)
+{
+    if (dist.size == 1) return LU_OK;
+    for (int d = 0; d < LU_DTYPE_COUNT; d++)
+        if (p->flat_grad[d]) LU_TRY(lu_dist_all_reduce_sum(p->flat_grad[d]));
+    return LU_OK;
+}
+
+lu_status lu_dist_average_buffers(lu_params *p)
+{
+    if (dist.size == 1) return LU_OK;
+    double inv = 1.0 / dist.size;
+    for (int i = 0; i < p->n; i++) {
+        lu_tensor *t = p->items[i].t;
+        if (p->items[i].trainable || !lu_dtype_is_float(t->dtype)) continue;
+        LU_TRY(lu_dist_all_reduce_sum(t));
+        lu_tensor *mean = lu_scale(t, inv);
+        lu_status s = mean ? lu_tensor_copy(t, mean) : lu_error_code();
+        lu_tensor_release(mean);
+        LU_TRY(s);
+    }
+    return LU_OK;
+}
+
+lu_status lu_dist_check_replicas(lu_params *p, int64_t step)
+{
+    if (dist.size == 1) return LU_OK;
+    double lo[LU_DTYPE_COUNT] = {0}, hi[LU_DTYPE_COUNT] = {0};
+    bool grad = lu_grad_set_enabled(false);
+    lu_status s = LU_OK;
+    for (int d = 0; d < LU_DTYPE_COUNT && !s; d++) {
+        if (!p->flat[d] || !lu_dtype_is_float((lu_dtype)d)) continue;
+        lu_tensor *sum = lu_sum(p->flat[d], LU_ALL_DIMS, false);
+        if (!sum) s = lu_error_code();
+        else lo[d] = hi[d] = isfinite(lu_tensor_item(sum)) ? lu_tensor_item(sum) : 0;
+        lu_tensor_release(sum);
+    }
+    lu_grad_set_enabled(grad);
+    LU_TRY(s);
+    LU_TRY(lu_dist_all_reduce_doubles(lo, LU_DTYPE_COUNT, LU_DIST_MIN));
+    LU_TRY(lu_dist_all_reduce_doubles(hi, LU_DTYPE_COUNT, LU_DIST_MAX));
+    for (int d = 0; d < LU_DTYPE_COUNT; d++)
+        if (lo[d] != hi[d])
+            return lu_errorf(LU_ERR_STATE, "data parallel: the ranks' %s parameters differ at step %lld (sums from %.17g to "
+                             "%.17g): the replicas diverged", lu_dtype_name((lu_dtype)d), (long long)step, lo[d], hi[d]);
+    return LU_OK;
 }
 
 _Noreturn void lu_dist_abort(int code)

@@ -15,7 +15,7 @@
 #ifndef LU_DIST_H
 #define LU_DIST_H
 
-#include "tensor.h"
+#include "params.h"
 
 /* Joins the launcher's job (once per process; later calls return the first result). Fails when
  * a launcher started several ranks but luthier was built without MPI, or MPI cannot start. */
@@ -37,6 +37,18 @@ lu_status lu_dist_all_reduce_sum(lu_tensor *t);
 typedef enum lu_dist_op { LU_DIST_SUM, LU_DIST_MIN, LU_DIST_MAX } lu_dist_op;
 /* v[0..n) <- op over the ranks of v[0..n), host doubles. */
 lu_status lu_dist_all_reduce_doubles(double *v, int n, lu_dist_op op);
+
+/* The parameter store's collectives for data-parallel training (no-ops with one rank). */
+/* Gradients <- their sum over the ranks (each rank's loss already divided by the micro-batches of
+ * the whole step, so the sum is the step's mean): one all-reduce per dtype buffer. */
+lu_status lu_dist_sum_gradients(lu_params *p);
+/* Float buffers (BatchNorm running statistics) <- their mean over the ranks, which saw different
+ * batches, so that the replicas stay identical. */
+lu_status lu_dist_average_buffers(lu_params *p);
+/* Every rank applies the same update to the same parameters, so the replicas stay equal; a
+ * difference (a kernel whose result depends on the rank's thread count, a rank that skipped a
+ * step) is an error naming the step: a sum of each dtype's buffer is compared across ranks. */
+lu_status lu_dist_check_replicas(lu_params *p, int64_t step);
 
 /* Ends every process of the job with exit code `code` (MPI_Abort); exit(code) when not
  * distributed. */

@@ -3,7 +3,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <math.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -472,60 +471,6 @@ static void device_description(lu_device dev, char *out, size_t size)
     snprintf(out, size, "%s [%s]", lu_device_name(dev), gpu);
 }
 
-/* ---- data parallelism (core/dist.h) --------------------------------------------------------- */
-
-/* Gradients <- their mean over the ranks (each rank's loss is already divided by the number of
- * micro-batches of the whole step, so the sum is the mean): one all-reduce per dtype buffer. */
-static lu_status sum_gradients(lu_params *p)
-{
-    for (int d = 0; d < LU_DTYPE_COUNT; d++)
-        if (p->flat_grad[d]) LU_TRY(lu_dist_all_reduce_sum(p->flat_grad[d]));
-    return LU_OK;
-}
-
-/* Buffers that training updates (BatchNorm running statistics) <- their mean over the ranks,
- * which saw different batches; the replicas stay identical. */
-static lu_status average_buffers(lu_params *p)
-{
-    double inv = 1.0 / lu_dist_size();
-    for (int i = 0; i < p->n; i++) {
-        lu_tensor *t = p->items[i].t;
-        if (p->items[i].trainable || !lu_dtype_is_float(t->dtype)) continue;
-        LU_TRY(lu_dist_all_reduce_sum(t));
-        lu_tensor *mean = lu_scale(t, inv);
-        lu_status s = mean ? lu_tensor_copy(t, mean) : lu_error_code();
-        lu_tensor_release(mean);
-        LU_TRY(s);
-    }
-    return LU_OK;
-}
-
-/* Every rank applies the same update to the same parameters, so the replicas stay equal; a
- * difference (a kernel whose result depends on the rank's thread count, a rank that skipped a
- * step) is caught at each checkpoint by comparing a sum of each dtype's buffer across ranks. */
-static lu_status check_replicas(lu_params *p, int64_t step)
-{
-    double lo[LU_DTYPE_COUNT] = {0}, hi[LU_DTYPE_COUNT] = {0};
-    bool grad = lu_grad_set_enabled(false);
-    lu_status s = LU_OK;
-    for (int d = 0; d < LU_DTYPE_COUNT && !s; d++) {
-        if (!p->flat[d] || !lu_dtype_is_float((lu_dtype)d)) continue;
-        lu_tensor *sum = lu_sum(p->flat[d], LU_ALL_DIMS, false);
-        if (!sum) s = lu_error_code();
-        else lo[d] = hi[d] = isfinite(lu_tensor_item(sum)) ? lu_tensor_item(sum) : 0;
-        lu_tensor_release(sum);
-    }
-    lu_grad_set_enabled(grad);
-    LU_TRY(s);
-    LU_TRY(lu_dist_all_reduce_doubles(lo, LU_DTYPE_COUNT, LU_DIST_MIN));
-    LU_TRY(lu_dist_all_reduce_doubles(hi, LU_DTYPE_COUNT, LU_DIST_MAX));
-    for (int d = 0; d < LU_DTYPE_COUNT; d++)
-        if (lo[d] != hi[d])
-            return lu_errorf(LU_ERR_STATE, "data parallel: the ranks' %s parameters differ at step %lld (sums from %.17g to "
-                             "%.17g): the replicas diverged", lu_dtype_name((lu_dtype)d), (long long)step, lo[d], hi[d]);
-    return LU_OK;
-}
-
 lu_status lu_train_run(const lu_run_options *opt)
 {
     run r = {0};
@@ -611,7 +556,7 @@ lu_status lu_train_run(const lu_run_options *opt)
         if (s) break;
         if (world > 1) {
             double sums[3] = {loss_sum, items, interrupted ? 1 : 0};
-            if ((s = sum_gradients(r.params)) || (s = lu_dist_all_reduce_doubles(sums, 3, LU_DIST_SUM))) break;
+            if ((s = lu_dist_sum_gradients(r.params)) || (s = lu_dist_all_reduce_doubles(sums, 3, LU_DIST_SUM))) break;
             loss_sum = sums[0];
             items = sums[1];
             stop = sums[2] > 0;
@@ -621,7 +566,7 @@ lu_status lu_train_run(const lu_run_options *opt)
         /* Eden counts completed epochs, as icefall's step_epoch does. */
         double lr = lu_schedule_lr(&r.sched, step, (double)(position / r.task->epoch_size(r.state)));
         if ((s = lu_optim_step(r.optim, lr))) break;
-        if (world > 1 && (s = average_buffers(r.params))) break;
+        if (world > 1 && (s = lu_dist_average_buffers(r.params))) break;
         step++;
         double loss = loss_sum / (double)per_step;
         items_since += items;
@@ -643,7 +588,7 @@ lu_status lu_train_run(const lu_run_options *opt)
             if ((s = evaluate(&r, metrics, step, false))) break;
         }
         if ((c->save_every > 0 && step % c->save_every == 0) || last) {
-            if (world > 1 && (s = check_replicas(r.params, step))) break;
+            if (world > 1 && (s = lu_dist_check_replicas(r.params, step))) break;
             if (lead && (s = save_checkpoint(&r, ckdir, step, position))) break;
         }
     }
