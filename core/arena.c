@@ -4,6 +4,7 @@
 #include "arena.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend.h"
 
@@ -13,11 +14,20 @@ typedef struct block {
     size_t size, used;
 } block;
 
+/* A piece of device data given back during the step, free for reuse until the reset. */
+typedef struct span {
+    char *p;
+    size_t size;
+} span;
+
 struct lu_arena {
     lu_device dev;
     size_t block_bytes;
     block *lists[2]; /* 0: host structs, 1: device data */
     size_t used, peak;
+    bool recycling, poison;
+    span *spare;
+    size_t n_spare, cap_spare;
 };
 
 static _Thread_local lu_arena *current;
@@ -31,6 +41,8 @@ lu_arena *lu_arena_new(lu_device dev, size_t block_bytes)
     }
     a->dev = dev;
     a->block_bytes = block_bytes ? block_bytes : (size_t)64 << 20;
+    const char *poison = getenv("LUTHIER_ARENA_POISON");
+    a->poison = poison && *poison && strcmp(poison, "0") != 0;
     return a;
 }
 
@@ -52,6 +64,7 @@ void lu_arena_free(lu_arena *a)
     if (current == a) current = NULL;
     free_blocks(a, 0);
     free_blocks(a, 1);
+    free(a->spare);
     free(a);
 }
 
@@ -74,12 +87,66 @@ void lu_arena_reset(lu_arena *a)
         for (block *k = a->lists[w]; k; k = k->next) k->used = 0;
     }
     a->used = 0;
+    a->n_spare = 0;
+}
+
+bool lu_arena_set_recycling(lu_arena *a, bool on)
+{
+    bool prev = a->recycling;
+    a->recycling = on;
+    return prev;
+}
+
+bool lu_arena_recycling(const lu_arena *a) { return a->recycling; }
+
+static size_t rounded(size_t nbytes) { return ((nbytes ? nbytes : 1) + 63) & ~(size_t)63; }
+
+void lu_arena_recycle(lu_arena *a, void *data, size_t nbytes)
+{
+    size_t size = rounded(nbytes);
+    if (a->poison) {
+        lu_backend *b = lu_backend_get(a->dev);
+        if (b) b->fill(data, LU_U8, size, 255.0);
+    }
+    a->used -= size;
+    if (a->n_spare == a->cap_spare) {
+        size_t cap = a->cap_spare ? 2 * a->cap_spare : 64;
+        span *grown = realloc(a->spare, cap * sizeof *grown);
+        if (!grown) return; /* kept out of reuse until the reset: correct, only less frugal */
+        a->spare = grown;
+        a->cap_spare = cap;
+    }
+    a->spare[a->n_spare++] = (span){data, size};
+}
+
+/* The smallest given-back span that holds need bytes, cut to size (the rest stays spare). */
+static void *reuse(lu_arena *a, size_t need)
+{
+    size_t best = a->n_spare;
+    for (size_t i = 0; i < a->n_spare; i++)
+        if (a->spare[i].size >= need && (best == a->n_spare || a->spare[i].size < a->spare[best].size)) best = i;
+    if (best == a->n_spare) return NULL;
+    span *s = &a->spare[best];
+    char *p = s->p;
+    if (s->size > need) {
+        s->p += need;
+        s->size -= need;
+    } else {
+        *s = a->spare[--a->n_spare];
+    }
+    return p;
 }
 
 void *lu_arena_alloc(lu_arena *a, size_t nbytes, int device_memory)
 {
     int w = device_memory ? 1 : 0;
     size_t need = (nbytes + 63) & ~(size_t)63;
+    void *again = w && a->n_spare ? reuse(a, need) : NULL;
+    if (again) {
+        a->used += need;
+        if (a->used > a->peak) a->peak = a->used;
+        return again;
+    }
     for (block *k = a->lists[w]; k; k = k->next) {
         if (k->size - k->used >= need) {
             void *p = k->base + k->used;

@@ -3,10 +3,18 @@
  * While an arena is active on a thread, every new tensor (struct and storage) comes from it and
  * lu_tensor_release is a no-op for it; lu_arena_reset frees them all at once, keeping the blocks
  * for the next step. Parameters, gradients of leaves and optimiser state are allocated with no
- * arena active. Blocks come from the device backend's allocator. */
+ * arena active. Blocks come from the device backend's allocator.
+ *
+ * The exception is backward: autograd turns recycling on while it runs, and the tensors made
+ * then (gradients, their temporaries) are reference-counted; when the last reference to such a
+ * storage goes, its memory returns to the arena and later allocations of the same step reuse it.
+ * So a step's peak is the forward's activations plus the gradients alive at once, not plus every
+ * gradient of the step. With LUTHIER_ARENA_POISON set (the tests set it), returned memory is
+ * filled with 0xff bytes (NaN in every float dtype), so that a use after the last release shows. */
 #ifndef LU_ARENA_H
 #define LU_ARENA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "tensor.h"
@@ -20,7 +28,13 @@ lu_arena *lu_arena_activate(lu_arena *a);
 lu_arena *lu_arena_current(void);
 /* Frees everything allocated since the last reset. No tensor from it may be used afterwards. */
 void lu_arena_reset(lu_arena *a);
-/* Bytes handed out since the last reset, and the most ever handed out. */
+/* Tensors made while recycling is on get reference-counted storage (see above); returns the
+ * previous setting. */
+bool lu_arena_set_recycling(lu_arena *a, bool on);
+bool lu_arena_recycling(const lu_arena *a);
+/* Gives back the device data of a recycled storage (tensor.c), nbytes as allocated. */
+void lu_arena_recycle(lu_arena *a, void *data, size_t nbytes);
+/* Bytes in use (handed out and not given back) since the last reset, and the most ever in use. */
 size_t lu_arena_used(const lu_arena *a);
 size_t lu_arena_peak(const lu_arena *a);
 

@@ -228,8 +228,13 @@ lu_status lu_backward_from(lu_tensor *y, lu_tensor *dy)
     }
     /* Custom backward functions call ops; those must not append to the tape being walked. */
     bool prev = lu_grad_set_enabled(false);
+    /* Gradients die as soon as they are propagated: their arena memory is reused within the step
+     * (arena.h), so backward does not add every gradient of the step to the forward's peak. */
+    lu_arena *arena = lu_arena_current();
+    bool recycling = arena ? lu_arena_set_recycling(arena, true) : false;
     lu_status s = accumulate(y, seed);
     for (int i = tape_len - 1; i >= 0 && s == LU_OK; i--) s = run_node(&tape[i]);
+    if (arena) lu_arena_set_recycling(arena, recycling);
     lu_grad_set_enabled(prev);
     if (!y->is_leaf && y->grad) {
         lu_tensor_release(y->grad);

@@ -34,6 +34,7 @@ static lu_tensor *tensor_struct(lu_device dev)
         return NULL;
     }
     t->arena = a;
+    t->counted = a && lu_arena_recycling(a);
     t->refcount = 1;
     t->is_leaf = true;
     return t;
@@ -83,6 +84,7 @@ lu_tensor *lu_tensor_empty(lu_dtype dt, int ndim, const int64_t *shape, lu_devic
     s->device = dev;
     s->refcount = 1;
     s->arena = a;
+    s->counted = t->counted;
     t->storage = s;
     s->data = a ? lu_arena_alloc(a, nbytes ? nbytes : 1, 1) : b->alloc(nbytes ? nbytes : 1);
     if (!s->data) goto nomem;
@@ -162,16 +164,25 @@ lu_tensor *lu_tensor_zeros_like(const lu_tensor *t)
     return lu_tensor_zeros(t->dtype, t->ndim, t->shape, lu_tensor_device(t));
 }
 
+/* Heap tensors and storages are reference-counted; arena ones only when made while the arena
+ * recycles (arena.h), the others live until the arena's reset. */
+static bool tensor_counted(const lu_tensor *t) { return !t->arena || t->counted; }
+bool lu_storage_counted(const lu_storage *s) { return !s->arena || s->counted; }
+
 lu_tensor *lu_tensor_retain(lu_tensor *t)
 {
-    if (t && !t->arena) t->refcount++;
+    if (t && tensor_counted(t)) t->refcount++;
     return t;
 }
 
 static void storage_release(lu_storage *s)
 {
-    if (!s || s->arena) return;
+    if (!s || !lu_storage_counted(s)) return;
     if (--s->refcount > 0) return;
+    if (s->arena) {
+        lu_arena_recycle(s->arena, s->data, s->nbytes);
+        return;
+    }
     if (s->release) s->release(s->release_ctx);
     else if (!s->borrowed) {
         lu_backend *b = lu_backend_get(s->device);
@@ -182,11 +193,11 @@ static void storage_release(lu_storage *s)
 
 void lu_tensor_release(lu_tensor *t)
 {
-    if (!t || t->arena) return;
+    if (!t || !tensor_counted(t)) return;
     if (--t->refcount > 0) return;
     storage_release(t->storage);
     lu_tensor_release(t->grad);
-    free(t);
+    if (!t->arena) free(t); /* an arena struct stays until the reset; its storage is what counts */
 }
 
 int64_t lu_tensor_numel(const lu_tensor *t)

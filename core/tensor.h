@@ -30,6 +30,7 @@ typedef struct lu_storage {
     lu_device device;
     int refcount;
     struct lu_arena *arena;        /* owning arena, or NULL for heap storage */
+    bool counted;                  /* arena storage made while recycling (arena.h): counted */
     void (*release)(void *ctx);    /* external memory (mmap, ...): called instead of free */
     void *release_ctx;
     bool borrowed;                 /* wrapped memory owned elsewhere: never freed here */
@@ -44,6 +45,7 @@ typedef struct lu_tensor {
     int64_t stride[LU_MAX_DIMS];   /* in elements; 0 for broadcast dimensions */
     int refcount;
     struct lu_arena *arena;        /* arena holding this struct, or NULL */
+    bool counted;                  /* arena struct made while recycling: retain/release count */
     /* autograd (autograd.h) */
     bool requires_grad;
     bool is_leaf;                  /* created by the user, not by an op */
@@ -67,6 +69,8 @@ lu_tensor *lu_tensor_empty_like(const lu_tensor *t);
 lu_tensor *lu_tensor_zeros_like(const lu_tensor *t);
 
 lu_tensor *lu_tensor_retain(lu_tensor *t);
+/* Whether references to s are counted (heap storage, or arena storage made while recycling). */
+bool lu_storage_counted(const lu_storage *s);
 void lu_tensor_release(lu_tensor *t);
 
 int64_t lu_tensor_numel(const lu_tensor *t);

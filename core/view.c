@@ -20,9 +20,13 @@ static lu_tensor *view_of(lu_tensor *x)
     }
     memset(t, 0, sizeof *t);
     t->storage = x->storage;
-    /* Arena views never release, so they must not hold a count on heap storage. */
-    if (!a && !x->storage->arena) x->storage->refcount++;
     t->arena = a;
+    t->counted = a && lu_arena_recycling(a);
+    /* A view that releases holds a count on counted storage. A view that never releases (an
+     * arena view made outside recycling) holds none on heap storage, which must stay free to
+     * go, but pins counted arena storage until the reset, which must not be reused under it. */
+    bool releases = !a || t->counted;
+    if (lu_storage_counted(x->storage) && (releases || x->storage->arena)) x->storage->refcount++;
     t->offset = x->offset;
     t->dtype = x->dtype;
     t->refcount = 1;

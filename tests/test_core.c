@@ -552,6 +552,70 @@ Test(arena, step_tensors_come_from_the_arena_and_reset)
     lu_arena_free(a);
 }
 
+/* Backward's gradients go back to the arena once propagated and later ones reuse the memory:
+ * through a deep chain, backward adds about one activation's worth of gradients to the forward's
+ * peak, not one gradient per activation (which doubled the step's memory before). */
+Test(arena, backward_reuses_the_memory_of_propagated_gradients)
+{
+    enum { LAYERS = 12 };
+    const int64_t rows = 256, width = 512; /* 512 KiB per activation */
+    lu_arena *a = lu_arena_new(LU_CPU, 4 << 20);
+    lu_arena *prev = lu_arena_activate(a);
+    lu_tensor *w[LAYERS];
+    for (int l = 0; l < LAYERS; l++) {
+        lu_arena_activate(NULL);
+        w[l] = tu_rand(LU_F32, LU_SHAPE(width, width), -0.05, 0.05, 10 + l);
+        lu_tensor_set_requires_grad(w[l], true);
+        lu_arena_activate(a);
+    }
+    lu_tensor *h = tu_rand(LU_F32, LU_SHAPE(rows, width), -1, 1, 3);
+    for (int l = 0; l < LAYERS; l++) h = lu_silu(lu_linear(h, w[l], NULL));
+    lu_tensor *loss = lu_sum(h, LU_ALL_DIMS, false);
+    cr_assert(loss, "%s", lu_error_message());
+    size_t forward = lu_arena_peak(a), activation = (size_t)(rows * width) * sizeof(float);
+    cr_assert_eq(lu_backward(loss), LU_OK, "%s", lu_error_message());
+    size_t added = lu_arena_peak(a) - forward;
+    /* Alive at once: the gradient coming down, the one going out, and a weight's gradient (two
+     * activations' worth here) on its way to the heap. Without reuse backward added all of
+     * them, about 4 activations' worth per layer (48 here). */
+    cr_assert_leq(added, 6 * activation, "backward added %zu bytes to a forward peak of %zu (%zu per activation)", added,
+                  forward, activation);
+    for (int l = 0; l < LAYERS; l++) {
+        cr_assert(w[l]->grad, "layer %d got no gradient", l);
+        lu_tensor_release(w[l]);
+    }
+    lu_arena_activate(prev);
+    lu_arena_free(a);
+}
+
+/* Recycled memory is handed out again, and with LUTHIER_ARENA_POISON it reads as NaN in between
+ * (the tests run with it set: a use after the last release shows up as NaN). */
+Test(arena, released_backward_tensors_are_reused_and_poisoned)
+{
+    lu_arena *a = lu_arena_new(LU_CPU, 1 << 20);
+    lu_arena *prev = lu_arena_activate(a);
+    bool was = lu_arena_set_recycling(a, true);
+    cr_assert_not(was);
+    lu_tensor *t = lu_tensor_full(LU_F32, LU_SHAPE(1000), LU_CPU, 1.0);
+    cr_assert(t && t->counted && t->storage->counted);
+    float *data = lu_tensor_data(t);
+    lu_tensor *view = lu_reshape(t, 2, (int64_t[]){10, 100});
+    lu_tensor_release(t);
+    cr_assert_eq(data[0], 1.0f, "a view keeps its storage alive");
+    size_t before = lu_arena_used(a);
+    lu_tensor_release(view);
+    cr_assert_lt(lu_arena_used(a), before);
+    const char *poison = getenv("LUTHIER_ARENA_POISON");
+    if (poison && strcmp(poison, "0")) cr_assert(isnan(data[0]) && isnan(data[999]), "given-back memory is poisoned");
+    lu_tensor *again = lu_tensor_empty(LU_F32, LU_SHAPE(1000), LU_CPU);
+    cr_assert_eq(lu_tensor_data(again), (void *)data, "the same size reuses the given-back memory");
+    lu_arena_set_recycling(a, false);
+    lu_tensor *kept = lu_tensor_empty(LU_F32, LU_SHAPE(1000), LU_CPU);
+    cr_assert(kept && !kept->counted, "outside recycling, arena tensors live until the reset");
+    lu_arena_activate(prev);
+    lu_arena_free(a);
+}
+
 Test(rng, philox_is_a_pure_function_of_its_key)
 {
     uint32_t a[4], b[4], c[4];
