@@ -101,23 +101,9 @@ static lu_status train(const char *out, const char *device, int64_t stop_after, 
 /* The "loss" of every train line of dir/run/metrics.jsonl, in order (log_every 1: one per step). */
 static int read_losses(const char *run, double *loss, int max)
 {
-    char path[160], line[4096];
+    char path[160];
     snprintf(path, sizeof path, "%s/%s/metrics.jsonl", dir, run);
-    FILE *f = fopen(path, "r");
-    cr_assert(f, "no %s", path);
-    int n = 0;
-    while (fgets(line, sizeof line, f)) {
-        cJSON *o = cJSON_Parse(line);
-        cr_assert(o, "%s: a line is not JSON: %s", path, line);
-        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "event"), *l = cJSON_GetObjectItemCaseSensitive(o, "loss");
-        if (cJSON_IsString(ev) && !strcmp(ev->valuestring, "train")) {
-            cr_assert(cJSON_IsNumber(l) && n < max, "%s: train line without a loss, or too many: %s", path, line);
-            loss[n++] = l->valuedouble;
-        }
-        cJSON_Delete(o);
-    }
-    fclose(f);
-    return n;
+    return tu_read_metric(path, "train", "loss", loss, max);
 }
 
 /* Every step's loss on cuda within TOL_LOSS (relative) of the CPU's. */

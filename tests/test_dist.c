@@ -81,24 +81,11 @@ typedef struct curve {
 
 static void read_curve(const char *out, curve *c)
 {
-    char path[512], line[4096];
+    char path[512];
     snprintf(path, sizeof path, "%s/%s/metrics.jsonl", dir, out);
-    FILE *f = fopen(path, "r");
-    cr_assert(f, "cannot open %s", path);
-    c->n = 0;
-    while (fgets(line, sizeof line, f) && c->n < 64) {
-        cJSON *j = cJSON_Parse(line);
-        cr_assert(j, "%s: bad line %s", path, line);
-        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
-        if (ev && !strcmp(ev, "train")) {
-            c->loss[c->n] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "loss"));
-            c->norm[c->n] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "grad_norm"));
-            c->items[c->n] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "items"));
-            c->n++;
-        }
-        cJSON_Delete(j);
-    }
-    fclose(f);
+    c->n = tu_read_metric(path, "train", "loss", c->loss, 64);
+    cr_assert_eq(tu_read_metric(path, "train", "grad_norm", c->norm, 64), c->n);
+    cr_assert_eq(tu_read_metric(path, "train", "items", c->items, 64), c->n);
 }
 
 static void assert_curves_match(const char *a, const char *b)

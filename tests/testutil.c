@@ -179,6 +179,27 @@ int tu_run_captured(int (*fn)(int, char **), int argc, char **argv, char *out, s
     return rc;
 }
 
+int tu_read_metric(const char *path, const char *event, const char *key, double *values, int max)
+{
+    char line[4096];
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "cannot open %s", path);
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        cJSON *o = cJSON_Parse(line);
+        cr_assert(o, "%s: a line is not JSON: %s", path, line);
+        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "event"), *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        if (cJSON_IsString(ev) && !strcmp(ev->valuestring, event)) {
+            cr_assert(cJSON_IsNumber(v) && n < max, "%s: %s line without a number %s, or more than %d: %s", path, event,
+                      key, max, line);
+            values[n++] = v->valuedouble;
+        }
+        cJSON_Delete(o);
+    }
+    fclose(f);
+    return n;
+}
+
 void tu_write_tiny_bytelm_config(const char *dir)
 {
     char path[512];

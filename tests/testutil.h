@@ -42,6 +42,9 @@ void tu_write_tiny_asr_config(const char *dir, int max_steps);
  * dir/tiny.yaml: a 1-layer Qwen3-style model of width 16, 6 steps logged every 2, a checkpoint
  * every 3 (no BatchNorm: training is fully deterministic). */
 void tu_write_tiny_bytelm_config(const char *dir);
+/* The values of `key` in the `event` lines of a metrics.jsonl, in order (at most max; more, a
+ * line that is not JSON or an event line without a numeric key fails the test); returns the count. */
+int tu_read_metric(const char *path, const char *event, const char *key, double *values, int max);
 /* Asserts a call returned NULL/failed and the error message contains `needle`. */
 void tu_assert_error_contains(const char *needle);
 
