@@ -28,6 +28,7 @@ struct lu_arena {
     bool recycling, poison;
     span *spare;
     size_t n_spare, cap_spare;
+    lu_arena *scratch;
 };
 
 static _Thread_local lu_arena *current;
@@ -62,6 +63,7 @@ void lu_arena_free(lu_arena *a)
 {
     if (!a) return;
     if (current == a) current = NULL;
+    lu_arena_free(a->scratch);
     free_blocks(a, 0);
     free_blocks(a, 1);
     free(a->spare);
@@ -82,12 +84,22 @@ size_t lu_arena_peak(const lu_arena *a) { return a->peak; }
 
 void lu_arena_reset(lu_arena *a)
 {
+    lu_backend *b = a->poison ? lu_backend_get(a->dev) : NULL;
     for (int w = 0; w < 2; w++) {
         /* Blocks are kept and rewound: the next step reuses them without allocating. */
-        for (block *k = a->lists[w]; k; k = k->next) k->used = 0;
+        for (block *k = a->lists[w]; k; k = k->next) {
+            if (b && w == 1 && k->used) b->fill(k->base, LU_U8, k->used, 255.0);
+            k->used = 0;
+        }
     }
     a->used = 0;
     a->n_spare = 0;
+}
+
+lu_arena *lu_arena_scratch(lu_arena *a)
+{
+    if (!a->scratch) a->scratch = lu_arena_new(a->dev, a->block_bytes);
+    return a->scratch;
 }
 
 bool lu_arena_set_recycling(lu_arena *a, bool on)

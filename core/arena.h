@@ -9,8 +9,9 @@
  * then (gradients, their temporaries) are reference-counted; when the last reference to such a
  * storage goes, its memory returns to the arena and later allocations of the same step reuse it.
  * So a step's peak is the forward's activations plus the gradients alive at once, not plus every
- * gradient of the step. With LUTHIER_ARENA_POISON set (the tests set it), returned memory is
- * filled with 0xff bytes (NaN in every float dtype), so that a use after the last release shows. */
+ * gradient of the step. With LUTHIER_ARENA_POISON set (the tests set it), returned memory, and
+ * everything at a reset, is filled with 0xff bytes (NaN in every float dtype), so that a use
+ * after the last release shows. */
 #ifndef LU_ARENA_H
 #define LU_ARENA_H
 
@@ -28,6 +29,9 @@ lu_arena *lu_arena_activate(lu_arena *a);
 lu_arena *lu_arena_current(void);
 /* Frees everything allocated since the last reset. No tensor from it may be used afterwards. */
 void lu_arena_reset(lu_arena *a);
+/* A second arena on a's device for work whose tensors are all dropped at once before a's step
+ * ends (lu_recompute's scratch), made on first use and freed with a. */
+lu_arena *lu_arena_scratch(lu_arena *a);
 /* Tensors made while recycling is on get reference-counted storage (see above); returns the
  * previous setting. */
 bool lu_arena_set_recycling(lu_arena *a, bool on);

@@ -122,9 +122,10 @@ lu_status lu_node_record(lu_backward_fn backward, lu_tensor **in, int n_in, lu_t
 static lu_status accumulate(lu_tensor *t, lu_tensor *g)
 {
     if (!t->grad) {
-        if (t->arena == NULL && g->arena != NULL) {
-            /* A leaf outlives the step's arena: keep its gradient on the heap. */
-            lu_arena *prev = lu_arena_activate(NULL);
+        if (g->arena != NULL && g->arena != t->arena) {
+            /* t outlives g's arena (a leaf on the heap, a tensor of the step seen from a
+             * recomputation's scratch arena): its gradient goes where t lives. */
+            lu_arena *prev = lu_arena_activate(t->arena);
             lu_tensor *copy = lu_tensor_empty_like(g);
             lu_arena_activate(prev);
             lu_status st = copy ? lu_tensor_copy(copy, g) : lu_error_code();
@@ -242,6 +243,89 @@ lu_status lu_backward_from(lu_tensor *y, lu_tensor *dy)
     }
     lu_tape_clear();
     return s;
+}
+
+/* ---- recomputation ---- */
+
+typedef struct recompute_params {
+    lu_recompute_fn fn;
+    void *ctx;
+} recompute_params;
+
+/* The copy of x in the active arena (a computation's result leaving its scratch arena). */
+static lu_tensor *copy_out(lu_tensor *x)
+{
+    lu_tensor *y = x ? lu_tensor_empty_like(x) : NULL;
+    if (y && lu_tensor_copy(y, x)) {
+        lu_tensor_release(y);
+        return NULL;
+    }
+    return y;
+}
+
+static lu_status recompute_backward(lu_node *n, lu_tensor **grad_out, lu_tensor **grad_in, const bool *needs)
+{
+    const recompute_params *p = (const recompute_params *)n->params;
+    lu_arena *main = lu_arena_current(), *scratch = main ? lu_arena_scratch(main) : NULL;
+    if (!scratch) return main ? lu_error_code() : lu_errorf(LU_ERR_STATE, "recompute: backward without an arena");
+    if (!grad_out[0]) return LU_OK;
+    /* The recomputation records on a tape of its own, walked and cleared by its own backward;
+     * the outer tape, being walked, is set aside meanwhile. */
+    lu_node *outer = tape;
+    int outer_len = tape_len, outer_cap = tape_cap;
+    tape = NULL;
+    tape_len = tape_cap = 0;
+    lu_arena *prev = lu_arena_activate(scratch);
+    bool grad = lu_grad_set_enabled(true);
+    lu_tensor *in[LU_MAX_IO] = {0};
+    lu_status s = LU_OK;
+    for (int i = 0; i < n->n_in && !s; i++) {
+        /* Leaves sharing the saved inputs' storage: their gradients are this node's. */
+        in[i] = lu_detach(n->in[i]);
+        if (!in[i]) s = lu_error_code();
+        else if (needs[i]) lu_tensor_set_requires_grad(in[i], true);
+    }
+    lu_tensor *y = s ? NULL : p->fn(p->ctx, in, n->n_in);
+    if (!s && !y) s = lu_error_context("recompute: ");
+    if (!s && y->requires_grad) s = lu_backward_from(y, grad_out[0]);
+    lu_grad_set_enabled(grad);
+    lu_arena_activate(main);
+    for (int i = 0; i < n->n_in && !s; i++)
+        if (needs[i] && in[i]->grad && !(grad_in[i] = copy_out(in[i]->grad))) s = lu_error_code();
+    lu_tape_clear(); /* what an error left of the recomputation's tape */
+    free(tape);
+    tape = outer;
+    tape_len = outer_len;
+    tape_cap = outer_cap;
+    lu_arena_reset(scratch);
+    lu_arena_activate(prev);
+    return s;
+}
+
+lu_tensor *lu_recompute(lu_recompute_fn fn, void *ctx, lu_tensor **in, int n_in)
+{
+    lu_arena *main = lu_arena_current();
+    if (!needs_record(in, n_in) || !main) return fn(ctx, in, n_in);
+    if (n_in > LU_MAX_IO) {
+        lu_errorf(LU_ERR_INVALID, "recompute: %d inputs, at most %d", n_in, LU_MAX_IO);
+        return NULL;
+    }
+    lu_arena *scratch = lu_arena_scratch(main);
+    if (!scratch) return NULL;
+    lu_arena_activate(scratch);
+    bool grad = lu_grad_set_enabled(false);
+    lu_tensor *ys = fn(ctx, in, n_in);
+    lu_grad_set_enabled(grad);
+    lu_arena_activate(main);
+    lu_tensor *y = copy_out(ys);
+    lu_arena_reset(scratch);
+    if (!y) return NULL;
+    recompute_params p = {fn, ctx};
+    if (lu_node_record(recompute_backward, in, n_in, &y, 1, &p, sizeof p)) {
+        lu_tensor_release(y);
+        return NULL;
+    }
+    return y;
 }
 
 lu_status lu_backward(lu_tensor *loss)

@@ -52,4 +52,15 @@ lu_status lu_op_run(lu_op op, lu_tensor **in, int n_in, lu_tensor **out, int n_o
 lu_status lu_node_record(lu_backward_fn backward, lu_tensor **in, int n_in, lu_tensor **out, int n_out,
                          const void *params, size_t params_size);
 
+/* Recomputation (gradient checkpointing): y = fn(ctx, in), whose inner activations are not kept
+ * for backward. With gradients on and an arena active, fn runs without a tape in the arena's
+ * scratch arena, y is copied out and the scratch dropped; backward runs fn again on the saved
+ * inputs, with a tape, in the scratch arena, and takes its gradients from that: the step holds
+ * each call's inputs and output instead of every activation inside. fn must give the same result
+ * on both runs (it may read more tensors from ctx, e.g. weights: their gradients are added
+ * directly during the recomputation); ctx must stay valid until the backward (allocate it from
+ * the arena). Without gradients or without an arena it is fn(ctx, in). */
+typedef lu_tensor *(*lu_recompute_fn)(void *ctx, lu_tensor **in, int n_in);
+lu_tensor *lu_recompute(lu_recompute_fn fn, void *ctx, lu_tensor **in, int n_in);
+
 #endif

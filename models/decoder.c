@@ -215,17 +215,70 @@ static bool check_ids(const lu_tensor *ids)
     return false;
 }
 
-lu_tensor *lu_decoder_forward(lu_decoder *m, const lu_decoder_batch *batch)
+/* What a recomputed layer or loss chunk needs until the backward: in arena memory, with the
+ * cast table copied there (weights_end frees the forward's). */
+typedef struct recompute_ctx {
+    weights w;
+    int layer;
+    lu_tensor *pos, *labels;
+    lu_attention_opts ao;
+} recompute_ctx;
+
+static lu_tensor *layer_recompute(void *ctx, lu_tensor **in, int n_in)
+{
+    (void)n_in;
+    recompute_ctx *c = ctx;
+    return layer_forward(&c->w, c->layer, in[0], c->pos, &c->ao, NULL);
+}
+
+/* *out: n contexts sharing one arena copy of w's cast table, or NULL when there is nothing to
+ * recompute for (no arena, no gradients: fn runs directly). */
+static lu_status recompute_ctxs(const weights *w, int n, recompute_ctx **out)
+{
+    *out = NULL;
+    lu_arena *a = lu_arena_current();
+    if (!a || !lu_grad_enabled()) return LU_OK;
+    recompute_ctx *c = lu_arena_alloc(a, (size_t)n * sizeof *c, 0);
+    size_t table = (size_t)w->m->params->n * sizeof *w->cast;
+    lu_tensor **cast = c && w->cast ? lu_arena_alloc(a, table, 0) : NULL;
+    if (!c || (w->cast && !cast)) return lu_errorf(LU_ERR_NOMEM, "decoder: out of memory for recomputation");
+    if (cast) memcpy(cast, w->cast, table);
+    for (int i = 0; i < n; i++) c[i] = (recompute_ctx){.w = {.m = w->m, .cast = cast}};
+    *out = c;
+    return LU_OK;
+}
+
+/* The hidden states after the last layer [B,T,D]; w is begun here and ended by the caller. */
+static lu_tensor *hidden_forward(const lu_decoder *m, const lu_decoder_batch *batch, weights *w)
 {
     lu_tensor *ids = batch->input_ids;
-    weights w;
-    if (!check_ids(ids) || weights_begin(&w, m)) return NULL;
+    if (!check_ids(ids) || weights_begin(w, m)) return NULL;
     lu_tensor *pos = batch->positions ? batch->positions : default_positions(ids, 0);
-    lu_tensor *h = lu_embedding(weight(&w, "model.embed_tokens.weight"), ids);
+    lu_tensor *h = lu_embedding(weight(w, "model.embed_tokens.weight"), ids);
     lu_attention_opts ao = {.causal = true, .cu_seqlens = batch->cu_seqlens};
-    for (int l = 0; l < m->cfg.num_layers && h; l++) h = layer_forward(&w, l, h, pos, &ao, NULL);
-    lu_tensor *logits = head_forward(&w, h);
+    recompute_ctx *rc = NULL;
+    if (m->recompute_layers && pos && h && recompute_ctxs(w, m->cfg.num_layers, &rc)) h = NULL;
+    for (int l = 0; l < m->cfg.num_layers && h; l++) {
+        if (!rc) {
+            h = layer_forward(w, l, h, pos, &ao, NULL);
+            continue;
+        }
+        rc[l].layer = l;
+        rc[l].pos = pos;
+        rc[l].ao = ao;
+        h = lu_recompute(layer_recompute, &rc[l], &h, 1);
+    }
+    /* Recomputed layers read pos again in backward: in an arena (where they run) releasing is a
+     * no-op and pos lives until the reset. */
     if (!batch->positions) lu_tensor_release(pos);
+    return h;
+}
+
+lu_tensor *lu_decoder_forward(lu_decoder *m, const lu_decoder_batch *batch)
+{
+    weights w = {0};
+    lu_tensor *h = hidden_forward(m, batch, &w);
+    lu_tensor *logits = h ? head_forward(&w, h) : NULL;
     weights_end(&w);
     return logits;
 }
@@ -308,9 +361,84 @@ lu_tensor *lu_decoder_forward_cached(lu_decoder *m, lu_tensor *input_ids, lu_kv_
     return logits;
 }
 
+/* The summed cross-entropy of one chunk of rows: final norm, LM head, loss against the chunk's
+ * (already shifted) labels. */
+static lu_tensor *head_loss_recompute(void *ctx, lu_tensor **in, int n_in)
+{
+    (void)n_in;
+    recompute_ctx *c = ctx;
+    lu_tensor *logits = head_forward(&c->w, in[0]);
+    lu_tensor *sum = lu_cross_entropy(logits, c->labels, -100, LU_REDUCE_SUM);
+    lu_tensor_release(logits);
+    return sum;
+}
+
+/* labels [B,T] shifted left by one row-wise (the target of position t is labels[t+1]; the last
+ * position of each row gets -100), as i64 [B*T] on dev; *count: the targets that are not -100. */
+static lu_tensor *shifted_labels(const lu_tensor *labels, int64_t *count)
+{
+    int64_t B = labels->shape[0], T = labels->shape[1], n = B * T;
+    int64_t *v = malloc((size_t)n * sizeof *v), *shifted = malloc((size_t)n * sizeof *shifted);
+    lu_tensor *out = NULL;
+    if (!v || !shifted) lu_errorf(LU_ERR_NOMEM, "decoder loss: out of memory for %lld labels", (long long)n);
+    else if (lu_tensor_to_host(labels, LU_I64, v) == LU_OK) {
+        *count = 0;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = 0; t < T; t++) {
+                int64_t y = t + 1 < T ? v[b * T + t + 1] : -100;
+                shifted[b * T + t] = y;
+                *count += y != -100;
+            }
+        out = lu_tensor_from_host(LU_I64, LU_SHAPE(n), lu_tensor_device(labels), shifted);
+    }
+    free(v);
+    free(shifted);
+    return out;
+}
+
+/* The loss `chunk` tokens at a time: sum of the chunks' summed cross-entropies over the count of
+ * targets (a mean over no target is NaN, as torch's). */
+static lu_tensor *chunked_loss(weights *w, lu_tensor *h, lu_tensor *labels, int64_t chunk)
+{
+    int64_t B = h->shape[0], T = h->shape[1], D = h->shape[2], rows = B * T, count = 0;
+    int n = (int)((rows + chunk - 1) / chunk);
+    lu_tensor *target = shifted_labels(labels, &count), *h2 = target ? lu_reshape(h, LU_SHAPE(rows, D)) : NULL;
+    recompute_ctx *rc = NULL;
+    if (!h2 || recompute_ctxs(w, n, &rc) || !rc) return NULL;
+    lu_tensor *total = NULL;
+    for (int i = 0; i < n; i++) {
+        int64_t r0 = (int64_t)i * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+        lu_tensor *hc = lu_slice(h2, 0, r0, r1, 1);
+        rc[i].labels = lu_slice(target, 0, r0, r1, 1);
+        lu_tensor *part = hc && rc[i].labels ? lu_recompute(head_loss_recompute, &rc[i], &hc, 1) : NULL;
+        if (!part) return NULL;
+        total = total ? lu_add(total, part) : part;
+    }
+    lu_tensor *mean = total ? lu_scale(total, 1.0 / (double)count) : NULL;
+    return mean ? lu_cast(mean, LU_F32) : NULL;
+}
+
 lu_tensor *lu_decoder_loss(lu_decoder *m, const lu_decoder_batch *batch, lu_tensor *labels)
 {
-    return lu_decoder_lm_loss(lu_decoder_forward(m, batch), labels);
+    if (m->loss_chunk <= 0 || !lu_arena_current() || !lu_grad_enabled())
+        return lu_decoder_lm_loss(lu_decoder_forward(m, batch), labels);
+    if (!labels) return NULL;
+    const lu_tensor *ids = batch->input_ids;
+    if (labels->ndim != 2 || ids->ndim != 2 || labels->shape[0] != ids->shape[0] || labels->shape[1] != ids->shape[1]) {
+        char sl[LU_SHAPE_STR_MAX], si[LU_SHAPE_STR_MAX];
+        lu_errorf(LU_ERR_SHAPE, "decoder loss: labels %s must be [B, T] like the input ids %s",
+                  lu_shape_str(labels, sl, sizeof sl), lu_shape_str(ids, si, sizeof si));
+        return NULL;
+    }
+    if (ids->shape[1] < 2) {
+        lu_errorf(LU_ERR_SHAPE, "decoder loss: sequences need at least 2 tokens, got %lld", (long long)ids->shape[1]);
+        return NULL;
+    }
+    weights w = {0};
+    lu_tensor *h = hidden_forward(m, batch, &w);
+    lu_tensor *loss = h ? chunked_loss(&w, h, labels, m->loss_chunk) : NULL;
+    weights_end(&w);
+    return loss;
 }
 
 lu_tensor *lu_decoder_lm_loss(lu_tensor *logits, lu_tensor *labels)

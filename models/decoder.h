@@ -39,6 +39,13 @@ typedef struct lu_decoder {
      * f32 parameter is cast once at the start of every forward (torch.autocast casts at each use)
      * and autograd carries the casts' gradients back to the f32 parameters' gradients. */
     lu_dtype compute_dtype;
+    /* Memory for long sequences (Axolotl's gradient_checkpointing / chunked_cross_entropy), both
+     * off after lu_decoder_declare. recompute_layers: each layer's activations are recomputed in
+     * backward instead of kept (lu_recompute). loss_chunk: lu_decoder_loss computes the final
+     * norm, LM head and cross-entropy this many tokens at a time, recomputed in backward, so the
+     * [tokens, vocab] logits never exist whole (0: at once). Both need the caller's arena. */
+    bool recompute_layers;
+    int64_t loss_chunk;
 } lu_decoder;
 
 /* Declares the parameters in `params` (not yet finalised); compute_dtype becomes LU_F32. */

@@ -253,6 +253,20 @@ Test(cuda_train_sft, bf16_compute_losses_follow_the_f32_run)
                   mixed[i], f32[i]);
 }
 
+/* Gradient checkpointing and the chunked loss on the GPU (scratch arena on the device, the cast
+ * bf16 weights read by the recomputation): the same losses as the plain cuda run. */
+Test(cuda_train_sft, recomputed_layers_and_chunked_loss_match_the_plain_cuda_run)
+{
+    require_gpu();
+    cr_redirect_stdout();
+    char *bf16[] = {"model.compute_dtype=bf16", NULL};
+    char *recomputed[] = {"model.compute_dtype=bf16", "model.gradient_checkpointing=true",
+                          "model.loss_chunk_tokens=37", NULL};
+    cr_assert_eq(train("cpu", "cuda", 0, false, bf16), LU_OK, "cuda plain: %s", lu_error_message());
+    cr_assert_eq(train("cuda", "cuda", 0, false, recomputed), LU_OK, "cuda recomputed: %s", lu_error_message());
+    assert_losses_match_cpu("sft recomputed (against the plain bf16 cuda run)");
+}
+
 Test(cuda_train_sft, resumed_cuda_run_continues_with_the_same_losses)
 {
     require_gpu();

@@ -454,6 +454,9 @@ static lu_params *mixed_model(lu_device dev, lu_decoder *m)
 /* One SFT step's loss and gradients: a packed row of 3 samples (cu_seqlens, restarting
  * positions), the first 4 tokens of each unlabelled; the loss must be f32 and the parameters and
  * their gradients stay f32. Returns the loss; *grads receives a host copy of the flat gradients. */
+/* Bytes of arena (the step's and its recomputation scratch) the last mixed_step held at most. */
+static size_t mixed_step_peak;
+
 static double mixed_step(lu_decoder *m, lu_dtype compute, lu_tensor **grads)
 {
     enum { L = 48 };
@@ -485,6 +488,7 @@ static double mixed_step(lu_decoder *m, lu_dtype compute, lu_tensor **grads)
     }
     *grads = lu_tensor_convert(m->params->flat_grad[LU_F32], LU_F32, LU_CPU);
     cr_assert(*grads, "%s", lu_error_message());
+    mixed_step_peak = lu_arena_peak(a) + lu_arena_peak(lu_arena_scratch(a));
     lu_arena_free(a);
     return value;
 }
@@ -511,6 +515,68 @@ Test(qwen3, f64_compute_from_f32_parameters_matches_f32_compute)
     lu_tensor_release(g32);
     lu_tensor_release(g64);
     lu_params_free(p);
+}
+
+/* Gradient checkpointing and the chunked loss change what is kept, not what is computed: the
+ * same loss and gradients (chunk sums in another order: f32 rounding), with f32 parameters and
+ * with f64 compute (the cast weights the recomputation reads from its context), and a chunk
+ * size that does not divide the 48 tokens. */
+Test(qwen3, recomputed_layers_and_chunked_loss_match_the_plain_step)
+{
+    lu_decoder m;
+    lu_params *p = mixed_model(LU_CPU, &m);
+    lu_dtype dts[2] = {LU_F32, LU_F64};
+    for (int k = 0; k < 2; k++) {
+        lu_tensor *g0, *g1;
+        m.recompute_layers = false;
+        m.loss_chunk = 0;
+        double l0 = mixed_step(&m, dts[k], &g0);
+        m.recompute_layers = true;
+        m.loss_chunk = 7;
+        double l1 = mixed_step(&m, dts[k], &g1);
+        cr_assert(fabs(l1 - l0) <= 1e-6 * l0, "%s loss: recomputed %.9g, plain %.9g", lu_dtype_name(dts[k]), l1, l0);
+        tu_assert_tensors_close(g1, g0, 1e-6 * max_abs(g0), 1e-5, "gradients, recomputed against plain");
+        lu_tensor_release(g0);
+        lu_tensor_release(g1);
+    }
+    lu_params_free(p);
+}
+
+/* Arena bytes (the step's and its recomputation scratch) that a training step of a narrow,
+ * 4-layer decoder on 2 x 256 tokens holds at most: activations dominate, as in long-sequence SFT. */
+static size_t long_step_peak(bool recompute, int64_t chunk)
+{
+    enum { B = 2, T = 256, V = 512 };
+    lu_decoder_config c = {.vocab_size = V, .hidden_size = 32, .intermediate_size = 64, .num_layers = 4,
+                           .num_heads = 2, .num_kv_heads = 1, .head_dim = 16, .rope_theta = 1e4,
+                           .rms_norm_eps = 1e-6, .qk_norm = true, .tie_embeddings = true, .init_std = 0.05,
+                           .max_position_embeddings = T, .bos_token_id = -1, .dtype = LU_F32};
+    lu_params *p = lu_params_new(LU_CPU);
+    lu_decoder m;
+    cr_assert(p && !lu_decoder_declare(&m, &c, p) && !lu_params_finalize(p) && !lu_decoder_init(&m, 5), "%s",
+              lu_error_message());
+    m.recompute_layers = recompute;
+    m.loss_chunk = chunk;
+    int32_t ids[B * T];
+    for (int i = 0; i < B * T; i++) ids[i] = (i * 131 + 7) % V;
+    lu_arena *a = lu_arena_new(LU_CPU, 1 << 20);
+    lu_arena *prev = lu_arena_activate(a);
+    lu_tensor *in = lu_tensor_from_host(LU_I32, LU_SHAPE(B, T), LU_CPU, ids);
+    lu_tensor *loss = lu_decoder_loss(&m, &(lu_decoder_batch){.input_ids = in}, in);
+    cr_assert(loss && lu_backward(loss) == LU_OK, "%s", lu_error_message());
+    size_t peak = lu_arena_peak(a) + lu_arena_peak(lu_arena_scratch(a));
+    lu_arena_activate(prev);
+    lu_arena_free(a);
+    lu_params_free(p);
+    return peak;
+}
+
+/* What recomputation is for: the step keeps each layer's input instead of its activations, and
+ * 64 tokens' logits at a time instead of 512's. */
+Test(qwen3, recomputation_lowers_the_step_peak)
+{
+    size_t plain = long_step_peak(false, 0), recomputed = long_step_peak(true, 64);
+    cr_assert_lt(recomputed, plain / 2, "peak: recomputed %zu bytes, plain %zu", recomputed, plain);
 }
 
 /* The CPU backend stores bf16 but has no bf16 kernels: a bf16 forward there fails saying so. */

@@ -468,6 +468,27 @@ Test(sft, task_trains_and_the_loss_decreases)
     cr_assert_lt(last, uniform - 1.5, "train loss %g after 40 steps", last);
 }
 
+/* model.gradient_checkpointing and model.loss_chunk_tokens (a chunk that does not divide the
+ * 2 x 96 tokens) train as the plain run: the same losses, to f32 rounding, every step. */
+Test(sft, recomputation_keys_train_as_the_plain_run)
+{
+    write_config();
+    char *over[] = {"model.gradient_checkpointing=true", "model.loss_chunk_tokens=37"};
+    cr_assert_eq(train("plain", 0, false, 0, NULL), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(train("recomputed", 0, false, 2, over), LU_OK, "%s", lu_error_message());
+    double a[8], b[8];
+    char pa[512], pb[512];
+    snprintf(pa, sizeof pa, "%s/plain/metrics.jsonl", dir);
+    snprintf(pb, sizeof pb, "%s/recomputed/metrics.jsonl", dir);
+    cr_assert_eq(tu_read_metric(pa, "train", "loss", a, 8), 6);
+    cr_assert_eq(tu_read_metric(pb, "train", "loss", b, 8), 6);
+    for (int i = 0; i < 6; i++)
+        cr_assert(fabs(a[i] - b[i]) <= 1e-5 * fabs(a[i]), "step %d loss: recomputed %.9g, plain %.9g", i + 1, b[i], a[i]);
+    char *bad[] = {"model.loss_chunk_tokens=-1"};
+    cr_assert_neq(train("bad", 0, false, 1, bad), LU_OK);
+    tu_assert_error_contains("model.loss_chunk_tokens");
+}
+
 /* Same checkpoint whether the run went straight through or stopped after 3 steps and resumed. */
 Test(sft, resume_after_interruption_is_bit_exact)
 {

@@ -30,6 +30,8 @@ typedef struct sft_config {
     int64_t vocab_size, hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, head_dim;
     double rope_theta;
     int export_dtype, compute_dtype;
+    bool gradient_checkpointing;
+    int64_t loss_chunk_tokens;
     char *data_dir;
     int64_t batch_size;
     int64_t eval_max_sequences;
@@ -57,6 +59,11 @@ static const lu_cfg_field sft_schema[] = {
     F("model", "compute_dtype", LU_CFG_ENUM, compute_dtype, false, "f32", "f32|bf16",
       "dtype of the forward and backward: bf16 = mixed precision with f32 master weights and optimiser state "
       "(train.device cuda; the cpu computes in f32)"),
+    F("model", "gradient_checkpointing", LU_CFG_BOOL, gradient_checkpointing, false, "false", NULL,
+      "recompute each layer's activations in backward instead of keeping them (Axolotl's gradient_checkpointing)"),
+    F("model", "loss_chunk_tokens", LU_CFG_INT, loss_chunk_tokens, false, "0", NULL,
+      "LM head and cross-entropy this many tokens at a time, recomputed in backward, so that the logits of a "
+      "micro-batch never exist whole (Axolotl's chunked_cross_entropy); 0: all at once"),
     F("data", "dir", LU_CFG_STRING, data_dir, true, NULL, NULL, "directory written by `luthier data prepare-chat`"),
     F("data", "batch_size", LU_CFG_INT, batch_size, false, "1", NULL, "packed sequences per micro-batch"),
     F("eval", "max_sequences", LU_CFG_INT, eval_max_sequences, false, "0", NULL, "held-out sequences per evaluation (0: all)"),
@@ -162,6 +169,10 @@ static lu_status sft_create(void **state, const void *config, uint64_t seed, lu_
     }
     LU_TRY(lu_decoder_declare(&s->model, &dc, params));
     if (c->compute_dtype == 1) s->model.compute_dtype = LU_BF16;
+    if (c->loss_chunk_tokens < 0)
+        return lu_errorf(LU_ERR_CONFIG, "sft: model.loss_chunk_tokens must be >= 0, got %lld", (long long)c->loss_chunk_tokens);
+    s->model.recompute_layers = c->gradient_checkpointing;
+    s->model.loss_chunk = c->loss_chunk_tokens;
     return LU_OK;
 }
 
