@@ -30,6 +30,8 @@ lu_status lu_decoder_declare(lu_decoder *m, const lu_decoder_config *c, lu_param
     m->cfg = *c;
     m->params = p;
     m->compute_dtype = LU_F32;
+    m->recompute_layers = false;
+    m->loss_chunk = 0;
     int64_t D = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
     int64_t q = (int64_t)c->num_heads * c->head_dim, kv = (int64_t)c->num_kv_heads * c->head_dim;
     char n[NAME_MAX_LEN];
