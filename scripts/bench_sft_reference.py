@@ -67,6 +67,8 @@ def measure(args, attn, torch, AutoModelForCausalLM, batch):
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f64": torch.float64}[args.dtype]
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation=attn)
     model.to(device=dev, dtype=dtype)  # whatever the loader made of the dtype argument
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     model.train()
     L = batch["input_ids"].shape[1]
     if L % args.rows:
@@ -120,6 +122,8 @@ def main():
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--dtype", default="f32", choices=("f32", "bf16", "f64"))
     ap.add_argument("--rows", type=int, default=1, help="rows the packed row is cut into")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="model.gradient_checkpointing_enable() (luthier: model.gradient_checkpointing)")
     args = ap.parse_args()
     try:
         sys.modules.setdefault("torchaudio", None)  # a torchaudio built for another CUDA breaks transformers

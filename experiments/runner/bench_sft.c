@@ -70,6 +70,8 @@ typedef struct sft_bench_opts {
     int64_t seq_len, sample_len;
     double peak_tflops; /* 0: from the GPU's name */
     bool reference;
+    bool recompute;     /* --gradient-checkpointing: ours per layer (lu_recompute), transformers' too */
+    int64_t loss_chunk; /* --loss-chunk N: ours only (transformers has no chunked loss) */
 } sft_bench_opts;
 
 typedef struct sft_result {
@@ -214,9 +216,10 @@ static void run_reference(const sft_bench_opts *o, const char *model_dir, const 
     char cmd[2 * PATH_MAX + 512];
     snprintf(cmd, sizeof cmd,
              "python3 %s --model '%s' --batch '%s' --threads %d --steps %d --warmup %d --attn %s --lr %g --clip %g "
-             "--device %s --dtype %s --rows %d 2>&1",
+             "--device %s --dtype %s --rows %d%s 2>&1",
              REFERENCE_SCRIPT, model_dir, batch_path, o->threads, o->steps, o->warmup, o->attn, LR, CLIP,
-             lu_device_name(o->device), lu_dtype_name(o->dtype), o->device == LU_CPU ? 1 : o->batch);
+             lu_device_name(o->device), lu_dtype_name(o->dtype), o->device == LU_CPU ? 1 : o->batch,
+             o->recompute ? " --gradient-checkpointing" : "");
     FILE *p = popen(cmd, "r");
     if (!p) {
         for (int k = 0; k < n; k++) snprintf(refs[k].why, sizeof refs[k].why, "cannot start python3");
@@ -281,6 +284,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: luthier bench sft [--device cpu|cuda] [--dtype f32|bf16] [--model PATH | --shape " SHAPE_QWEN3_06B "]\n"
                "                         [--layers N] [--seq-len T] [--batch B] [--sample-len S] [--steps N]\n"
                "                         [--warmup N] [--threads N] [--attn LIST] [--peak-tflops X] [--no-reference]\n"
+               "                         [--gradient-checkpointing] [--loss-chunk N]\n"
                "  SFT training tokens/s (packed forward, masked cross-entropy, backward, clipping, AdamW) with\n"
                "  random weights, beside transformers on the same weights and batch (python3 " REFERENCE_SCRIPT "),\n"
                "  and the ratio.\n"
@@ -301,7 +305,10 @@ static void usage(FILE *f)
                "                   sdpa, eager, flash_attention_2 (default sdpa; cuda sdpa,flash_attention_2,\n"
                "                   the latter reported as not measured when flash_attn is not installed)\n"
                "  --peak-tflops X  the GPU's bf16 dense peak for MFU (default: %.0f on an H100 or H200, else no MFU)\n"
-               "  --no-reference   skip transformers\n",
+               "  --no-reference   skip transformers\n"
+               "  --gradient-checkpointing  recompute each layer in backward (model.gradient_checkpointing), and\n"
+               "                   transformers with gradient_checkpointing_enable()\n"
+               "  --loss-chunk N   LM head and cross-entropy N tokens at a time (model.loss_chunk_tokens; ours only)\n",
             SAMPLE_LEN, HOPPER_BF16_PEAK_TFLOPS);
 }
 
@@ -353,6 +360,18 @@ static double gpu_peak(const sft_bench_opts *o, char *gpu, size_t size)
     return strstr(gpu, "H100") || strstr(gpu, "H200") ? HOPPER_BF16_PEAK_TFLOPS * 1e12 : 0;
 }
 
+/* The memory options of the run, when any is on (both tables' headers). */
+static void print_recompute(const sft_bench_opts *o)
+{
+    if (o->recompute)
+        printf("gradient checkpointing: luthier recomputes each layer in backward (lu_recompute), transformers\n"
+               "with gradient_checkpointing_enable()\n");
+    if (o->loss_chunk > 0)
+        printf("luthier: final norm, LM head and cross-entropy %lld tokens at a time, recomputed in backward\n"
+               "(transformers has no chunked loss)\n",
+               (long long)o->loss_chunk);
+}
+
 static void report_cpu(const sft_bench_opts *o, const lu_decoder_config *cfg, const sft_result *ours,
                        const sft_result *ref)
 {
@@ -366,6 +385,7 @@ static void report_cpu(const sft_bench_opts *o, const lu_decoder_config *cfg, co
            o->dtype == LU_F32 ? "f32" : "f64 compute from f32 parameters (transformers in float64)", o->batch,
            (long long)o->seq_len,
            (long long)o->sample_len, PROMPT_LEN, o->steps, o->warmup, ref->attn);
+    print_recompute(o);
     printf("| %-12s | %10s | %10s | %9s | %10s |\n", "side", "params", "ms/step", "tokens/s", "first loss");
     printf("|--------------|------------|------------|-----------|------------|\n");
     printf("| %-12s | %10lld | %10.1f | %9.1f | %10.5f |\n", "luthier", (long long)ours->params, 1e3 * ours->seconds,
@@ -414,6 +434,7 @@ static void report_gpu(const sft_bench_opts *o, const lu_decoder_config *cfg, co
            o->dtype == LU_F32 ? "" : ", f32 master weights and AdamW state", dt, o->batch, (long long)o->seq_len,
            (long long)(o->sample_len < o->seq_len ? o->sample_len : o->seq_len), PROMPT_LEN, o->batch,
            (long long)o->seq_len, o->steps, o->warmup);
+    print_recompute(o);
     if (peak > 0) printf("MFU = 6 x params x tokens/s / %.0f TFLOP/s (the bf16 dense peak assumed)\n", peak / 1e12);
     else printf("MFU: no bf16 peak known for this GPU (--peak-tflops X gives one)\n");
     printf("\n" GPU_ROW, "side", "params", "ms/step", "tokens/s", "MFU", "GPU GiB", "first loss");
@@ -458,6 +479,12 @@ int lu_bench_sft(int argc, char **argv)
             return 0;
         } else if (!strcmp(a, "--no-reference")) {
             o.reference = false;
+        } else if (!strcmp(a, "--gradient-checkpointing")) {
+            o.recompute = true;
+        } else if (!strcmp(a, "--loss-chunk")) {
+            if (!lu_bench_int_arg("sft", a, v, 1, 1 << 24, &x)) return 2;
+            o.loss_chunk = x;
+            i++;
         } else if (!strcmp(a, "--model") || !strcmp(a, "--shape")) {
             if (!v) return fprintf(stderr, "luthier bench sft: %s needs a value\n", a), 2;
             if (!strcmp(a, "--shape") && strcmp(v, SHAPE_QWEN3_06B))
@@ -551,6 +578,8 @@ int lu_bench_sft(int argc, char **argv)
     if (!s) s = lu_params_finalize(params);
     if (!s) s = lu_decoder_init(&m, 1);
     m.compute_dtype = o.dtype;
+    m.recompute_layers = o.recompute;
+    m.loss_chunk = o.loss_chunk;
     if (!s) s = make_batch(o.batch, o.seq_len, o.sample_len, cfg.vocab_size, &b);
     if (!s) s = batch_to(&b, o.device, &db);
     for (int k = 0; k < n_refs; k++) snprintf(refs[k].why, sizeof refs[k].why, "not requested (--no-reference)");
