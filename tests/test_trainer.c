@@ -147,6 +147,55 @@ Test(trainer, resume_after_interruption_is_bit_exact)
     assert_groups_identical("/optim");
 }
 
+static char *read_bytes(const char *rel, size_t *n)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    rewind(f);
+    char *b = malloc(*n + 1);
+    cr_assert(b && fread(b, 1, *n, f) == *n);
+    fclose(f);
+    return b;
+}
+
+/* A step whose loss or gradient norm is not finite is not applied: the run stops naming the step
+ * and the checkpoint to resume from, which stays byte for byte what it was. */
+Test(trainer, a_nonfinite_step_stops_the_run_and_keeps_the_checkpoint)
+{
+    cr_assert_eq(train("run", 3, false, 0, NULL), LU_OK, "%s", lu_error_message());
+    size_t n0, n1;
+    char *before = read_bytes("run/checkpoints/last.h5", &n0);
+    /* lr 1e30: step 4's update gives parameters near 1e30, whose forward overflows at step 5. */
+    char *huge[] = {"optim.lr=1e30", "schedule.kind=constant"};
+    cr_assert_neq(train("run", 0, true, 2, huge), LU_OK, "a NaN loss must stop the run");
+    tu_assert_error_contains("step 5: loss");
+    tu_assert_error_contains("not finite");
+    tu_assert_error_contains("last.h5 holds step 3");
+    char *after = read_bytes("run/checkpoints/last.h5", &n1);
+    cr_assert(n0 == n1 && !memcmp(before, after, n0), "the checkpoint changed");
+    free(before);
+    free(after);
+}
+
+/* An update that overflows the parameters to infinity is caught before a checkpoint is written. */
+Test(trainer, overflowed_parameters_are_never_saved)
+{
+    cr_assert_eq(train("run", 3, false, 0, NULL), LU_OK, "%s", lu_error_message());
+    size_t n0, n1;
+    char *before = read_bytes("run/checkpoints/last.h5", &n0);
+    char *inf[] = {"optim.lr=1e39", "schedule.kind=constant", "train.save_every=1"};
+    cr_assert_neq(train("run", 0, true, 3, inf), LU_OK, "infinite parameters must stop the run");
+    tu_assert_error_contains("step 4: the f32 parameters hold NaN or infinite values");
+    char *after = read_bytes("run/checkpoints/last.h5", &n1);
+    cr_assert(n0 == n1 && !memcmp(before, after, n0), "the checkpoint changed");
+    free(before);
+    free(after);
+}
+
 Test(trainer, refuses_to_overwrite_a_run_without_resume)
 {
     cr_assert_eq(train("run", 2, false, 0, NULL), LU_OK, "%s", lu_error_message());

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -408,6 +409,26 @@ static lu_status average_checkpoints(run *r, const char *dir, int count, int64_t
     return s;
 }
 
+/* An update with finite gradients can still overflow the parameters (a learning rate far too
+ * large): a checkpoint is written only of finite parameters, so last.h5 stays a good one. */
+static lu_status check_finite_params(const lu_params *p, int64_t step, int64_t saved, const char *dir)
+{
+    bool grad = lu_grad_set_enabled(false);
+    lu_status s = LU_OK;
+    for (int d = 0; d < LU_DTYPE_COUNT && !s; d++) {
+        if (!p->flat[d] || !lu_dtype_is_float((lu_dtype)d)) continue;
+        lu_tensor *sum = lu_sum(p->flat[d], LU_ALL_DIMS, false);
+        if (!sum) s = lu_error_code();
+        else if (!isfinite(lu_tensor_item(sum)))
+            s = lu_errorf(LU_ERR_STATE, "step %lld: the %s parameters hold NaN or infinite values (the last update "
+                          "overflowed): no checkpoint written, training stops; %s/last.h5 %s", (long long)step,
+                          lu_dtype_name((lu_dtype)d), dir, saved >= 0 ? "holds the last good one" : "was never written");
+        lu_tensor_release(sum);
+    }
+    lu_grad_set_enabled(grad);
+    return s;
+}
+
 static lu_status save_checkpoint(run *r, const char *dir, int64_t step, int64_t position)
 {
     lu_ckpt_meta meta = {.step = step, .epoch = position / (r->task->epoch_size(r->state) > 0 ? r->task->epoch_size(r->state) : 1),
@@ -533,7 +554,8 @@ lu_status lu_train_run(const lu_run_options *opt)
     double items_since = 0, loss_since = 0;
     int64_t steps_since = 0;
     int64_t stop_at = opt->stop_after > 0 ? step + opt->stop_after : r.total_steps;
-    bool stop = false; /* an interruption seen by any rank, agreed after each step */
+    bool stop = false;              /* an interruption seen by any rank, agreed after each step */
+    int64_t saved = opt->resume ? step : -1; /* the step checkpoints/last.h5 holds */
     while (step < r.total_steps && step < stop_at && !stop && !(world == 1 && interrupted)) {
         lu_arena_reset(arena);
         lu_arena *prev = lu_arena_activate(arena);
@@ -565,10 +587,21 @@ lu_status lu_train_run(const lu_run_options *opt)
         double norm = c->clip_norm > 0 ? lu_clip_grad_norm(r.params, c->clip_norm) : lu_grad_global_norm(r.params);
         /* Eden counts completed epochs, as icefall's step_epoch does. */
         double lr = lu_schedule_lr(&r.sched, step, (double)(position / r.task->epoch_size(r.state)));
+        double loss = loss_sum / (double)per_step;
+        if (!isfinite(loss) || !isfinite(norm)) {
+            /* Stopped before the update: the parameters, the optimiser and every checkpoint stay
+             * as they were (the same on every rank: loss and norm are global). */
+            char last[PATH_LEN + 128] = "no checkpoint was written yet: start again, e.g. with a lower optim.lr";
+            if (saved >= 0)
+                snprintf(last, sizeof last, "%s/last.h5 holds step %lld: --resume continues from it, e.g. with a lower "
+                         "optim.lr", ckdir, (long long)saved);
+            s = lu_errorf(LU_ERR_STATE, "step %lld: loss %g, gradient norm %g (lr %g): not finite, so the step was not "
+                          "applied and training stops; %s", (long long)step + 1, loss, norm, lr, last);
+            break;
+        }
         if ((s = lu_optim_step(r.optim, lr))) break;
         if (world > 1 && (s = lu_dist_average_buffers(r.params))) break;
         step++;
-        double loss = loss_sum / (double)per_step;
         items_since += items;
         loss_since += loss;
         steps_since++;
@@ -588,8 +621,10 @@ lu_status lu_train_run(const lu_run_options *opt)
             if ((s = evaluate(&r, metrics, step, false))) break;
         }
         if ((c->save_every > 0 && step % c->save_every == 0) || last) {
+            if ((s = check_finite_params(r.params, step, saved, ckdir))) break;
             if (world > 1 && (s = lu_dist_check_replicas(r.params, step))) break;
             if (lead && (s = save_checkpoint(&r, ckdir, step, position))) break;
+            saved = step;
         }
     }
     lu_progress_end(progress);
