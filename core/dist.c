@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "autograd.h"
 #include "backend.h"
 #include "ops.h"
 
@@ -238,18 +237,12 @@ lu_status lu_dist_average_buffers(lu_params *p)
 lu_status lu_dist_check_replicas(lu_params *p, int64_t step)
 {
     if (dist.size == 1) return LU_OK;
-    double lo[LU_DTYPE_COUNT] = {0}, hi[LU_DTYPE_COUNT] = {0};
-    bool grad = lu_grad_set_enabled(false);
-    lu_status s = LU_OK;
-    for (int d = 0; d < LU_DTYPE_COUNT && !s; d++) {
-        if (!p->flat[d] || !lu_dtype_is_float((lu_dtype)d)) continue;
-        lu_tensor *sum = lu_sum(p->flat[d], LU_ALL_DIMS, false);
-        if (!sum) s = lu_error_code();
-        else lo[d] = hi[d] = isfinite(lu_tensor_item(sum)) ? lu_tensor_item(sum) : 0;
-        lu_tensor_release(sum);
+    double lo[LU_DTYPE_COUNT], hi[LU_DTYPE_COUNT];
+    LU_TRY(lu_params_sums(p, lo));
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+        if (!isfinite(lo[d])) lo[d] = 0; /* not a fingerprint: the finiteness check reports it */
+        hi[d] = lo[d];
     }
-    lu_grad_set_enabled(grad);
-    LU_TRY(s);
     LU_TRY(lu_dist_all_reduce_doubles(lo, LU_DTYPE_COUNT, LU_DIST_MIN));
     LU_TRY(lu_dist_all_reduce_doubles(hi, LU_DTYPE_COUNT, LU_DIST_MAX));
     for (int d = 0; d < LU_DTYPE_COUNT; d++)

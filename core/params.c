@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "arena.h"
+#include "autograd.h"
+#include "ops.h"
 
 lu_params *lu_params_new(lu_device dev)
 {
@@ -245,4 +247,20 @@ lu_status lu_params_to_device(lu_params *p, lu_device dev)
     }
     p->device = dev;
     return LU_OK;
+}
+
+lu_status lu_params_sums(const lu_params *p, double sums[LU_DTYPE_COUNT])
+{
+    bool grad = lu_grad_set_enabled(false);
+    lu_status s = LU_OK;
+    for (int d = 0; d < LU_DTYPE_COUNT; d++) {
+        sums[d] = 0;
+        if (s || !p->flat[d] || !lu_dtype_is_float((lu_dtype)d)) continue;
+        lu_tensor *sum = lu_sum(p->flat[d], LU_ALL_DIMS, false);
+        if (sum) sums[d] = lu_tensor_item(sum);
+        else s = lu_error_code();
+        lu_tensor_release(sum);
+    }
+    lu_grad_set_enabled(grad);
+    return s;
 }

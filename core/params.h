@@ -46,5 +46,9 @@ lu_status lu_params_zero_grad(lu_params *p);
  * store is on dev already. Fails, leaving the store unchanged, when a view of its buffers is
  * held outside the store (it would keep pointing at the old memory). */
 lu_status lu_params_to_device(lu_params *p, lu_device dev);
+/* sums[d]: the sum of every element of the store's buffer of float dtype d (0 for the dtypes it
+ * does not hold; NaN or infinite when an element is), computed on the store's device without
+ * recording gradients. A fingerprint of the values (data-parallel replicas) and a finiteness test. */
+lu_status lu_params_sums(const lu_params *p, double sums[LU_DTYPE_COUNT]);
 
 #endif

@@ -162,38 +162,37 @@ static char *read_bytes(const char *rel, size_t *n)
     return b;
 }
 
-/* A step whose loss or gradient norm is not finite is not applied: the run stops naming the step
- * and the checkpoint to resume from, which stays byte for byte what it was. */
-Test(trainer, a_nonfinite_step_stops_the_run_and_keeps_the_checkpoint)
+/* A 3-step run resumed with the overrides fails with an error holding both needles, and leaves
+ * its checkpoint byte for byte as it was. */
+static void assert_resume_fails_keeping_the_checkpoint(int n, char **over, const char *needle, const char *needle2)
 {
     cr_assert_eq(train("run", 3, false, 0, NULL), LU_OK, "%s", lu_error_message());
     size_t n0, n1;
     char *before = read_bytes("run/checkpoints/last.h5", &n0);
-    /* lr 1e30: step 4's update gives parameters near 1e30, whose forward overflows at step 5. */
-    char *huge[] = {"optim.lr=1e30", "schedule.kind=constant"};
-    cr_assert_neq(train("run", 0, true, 2, huge), LU_OK, "a NaN loss must stop the run");
-    tu_assert_error_contains("step 5: loss");
-    tu_assert_error_contains("not finite");
-    tu_assert_error_contains("last.h5 holds step 3");
+    cr_assert_neq(train("run", 0, true, n, over), LU_OK, "the resumed run must stop");
+    tu_assert_error_contains(needle);
+    tu_assert_error_contains(needle2);
     char *after = read_bytes("run/checkpoints/last.h5", &n1);
     cr_assert(n0 == n1 && !memcmp(before, after, n0), "the checkpoint changed");
     free(before);
     free(after);
 }
 
+/* A step whose loss or gradient norm is not finite is not applied: the run stops naming the step
+ * and the checkpoint to resume from. lr 1e30: step 4's update gives parameters near 1e30, whose
+ * forward overflows at step 5. */
+Test(trainer, a_nonfinite_step_stops_the_run_and_keeps_the_checkpoint)
+{
+    char *huge[] = {"optim.lr=1e30", "schedule.kind=constant"};
+    assert_resume_fails_keeping_the_checkpoint(2, huge, "step 5: loss", "not finite, so the step was not applied");
+}
+
 /* An update that overflows the parameters to infinity is caught before a checkpoint is written. */
 Test(trainer, overflowed_parameters_are_never_saved)
 {
-    cr_assert_eq(train("run", 3, false, 0, NULL), LU_OK, "%s", lu_error_message());
-    size_t n0, n1;
-    char *before = read_bytes("run/checkpoints/last.h5", &n0);
     char *inf[] = {"optim.lr=1e39", "schedule.kind=constant", "train.save_every=1"};
-    cr_assert_neq(train("run", 0, true, 3, inf), LU_OK, "infinite parameters must stop the run");
-    tu_assert_error_contains("step 4: the f32 parameters hold NaN or infinite values");
-    char *after = read_bytes("run/checkpoints/last.h5", &n1);
-    cr_assert(n0 == n1 && !memcmp(before, after, n0), "the checkpoint changed");
-    free(before);
-    free(after);
+    assert_resume_fails_keeping_the_checkpoint(3, inf, "step 4: the f32 parameters hold NaN or infinite values",
+                                               "holds the last good one");
 }
 
 Test(trainer, refuses_to_overwrite_a_run_without_resume)

@@ -413,20 +413,14 @@ static lu_status average_checkpoints(run *r, const char *dir, int count, int64_t
  * large): a checkpoint is written only of finite parameters, so last.h5 stays a good one. */
 static lu_status check_finite_params(const lu_params *p, int64_t step, int64_t saved, const char *dir)
 {
-    bool grad = lu_grad_set_enabled(false);
-    lu_status s = LU_OK;
-    for (int d = 0; d < LU_DTYPE_COUNT && !s; d++) {
-        if (!p->flat[d] || !lu_dtype_is_float((lu_dtype)d)) continue;
-        lu_tensor *sum = lu_sum(p->flat[d], LU_ALL_DIMS, false);
-        if (!sum) s = lu_error_code();
-        else if (!isfinite(lu_tensor_item(sum)))
-            s = lu_errorf(LU_ERR_STATE, "step %lld: the %s parameters hold NaN or infinite values (the last update "
-                          "overflowed): no checkpoint written, training stops; %s/last.h5 %s", (long long)step,
-                          lu_dtype_name((lu_dtype)d), dir, saved >= 0 ? "holds the last good one" : "was never written");
-        lu_tensor_release(sum);
-    }
-    lu_grad_set_enabled(grad);
-    return s;
+    double sums[LU_DTYPE_COUNT];
+    LU_TRY(lu_params_sums(p, sums));
+    for (int d = 0; d < LU_DTYPE_COUNT; d++)
+        if (!isfinite(sums[d]))
+            return lu_errorf(LU_ERR_STATE, "step %lld: the %s parameters hold NaN or infinite values (the last update "
+                             "overflowed): no checkpoint written, training stops; %s/last.h5 %s", (long long)step,
+                             lu_dtype_name((lu_dtype)d), dir, saved >= 0 ? "holds the last good one" : "was never written");
+    return LU_OK;
 }
 
 static lu_status save_checkpoint(run *r, const char *dir, int64_t step, int64_t position)
