@@ -420,27 +420,7 @@ Test(sft, shards_split_by_tokens_and_read_back_in_order)
 
 /* ---- the task through the trainer ----------------------------------------------------------- */
 
-static void write_config(void)
-{
-    lu_sft_options o = options(CHAT, "data", 96);
-    o.valid_fraction = 0.25;
-    lu_sft_stats st;
-    cr_assert_eq(lu_sft_prepare(&o, &st), LU_OK, "%s", lu_error_message());
-    char path[512];
-    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    fprintf(f,
-            "task: sft\nseed: 5\n"
-            "data:\n  dir: %s/data\n  batch_size: 2\n"
-            "model:\n  hidden_size: 32\n  intermediate_size: 64\n  num_layers: 1\n  num_heads: 2\n  num_kv_heads: 1\n"
-            "  head_dim: 16\n  export_dtype: f32\n"
-            "train:\n  max_steps: 6\n  log_every: 1\n  save_every: 3\n  clip_norm: 1.0\n"
-            "optim:\n  lr: 1.0e-2\n"
-            "schedule:\n  kind: cosine\n  warmup_ratio: 0.1\n",
-            dir);
-    fclose(f);
-}
+static void write_config(void) { tu_write_tiny_sft_config(dir, 6); }
 
 static lu_status train(const char *out, int64_t stop_after, bool resume, int n_over, char **over)
 {

@@ -4,6 +4,8 @@
 #include "core/fileio.h"
 #include "core/safetensors.h"
 #include "experiments/runner/cli.h"
+#include "models/sft_data.h"
+#include "models/tokenizer.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -198,6 +200,33 @@ int tu_read_metric(const char *path, const char *event, const char *key, double 
     }
     fclose(f);
     return n;
+}
+
+void tu_write_tiny_sft_config(const char *dir, int max_steps)
+{
+    lu_tokenizer *tok = lu_tokenizer_load("tests/fixtures/tokenizer/small_qwen2.json");
+    cr_assert(tok, "%s", lu_error_message());
+    char data[512], path[512];
+    snprintf(data, sizeof data, "%s/data", dir);
+    lu_sft_options o = {.input = "tests/fixtures/sft/chat.jsonl", .out_dir = data, .tok = tok,
+                        .tokenizer_name = "small_qwen2.json", .seq_len = 96, .seed = 11, .valid_fraction = 0.25,
+                        .shard_tokens = 1 << 20, .pad_id = lu_tokenizer_token_id(tok, "<|endoftext|>")};
+    lu_sft_stats st;
+    cr_assert_eq(lu_sft_prepare(&o, &st), LU_OK, "%s", lu_error_message());
+    lu_tokenizer_free(tok);
+    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "cannot write %s", path);
+    fprintf(f,
+            "task: sft\nseed: 5\n"
+            "data:\n  dir: %s\n  batch_size: 2\n"
+            "model:\n  hidden_size: 32\n  intermediate_size: 64\n  num_layers: 1\n  num_heads: 2\n  num_kv_heads: 1\n"
+            "  head_dim: 16\n  export_dtype: f32\n"
+            "train:\n  max_steps: %d\n  log_every: 1\n  save_every: 3\n  clip_norm: 1.0\n"
+            "optim:\n  lr: 1.0e-2\n"
+            "schedule:\n  kind: cosine\n  warmup_ratio: 0.1\n",
+            data, max_steps);
+    fclose(f);
 }
 
 void tu_write_tiny_bytelm_config(const char *dir)

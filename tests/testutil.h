@@ -38,6 +38,11 @@ int tu_run_captured(int (*fn)(int, char **), int argc, char **argv, char *out, s
  * the trainer tests share in dir/tiny.yaml: an EE-Conformer of d 16, 2 heads, 3 exits x 1 layer,
  * kernel 3, dropout 0.1, SpecAugment, max_steps steps logged each, a checkpoint every 3. */
 void tu_write_tiny_asr_config(const char *dir, int max_steps);
+/* tests/fixtures/sft/chat.jsonl prepared for the sft task in dir/data (the small Qwen2 tokenizer,
+ * sequences of 96 tokens, a quarter held out) and the tiny sft config the trainer tests share in
+ * dir/tiny.yaml: a 1-layer decoder of width 32, 2 packed sequences per micro-batch, max_steps
+ * steps logged each, a checkpoint every 3. */
+void tu_write_tiny_sft_config(const char *dir, int max_steps);
 /* A small French text in dir/text.txt and the tiny bytelm config the trainer tests share in
  * dir/tiny.yaml: a 1-layer Qwen3-style model of width 16, 6 steps logged every 2, a checkpoint
  * every 3 (no BatchNorm: training is fully deterministic). */
