@@ -221,6 +221,30 @@ Test(dist, asr_with_batchnorm_and_scaled_adam)
     assert_curves_match("one", "two");
 }
 
+/* The sft task's evaluation is collective: each rank scores its share of the held-out sequences
+ * and the totals are summed, giving one process's figures (mid-run and final). */
+Test(dist, sft_evaluation_is_shared_by_the_ranks)
+{
+    REQUIRE_MPI();
+    tu_write_tiny_sft_config(dir, 6);
+    train_here("one", false, 2, (char *[]){"train.grad_accum=2", "train.eval_every=3"});
+    cr_assert_eq(train_mpi(2, "two", "train.eval_every=3"), 0, "mpirun failed:\n%s", read_log("two"));
+    assert_curves_match("one", "two");
+    char pa[512], pb[512];
+    snprintf(pa, sizeof pa, "%s/one/metrics.jsonl", dir);
+    snprintf(pb, sizeof pb, "%s/two/metrics.jsonl", dir);
+    double la[4], lb[4], ta[4], tb[4];
+    cr_assert_eq(tu_read_metric(pa, "eval", "valid_loss", la, 4), 2, "evaluations at steps 3 and 6");
+    cr_assert_eq(tu_read_metric(pb, "eval", "valid_loss", lb, 4), 2, "one report per evaluation, from rank 0");
+    cr_assert_eq(tu_read_metric(pa, "eval", "valid_target_tokens", ta, 4), 2);
+    cr_assert_eq(tu_read_metric(pb, "eval", "valid_target_tokens", tb, 4), 2);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(ta[i], tb[i], "evaluation %d scored %g targets on 2 ranks, %g in one process", i + 1, tb[i], ta[i]);
+        cr_assert(fabs(la[i] - lb[i]) <= 1e-5 * fabs(la[i]), "evaluation %d: loss %.9g on 2 ranks, %.9g in one process",
+                  i + 1, lb[i], la[i]);
+    }
+}
+
 Test(dist, a_two_rank_run_resumes_in_one_process)
 {
     REQUIRE_MPI();

@@ -41,6 +41,9 @@ typedef struct lu_task {
     /* Held-out evaluation: fills metrics (e.g. loss, perplexity); runs in no-grad mode and
      * allocates its activations from an arena of its own on the parameters' device. */
     lu_status (*evaluate)(void *state, lu_task_metrics *out);
+    /* In a data-parallel run, evaluate is called on every rank, which scores its share and sums
+     * the totals across ranks itself (core/dist.h); false: rank 0 evaluates alone. */
+    bool collective_eval;
     /* Optional: a human-readable demonstration after evaluation (a text sample, a transcript). */
     void (*demo)(void *state, FILE *f);
     /* Optional: runs once at the end of a completed training run, after the final evaluation

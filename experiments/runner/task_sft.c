@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "core/arena.h"
+#include "core/dist.h"
 #include "core/rng.h"
 #include "experiments/runner/luth_compare.h"
 #include "experiments/runner/task.h"
@@ -275,7 +276,9 @@ static lu_status sft_evaluate(void *state, lu_task_metrics *out)
     int64_t tokens = 0;
     int64_t *idx = malloc((size_t)B * sizeof *idx);
     lu_status st = idx ? LU_OK : lu_errorf(LU_ERR_NOMEM, "sft: out of memory");
-    for (int64_t first = 0; first < n && !st; first += B) {
+    /* Data parallel: batch k of the held-out sequences is scored by rank k mod N. */
+    int world = lu_dist_size();
+    for (int64_t first = (int64_t)lu_dist_rank() * B; first < n && !st; first += B * world) {
         lu_arena_reset(arena);
         int64_t b = n - first < B ? n - first : B, targets = 0;
         for (int64_t i = 0; i < b; i++) idx[i] = first + i;
@@ -291,6 +294,10 @@ static lu_status sft_evaluate(void *state, lu_task_metrics *out)
     lu_arena_activate(prev);
     lu_arena_free(arena);
     LU_TRY(st);
+    double sums[2] = {total, (double)tokens};
+    LU_TRY(lu_dist_all_reduce_doubles(sums, 2, LU_DIST_SUM));
+    total = sums[0];
+    tokens = (int64_t)sums[1];
     double loss = tokens ? total / (double)tokens : 0;
     /* Without a held-out split the training sequences are scored, under their own names. */
     out->n = 3;
@@ -375,6 +382,7 @@ const lu_task lu_task_sft = {
     .epoch_size = sft_epoch_size,
     .loss = sft_loss,
     .evaluate = sft_evaluate,
+    .collective_eval = true,
     .finish = sft_finish,
     .destroy = sft_destroy,
 };

@@ -461,6 +461,7 @@ static lu_status evaluate(run *r, lu_metrics *metrics, int64_t step, bool print)
     lu_status s = r->task->evaluate(r->state, &m);
     lu_grad_set_enabled(grad);
     LU_TRY(s);
+    if (lu_dist_rank() != 0) return LU_OK; /* a collective evaluation: rank 0 reports */
     if (metrics) LU_TRY(lu_metrics_log(metrics, "eval", step, m.n, m.keys, m.values));
     if (print) {
         char title[160];
@@ -611,7 +612,8 @@ lu_status lu_train_run(const lu_run_options *opt)
             if ((s = lu_metrics_log(metrics, "train", step, 4, mk, mv))) break;
         }
         bool last = step == r.total_steps;
-        if (lead && (c->eval_every > 0 && step % c->eval_every == 0) && !last) {
+        bool evaluates = lead || r.task->collective_eval; /* evaluate() reports on rank 0 only */
+        if (evaluates && (c->eval_every > 0 && step % c->eval_every == 0) && !last) {
             if ((s = evaluate(&r, metrics, step, false))) break;
         }
         if ((c->save_every > 0 && step % c->save_every == 0) || last) {
@@ -630,10 +632,10 @@ lu_status lu_train_run(const lu_run_options *opt)
                     interrupted || stop ? "interrupted" : "stopping", (long long)step, (long long)r.total_steps);
             s = save_checkpoint(&r, ckdir, step, position);
         }
-    } else if (!s && lead) {
+    } else if (!s && (lead || r.task->collective_eval)) {
         s = evaluate(&r, metrics, step, true);
-        if (!s && r.task->demo) r.task->demo(r.state, stdout);
-        if (!s && r.task->finish) {
+        if (!s && lead && r.task->demo) r.task->demo(r.state, stdout);
+        if (!s && lead && r.task->finish) {
             /* The step's activations and the optimiser state are not needed any more, and the
              * hook may load further models (the sft comparison holds three in turn). */
             lu_arena_free(arena);
