@@ -279,8 +279,9 @@ Test(cuda, linear_bf16_aligned_runs_the_cublaslt_epilogues_and_the_variable_turn
         int64_t before = lu_cuda_linear_fused_gemms();
         unsetenv("LUTHIER_CUBLASLT");
         check_linear(333, 64, 96, LU_BF16, TOL_BF16, "fused");
-        /* check_linear runs the forward and the backward twice each on the device. */
-        cr_assert_eq(lu_cuda_linear_fused_gemms() - before, 4, "cuBLASLt ran %lld of the 4 fused GEMMs (bf16, M 333, "
+        /* check_linear runs the forward and the backward three times each on the device (check_case
+         * once, check_deterministic twice): one fused GEMM in each. */
+        cr_assert_eq(lu_cuda_linear_fused_gemms() - before, 6, "cuBLASLt ran %lld of the 6 fused GEMMs (bf16, M 333, "
                      "K 64, N 96): it refused the bias or bias-gradient epilogue",
                      (long long)(lu_cuda_linear_fused_gemms() - before));
         setenv("LUTHIER_CUBLASLT", "0", 1);

@@ -232,7 +232,10 @@ Test(cuda_train_sft, bf16_compute_losses_follow_the_f32_run)
 }
 
 /* Gradient checkpointing and the chunked loss on the GPU (scratch arena on the device, the cast
- * bf16 weights read by the recomputation): the same losses as the plain cuda run. */
+ * bf16 weights read by the recomputation): the first step's loss is the plain run's to f32
+ * rounding (same kernels on the same values; only the chunk sums differ in order), the later
+ * ones within bf16 rounding (the tied embedding's bf16 gradient adds the chunks' parts one by
+ * one, rounding each time, where the plain run has one product). */
 Test(cuda_train_sft, recomputed_layers_and_chunked_loss_match_the_plain_cuda_run)
 {
     require_gpu();
@@ -240,9 +243,16 @@ Test(cuda_train_sft, recomputed_layers_and_chunked_loss_match_the_plain_cuda_run
     char *bf16[] = {"model.compute_dtype=bf16", NULL};
     char *recomputed[] = {"model.compute_dtype=bf16", "model.gradient_checkpointing=true",
                           "model.loss_chunk_tokens=37", NULL};
-    cr_assert_eq(train("cpu", "cuda", 0, false, bf16), LU_OK, "cuda plain: %s", lu_error_message());
-    cr_assert_eq(train("cuda", "cuda", 0, false, recomputed), LU_OK, "cuda recomputed: %s", lu_error_message());
-    assert_losses_match_cpu("sft recomputed (against the plain bf16 cuda run)");
+    cr_assert_eq(train("plain", "cuda", 0, false, bf16), LU_OK, "cuda plain: %s", lu_error_message());
+    cr_assert_eq(train("recomputed", "cuda", 0, false, recomputed), LU_OK, "cuda recomputed: %s", lu_error_message());
+    double plain[STEPS + 1], rec[STEPS + 1];
+    cr_assert_eq(read_losses("plain", plain, STEPS + 1), STEPS);
+    cr_assert_eq(read_losses("recomputed", rec, STEPS + 1), STEPS);
+    for (int i = 0; i < STEPS; i++) {
+        double tol = i == 0 ? 1e-5 : 2e-2;
+        cr_assert(fabs(rec[i] - plain[i]) <= tol * fabs(plain[i]), "step %d: loss %.9g recomputed, %.9g plain", i + 1,
+                  rec[i], plain[i]);
+    }
 }
 
 Test(cuda_train_sft, resumed_cuda_run_continues_with_the_same_losses)
