@@ -6,7 +6,8 @@
  * masks on both devices, so every step's logged loss agrees to a relative 1e-4 (the GPU sums in
  * another order; the gradient norm is an f32 sum there, a double one on the CPU). A GPU run stopped
  * after three steps and resumed logs the same losses, bit for bit, as one run straight through.
- * The starts that must be refused (ScaledAdam, a CPU-only task) name train.device.
+ * ScaledAdam trains there too; a CPU-only task is refused at the start, naming train.device. The
+ * sft suite also runs mixed precision and the recomputed layers and chunked loss.
  *
  * Without a GPU (or without LUTHIER_CUDA) every test skips and says why; CUDA is first touched
  * inside a test body (Criterion forks each test). */
@@ -54,7 +55,8 @@ static void asr_setup(void)
     tu_write_tiny_asr_config(dir, STEPS);
 }
 
-/* test_sft.c's tiny config: 12 French chats packed into 96-token sequences, a quarter held out. */
+/* The tiny sft config of the trainer tests (tu_write_tiny_sft_config): French chats packed into
+ * 96-token sequences, a quarter held out. */
 static void sft_setup(void)
 {
     make_dir();
