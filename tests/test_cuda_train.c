@@ -192,10 +192,7 @@ Test(cuda_train_asr, cpu_only_task_on_cuda_is_refused_at_start)
     require_gpu();
     char path[128];
     snprintf(path, sizeof path, "%s/bytelm.yaml", dir);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    fputs("task: bytelm\ndata:\n  text_file: /nonexistent.txt\ntrain:\n  device: cuda\n", f);
-    fclose(f);
+    tu_write_file(dir, "bytelm.yaml", "task: bytelm\ndata:\n  text_file: /nonexistent.txt\ntrain:\n  device: cuda\n");
     lu_run_options o = {.config_path = path};
     cr_assert_neq(lu_train_run(&o), LU_OK);
     tu_assert_error_contains("train.device cuda: task bytelm runs on the cpu only");

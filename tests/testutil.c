@@ -8,6 +8,7 @@
 #include "models/tokenizer.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -202,11 +203,24 @@ int tu_read_metric(const char *path, const char *event, const char *key, double 
     return n;
 }
 
+void tu_write_file(const char *dir, const char *name, const char *fmt, ...)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "cannot write %s", path);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vfprintf(f, fmt, ap);
+    va_end(ap);
+    cr_assert(fclose(f) == 0 && n >= 0, "cannot write %s", path);
+}
+
 void tu_write_tiny_sft_config(const char *dir, int max_steps)
 {
     lu_tokenizer *tok = lu_tokenizer_load("tests/fixtures/tokenizer/small_qwen2.json");
     cr_assert(tok, "%s", lu_error_message());
-    char data[512], path[512];
+    char data[512];
     snprintf(data, sizeof data, "%s/data", dir);
     lu_sft_options o = {.input = "tests/fixtures/sft/chat.jsonl", .out_dir = data, .tok = tok,
                         .tokenizer_name = "small_qwen2.json", .seq_len = 96, .seed = 11, .valid_fraction = 0.25,
@@ -214,10 +228,7 @@ void tu_write_tiny_sft_config(const char *dir, int max_steps)
     lu_sft_stats st;
     cr_assert_eq(lu_sft_prepare(&o, &st), LU_OK, "%s", lu_error_message());
     lu_tokenizer_free(tok);
-    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
-    FILE *f = fopen(path, "w");
-    cr_assert(f, "cannot write %s", path);
-    fprintf(f,
+    tu_write_file(dir, "tiny.yaml",
             "task: sft\nseed: 5\n"
             "data:\n  dir: %s\n  batch_size: 2\n"
             "model:\n  hidden_size: 32\n  intermediate_size: 64\n  num_layers: 1\n  num_heads: 2\n  num_kv_heads: 1\n"
@@ -226,7 +237,6 @@ void tu_write_tiny_sft_config(const char *dir, int max_steps)
             "optim:\n  lr: 1.0e-2\n"
             "schedule:\n  kind: cosine\n  warmup_ratio: 0.1\n",
             data, max_steps);
-    fclose(f);
 }
 
 void tu_write_tiny_bytelm_config(const char *dir)
@@ -240,10 +250,7 @@ void tu_write_tiny_bytelm_config(const char *dir)
                            "Ce programme est un logiciel libre ; vous pouvez le redistribuer.\n"};
     for (int i = 0; i < 120; i++) fputs(lines[i % 3], f);
     fclose(f);
-    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
-    f = fopen(path, "w");
-    cr_assert(f, "cannot write %s", path);
-    fprintf(f,
+    tu_write_file(dir, "tiny.yaml",
             "task: bytelm\n"
             "seed: 7\n"
             "data:\n  text_file: %s/text.txt\n  seq_len: 16\n  batch_size: 2\n  eval_batches: 2\n  valid_fraction: 0.1\n"
@@ -254,19 +261,15 @@ void tu_write_tiny_bytelm_config(const char *dir)
             "schedule:\n  kind: cosine\n  warmup_ratio: 0.2\n"
             "demo:\n  tokens: 4\n",
             dir);
-    fclose(f);
 }
 
 void tu_write_tiny_asr_config(const char *dir, int max_steps)
 {
-    char feats[256], path[256];
+    char feats[256];
     snprintf(feats, sizeof feats, "%s/feats.h5", dir);
     char *argv[] = {"prepare-speech", "--manifest", "tests/fixtures/asr/manifest.jsonl", "--out", feats, NULL};
     cr_assert_eq(tu_run_captured(lu_data_prepare_speech, 5, argv, NULL, 0), 0, "prepare-speech failed");
-    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
-    FILE *f = fopen(path, "w");
-    cr_assert(f, "cannot write %s", path);
-    fprintf(f,
+    tu_write_file(dir, "tiny.yaml",
             "task: asr\n"
             "seed: 3\n"
             "data:\n  train_features: %s\n  valid_features: %s\n  max_frames: 200\n  max_train_frames: 400\n"
@@ -278,5 +281,4 @@ void tu_write_tiny_asr_config(const char *dir, int max_steps)
             "schedule:\n  kind: constant\n"
             "demo:\n  examples: 2\n",
             feats, feats, max_steps);
-    fclose(f);
 }

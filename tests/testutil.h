@@ -38,6 +38,9 @@ int tu_run_captured(int (*fn)(int, char **), int argc, char **argv, char *out, s
  * the trainer tests share in dir/tiny.yaml: an EE-Conformer of d 16, 2 heads, 3 exits x 1 layer,
  * kernel 3, dropout 0.1, SpecAugment, max_steps steps logged each, a checkpoint every 3. */
 void tu_write_tiny_asr_config(const char *dir, int max_steps);
+/* Writes dir/name with printf-style contents (a config, a small data file); failing the test when
+ * it cannot. */
+void tu_write_file(const char *dir, const char *name, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* tests/fixtures/sft/chat.jsonl prepared for the sft task in dir/data (the small Qwen2 tokenizer,
  * sequences of 96 tokens, a quarter held out) and the tiny sft config the trainer tests share in
  * dir/tiny.yaml: a 1-layer decoder of width 32, 2 packed sequences per micro-batch, max_steps
