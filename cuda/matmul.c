@@ -50,8 +50,9 @@ static lu_status gemm_batch(lu_dtype dt, lu_dtype c_dt, int64_t batch, bool ta, 
     LU_TRY(get_handle(&h));
     cudaDataType type = dt == LU_BF16 ? CUDA_R_16BF : CUDA_R_32F, c_type = c_dt == LU_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     float alpha = 1.0f;
-    int lda = ta ? (int)m : (int)k, ldb = tb ? (int)k : (int)n;
-    /* k == 0: cuBLAS scales C by beta, which with beta == 0 zeroes it, as the CPU does. */
+    /* cuBLAS wants every leading dimension at least 1, k == 0 included; it then scales C by beta,
+     * which with beta == 0 zeroes it, as the CPU does. */
+    int lda = ta ? (int)m : (int)(k > 0 ? k : 1), ldb = tb ? (int)(k > 0 ? k : 1) : (int)n;
     LU_CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                                                (int)n, (int)m, (int)k, &alpha, b, type, ldb, sb, a, type, lda, sa,
                                                &beta, c, c_type, (int)n, sc, (int)batch, CUBLAS_COMPUTE_32F,
