@@ -40,6 +40,18 @@ extern __shared__ __align__(16) unsigned char att_mma_smem[];
 
 /* ---- PTX wrappers ---- */
 
+#ifdef LU_CUDA_EMU
+/* The CPU emulator (tests/cuda_emu) carries out the same instructions. */
+static void att_cp16(void *dst, const void *src, bool in) { lu_emu::cp_async16(dst, src, in); }
+static void att_cp_commit() { lu_emu::cp_async_commit(); }
+template <int N> static void att_cp_wait() { lu_emu::cp_async_wait(N); }
+static void att_ldsm(uint32_t r[4], const uint16_t *p) { lu_emu::ldmatrix_x4(r, p, false); }
+static void att_ldsm_t(uint32_t r[4], const uint16_t *p) { lu_emu::ldmatrix_x4(r, p, true); }
+template <bool BF16> static void att_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    lu_emu::mma_m16n8k16(c, a, b0, b1, BF16);
+}
+#else
 static __device__ __forceinline__ uint32_t att_saddr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 /* 16 bytes from global to shared memory, or 16 zero bytes when !in (src is then not read). */
@@ -86,6 +98,7 @@ static __device__ __forceinline__ void att_mma(float c[4], const uint32_t a[4], 
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif
 
 /* Two floats rounded to nearest even as one 16-bit pair, lo in the low half (the lower column). */
 template <bool BF16> static __device__ __forceinline__ uint32_t att_pack(float lo, float hi)

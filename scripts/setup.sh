@@ -16,7 +16,7 @@ packages=(
   libutf8proc-dev      # Unicode NFC and categories (tokenizer)
   libpcre2-dev         # the Qwen pre-tokenizer regex (\p{L}, lookahead)
   libopenmpi-dev openmpi-bin  # multi-process launching
-  python3              # fixture and plot scripts
+  python3              # fixture and plot scripts, the CUDA emulator's kernel-file transform
   manpages-fr          # real French text (demo tasks, the byte-level language model)
   debian-faq-fr debian-faq  # French instruction data and French/English evaluation of the Luth demo
 )

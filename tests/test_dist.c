@@ -1,6 +1,8 @@
 /* test_dist.c - data-parallel training on the CPU: `mpirun -np 2 luthier train` against one
  * process that accumulates the same micro-batches (losses, gradient norms, parameters and
- * optimiser state), resuming a 2-rank run in one process, and a failing rank ending the job. */
+ * optimiser state), resuming a 2-rank run in one process, and a failing rank ending the job; and
+ * on GPUs, where NCCL all-reduces device gradients (two GPUs, or the CPU emulator of
+ * tests/cuda_emu, whose NCCL runs over MPI). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,9 +11,14 @@
 
 #include <hdf5.h>
 
+#include "core/backend.h"
 #include "core/dist.h"
 #include "experiments/runner/trainer.h"
 #include "testutil.h"
+
+#ifdef LUTHIER_HAVE_NCCL
+#include <cuda_runtime_api.h>
+#endif
 
 static char dir[256];
 
@@ -270,4 +277,28 @@ Test(dist, a_failing_rank_ends_the_whole_job)
     cr_assert_neq(rc, 124, "the job hung until the timeout:\n%s", log);
     cr_assert(strstr(log, "already holds a run"), "the error is not reported:\n%s", log);
     cr_assert(strstr(log, "rank "), "the error does not name the rank:\n%s", log);
+}
+
+/* The sft task on GPUs: gradients and the step's sums on the device, all-reduced by NCCL (a
+ * missing or wrong communicator fails the run: there is no host path for device buffers). */
+Test(dist, two_ranks_on_cuda_all_reduce_device_gradients_with_nccl)
+{
+    REQUIRE_MPI();
+#ifndef LUTHIER_HAVE_NCCL
+    cr_skip_test("luthier was built without NCCL");
+#else
+#ifndef LU_CUDA_EMU
+    /* NCCL refuses two ranks on one GPU. */
+    int gpus = 0;
+    if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus < 2) cr_skip_test("needs two GPUs (found %d)", gpus);
+#endif
+    if (!lu_backend_get(LU_CUDA)) cr_skip_test("no GPU: %s", lu_error_message());
+    tu_write_tiny_sft_config(dir, 4);
+    train_here("one", false, 3, (char *[]){"train.grad_accum=2", "train.log_every=1", "train.device=cuda"});
+    cr_assert_eq(train_mpi(2, "two", "train.log_every=1 train.device=cuda"), 0, "mpirun failed:\n%s", read_log("two"));
+    cr_assert(strstr(read_log("two"), "data parallel over 2 processes"), "%s", read_log("two"));
+    assert_curves_match("one", "two");
+    assert_checkpoints_match("one", "two", "/params");
+    assert_checkpoints_match("one", "two", "/optim");
+#endif
 }

@@ -1,0 +1,790 @@
+/* emu.cpp - the CPU emulator of the CUDA runtime and of the execution model (README.md beside).
+ *
+ * A launch runs its blocks one after the other on the calling thread. Each CUDA thread of a block
+ * is a fiber (a stack of its own and a hand-written context switch on x86-64, ucontext
+ * elsewhere): the scheduler resumes every runnable fiber in turn until it finishes, reaches a
+ * barrier or joins a warp collective, then completes whatever barrier or collective every
+ * participant has reached, and goes round again. Fibers are resumed in thread order on even rounds
+ * and in reverse order on odd ones, so that a read of shared memory that lacks its barrier sees
+ * the wrong data one way or the other. What the hardware does not allow (a warp collective whose
+ * mask names a lane that exited, a barrier nobody else reaches, a misaligned ldmatrix address)
+ * aborts with the kernel, block and thread named. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "lu_emu_device.h"
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+/* AddressSanitizer is told of every stack switch, so that it checks kernels' memory accesses
+ * (device memory is host memory here) without mistaking a fiber's stack for an overflow. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#else
+static inline void __asan_unpoison_memory_region(const volatile void *, size_t) {}
+static inline void __sanitizer_start_switch_fiber(void **, const void *, size_t) {}
+static inline void __sanitizer_finish_switch_fiber(void *, const void **, size_t *) {}
+#endif
+
+namespace lu_emu {
+
+uint3 thread_idx, block_idx;
+dim3 block_dim, grid_dim;
+
+enum fiber_state { F_NEW, F_RUN, F_BLOCK, F_WARP, F_DONE };
+
+struct pending_copy {
+    void *dst;
+    const void *src;
+    bool in;
+    int group;
+};
+
+struct fiber {
+    int state;
+    uint3 tid;
+    char *stack;
+#if defined(__x86_64__)
+    void *sp;
+#else
+    ucontext_t ctx;
+#endif
+    int sync_op, sync_pred, sync_result;
+    warp_req *req;
+    void *asan_fake_stack;
+    std::vector<pending_copy> copies;
+    int groups_committed;
+};
+
+static const size_t STACK_BYTES = 256 << 10;
+static const size_t PAGE = 4096;
+static const size_t STATIC_SMEM_BYTES = 48 << 10, OPTIN_SMEM_BYTES = 232448; /* an H100's limits */
+
+static std::mutex launch_lock;
+static std::vector<fiber> fibers;
+static std::vector<char *> spare_stacks;
+static fiber *cur;
+static const char *kernel_name;
+static void (*kernel_body)(void *);
+static void *kernel_arg;
+static std::vector<unsigned char> smem;
+static std::map<const void *, int> max_dynamic_smem;
+#if defined(__x86_64__)
+static void *scheduler_sp;
+#else
+static ucontext_t scheduler_ctx;
+#endif
+
+[[noreturn]] static void fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "cuda emulator: kernel %s, block (%u, %u, %u)", kernel_name ? kernel_name : "?", block_idx.x,
+            block_idx.y, block_idx.z);
+    if (cur) fprintf(stderr, ", thread (%u, %u, %u)", cur->tid.x, cur->tid.y, cur->tid.z);
+    fprintf(stderr, ": ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    abort();
+}
+
+/* ---- fibers ---- */
+
+#if defined(__x86_64__)
+/* lu_emu_switch(&save, to): saves the callee-saved registers, MXCSR and the x87 control word on
+ * the current stack, stores the stack pointer in save, and resumes the stack `to`. */
+extern "C" void lu_emu_switch(void **save, void *to);
+asm(".text\n"
+    ".globl lu_emu_switch\n"
+    ".type lu_emu_switch, @function\n"
+    "lu_emu_switch:\n"
+    "    pushq %rbp\n"
+    "    pushq %rbx\n"
+    "    pushq %r12\n"
+    "    pushq %r13\n"
+    "    pushq %r14\n"
+    "    pushq %r15\n"
+    "    subq $8, %rsp\n"
+    "    stmxcsr (%rsp)\n"
+    "    fnstcw 4(%rsp)\n"
+    "    movq %rsp, (%rdi)\n"
+    "    movq %rsi, %rsp\n"
+    "    ldmxcsr (%rsp)\n"
+    "    fldcw 4(%rsp)\n"
+    "    addq $8, %rsp\n"
+    "    popq %r15\n"
+    "    popq %r14\n"
+    "    popq %r13\n"
+    "    popq %r12\n"
+    "    popq %rbx\n"
+    "    popq %rbp\n"
+    "    ret\n"
+    ".size lu_emu_switch, .-lu_emu_switch\n");
+#endif
+
+static const void *scheduler_stack_bottom;
+static size_t scheduler_stack_size;
+
+static void to_scheduler(void)
+{
+    fiber *f = cur;
+    /* A finished fiber's stack is given up: no fake stack to keep. */
+    __sanitizer_start_switch_fiber(f->state == F_DONE ? NULL : &f->asan_fake_stack, scheduler_stack_bottom,
+                                   scheduler_stack_size);
+#if defined(__x86_64__)
+    lu_emu_switch(&f->sp, scheduler_sp);
+#else
+    swapcontext(&f->ctx, &scheduler_ctx);
+#endif
+    __sanitizer_finish_switch_fiber(f->asan_fake_stack, NULL, NULL);
+}
+
+static void finish_copies(fiber *f, int groups_left, bool all);
+
+static void fiber_main(void)
+{
+    __sanitizer_finish_switch_fiber(NULL, &scheduler_stack_bottom, &scheduler_stack_size);
+    kernel_body(kernel_arg);
+    finish_copies(cur, 0, true);
+    cur->state = F_DONE;
+    to_scheduler();
+    abort(); /* a finished fiber is never resumed */
+}
+
+static char *take_stack(void)
+{
+    if (!spare_stacks.empty()) {
+        char *s = spare_stacks.back();
+        spare_stacks.pop_back();
+        return s;
+    }
+    /* A guard page below the stack turns an overflow into a fault rather than corruption. */
+    void *m = mmap(NULL, STACK_BYTES + PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) fail("cannot map a %zu-byte fiber stack: %s", STACK_BYTES, strerror(errno));
+    mprotect(m, PAGE, PROT_NONE);
+    return (char *)m + PAGE;
+}
+
+static void start(fiber *f)
+{
+    f->stack = take_stack();
+#if defined(__x86_64__)
+    /* The frame lu_emu_switch pops: MXCSR and control word, r15 .. rbp, then fiber_main as the
+     * return address, entered with the stack 8 off a 16-byte boundary as after a call. */
+    uint64_t *top = (uint64_t *)(f->stack + STACK_BYTES);
+    uint64_t *sp = top - 9;
+    memset(sp, 0, 9 * sizeof *sp);
+    uint32_t csr[2];
+    asm volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(csr[0]), "=m"(csr[1]));
+    memcpy(sp, csr, sizeof csr);
+    sp[7] = (uint64_t)(uintptr_t)fiber_main;
+    f->sp = sp;
+#else
+    getcontext(&f->ctx);
+    f->ctx.uc_stack.ss_sp = f->stack;
+    f->ctx.uc_stack.ss_size = STACK_BYTES;
+    f->ctx.uc_link = NULL;
+    makecontext(&f->ctx, fiber_main, 0);
+#endif
+    f->state = F_RUN;
+}
+
+static void resume(fiber *f)
+{
+    cur = f;
+    thread_idx = f->tid;
+    void *fake = NULL;
+    __sanitizer_start_switch_fiber(&fake, f->stack, STACK_BYTES);
+#if defined(__x86_64__)
+    lu_emu_switch(&scheduler_sp, f->sp);
+#else
+    swapcontext(&scheduler_ctx, &f->ctx);
+#endif
+    __sanitizer_finish_switch_fiber(fake, NULL, NULL);
+    cur = NULL;
+    if (f->state == F_DONE) {
+        /* The frames a finished fiber never returned from leave their red zones behind. */
+        __asan_unpoison_memory_region(f->stack, STACK_BYTES);
+        spare_stacks.push_back(f->stack);
+        f->stack = NULL;
+    }
+}
+
+/* ---- barriers and collectives (called from fibers) ---- */
+
+static void in_kernel(const char *what)
+{
+    if (!cur) {
+        fprintf(stderr, "cuda emulator: %s called outside a kernel\n", what);
+        abort();
+    }
+}
+
+int block_sync(int op, int pred)
+{
+    in_kernel("__syncthreads");
+    cur->sync_op = op;
+    cur->sync_pred = pred != 0;
+    cur->state = F_BLOCK;
+    to_scheduler();
+    return cur->sync_result;
+}
+
+void warp_collective(warp_req *req)
+{
+    in_kernel("a warp collective");
+    cur->req = req;
+    cur->state = F_WARP;
+    to_scheduler();
+}
+
+void *dynamic_smem(void) { return smem.data(); }
+
+/* ---- cp.async: a copy lands when a wait_group that covers its group returns ---- */
+
+/* Lands the copies of every committed group but the newest groups_left (all: every copy, at the
+ * thread's exit). */
+static void finish_copies(fiber *f, int groups_left, bool all)
+{
+    std::vector<pending_copy> keep;
+    for (const pending_copy &c : f->copies) {
+        if (all || c.group < f->groups_committed - groups_left) {
+            if (c.in) memcpy(c.dst, c.src, 16);
+            else memset(c.dst, 0, 16);
+        } else {
+            keep.push_back(c);
+        }
+    }
+    f->copies.swap(keep);
+}
+
+void cp_async16(void *dst, const void *src, bool in)
+{
+    in_kernel("cp.async");
+    if (((uintptr_t)dst | (in ? (uintptr_t)src : 0)) & 15) fail("cp.async of 16 bytes from %p to %p: not 16-byte aligned", src, dst);
+    cur->copies.push_back(pending_copy{dst, src, in, cur->groups_committed});
+}
+
+void cp_async_commit(void)
+{
+    in_kernel("cp.async.commit_group");
+    cur->groups_committed++;
+}
+
+void cp_async_wait(int groups_left)
+{
+    in_kernel("cp.async.wait_group");
+    finish_copies(cur, groups_left, false);
+}
+
+/* ---- the scheduler ---- */
+
+static const char *warp_op_name(int op)
+{
+    static const char *names[] = {"__shfl_xor_sync", "__shfl_down_sync", "__shfl_up_sync", "__shfl_sync",
+                                  "__any_sync",      "__all_sync",       "__ballot_sync",  "__syncwarp",
+                                  "ldmatrix",        "ldmatrix.trans",   "mma.sync (bf16)", "mma.sync (f16)"};
+    return op >= 0 && op < (int)(sizeof names / sizeof names[0]) ? names[op] : "?";
+}
+
+static float half_bits_to_float(uint16_t h, bool bf16)
+{
+    if (bf16) return __uint_as_float((uint32_t)h << 16);
+    _Float16 v;
+    memcpy(&v, &h, sizeof v);
+    return (float)v;
+}
+
+/* The 16-bit element e (0: low half) of a 32-bit fragment register. */
+static float elem(uint32_t reg, int e, bool bf16) { return half_bits_to_float((uint16_t)(reg >> (16 * e)), bf16); }
+
+/* mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: the PTX ISA's fragment layouts, with
+ * g = lane / 4 and t = lane % 4: A (16 x 16) a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..],
+ * a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]; B (16 x 8) b[0] = B[2t..2t+1][g],
+ * b[1] = B[2t+8..2t+9][g]; C and D (16 x 8) c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..]. */
+static void resolve_mma(fiber *lanes[32], bool bf16)
+{
+    float A[16][16], B[16][8], C[16][8];
+    for (int l = 0; l < 32; l++) {
+        const warp_req *q = lanes[l]->req;
+        int g = l / 4, t = l % 4;
+        for (int e = 0; e < 2; e++) {
+            A[g][2 * t + e] = elem(q->a[0], e, bf16);
+            A[g + 8][2 * t + e] = elem(q->a[1], e, bf16);
+            A[g][2 * t + 8 + e] = elem(q->a[2], e, bf16);
+            A[g + 8][2 * t + 8 + e] = elem(q->a[3], e, bf16);
+            B[2 * t + e][g] = elem(q->b[0], e, bf16);
+            B[2 * t + 8 + e][g] = elem(q->b[1], e, bf16);
+            C[g][2 * t + e] = q->c[e];
+            C[g + 8][2 * t + e] = q->c[2 + e];
+        }
+    }
+    for (int l = 0; l < 32; l++) {
+        warp_req *q = lanes[l]->req;
+        int g = l / 4, t = l % 4;
+        for (int i = 0; i < 4; i++) {
+            int r = g + 8 * (i / 2), c = 2 * t + i % 2;
+            double s = C[r][c]; /* products of 16-bit values are exact in double */
+            for (int k = 0; k < 16; k++) s += (double)A[r][k] * B[k][c];
+            q->d[i] = (float)s;
+        }
+    }
+}
+
+/* ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8i .. 8i+7 give the row addresses of
+ * matrix i; lane l gets, of each matrix, row l/4's elements 2(l%4) and 2(l%4)+1 (with .trans:
+ * column l/4's elements in rows 2(l%4) and 2(l%4)+1). */
+static void resolve_ldmatrix(fiber *lanes[32], bool trans)
+{
+    for (int l = 0; l < 32; l++)
+        if ((uintptr_t)lanes[l]->req->ptr & 15) {
+            cur = lanes[l];
+            fail("ldmatrix row address %p is not 16-byte aligned", lanes[l]->req->ptr);
+        }
+    for (int l = 0; l < 32; l++) {
+        int g = l / 4, t = l % 4;
+        for (int i = 0; i < 4; i++) {
+            uint16_t e[2];
+            for (int k = 0; k < 2; k++) {
+                const uint16_t *row = (const uint16_t *)lanes[8 * i + (trans ? 2 * t + k : g)]->req->ptr;
+                e[k] = row[trans ? g : 2 * t + k];
+            }
+            lanes[l]->req->r[i] = (uint32_t)e[0] | (uint32_t)e[1] << 16;
+        }
+    }
+}
+
+static void resolve_shuffle(fiber *lanes[32], unsigned mask)
+{
+    uint64_t in[32];
+    for (int l = 0; l < 32; l++)
+        if (mask >> l & 1) in[l] = lanes[l]->req->value;
+    for (int l = 0; l < 32; l++) {
+        if (!(mask >> l & 1)) continue;
+        warp_req *q = lanes[l]->req;
+        int w = q->width, base = l & ~(w - 1), src = l;
+        if (w < 1 || w > 32 || (w & (w - 1))) {
+            cur = lanes[l];
+            fail("%s with width %d (a power of two up to 32)", warp_op_name(q->op), w);
+        }
+        if (q->op == W_SHFL_XOR) src = l ^ q->arg;
+        else if (q->op == W_SHFL_DOWN) src = l + q->arg;
+        else if (q->op == W_SHFL_UP) src = l - q->arg;
+        else src = base + (q->arg & (w - 1));
+        if (src < base || src >= base + w) src = l; /* outside the lane's segment: its own value */
+        if (!(mask >> src & 1)) {
+            cur = lanes[l];
+            fail("%s reads lane %d, which is not in the mask %#x", warp_op_name(q->op), src, mask);
+        }
+        q->out = in[src];
+    }
+}
+
+/* Completes warp w's collective if every lane its mask names has joined it; true if it did. */
+static bool resolve_warp(int w, int nthreads)
+{
+    fiber *lanes[32] = {NULL};
+    fiber *first = NULL;
+    for (int l = 0; l < 32 && 32 * w + l < nthreads; l++) {
+        lanes[l] = &fibers[32 * w + l];
+        if (!first && lanes[l]->state == F_WARP) first = lanes[l];
+    }
+    if (!first) return false;
+    int op = first->req->op;
+    unsigned mask = first->req->mask;
+    for (int l = 0; l < 32; l++) {
+        fiber *f = lanes[l];
+        if (f && f->state == F_WARP && (f->req->op != op || f->req->mask != mask)) {
+            cur = f;
+            fail("lanes of warp %d wait at different collectives: %s (mask %#x) and %s (mask %#x)", w,
+                 warp_op_name(op), mask, warp_op_name(f->req->op), f->req->mask);
+        }
+        if (!(mask >> l & 1)) {
+            if (f && f->state == F_WARP) {
+                cur = f;
+                fail("%s with mask %#x, which leaves out the calling lane %d", warp_op_name(op), mask, l);
+            }
+            continue;
+        }
+        if (!f) {
+            cur = first;
+            fail("%s with mask %#x names lane %d, which this block (%u threads) does not have", warp_op_name(op),
+                 mask, l, (unsigned)nthreads);
+        }
+        if (f->state == F_DONE) {
+            cur = first;
+            fail("%s with mask %#x: lane %d has exited", warp_op_name(op), mask, l);
+        }
+        if (f->state != F_WARP) return false; /* still on its way */
+    }
+    bool full = mask == 0xffffffffu;
+    if ((op >= W_LDSM) && !full) {
+        cur = first;
+        fail("%s needs the whole warp (mask %#x)", warp_op_name(op), mask);
+    }
+    if (op == W_MMA_BF16 || op == W_MMA_F16) resolve_mma(lanes, op == W_MMA_BF16);
+    else if (op == W_LDSM || op == W_LDSM_T) resolve_ldmatrix(lanes, op == W_LDSM_T);
+    else if (op <= W_SHFL_IDX) resolve_shuffle(lanes, mask);
+    else {
+        uint64_t ballot = 0;
+        for (int l = 0; l < 32; l++)
+            if (mask >> l & 1 && lanes[l]->req->value) ballot |= 1ull << l;
+        uint64_t r = op == W_ANY ? ballot != 0 : op == W_ALL ? ballot == mask : ballot;
+        for (int l = 0; l < 32; l++)
+            if (mask >> l & 1) lanes[l]->req->out = r;
+    }
+    for (int l = 0; l < 32; l++)
+        if (mask >> l & 1) lanes[l]->state = F_RUN;
+    return true;
+}
+
+/* Releases the block barrier if every thread still running waits at it; true if it did. */
+static bool resolve_block(int nthreads)
+{
+    int op = -1, count = 0, waiting = 0;
+    for (int i = 0; i < nthreads; i++) {
+        fiber *f = &fibers[i];
+        if (f->state == F_DONE) continue; /* exited threads no longer take part, as on the GPU */
+        if (f->state != F_BLOCK) return false;
+        if (op >= 0 && f->sync_op != op) {
+            cur = f;
+            fail("threads wait at different block barriers (__syncthreads and __syncthreads_and/or/count)");
+        }
+        op = f->sync_op;
+        count += f->sync_pred;
+        waiting++;
+    }
+    if (!waiting) return false;
+    int r = op == SYNC_AND ? count == waiting : op == SYNC_OR ? count > 0 : count;
+    for (int i = 0; i < nthreads; i++)
+        if (fibers[i].state == F_BLOCK) {
+            fibers[i].sync_result = r;
+            fibers[i].state = F_RUN;
+        }
+    return true;
+}
+
+static void run_block(int nthreads)
+{
+    for (int i = 0; i < nthreads; i++) {
+        fiber *f = &fibers[i];
+        f->state = F_NEW;
+        f->tid.x = (unsigned)i % block_dim.x;
+        f->tid.y = (unsigned)i / block_dim.x % block_dim.y;
+        f->tid.z = (unsigned)i / (block_dim.x * block_dim.y);
+        f->copies.clear();
+        f->groups_committed = 0;
+        f->req = NULL;
+        f->asan_fake_stack = NULL;
+    }
+    /* Shared memory starts as garbage on a GPU; NaN bytes make a read before a write show. */
+    memset(smem.data(), 0xff, smem.size());
+    int nwarps = (nthreads + 31) / 32;
+    for (unsigned round = 0;; round++) {
+        for (int k = 0; k < nthreads; k++) {
+            fiber *f = &fibers[round % 2 ? nthreads - 1 - k : k];
+            if (f->state == F_NEW) start(f);
+            if (f->state == F_RUN) resume(f);
+        }
+        bool moved = false;
+        for (int w = 0; w < nwarps; w++) moved |= resolve_warp(w, nthreads);
+        if (!moved) moved = resolve_block(nthreads);
+        if (moved) continue;
+        int done = 0, at_block = 0, at_warp = 0;
+        for (int i = 0; i < nthreads; i++) {
+            done += fibers[i].state == F_DONE;
+            at_block += fibers[i].state == F_BLOCK;
+            at_warp += fibers[i].state == F_WARP;
+        }
+        if (done == nthreads) return;
+        fail("deadlock: %d of %d threads wait at __syncthreads, %d at warp collectives, %d have exited", at_block,
+             nthreads, at_warp, done);
+    }
+}
+
+static thread_local cudaError_t last_error = cudaSuccess;
+
+static cudaError_t record(cudaError_t e)
+{
+    if (e != cudaSuccess) last_error = e;
+    return e;
+}
+
+void run_kernel(const char *name, const void *fn, dim3 grid, dim3 block, size_t dyn_smem, void (*body)(void *),
+                void *arg)
+{
+    uint64_t nthreads = (uint64_t)block.x * block.y * block.z;
+    if (!grid.x || !grid.y || !grid.z || !nthreads || nthreads > 1024 || block.x > 1024 || block.y > 1024 ||
+        block.z > 64 || grid.y > 65535 || grid.z > 65535 || grid.x > 0x7fffffffu) {
+        record(cudaErrorInvalidConfiguration);
+        return;
+    }
+    /* Over 48 KB a kernel needs its cudaFuncSetAttribute (known by address; a launch that
+     * deduced template arguments has none, and is held to the device's maximum). */
+    auto lim = max_dynamic_smem.find(fn);
+    size_t allowed = !fn ? OPTIN_SMEM_BYTES : lim == max_dynamic_smem.end() ? STATIC_SMEM_BYTES : (size_t)lim->second;
+    if (dyn_smem > allowed) {
+        record(cudaErrorInvalidValue);
+        return;
+    }
+    std::lock_guard<std::mutex> hold(launch_lock);
+    kernel_name = name;
+    kernel_body = body;
+    kernel_arg = arg;
+    grid_dim = grid;
+    block_dim = block;
+    smem.assign(dyn_smem ? dyn_smem : 16, 0);
+    if (fibers.size() < nthreads) fibers.resize(nthreads);
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                block_idx.x = x;
+                block_idx.y = y;
+                block_idx.z = z;
+                run_block((int)nthreads);
+            }
+    kernel_name = NULL;
+}
+
+} /* namespace lu_emu */
+
+/* ---- the runtime API ---- */
+
+using lu_emu::record;
+
+extern "C" {
+
+static size_t allocated_bytes;
+static std::mutex alloc_lock;
+static std::map<void *, size_t> allocations;
+
+cudaError_t cudaGetDeviceCount(int *count)
+{
+    *count = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : record(cudaErrorInvalidDevice); }
+
+cudaError_t cudaGetDevice(int *device)
+{
+    *device = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device)
+{
+    if (device != 0) return record(cudaErrorInvalidDevice);
+    switch (attr) {
+    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = (int)lu_emu::STATIC_SMEM_BYTES; break;
+    case cudaDevAttrMultiProcessorCount: *value = 132; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = (int)lu_emu::OPTIN_SMEM_BYTES; break;
+    default: return record(cudaErrorInvalidValue);
+    }
+    return cudaSuccess;
+}
+
+static size_t host_memory(void) { return (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE); }
+
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device)
+{
+    if (device != 0) return record(cudaErrorInvalidDevice);
+    memset(prop, 0, sizeof *prop);
+    snprintf(prop->name, sizeof prop->name, "luthier CUDA emulator (CPU)");
+    prop->totalGlobalMem = host_memory();
+    prop->sharedMemPerBlock = lu_emu::STATIC_SMEM_BYTES;
+    prop->sharedMemPerBlockOptin = lu_emu::OPTIN_SMEM_BYTES;
+    prop->warpSize = 32;
+    prop->maxThreadsPerBlock = 1024;
+    prop->multiProcessorCount = 132;
+    prop->major = 9;
+    prop->minor = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaRuntimeGetVersion(int *version)
+{
+    *version = 13000;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDriverGetVersion(int *version)
+{
+    *version = 13000;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
+{
+    std::lock_guard<std::mutex> hold(alloc_lock);
+    *total_bytes = host_memory();
+    *free_bytes = *total_bytes > allocated_bytes ? *total_bytes - allocated_bytes : 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void **p, size_t nbytes)
+{
+    *p = NULL;
+    size_t n = (nbytes + 255) / 256 * 256;
+    void *m = n ? aligned_alloc(256, n) : NULL;
+    if (!m) return record(nbytes ? cudaErrorMemoryAllocation : cudaSuccess);
+    /* Fresh device memory holds garbage: NaN bytes make a read of unwritten memory show. */
+    memset(m, 0xff, n);
+    std::lock_guard<std::mutex> hold(alloc_lock);
+    allocations[m] = n;
+    allocated_bytes += n;
+    *p = m;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void *p)
+{
+    if (!p) return cudaSuccess;
+    std::lock_guard<std::mutex> hold(alloc_lock);
+    auto it = allocations.find(p);
+    if (it == allocations.end()) return record(cudaErrorInvalidValue);
+    allocated_bytes -= it->second;
+    allocations.erase(it);
+    free(p);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMallocAsync(void **p, size_t nbytes, cudaStream_t) { return cudaMalloc(p, nbytes); }
+cudaError_t cudaFreeAsync(void *p, cudaStream_t) { return cudaFree(p); }
+
+/* Whether [p, p + nbytes) lies in one cudaMalloc allocation: the runtime refuses a copy or fill
+ * of device memory that does not. */
+static bool on_device(const void *p, size_t nbytes)
+{
+    std::lock_guard<std::mutex> hold(alloc_lock);
+    auto it = allocations.upper_bound((void *)p);
+    if (it == allocations.begin()) return false;
+    --it;
+    const char *base = (const char *)it->first;
+    return (const char *)p >= base && (size_t)((const char *)p - base) + nbytes <= it->second;
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t nbytes, enum cudaMemcpyKind kind)
+{
+    if ((unsigned)kind > cudaMemcpyDefault) return record(cudaErrorInvalidValue);
+    bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if (nbytes && ((dst_dev && !on_device(dst, nbytes)) || (src_dev && !on_device(src, nbytes))))
+        return record(cudaErrorInvalidValue);
+    if (nbytes) memmove(dst, src, nbytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t nbytes, enum cudaMemcpyKind kind, cudaStream_t)
+{
+    return cudaMemcpy(dst, src, nbytes, kind);
+}
+
+cudaError_t cudaMemset(void *dst, int value, size_t nbytes)
+{
+    if (nbytes && !on_device(dst, nbytes)) return record(cudaErrorInvalidValue);
+    if (nbytes) memset(dst, value, nbytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *dst, int value, size_t nbytes, cudaStream_t) { return cudaMemset(dst, value, nbytes); }
+
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+struct CUevent_st {
+    double seconds;
+};
+
+cudaError_t cudaEventCreate(cudaEvent_t *event)
+{
+    *event = (cudaEvent_t)calloc(1, sizeof(struct CUevent_st));
+    return *event ? cudaSuccess : record(cudaErrorMemoryAllocation);
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event)
+{
+    free(event);
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    event->seconds = ts.tv_sec + 1e-9 * ts.tv_nsec;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
+{
+    *ms = (float)(1e3 * (end->seconds - start->seconds));
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError(void)
+{
+    cudaError_t e = lu_emu::last_error;
+    lu_emu::last_error = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaPeekAtLastError(void) { return lu_emu::last_error; }
+
+const char *cudaGetErrorName(cudaError_t error)
+{
+    switch (error) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    }
+    return "cudaErrorUnknown";
+}
+
+const char *cudaGetErrorString(cudaError_t error)
+{
+    switch (error) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    }
+    return "unknown error";
+}
+
+cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, int value)
+{
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || (size_t)value > lu_emu::OPTIN_SMEM_BYTES)
+        return record(cudaErrorInvalidValue);
+    std::lock_guard<std::mutex> hold(lu_emu::launch_lock);
+    lu_emu::max_dynamic_smem[func] = value;
+    return cudaSuccess;
+}
+
+} /* extern "C" */
