@@ -712,6 +712,7 @@ Test(sft, bench_usage_errors_name_the_option_and_exit_non_zero)
         {3, {"sft", "--shape", "qwen3-7b"}, 2, "unknown --shape 'qwen3-7b'"},
         {5, {"sft", "--shape", "qwen3-0.6b", "--model", "x"}, 2, "--model and --shape exclude each other"},
         {3, {"sft", "--attn", "sdpa,flex"}, 2, "--attn takes up to 2 of sdpa, eager, flash_attention_2"},
+        {3, {"sft", "--seq-len", "60"}, 2, "samples of 60 tokens leave none labelled"},
     };
     char err[1024];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -538,6 +538,11 @@ int lu_bench_sft(int argc, char **argv)
     if (!o.seq_len) o.seq_len = gpu ? 2048 : 512;
     if (!o.sample_len) o.sample_len = gpu ? o.seq_len : SAMPLE_LEN;
     if (!o.attn) o.attn = gpu ? "sdpa,flash_attention_2" : "sdpa";
+    int64_t sample = o.sample_len < o.seq_len ? o.sample_len : o.seq_len;
+    if (sample <= PROMPT_LEN)
+        return fprintf(stderr, "luthier bench sft: samples of %lld tokens leave none labelled (the first %d of each "
+                               "are the prompt): give --seq-len and --sample-len above %d\n",
+                       (long long)sample, PROMPT_LEN, PROMPT_LEN), 2;
     if (o.dtype == LU_BF16 && !gpu)
         return fprintf(stderr, "luthier bench sft: --dtype bf16 needs --device cuda (the cpu backend computes in f32 "
                                "and f64; it stores bf16 but has no bf16 kernels)\n"), 2;
