@@ -199,22 +199,31 @@ static __device__ __forceinline__ void att_gemm_abt(float acc[][4], const uint16
     }
 }
 
-/* acc (16 x D) += X B: X the 16 x 16 KB matrix whose accumulator fragments are x (as
- * att_gemm_abt leaves them), rounded to 16 bits; B rows 0 .. 16 KB - 1 of a [k][n] tile. */
-template <bool BF16, int LD, int D, int KB>
-static __device__ __forceinline__ void att_gemm_xb(float acc[][4], const float x[][4], const uint16_t *B)
+/* acc[mt] (16 x D) += X[mt] B for MT row tiles: X[mt] the 16 x 16 KB matrix whose accumulator
+ * fragments are x[mt] (as att_gemm_abt leaves them), rounded to 16 bits; B rows 0 .. 16 KB - 1 of
+ * a [k][n] tile. Each B fragment read from shared memory serves the MT tiles. */
+template <bool BF16, int LD, int D, int KB, int MT>
+static __device__ __forceinline__ void att_gemm_xb(float (*acc)[D / 8][4], float (*x)[2 * KB][4], const uint16_t *B)
 {
 #pragma unroll
     for (int kk = 0; kk < KB; kk++) {
-        const uint32_t fa[4] = {att_pack<BF16>(x[2 * kk][0], x[2 * kk][1]), att_pack<BF16>(x[2 * kk][2], x[2 * kk][3]),
-                                att_pack<BF16>(x[2 * kk + 1][0], x[2 * kk + 1][1]),
-                                att_pack<BF16>(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+        uint32_t fa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            fa[mt][0] = att_pack<BF16>(x[mt][2 * kk][0], x[mt][2 * kk][1]);
+            fa[mt][1] = att_pack<BF16>(x[mt][2 * kk][2], x[mt][2 * kk][3]);
+            fa[mt][2] = att_pack<BF16>(x[mt][2 * kk + 1][0], x[mt][2 * kk + 1][1]);
+            fa[mt][3] = att_pack<BF16>(x[mt][2 * kk + 1][2], x[mt][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int dp = 0; dp < D / 16; dp++) {
             uint32_t fb[4];
             att_frag_bt<LD>(fb, B, dp * 16, kk * 16);
-            att_mma<BF16>(acc[2 * dp], fa, fb[0], fb[1]);
-            att_mma<BF16>(acc[2 * dp + 1], fa, fb[2], fb[3]);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                att_mma<BF16>(acc[mt][2 * dp], fa[mt], fb[0], fb[1]);
+                att_mma<BF16>(acc[mt][2 * dp + 1], fa[mt], fb[2], fb[3]);
+            }
         }
     }
 }
@@ -297,18 +306,25 @@ static __device__ __forceinline__ void att_union(const int *lo, const int *hi, i
 
 /* ---- forward ---- */
 
-/* Shared memory: row_lo, row_hi [BQ] int; Q [BQ][D + 8]; K, V [2][ATT_BK][D + 8] (16-bit). */
-static size_t att_fwd_smem(int d, int warps)
+/* Shared memory: row_lo, row_hi [BQ] int; Q [BQ][D + 8]; K, V [2][ATT_BK][D + 8] (16-bit), with
+ * BQ = warps * 16 * mt queries. */
+static size_t att_fwd_smem(int d, int warps, int mt)
 {
-    return (size_t)warps * 16 * 2 * sizeof(int) + (size_t)(warps * 16 + 4 * ATT_BK) * (d + 8) * 2;
+    const int bq = warps * 16 * mt;
+    return (size_t)bq * 2 * sizeof(int) + (size_t)(bq + 4 * ATT_BK) * (d + 8) * 2;
 }
 
-/* One block of WARPS warps per (WARPS * 16 queries, query head, batch), the tiles with the most
- * keys (causal: the last) first. o [B,Tq,Hq,D], lse [B,Hq,Tq]. */
-template <bool BF16, int D, int WARPS>
+/* One block of WARPS warps per (WARPS * 16 * MT queries, query head, batch), the tiles with the
+ * most keys (causal: the last) first. A warp owns MT tiles of 16 queries. MT = 1 keeps the warp's
+ * Q fragments in registers; MT = 2 (FlashAttention-2's tiling) uses each K and V fragment it
+ * reads from shared memory for two MMAs, halving that traffic per MMA, and reads its Q fragments
+ * again for every key tile, since registers cannot hold them beside two accumulators. Either way
+ * every row's arithmetic is the same, in the same order. o [B,Tq,Hq,D], lse [B,Hq,Tq]. */
+template <bool BF16, int D, int WARPS, int MT>
 static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_kernel(att_args a, void *o, void *lse)
 {
-    constexpr int BQ = WARPS * 16, LD = D + 8, NT = WARPS * LU_CUDA_WARP;
+    constexpr int BQ = WARPS * 16 * MT, LD = D + 8, NT = WARPS * LU_CUDA_WARP;
+    static_assert(BQ <= NT, "att_ranges gives a thread each row");
     const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
     int *row_lo = (int *)att_mma_smem, *row_hi = row_lo + BQ;
     uint16_t *Qs = (uint16_t *)(row_hi + BQ), *Ks = Qs + BQ * LD, *Vs = Ks + 2 * ATT_BK * LD;
@@ -326,93 +342,124 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
     int klo, khi;
     att_union(row_lo, row_hi, BQ, tk, &klo, &khi);
     const int ntiles = khi > klo ? (khi - klo + ATT_BK - 1) / ATT_BK : 0;
-    const att_rows rows = att_rows_of(row_lo, row_hi, wp * 16 + g);
+    att_rows rows[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) rows[mt] = att_rows_of(row_lo, row_hi, (wp * MT + mt) * 16 + g);
     if (ntiles > 0) {
         att_load_rows<D, ATT_BK, NT>(Ks, k, kbase, a.hkv * D, klo, tk);
         att_load_rows<D, ATT_BK, NT>(Vs, v, kbase, a.hkv * D, klo, tk);
     }
     att_cp_commit();
 
-    /* Softmax state of rows g and g + 8 in base-2 units (s * scale * log2 e), as every lane of
-     * the row's quad holds it; l sums this lane's columns only until the end. */
+    /* Softmax state of rows g and g + 8 of each tile in base-2 units (s * scale * log2 e), as every
+     * lane of the row's quad holds it; l sums this lane's columns only until the end. */
     const float sl2 = a.scale * ATT_LOG2E;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, acc[D / 8][4];
-    uint32_t qf[D / 16][4];
+    float m[MT][2], l[MT][2], acc[MT][D / 8][4];
+    uint32_t qf[MT == 1 ? D / 16 : 1][4]; /* MT == 1: the warp's Q fragments, loaded once */
 #pragma unroll
-    for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int mt = 0; mt < MT; mt++) {
+        m[mt][0] = m[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.0f;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.0f;
+    }
     for (int it = 0; it < ntiles; it++) {
         const int j0 = klo + it * ATT_BK;
         att_prefetch_kv<D, NT, LD>(Ks, Vs, k, v, kbase, a.hkv * D, it, ntiles, j0, tk);
-        if (it == 0)
+        if (MT == 1 && it == 0)
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) att_frag_a<LD>(qf[kk], Qs + wp * 16 * LD, kk * 16);
+            for (int kk = 0; kk < D / 16; kk++) att_frag_a<LD>(qf[MT == 1 ? kk : 0], Qs + wp * 16 * LD, kk * 16);
         const uint16_t *Kt = Ks + (it & 1) * ATT_BK * LD, *Vt = Vs + (it & 1) * ATT_BK * LD;
-        if (att_rows_see(&rows, j0)) {
-            float s[ATT_BK / 8][4];
+        bool see = false;
 #pragma unroll
-            for (int n = 0; n < ATT_BK / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        for (int mt = 0; mt < MT; mt++) see |= att_rows_see(&rows[mt], j0);
+        if (see) {
+            float s[MT][ATT_BK / 8][4];
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++)
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int n = 0; n < ATT_BK / 8; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t qa[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    if (MT == 1)
+#pragma unroll
+                        for (int r = 0; r < 4; r++) qa[mt][r] = qf[MT == 1 ? kk : 0][r];
+                    else
+                        att_frag_a<LD>(qa[mt], Qs + (wp * MT + mt) * 16 * LD, kk * 16);
+                }
 #pragma unroll
                 for (int np = 0; np < ATT_BK / 16; np++) {
                     uint32_t fb[4];
                     att_frag_b<LD>(fb, Kt, np * 16, kk * 16);
-                    att_mma<BF16>(s[2 * np], qf[kk], fb[0], fb[1]);
-                    att_mma<BF16>(s[2 * np + 1], qf[kk], fb[2], fb[3]);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        att_mma<BF16>(s[mt][2 * np], qa[mt], fb[0], fb[1]);
+                        att_mma<BF16>(s[mt][2 * np + 1], qa[mt], fb[2], fb[3]);
+                    }
                 }
-            float mx[2] = {m[0], m[1]};
-#pragma unroll
-            for (int n = 0; n < ATT_BK / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) s[n][e] *= sl2;
-            if (!att_rows_full(&rows, j0, &a)) att_mask_scores(s, &rows, j0, &a, b, tk);
-#pragma unroll
-            for (int n = 0; n < ATT_BK / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
-            float alpha[2], mb[2], ls[2] = {0.0f, 0.0f};
-#pragma unroll
-            for (int x = 0; x < 2; x++) {
-                mx[x] = fmaxf(mx[x], __shfl_xor_sync(ATT_FULL, mx[x], 1));
-                mx[x] = fmaxf(mx[x], __shfl_xor_sync(ATT_FULL, mx[x], 2));
-                /* A row with no visible key yet keeps m = -inf; exp2(-inf - 0) gives its p = 0. */
-                mb[x] = mx[x] == -INFINITY ? 0.0f : mx[x];
-                alpha[x] = exp2f(m[x] - mb[x]);
-                m[x] = mx[x];
             }
 #pragma unroll
-            for (int n = 0; n < ATT_BK / 8; n++)
+            for (int mt = 0; mt < MT; mt++) {
+                float mx[2] = {m[mt][0], m[mt][1]};
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    s[n][e] = exp2f(s[n][e] - mb[e / 2]);
-                    ls[e / 2] += s[n][e];
+                for (int n = 0; n < ATT_BK / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) s[mt][n][e] *= sl2;
+                if (!att_rows_full(&rows[mt], j0, &a)) att_mask_scores(s[mt], &rows[mt], j0, &a, b, tk);
+#pragma unroll
+                for (int n = 0; n < ATT_BK / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) mx[e / 2] = fmaxf(mx[e / 2], s[mt][n][e]);
+                float alpha[2], mb[2], ls[2] = {0.0f, 0.0f};
+#pragma unroll
+                for (int x = 0; x < 2; x++) {
+                    mx[x] = fmaxf(mx[x], __shfl_xor_sync(ATT_FULL, mx[x], 1));
+                    mx[x] = fmaxf(mx[x], __shfl_xor_sync(ATT_FULL, mx[x], 2));
+                    /* A row with no visible key yet keeps m = -inf; exp2(-inf - 0) gives its p = 0. */
+                    mb[x] = mx[x] == -INFINITY ? 0.0f : mx[x];
+                    alpha[x] = exp2f(m[mt][x] - mb[x]);
+                    m[mt][x] = mx[x];
                 }
 #pragma unroll
-            for (int x = 0; x < 2; x++) l[x] = l[x] * alpha[x] + ls[x];
+                for (int n = 0; n < ATT_BK / 8; n++)
 #pragma unroll
-            for (int n = 0; n < D / 8; n++)
+                    for (int e = 0; e < 4; e++) {
+                        s[mt][n][e] = exp2f(s[mt][n][e] - mb[e / 2]);
+                        ls[e / 2] += s[mt][n][e];
+                    }
 #pragma unroll
-                for (int e = 0; e < 4; e++) acc[n][e] *= alpha[e / 2];
-            att_gemm_xb<BF16, LD, D, ATT_BK / 16>(acc, s, Vt);
+                for (int x = 0; x < 2; x++) l[mt][x] = l[mt][x] * alpha[x] + ls[x];
+#pragma unroll
+                for (int n = 0; n < D / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) acc[mt][n][e] *= alpha[e / 2];
+            }
+            att_gemm_xb<BF16, LD, D, ATT_BK / 16, MT>(acc, s, Vt);
         }
         __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
     att_cp_wait<0>();
 
 #pragma unroll
-    for (int x = 0; x < 2; x++) {
-        l[x] += __shfl_xor_sync(ATT_FULL, l[x], 1);
-        l[x] += __shfl_xor_sync(ATT_FULL, l[x], 2);
-        const int i = i0 + wp * 16 + g + 8 * x;
-        if (i >= tq) continue;
-        const float inv = l[x] > 0.0f ? 1.0f / l[x] : 0.0f;
-        uint32_t *orow = (uint32_t *)((uint16_t *)o + ((b * tq + i) * a.hq + h) * D);
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int n = 0; n < D / 8; n++)
-            orow[n * 4 + t] = att_pack_out<BF16>(acc[n][2 * x] * inv, acc[n][2 * x + 1] * inv);
-        if (t == 0)
-            att_store(lse, a.lse_dt, (b * a.hq + h) * tq + i, l[x] > 0.0f ? m[x] * ATT_LN2 + logf(l[x]) : -INFINITY);
-    }
+        for (int x = 0; x < 2; x++) {
+            float lx = l[mt][x];
+            lx += __shfl_xor_sync(ATT_FULL, lx, 1);
+            lx += __shfl_xor_sync(ATT_FULL, lx, 2);
+            const int i = i0 + (wp * MT + mt) * 16 + g + 8 * x;
+            if (i >= tq) continue;
+            const float inv = lx > 0.0f ? 1.0f / lx : 0.0f;
+            uint32_t *orow = (uint32_t *)((uint16_t *)o + ((b * tq + i) * a.hq + h) * D);
+#pragma unroll
+            for (int n = 0; n < D / 8; n++)
+                orow[n * 4 + t] = att_pack_out<BF16>(acc[mt][n][2 * x] * inv, acc[mt][n][2 * x + 1] * inv);
+            if (t == 0)
+                att_store(lse, a.lse_dt, (b * a.hq + h) * tq + i, lx > 0.0f ? m[mt][x] * ATT_LN2 + logf(lx) : -INFINITY);
+        }
 }
 
 /* ---- backward: dQ ---- */
@@ -493,7 +540,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
                     float p = exp2f(s[n][e]);
                     s[n][e] = p * (dp[n][e] - ds[e / 2]);
                 }
-            att_gemm_xb<BF16, LD, D, ATT_BK / 16>(acc, s, Kt);
+            att_gemm_xb<BF16, LD, D, ATT_BK / 16, 1>(&acc, &s, Kt);
         }
         __syncthreads();
     }
@@ -612,8 +659,8 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
                     s[n][e] = p;
                     dp[n][e] = p * (dp[n][e] - dsm[c]);
                 }
-            att_gemm_xb<BF16, LD, D, QC / 16>(acc_v, s, dOt);
-            att_gemm_xb<BF16, LD, D, QC / 16>(acc_k, dp, Qt);
+            att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc_v, &s, dOt);
+            att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc_k, &dp, Qt);
         }
         __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
@@ -652,27 +699,43 @@ bool lu_att_mma_takes(const att_args *a, const void *const *ptrs, int n)
     return true;
 }
 
-template <bool BF16, int D, int WARPS> static lu_status att_forward_mma_launch(const att_args &a, void *o, void *lse)
+template <bool BF16, int D, int WARPS, int MT>
+static lu_status att_forward_mma_launch(const att_args &a, void *o, void *lse)
 {
+    constexpr int BQ = WARPS * 16 * MT;
     unsigned grid = 0;
-    LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + WARPS * 16 - 1) / (WARPS * 16)), "the forward", &grid));
+    LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + BQ - 1) / BQ), "the forward", &grid));
     if (grid == 0) return LU_OK;
-    const size_t smem = att_fwd_smem(D, WARPS);
-    LU_TRY(att_smem_allow((const void *)att_forward_mma_kernel<BF16, D, WARPS>, smem, &a));
-    att_forward_mma_kernel<BF16, D, WARPS><<<grid, WARPS * LU_CUDA_WARP, smem>>>(a, o, lse);
+    const size_t smem = att_fwd_smem(D, WARPS, MT);
+    LU_TRY(att_smem_allow((const void *)att_forward_mma_kernel<BF16, D, WARPS, MT>, smem, &a));
+    att_forward_mma_kernel<BF16, D, WARPS, MT><<<grid, WARPS * LU_CUDA_WARP, smem>>>(a, o, lse);
     LU_CUDA_CHECK_LAUNCH();
     return LU_OK;
 }
 
-/* Head dim 64 takes 128 queries a block (8 warps), 128 takes 64: the 16 x 128 output accumulator
- * of a warp is what limits its registers. */
+/* Query rows per warp of the forward: 16 (the default), or 32 with LUTHIER_ATT_ROWS_PER_WARP=32
+ * (the tiling of FlashAttention-2; `luthier bench gpu` measures both). */
+static int att_rows_per_warp(void)
+{
+    const char *e = getenv("LUTHIER_ATT_ROWS_PER_WARP");
+    return e && !strcmp(e, "32") ? 32 : 16;
+}
+
+/* 16 rows a warp: head dim 64 takes 128 queries a block (8 warps), 128 takes 64, the 16 x 128
+ * output accumulator of a warp being what limits its registers. 32 rows a warp: 128 queries a
+ * block of 4 warps for both. */
+template <bool BF16> static lu_status att_forward_mma_dispatch(const att_args *a, void *o, void *lse)
+{
+    if (att_rows_per_warp() == 32)
+        return a->d == 64 ? att_forward_mma_launch<BF16, 64, 4, 2>(*a, o, lse)
+                          : att_forward_mma_launch<BF16, 128, 4, 2>(*a, o, lse);
+    return a->d == 64 ? att_forward_mma_launch<BF16, 64, 8, 1>(*a, o, lse)
+                      : att_forward_mma_launch<BF16, 128, 4, 1>(*a, o, lse);
+}
+
 lu_status lu_att_mma_forward(const att_args *a, void *o, void *lse)
 {
-    if (a->dt == LU_BF16)
-        return a->d == 64 ? att_forward_mma_launch<true, 64, 8>(*a, o, lse)
-                          : att_forward_mma_launch<true, 128, 4>(*a, o, lse);
-    return a->d == 64 ? att_forward_mma_launch<false, 64, 8>(*a, o, lse)
-                      : att_forward_mma_launch<false, 128, 4>(*a, o, lse);
+    return a->dt == LU_BF16 ? att_forward_mma_dispatch<true>(a, o, lse) : att_forward_mma_dispatch<false>(a, o, lse);
 }
 
 template <bool BF16, int D>

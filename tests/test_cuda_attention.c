@@ -368,6 +368,46 @@ Test(cuda_attention, tensor_core_path_f16_within_f16_rounding)
     check_cases(mma_cases, N_OF(mma_cases), LU_F16, TOL_F16);
 }
 
+/* The forward with 32 query rows a warp (LUTHIER_ATT_ROWS_PER_WARP=32, FlashAttention-2's
+ * tiling, which `luthier bench gpu` weighs against the default 16): every row is computed by the
+ * same operations in the same order, so o and lse equal the default's bit for bit, except in
+ * packed sequences, where a block's first key tile starts at the union of its rows' key ranges,
+ * which depends on how many rows a block holds (the online softmax then groups keys otherwise). */
+static void check_rows_per_warp_agree(const gcase *c, lu_dtype dt)
+{
+    grun r;
+    setup(&r, c, dt, 3000);
+    unsetenv("LUTHIER_ATT_ROWS_PER_WARP");
+    cr_assert_eq(run_attention(LU_CUDA, false, r.din, 5, r.dout, r.n_out, &r.p), LU_OK, "%s: %s", c->name,
+                 lu_error_message());
+    lu_tensor *first[2];
+    for (int j = 0; j < 2; j++) first[j] = lu_tensor_convert(r.dout[j], r.dout[j]->dtype, LU_CPU);
+    setenv("LUTHIER_ATT_ROWS_PER_WARP", "32", 1);
+    cr_assert_eq(run_attention(LU_CUDA, false, r.din, 5, r.dout, r.n_out, &r.p), LU_OK, "%s, 32 rows a warp: %s",
+                 c->name, lu_error_message());
+    unsetenv("LUTHIER_ATT_ROWS_PER_WARP");
+    char what[160];
+    for (int j = 0; j < 2; j++) {
+        snprintf(what, sizeof what, "%s %s: output %d with 32 rows a warp", c->name, lu_dtype_name(dt), j);
+        tu_assert_tensors_close(r.dout[j], first[j], 0, 0, what);
+    }
+    release_all(first, 2);
+    teardown(&r);
+}
+
+Test(cuda_attention, tensor_core_forward_with_32_rows_a_warp)
+{
+    require_gpu();
+    for (size_t i = 0; i < N_OF(mma_cases); i++)
+        if (!mma_cases[i].cu) {
+            check_rows_per_warp_agree(&mma_cases[i], LU_BF16);
+            check_rows_per_warp_agree(&mma_cases[i], LU_F16);
+        }
+    /* The packed cases (and, again, the others) against the CPU. */
+    setenv("LUTHIER_ATT_ROWS_PER_WARP", "32", 1);
+    check_cases(mma_cases, N_OF(mma_cases), LU_BF16, TOL_BF16);
+}
+
 /* Two runs on the same inputs give the same bits (no atomics, fixed summation orders). */
 static void check_attention_deterministic(const gcase *c, lu_dtype dt)
 {

@@ -1,6 +1,7 @@
 /* bench_gpu.c - `luthier bench gpu`: the CUDA backend's fused attention (bf16), depthwise conv1d
  * (kernel 31, stride 1 and 2), Zipformer's downsampling and the biased linear layer (bf16 and f32;
- * the linear with its cuBLASLt epilogues and without, LUTHIER_CUBLASLT=0) and the products of a
+ * the linear with its cuBLASLt epilogues and without, LUTHIER_CUBLASLT=0; the attention forward
+ * with 16 and with 32 query rows a warp, LUTHIER_ATT_ROWS_PER_WARP=32) and the products of a
  * Qwen3-0.6B SFT step (bf16, no bias) beside PyTorch on the same GPU, shapes and dtypes, measured
  * in the same run by scripts/bench_gpu_reference.py, and the ratio (issue 7).
  *
@@ -85,7 +86,7 @@ static void usage(FILE *f)
                "  The CUDA backend's attention, depthwise conv1d, downsampling, biased linear and Qwen3 matmul\n"
                "  kernels (forward, and forward + backward) beside PyTorch on the same GPU and shapes\n"
                "  (PY " REFERENCE_SCRIPT "), and the ratio; the linear also without its cuBLASLt epilogues\n"
-               "  (LUTHIER_CUBLASLT=0).\n"
+               "  (LUTHIER_CUBLASLT=0), the attention also with 32 query rows a warp (LUTHIER_ATT_ROWS_PER_WARP=32).\n"
                "  --case NAME    one case (default all):");
     for (int i = 0; i < N_CASES; i++) fprintf(f, " %s", cases[i].name);
     fprintf(f, "\n"
@@ -105,7 +106,8 @@ typedef struct gpu_result {
     const gpu_case *c;
     lu_dtype dt;
     double ours[2];
-    double unfused[2];             /* linear: ours with LUTHIER_CUBLASLT=0 */
+    double variant[2];             /* ours again: linear with LUTHIER_CUBLASLT=0, attention with
+                                      LUTHIER_ATT_ROWS_PER_WARP=32 */
     char why[WHY_LEN];             /* why ours is missing; "" when measured */
     char fused_note[WHY_LEN];      /* linear: when cuBLASLt refused an epilogue, "" otherwise */
     double ref[N_REF][2];
@@ -358,16 +360,39 @@ static lu_status time_call(const op_bench *o, bool backward, int iters, double *
     return LU_OK;
 }
 
-/* The linear's two paths, switched by LUTHIER_CUBLASLT (cuda/linear.c reads it at each call); the
- * caller's setting is restored afterwards. One untimed call counts the GEMMs that ran with a
- * cuBLASLt epilogue (one forward, two with the backward): where cuBLASLt refused one, the fused
- * figure is kept with a note that part of it ran unfused. */
+/* An environment variable set for a while (the backend reads these at each call), then put back
+ * as the caller had it. */
+typedef struct env_keep {
+    const char *var;
+    bool had;
+    char value[64];
+} env_keep;
+
+static env_keep env_push(const char *var, const char *value)
+{
+    env_keep k = {.var = var};
+    const char *v = getenv(var);
+    if (v) {
+        k.had = true;
+        snprintf(k.value, sizeof k.value, "%s", v);
+    }
+    if (value) setenv(var, value, 1);
+    else unsetenv(var);
+    return k;
+}
+
+static void env_pop(const env_keep *k)
+{
+    if (k->had) setenv(k->var, k->value, 1);
+    else unsetenv(k->var);
+}
+
+/* The linear's two paths, switched by LUTHIER_CUBLASLT (cuda/linear.c). One untimed call counts
+ * the GEMMs that ran with a cuBLASLt epilogue (one forward, two with the backward): where cuBLASLt
+ * refused one, the fused figure is kept with a note that part of it ran unfused. */
 static lu_status time_linear(const op_bench *o, gpu_result *r, int pass, int iters)
 {
-    const char *env = getenv("LUTHIER_CUBLASLT");
-    char keep[64] = "";
-    if (env) snprintf(keep, sizeof keep, "%s", env);
-    setenv("LUTHIER_CUBLASLT", "1", 1);
+    env_keep k = env_push("LUTHIER_CUBLASLT", "1");
     int64_t before = lu_cuda_linear_fused_gemms(), want = pass ? 2 : 1;
     lu_status s = op_call(o, pass == 1);
     int64_t ran = lu_cuda_linear_fused_gemms() - before;
@@ -376,13 +401,30 @@ static lu_status time_linear(const op_bench *o, gpu_result *r, int pass, int ite
         snprintf(r->fused_note, WHY_LEN, "cuBLASLt ran %lld of the %lld epilogue GEMMs of a %s call: the rest of the "
                  "fused figure ran unfused", (long long)ran, (long long)want, pass ? "fwd+bwd" : "fwd");
     if (!s) s = time_call(o, pass == 1, iters, &r->ours[pass], r->why);
-    setenv("LUTHIER_CUBLASLT", "0", 1);
+    env_pop(&k);
     if (!s) {
         fprintf(stderr, "luthier bench gpu: %s %s %s, unfused\n", r->c->name, lu_dtype_name(r->dt), pass ? "fwd+bwd" : "fwd");
-        s = time_call(o, pass == 1, iters, &r->unfused[pass], r->why);
+        k = env_push("LUTHIER_CUBLASLT", "0");
+        s = time_call(o, pass == 1, iters, &r->variant[pass], r->why);
+        env_pop(&k);
     }
-    if (env) setenv("LUTHIER_CUBLASLT", keep, 1);
-    else unsetenv("LUTHIER_CUBLASLT");
+    return s;
+}
+
+/* The attention forward's two tilings (cuda/attention_mma.cu): 16 query rows a warp, the default,
+ * and 32 (LUTHIER_ATT_ROWS_PER_WARP=32). */
+static lu_status time_attention(const op_bench *o, gpu_result *r, int pass, int iters)
+{
+    env_keep k = env_push("LUTHIER_ATT_ROWS_PER_WARP", NULL);
+    lu_status s = time_call(o, pass == 1, iters, &r->ours[pass], r->why);
+    env_pop(&k);
+    if (!s) {
+        fprintf(stderr, "luthier bench gpu: %s %s %s, 32 rows a warp\n", r->c->name, lu_dtype_name(r->dt),
+                pass ? "fwd+bwd" : "fwd");
+        k = env_push("LUTHIER_ATT_ROWS_PER_WARP", "32");
+        s = time_call(o, pass == 1, iters, &r->variant[pass], r->why);
+        env_pop(&k);
+    }
     return s;
 }
 
@@ -403,6 +445,7 @@ static void bench_ours(gpu_result *r, int iters)
     for (int pass = 0; pass < 2 && !s; pass++) {
         fprintf(stderr, "luthier bench gpu: %s %s %s\n", r->c->name, lu_dtype_name(r->dt), pass ? "fwd+bwd" : "fwd");
         if (r->c->kind == CASE_LINEAR) s = time_linear(&o, r, pass, iters);
+        else if (r->c->kind == CASE_ATTENTION) s = time_attention(&o, r, pass, iters);
         else s = time_call(&o, pass == 1, iters, &r->ours[pass], r->why);
     }
     for (int i = 0; i < o.n; i++) lu_tensor_release(o.t[i]);
@@ -495,22 +538,24 @@ static void cell(char *buf, size_t size, const char *fmt, double v, bool ok)
 
 static void attention_table(const gpu_result *r, int n)
 {
-    printf("| %-24s | %-7s | %12s | %13s | %5s | %13s | %5s |\n", "attention (TFLOP/s)", "pass", "ours", "PyTorch flash",
-           "ratio", "PyTorch cuDNN", "ratio");
-    printf("|--------------------------|---------|--------------|---------------|-------|---------------|-------|\n");
+    printf("| %-24s | %-7s | %12s | %12s | %13s | %5s | %13s | %5s |\n", "attention (TFLOP/s)", "pass", "ours",
+           "32 rows/warp", "PyTorch flash", "ratio", "PyTorch cuDNN", "ratio");
+    printf("|--------------------------|---------|--------------|--------------|---------------|-------|---------------|"
+           "-------|\n");
     for (int k = 0; k < n; k++) {
         if (r[k].c->kind != CASE_ATTENTION) continue;
         for (int pass = 0; pass < 2; pass++) {
             double flop = attention_flop(r[k].c, pass), ours = flop / r[k].ours[pass] * 1e-12;
             bool have = r[k].ours[pass] > 0;
-            char o[32], f[32], fr[32], c[32], cr[32];
+            char o[32], v[32], f[32], fr[32], c[32], cr[32];
             cell(o, sizeof o, "%.1f", ours, have);
+            cell(v, sizeof v, "%.1f", flop / r[k].variant[pass] * 1e-12, r[k].variant[pass] > 0);
             cell(f, sizeof f, "%.1f", flop / r[k].ref[0][pass] * 1e-12, !r[k].ref_why[0][0]);
             cell(fr, sizeof fr, "%.2f", r[k].ref[0][pass] / r[k].ours[pass], have && !r[k].ref_why[0][0]);
             cell(c, sizeof c, "%.1f", flop / r[k].ref[1][pass] * 1e-12, !r[k].ref_why[1][0]);
             cell(cr, sizeof cr, "%.2f", r[k].ref[1][pass] / r[k].ours[pass], have && !r[k].ref_why[1][0]);
-            printf("| %-24s | %-7s | %12s | %13s | %5s | %13s | %5s |\n", r[k].c->name, pass ? "fwd+bwd" : "fwd", o, f,
-                   fr, c, cr);
+            printf("| %-24s | %-7s | %12s | %12s | %13s | %5s | %13s | %5s |\n", r[k].c->name, pass ? "fwd+bwd" : "fwd",
+                   o, v, f, fr, c, cr);
         }
     }
 }
@@ -524,7 +569,7 @@ static void linear_table(const gpu_result *r, int n)
     for (int k = 0; k < n; k++) {
         if (r[k].c->kind != CASE_LINEAR) continue;
         for (int pass = 0; pass < 2; pass++) {
-            double flop = linear_flop(r[k].c, pass), ours = r[k].ours[pass], unf = r[k].unfused[pass];
+            double flop = linear_flop(r[k].c, pass), ours = r[k].ours[pass], unf = r[k].variant[pass];
             double ref = r[k].ref[0][pass];
             bool have = ours > 0, have_unf = unf > 0, have_ref = !r[k].ref_why[0][0];
             char fu[32], ft[32], uu[32], ut[32], ru[32], rt[32], ra[32], uf[32];
@@ -630,7 +675,8 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
         printf("\n");
     }
     printf("ratio = PyTorch time / ours (> 1: luthier is faster). Attention FLOP as FlashAttention counts them:\n"
-           "4*B*H*T^2*d forward, halved when causal, fwd+bwd 3.5x the forward. GB/s: bytes each pass reads and\n"
+           "4*B*H*T^2*d forward, halved when causal, fwd+bwd 3.5x the forward; 32 rows/warp: ours with\n"
+           "LUTHIER_ATT_ROWS_PER_WARP=32 (the forward's FlashAttention-2 tiling; the default is 16). GB/s: bytes each pass reads and\n"
            "writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias). Linear FLOP: 2*M*N*K forward,\n"
            "3x for fwd+bwd (the dx and dw GEMMs); fused: the bias in the GEMM's cuBLASLt epilogue and its\n"
            "gradient in the dw GEMM's; unfused: LUTHIER_CUBLASLT=0 (GEMM into the bias rows, column-sum kernel);\n"
