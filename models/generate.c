@@ -84,10 +84,10 @@ int64_t lu_sample_token(const float *logits, int64_t vocab, const lu_sampling *s
     return pick;
 }
 
-/* Logits of the last position of `ids` into host memory. */
+/* Logits of the last position of `ids` into host memory; the ids go to the model's device. */
 static lu_status step_logits(lu_decoder *m, const int64_t *ids, int64_t n, lu_kv_cache *cache, float *logits)
 {
-    lu_tensor *t = lu_tensor_from_host(LU_I64, LU_SHAPE(1, n), LU_CPU, ids);
+    lu_tensor *t = lu_tensor_from_host(LU_I64, LU_SHAPE(1, n), m->params->device, ids);
     lu_tensor *y = t ? lu_decoder_forward_cached(m, t, cache, true) : NULL;
     return y ? lu_tensor_to_host(y, LU_F32, logits) : lu_error_code();
 }
