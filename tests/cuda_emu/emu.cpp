@@ -572,6 +572,26 @@ static size_t allocated_bytes;
 static std::mutex alloc_lock;
 static std::map<void *, size_t> allocations;
 
+} /* extern "C" */
+
+bool lu_emu::device_pointer(const void *p)
+{
+    std::lock_guard<std::mutex> hold(alloc_lock);
+    auto it = allocations.upper_bound((void *)p);
+    if (it == allocations.begin()) return false;
+    --it;
+    return (size_t)((const char *)p - (const char *)it->first) <= it->second;
+}
+
+void lu_emu::bad_pointer_argument(const char *kernel, int index, const void *p)
+{
+    fprintf(stderr, "cuda emulator: kernel %s: argument %d (%p) is not device memory (a GPU would fault on it)\n",
+            kernel, index, p);
+    abort();
+}
+
+extern "C" {
+
 cudaError_t cudaGetDeviceCount(int *count)
 {
     *count = 1;

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include "cuda_runtime_api.h"
@@ -69,6 +70,23 @@ struct warp_req {
 /* Posts this lane's request and waits for the warp; the results are in *req on return. */
 void warp_collective(warp_req *req);
 
+/* Kernel arguments that are pointers must be NULL or point into (or just past) a cudaMalloc
+ * allocation: a host pointer would fault on the GPU, here it aborts naming kernel and argument. */
+bool device_pointer(const void *p);
+[[noreturn]] void bad_pointer_argument(const char *kernel, int index, const void *p);
+
+template <class T> static inline void check_argument(const char *kernel, int index, const T &v)
+{
+    if constexpr (std::is_pointer_v<T>)
+        if (v && !device_pointer((const void *)v)) bad_pointer_argument(kernel, index, (const void *)v);
+}
+
+template <class Tuple, size_t... I>
+static inline void check_arguments(const char *kernel, const Tuple &t, std::index_sequence<I...>)
+{
+    (check_argument(kernel, (int)I, std::get<I>(t)), ...);
+}
+
 void cp_async16(void *dst, const void *src, bool in);
 void cp_async_commit(void);
 void cp_async_wait(int groups_left);
@@ -88,6 +106,7 @@ template <class... P> struct launcher {
             const std::tuple<P...> *args;
         };
         const std::tuple<P...> args(std::forward<A>(a)...);
+        check_arguments(name, args, std::index_sequence_for<P...>{});
         ctx c = {fn, &args};
         run_kernel(name, reinterpret_cast<const void *>(fn), grid, block, smem,
                    [](void *p) {
@@ -121,6 +140,7 @@ template <class F> struct deduced_launcher {
             const std::tuple<std::decay_t<A>...> *args;
         };
         const std::tuple<std::decay_t<A>...> args(std::forward<A>(a)...);
+        check_arguments(name, args, std::index_sequence_for<A...>{});
         ctx c = {&f, &args};
         run_kernel(name, NULL, grid, block, smem,
                    [](void *p) {
