@@ -676,16 +676,17 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
     }
     printf("ratio = PyTorch time / ours (> 1: luthier is faster). Attention FLOP as FlashAttention counts them:\n"
            "4*B*H*T^2*d forward, halved when causal, fwd+bwd 3.5x the forward; 32 rows/warp: ours with\n"
-           "LUTHIER_ATT_ROWS_PER_WARP=32 (the forward's FlashAttention-2 tiling; the default is 16). GB/s: bytes each pass reads and\n"
-           "writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias). Linear FLOP: 2*M*N*K forward,\n"
-           "3x for fwd+bwd (the dx and dw GEMMs); fused: the bias in the GEMM's cuBLASLt epilogue and its\n"
-           "gradient in the dw GEMM's; unfused: LUTHIER_CUBLASLT=0 (GEMM into the bias rows, column-sum kernel);\n"
-           "ratio = PyTorch / fused, unf/fused = unfused / fused time. Matmul: the same FLOP count, cuBLAS\n"
-           "(cublasGemmStridedBatchedEx) against F.linear without bias. Per call: median of %d samples\n"
-           "of back-to-back calls (>= %g ms each) after %d warm-up calls, CUDA events, on both sides. Ours: the\n"
-           "CUDA backend's kernels through its op table on preallocated tensors. PyTorch: SDPA under\n"
-           "sdpa_kernel(FLASH_ATTENTION / CUDNN_ATTENTION), F.conv1d (TF32 off), icefall's SimpleDownsample,\n"
-           "F.linear (TF32 off); fwd under no_grad, fwd+bwd with torch.autograd.grad of every input.\n",
+           "LUTHIER_ATT_ROWS_PER_WARP=32 (the forward's FlashAttention-2 tiling; the default is 16). GB/s:\n"
+           "bytes each pass reads and writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias).\n"
+           "Linear FLOP: 2*M*N*K forward, 3x for fwd+bwd (the dx and dw GEMMs); fused: the bias in the GEMM's\n"
+           "cuBLASLt epilogue and its gradient in the dw GEMM's; unfused: LUTHIER_CUBLASLT=0 (GEMM into the\n"
+           "bias rows, column-sum kernel); ratio = PyTorch / fused, unf/fused = unfused / fused time. Matmul:\n"
+           "the same FLOP count, cuBLAS (cublasGemmStridedBatchedEx) against F.linear without bias. Per call:\n"
+           "median of %d samples of back-to-back calls (>= %g ms each) after %d warm-up calls, CUDA events, on\n"
+           "both sides. Ours: the CUDA backend's kernels through its op table on preallocated tensors. PyTorch:\n"
+           "SDPA under sdpa_kernel(FLASH_ATTENTION / CUDNN_ATTENTION), F.conv1d (TF32 off), icefall's\n"
+           "SimpleDownsample, F.linear (TF32 off); fwd under no_grad, fwd+bwd with torch.autograd.grad of\n"
+           "every input.\n",
            o->iters, 1e3 * MIN_SAMPLE_S, WARMUP);
     for (int i = 0; i < N_CASES; i++)
         if (!o->only || !strcmp(o->only, cases[i].name)) printf("- %s: %s\n", cases[i].name, cases[i].what);
