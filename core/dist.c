@@ -2,6 +2,7 @@
  * (see dist.h). */
 #include "dist.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -206,6 +207,31 @@ lu_status lu_dist_all_reduce_doubles(double *v, int n, lu_dist_op op)
 #else
     (void)v;
     (void)op;
+    return lu_errorf(LU_ERR_STATE, "dist: %d ranks without MPI", dist.size);
+#endif
+}
+
+lu_status lu_dist_broadcast_string(char **s, int root)
+{
+    if (dist.size == 1) return LU_OK;
+    if (root < 0 || root >= dist.size) return lu_errorf(LU_ERR_INVALID, "dist: broadcast from rank %d of %d", root, dist.size);
+#ifdef LUTHIER_HAVE_MPI
+    /* The length first (-1: NULL), then the bytes. */
+    long long len = dist.rank == root ? (*s ? (long long)strlen(*s) : -1) : 0;
+    LU_MPI_CHECK(MPI_Bcast(&len, 1, MPI_LONG_LONG, root, MPI_COMM_WORLD), "MPI_Bcast");
+    if (len > INT_MAX) return lu_errorf(LU_ERR_INVALID, "dist: a %lld-byte string is too long to broadcast", len);
+    char *buf = NULL;
+    if (dist.rank != root && len >= 0 && !(buf = malloc((size_t)len + 1)))
+        return lu_errorf(LU_ERR_NOMEM, "dist: out of memory for a %lld-byte string", len);
+    if (len > 0) LU_MPI_CHECK(MPI_Bcast(dist.rank == root ? *s : buf, (int)len, MPI_CHAR, root, MPI_COMM_WORLD), "MPI_Bcast");
+    if (dist.rank != root) {
+        if (buf) buf[len] = 0;
+        free(*s);
+        *s = buf;
+    }
+    return LU_OK;
+#else
+    (void)s;
     return lu_errorf(LU_ERR_STATE, "dist: %d ranks without MPI", dist.size);
 #endif
 }

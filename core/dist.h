@@ -38,6 +38,10 @@ typedef enum lu_dist_op { LU_DIST_SUM, LU_DIST_MIN, LU_DIST_MAX } lu_dist_op;
 /* v[0..n) <- op over the ranks of v[0..n), host doubles. */
 lu_status lu_dist_all_reduce_doubles(double *v, int n, lu_dist_op op);
 
+/* *s <- rank root's string (heap-allocated; NULL travels as NULL), on every rank: the old *s of
+ * the other ranks is freed. A no-op with one rank. */
+lu_status lu_dist_broadcast_string(char **s, int root);
+
 /* The parameter store's collectives for data-parallel training (no-ops with one rank). */
 /* Gradients <- their sum over the ranks (each rank's loss already divided by the micro-batches of
  * the whole step, so the sum is the step's mean): one all-reduce per dtype buffer. */

@@ -252,6 +252,55 @@ Test(dist, sft_evaluation_is_shared_by_the_ranks)
     }
 }
 
+/* `luthier eval dir/tiny.yaml --out dir/out` by `ranks` processes of mpirun (0: one, without
+ * mpirun), its output in dir/log.log; returns the exit status. */
+static int eval_run(int ranks, const char *out, const char *log)
+{
+    char cmd[2048], launcher[160] = "";
+    if (ranks)
+        snprintf(launcher, sizeof launcher, "timeout 180 mpirun -np %d --oversubscribe --bind-to none ", ranks);
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 %s%s eval %s/tiny.yaml --out %s/%s > %s/%s.log 2>&1",
+             launcher, LU_TEST_LUTHIER, dir, dir, out, dir, log);
+    int rc = system(cmd);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+/* The lines of an evaluation's output that do not depend on timing: the metric rows but the
+ * encoder-time ones, and the demo's REF/HYP lines, joined. */
+static char *timeless_lines(const char *log)
+{
+    static char buf[2][1 << 14];
+    static int which;
+    char *out = buf[which ^= 1];
+    out[0] = 0;
+    const char *text = read_log(log);
+    for (const char *line = text; *line;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        bool row = !strncmp(line, "| ", 2) || !strncmp(line, "REF:", 4) || !strncmp(line, "HYP", 3);
+        char one[512];
+        snprintf(one, sizeof one, "%.*s\n", (int)(len < 500 ? len : 500), line);
+        if (row && !strstr(one, "time") && strlen(out) + strlen(one) < sizeof buf[0]) strcat(out, one);
+        line += len + (end ? 1 : 0);
+    }
+    return out;
+}
+
+/* `mpirun luthier eval` shares the asr evaluation (each rank decodes its share of the batches;
+ * the sums and the demo transcripts meet on rank 0): the same loss, WER per exit, dynamic-exit
+ * figures and transcripts as one process. */
+Test(dist, asr_evaluation_is_shared_by_the_ranks)
+{
+    REQUIRE_MPI();
+    tu_write_tiny_asr_config(dir, 3);
+    train_here("run", false, 0, NULL);
+    cr_assert_eq(eval_run(0, "run", "one"), 0, "luthier eval failed:\n%s", read_log("one"));
+    cr_assert_eq(eval_run(2, "run", "two"), 0, "mpirun luthier eval failed:\n%s", read_log("two"));
+    const char *one = timeless_lines("one"), *two = timeless_lines("two");
+    cr_assert(strstr(one, "| wer") && strstr(one, "REF:"), "no WER rows or transcripts:\n%s", read_log("one"));
+    cr_assert_str_eq(two, one, "2 ranks:\n%s\none process:\n%s", two, one);
+}
+
 Test(dist, a_two_rank_run_resumes_in_one_process)
 {
     REQUIRE_MPI();

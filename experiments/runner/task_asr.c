@@ -44,6 +44,7 @@
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/checkpoint.h"
+#include "core/dist.h"
 #include "core/fileio.h"
 #include "core/ops.h"
 #include "experiments/runner/task.h"
@@ -852,6 +853,70 @@ static void choose_exits(const asr *s, int64_t B, const double *entropy, const d
     }
 }
 
+static void put_counts(double *v, int *n, const lu_wer_counts *c)
+{
+    v[(*n)++] = (double)c->hits;
+    v[(*n)++] = (double)c->substitutions;
+    v[(*n)++] = (double)c->deletions;
+    v[(*n)++] = (double)c->insertions;
+    v[(*n)++] = (double)c->ref_len;
+}
+
+static void get_counts(const double *v, int *n, lu_wer_counts *c)
+{
+    c->hits = (int64_t)v[(*n)++];
+    c->substitutions = (int64_t)v[(*n)++];
+    c->deletions = (int64_t)v[(*n)++];
+    c->insertions = (int64_t)v[(*n)++];
+    c->ref_len = (int64_t)v[(*n)++];
+}
+
+/* A data-parallel evaluation: each rank scored batches rank, rank + world, ... of vb. Every sum
+ * becomes the sum over the ranks (counts travel as doubles: exact below 2^53), and each demo
+ * utterance's transcripts come from the rank that decoded it. */
+static lu_status share_evaluation(asr *s, const lu_asr_buckets *vb, lu_wer_counts *totals, dyn_totals *dyn,
+                                  double *loss_sum, int64_t *loss_utts)
+{
+    double v[2 + 5 * MAX_EXITS + 9 * N_DYN + 2];
+    int n = 0;
+    v[n++] = *loss_sum;
+    v[n++] = (double)*loss_utts;
+    for (int i = 0; i < s->n_exits; i++) put_counts(v, &n, &totals[i]);
+    for (int p = 0; p < N_DYN; p++) {
+        put_counts(v, &n, &dyn->counts[p]);
+        v[n++] = dyn->exit_sum[p];
+        v[n++] = dyn->layers[p];
+        v[n++] = dyn->utt_layers[p];
+        v[n++] = dyn->seconds[p];
+    }
+    v[n++] = dyn->full_layers;
+    v[n++] = dyn->full_seconds;
+    LU_TRY(lu_dist_all_reduce_doubles(v, n, LU_DIST_SUM));
+    n = 0;
+    *loss_sum = v[n++];
+    *loss_utts = (int64_t)v[n++];
+    for (int i = 0; i < s->n_exits; i++) get_counts(v, &n, &totals[i]);
+    for (int p = 0; p < N_DYN; p++) {
+        get_counts(v, &n, &dyn->counts[p]);
+        dyn->exit_sum[p] = v[n++];
+        dyn->layers[p] = v[n++];
+        dyn->utt_layers[p] = v[n++];
+        dyn->seconds[p] = v[n++];
+    }
+    dyn->full_layers = v[n++];
+    dyn->full_seconds = v[n++];
+    for (int k = 0; k < s->n_demo; k++) {
+        int owner = -1;
+        for (int64_t b = 0; b < vb->n_batches && owner < 0; b++)
+            for (int64_t j = vb->start[b]; j < vb->start[b + 1]; j++)
+                if (vb->order[j] == k) owner = (int)(b % lu_dist_size());
+        for (int i = 0; i < s->n_exits && owner >= 0; i++) LU_TRY(lu_dist_broadcast_string(&s->demo_hyp[k][i], owner));
+    }
+    return LU_OK;
+}
+
+/* Loss, WER per exit and the dynamic-exit policies over the held-out utterances. With several
+ * ranks each scores a share of the batches and the sums are shared (collective_eval). */
 static lu_status asr_evaluate(void *state, lu_task_metrics *out)
 {
     asr *s = state;
@@ -881,7 +946,7 @@ static lu_status asr_evaluate(void *state, lu_task_metrics *out)
     dyn_totals dyn = {0};
     double loss_sum = 0;
     int64_t loss_utts = 0;
-    for (int64_t k = 0; k < vb.n_batches && !st; k++) {
+    for (int64_t k = lu_dist_rank(); k < vb.n_batches && !st; k += lu_dist_size()) {
         lu_arena_reset(arena);
         const int64_t *ids = vb.order + vb.start[k];
         int64_t B = vb.start[k + 1] - vb.start[k];
@@ -907,6 +972,7 @@ static lu_status asr_evaluate(void *state, lu_task_metrics *out)
     lu_grad_set_enabled(grad);
     lu_arena_activate(prev);
     lu_arena_free(arena);
+    if (!st && lu_dist_size() > 1) st = share_evaluation(s, &vb, totals, &dyn, &loss_sum, &loss_utts);
     lu_asr_buckets_free(&vb);
     LU_TRY(st);
     out->n = 1 + s->n_exits;
@@ -1246,6 +1312,7 @@ const lu_task lu_task_asr = {
     .epoch_size = asr_epoch_size,
     .loss = asr_loss,
     .evaluate = asr_evaluate,
+    .collective_eval = true,
     .demo = asr_demo,
     .destroy = asr_destroy,
 };

@@ -268,7 +268,8 @@ static lu_status join_ranks(const lu_train_config *c)
     return LU_OK;
 }
 
-static lu_status run_setup(run *r, const lu_run_options *opt, bool with_optim)
+/* join: the process takes part in a data-parallel job when a launcher started it (train, eval). */
+static lu_status run_setup(run *r, const lu_run_options *opt, bool with_optim, bool join)
 {
     char task_name[128];
     LU_TRY(peek_task(opt->config_path, task_name, sizeof task_name));
@@ -284,7 +285,7 @@ static lu_status run_setup(run *r, const lu_run_options *opt, bool with_optim)
     LU_TRY(run_config_load(&r->rc, r->task, opt));
     lu_train_config *c = r->rc.common;
     LU_TRY(check_device(r->task, c, opt->config_path));
-    if (with_optim) LU_TRY(join_ranks(c));
+    if (join) LU_TRY(join_ranks(c));
     /* Initialisers write host memory: the store is built on the CPU, then moved. */
     r->params = lu_params_new(LU_CPU);
     if (!r->params) return lu_error_code();
@@ -490,7 +491,7 @@ static void device_description(lu_device dev, char *out, size_t size)
 lu_status lu_train_run(const lu_run_options *opt)
 {
     run r = {0};
-    lu_status s = run_setup(&r, opt, true);
+    lu_status s = run_setup(&r, opt, true, true);
     lu_train_config *c = r.rc.common;
     /* Data parallel: every rank runs this loop on its share of each step's micro-batches; rank 0
      * alone writes the run directory, logs and evaluates. */
@@ -675,10 +676,12 @@ lu_status lu_eval_run(const lu_run_options *opt)
 {
     run r = {0};
     int64_t step = 0;
-    lu_status s = run_setup(&r, opt, false);
+    lu_status s = run_setup(&r, opt, false, true);
     if (!s) s = load_weights(&r, opt, &step);
-    if (!s) s = evaluate(&r, NULL, step, true);
-    if (!s && r.task->demo) r.task->demo(r.state, stdout);
+    /* Under a launcher, a collective evaluation is shared by the ranks; another is rank 0's. */
+    bool lead = lu_dist_rank() == 0;
+    if (!s && (lead || r.task->collective_eval)) s = evaluate(&r, NULL, step, true);
+    if (!s && lead && r.task->demo) r.task->demo(r.state, stdout);
     run_free(&r);
     return s;
 }
@@ -695,7 +698,7 @@ lu_loaded_task *lu_task_open(const lu_run_options *opt)
         lu_errorf(LU_ERR_NOMEM, "task: out of memory");
         return NULL;
     }
-    lu_status s = run_setup(&t->r, opt, false);
+    lu_status s = run_setup(&t->r, opt, false, false);
     if (!s) s = load_weights(&t->r, opt, &t->step);
     if (s) {
         lu_task_close(t);
