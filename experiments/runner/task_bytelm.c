@@ -10,6 +10,7 @@
 
 #include "core/arena.h"
 #include "core/autograd.h"
+#include "core/dist.h"
 #include "core/fileio.h"
 #include "core/ops.h"
 #include "core/rng.h"
@@ -169,7 +170,8 @@ static lu_status bytelm_evaluate(void *state, lu_task_metrics *out)
     if (!arena) return lu_error_code();
     lu_arena *prev = lu_arena_activate(arena);
     lu_status st = LU_OK;
-    for (int64_t i = 0; i < batches && !st; i++) {
+    /* Data-parallel ranks take batches rank, rank + N, ... and add up their totals. */
+    for (int64_t i = lu_dist_rank(); i < batches && !st; i += lu_dist_size()) {
         lu_arena_reset(arena);
         for (int64_t b = 0; b < B; b++) offsets[b] = s->n_train + (i * B + b) * T;
         lu_tensor *loss = loss_at(s, offsets, B);
@@ -179,6 +181,7 @@ static lu_status bytelm_evaluate(void *state, lu_task_metrics *out)
     lu_arena_activate(prev);
     lu_arena_free(arena);
     LU_TRY(st);
+    LU_TRY(lu_dist_all_reduce_doubles(&total, 1, LU_DIST_SUM));
     double loss = total / (double)batches;
     out->n = 3;
     out->keys[0] = "valid_loss";
@@ -259,6 +262,7 @@ const lu_task lu_task_bytelm = {
     .epoch_size = bytelm_epoch_size,
     .loss = bytelm_loss,
     .evaluate = bytelm_evaluate,
+    .collective_eval = true,
     .demo = bytelm_demo,
     .destroy = bytelm_destroy,
 };
