@@ -452,6 +452,9 @@ Test(lm_eval, cli_usage_and_task_errors)
     free(run_cli(&rc, 6, a3));
     cr_assert_eq(rc, 1);
     tu_assert_error_contains("malformed.jsonl:3: mc item: gold 2 out of range for 2 choices");
+    const char *a4[] = {"lm", "eval", "--model", "m", "--tasks", "t.jsonl", "--device", "tpu"};
+    free(run_cli(&rc, 8, a4));
+    cr_assert_eq(rc, 2);
 }
 
 Test(lm_eval, gen_item_max_new_tokens_must_be_positive)

@@ -16,13 +16,15 @@
 
 static const char *eval_usage =
     "usage: luthier lm eval --model DIR|FILE.gguf --tasks T1.jsonl[,T2.jsonl...] [--chat] [--system TEXT]\n"
-    "                       [--limit N] [--max-new-tokens N] [--max-length N] [--out RESULTS.json]\n"
+    "                       [--limit N] [--max-new-tokens N] [--max-length N] [--device cpu|cuda]\n"
+    "                       [--out RESULTS.json]\n"
     "\n"
     "  Task files are JSON Lines of multiple-choice, generative, perplexity or IFEval items (models/lm_eval.h).\n"
     "  --chat renders prompts with the chat template and the system prompt (default, as Luth evaluates:\n"
     "  \"You are a helpful assistant.\"; --system '' for none); without it prompts are raw text.\n"
     "  --limit N evaluates the first N items of each task; --max-new-tokens bounds generation (256);\n"
-    "  --max-length is the perplexity window in tokens (min(context, 1024)).\n";
+    "  --max-length is the perplexity window in tokens (min(context, 1024)); --device cuda evaluates on the\n"
+    "  GPU (f32, as on the CPU).\n";
 
 static int eval_usage_error(const char *fmt, const char *arg)
 {
@@ -72,6 +74,7 @@ static lu_status write_json(const char *path, const char *model, const lu_lmeval
 int lu_cli_lm_eval(int argc, char **argv)
 {
     const char *model = NULL, *task_list = NULL, *out = NULL;
+    lu_device device = LU_CPU;
     lu_lmeval_opts o = {.system = "You are a helpful assistant.", .progress = true};
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -89,6 +92,10 @@ int lu_cli_lm_eval(int argc, char **argv)
         else if (!strcmp(k, "--tasks")) task_list = v;
         else if (!strcmp(k, "--out")) out = v;
         else if (!strcmp(k, "--system")) o.system = *v ? v : NULL;
+        else if (!strcmp(k, "--device")) {
+            if (strcmp(v, "cpu") && strcmp(v, "cuda")) return eval_usage_error("--device is cpu or cuda, got '%s'", v);
+            device = !strcmp(v, "cuda") ? LU_CUDA : LU_CPU;
+        }
         else if (!strcmp(k, "--limit") || !strcmp(k, "--max-new-tokens") || !strcmp(k, "--max-length")) {
             int64_t x;
             if (!parse_count(v, &x)) return eval_usage_error("%s needs a non-negative integer", k);
@@ -124,6 +131,7 @@ int lu_cli_lm_eval(int argc, char **argv)
         snprintf(tp, sizeof tp, "%s/tokenizer.json", model);
         ok = lu_hf_load(model, &m, &params) == LU_OK && (tok = lu_tokenizer_load(tp)) != NULL;
     }
+    if (ok && device != LU_CPU) ok = lu_params_to_device(params, device) == LU_OK;
     for (int i = 0; ok && i < n; i++) ok = lu_lmeval_run(&m, tok, tasks[i], &o, &res[i]) == LU_OK;
     if (ok && out) ok = write_json(out, model, &o, tasks, res, n) == LU_OK;
     if (ok) {

@@ -208,7 +208,7 @@ static lu_status write_results_json(const char *path, const char *const *labels,
 }
 
 static lu_status evaluate_dir(const char *dir, lu_lmeval_task **tasks, int n_tasks, const lu_lmeval_opts *eo,
-                              lu_lmeval_result (*res)[N_MODELS], int col)
+                              lu_device device, lu_lmeval_result (*res)[N_MODELS], int col)
 {
     char tp[PATH_MAX_LEN + 32];
     snprintf(tp, sizeof tp, "%s/tokenizer.json", dir);
@@ -217,6 +217,7 @@ static lu_status evaluate_dir(const char *dir, lu_lmeval_task **tasks, int n_tas
     LU_TRY(lu_hf_load(dir, &m, &p));
     lu_tokenizer *tok = lu_tokenizer_load(tp);
     lu_status s = tok ? LU_OK : lu_error_code();
+    if (!s && device != LU_CPU) s = lu_params_to_device(p, device);
     for (int i = 0; !s && i < n_tasks; i++) s = lu_lmeval_run(&m, tok, tasks[i], eo, &res[i][col]);
     lu_tokenizer_free(tok);
     lu_params_free(p);
@@ -277,7 +278,7 @@ lu_status lu_luth_compare(const char *run_dir, const char *start_model, const lu
                          .progress = true};
     for (int m = 0; !s && m < n_models; m++) {
         fprintf(stderr, "compare: evaluating %s (%s) on %d tasks\n", labels[m], dirs[m], n_tasks);
-        s = evaluate_dir(dirs[m], tasks, n_tasks, &eo, res, m);
+        s = evaluate_dir(dirs[m], tasks, n_tasks, &eo, (lu_device)o->device, res, m);
     }
     if (!s) {
         snprintf(out, sizeof out, "%s/compare.json", run_dir);

@@ -26,6 +26,7 @@ typedef struct lu_compare_opts {
     lu_compare_merge merge;
     double t;                 /* slerp t (0: the starting model, 1: the fine-tuned one); linear weight of the fine-tuned model */
     int export_dtype;         /* of base/ (lu_dtype) */
+    int device;               /* where the models are evaluated (lu_device; 0: the CPU) */
 } lu_compare_opts;
 
 /* start_model: the HF directory or GGUF file training started from. */

@@ -354,7 +354,7 @@ static lu_status sft_finish(void *state, const char *run_dir)
     lu_compare_opts o = {.tasks = s->cfg.compare_tasks, .chat = s->cfg.compare_chat, .system = s->cfg.compare_system,
                          .limit = s->cfg.compare_limit, .max_new_tokens = s->cfg.compare_max_new_tokens,
                          .merge = (lu_compare_merge)s->cfg.compare_merge, .t = s->cfg.compare_t,
-                         .export_dtype = dtypes[s->cfg.export_dtype]};
+                         .export_dtype = dtypes[s->cfg.export_dtype], .device = s->model.params->device};
     return lu_luth_compare(run_dir, s->cfg.model_path, &o);
 }
 
