@@ -11,8 +11,8 @@
  *     cublasGemmEx type table; other combinations answer CUBLAS_STATUS_NOT_SUPPORTED;
  *   - the documented argument checks: negative sizes, a leading dimension below the rows stored,
  *     NULL scalars, an unknown operation answer CUBLAS_STATUS_INVALID_VALUE.
- * Each dot product is accumulated in double from the (float-exact) inputs, then scaled, offset and
- * rounded once to the output type in float, round to nearest even (bf16 and f16 by core/dtype.c).
+ * The products are accumulated in f32 by the host's BLAS (CUBLAS_COMPUTE_32F), then scaled, offset
+ * and rounded once to the output type in float, round to nearest even (bf16 and f16 by core/dtype.c).
  * Device memory is host memory in the emulator. Where the GPU would fault - a NULL matrix that is
  * read, or a cuBLASLt matrix less aligned than its algorithm was chosen for - the call answers
  * CUBLAS_STATUS_EXECUTION_FAILED instead of crashing the test process. */
@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
@@ -99,37 +100,28 @@ static void pack(const void *x, cudaDataType t, int64_t ld, bool row_major, int6
     }
 }
 
-/* Four partial sums: independent chains the CPU overlaps, in a fixed order, so runs agree bit for bit. */
-static double dot(const float *x, const float *y, int64_t k)
-{
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int64_t p = 0;
-    for (; p + 4 <= k; p += 4) {
-        s0 += (double)x[p] * y[p];
-        s1 += (double)x[p + 1] * y[p + 1];
-        s2 += (double)x[p + 2] * y[p + 2];
-        s3 += (double)x[p + 3] * y[p + 3];
-    }
-    for (; p < k; p++) s0 += (double)x[p] * y[p];
-    return (s0 + s1) + (s2 + s3);
-}
-
-/* ap [m, k] = op(A), bp [n, k] = op(B)^T, both row-major so that every dot product reads two
- * contiguous rows; D is written column by column, in memory order. */
-static void gemm_one(const gemm *g, float *ap, float *bp)
+/* ap [m, k] = op(A), bp [n, k] = op(B)^T, both row-major; their product (f32 accumulation, as
+ * CUBLAS_COMPUTE_32F) by the host's BLAS into prod [n, m] row-major, which is D's column-major
+ * order; then alpha, beta C and the epilogue, element by element. */
+static void gemm_one(const gemm *g, float *ap, float *bp, float *prod)
 {
     int64_t m = g->m, n = g->n, k = g->k;
     pack(g->a, g->ab_type, g->lda, g->ta, m, k, ap);
     pack(g->b, g->ab_type, g->ldb, !g->tb, n, k, bp);
+    if (k > 0)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)m, (int)k, 1.0f, bp, (int)k, ap, (int)k, 0.0f,
+                    prod, (int)m);
+    else
+        memset(prod, 0, (size_t)(m * n) * sizeof *prod);
     for (int64_t j = 0; j < n; j++) {
-        const float *bj = bp + j * k;
         for (int64_t i = 0; i < m; i++) {
-            float v = g->alpha * (float)dot(ap + i * k, bj, k);
+            float v = g->alpha * prod[j * m + i];
             if (g->beta != 0.0f) v += g->beta * load(g->c_type, g->c, i + j * g->ldc);
             if (g->epilogue == CUBLASLT_EPILOGUE_BIAS) v += load(g->vec_type, g->vec, i);
             store(g->c_type, g->d, i + j * g->ldd, v);
         }
         if (g->epilogue == CUBLASLT_EPILOGUE_BGRADB) {
+            const float *bj = bp + j * k;
             double s = 0;
             for (int64_t p = 0; p < k; p++) s += bj[p];
             store(g->vec_type, g->vec, j, (float)s);
@@ -154,9 +146,11 @@ static cublasStatus_t gemm_batch(const gemm *g, int64_t batch, int64_t sa, int64
     if (!pointers_present(g)) return CUBLAS_STATUS_EXECUTION_FAILED;
     float *ap = malloc(((size_t)(g->m * g->k) + 1) * sizeof(float));
     float *bp = malloc(((size_t)(g->n * g->k) + 1) * sizeof(float));
-    if (!ap || !bp) {
+    float *prod = malloc(((size_t)(g->m * g->n) + 1) * sizeof(float));
+    if (!ap || !bp || !prod) {
         free(ap);
         free(bp);
+        free(prod);
         return CUBLAS_STATUS_ALLOC_FAILED;
     }
     size_t es = type_size(g->ab_type), cs = type_size(g->c_type);
@@ -166,10 +160,11 @@ static cublasStatus_t gemm_batch(const gemm *g, int64_t batch, int64_t sa, int64
         gi.b = (const char *)g->b + (size_t)(i * sb) * es;
         gi.c = (const char *)g->c + (size_t)(i * sc) * cs;
         gi.d = (char *)g->d + (size_t)(i * sc) * cs;
-        gemm_one(&gi, ap, bp);
+        gemm_one(&gi, ap, bp, prod);
     }
     free(ap);
     free(bp);
+    free(prod);
     return CUBLAS_STATUS_SUCCESS;
 }
 

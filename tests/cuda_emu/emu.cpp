@@ -2,11 +2,12 @@
  *
  * A launch runs its blocks one after the other on the calling thread. Each CUDA thread of a block
  * is a fiber (a stack of its own and a hand-written context switch on x86-64, ucontext
- * elsewhere): the scheduler resumes every runnable fiber in turn until it finishes, reaches a
- * barrier or joins a warp collective, then completes whatever barrier or collective every
- * participant has reached, and goes round again. Fibers are resumed in thread order on even rounds
- * and in reverse order on odd ones, so that a read of shared memory that lacks its barrier sees
- * the wrong data one way or the other. What the hardware does not allow (a warp collective whose
+ * elsewhere): the scheduler takes the warps in turn, resumes each lane until it finishes, reaches
+ * the block barrier or joins a warp collective, completes a collective as soon as every lane it
+ * names has joined, and moves to the next warp when its lanes are all done or at the barrier;
+ * then the barrier opens and the next round begins. Warps and lanes go in thread order on even
+ * rounds and in reverse order on odd ones, so that a read of shared memory that lacks its barrier
+ * sees the wrong data one way or the other. What the hardware does not allow (a warp collective whose
  * mask names a lane that exited, a barrier nobody else reaches, a misaligned ldmatrix address)
  * aborts with the kernel, block and thread named. */
 #include <errno.h>
@@ -105,8 +106,10 @@ static ucontext_t scheduler_ctx;
 /* ---- fibers ---- */
 
 #if defined(__x86_64__)
-/* lu_emu_switch(&save, to): saves the callee-saved registers, MXCSR and the x87 control word on
- * the current stack, stores the stack pointer in save, and resumes the stack `to`. */
+/* lu_emu_switch(&save, to): saves the callee-saved registers on the current stack, stores the stack
+ * pointer in save, and resumes the stack `to`. The floating-point control state (MXCSR, x87
+ * control word) is left alone: every fiber runs with the host thread's, which kernels never
+ * change, and restoring it at each switch would cost more than the rest of the switch. */
 extern "C" void lu_emu_switch(void **save, void *to);
 asm(".text\n"
     ".globl lu_emu_switch\n"
@@ -118,14 +121,8 @@ asm(".text\n"
     "    pushq %r13\n"
     "    pushq %r14\n"
     "    pushq %r15\n"
-    "    subq $8, %rsp\n"
-    "    stmxcsr (%rsp)\n"
-    "    fnstcw 4(%rsp)\n"
     "    movq %rsp, (%rdi)\n"
     "    movq %rsi, %rsp\n"
-    "    ldmxcsr (%rsp)\n"
-    "    fldcw 4(%rsp)\n"
-    "    addq $8, %rsp\n"
     "    popq %r15\n"
     "    popq %r14\n"
     "    popq %r13\n"
@@ -183,15 +180,12 @@ static void start(fiber *f)
 {
     f->stack = take_stack();
 #if defined(__x86_64__)
-    /* The frame lu_emu_switch pops: MXCSR and control word, r15 .. rbp, then fiber_main as the
-     * return address, entered with the stack 8 off a 16-byte boundary as after a call. */
+    /* The frame lu_emu_switch pops: r15 .. rbp, then fiber_main as the return address, entered
+     * with the stack 8 off a 16-byte boundary as after a call. */
     uint64_t *top = (uint64_t *)(f->stack + STACK_BYTES);
-    uint64_t *sp = top - 9;
-    memset(sp, 0, 9 * sizeof *sp);
-    uint32_t csr[2];
-    asm volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(csr[0]), "=m"(csr[1]));
-    memcpy(sp, csr, sizeof csr);
-    sp[7] = (uint64_t)(uintptr_t)fiber_main;
+    uint64_t *sp = top - 8;
+    memset(sp, 0, 8 * sizeof *sp);
+    sp[6] = (uint64_t)(uintptr_t)fiber_main;
     f->sp = sp;
 #else
     getcontext(&f->ctx);
@@ -333,15 +327,17 @@ static void resolve_mma(fiber *lanes[32], bool bf16)
             C[g + 8][2 * t + e] = q->c[2 + e];
         }
     }
+    /* Products of 16-bit values are exact in double; each sum is rounded to float once. */
+    double D[16][8];
+    for (int r = 0; r < 16; r++) {
+        for (int c = 0; c < 8; c++) D[r][c] = C[r][c];
+        for (int k = 0; k < 16; k++)
+            for (int c = 0; c < 8; c++) D[r][c] += (double)A[r][k] * B[k][c];
+    }
     for (int l = 0; l < 32; l++) {
         warp_req *q = lanes[l]->req;
         int g = l / 4, t = l % 4;
-        for (int i = 0; i < 4; i++) {
-            int r = g + 8 * (i / 2), c = 2 * t + i % 2;
-            double s = C[r][c]; /* products of 16-bit values are exact in double */
-            for (int k = 0; k < 16; k++) s += (double)A[r][k] * B[k][c];
-            q->d[i] = (float)s;
-        }
+        for (int i = 0; i < 4; i++) q->d[i] = (float)D[g + 8 * (i / 2)][2 * t + i % 2];
     }
 }
 
@@ -494,16 +490,21 @@ static void run_block(int nthreads)
     /* Shared memory starts as garbage on a GPU; NaN bytes make a read before a write show. */
     memset(smem.data(), 0xff, smem.size());
     int nwarps = (nthreads + 31) / 32;
+    /* A round takes the warps in turn; a warp's lanes run until each finishes or waits, and its
+     * collectives complete at once, so the warp goes on until all its lanes are done or at the
+     * block barrier. Then the barrier opens (or nothing can move: a deadlock). */
     for (unsigned round = 0;; round++) {
-        for (int k = 0; k < nthreads; k++) {
-            fiber *f = &fibers[round % 2 ? nthreads - 1 - k : k];
-            if (f->state == F_NEW) start(f);
-            if (f->state == F_RUN) resume(f);
+        const bool reverse = round % 2;
+        for (int wi = 0; wi < nwarps; wi++) {
+            const int w = reverse ? nwarps - 1 - wi : wi, lo = 32 * w, hi = lo + 32 < nthreads ? lo + 32 : nthreads;
+            do {
+                for (int k = lo; k < hi; k++) {
+                    fiber *f = &fibers[reverse ? hi - 1 - (k - lo) : k];
+                    if (f->state == F_NEW) start(f);
+                    if (f->state == F_RUN) resume(f);
+                }
+            } while (resolve_warp(w, nthreads));
         }
-        bool moved = false;
-        for (int w = 0; w < nwarps; w++) moved |= resolve_warp(w, nthreads);
-        if (!moved) moved = resolve_block(nthreads);
-        if (moved) continue;
         int done = 0, at_block = 0, at_warp = 0;
         for (int i = 0; i < nthreads; i++) {
             done += fibers[i].state == F_DONE;
@@ -511,8 +512,9 @@ static void run_block(int nthreads)
             at_warp += fibers[i].state == F_WARP;
         }
         if (done == nthreads) return;
-        fail("deadlock: %d of %d threads wait at __syncthreads, %d at warp collectives, %d have exited", at_block,
-             nthreads, at_warp, done);
+        if (!resolve_block(nthreads))
+            fail("deadlock: %d of %d threads wait at __syncthreads, %d at warp collectives, %d have exited", at_block,
+                 nthreads, at_warp, done);
     }
 }
 
