@@ -75,6 +75,21 @@ static __device__ __forceinline__ void att_dots(const float *X, int ldx, const f
     }
 }
 
+/* acc[r] += sum over the tile's keys jj of w[jj] * X[jj][warp + 8r], columns below n: the
+ * accumulation phase (w this lane's row of P or dS, X the V or K tile). */
+template <int NC>
+static __device__ __forceinline__ void att_accumulate(float acc[NC], const float *w, const float *X, int ldx, int64_t n)
+{
+    const int wp = threadIdx.x / LU_CUDA_WARP;
+    for (int jj = 0; jj < ATT_TILE; jj++) {
+        float p = w[jj];
+        const float *xr = X + jj * ldx + wp;
+#pragma unroll
+        for (int r = 0; r < NC; r++)
+            if (wp + r * ATT_WARPS < n) acc[r] += p * xr[r * ATT_WARPS];
+    }
+}
+
 /* Shared memory of a kernel: the key ranges of 32 query rows (int64 lo, hi), then `floats` floats. */
 static size_t att_smem_bytes(int64_t floats) { return 2 * ATT_TILE * sizeof(int64_t) + (size_t)floats * sizeof(float); }
 
@@ -140,13 +155,7 @@ static __global__ void __launch_bounds__(ATT_THREADS) att_forward_kernel(att_arg
         float alpha = row_a[lane];
 #pragma unroll
         for (int r = 0; r < NC; r++) acc[r] *= alpha;
-        for (int jj = 0; jj < ATT_TILE; jj++) {
-            float p = Ps[lane * ATT_PLD + jj];
-            const float *vr = Vs + jj * ldv + wp;
-#pragma unroll
-            for (int r = 0; r < NC; r++)
-                if (wp + r * ATT_WARPS < a.dv) acc[r] += p * vr[r * ATT_WARPS];
-        }
+        att_accumulate<NC>(acc, Ps + lane * ATT_PLD, Vs, ldv, a.dv);
         __syncthreads();
     }
 
@@ -344,13 +353,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         }
         __syncthreads();
         /* Accumulation: query `lane`, columns wp + 8r. */
-        for (int jj = 0; jj < ATT_TILE; jj++) {
-            float ds = dSs[lane * ATT_PLD + jj];
-            const float *kr = Ks + jj * ldq + wp;
-#pragma unroll
-            for (int r = 0; r < NC; r++)
-                if (wp + r * ATT_WARPS < a.d) acc[r] += ds * kr[r * ATT_WARPS];
-        }
+        att_accumulate<NC>(acc, dSs + lane * ATT_PLD, Ks, ldq, a.d);
         __syncthreads();
     }
     const int64_t i = i0 + lane;
