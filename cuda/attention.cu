@@ -221,6 +221,24 @@ static __global__ void att_dsum_kernel(att_args a, const void *dO, const void *o
     }
 }
 
+/* The backward's query tile i0 of head h in batch b: its Q and dO rows into Qs, dOs, and each
+ * row's key range, lse and Dsum (the first ATT_TILE threads, a row each). */
+static __device__ void att_load_query_tile(const att_args *a, const void *dO, const void *lse, const float *dsum,
+                                           int64_t b, int64_t h, int64_t i0, int ldq, int ldv, float *Qs, float *dOs,
+                                           int64_t *row_lo, int64_t *row_hi, float *row_lse, float *row_dsum)
+{
+    const int64_t tq = a->rg.tq;
+    att_load_tile(Qs, ldq, a->q, a->dt, (b * tq * a->hq + h) * a->d, a->hq * a->d, i0, tq, (int)a->d);
+    att_load_tile(dOs, ldv, dO, a->dt, (b * tq * a->hq + h) * a->dv, a->hq * a->dv, i0, tq, (int)a->dv);
+    const int t = (int)threadIdx.x;
+    if (t < ATT_TILE) {
+        int64_t i = i0 + t, row = (b * a->hq + h) * tq + i;
+        lu_att_key_range(&a->rg, i, &row_lo[t], &row_hi[t]);
+        row_lse[t] = i < tq ? att_load(lse, a->lse_dt, row) : -INFINITY;
+        row_dsum[t] = i < tq ? dsum[row] : 0.0f;
+    }
+}
+
 /* P and dS = P * (dP - Dsum) of one pair (query row ii of the tile's row state, key j), with dP =
  * dO . v (+ dW). lse and Dsum are the row's. */
 static __device__ __forceinline__ void att_pair_grad(const att_args *a, int64_t b, int64_t j, int64_t lo, int64_t hi,
@@ -261,14 +279,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     for (int64_t h = g * rep; h < (g + 1) * rep; h++) {
         for (int64_t i0 = qlo; i0 < qhi; i0 += ATT_TILE) {
             __syncthreads(); /* the previous tile's readers are done */
-            att_load_tile(Qs, ldq, a.q, a.dt, (b * a.rg.tq * a.hq + h) * a.d, a.hq * a.d, i0, a.rg.tq, (int)a.d);
-            att_load_tile(dOs, ldv, dO, a.dt, (b * a.rg.tq * a.hq + h) * a.dv, a.hq * a.dv, i0, a.rg.tq, (int)a.dv);
-            if (threadIdx.x < ATT_TILE) {
-                int64_t i = i0 + lane, row = (b * a.hq + h) * a.rg.tq + i;
-                lu_att_key_range(&a.rg, i, &row_lo[lane], &row_hi[lane]);
-                row_lse[lane] = i < a.rg.tq ? att_load(lse, a.lse_dt, row) : -INFINITY;
-                row_dsum[lane] = i < a.rg.tq ? dsum[row] : 0.0f;
-            }
+            att_load_query_tile(&a, dO, lse, dsum, b, h, i0, ldq, ldv, Qs, dOs, row_lo, row_hi, row_lse, row_dsum);
             __syncthreads();
             /* Pairs: key `lane` against queries wp + 8r. */
             float s[ATT_PAIRS], dp[ATT_PAIRS];
@@ -320,14 +331,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     const int64_t nqt = (a.rg.tq + ATT_TILE - 1) / ATT_TILE, bid = blockIdx.x;
     const int64_t i0 = bid % nqt * ATT_TILE, h = bid / nqt % a.hq, b = bid / (nqt * a.hq), g = h / (a.hq / a.hkv);
     const int64_t kbase = (b * a.rg.tk * a.hkv + g) * a.d, vbase = (b * a.rg.tk * a.hkv + g) * a.dv;
-    att_load_tile(Qs, ldq, a.q, a.dt, (b * a.rg.tq * a.hq + h) * a.d, a.hq * a.d, i0, a.rg.tq, (int)a.d);
-    att_load_tile(dOs, ldv, dO, a.dt, (b * a.rg.tq * a.hq + h) * a.dv, a.hq * a.dv, i0, a.rg.tq, (int)a.dv);
-    if (threadIdx.x < ATT_TILE) {
-        int64_t i = i0 + lane, row = (b * a.hq + h) * a.rg.tq + i;
-        lu_att_key_range(&a.rg, i, &row_lo[lane], &row_hi[lane]);
-        row_lse[lane] = i < a.rg.tq ? att_load(lse, a.lse_dt, row) : -INFINITY;
-        row_dsum[lane] = i < a.rg.tq ? dsum[row] : 0.0f;
-    }
+    att_load_query_tile(&a, dO, lse, dsum, b, h, i0, ldq, ldv, Qs, dOs, row_lo, row_hi, row_lse, row_dsum);
     __syncthreads();
     int64_t klo, khi;
     att_key_union(row_lo, row_hi, a.rg.tk, &klo, &khi);
