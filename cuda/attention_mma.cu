@@ -199,6 +199,20 @@ static __device__ __forceinline__ void att_gemm_abt(float acc[][4], const uint16
     }
 }
 
+/* The backward's two score products from zero: s = A B^T and dp = C E^T (16 x 8 NB each over D
+ * columns, operands as att_gemm_abt takes them). */
+template <bool BF16, int LD, int NB, int D>
+static __device__ __forceinline__ void att_gemm_pair(float s[][4], float dp[][4], const uint16_t *A, const uint16_t *B,
+                                                     const uint16_t *C, const uint16_t *E)
+{
+#pragma unroll
+    for (int n = 0; n < NB; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
+    att_gemm_abt<BF16, LD, NB, D / 16>(s, A, B);
+    att_gemm_abt<BF16, LD, NB, D / 16>(dp, C, E);
+}
+
 /* acc[mt] (16 x D) += X[mt] B for MT row tiles: X[mt] the 16 x 16 KB matrix whose accumulator
  * fragments are x[mt] (as att_gemm_abt leaves them), rounded to 16 bits; B rows 0 .. 16 KB - 1 of
  * a [k][n] tile. Each B fragment read from shared memory serves the MT tiles. */
@@ -522,12 +536,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
         const uint16_t *Kt = Ks + (it & 1) * ATT_BK * LD, *Vt = Vs + (it & 1) * ATT_BK * LD;
         if (att_rows_see(&rows, j0)) {
             float s[ATT_BK / 8][4], dp[ATT_BK / 8][4];
-#pragma unroll
-            for (int n = 0; n < ATT_BK / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
-            att_gemm_abt<BF16, LD, ATT_BK / 8, D / 16>(s, Qs + wp * 16 * LD, Kt);
-            att_gemm_abt<BF16, LD, ATT_BK / 8, D / 16>(dp, dOs + wp * 16 * LD, Vt);
+            att_gemm_pair<BF16, LD, ATT_BK / 8, D>(s, dp, Qs + wp * 16 * LD, Kt, dOs + wp * 16 * LD, Vt);
 #pragma unroll
             for (int n = 0; n < ATT_BK / 8; n++)
 #pragma unroll
@@ -642,12 +651,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
             full = __all_sync(ATT_FULL, full);
             /* S^T and dP^T (16 keys x QC queries) = K_w Q^T and V_w dO^T. */
             float s[QC / 8][4], dp[QC / 8][4];
-#pragma unroll
-            for (int n = 0; n < QC / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
-            att_gemm_abt<BF16, LD, QC / 8, D / 16>(s, Ks + wp * 16 * LD, Qt);
-            att_gemm_abt<BF16, LD, QC / 8, D / 16>(dp, Vs + wp * 16 * LD, dOt);
+            att_gemm_pair<BF16, LD, QC / 8, D>(s, dp, Ks + wp * 16 * LD, Qt, Vs + wp * 16 * LD, dOt);
             /* Element (key kr[e / 2], query c): P^T, then dS^T = P^T (dP^T - Dsum) in place of dP^T. */
 #pragma unroll
             for (int n = 0; n < QC / 8; n++)
