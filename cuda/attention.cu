@@ -470,7 +470,7 @@ static lu_status attention_forward(const lu_op_call *c)
 
 static lu_status att_zero(lu_tensor *t)
 {
-    if (t && lu_tensor_nbytes(t)) LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(t), 0, lu_tensor_nbytes(t), 0));
+    if (t && lu_tensor_nbytes(t)) LU_TRY(lu_cuda_zero(t));
     return LU_OK;
 }
 

@@ -177,9 +177,7 @@ static lu_status gather_forward(const lu_op_call *c)
     lu_cuda_scratch_free(bad);
     if (found != ~0ULL) {
         int64_t v = 0;
-        size_t es = lu_dtype_size(index->dtype);
-        LU_CUDA_CHECK(cudaMemcpy(&v, (const char *)lu_tensor_data(index) + found * es, es, cudaMemcpyDeviceToHost));
-        if (index->dtype == LU_I32) v = (int32_t)v;
+        LU_TRY(lu_cuda_index_at(index, (int64_t)found, &v));
         return lu_errorf(LU_ERR_INVALID, "gather: index %lld at position %lld is outside [0, %lld)", (long long)v,
                          (long long)found, (long long)hi);
     }
@@ -198,7 +196,7 @@ static lu_status gather_backward(const lu_op_call *c)
     LU_TRY(check_gather(c, x, index, dy ? dy : index));
     int64_t n = lu_tensor_numel(index), m = index->shape[p->dim], nx = lu_tensor_numel(x);
     if (nx == 0) return LU_OK;
-    LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
+    LU_TRY(lu_cuda_zero(dx));
     if (!dy || n == 0) return LU_OK;
     /* f32 gradients accumulate in place; bf16 ones in an f32 copy converted at the end. */
     float *acc = (float *)lu_tensor_data(dx);

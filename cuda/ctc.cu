@@ -266,7 +266,7 @@ static lu_status ctc_backward(const lu_op_call *c)
     LU_TRY(lu_cuda_check_float(c, ts, 3, lp->dtype));
     int64_t B = lp->shape[0], T = lp->shape[1], V = lp->shape[2], S = targets->shape[1], stride = 2 * S + 1;
     if (lu_tensor_numel(dlp) == 0) return LU_OK;
-    LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dlp), 0, lu_tensor_nbytes(dlp), 0));
+    LU_TRY(lu_cuda_zero(dlp));
     if (!dloss) return LU_OK;
     unsigned grid = ctc_grid(B);
     /* alpha [grid][T][stride], beta [grid][2][stride] doubles, then next and first ints. */

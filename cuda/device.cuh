@@ -146,6 +146,23 @@ static inline void lu_cuda_scratch_free(void *p)
     if (p) (void)cudaFreeAsync(p, 0);
 }
 
+/* t <- zeros (a backward whose incoming gradient is absent, an accumulator), in stream order. */
+static inline lu_status lu_cuda_zero(lu_tensor *t)
+{
+    LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(t), 0, lu_tensor_nbytes(t), 0));
+    return LU_OK;
+}
+
+/* *v <- element pos of the i32 or i64 device tensor idx (the offending index of a kernel's check). */
+static inline lu_status lu_cuda_index_at(const lu_tensor *idx, int64_t pos, int64_t *v)
+{
+    size_t es = lu_dtype_size(idx->dtype);
+    int64_t raw = 0;
+    LU_CUDA_CHECK(cudaMemcpy(&raw, (const char *)lu_tensor_data(idx) + (size_t)pos * es, es, cudaMemcpyDeviceToHost));
+    *v = idx->dtype == LU_I32 ? (int64_t)(int32_t)raw : raw; /* little-endian: the low 4 bytes are the i32 */
+    return LU_OK;
+}
+
 /* ---- warp reductions (every lane gets the result) ---- */
 
 /* float, or double where partial sums cancel (DOWNSAMPLE's dbias). */

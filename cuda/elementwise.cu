@@ -167,7 +167,7 @@ static lu_status binary_backward(const lu_op_call *c)
         int64_t n = lu_tensor_numel(dx);
         if (n == 0) continue;
         if (!dy) {
-            LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
+            LU_TRY(lu_cuda_zero(dx));
             continue;
         }
         if (!lu_tensor_same_shape(dx, x) || dx->dtype != y->dtype)
@@ -319,7 +319,7 @@ static lu_status unary_backward(const lu_op_call *c)
     int64_t n = lu_tensor_numel(dx);
     if (n == 0) return LU_OK;
     if (!dy) {
-        LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
+        LU_TRY(lu_cuda_zero(dx));
         return LU_OK;
     }
     unary_backward_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(c->op, unary_params_of(c), x->dtype,
@@ -383,8 +383,8 @@ static lu_status swiglu_backward(const lu_op_call *c)
     int64_t n = lu_tensor_numel(g);
     if (n == 0 || (!dg && !du)) return LU_OK;
     if (!dy) {
-        if (dg) LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dg), 0, lu_tensor_nbytes(dg), 0));
-        if (du) LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(du), 0, lu_tensor_nbytes(du), 0));
+        if (dg) LU_TRY(lu_cuda_zero(dg));
+        if (du) LU_TRY(lu_cuda_zero(du));
         return LU_OK;
     }
     if (g->dtype == LU_BF16)

@@ -112,9 +112,7 @@ static lu_status embedding_forward(const lu_op_call *c)
     if (e != cudaSuccess) return lu_cuda_fail(e, __FILE__, __LINE__, "embedding forward");
     if (first != ULLONG_MAX) {
         int64_t v = 0;
-        size_t es = lu_dtype_size(ids->dtype);
-        LU_CUDA_CHECK(cudaMemcpy(&v, (const char *)lu_tensor_data(ids) + first * es, es, cudaMemcpyDeviceToHost));
-        if (ids->dtype == LU_I32) v = (int32_t)v; /* little-endian: the low 4 bytes are the i32 */
+        LU_TRY(lu_cuda_index_at(ids, (int64_t)first, &v));
         return lu_errorf(LU_ERR_INVALID, "embedding: id %lld at position %lld is outside [0, %lld)", (long long)v,
                          (long long)first, (long long)V);
     }
@@ -170,7 +168,7 @@ static lu_status embedding_backward(const lu_op_call *c)
         return lu_errorf(LU_ERR_UNSUPPORTED, "embedding backward: %lld ids or %lld rows exceed the cuda kernel's range",
                          (long long)n, (long long)w->shape[0]);
     if (!dy || n == 0 || w->shape[1] == 0) {
-        LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dw), 0, lu_tensor_nbytes(dw), 0));
+        LU_TRY(lu_cuda_zero(dw));
         return LU_OK;
     }
     return embedding_grad(w->dtype, dy, ids, dw);

@@ -191,9 +191,7 @@ static lu_status xent_forward(const lu_op_call *c)
     lu_cuda_scratch_free(bad);
     if (found != ~0ULL) {
         int64_t t = 0;
-        size_t es = lu_dtype_size(target->dtype);
-        LU_CUDA_CHECK(cudaMemcpy(&t, (const char *)lu_tensor_data(target) + found * es, es, cudaMemcpyDeviceToHost));
-        if (!i64) t = (int32_t)t;
+        LU_TRY(lu_cuda_index_at(target, (int64_t)found, &t));
         return lu_errorf(LU_ERR_INVALID, "cross_entropy: target %lld at position %lld is outside [0, %lld) and is "
                          "not ignore_index %lld", (long long)t, (long long)found, (long long)V,
                          (long long)p->ignore_index);
@@ -217,7 +215,7 @@ static lu_status xent_backward(const lu_op_call *c)
     int64_t N = logits->shape[0], V = logits->shape[1];
     if (N == 0 || V == 0) return LU_OK;
     if (!dloss) {
-        LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
+        LU_TRY(lu_cuda_zero(dx));
         return LU_OK;
     }
     LU_TRY(lu_cuda_check_float(c, &dloss, 1, dloss->dtype));

@@ -100,7 +100,7 @@ static lu_status softmax_backward(const lu_op_call *c)
     int64_t d = x->shape[x->ndim - 1], n = lu_tensor_numel(x);
     if (n == 0) return LU_OK;
     if (!dy) {
-        LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
+        LU_TRY(lu_cuda_zero(dx));
         return LU_OK;
     }
     softmax_backward_kernel<<<row_blocks(n / d), LU_CUDA_THREADS>>>(c->op == LU_OP_LOG_SOFTMAX, x->dtype,
@@ -317,7 +317,7 @@ static lu_status rmsnorm_backward(const lu_op_call *c)
                          lu_dtype_name(rstd->dtype));
     if (dx && lu_tensor_numel(dx)) {
         if (!dy && !drstd) {
-            LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
+            LU_TRY(lu_cuda_zero(dx));
         } else {
             rmsnorm_backward_dx_kernel<<<row_blocks(rows), LU_CUDA_THREADS>>>(
                 x->dtype, dy ? lu_tensor_data(dy) : NULL, rstd->dtype, drstd ? lu_tensor_data(drstd) : NULL,
@@ -327,7 +327,7 @@ static lu_status rmsnorm_backward(const lu_op_call *c)
     }
     if (dw && lu_tensor_numel(dw)) {
         if (!dy || rows == 0) {
-            LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dw), 0, lu_tensor_nbytes(dw), 0));
+            LU_TRY(lu_cuda_zero(dw));
         } else {
             int64_t chunk, chunks;
             float *part;

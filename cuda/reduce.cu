@@ -284,7 +284,7 @@ static lu_status sum_backward(const lu_op_call *c)
     reduce_geom(x, p->dim, &outer, &n, &inner);
     if (total == 0) return LU_OK;
     if (!dy) {
-        LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
+        LU_TRY(lu_cuda_zero(dx));
         return LU_OK;
     }
     float scale = c->op == LU_OP_MEAN ? (float)(1.0 / (double)n) : 1.0f;
@@ -347,7 +347,7 @@ static lu_status max_backward(const lu_op_call *c)
     int64_t outer, n, inner;
     reduce_geom(x, p->dim, &outer, &n, &inner);
     if (lu_tensor_numel(x) == 0) return LU_OK;
-    LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
+    LU_TRY(lu_cuda_zero(dx));
     if (!dy) return LU_OK;
     if (am->dtype != LU_I64 || lu_tensor_numel(am) != outer * inner)
         return lu_errorf(LU_ERR_SHAPE, "max backward: argmax must be i64 with %lld elements", (long long)(outer * inner));

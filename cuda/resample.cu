@@ -142,7 +142,7 @@ static lu_status gather_backward(const lu_op_call *c)
     int64_t n = lu_tensor_numel(dx);
     if (n == 0) return LU_OK;
     if (!dy) {
-        LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
+        LU_TRY(lu_cuda_zero(dx));
         return LU_OK;
     }
     const lu_resample_params *p = (const lu_resample_params *)c->params;

@@ -78,7 +78,7 @@ static lu_status rope_backward(const lu_op_call *c)
     const lu_tensor *ts[3] = {c->in[0], c->in[1], dx};
     LU_TRY(lu_cuda_check_float(c, ts, 3, dx->dtype));
     if (!c->in[0]) {
-        LU_CUDA_CHECK(cudaMemsetAsync(lu_tensor_data(dx), 0, lu_tensor_nbytes(dx), 0));
+        LU_TRY(lu_cuda_zero(dx));
         return LU_OK;
     }
     return rope_run(c, c->in[0], c->in[2], dx, -1.0f);
