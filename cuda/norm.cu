@@ -6,7 +6,7 @@
  * summed in order, then the chunks in order), so they too depend only on the shape. */
 #include <math.h>
 
-#include "device.cuh"
+#include "colsum.cuh"
 
 #define ROWS_PER_BLOCK (LU_CUDA_THREADS / LU_CUDA_WARP)
 
@@ -199,8 +199,9 @@ static lu_status rmsnorm_forward(const lu_op_call *c)
 
 /* ---- column sums of the per-channel gradients ---- */
 
-/* Aim for at least this many threads in stage 1; no fewer rows than COL_MIN_ROWS per chunk. */
-#define COL_THREADS 65536
+/* Aim for about a full H100/H200 of threads in stage 1 (each walks its chunk's rows alone, so the
+ * loads' latency hides only behind many threads); no fewer rows than COL_MIN_ROWS per chunk. */
+#define COL_THREADS 262144
 #define COL_MIN_ROWS 16
 
 /* Rows per chunk for a [rows, d] column sum; depends only on the shape. */
@@ -211,17 +212,6 @@ static int64_t col_chunk_rows(int64_t rows, int64_t d)
     if (want < 1) want = 1;
     int64_t size = (rows + want - 1) / want;
     return size < 1 ? 1 : size;
-}
-
-/* Stage 2: out[j] = sum over chunks c of part[c * d + j], in chunk order (out NULL: skipped). */
-static __global__ void col_chunks_kernel(int dt, const float *part, int64_t d, int64_t chunks, void *out)
-{
-    LU_CUDA_FOR(j, d)
-    {
-        float s = 0.0f;
-        for (int64_t c = 0; c < chunks; c++) s += part[c * d + j];
-        lu_dev_store(out, dt, j, s);
-    }
 }
 
 /* Scratch for a two-stage column sum of `n_sums` sums over [rows, d]; *part is NULL when a
@@ -242,7 +232,7 @@ static lu_status col_finish(int dt, float *part, int64_t d, int64_t chunks, int 
     cudaError_t e = cudaGetLastError();
     for (int k = 0; k < n_sums && part && e == cudaSuccess; k++) {
         if (!outs[k]) continue;
-        col_chunks_kernel<<<lu_cuda_blocks(d), LU_CUDA_THREADS>>>(dt, part + (size_t)(k * chunks * d), d, chunks, outs[k]);
+        lu_colsum_kernel<<<lu_colsum_grid(d), LU_COLSUM_BLOCK>>>(dt, part + (size_t)(k * chunks * d), d, chunks, 1.0f, outs[k]);
         e = cudaGetLastError();
     }
     lu_cuda_scratch_free(part);

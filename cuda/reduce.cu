@@ -8,7 +8,7 @@
  * stage 2 combines the chunks in chunk order. No atomics: the result depends only on the shape. */
 #include <math.h>
 
-#include "device.cuh"
+#include "colsum.cuh"
 
 /* Elements of a contiguous row reduced by one block in stage 1 (32 per thread). */
 #define ROW_CHUNK (LU_CUDA_THREADS * 32)
@@ -169,17 +169,7 @@ static __global__ void max_cols_kernel(int dt, const void *x, int64_t outer, int
     }
 }
 
-/* ---- stage 2: chunks combined in order, one thread per output ---- */
-
-static __global__ void sum_chunks_kernel(int dt, const float *part, int64_t outputs, int64_t chunks, float scale, void *y)
-{
-    LU_CUDA_FOR(oi, outputs)
-    {
-        float s = 0.0f;
-        for (int64_t c = 0; c < chunks; c++) s += part[c * outputs + oi];
-        lu_dev_store(y, dt, oi, s * scale);
-    }
-}
+/* ---- stage 2: chunks combined in order (sums: colsum.cuh), one thread per output ---- */
 
 static __global__ void max_chunks_kernel(int dt, const float *part_v, const int64_t *part_i, int64_t outputs,
                                          int64_t chunks, void *y, int64_t *argmax)
@@ -263,8 +253,8 @@ static lu_status sum_forward(const lu_op_call *c)
             x->dtype, lu_tensor_data(x), outer, n, inner, ch, scale, part, lu_tensor_data(y));
     LU_CUDA_CHECK_LAUNCH();
     if (ch.count > 1) {
-        sum_chunks_kernel<<<lu_cuda_blocks(outer * inner), LU_CUDA_THREADS>>>(x->dtype, part, outer * inner, ch.count,
-                                                                             scale, lu_tensor_data(y));
+        lu_colsum_kernel<<<lu_colsum_grid(outer * inner), LU_COLSUM_BLOCK>>>(x->dtype, part, outer * inner, ch.count, scale,
+                                                                           lu_tensor_data(y));
         LU_CUDA_CHECK_LAUNCH();
         lu_cuda_scratch_free(part);
     }

@@ -519,32 +519,41 @@ Test(cuda, softmax_over_an_inner_dim_is_unsupported)
 
 /* ---- rmsnorm ---- */
 
-/* x [2,9,67], weight [67] or none; in bf16, x, weight, y and their gradients are bf16 on the
+/* x [rows, d], weight [d] or none; in bf16, x, weight, y and their gradients are bf16 on the
  * device while rstd stays f32. */
-static void check_rmsnorm(bool with_weight, lu_dtype dev_dt, double tol)
+static void check_rmsnorm(int64_t rows, int64_t d, bool with_weight, lu_dtype dev_dt, double tol)
 {
     lu_norm_params p = {1e-5};
-    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(2, 9, 67), -2, 2, 100);
-    lu_tensor *w = with_weight ? tu_rand(LU_F32, LU_SHAPE(67), 0.5, 1.5, 101) : NULL;
-    lu_tensor *y = empty(LU_F32, LU_SHAPE(2, 9, 67)), *rstd = empty(LU_F32, LU_SHAPE(2, 9));
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(rows, d), -2, 2, 100);
+    lu_tensor *w = with_weight ? tu_rand(LU_F32, LU_SHAPE(d), 0.5, 1.5, 101) : NULL;
+    lu_tensor *y = empty(LU_F32, LU_SHAPE(rows, d)), *rstd = empty(LU_F32, LU_SHAPE(rows));
     char what[96];
-    snprintf(what, sizeof what, "rmsnorm %s %s weight forward", lu_dtype_name(dev_dt), with_weight ? "with" : "without");
+    snprintf(what, sizeof what, "rmsnorm [%lld, %lld] %s %s weight forward", (long long)rows, (long long)d,
+             lu_dtype_name(dev_dt), with_weight ? "with" : "without");
     kcase f = {.op = LU_OP_RMSNORM, .params = &p, .in = {x, w}, .n_in = 2, .out = {y, rstd}, .n_out = 2,
                .dev_dt = dev_dt, .keep_f32_out = 1u << 1, .tol = tol};
     check_case(&f, what);
     cpu_forward(LU_OP_RMSNORM, (lu_tensor *[]){x, w}, 2, (lu_tensor *[]){y, rstd}, 2, &p);
-    lu_tensor *dy = tu_rand(LU_F32, LU_SHAPE(2, 9, 67), -1, 1, 102), *dx = empty(LU_F32, LU_SHAPE(2, 9, 67));
-    lu_tensor *dw = with_weight ? empty(LU_F32, LU_SHAPE(67)) : NULL;
-    snprintf(what, sizeof what, "rmsnorm %s %s weight backward", lu_dtype_name(dev_dt), with_weight ? "with" : "without");
+    lu_tensor *dy = tu_rand(LU_F32, LU_SHAPE(rows, d), -1, 1, 102), *dx = empty(LU_F32, LU_SHAPE(rows, d));
+    lu_tensor *dw = with_weight ? empty(LU_F32, LU_SHAPE(d)) : NULL;
+    snprintf(what, sizeof what, "rmsnorm [%lld, %lld] %s %s weight backward", (long long)rows, (long long)d,
+             lu_dtype_name(dev_dt), with_weight ? "with" : "without");
     kcase k = {.op = LU_OP_RMSNORM, .backward = true, .params = &p, .in = {dy, NULL, x, w, y, rstd}, .n_in = 6,
                .out = {dx, dw}, .n_out = 2, .dev_dt = dev_dt, .keep_f32_in = 1u << 5, .tol = tol};
     check_case(&k, what);
     release_all((lu_tensor *[]){x, w, y, rstd, dy, dx, dw}, 7);
 }
 
-Test(cuda, rmsnorm_with_weight_matches_cpu) { require_gpu(); check_rmsnorm(true, LU_F32, TOL_F32); }
-Test(cuda, rmsnorm_without_weight_matches_cpu) { require_gpu(); check_rmsnorm(false, LU_F32, TOL_F32); }
-Test(cuda, rmsnorm_bf16_within_bf16_rounding) { require_gpu(); check_rmsnorm(true, LU_BF16, TOL_BF16); }
+Test(cuda, rmsnorm_with_weight_matches_cpu) { require_gpu(); check_rmsnorm(18, 67, true, LU_F32, TOL_F32); }
+Test(cuda, rmsnorm_without_weight_matches_cpu) { require_gpu(); check_rmsnorm(18, 67, false, LU_F32, TOL_F32); }
+Test(cuda, rmsnorm_bf16_within_bf16_rounding) { require_gpu(); check_rmsnorm(18, 67, true, LU_BF16, TOL_BF16); }
+/* The weight gradient's column sum over 69 chunks of 16 rows: more chunks than stage 2's block
+ * is high, and a partial second block of columns. */
+Test(cuda, rmsnorm_weight_gradient_over_many_rows_matches_cpu)
+{
+    require_gpu();
+    check_rmsnorm(1100, 40, true, LU_F32, TOL_F32);
+}
 
 /* ---- adamw ---- */
 
