@@ -41,6 +41,7 @@
 #include "core/backend.h"
 #include "core/ops.h"
 #include "core/optim.h"
+#include "core/profile.h"
 #include "core/safetensors.h"
 #include "experiments/runner/cli.h"
 #include "models/decoder.h"
@@ -183,6 +184,7 @@ static lu_status run_luthier(lu_decoder *m, const sft_batch *b, const sft_bench_
         if (!s) s = lu_optim_step(opt, LR);
         if (!s) s = be->synchronize();
         if (i >= 0) times[i] = lu_bench_now() - t0;
+        else if (i == -1) lu_profile_reset(); /* LUTHIER_PROFILE: the table covers the timed steps */
     }
     /* Parameters, gradients, optimiser state and the arena, which keeps its blocks after a reset:
      * what the steps held at their peak, beside what mem0 (taken before the parameters) held. */
