@@ -717,12 +717,15 @@ static lu_status att_forward_mma_launch(const att_args &a, void *o, void *lse)
     return LU_OK;
 }
 
-/* Query rows per warp of the forward: 16 (the default), or 32 with LUTHIER_ATT_ROWS_PER_WARP=32
- * (the tiling of FlashAttention-2; `luthier bench gpu` measures both). */
-static int att_rows_per_warp(void)
+/* Query rows per warp of the forward for head dim d: 32 (the tiling of FlashAttention-2) for
+ * d = 64, 16 for d = 128, the faster of the two for each on an H200 (`luthier bench gpu`,
+ * benchmarks/gpu/); LUTHIER_ATT_ROWS_PER_WARP=16 or 32 forces one (the benchmark's second column). */
+static int att_rows_per_warp(int d)
 {
     const char *e = getenv("LUTHIER_ATT_ROWS_PER_WARP");
-    return e && !strcmp(e, "32") ? 32 : 16;
+    if (e && !strcmp(e, "32")) return 32;
+    if (e && !strcmp(e, "16")) return 16;
+    return d == 64 ? 32 : 16;
 }
 
 /* 16 rows a warp: head dim 64 takes 128 queries a block (8 warps), 128 takes 64, the 16 x 128
@@ -730,7 +733,7 @@ static int att_rows_per_warp(void)
  * block of 4 warps for both. */
 template <bool BF16> static lu_status att_forward_mma_dispatch(const att_args *a, void *o, void *lse)
 {
-    if (att_rows_per_warp() == 32)
+    if (att_rows_per_warp(a->d) == 32)
         return a->d == 64 ? att_forward_mma_launch<BF16, 64, 4, 2>(*a, o, lse)
                           : att_forward_mma_launch<BF16, 128, 4, 2>(*a, o, lse);
     return a->d == 64 ? att_forward_mma_launch<BF16, 64, 8, 1>(*a, o, lse)

@@ -368,16 +368,16 @@ Test(cuda_attention, tensor_core_path_f16_within_f16_rounding)
     check_cases(mma_cases, N_OF(mma_cases), LU_F16, TOL_F16);
 }
 
-/* The forward with 32 query rows a warp (LUTHIER_ATT_ROWS_PER_WARP=32, FlashAttention-2's
- * tiling, which `luthier bench gpu` weighs against the default 16): every row is computed by the
- * same operations in the same order, so o and lse equal the default's bit for bit, except in
- * packed sequences, where a block's first key tile starts at the union of its rows' key ranges,
- * which depends on how many rows a block holds (the online softmax then groups keys otherwise). */
+/* The forward's two tilings, 16 and 32 query rows a warp (FlashAttention-2's; the default is 32
+ * for head dim 64, 16 for 128, and LUTHIER_ATT_ROWS_PER_WARP forces one): every row is computed
+ * by the same operations in the same order, so o and lse agree bit for bit, except in packed
+ * sequences, where a block's first key tile starts at the union of its rows' key ranges, which
+ * depends on how many rows a block holds (the online softmax then groups keys otherwise). */
 static void check_rows_per_warp_agree(const gcase *c, lu_dtype dt)
 {
     grun r;
     setup(&r, c, dt, 3000);
-    unsetenv("LUTHIER_ATT_ROWS_PER_WARP");
+    setenv("LUTHIER_ATT_ROWS_PER_WARP", "16", 1);
     cr_assert_eq(run_attention(LU_CUDA, false, r.din, 5, r.dout, r.n_out, &r.p), LU_OK, "%s: %s", c->name,
                  lu_error_message());
     lu_tensor *first[2];
@@ -395,7 +395,7 @@ static void check_rows_per_warp_agree(const gcase *c, lu_dtype dt)
     teardown(&r);
 }
 
-Test(cuda_attention, tensor_core_forward_with_32_rows_a_warp)
+Test(cuda_attention, tensor_core_forward_with_16_and_32_rows_a_warp)
 {
     require_gpu();
     for (size_t i = 0; i < N_OF(mma_cases); i++)
@@ -403,9 +403,13 @@ Test(cuda_attention, tensor_core_forward_with_32_rows_a_warp)
             check_rows_per_warp_agree(&mma_cases[i], LU_BF16);
             check_rows_per_warp_agree(&mma_cases[i], LU_F16);
         }
-    /* The packed cases (and, again, the others) against the CPU. */
-    setenv("LUTHIER_ATT_ROWS_PER_WARP", "32", 1);
-    check_cases(mma_cases, N_OF(mma_cases), LU_BF16, TOL_BF16);
+    /* Every case against the CPU with the tiling its head dim does not take by default (the other
+     * tests run the default). */
+    for (size_t i = 0; i < N_OF(mma_cases); i++) {
+        setenv("LUTHIER_ATT_ROWS_PER_WARP", mma_cases[i].d == 64 ? "16" : "32", 1);
+        check_cases(&mma_cases[i], 1, LU_BF16, TOL_BF16);
+    }
+    unsetenv("LUTHIER_ATT_ROWS_PER_WARP");
 }
 
 /* Two runs on the same inputs give the same bits (no atomics, fixed summation orders). */
