@@ -24,7 +24,8 @@
 #define LU_OP_LIST(X)                                                                          \
     X(CONTIGUOUS, "contiguous")   /* x (any strides) -> y contiguous */                        \
     X(CAST, "cast")               /* x -> y of out dtype */                                    \
-    X(ACCUMULATE, "accumulate")   /* in-place: out[0] += in[0] (same shape); no backward */    \
+    X(ACCUMULATE, "accumulate")   /* in-place: out[0] += in[0] (same shape and dtype, or bf16  \
+                                     into f32); no backward */                                  \
     X(MATMUL, "matmul")           /* a [Ba,M,K], b [Bb,K,N] (Ba,Bb equal or 1) -> c [B,M,N] */ \
     X(LINEAR, "linear")           /* x [M,K], w [N,K], bias [N] -> y [M,N] = x w^T + bias      \
                                      (torch.nn.Linear; lu_linear with a bias) */                \

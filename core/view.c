@@ -320,10 +320,20 @@ lu_tensor *lu_contiguous(lu_tensor *x)
     return record_view(x, y, identity_backward, NULL, 0);
 }
 
+/* Where x already has a gradient of its own dtype (a parameter's preallocated f32 gradient under
+ * bf16 compute: Qwen3 SFT casts its ~300 weights every step), the bf16 gradient is added into it
+ * converted, one pass over it where a cast then autograd's addition take two (the sums are the
+ * same: bf16 converts to f32 exactly). */
 static lu_status cast_backward(lu_node *n, lu_tensor **gy, lu_tensor **gx, const bool *needs)
 {
     (void)needs;
-    gx[0] = lu_cast(gy[0], n->in[0]->dtype);
+    lu_tensor *x = n->in[0], *g = gy[0];
+    if (x->grad && x->grad->dtype == LU_F32 && g->dtype == LU_BF16 && lu_tensor_is_contiguous(x->grad) &&
+        lu_tensor_is_contiguous(g) && lu_tensor_device(x->grad) == lu_tensor_device(g)) {
+        gx[0] = NULL;
+        return lu_op_run(LU_OP_ACCUMULATE, &g, 1, &x->grad, 1, NULL, 0);
+    }
+    gx[0] = lu_cast(g, x->dtype);
     return gx[0] ? LU_OK : lu_error_code();
 }
 

@@ -132,12 +132,13 @@ static lu_status cast_forward(const lu_op_call *c)
 
 /* ---- accumulate ---- */
 
-static __global__ void accumulate_kernel(void *dst, const void *src, int dt, int64_t n)
+/* dst (ddt) += src (sdt): same dtype, or a bf16 gradient into an f32 one (lu_cast's backward). */
+static __global__ void accumulate_kernel(void *dst, int ddt, const void *src, int sdt, int64_t n)
 {
     LU_CUDA_FOR(i, n)
     {
-        if (dt == LU_F64) ((double *)dst)[i] += ((const double *)src)[i];
-        else lu_dev_store(dst, dt, i, lu_dev_load(dst, dt, i) + lu_dev_load(src, dt, i));
+        if (ddt == LU_F64) ((double *)dst)[i] += ((const double *)src)[i];
+        else lu_dev_store(dst, ddt, i, lu_dev_load(dst, ddt, i) + lu_dev_load(src, sdt, i));
     }
 }
 
@@ -146,14 +147,16 @@ static lu_status accumulate_forward(const lu_op_call *c)
     const lu_tensor *g = c->in[0];
     lu_tensor *d = c->out[0];
     int64_t n = lu_tensor_numel(g);
-    if (g->dtype != d->dtype || n != lu_tensor_numel(d))
+    bool bf16_into_f32 = g->dtype == LU_BF16 && d->dtype == LU_F32;
+    if ((g->dtype != d->dtype && !bf16_into_f32) || n != lu_tensor_numel(d))
         return lu_errorf(LU_ERR_SHAPE, "accumulate: %s[%lld] into %s[%lld]", lu_dtype_name(g->dtype), (long long)n,
                          lu_dtype_name(d->dtype), (long long)lu_tensor_numel(d));
     if (!lu_cuda_is_float(g->dtype) && g->dtype != LU_F64)
         return lu_errorf(LU_ERR_DTYPE, "accumulate: dtype %s is not supported by the cuda backend (use f32, bf16 or f64)",
                          lu_dtype_name(g->dtype));
     if (n == 0) return LU_OK;
-    accumulate_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(lu_tensor_data(d), lu_tensor_data(g), g->dtype, n);
+    accumulate_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(lu_tensor_data(d), d->dtype, lu_tensor_data(g), g->dtype,
+                                                              n);
     LU_CUDA_CHECK_LAUNCH();
     return LU_OK;
 }

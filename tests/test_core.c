@@ -407,6 +407,33 @@ Test(autograd, gradients_accumulate_across_backward_calls)
     lu_tensor_release(b);
 }
 
+/* lu_cast's backward adds a bf16 gradient straight into an existing f32 gradient (a parameter's,
+ * under bf16 compute): the same bits as casting it to f32 first and adding. */
+Test(autograd, cast_backward_adds_bf16_gradients_into_an_existing_f32_gradient)
+{
+    lu_tensor *w = tu_rand(LU_F32, LU_SHAPE(5, 67), -1, 1, 30), *dy32 = tu_rand(LU_F32, LU_SHAPE(5, 67), -3, 3, 31);
+    lu_tensor *dy = lu_cast(dy32, LU_BF16), *start = tu_rand(LU_F32, LU_SHAPE(5, 67), -1, 1, 32);
+    lu_tensor_set_requires_grad(w, true);
+    w->grad = tu_rand(LU_F32, LU_SHAPE(5, 67), -1, 1, 32); /* start's values, its own storage */
+    for (int rep = 0; rep < 2; rep++) {
+        lu_tensor *y = lu_cast(w, LU_BF16);
+        cr_assert_eq(lu_backward_from(y, dy), LU_OK, "%s", lu_error_message());
+        lu_tensor_release(y);
+    }
+    const float *g = lu_tensor_data(w->grad), *s0 = lu_tensor_data(start);
+    const uint16_t *d = lu_tensor_data(dy);
+    for (int i = 0; i < 5 * 67; i++) {
+        float want = s0[i] + lu_bf16_to_f32(d[i]);
+        want += lu_bf16_to_f32(d[i]);
+        cr_assert_eq(g[i], want, "element %d: %g, expected %g", i, (double)g[i], (double)want);
+    }
+    cr_assert_eq(lu_tape_size(), 0);
+    lu_tensor_release(w);
+    lu_tensor_release(dy32);
+    lu_tensor_release(dy);
+    lu_tensor_release(start);
+}
+
 Test(autograd, no_grad_mode_records_nothing)
 {
     lu_tensor *a = tu_rand(LU_F32, LU_SHAPE(2, 2), -1, 1, 10);

@@ -181,6 +181,20 @@ Test(cuda, accumulate_adds_in_place)
     release_all((lu_tensor *[]){g, acc}, 2);
 }
 
+/* A bf16 gradient added into an f32 one (lu_cast's backward into a parameter's gradient). */
+Test(cuda, accumulate_adds_bf16_into_f32_as_the_cpu)
+{
+    require_gpu();
+    lu_tensor *r = tu_rand(LU_F32, LU_SHAPE(3, 301), -1, 1, 7), *g = lu_tensor_convert(r, LU_BF16, LU_CPU);
+    lu_tensor *acc = tu_rand(LU_F32, LU_SHAPE(3, 301), -1, 1, 8);
+    lu_tensor *dg = lu_tensor_convert(g, LU_BF16, LU_CUDA), *dacc = lu_tensor_convert(acc, LU_F32, LU_CUDA);
+    cr_assert(dg && dacc, "%s", lu_error_message());
+    cr_assert_eq(run_kernel(LU_CPU, false, LU_OP_ACCUMULATE, &g, 1, &acc, 1, NULL), LU_OK, "%s", lu_error_message());
+    cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_ACCUMULATE, &dg, 1, &dacc, 1, NULL), LU_OK, "%s", lu_error_message());
+    tu_assert_tensors_close(dacc, acc, 0, 0, "bf16 into f32");
+    release_all((lu_tensor *[]){r, g, acc, dg, dacc}, 5);
+}
+
 /* ---- matmul ---- */
 
 /* All four transpose combinations, with b batched and b shared by the batch; kk is the inner

@@ -137,10 +137,16 @@ static lu_status cast_forward(const lu_op_call *c)
 static lu_status accumulate_forward(const lu_op_call *c)
 {
     int64_t n = lu_tensor_numel(c->in[0]);
-    if (c->in[0]->dtype != c->out[0]->dtype || n != lu_tensor_numel(c->out[0]))
+    bool bf16_into_f32 = c->in[0]->dtype == LU_BF16 && c->out[0]->dtype == LU_F32;
+    if ((c->in[0]->dtype != c->out[0]->dtype && !bf16_into_f32) || n != lu_tensor_numel(c->out[0]))
         return lu_errorf(LU_ERR_SHAPE, "accumulate: %s[%lld] into %s[%lld]", lu_dtype_name(c->in[0]->dtype),
                          (long long)n, lu_dtype_name(c->out[0]->dtype), (long long)lu_tensor_numel(c->out[0]));
-    if (c->in[0]->dtype == LU_F32) {
+    if (bf16_into_f32) {
+        const uint16_t *g = lu_tensor_data(c->in[0]);
+        float *d = lu_tensor_data(c->out[0]);
+#pragma omp parallel for simd if (n > 65536)
+        for (int64_t i = 0; i < n; i++) d[i] += lu_bf16_to_f32(g[i]);
+    } else if (c->in[0]->dtype == LU_F32) {
         const float *g = lu_tensor_data(c->in[0]);
         float *d = lu_tensor_data(c->out[0]);
 #pragma omp parallel for simd if (n > 65536)
