@@ -82,6 +82,50 @@ static __device__ __forceinline__ void lu_dev_store(void *p, int dt, int64_t i, 
     else ((float *)p)[i] = v;
 }
 
+/* ---- eight consecutive elements at once: one 16-byte access for bf16, two for f32 (the dense
+ * elementwise kernels, which scalar 2-byte accesses leave far from the memory's bandwidth).
+ * Element i must be a multiple of 8 and the pointer 16-byte aligned: lu_cuda_vec8_ok. ---- */
+
+#define LU_VEC8 8
+
+static __device__ __forceinline__ void lu_dev_load8(const void *p, int dt, int64_t i, float v[LU_VEC8])
+{
+    if (dt == LU_BF16) {
+        uint4 u = *(const uint4 *)((const uint16_t *)p + i);
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+        for (int k = 0; k < 4; k++) {
+            v[2 * k] = __uint_as_float(w[k] << 16); /* the lower address holds the element first */
+            v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+        }
+    } else {
+        float4 a = *(const float4 *)((const float *)p + i), b = *(const float4 *)((const float *)p + i + 4);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    }
+}
+
+static __device__ __forceinline__ void lu_dev_store8(void *p, int dt, int64_t i, const float v[LU_VEC8])
+{
+    if (dt == LU_BF16) {
+        uint32_t w[4];
+        for (int k = 0; k < 4; k++)
+            w[k] = (uint32_t)lu_dev_f32_to_bf16(v[2 * k]) | ((uint32_t)lu_dev_f32_to_bf16(v[2 * k + 1]) << 16);
+        *(uint4 *)((uint16_t *)p + i) = make_uint4(w[0], w[1], w[2], w[3]);
+    } else {
+        *(float4 *)((float *)p + i) = make_float4(v[0], v[1], v[2], v[3]);
+        *(float4 *)((float *)p + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
+    }
+}
+
+/* True when n elements split into whole groups of 8 and every pointer given (NULLs are skipped)
+ * is 16-byte aligned. */
+static inline bool lu_cuda_vec8_ok(int64_t n, const void *const *ptrs, int n_ptrs)
+{
+    if (n % LU_VEC8) return false;
+    for (int k = 0; k < n_ptrs; k++)
+        if (ptrs[k] && (uintptr_t)ptrs[k] % 16) return false;
+    return true;
+}
+
 /* ---- strided layouts ---- */
 
 /* Shape and strides (in elements) of a tensor, passed to kernels by value. */

@@ -77,6 +77,19 @@ static __global__ void binary_forward_kernel(int kind, int dt, const void *a, lu
     }
 }
 
+/* The dense case eight elements a thread (lu_dev_load8: residual adds, gates). */
+static __global__ void binary_forward_vec8_kernel(int kind, int dt, const void *a, const void *b, void *y, int64_t n)
+{
+    LU_CUDA_FOR(g, n / LU_VEC8)
+    {
+        float va[LU_VEC8], vb[LU_VEC8];
+        lu_dev_load8(a, dt, g * LU_VEC8, va);
+        lu_dev_load8(b, dt, g * LU_VEC8, vb);
+        for (int k = 0; k < LU_VEC8; k++) va[k] = binary_apply(kind, va[k], vb[k]);
+        lu_dev_store8(y, dt, g * LU_VEC8, va);
+    }
+}
+
 static bool is_dense_like(const lu_tensor *x, const lu_tensor *y)
 {
     return lu_tensor_same_shape(x, y) && lu_tensor_is_contiguous(x);
@@ -93,9 +106,16 @@ static lu_status binary_forward(const lu_op_call *c)
     LU_TRY(broadcast_layout(b, y, lu_op_name(c->op), &lb));
     int64_t n = lu_tensor_numel(y);
     if (n == 0) return LU_OK;
+    bool dense = is_dense_like(a, y) && is_dense_like(b, y);
+    const void *ptrs[3] = {lu_tensor_data(a), lu_tensor_data(b), lu_tensor_data(y)};
+    if (dense && lu_cuda_vec8_ok(n, ptrs, 3)) {
+        binary_forward_vec8_kernel<<<lu_cuda_blocks(n / LU_VEC8), LU_CUDA_THREADS>>>(
+            binary_kind(c->op), y->dtype, lu_tensor_data(a), lu_tensor_data(b), lu_tensor_data(y), n);
+        LU_CUDA_CHECK_LAUNCH();
+        return LU_OK;
+    }
     binary_forward_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(binary_kind(c->op), y->dtype, lu_tensor_data(a), la,
-                                                                  lu_tensor_data(b), lb, lu_tensor_data(y), n,
-                                                                  is_dense_like(a, y) && is_dense_like(b, y));
+                                                                  lu_tensor_data(b), lb, lu_tensor_data(y), n, dense);
     LU_CUDA_CHECK_LAUNCH();
     return LU_OK;
 }
@@ -146,6 +166,23 @@ static __global__ void binary_backward_dense_kernel(int kind, int which, int dt,
     }
 }
 
+/* The same, eight elements a thread. */
+static __global__ void binary_backward_dense_vec8_kernel(int kind, int which, int dt, const void *dy, const void *a,
+                                                         const void *b, void *dx, int64_t n)
+{
+    LU_CUDA_FOR(g, n / LU_VEC8)
+    {
+        float d[LU_VEC8], va[LU_VEC8] = {0}, vb[LU_VEC8] = {0};
+        lu_dev_load8(dy, dt, g * LU_VEC8, d);
+        if (kind >= BIN_MUL) {
+            lu_dev_load8(a, dt, g * LU_VEC8, va);
+            lu_dev_load8(b, dt, g * LU_VEC8, vb);
+        }
+        for (int k = 0; k < LU_VEC8; k++) d[k] = binary_grad(kind, which, va[k], vb[k], d[k]);
+        lu_dev_store8(dx, dt, g * LU_VEC8, d);
+    }
+}
+
 /* in = [dy, a, b, y], out = [da, db] (contiguous, shapes of a and b). */
 static lu_status binary_backward(const lu_op_call *c)
 {
@@ -173,7 +210,16 @@ static lu_status binary_backward(const lu_op_call *c)
         if (!lu_tensor_same_shape(dx, x) || dx->dtype != y->dtype)
             return lu_errorf(LU_ERR_SHAPE, "%s backward: gradient %d does not have its input's shape and dtype",
                              lu_op_name(c->op), which);
-        if (is_dense_like(a, y) && is_dense_like(b, y) && is_dense_like(dy, y) && lu_tensor_is_contiguous(dx)) {
+        bool dense = is_dense_like(a, y) && is_dense_like(b, y) && is_dense_like(dy, y) && lu_tensor_is_contiguous(dx);
+        const void *ptrs[4] = {lu_tensor_data(dy), lu_tensor_data(a), lu_tensor_data(b), lu_tensor_data(dx)};
+        if (dense && lu_cuda_vec8_ok(n, ptrs, 4)) {
+            binary_backward_dense_vec8_kernel<<<lu_cuda_blocks(n / LU_VEC8), LU_CUDA_THREADS>>>(
+                binary_kind(c->op), which, y->dtype, lu_tensor_data(dy), lu_tensor_data(a), lu_tensor_data(b),
+                lu_tensor_data(dx), n);
+            LU_CUDA_CHECK_LAUNCH();
+            continue;
+        }
+        if (dense) {
             binary_backward_dense_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(
                 binary_kind(c->op), which, y->dtype, lu_tensor_data(dy), lu_tensor_data(a), lu_tensor_data(b),
                 lu_tensor_data(dx), n);
@@ -354,6 +400,38 @@ static __global__ void swiglu_backward_kernel(const T *dy, const T *g, const T *
     }
 }
 
+/* Both, eight elements a thread (dt: f32 or bf16). */
+static __global__ void swiglu_forward_vec8_kernel(int dt, const void *g, const void *u, void *y, int64_t n)
+{
+    LU_CUDA_FOR(v, n / LU_VEC8)
+    {
+        float x[LU_VEC8], up[LU_VEC8];
+        lu_dev_load8(g, dt, v * LU_VEC8, x);
+        lu_dev_load8(u, dt, v * LU_VEC8, up);
+        for (int k = 0; k < LU_VEC8; k++) x[k] = x[k] * sigmoidf(x[k]) * up[k];
+        lu_dev_store8(y, dt, v * LU_VEC8, x);
+    }
+}
+
+static __global__ void swiglu_backward_vec8_kernel(int dt, const void *dy, const void *g, const void *u, void *dg,
+                                                   void *du, int64_t n)
+{
+    LU_CUDA_FOR(v, n / LU_VEC8)
+    {
+        float x[LU_VEC8], d[LU_VEC8], up[LU_VEC8], outg[LU_VEC8], outu[LU_VEC8];
+        lu_dev_load8(g, dt, v * LU_VEC8, x);
+        lu_dev_load8(dy, dt, v * LU_VEC8, d);
+        if (dg) lu_dev_load8(u, dt, v * LU_VEC8, up);
+        for (int k = 0; k < LU_VEC8; k++) {
+            float s = sigmoidf(x[k]);
+            outg[k] = dg ? d[k] * up[k] * s * (1.0f + x[k] * (1.0f - s)) : 0.0f;
+            outu[k] = d[k] * x[k] * s;
+        }
+        if (dg) lu_dev_store8(dg, dt, v * LU_VEC8, outg);
+        if (du) lu_dev_store8(du, dt, v * LU_VEC8, outu);
+    }
+}
+
 /* in = [gate, up], out = [y]. */
 static lu_status swiglu_forward(const lu_op_call *c)
 {
@@ -361,7 +439,11 @@ static lu_status swiglu_forward(const lu_op_call *c)
     LU_TRY(lu_cuda_check_float(c, ts, 3, c->out[0]->dtype));
     int64_t n = lu_tensor_numel(c->out[0]);
     if (n == 0) return LU_OK;
-    if (c->out[0]->dtype == LU_BF16)
+    const void *ptrs[3] = {lu_tensor_data(c->in[0]), lu_tensor_data(c->in[1]), lu_tensor_data(c->out[0])};
+    if (lu_cuda_vec8_ok(n, ptrs, 3))
+        swiglu_forward_vec8_kernel<<<lu_cuda_blocks(n / LU_VEC8), LU_CUDA_THREADS>>>(
+            c->out[0]->dtype, ptrs[0], ptrs[1], lu_tensor_data(c->out[0]), n);
+    else if (c->out[0]->dtype == LU_BF16)
         swiglu_forward_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(
             (const uint16_t *)lu_tensor_data(c->in[0]), (const uint16_t *)lu_tensor_data(c->in[1]),
             (uint16_t *)lu_tensor_data(c->out[0]), n);
@@ -387,7 +469,12 @@ static lu_status swiglu_backward(const lu_op_call *c)
         if (du) LU_TRY(lu_cuda_zero(du));
         return LU_OK;
     }
-    if (g->dtype == LU_BF16)
+    void *pdg = dg ? lu_tensor_data(dg) : NULL, *pdu = du ? lu_tensor_data(du) : NULL;
+    const void *ptrs[5] = {lu_tensor_data(dy), lu_tensor_data(g), lu_tensor_data(u), pdg, pdu};
+    if (lu_cuda_vec8_ok(n, ptrs, 5))
+        swiglu_backward_vec8_kernel<<<lu_cuda_blocks(n / LU_VEC8), LU_CUDA_THREADS>>>(g->dtype, ptrs[0], ptrs[1],
+                                                                                    ptrs[2], pdg, pdu, n);
+    else if (g->dtype == LU_BF16)
         swiglu_backward_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(
             (const uint16_t *)lu_tensor_data(dy), (const uint16_t *)lu_tensor_data(g),
             (const uint16_t *)lu_tensor_data(u), dg ? (uint16_t *)lu_tensor_data(dg) : NULL,

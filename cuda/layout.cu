@@ -142,6 +142,19 @@ static __global__ void accumulate_kernel(void *dst, int ddt, const void *src, in
     }
 }
 
+/* The same (f32 or bf16 dst), eight elements a thread. */
+static __global__ void accumulate_vec8_kernel(void *dst, int ddt, const void *src, int sdt, int64_t n)
+{
+    LU_CUDA_FOR(g, n / LU_VEC8)
+    {
+        float d[LU_VEC8], v[LU_VEC8];
+        lu_dev_load8(dst, ddt, g * LU_VEC8, d);
+        lu_dev_load8(src, sdt, g * LU_VEC8, v);
+        for (int k = 0; k < LU_VEC8; k++) d[k] += v[k];
+        lu_dev_store8(dst, ddt, g * LU_VEC8, d);
+    }
+}
+
 static lu_status accumulate_forward(const lu_op_call *c)
 {
     const lu_tensor *g = c->in[0];
@@ -155,6 +168,13 @@ static lu_status accumulate_forward(const lu_op_call *c)
         return lu_errorf(LU_ERR_DTYPE, "accumulate: dtype %s is not supported by the cuda backend (use f32, bf16 or f64)",
                          lu_dtype_name(g->dtype));
     if (n == 0) return LU_OK;
+    const void *ptrs[2] = {lu_tensor_data(d), lu_tensor_data(g)};
+    if (d->dtype != LU_F64 && lu_cuda_vec8_ok(n, ptrs, 2)) {
+        accumulate_vec8_kernel<<<lu_cuda_blocks(n / LU_VEC8), LU_CUDA_THREADS>>>(lu_tensor_data(d), d->dtype,
+                                                                                 lu_tensor_data(g), g->dtype, n);
+        LU_CUDA_CHECK_LAUNCH();
+        return LU_OK;
+    }
     accumulate_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(lu_tensor_data(d), d->dtype, lu_tensor_data(g), g->dtype,
                                                               n);
     LU_CUDA_CHECK_LAUNCH();

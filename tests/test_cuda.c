@@ -175,24 +175,31 @@ Test(cuda, cast_converts_bit_exactly_as_the_cpu)
 Test(cuda, accumulate_adds_in_place)
 {
     require_gpu();
-    lu_tensor *g = tu_rand(LU_F32, LU_SHAPE(3, 301), -1, 1, 5), *acc = tu_rand(LU_F32, LU_SHAPE(3, 301), -1, 1, 6);
-    kcase k = {.op = LU_OP_ACCUMULATE, .in = {g}, .n_in = 1, .out = {acc}, .n_out = 1, .dev_dt = LU_F32, .tol = TOL_F32};
-    check_case(&k, "accumulate");
-    release_all((lu_tensor *[]){g, acc}, 2);
+    for (int64_t cols = 301; cols <= 304; cols += 3) {
+        lu_tensor *g = tu_rand(LU_F32, LU_SHAPE(3, cols), -1, 1, 5), *acc = tu_rand(LU_F32, LU_SHAPE(3, cols), -1, 1, 6);
+        kcase k = {.op = LU_OP_ACCUMULATE, .in = {g}, .n_in = 1, .out = {acc}, .n_out = 1, .dev_dt = LU_F32,
+                   .tol = TOL_F32};
+        check_case(&k, cols % 8 ? "accumulate, odd size" : "accumulate, 8 a thread");
+        release_all((lu_tensor *[]){g, acc}, 2);
+    }
 }
 
-/* A bf16 gradient added into an f32 one (lu_cast's backward into a parameter's gradient). */
+/* A bf16 gradient added into an f32 one (lu_cast's backward into a parameter's gradient), with an
+ * odd size and one of whole groups of eight (the kernel's two paths). */
 Test(cuda, accumulate_adds_bf16_into_f32_as_the_cpu)
 {
     require_gpu();
-    lu_tensor *r = tu_rand(LU_F32, LU_SHAPE(3, 301), -1, 1, 7), *g = lu_tensor_convert(r, LU_BF16, LU_CPU);
-    lu_tensor *acc = tu_rand(LU_F32, LU_SHAPE(3, 301), -1, 1, 8);
-    lu_tensor *dg = lu_tensor_convert(g, LU_BF16, LU_CUDA), *dacc = lu_tensor_convert(acc, LU_F32, LU_CUDA);
-    cr_assert(dg && dacc, "%s", lu_error_message());
-    cr_assert_eq(run_kernel(LU_CPU, false, LU_OP_ACCUMULATE, &g, 1, &acc, 1, NULL), LU_OK, "%s", lu_error_message());
-    cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_ACCUMULATE, &dg, 1, &dacc, 1, NULL), LU_OK, "%s", lu_error_message());
-    tu_assert_tensors_close(dacc, acc, 0, 0, "bf16 into f32");
-    release_all((lu_tensor *[]){r, g, acc, dg, dacc}, 5);
+    for (int64_t cols = 301; cols <= 304; cols += 3) {
+        lu_tensor *r = tu_rand(LU_F32, LU_SHAPE(3, cols), -1, 1, 7), *g = lu_tensor_convert(r, LU_BF16, LU_CPU);
+        lu_tensor *acc = tu_rand(LU_F32, LU_SHAPE(3, cols), -1, 1, 8);
+        lu_tensor *dg = lu_tensor_convert(g, LU_BF16, LU_CUDA), *dacc = lu_tensor_convert(acc, LU_F32, LU_CUDA);
+        cr_assert(dg && dacc, "%s", lu_error_message());
+        cr_assert_eq(run_kernel(LU_CPU, false, LU_OP_ACCUMULATE, &g, 1, &acc, 1, NULL), LU_OK, "%s", lu_error_message());
+        cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_ACCUMULATE, &dg, 1, &dacc, 1, NULL), LU_OK, "%s",
+                     lu_error_message());
+        tu_assert_tensors_close(dacc, acc, 0, 0, cols % 8 ? "bf16 into f32, odd size" : "bf16 into f32, 8 a thread");
+        release_all((lu_tensor *[]){r, g, acc, dg, dacc}, 5);
+    }
 }
 
 /* ---- matmul ---- */
@@ -376,6 +383,16 @@ Test(cuda, binary_ops_match_cpu_on_same_shape_inputs)
     release_all((lu_tensor *[]){a, b}, 2);
 }
 
+/* 960 elements: the kernels' eight-elements-a-thread path (the others above have odd sizes). */
+Test(cuda, binary_ops_match_cpu_eight_elements_a_thread)
+{
+    require_gpu();
+    lu_tensor *a = tu_rand(LU_F32, LU_SHAPE(4, 6, 40), -2, 2, 58), *b = tu_rand(LU_F32, LU_SHAPE(4, 6, 40), 0.5, 2, 59);
+    check_binary(a, b, 3, (int64_t[]){4, 6, 40}, LU_F32, TOL_F32, "same shape, 8 a thread");
+    check_binary(a, b, 3, (int64_t[]){4, 6, 40}, LU_BF16, TOL_BF16, "same shape, 8 a thread");
+    release_all((lu_tensor *[]){a, b}, 2);
+}
+
 Test(cuda, binary_ops_match_cpu_on_broadcast_inputs)
 {
     require_gpu();
@@ -456,27 +473,39 @@ Test(cuda, unary_ops_bf16_within_bf16_rounding)
     for (size_t i = 0; i < sizeof unary_cases / sizeof unary_cases[0]; i++) check_unary(&unary_cases[i], LU_BF16, TOL_BF16);
 }
 
-/* SWIGLU forward and backward (both gradients) as the CPU, f32 and bf16. */
-static void check_swiglu(lu_dtype dev_dt, double tol)
+/* SWIGLU forward and backward (both gradients) as the CPU, f32 and bf16, on [rows, cols]. */
+static void check_swiglu(int64_t rows, int64_t cols, lu_dtype dev_dt, double tol)
 {
-    int64_t shape[2] = {37, 129};
+    int64_t shape[2] = {rows, cols};
     lu_tensor *g = tu_rand(LU_F32, 2, shape, -8, 8, 80), *u = tu_rand(LU_F32, 2, shape, -2, 2, 81);
     lu_tensor *y = empty(LU_F32, 2, shape);
     char what[64];
-    snprintf(what, sizeof what, "swiglu %s forward", lu_dtype_name(dev_dt));
+    snprintf(what, sizeof what, "swiglu [%lld, %lld] %s forward", (long long)rows, (long long)cols, lu_dtype_name(dev_dt));
     kcase f = {.op = LU_OP_SWIGLU, .in = {g, u}, .n_in = 2, .out = {y}, .n_out = 1, .dev_dt = dev_dt, .tol = tol};
     check_case(&f, what);
     cpu_forward(LU_OP_SWIGLU, (lu_tensor *[]){g, u}, 2, &y, 1, NULL);
     lu_tensor *dy = tu_rand(LU_F32, 2, shape, -1, 1, 82), *dg = empty(LU_F32, 2, shape), *du = empty(LU_F32, 2, shape);
-    snprintf(what, sizeof what, "swiglu %s backward", lu_dtype_name(dev_dt));
+    snprintf(what, sizeof what, "swiglu [%lld, %lld] %s backward", (long long)rows, (long long)cols, lu_dtype_name(dev_dt));
     kcase k = {.op = LU_OP_SWIGLU, .backward = true, .in = {dy, g, u, y}, .n_in = 4, .out = {dg, du}, .n_out = 2,
                .dev_dt = dev_dt, .tol = tol};
     check_case(&k, what);
     release_all((lu_tensor *[]){g, u, y, dy, dg, du}, 6);
 }
 
-Test(cuda, swiglu_matches_cpu_forward_and_backward) { require_gpu(); check_swiglu(LU_F32, TOL_F32); }
-Test(cuda, swiglu_bf16_within_bf16_rounding) { require_gpu(); check_swiglu(LU_BF16, TOL_BF16); }
+/* [37, 129]: one element a thread; [24, 64]: eight. */
+Test(cuda, swiglu_matches_cpu_forward_and_backward)
+{
+    require_gpu();
+    check_swiglu(37, 129, LU_F32, TOL_F32);
+    check_swiglu(24, 64, LU_F32, TOL_F32);
+}
+
+Test(cuda, swiglu_bf16_within_bf16_rounding)
+{
+    require_gpu();
+    check_swiglu(37, 129, LU_BF16, TOL_BF16);
+    check_swiglu(24, 64, LU_BF16, TOL_BF16);
+}
 
 Test(cuda, unsupported_dtype_names_op_and_dtype)
 {

@@ -37,8 +37,15 @@ struct __attribute__((aligned(16))) float4 {
 struct __attribute__((aligned(8))) uint2 {
     unsigned int x, y;
 };
+struct __attribute__((aligned(16))) uint4 {
+    unsigned int x, y, z, w;
+};
 static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 static inline uint2 make_uint2(unsigned int x, unsigned int y) { return uint2{x, y}; }
+static inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w)
+{
+    return uint4{x, y, z, w};
+}
 
 namespace lu_emu {
 
