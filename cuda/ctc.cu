@@ -1,20 +1,40 @@
 /* ctc.cu - the CTC loss (Graves et al., ICML 2006) on the GPU: log_probs [B, T, V] f32 or bf16,
  * recursions in double as on the CPU (core/cpu/ctc_generic.h is the reference, with its
- * formulas). One block per utterance; its threads cover the 2S+1 states of the extended label
- * sequence l' = (blank, l_1, blank, ..., l_S, blank) and step through time together.
+ * formulas). Targets and lengths were validated by lu_ctc_loss.
  *
- * Forward: the alpha recursion over two rows gives nll = -log Z per utterance; one thread then
- * reduces the batch in order (none / sum / mean over target lengths, zero_infinity). Backward:
- * alpha is kept for every step, beta runs from the end over two rows, and at each step the
- * gradient of every label k of l' is -scale * exp(lse_{s: l'(s) = k}(alpha + beta) - log Z -
- * lp[t, k]), the log-sum taken over the states of k in increasing order (a chain of "next state
- * with the same label"), as the CPU does. Targets and lengths were validated by lu_ctc_loss. */
+ * The recursions are serial in time, so a block of threads covers the 2S+1 states of the extended
+ * label sequence l' = (blank, l_1, blank, ..., l_S, blank) and steps through time; what each step
+ * waits for is kept short: the two working rows live in shared memory when they fit (else in
+ * global scratch, same layout), each thread keeps the labels, skip flags and lp values of its own
+ * states beside them, the next step's lp values are loaded while the current step computes (they
+ * do not depend on the recursion), and the three-way log-sum-exp takes one log (ctc_lse3).
+ * Beta is the alpha recursion of the reversed sequence in reversed time, so one function runs both.
+ *
+ * Forward: one block per utterance runs alpha over two rows, giving nll = -log Z; one thread then
+ * reduces the batch in order (none / sum / mean over target lengths, zero_infinity).
+ * Backward, in two kernels: ctc_tables_kernel runs alpha and beta of each utterance in two blocks
+ * at once, storing every row, while a third block links each label state to the next state with
+ * its label; ctc_grad_kernel then takes one block per (utterance, step), all independent:
+ *   dlp[t, k] = -scale * sum_{s: l'(s) = k} exp(alpha_t(s) + beta_t(s) - log Z - lp[t, k]),
+ * the terms being occupation probabilities summed in linear space as the CPU does: the blank's
+ * over the even states by a block reduction of fixed order, each label's along its chain in
+ * increasing state order (deterministic, no atomics). */
 #include <math.h>
 
 #include "device.cuh"
 
-/* Threads per utterance block; larger label sequences loop. Double math needs the registers. */
+/* Threads per block; larger label sequences loop. Double math needs the registers. */
 #define CTC_THREADS 256
+
+/* Dynamic shared memory a launch may take without cudaFuncSetAttribute: the working memory of
+ * a recursion goes there when it fits (stride up to 1966 states), else to global scratch. */
+#define CTC_SMEM_BYTES (48 << 10)
+
+/* The backward's scratch, mostly the alpha and beta tables: a batch whose scratch exceeds this
+ * runs in chunks of utterances (at least one) rather than failing to allocate it all at once. */
+#define CTC_TABLE_BYTES ((size_t)1 << 30)
+
+extern __shared__ __align__(16) unsigned char ctc_smem[];
 
 /* One utterance, as every thread of its block sees it. */
 typedef struct ctc_utt {
@@ -30,6 +50,33 @@ typedef struct ctc_ints {
     const void *targets, *il, *tl;
     bool targets64, il64, tl64;
 } ctc_ints;
+
+/* The working memory of one recursion, per state r: two rows of the recursion (state r of step
+ * tau at row[(tau % 2) * stride + r]), and what only r's thread reads: the lp value of the
+ * state's label at the coming step, the label, and whether a skip from r - 2 reaches it. */
+typedef struct ctc_work {
+    double *row;
+    float *lpn;
+    int *lab;
+    unsigned char *skip;
+} ctc_work;
+
+/* Bytes of one ctc_work, a multiple of 8 so that blocks' works can follow one another. */
+static __host__ __device__ size_t ctc_work_bytes(int64_t stride)
+{
+    size_t n = (size_t)stride * (2 * sizeof(double) + sizeof(float) + sizeof(int) + 1);
+    return (n + 7) & ~(size_t)7;
+}
+
+static __device__ ctc_work ctc_work_at(unsigned char *base, int64_t stride)
+{
+    ctc_work w;
+    w.row = (double *)(void *)base;
+    w.lpn = (float *)(void *)(w.row + 2 * stride);
+    w.lab = (int *)(void *)(w.lpn + stride);
+    w.skip = (unsigned char *)(w.lab + stride);
+    return w;
+}
 
 static __device__ __forceinline__ int64_t load_int(const void *p, bool i64, int64_t i)
 {
@@ -55,6 +102,17 @@ static __device__ __forceinline__ double ctc_logaddexp(double a, double b)
     return a > b ? a + log1p(exp(b - a)) : b + log1p(exp(a - b));
 }
 
+/* log(e^a + e^b + e^c), -inf for log 0, as m + log(sum of e^(x - m)) with m the largest (the
+ * CPU's ctc_lse3): the three exps are independent, so a step waits for one exp and one log where
+ * two chained logaddexps wait for two of each. */
+static __device__ __forceinline__ double ctc_lse3(double a, double b, double c)
+{
+    double m = a > b ? a : b;
+    m = m > c ? m : c;
+    if (m == -INFINITY) return m;
+    return m + log(exp(a - m) + exp(b - m) + exp(c - m));
+}
+
 static __device__ ctc_utt ctc_utt_of(const ctc_ints *in, int64_t b, int64_t S, int64_t T, int64_t V, int blank)
 {
     ctc_utt u;
@@ -69,43 +127,69 @@ static __device__ ctc_utt ctc_utt_of(const ctc_ints *in, int64_t b, int64_t S, i
     return u;
 }
 
-/* Alpha rows 0 .. u->T-1 of utterance u over its block of lp. Row t is written at
- * alpha + (all_rows ? t : t % 2) * stride. Returns log Z to every thread (u->T >= 1). */
-static __device__ double ctc_alpha(const ctc_utt *u, int dt, const void *lp, int64_t V, double *alpha, int64_t stride,
-                                   bool all_rows)
+/* d loss / d nll[b] for the batch reduction (dloss has the dtype of log_probs). */
+static __device__ double ctc_scale(int dt, const void *dloss, int reduction, const ctc_utt *u, int64_t B)
 {
-    int64_t L = u->L;
-    for (int64_t s = threadIdx.x; s < L; s += blockDim.x)
-        alpha[s] = s < 2 ? (double)lu_dev_load(lp, dt, u->lp0 + ctc_label(u, s)) : -INFINITY;
+    int64_t len = (u->L - 1) / 2;
+    if (reduction == LU_REDUCE_NONE) return lu_dev_load(dloss, dt, u->b);
+    if (reduction == LU_REDUCE_SUM) return lu_dev_load(dloss, dt, 0);
+    return lu_dev_load(dloss, dt, 0) / ((double)(len > 1 ? len : 1) * (double)B);
+}
+
+/* The alpha recursion of utterance u (dir 0), or its beta recursion (dir 1): beta is alpha over
+ * the reversed sequence in reversed time, state r being s = L-1-r and step tau being t = T-1-tau
+ * (L is odd, so r and s have one parity and the skip rules mirror). Every thread works on the
+ * states r = threadIdx.x + k * blockDim.x at every step. Row t is stored in physical order at
+ * table + t * stride unless table is NULL. Returns log Z to every thread (u->T >= 1); the caller
+ * synchronises before w is reused. */
+static __device__ double ctc_recursion(const ctc_utt *u, int dir, int dt, const void *lp, int64_t V, ctc_work w,
+                                       double *table, int64_t stride)
+{
+    int64_t L = u->L, T = u->T;
+    for (int64_t r = threadIdx.x; r < L; r += blockDim.x) {
+        int64_t s = dir ? L - 1 - r : r, t0 = dir ? T - 1 : 0, t1 = dir ? T - 2 : 1;
+        int lab = (int)ctc_label(u, s);
+        w.lab[r] = lab;
+        w.skip[r] = dir ? s + 2 < L && ctc_can_skip(u, s + 2) : ctc_can_skip(u, s);
+        double v = r < 2 ? (double)lu_dev_load(lp, dt, u->lp0 + t0 * V + lab) : -INFINITY;
+        w.row[r] = v;
+        if (table) table[t0 * stride + s] = v;
+        w.lpn[r] = T > 1 ? lu_dev_load(lp, dt, u->lp0 + t1 * V + lab) : 0.0f;
+    }
     __syncthreads();
-    for (int64_t t = 1; t < u->T; t++) {
-        const double *prev = alpha + (all_rows ? t - 1 : (t - 1) % 2) * stride;
-        double *cur = alpha + (all_rows ? t : t % 2) * stride;
-        for (int64_t s = threadIdx.x; s < L; s += blockDim.x) {
-            double a = prev[s];
-            if (s >= 1) a = ctc_logaddexp(a, prev[s - 1]);
-            if (ctc_can_skip(u, s)) a = ctc_logaddexp(a, prev[s - 2]);
-            cur[s] = a + (double)lu_dev_load(lp, dt, u->lp0 + t * V + ctc_label(u, s));
+    for (int64_t tau = 1; tau < T; tau++) {
+        int64_t t = dir ? T - 1 - tau : tau, tn = dir ? t - 1 : t + 1;
+        const double *prev = w.row + ((tau - 1) % 2) * stride;
+        double *cur = w.row + (tau % 2) * stride;
+        for (int64_t r = threadIdx.x; r < L; r += blockDim.x) {
+            int lab = w.lab[r];
+            float next = tau + 1 < T ? lu_dev_load(lp, dt, u->lp0 + tn * V + lab) : 0.0f;
+            double v = ctc_lse3(prev[r], r >= 1 ? prev[r - 1] : -INFINITY, w.skip[r] ? prev[r - 2] : -INFINITY);
+            v += (double)w.lpn[r];
+            cur[r] = v;
+            if (table) table[t * stride + (dir ? L - 1 - r : r)] = v;
+            w.lpn[r] = next;
         }
         __syncthreads();
     }
-    const double *last = alpha + (all_rows ? u->T - 1 : (u->T - 1) % 2) * stride;
+    const double *last = w.row + ((T - 1) % 2) * stride;
     return ctc_logaddexp(last[L - 1], L >= 2 ? last[L - 2] : -INFINITY);
 }
 
-/* nll[b] = -log Z (+inf when no alignment exists); alpha: two rows of `stride` per block. */
+/* nll[b] = -log Z (+inf when no alignment exists). work: a ctc_work per block in global memory,
+ * or NULL for one in shared memory. */
 static __global__ void __launch_bounds__(CTC_THREADS)
     ctc_forward_kernel(int dt, const void *lp, ctc_ints in, int64_t B, int64_t T, int64_t V, int64_t S, int blank,
-                       int ndt, void *nll, double *alpha, int64_t stride)
+                       int ndt, void *nll, unsigned char *work, int64_t stride)
 {
-    alpha += (size_t)blockIdx.x * 2 * stride;
+    ctc_work w = ctc_work_at(work ? work + (size_t)blockIdx.x * ctc_work_bytes(stride) : ctc_smem, stride);
     for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
         ctc_utt u = ctc_utt_of(&in, b, S, T, V, blank);
         double logz;
         if (u.T == 0) logz = u.L == 1 ? 0.0 : -INFINITY;
-        else logz = ctc_alpha(&u, dt, lp, V, alpha, stride, false);
+        else logz = ctc_recursion(&u, 0, dt, lp, V, w, NULL, stride);
         if (threadIdx.x == 0) lu_dev_store(nll, ndt, b, (float)-logz);
-        __syncthreads(); /* the alpha rows are reused by the next utterance */
+        __syncthreads(); /* the rows are reused by the next utterance */
     }
 }
 
@@ -126,73 +210,78 @@ static __global__ void ctc_loss_kernel(int ndt, const void *nll, const void *tl,
     else if (reduction == LU_REDUCE_MEAN) lu_dev_store(loss, ndt, 0, (float)(total / (double)B));
 }
 
-/* dlp (zeroed) for each utterance. Scratch per block: alpha [T][stride], beta [2][stride],
- * next [stride] (the next state with the same label, -1 at the end of a chain) and first
- * [stride] (1 where a state's label has no earlier state). */
+/* Backward, first part, for utterance b0 + blockIdx.x (index i in the chunk's scratch): block
+ * y = 0 runs alpha into alpha [i][T][stride] and stores log Z at logz[i], y = 1 runs beta into
+ * beta [i][T][stride], and y = 2 fills next [i][stride] (for each label state s, odd: the next
+ * state with its label, -1 at the end of the chain) and first (1 where no earlier state has it).
+ * work: two ctc_works per utterance in global memory, or NULL for shared memory. Utterances
+ * without a gradient are skipped here and in ctc_grad_kernel alike. */
 static __global__ void __launch_bounds__(CTC_THREADS)
-    ctc_backward_kernel(int dt, const void *lp, ctc_ints in, int64_t B, int64_t T, int64_t V, int64_t S, int blank,
-                        int reduction, bool zero_infinity, const void *dloss, void *dlp, double *alpha, double *beta,
-                        int *next, int *first, int64_t stride)
+    ctc_tables_kernel(int dt, const void *lp, ctc_ints in, int64_t b0, int64_t B, int64_t T, int64_t V, int64_t S,
+                      int blank, int reduction, const void *dloss, double *alpha, double *beta, double *logz, int *next,
+                      int *first, unsigned char *work, int64_t stride)
 {
-    alpha += (size_t)blockIdx.x * T * stride;
-    beta += (size_t)blockIdx.x * 2 * stride;
-    next += (size_t)blockIdx.x * stride;
-    first += (size_t)blockIdx.x * stride;
-    for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
-        ctc_utt u = ctc_utt_of(&in, b, S, T, V, blank);
-        int64_t L = u.L, g0 = u.lp0;
-        double scale = 0.0;
-        if (dloss) {
-            int64_t len = (u.L - 1) / 2;
-            if (reduction == LU_REDUCE_NONE) scale = lu_dev_load(dloss, dt, b);
-            else if (reduction == LU_REDUCE_SUM) scale = lu_dev_load(dloss, dt, 0);
-            else scale = lu_dev_load(dloss, dt, 0) / ((double)(len > 1 ? len : 1) * (double)B);
-        }
-        if (scale == 0.0 || u.T == 0) continue; /* uniform over the block */
-        double logz = ctc_alpha(&u, dt, lp, V, alpha, stride, true);
-        if (isinf(logz)) {
-            float fill = zero_infinity ? 0.0f : NAN;
-            for (int64_t i = threadIdx.x; i < u.T * V; i += blockDim.x) lu_dev_store(dlp, dt, g0 + i, fill);
-            __syncthreads();
-            continue;
-        }
-        for (int64_t s = threadIdx.x; s < L; s += blockDim.x) {
+    int64_t i = blockIdx.x;
+    int part = (int)blockIdx.y;
+    ctc_utt u = ctc_utt_of(&in, b0 + i, S, T, V, blank);
+    if (u.T == 0 || ctc_scale(dt, dloss, reduction, &u, B) == 0.0) return; /* uniform over the block */
+    if (part == 2) {
+        /* labels differ from blank: only odd states can share a label's */
+        for (int64_t s = 1 + 2 * (int64_t)threadIdx.x; s < u.L; s += 2 * (int64_t)blockDim.x) {
             int64_t k = ctc_label(&u, s), nx = -1;
             bool is_first = true;
-            /* labels differ from blank: only states of s's parity can share its label */
-            for (int64_t q = s + 2; q < L && nx < 0; q += 2)
+            for (int64_t q = s + 2; q < u.L && nx < 0; q += 2)
                 if (ctc_label(&u, q) == k) nx = q;
             for (int64_t q = s - 2; q >= 0 && is_first; q -= 2) is_first = ctc_label(&u, q) != k;
-            next[s] = (int)nx;
-            first[s] = is_first;
+            next[i * stride + s] = (int)nx;
+            first[i * stride + s] = is_first;
         }
-        for (int64_t t = u.T - 1; t >= 0; t--) {
-            double *cur = beta + (t % 2) * stride;
-            const double *later = beta + ((t + 1) % 2) * stride;
-            for (int64_t s = threadIdx.x; s < L; s += blockDim.x) {
-                double lps = lu_dev_load(lp, dt, g0 + t * V + ctc_label(&u, s));
-                if (t == u.T - 1) {
-                    cur[s] = s >= L - 2 ? lps : -INFINITY;
-                } else {
-                    double v = later[s];
-                    if (s + 1 < L) v = ctc_logaddexp(v, later[s + 1]);
-                    if (s + 2 < L && ctc_can_skip(&u, s + 2)) v = ctc_logaddexp(v, later[s + 2]);
-                    cur[s] = v + lps;
-                }
-            }
-            __syncthreads();
-            const double *at = alpha + t * stride;
-            for (int64_t s = threadIdx.x; s < L; s += blockDim.x) {
-                if (!first[s]) continue;
-                double acc = -INFINITY;
-                for (int64_t q = s; q >= 0; q = next[q]) acc = ctc_logaddexp(acc, at[q] + cur[q]);
-                if (acc == -INFINITY) continue;
+        return;
+    }
+    ctc_work w = ctc_work_at(work ? work + (size_t)(2 * i + part) * ctc_work_bytes(stride) : ctc_smem, stride);
+    double *table = (part ? beta : alpha) + (size_t)i * T * stride;
+    double lz = ctc_recursion(&u, part, dt, lp, V, w, table, stride);
+    if (part == 0 && threadIdx.x == 0) logz[i] = lz;
+}
+
+/* Backward, second part: one block per (utterance b0 + i, step t), item i * T + t, from the
+ * tables of ctc_tables_kernel. dlp was zeroed: labels absent from l' and steps t >= the input
+ * length keep 0, as do utterances without a gradient; an infeasible utterance (log Z = -inf)
+ * gets NaN, or 0 under zero_infinity, on its steps. */
+static __global__ void __launch_bounds__(CTC_THREADS)
+    ctc_grad_kernel(int dt, const void *lp, ctc_ints in, int64_t b0, int64_t nb, int64_t B, int64_t T, int64_t V,
+                    int64_t S, int blank, int reduction, bool zero_infinity, const void *dloss, void *dlp,
+                    const double *alpha, const double *beta, const double *logz, const int *next, const int *first,
+                    int64_t stride)
+{
+    for (int64_t item = blockIdx.x; item < nb * T; item += gridDim.x) {
+        int64_t i = item / T, t = item % T;
+        ctc_utt u = ctc_utt_of(&in, b0 + i, S, T, V, blank);
+        if (t >= u.T) continue; /* uniform over the block, as every condition of this loop */
+        double scale = ctc_scale(dt, dloss, reduction, &u, B);
+        if (scale == 0.0) continue;
+        int64_t row = u.lp0 + t * V;
+        double lz = logz[i];
+        if (isinf(lz)) {
+            float fill = zero_infinity ? 0.0f : NAN;
+            for (int64_t k = threadIdx.x; k < V; k += blockDim.x) lu_dev_store(dlp, dt, row + k, fill);
+            continue;
+        }
+        const double *at = alpha + ((size_t)i * T + t) * stride, *bt = beta + ((size_t)i * T + t) * stride;
+        const int *nx = next + i * stride, *fs = first + i * stride;
+        double lp_blank = lu_dev_load(lp, dt, row + blank), occ_blank = 0.0;
+        for (int64_t s = threadIdx.x; s < u.L; s += blockDim.x) {
+            if (s % 2 == 0) {
+                occ_blank += exp(at[s] + bt[s] - lz - lp_blank);
+            } else if (fs[s]) {
                 int64_t k = ctc_label(&u, s);
-                double lpk = lu_dev_load(lp, dt, g0 + t * V + k);
-                lu_dev_store(dlp, dt, g0 + t * V + k, (float)(-scale * exp(acc - logz - lpk)));
+                double lpk = lu_dev_load(lp, dt, row + k), occ = 0.0;
+                for (int64_t q = s; q >= 0; q = nx[q]) occ += exp(at[q] + bt[q] - lz - lpk);
+                if (occ > 0.0) lu_dev_store(dlp, dt, row + k, (float)(-scale * occ));
             }
         }
-        __syncthreads(); /* the scratch is reused by the next utterance */
+        occ_blank = lu_dev_block_sum(occ_blank);
+        if (threadIdx.x == 0 && occ_blank > 0.0) lu_dev_store(dlp, dt, row + blank, (float)(-scale * occ_blank));
     }
 }
 
@@ -224,7 +313,7 @@ static ctc_ints ctc_ints_of(const lu_tensor *targets, const lu_tensor *il, const
     return in;
 }
 
-static unsigned ctc_grid(int64_t B) { return (unsigned)(B < 65535 ? B : 65535); }
+static unsigned ctc_grid(int64_t n) { return (unsigned)(n < 65535 ? n : 65535); }
 
 /* in = [log_probs, targets, input_lengths, target_lengths], out = [loss ([] or [B]), nll [B]]. */
 static lu_status ctc_forward(const lu_op_call *c)
@@ -239,13 +328,16 @@ static lu_status ctc_forward(const lu_op_call *c)
         return lu_errorf(LU_ERR_SHAPE, "ctc_loss: loss (%lld elements) and nll (%lld) do not fit a batch of %lld",
                          (long long)lu_tensor_numel(loss), (long long)lu_tensor_numel(nll), (long long)B);
     if (B > 0) {
-        double *alpha;
         unsigned grid = ctc_grid(B);
-        LU_TRY(lu_cuda_scratch_alloc((void **)&alpha, (size_t)grid * 2 * (size_t)stride * sizeof *alpha));
-        ctc_forward_kernel<<<grid, CTC_THREADS>>>(lp->dtype, lu_tensor_data(lp), ctc_ints_of(targets, il, tl), B, T, V,
-                                                  S, p->blank, nll->dtype, lu_tensor_data(nll), alpha, stride);
+        size_t wb = ctc_work_bytes(stride);
+        bool shared = wb <= CTC_SMEM_BYTES;
+        unsigned char *work = NULL;
+        if (!shared) LU_TRY(lu_cuda_scratch_alloc((void **)&work, (size_t)grid * wb));
+        ctc_forward_kernel<<<grid, CTC_THREADS, shared ? wb : 0>>>(lp->dtype, lu_tensor_data(lp),
+                                                                   ctc_ints_of(targets, il, tl), B, T, V, S, p->blank,
+                                                                   nll->dtype, lu_tensor_data(nll), work, stride);
         LU_CUDA_CHECK_LAUNCH();
-        lu_cuda_scratch_free(alpha);
+        lu_cuda_scratch_free(work);
     }
     ctc_loss_kernel<<<1, 1>>>(nll->dtype, lu_tensor_data(nll), lu_tensor_data(tl), tl->dtype == LU_I64, B, (int)p->reduction,
                               p->zero_infinity, lu_tensor_data(loss));
@@ -268,18 +360,33 @@ static lu_status ctc_backward(const lu_op_call *c)
     if (lu_tensor_numel(dlp) == 0) return LU_OK;
     LU_TRY(lu_cuda_zero(dlp));
     if (!dloss) return LU_OK;
-    unsigned grid = ctc_grid(B);
-    /* alpha [grid][T][stride], beta [grid][2][stride] doubles, then next and first ints. */
-    size_t n_alpha = (size_t)grid * (size_t)T * (size_t)stride, n_beta = (size_t)grid * 2 * (size_t)stride;
-    size_t n_int = (size_t)grid * (size_t)stride;
+    /* Per utterance of a chunk: alpha and beta [T][stride] and log Z (doubles), two ctc_works
+     * unless they are in shared memory, next and first [stride] (ints). */
+    size_t table = (size_t)T * (size_t)stride, wb = ctc_work_bytes(stride);
+    bool shared = wb <= CTC_SMEM_BYTES;
+    size_t per_utt = (2 * table + 1) * sizeof(double) + (shared ? 0 : 2 * wb) + 2 * (size_t)stride * sizeof(int);
+    int64_t chunk = (int64_t)(CTC_TABLE_BYTES / per_utt);
+    chunk = chunk < 1 ? 1 : chunk < B ? chunk : B;
+    chunk = chunk < 65535 ? chunk : 65535;
     double *alpha;
-    LU_TRY(lu_cuda_scratch_alloc((void **)&alpha, (n_alpha + n_beta) * sizeof(double) + 2 * n_int * sizeof(int)));
-    double *beta = alpha + n_alpha;
-    int *next = (int *)(void *)(beta + n_beta), *first = next + n_int;
-    ctc_backward_kernel<<<grid, CTC_THREADS>>>(lp->dtype, lu_tensor_data(lp), ctc_ints_of(targets, il, tl), B, T, V,
-                                               S, p->blank, (int)p->reduction, p->zero_infinity, lu_tensor_data(dloss),
-                                               lu_tensor_data(dlp), alpha, beta, next, first, stride);
-    LU_CUDA_CHECK_LAUNCH();
+    LU_TRY(lu_cuda_scratch_alloc((void **)&alpha, (size_t)chunk * per_utt));
+    double *beta = alpha + (size_t)chunk * table, *logz = beta + (size_t)chunk * table;
+    unsigned char *work = shared ? NULL : (unsigned char *)(void *)(logz + chunk);
+    int *next = (int *)(void *)((unsigned char *)(void *)(logz + chunk) + (shared ? 0 : (size_t)chunk * 2 * wb));
+    int *first = next + (size_t)chunk * stride;
+    ctc_ints in = ctc_ints_of(targets, il, tl);
+    for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+        int64_t nb = B - b0 < chunk ? B - b0 : chunk;
+        ctc_tables_kernel<<<dim3((unsigned)nb, 3), CTC_THREADS, shared ? wb : 0>>>(
+            lp->dtype, lu_tensor_data(lp), in, b0, B, T, V, S, p->blank, (int)p->reduction, lu_tensor_data(dloss),
+            alpha, beta, logz, next, first, work, stride);
+        LU_CUDA_CHECK_LAUNCH();
+        ctc_grad_kernel<<<ctc_grid(nb * T), CTC_THREADS>>>(lp->dtype, lu_tensor_data(lp), in, b0, nb, B, T, V, S,
+                                                           p->blank, (int)p->reduction, p->zero_infinity,
+                                                           lu_tensor_data(dloss), lu_tensor_data(dlp), alpha, beta,
+                                                           logz, next, first, stride);
+        LU_CUDA_CHECK_LAUNCH();
+    }
     lu_cuda_scratch_free(alpha);
     return LU_OK;
 }

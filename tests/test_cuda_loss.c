@@ -515,6 +515,17 @@ Test(cuda_loss, ctc_single_frame_and_empty_targets)
     ctc_free(&z);
 }
 
+Test(cuda_loss, ctc_long_targets_with_rows_in_global_memory)
+{
+    require_gpu();
+    /* S 1000: 2001 states, whose working rows exceed the 48 KB of shared memory a launch gets
+     * without opting in, so the recursions run on global scratch. */
+    const int64_t ilen[2] = {1100, 1060}, tlen[2] = {1000, 990};
+    ctc_batch c = ctc_make(2, 1100, 29, 1000, ilen, tlen, 0, LU_I32, 650);
+    check_ctc(&c, 0, LU_REDUCE_MEAN, false, LU_F32, TOL_F32, "S 1000");
+    ctc_free(&c);
+}
+
 Test(cuda_loss, ctc_bf16_within_bf16_rounding)
 {
     require_gpu();
