@@ -2,8 +2,9 @@
  * RMSNORM, LAYERNORM and BIASNORM, forward and backward, f32 and bf16 with fp32 math
  * (core/cpu/reduce.c and core/cpu/norm.c are the references). One warp per row: the row's
  * reductions are warp shuffles, and the order of additions depends only on the row length.
- * Per-channel gradients of LayerNorm and BiasNorm are column sums in two stages (chunks of rows
- * summed in order, then the chunks in order), so they too depend only on the shape. */
+ * Per-channel gradients of RMSNorm, LayerNorm and BiasNorm are column sums in two stages (chunks
+ * of rows summed in order, then the chunks in a fixed order, colsum.cuh), so they too depend only
+ * on the shape. */
 #include <math.h>
 
 #include "colsum.cuh"
@@ -232,7 +233,8 @@ static lu_status col_finish(int dt, float *part, int64_t d, int64_t chunks, int 
     cudaError_t e = cudaGetLastError();
     for (int k = 0; k < n_sums && part && e == cudaSuccess; k++) {
         if (!outs[k]) continue;
-        lu_colsum_kernel<<<lu_colsum_grid(d), LU_COLSUM_BLOCK>>>(dt, part + (size_t)(k * chunks * d), d, chunks, 1.0f, outs[k]);
+        lu_colsum_kernel<<<lu_colsum_grid(d), LU_COLSUM_BLOCK>>>(dt, part + (size_t)(k * chunks * d), d, chunks, 1.0f,
+                                                                 outs[k]);
         e = cudaGetLastError();
     }
     lu_cuda_scratch_free(part);

@@ -5,7 +5,8 @@
  * The contiguous input is viewed as [outer, n, inner] with n the reduced dim. The n axis is cut
  * into chunks whose size depends only on the shape; stage 1 reduces each (output, chunk) in a
  * fixed order (a block tree for contiguous rows, a sequential loop per thread for columns) and
- * stage 2 combines the chunks in chunk order. No atomics: the result depends only on the shape. */
+ * stage 2 combines the chunks in a fixed order (sums: colsum.cuh; MAX: chunk order). No atomics:
+ * the result depends only on the shape. */
 #include <math.h>
 
 #include "colsum.cuh"
