@@ -70,13 +70,26 @@ static lu_status cuda_synchronize(void)
     return LU_OK;
 }
 
+/* Scratch comes from the device's default pool (lu_cuda_scratch_alloc), whose release threshold
+ * of 0 hands its memory back to the driver at every synchronisation, so that the next step (or,
+ * under LUTHIER_PROFILE, the next op) maps it again. Keep it: the pool holds at most what a step
+ * needed at once. */
+static lu_status cuda_keep_pool(int device)
+{
+    cudaMemPool_t pool;
+    uint64_t keep = UINT64_MAX;
+    LU_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+    LU_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    return LU_OK;
+}
+
 lu_status lu_cuda_select_device(int index)
 {
     int count = 0;
     LU_CUDA_CHECK(cudaGetDeviceCount(&count));
     if (count < 1) return lu_errorf(LU_ERR_DEVICE, "cuda: no GPU to select");
     LU_CUDA_CHECK(cudaSetDevice(index % count));
-    return LU_OK;
+    return cuda_keep_pool(index % count);
 }
 
 bool lu_cuda_backend_init(lu_backend *b)
@@ -92,6 +105,13 @@ bool lu_cuda_backend_init(lu_backend *b)
     }
     if (count == 0) {
         snprintf(unavailable_reason, sizeof unavailable_reason, "cudaGetDeviceCount found no device");
+        return false;
+    }
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cuda_keep_pool(dev) != LU_OK) {
+        snprintf(unavailable_reason, sizeof unavailable_reason, "the default memory pool of device %d is not usable: %s",
+                 dev, lu_error_message());
+        cudaGetLastError();
         return false;
     }
     unavailable_reason[0] = 0;

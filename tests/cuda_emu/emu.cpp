@@ -691,6 +691,16 @@ cudaError_t cudaFree(void *p)
 cudaError_t cudaMallocAsync(void **p, size_t nbytes, cudaStream_t) { return cudaMalloc(p, nbytes); }
 cudaError_t cudaFreeAsync(void *p, cudaStream_t) { return cudaFree(p); }
 
+/* The emulator has no pool: cudaMallocAsync is cudaMalloc. */
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t *pool, int device)
+{
+    if (device != 0) return record(cudaErrorInvalidDevice);
+    *pool = NULL;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, enum cudaMemPoolAttr, void *) { return cudaSuccess; }
+
 /* Whether [p, p + nbytes) lies in one cudaMalloc allocation: the runtime refuses a copy or fill
  * of device memory that does not. */
 static bool on_device(const void *p, size_t nbytes)

@@ -31,6 +31,9 @@
 #define __constant__ static
 
 /* The vector types luthier's kernels use, with the GPU's alignment. */
+struct __attribute__((aligned(8))) float2 {
+    float x, y;
+};
 struct __attribute__((aligned(16))) float4 {
     float x, y, z, w;
 };
@@ -40,6 +43,7 @@ struct __attribute__((aligned(8))) uint2 {
 struct __attribute__((aligned(16))) uint4 {
     unsigned int x, y, z, w;
 };
+static inline float2 make_float2(float x, float y) { return float2{x, y}; }
 static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 static inline uint2 make_uint2(unsigned int x, unsigned int y) { return uint2{x, y}; }
 static inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w)
