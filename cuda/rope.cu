@@ -4,6 +4,7 @@
  * a = pos * inv_freq_i, cosf(a), sinf(a); powf, cosf and sinf are evaluated in double and
  * rounded, as glibc's (nearly always correctly rounded) ones: CUDA's float versions are up to
  * 2-4 ulp off, which at positions of tens of thousands moves the angle visibly. */
+#include <limits.h>
 #include <math.h>
 
 #include "device.cuh"
@@ -38,6 +39,63 @@ static __global__ void rope_kernel(int dt, const void *x, const void *pos, bool 
     }
 }
 
+/* The vector kernel: rotations of up to 2 ROPE_MAX_HALF dims, angles inv_freq_i computed on the
+ * host (double pow rounded, the same recipe) and passed by value. */
+#define ROPE_MAX_HALF 512
+#define ROPE_THREADS 128
+typedef struct rope_freqs {
+    float inv[ROPE_MAX_HALF];
+} rope_freqs;
+
+/* The same rotation with 8 elements an access (half = rd / 2 and d - rd multiples of 8, 16-byte
+ * aligned rows): a block takes `tok` = max(1, ROPE_THREADS / half) tokens at a time, first their
+ * cos and sign * sin into shared memory, a thread per (token, i), then every 8-element piece of
+ * their heads, a thread per piece. */
+static __global__ void __launch_bounds__(ROPE_THREADS) rope_vec_kernel(int dt, const void *x, const void *pos,
+                                                                        bool pos64, void *y, int64_t bt, int nh, int d,
+                                                                        int rd, rope_freqs f, float sign)
+{
+    __shared__ float cs[2][ROPE_MAX_HALF];
+    const int half = rd / 2, tok = half < ROPE_THREADS ? ROPE_THREADS / half : 1;
+    const int hv = half / LU_VEC8, per = hv + (d - rd) / LU_VEC8; /* pieces of a head: rotated, copied */
+    for (int64_t t0 = (int64_t)blockIdx.x * tok; t0 < bt; t0 += (int64_t)gridDim.x * tok) {
+        const int nt = bt - t0 < tok ? (int)(bt - t0) : tok;
+        for (int e = threadIdx.x; e < nt * half; e += blockDim.x) {
+            const int64_t t = t0 + e / half;
+            const float ps = pos64 ? (float)((const int64_t *)pos)[t] : (float)((const int32_t *)pos)[t];
+            double sa, ca;
+            sincos((double)(ps * f.inv[e % half]), &sa, &ca);
+            cs[0][e] = (float)ca;
+            cs[1][e] = sign * (float)sa;
+        }
+        __syncthreads();
+        for (int task = threadIdx.x; task < nt * nh * per; task += blockDim.x) {
+            const int tt = task / (nh * per), h = task / per % nh, v = task % per;
+            const int64_t row = ((t0 + tt) * nh + h) * d;
+            float a[LU_VEC8], b[LU_VEC8];
+            if (v < hv) {
+                const int i = v * LU_VEC8;
+                const float *c = &cs[0][tt * half + i], *sn = &cs[1][tt * half + i];
+                lu_dev_load8(x, dt, row + i, a);
+                lu_dev_load8(x, dt, row + i + half, b);
+                float y0[LU_VEC8], y1[LU_VEC8];
+#pragma unroll
+                for (int e = 0; e < LU_VEC8; e++) {
+                    y0[e] = a[e] * c[e] - b[e] * sn[e];
+                    y1[e] = b[e] * c[e] + a[e] * sn[e];
+                }
+                lu_dev_store8(y, dt, row + i, y0);
+                lu_dev_store8(y, dt, row + i + half, y1);
+            } else {
+                const int64_t k = row + rd + (v - hv) * LU_VEC8;
+                lu_dev_load8(x, dt, k, a);
+                lu_dev_store8(y, dt, k, a);
+            }
+        }
+        __syncthreads();
+    }
+}
+
 static lu_status rope_run(const lu_op_call *c, const lu_tensor *src, const lu_tensor *pos, lu_tensor *dst, float sign)
 {
     const lu_rope_params *p = (const lu_rope_params *)c->params;
@@ -54,6 +112,18 @@ static lu_status rope_run(const lu_op_call *c, const lu_tensor *src, const lu_te
                          (long long)d);
     int64_t n = bt * nh * d;
     if (n == 0) return LU_OK;
+    const void *ptrs[2] = {lu_tensor_data(src), lu_tensor_data(dst)};
+    if (rd > 0 && rd / 2 <= ROPE_MAX_HALF && (rd / 2) % LU_VEC8 == 0 && (d - rd) % LU_VEC8 == 0 && nh <= INT_MAX / d &&
+        (src->dtype == LU_BF16 || src->dtype == LU_F32) && lu_cuda_vec8_ok(d, ptrs, 2)) {
+        rope_freqs f;
+        for (int64_t i = 0; i < rd / 2; i++) f.inv[i] = 1.0f / (float)pow((double)(float)p->theta, (double)((float)(2 * i) / (float)rd));
+        const int64_t tok = rd / 2 < ROPE_THREADS ? ROPE_THREADS / (rd / 2) : 1, groups = (bt + tok - 1) / tok;
+        rope_vec_kernel<<<(unsigned)(groups < 65535 ? groups : 65535), ROPE_THREADS>>>(
+            src->dtype, lu_tensor_data(src), lu_tensor_data(pos), pos->dtype == LU_I64, lu_tensor_data(dst), bt, (int)nh,
+            (int)d, (int)rd, f, sign);
+        LU_CUDA_CHECK_LAUNCH();
+        return LU_OK;
+    }
     rope_kernel<<<lu_cuda_blocks(n / 2 > 0 ? n / 2 : 1), LU_CUDA_THREADS>>>(src->dtype, lu_tensor_data(src),
                                                                             lu_tensor_data(pos), pos->dtype == LU_I64,
                                                                             lu_tensor_data(dst), bt, nh, d, rd,

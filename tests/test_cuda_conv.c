@@ -799,6 +799,12 @@ Test(cuda_conv, rope_matches_cpu_float32_recipe)
     check_rope(1, 5, 2, 80, 32, 1e4, LU_I64, 100, LU_F32, TOL_F32); /* partial rotation, copied tail */
     check_rope(3, 1, 1, 2, 0, 1e6, LU_I32, 7, LU_F32, TOL_F32);
     check_rope(2, 17, 3, 64, 0, 1e6, LU_I64, 40000, LU_BF16, TOL_BF16);
+    /* The vector kernel (rd / 2 and d - rd multiples of 8): Qwen3's heads, two tokens a block, an
+     * odd token count; a rotation of 128 pairs, a token a block; a copied tail in bf16. */
+    check_rope(3, 11, 16, 128, 0, 1e6, LU_I64, 40000, LU_BF16, TOL_BF16);
+    check_rope(3, 11, 8, 128, 0, 1e6, LU_I32, 40000, LU_F32, TOL_F32);
+    check_rope(1, 3, 2, 256, 0, 1e4, LU_I32, 9000, LU_F32, TOL_F32);
+    check_rope(2, 7, 3, 80, 16, 1e4, LU_I64, 500, LU_BF16, TOL_BF16);
 }
 
 /* ---- embedding ---- */
