@@ -6,7 +6,8 @@
  * Forward: one block per row reads the logits once, keeping a running (max, sum of exp(x - max))
  * per thread, merged by a fixed tree; the row's lse and loss follow, and one small block reduces
  * the row losses in order. No probability matrix is written. Backward: dlogits = g * (exp(x -
- * lse) - onehot(target)) straight from the logits and the saved lse, one pass. Targets outside
+ * lse) - onehot(target)) straight from the logits and the saved lse, one pass, 8 elements an
+ * access when the rows allow. Targets outside
  * [0, V) that are not ignore_index fail with their position, as on the CPU. */
 #include <math.h>
 
@@ -136,6 +137,34 @@ static __global__ void xent_backward_kernel(int dt, const void *logits, const vo
     }
 }
 
+/* The same with 8 elements an access (V a multiple of 8, 16-byte aligned logits and dlogits). */
+static __global__ void xent_backward8_kernel(int dt, const void *logits, const void *target, bool i64, int64_t N,
+                                             int64_t V, int64_t ignore, int reduction, int ddt, const void *dloss,
+                                             int sdt, const void *lse, const void *count, void *dlogits)
+{
+    for (int64_t row = blockIdx.y; row < N; row += gridDim.y) {
+        int64_t t = load_target(target, i64, row), base = row * V;
+        float g = 0.0f, l = lu_dev_load(lse, sdt, row);
+        if (t != ignore)
+            g = reduction == LU_REDUCE_NONE  ? lu_dev_load(dloss, ddt, row)
+                : reduction == LU_REDUCE_SUM ? lu_dev_load(dloss, ddt, 0)
+                                             : lu_dev_load(dloss, ddt, 0) / lu_dev_load(count, sdt, 0);
+        for (int64_t j = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * LU_VEC8; j < V;
+             j += (int64_t)gridDim.x * blockDim.x * LU_VEC8) {
+            float d[LU_VEC8] = {0.0f};
+            if (t != ignore) {
+                lu_dev_load8(logits, dt, base + j, d);
+#pragma unroll
+                for (int e = 0; e < LU_VEC8; e++) {
+                    d[e] = g * expf(d[e] - l);
+                    if (j + e == t) d[e] -= g;
+                }
+            }
+            lu_dev_store8(dlogits, dt, base + j, d);
+        }
+    }
+}
+
 /* Checks shapes and dtypes: logits [N, V] f32/bf16, target [N] i32/i64, loss ([] or [N]) f32 or
  * bf16, lse [N] and count [1] f32 or bf16 (the same). */
 static lu_status xent_check(const lu_op_call *c, const lu_tensor *logits, const lu_tensor *target,
@@ -219,6 +248,18 @@ static lu_status xent_backward(const lu_op_call *c)
         return LU_OK;
     }
     LU_TRY(lu_cuda_check_float(c, &dloss, 1, dloss->dtype));
+    const void *ptrs[2] = {lu_tensor_data(logits), lu_tensor_data(dx)};
+    if (lu_cuda_vec8_ok(V, ptrs, 2)) {
+        int64_t gx = (V + LU_VEC8 * LU_CUDA_THREADS - 1) / (LU_VEC8 * LU_CUDA_THREADS);
+        dim3 grid((unsigned)(gx < 1024 ? gx : 1024), (unsigned)(N < 65535 ? N : 65535));
+        xent_backward8_kernel<<<grid, LU_CUDA_THREADS>>>(logits->dtype, lu_tensor_data(logits), lu_tensor_data(target),
+                                                         target->dtype == LU_I64, N, V, p->ignore_index,
+                                                         (int)p->reduction, dloss->dtype, lu_tensor_data(dloss),
+                                                         lse->dtype, lu_tensor_data(lse), lu_tensor_data(count),
+                                                         lu_tensor_data(dx));
+        LU_CUDA_CHECK_LAUNCH();
+        return LU_OK;
+    }
     int64_t gx = (V + 4 * LU_CUDA_THREADS - 1) / (4 * LU_CUDA_THREADS);
     dim3 grid((unsigned)(gx < 1024 ? gx : 1024), (unsigned)(N < 65535 ? N : 65535));
     xent_backward_kernel<<<grid, LU_CUDA_THREADS>>>(logits->dtype, lu_tensor_data(logits), lu_tensor_data(target),
