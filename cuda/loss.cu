@@ -3,9 +3,9 @@
  * and count may be f32 or bf16 whatever the logits' dtype; core/ops_reduce.c makes them f32 for
  * bf16 logits.
  *
- * Forward: one block per row reads the logits once, keeping a running (max, sum of exp(x - max))
- * per thread, merged by a fixed tree; the row's lse and loss follow, and one small block reduces
- * the row losses in order. No probability matrix is written. Backward: dlogits = g * (exp(x -
+ * Forward: one block per row reads the logits once (8 an access when the rows allow), keeping a
+ * running (max, sum of exp(x - max)) per thread, merged by a fixed tree; the row's lse and loss
+ * follow, and one small block reduces the row losses in order. No probability matrix is written. Backward: dlogits = g * (exp(x -
  * lse) - onehot(target)) straight from the logits and the saved lse, one pass, 8 elements an
  * access when the rows allow. Targets outside
  * [0, V) that are not ignore_index fail with their position, as on the CPU. */
@@ -33,6 +33,18 @@ static __device__ __forceinline__ void lse_merge(float *m, float *s, float m2, f
 
 /* Per row: lse[row], the row loss (0 for ignored rows) into rows[row] (f32) or, for reduction
  * none, into loss[row] (dtype ldt); an invalid target records its row in *bad (the smallest one). */
+static __device__ __forceinline__ void lse_add(float *m, float *s, float v)
+{
+    if (v > *m) {
+        *s = *s * expf(*m - v) + 1.0f;
+        *m = v;
+    } else {
+        *s += v == *m ? 1.0f : expf(v - *m);
+    }
+}
+
+/* VEC8: a thread reads 8 consecutive logits at a time (V a multiple of 8, aligned rows). */
+template <bool VEC8>
 static __global__ void xent_rows_kernel(int dt, const void *logits, const void *target, bool i64, int64_t N, int64_t V,
                                         int64_t ignore, int sdt, void *lse, float *rows, int ldt, void *loss, bool none,
                                         unsigned long long *bad)
@@ -42,14 +54,15 @@ static __global__ void xent_rows_kernel(int dt, const void *logits, const void *
     for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
         int64_t base = row * V;
         float m = -INFINITY, s = 0.0f;
-        for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-            float v = lu_dev_load(logits, dt, base + j);
-            if (v > m) {
-                s = s * expf(m - v) + 1.0f;
-                m = v;
-            } else {
-                s += v == m ? 1.0f : expf(v - m);
+        if (VEC8) {
+            for (int64_t j = (int64_t)threadIdx.x * LU_VEC8; j < V; j += (int64_t)blockDim.x * LU_VEC8) {
+                float v[LU_VEC8];
+                lu_dev_load8(logits, dt, base + j, v);
+#pragma unroll
+                for (int e = 0; e < LU_VEC8; e++) lse_add(&m, &s, v[e]);
             }
+        } else {
+            for (int64_t j = threadIdx.x; j < V; j += blockDim.x) lse_add(&m, &s, lu_dev_load(logits, dt, base + j));
         }
         for (int o = LU_CUDA_WARP / 2; o > 0; o /= 2) {
             float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
@@ -208,9 +221,15 @@ static lu_status xent_forward(const lu_op_call *c)
     LU_CUDA_CHECK(cudaMemsetAsync(bad, 0xff, sizeof *bad, 0));
     if (N > 0) {
         unsigned grid = (unsigned)(N < 1048576 ? N : 1048576);
-        xent_rows_kernel<<<grid, LU_CUDA_THREADS>>>(logits->dtype, lu_tensor_data(logits), lu_tensor_data(target), i64,
-                                                    N, V, p->ignore_index, lse->dtype, lu_tensor_data(lse), rows,
-                                                    loss->dtype, lu_tensor_data(loss), none, bad);
+        const void *lp = lu_tensor_data(logits);
+        if (lu_cuda_vec8_ok(V, &lp, 1))
+            xent_rows_kernel<true><<<grid, LU_CUDA_THREADS>>>(logits->dtype, lp, lu_tensor_data(target), i64, N, V,
+                                                              p->ignore_index, lse->dtype, lu_tensor_data(lse), rows,
+                                                              loss->dtype, lu_tensor_data(loss), none, bad);
+        else
+            xent_rows_kernel<false><<<grid, LU_CUDA_THREADS>>>(logits->dtype, lp, lu_tensor_data(target), i64, N, V,
+                                                               p->ignore_index, lse->dtype, lu_tensor_data(lse), rows,
+                                                               loss->dtype, lu_tensor_data(loss), none, bad);
         LU_CUDA_CHECK_LAUNCH();
     }
     xent_total_kernel<<<1, LU_CUDA_THREADS>>>(rows, lu_tensor_data(target), i64, N, p->ignore_index, (int)p->reduction,
