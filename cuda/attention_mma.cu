@@ -11,7 +11,8 @@
  * O += P V. Backward: one block per 64 keys accumulates dK = scale dS^T Q and dV = P^T dO over
  * every query of the kv head's query heads, P^T recomputed from lse, either with a warp per 16
  * keys holding both or with 8 warps, a pair per 16 keys, one for P^T and dV and one for dP^T, dS^T
- * and dK; one block per 64 queries accumulates dQ = scale dS K. dS = P (dP - Dsum) is rounded like P. Tiles that
+ * and dK; one block per 64 queries accumulates dQ = scale dS K, with a warp per 16 queries or with
+ * a pair, one computing P and one dP, each then half of dQ's columns. dS = P (dP - Dsum) is rounded like P. Tiles that
  * no row of a warp can see are skipped; partly visible ones are masked per element, and rows or
  * keys past the ends are zero-filled on load and never stored.
  *
@@ -480,22 +481,30 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
 /* ---- backward: dQ ---- */
 
 /* Shared memory: row_lo, row_hi [ATT_BWD_BQ] int; Q, dO [ATT_BWD_BQ][D + 8]; K, V [2][ATT_BK][D + 8]
- * (16-bit). */
-static size_t att_dq_smem(int d)
+ * (16-bit); with split roles, P and dP [ATT_BWD_WARPS][16][ATT_BK + 8] f32 besides. */
+static size_t att_dq_smem(int d, bool split)
 {
-    return ATT_BWD_BQ * 2 * sizeof(int) + (size_t)(2 * ATT_BWD_BQ + 4 * ATT_BK) * (d + 8) * 2;
+    return ATT_BWD_BQ * 2 * sizeof(int) + (size_t)(2 * ATT_BWD_BQ + 4 * ATT_BK) * (d + 8) * 2 +
+           (split ? (size_t)2 * ATT_BWD_WARPS * 16 * (ATT_BK + 8) * 4 : 0);
 }
 
-/* One block of 4 warps per (ATT_BWD_BQ queries, query head, batch): dQ = scale sum_j dS_ij k_j with
- * dS = P (dP - Dsum), P = exp(s scale - lse), dP = dO V^T, over the keys the queries see. */
-template <bool BF16, int D>
-static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
+/* One block per (ATT_BWD_BQ queries, query head, batch): dQ = scale sum_j dS_ij k_j with
+ * dS = P (dP - Dsum), P = exp(s scale - lse), dP = dO V^T, over the keys the queries see. With
+ * WARPS = 4, a warp per 16 queries computes all of it. With WARPS = 8 (split roles), warp w < 4
+ * computes S = Q_w K^T and P, warp w + 4 dP = dO_w V^T; they swap P and dP through shared memory
+ * (f32), both form dS as the 4-warp kernel does, and each accumulates half of dQ's columns: a warp
+ * holds a 16 x D/2 accumulator and one score tile instead of 16 x D and two. */
+template <bool BF16, int D, int WARPS>
+static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP)
     att_backward_dq_mma_kernel(att_args a, const void *dO, const void *lse, const float *dsum, void *dq)
 {
-    constexpr int BQ = ATT_BWD_BQ, LD = D + 8, NT = ATT_BWD_WARPS * LU_CUDA_WARP;
+    constexpr bool SPLIT = WARPS == 2 * ATT_BWD_WARPS;
+    constexpr int BQ = ATT_BWD_BQ, LD = D + 8, NT = WARPS * LU_CUDA_WARP, PLD = ATT_BK + 8, DA = SPLIT ? D / 2 : D;
     const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
+    const int qw = wp % ATT_BWD_WARPS, role = wp / ATT_BWD_WARPS; /* the warp's 16 queries; 1: dP, second half */
     int *row_lo = (int *)att_mma_smem, *row_hi = row_lo + BQ;
     uint16_t *Qs = (uint16_t *)(row_hi + BQ), *dOs = Qs + BQ * LD, *Ks = dOs + BQ * LD, *Vs = Ks + 2 * ATT_BK * LD;
+    float *Pex = (float *)(Vs + 2 * ATT_BK * LD) + qw * 16 * PLD, *dPex = Pex + ATT_BWD_WARPS * 16 * PLD;
 
     const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
     const int64_t nqt = (tq + BQ - 1) / BQ, bid = blockIdx.x;
@@ -511,7 +520,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
     int klo, khi;
     att_union(row_lo, row_hi, BQ, tk, &klo, &khi);
     const int ntiles = khi > klo ? (khi - klo + ATT_BK - 1) / ATT_BK : 0;
-    const att_rows rows = att_rows_of(row_lo, row_hi, wp * 16 + g);
+    const att_rows rows = att_rows_of(row_lo, row_hi, qw * 16 + g);
     if (ntiles > 0) {
         att_load_rows<D, ATT_BK, NT>(Ks, k, kbase, a.hkv * D, klo, tk);
         att_load_rows<D, ATT_BK, NT>(Vs, v, kbase, a.hkv * D, klo, tk);
@@ -523,46 +532,89 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
     float lse2[2], ds[2];
 #pragma unroll
     for (int x = 0; x < 2; x++) {
-        const int i = i0 + wp * 16 + g + 8 * x;
+        const int i = i0 + qw * 16 + g + 8 * x;
         const int64_t row = (b * a.hq + h) * tq + i;
         lse2[x] = i < tq ? att_load(lse, a.lse_dt, row) * ATT_LOG2E : 0.0f;
         ds[x] = i < tq ? dsum[row] : 0.0f;
     }
-    float acc[D / 8][4];
+    float acc[DA / 8][4];
 #pragma unroll
-    for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int n = 0; n < DA / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     for (int it = 0; it < ntiles; it++) {
         const int j0 = klo + it * ATT_BK;
         att_prefetch_kv<D, NT, LD>(Ks, Vs, k, v, kbase, a.hkv * D, it, ntiles, j0, tk);
         const uint16_t *Kt = Ks + (it & 1) * ATT_BK * LD, *Vt = Vs + (it & 1) * ATT_BK * LD;
-        if (att_rows_see(&rows, j0)) {
-            float s[ATT_BK / 8][4], dp[ATT_BK / 8][4];
-            att_gemm_pair<BF16, LD, ATT_BK / 8, D>(s, dp, Qs + wp * 16 * LD, Kt, dOs + wp * 16 * LD, Vt);
+        const bool see = att_rows_see(&rows, j0);
+        if (!SPLIT) {
+            if (see) {
+                float s[ATT_BK / 8][4], dp[ATT_BK / 8][4];
+                att_gemm_pair<BF16, LD, ATT_BK / 8, D>(s, dp, Qs + qw * 16 * LD, Kt, dOs + qw * 16 * LD, Vt);
 #pragma unroll
-            for (int n = 0; n < ATT_BK / 8; n++)
+                for (int n = 0; n < ATT_BK / 8; n++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) s[n][e] = s[n][e] * sl2 - lse2[e / 2];
-            if (!att_rows_full(&rows, j0, &a)) att_mask_scores(s, &rows, j0, &a, b, tk);
+                    for (int e = 0; e < 4; e++) s[n][e] = s[n][e] * sl2 - lse2[e / 2];
+                if (!att_rows_full(&rows, j0, &a)) att_mask_scores(s, &rows, j0, &a, b, tk);
 #pragma unroll
-            for (int n = 0; n < ATT_BK / 8; n++)
+                for (int n = 0; n < ATT_BK / 8; n++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float p = exp2f(s[n][e]);
-                    s[n][e] = p * (dp[n][e] - ds[e / 2]);
+                    for (int e = 0; e < 4; e++) {
+                        float p = exp2f(s[n][e]);
+                        s[n][e] = p * (dp[n][e] - ds[e / 2]);
+                    }
+                att_gemm_xb<BF16, LD, DA, ATT_BK / 16, 1>(&acc, &s, Kt);
+            }
+        } else {
+            /* s: P (role 0) or dP (role 1), then dS in both. */
+            float s[ATT_BK / 8][4];
+            if (see) {
+#pragma unroll
+                for (int n = 0; n < ATT_BK / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+                att_gemm_abt<BF16, LD, ATT_BK / 8, D / 16>(s, (role ? dOs : Qs) + qw * 16 * LD, role ? Vt : Kt);
+                if (!role) {
+#pragma unroll
+                    for (int n = 0; n < ATT_BK / 8; n++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) s[n][e] = s[n][e] * sl2 - lse2[e / 2];
+                    if (!att_rows_full(&rows, j0, &a)) att_mask_scores(s, &rows, j0, &a, b, tk);
+#pragma unroll
+                    for (int n = 0; n < ATT_BK / 8; n++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) s[n][e] = exp2f(s[n][e]);
                 }
-            att_gemm_xb<BF16, LD, D, ATT_BK / 16, 1>(&acc, &s, Kt);
+                float *mine = role ? dPex : Pex;
+#pragma unroll
+                for (int n = 0; n < ATT_BK / 8; n++)
+#pragma unroll
+                    for (int x = 0; x < 2; x++)
+                        *(float2 *)&mine[(g + 8 * x) * PLD + n * 8 + 2 * t] = make_float2(s[n][2 * x], s[n][2 * x + 1]);
+            }
+            __syncthreads(); /* P and dP are in shared memory */
+            if (see) {
+                const float *other = role ? Pex : dPex;
+#pragma unroll
+                for (int n = 0; n < ATT_BK / 8; n++)
+#pragma unroll
+                    for (int x = 0; x < 2; x++) {
+                        const float2 o = *(const float2 *)&other[(g + 8 * x) * PLD + n * 8 + 2 * t];
+                        const float p0 = role ? o.x : s[n][2 * x], p1 = role ? o.y : s[n][2 * x + 1];
+                        const float d0 = role ? s[n][2 * x] : o.x, d1 = role ? s[n][2 * x + 1] : o.y;
+                        s[n][2 * x] = p0 * (d0 - ds[x]);
+                        s[n][2 * x + 1] = p1 * (d1 - ds[x]);
+                    }
+                att_gemm_xb<BF16, LD, DA, ATT_BK / 16, 1>(&acc, &s, Kt + role * DA);
+            }
         }
-        __syncthreads();
+        __syncthreads(); /* every warp is done with this buffer (and P, dP) before they are refilled */
     }
     att_cp_wait<0>();
 
 #pragma unroll
     for (int x = 0; x < 2; x++) {
-        const int i = i0 + wp * 16 + g + 8 * x;
+        const int i = i0 + qw * 16 + g + 8 * x;
         if (i >= tq) continue;
-        uint32_t *row = (uint32_t *)((uint16_t *)dq + ((b * tq + i) * a.hq + h) * D);
+        uint32_t *row = (uint32_t *)((uint16_t *)dq + ((b * tq + i) * a.hq + h) * D + role * DA);
 #pragma unroll
-        for (int n = 0; n < D / 8; n++)
+        for (int n = 0; n < DA / 8; n++)
             row[n * 4 + t] = att_pack_out<BF16>(acc[n][2 * x] * a.scale, acc[n][2 * x + 1] * a.scale);
     }
 }
@@ -882,6 +934,16 @@ static int att_bwd_split(void)
     return 1;
 }
 
+/* Whether dQ takes the 8-warp kernel with split roles; LUTHIER_ATT_DQ_SPLIT=0 or 1 forces the
+ * 4-warp one or it. */
+static bool att_dq_split(void)
+{
+    const char *e = getenv("LUTHIER_ATT_DQ_SPLIT");
+    if (e && !strcmp(e, "0")) return false;
+    if (e && !strcmp(e, "1")) return true;
+    return true;
+}
+
 template <bool BF16, int D>
 static lu_status att_backward_mma_launch(const att_args &a, const void *dO, const void *lse, const float *dsum,
                                          void *dq, void *dk, void *dv)
@@ -908,9 +970,17 @@ static lu_status att_backward_mma_launch(const att_args &a, const void *dO, cons
     }
     if (dq) {
         LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + ATT_BWD_BQ - 1) / ATT_BWD_BQ), "the dq backward", &grid));
-        const size_t smem = att_dq_smem(D);
-        LU_TRY(att_smem_allow((const void *)att_backward_dq_mma_kernel<BF16, D>, smem, &a));
-        if (grid > 0) att_backward_dq_mma_kernel<BF16, D><<<grid, threads, smem>>>(a, dO, lse, dsum, dq);
+        const bool split = att_dq_split();
+        const size_t smem = att_dq_smem(D, split);
+        if (split) {
+            LU_TRY(att_smem_allow((const void *)att_backward_dq_mma_kernel<BF16, D, 2 * ATT_BWD_WARPS>, smem, &a));
+            if (grid > 0)
+                att_backward_dq_mma_kernel<BF16, D, 2 * ATT_BWD_WARPS><<<grid, 2 * threads, smem>>>(a, dO, lse, dsum, dq);
+        } else {
+            LU_TRY(att_smem_allow((const void *)att_backward_dq_mma_kernel<BF16, D, ATT_BWD_WARPS>, smem, &a));
+            if (grid > 0)
+                att_backward_dq_mma_kernel<BF16, D, ATT_BWD_WARPS><<<grid, threads, smem>>>(a, dO, lse, dsum, dq);
+        }
         LU_CUDA_CHECK_LAUNCH();
     }
     return LU_OK;
