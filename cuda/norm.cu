@@ -1,7 +1,9 @@
 /* norm.cu - CUDA kernels that normalise rows: SOFTMAX and LOG_SOFTMAX along the last dim, and
  * RMSNORM, LAYERNORM and BIASNORM, forward and backward, f32 and bf16 with fp32 math
  * (core/cpu/reduce.c and core/cpu/norm.c are the references). One warp per row: the row's
- * reductions are warp shuffles, and the order of additions depends only on the row length.
+ * reductions are warp shuffles, and the order of additions depends only on the row length. RMSNorm
+ * (both ways) and LayerNorm's backward hold rows of whole 16-byte vectors up to 1024 elements in
+ * registers instead (the VEC_ section).
  * Per-channel gradients of RMSNorm, LayerNorm and BiasNorm are column sums in two stages (chunks
  * of rows summed in order, then the chunks in a fixed order, colsum.cuh), so they too depend only
  * on the shape. */
@@ -22,6 +24,110 @@ static unsigned row_blocks(int64_t rows)
     const int lane = threadIdx.x % LU_CUDA_WARP;                                                \
     for (int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / LU_CUDA_WARP; row < (rows); \
          row += (int64_t)gridDim.x * blockDim.x / LU_CUDA_WARP)
+
+/* ---- rows held in registers: the path of RMSNorm and LayerNorm when d % 8 == 0, d <= VEC_MAX_D
+ * and the operands are 16-byte aligned (lu_cuda_vec8_ok) ----
+ *
+ * A group of g lanes (a power of two, g <= 32) holds one row, V vectors of 8 elements a lane: lane
+ * l of the group holds elements 8 (l + k g) .. 8 (l + k g) + 7 for k < V, so the group's loads are
+ * consecutive 16-byte accesses, and the row stays in registers between its reduction and its
+ * output (x and dy are read from memory once). A warp holds 32 / g rows (d = 128: 16 lanes, two
+ * rows a warp) and a block `slots` = 256 / g rows a pass. The row's sums are butterflies within
+ * the group, so their order depends only on d.
+ *
+ * Per-channel gradients: each lane adds its columns over the rows of its slot in registers, then
+ * the block adds its slots in slot order (vec_cols_finish) into one partial row per block, which
+ * colsum.cuh adds in block order: stage 1 of the column sum costs no extra read of dy and x. The
+ * grid depends only on the shape (vec_plan), hence so do the sums. */
+#define VEC_MAX_V 4
+#define VEC_MAX_D (LU_CUDA_WARP * LU_VEC8 * VEC_MAX_V)
+/* At most this many blocks: a few waves of resident blocks on an H100/H200 (132 SMs), and no more
+ * partial rows for the column sums' stage 2 to add. */
+#define VEC_MAX_GRID 1024
+
+/* The per-channel partial sums of a block, [slots][d] floats (at most 256 / g * 32 g = 8192). */
+extern __shared__ __align__(16) float vec_cols[];
+
+typedef struct vec_plan {
+    int g, v;      /* lanes a row, vectors of 8 a lane */
+    int64_t slots; /* rows a block holds at once */
+    unsigned grid;
+} vec_plan;
+
+/* Fills *p and returns true when the register path takes a [rows, d] problem whose operands
+ * (NULLs skipped) are ptrs. */
+static bool vec_plan_for(int64_t rows, int64_t d, const void *const *ptrs, int n_ptrs, vec_plan *p)
+{
+    if (d <= 0 || d > VEC_MAX_D || !lu_cuda_vec8_ok(d, ptrs, n_ptrs)) return false;
+    int64_t nvec = d / LU_VEC8;
+    p->g = 1;
+    while (p->g < nvec && p->g < LU_CUDA_WARP) p->g *= 2;
+    p->v = (int)((nvec + p->g - 1) / p->g);
+    p->slots = LU_CUDA_THREADS / p->g;
+    int64_t b = (rows + p->slots - 1) / p->slots;
+    p->grid = (unsigned)(b < 1 ? 1 : b > VEC_MAX_GRID ? VEC_MAX_GRID : b);
+    return true;
+}
+
+/* Bytes of vec_cols for a kernel that sums per-channel gradients. */
+static size_t vec_smem(const vec_plan *p, int64_t d) { return (size_t)(p->slots * d) * sizeof(float); }
+
+/* Grid-stride loop of the block over passes of `slots` rows; `row` is this thread's group's row,
+ * which may be past the last (the loop's condition is the block's first row, so that every lane
+ * takes part in its group's shuffles). */
+#define VEC_ROWS_FOR(row, rows, g)                                                                \
+    const int lane = threadIdx.x % (g), slot = threadIdx.x / (g);                                 \
+    const int64_t slots = blockDim.x / (g);                                                       \
+    for (int64_t row = (int64_t)blockIdx.x * slots + slot; row - slot < (rows); row += (int64_t)gridDim.x * slots)
+
+/* Element offset in its row of lane's vector k. */
+#define VEC_COL(k, g) ((int64_t)(lane + (k) * (g)) * LU_VEC8)
+
+/* Sum over the group of g lanes holding a row; every lane of the group gets it. */
+static __device__ __forceinline__ float vec_group_sum(float s, int g)
+{
+    for (int o = g / 2; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return s;
+}
+
+/* Adds the block's slots of acc (lane's columns, as VEC_COL) in slot order: into part[blockIdx.x
+ * * d + j] with part, else into out[j] (dtype dt; one block: no stage 2). Every thread of the
+ * block must call it (barriers). */
+template <int V>
+static __device__ __forceinline__ void vec_cols_finish(const float (&acc)[V][LU_VEC8], int g, int64_t d, float *part,
+                                                       int dt, void *out)
+{
+    const int lane = threadIdx.x % g, slot = threadIdx.x / g;
+    const int64_t slots = blockDim.x / g;
+    __syncthreads(); /* vec_cols may still be read by a previous call */
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+        int64_t c = VEC_COL(k, g);
+        if (c < d) {
+            float4 *s = (float4 *)(vec_cols + slot * d + c);
+            s[0] = make_float4(acc[k][0], acc[k][1], acc[k][2], acc[k][3]);
+            s[1] = make_float4(acc[k][4], acc[k][5], acc[k][6], acc[k][7]);
+        }
+    }
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+        float s = 0.0f;
+        for (int64_t q = 0; q < slots; q++) s += vec_cols[q * d + j];
+        if (part) part[(int64_t)blockIdx.x * d + j] = s;
+        else lu_dev_store(out, dt, j, s);
+    }
+}
+
+/* kernel<V> for V = p->v on p's grid, with smem bytes of vec_cols. */
+#define VEC_LAUNCH(kernel, p, smem, ...)                                                            \
+    do {                                                                                           \
+        switch ((p)->v) {                                                                          \
+        case 1: kernel<1><<<(p)->grid, LU_CUDA_THREADS, (smem)>>>(__VA_ARGS__); break;             \
+        case 2: kernel<2><<<(p)->grid, LU_CUDA_THREADS, (smem)>>>(__VA_ARGS__); break;             \
+        case 3: kernel<3><<<(p)->grid, LU_CUDA_THREADS, (smem)>>>(__VA_ARGS__); break;             \
+        default: kernel<VEC_MAX_V><<<(p)->grid, LU_CUDA_THREADS, (smem)>>>(__VA_ARGS__); break;    \
+        }                                                                                          \
+    } while (0)
 
 /* ---- softmax, log_softmax ---- */
 
@@ -162,6 +268,81 @@ static __global__ void rmsnorm_backward_dx_kernel(int dt, const void *dy, int rd
     }
 }
 
+/* rmsnorm_forward_kernel on rows in registers (the VEC_ section above). */
+template <int V>
+static __global__ void __launch_bounds__(LU_CUDA_THREADS)
+    rmsnorm_forward_vec8_kernel(int dt, const void *x, const void *w, void *y, int rdt, void *rstd, int64_t rows,
+                                int64_t d, int g, float eps)
+{
+    VEC_ROWS_FOR(row, rows, g)
+    {
+        bool live = row < rows;
+        /* Zeroed: g++ (the emulator) cannot see that only the loaded vectors are read. */
+        float xv[V][LU_VEC8] = {}, ss = 0.0f;
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            if (!live || VEC_COL(k, g) >= d) continue;
+            lu_dev_load8(x, dt, row * d + VEC_COL(k, g), xv[k]);
+#pragma unroll
+            for (int e = 0; e < LU_VEC8; e++) ss += xv[k][e] * xv[k][e];
+        }
+        ss = vec_group_sum(ss, g);
+        float r = 1.0f / sqrtf(ss / (float)d + eps);
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            if (!live || VEC_COL(k, g) >= d) continue;
+            float wv[LU_VEC8], o[LU_VEC8];
+            if (w) lu_dev_load8(w, dt, VEC_COL(k, g), wv);
+#pragma unroll
+            for (int e = 0; e < LU_VEC8; e++) o[e] = w ? xv[k][e] * r * wv[e] : xv[k][e] * r;
+            lu_dev_store8(y, dt, row * d + VEC_COL(k, g), o);
+        }
+        if (live && lane == 0) lu_dev_store(rstd, rdt, row, r);
+    }
+}
+
+/* rmsnorm_backward_dx_kernel on rows in registers, dy given, dx optional, with stage 1 of dw =
+ * sum over rows of dy * x * rstd when part or dw is given (vec_cols_finish). */
+template <int V>
+static __global__ void __launch_bounds__(LU_CUDA_THREADS)
+    rmsnorm_backward_vec8_kernel(int dt, const void *dy, int rdt, const void *drstd, const void *x, const void *w,
+                                 const void *rstd, void *dx, int64_t rows, int64_t d, int g, float *part, void *dw)
+{
+    float acc[V][LU_VEC8] = {};
+    VEC_ROWS_FOR(row, rows, g)
+    {
+        bool live = row < rows;
+        float r = live ? lu_dev_load(rstd, rdt, row) : 0.0f, dot = 0.0f;
+        float gv[V][LU_VEC8] = {}, xv[V][LU_VEC8] = {};
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            if (!live || VEC_COL(k, g) >= d) continue;
+            float wv[LU_VEC8];
+            lu_dev_load8(dy, dt, row * d + VEC_COL(k, g), gv[k]);
+            lu_dev_load8(x, dt, row * d + VEC_COL(k, g), xv[k]);
+            if (w) lu_dev_load8(w, dt, VEC_COL(k, g), wv);
+#pragma unroll
+            for (int e = 0; e < LU_VEC8; e++) {
+                acc[k][e] += gv[k][e] * xv[k][e] * r;
+                if (w) gv[k][e] *= wv[e]; /* from here on gv is g = dy * w */
+                dot += gv[k][e] * xv[k][e];
+            }
+        }
+        dot = vec_group_sum(dot, g);
+        if (live && drstd) dot += lu_dev_load(drstd, rdt, row);
+        float coef = r * r * r / (float)d * dot;
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            if (!dx || !live || VEC_COL(k, g) >= d) continue;
+            float o[LU_VEC8];
+#pragma unroll
+            for (int e = 0; e < LU_VEC8; e++) o[e] = r * gv[k][e] - xv[k][e] * coef;
+            lu_dev_store8(dx, dt, row * d + VEC_COL(k, g), o);
+        }
+    }
+    if (part || dw) vec_cols_finish<V>(acc, g, d, part, dt, dw);
+}
+
 /* rows: the product of x's dims but the last (d); rstd has one element per row, f32 or bf16. */
 static lu_status rmsnorm_shapes(const lu_tensor *x, const lu_tensor *w, const lu_tensor *rstd, int64_t *rows, int64_t *d)
 {
@@ -190,10 +371,15 @@ static lu_status rmsnorm_forward(const lu_op_call *c)
     LU_TRY(rmsnorm_shapes(x, w, rstd, &rows, &d));
     if (rows == 0) return LU_OK;
     const lu_norm_params *p = (const lu_norm_params *)c->params;
-    rmsnorm_forward_kernel<<<row_blocks(rows), LU_CUDA_THREADS>>>(x->dtype, lu_tensor_data(x),
-                                                                  w ? lu_tensor_data(w) : NULL, lu_tensor_data(y),
-                                                                  rstd->dtype, lu_tensor_data(rstd), rows, d,
-                                                                  (float)p->eps);
+    const void *ptrs[3] = {lu_tensor_data(x), w ? lu_tensor_data(w) : NULL, lu_tensor_data(y)};
+    vec_plan v;
+    if (vec_plan_for(rows, d, ptrs, 3, &v))
+        VEC_LAUNCH(rmsnorm_forward_vec8_kernel, &v, 0, x->dtype, ptrs[0], ptrs[1], lu_tensor_data(y), rstd->dtype,
+                   lu_tensor_data(rstd), rows, d, v.g, (float)p->eps);
+    else
+        rmsnorm_forward_kernel<<<row_blocks(rows), LU_CUDA_THREADS>>>(x->dtype, ptrs[0], ptrs[1], lu_tensor_data(y),
+                                                                      rstd->dtype, lu_tensor_data(rstd), rows, d,
+                                                                      (float)p->eps);
     LU_CUDA_CHECK_LAUNCH();
     return LU_OK;
 }
@@ -307,6 +493,20 @@ static lu_status rmsnorm_backward(const lu_op_call *c)
     if (drstd && drstd->dtype != rstd->dtype)
         return lu_errorf(LU_ERR_DTYPE, "rmsnorm backward: drstd is %s, rstd %s", lu_dtype_name(drstd->dtype),
                          lu_dtype_name(rstd->dtype));
+    bool want_dx = dx && lu_tensor_numel(dx), want_dw = dw && lu_tensor_numel(dw);
+    const void *ptrs[4] = {dy ? lu_tensor_data(dy) : NULL, lu_tensor_data(x), w ? lu_tensor_data(w) : NULL,
+                           want_dx ? lu_tensor_data(dx) : NULL};
+    vec_plan v;
+    if (dy && rows > 0 && (want_dx || want_dw) && vec_plan_for(rows, d, ptrs, 4, &v)) {
+        /* One pass for dx and stage 1 of dw; one block writes dw itself. */
+        float *part = NULL;
+        void *out = want_dw ? lu_tensor_data(dw) : NULL;
+        if (want_dw && v.grid > 1) LU_TRY(lu_cuda_scratch_alloc((void **)&part, (size_t)(v.grid * d) * sizeof *part));
+        VEC_LAUNCH(rmsnorm_backward_vec8_kernel, &v, want_dw ? vec_smem(&v, d) : 0, x->dtype, ptrs[0], rstd->dtype,
+                   drstd ? lu_tensor_data(drstd) : NULL, ptrs[1], ptrs[2], lu_tensor_data(rstd),
+                   want_dx ? lu_tensor_data(dx) : NULL, rows, d, v.g, part, part ? NULL : out);
+        return col_finish(x->dtype, part, d, v.grid, 1, &out);
+    }
     if (dx && lu_tensor_numel(dx)) {
         if (!dy && !drstd) {
             LU_TRY(lu_cuda_zero(dx));
@@ -414,6 +614,52 @@ static __global__ void layernorm_backward_cols_kernel(int dt, const void *dy, co
     }
 }
 
+/* layernorm_backward_dx_kernel on rows in registers (the VEC_ section), dx optional, with stage 1
+ * of dw = sum dy * h (when part_w or dw is given) and db = sum dy (part_b or db). */
+template <int V>
+static __global__ void __launch_bounds__(LU_CUDA_THREADS)
+    layernorm_backward_vec8_kernel(int dt, const void *dy, const void *x, const void *w, int sdt, const void *mean,
+                                   const void *rstd, void *dx, int64_t rows, int64_t d, int g, float *part_w, void *dw,
+                                   float *part_b, void *db)
+{
+    float aw[V][LU_VEC8] = {}, ab[V][LU_VEC8] = {};
+    VEC_ROWS_FOR(row, rows, g)
+    {
+        bool live = row < rows;
+        float m = live ? lu_dev_load(mean, sdt, row) : 0.0f, r = live ? lu_dev_load(rstd, sdt, row) : 0.0f;
+        float sg = 0.0f, sgh = 0.0f, gv[V][LU_VEC8] = {}, hv[V][LU_VEC8] = {};
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            if (!live || VEC_COL(k, g) >= d) continue;
+            float wv[LU_VEC8];
+            lu_dev_load8(dy, dt, row * d + VEC_COL(k, g), gv[k]);
+            lu_dev_load8(x, dt, row * d + VEC_COL(k, g), hv[k]);
+            if (w) lu_dev_load8(w, dt, VEC_COL(k, g), wv);
+#pragma unroll
+            for (int e = 0; e < LU_VEC8; e++) {
+                hv[k][e] = (hv[k][e] - m) * r;
+                aw[k][e] += gv[k][e] * hv[k][e];
+                ab[k][e] += gv[k][e];
+                if (w) gv[k][e] *= wv[e]; /* from here on gv is g = dy * w */
+                sg += gv[k][e];
+                sgh += gv[k][e] * hv[k][e];
+            }
+        }
+        sg = vec_group_sum(sg, g) / (float)d;
+        sgh = vec_group_sum(sgh, g) / (float)d;
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            if (!dx || !live || VEC_COL(k, g) >= d) continue;
+            float o[LU_VEC8];
+#pragma unroll
+            for (int e = 0; e < LU_VEC8; e++) o[e] = r * (gv[k][e] - sg - hv[k][e] * sgh);
+            lu_dev_store8(dx, dt, row * d + VEC_COL(k, g), o);
+        }
+    }
+    if (part_w || dw) vec_cols_finish<V>(aw, g, d, part_w, dt, dw);
+    if (part_b || db) vec_cols_finish<V>(ab, g, d, part_b, dt, db);
+}
+
 /* in = [x, weight?, bias?], out = [y, mean, rstd]. */
 static lu_status layernorm_forward(const lu_op_call *c)
 {
@@ -448,6 +694,22 @@ static lu_status layernorm_backward(const lu_op_call *c)
     if (mean->dtype != rstd->dtype)
         return lu_errorf(LU_ERR_DTYPE, "layernorm backward: mean is %s, rstd %s", lu_dtype_name(mean->dtype),
                          lu_dtype_name(rstd->dtype));
+    const void *ptrs[4] = {lu_tensor_data(dy), lu_tensor_data(x), w ? lu_tensor_data(w) : NULL,
+                           dx ? lu_tensor_data(dx) : NULL};
+    vec_plan v;
+    if ((dx || dw || db) && vec_plan_for(rows, d, ptrs, 4, &v)) {
+        /* One pass for dx and stage 1 of dw and db (part: dw's partial rows, then db's); one block
+         * writes dw and db itself. */
+        float *part = NULL;
+        void *outs[2] = {dw ? lu_tensor_data(dw) : NULL, db ? lu_tensor_data(db) : NULL};
+        if ((dw || db) && v.grid > 1)
+            LU_TRY(lu_cuda_scratch_alloc((void **)&part, (size_t)(2 * v.grid * d) * sizeof *part));
+        float *part_w = part && dw ? part : NULL, *part_b = part && db ? part + v.grid * d : NULL;
+        VEC_LAUNCH(layernorm_backward_vec8_kernel, &v, dw || db ? vec_smem(&v, d) : 0, x->dtype, ptrs[0], ptrs[1],
+                   ptrs[2], mean->dtype, lu_tensor_data(mean), lu_tensor_data(rstd), dx ? lu_tensor_data(dx) : NULL,
+                   rows, d, v.g, part_w, part ? NULL : outs[0], part_b, part ? NULL : outs[1]);
+        return col_finish(x->dtype, part, d, v.grid, 2, outs);
+    }
     if (dx) {
         layernorm_backward_dx_kernel<<<row_blocks(rows), LU_CUDA_THREADS>>>(
             x->dtype, lu_tensor_data(dy), lu_tensor_data(x), w ? lu_tensor_data(w) : NULL, mean->dtype,

@@ -562,12 +562,12 @@ Test(cuda, softmax_over_an_inner_dim_is_unsupported)
 
 /* ---- rmsnorm ---- */
 
-/* x [rows, d], weight [d] or none; in bf16, x, weight, y and their gradients are bf16 on the
- * device while rstd stays f32. */
-static void check_rmsnorm(int64_t rows, int64_t d, bool with_weight, lu_dtype dev_dt, double tol)
+/* x [rows, d] (released here), weight [d] or none; in bf16, x, weight, y and their gradients are
+ * bf16 on the device while rstd stays f32. */
+static void check_rmsnorm_of(lu_tensor *x, bool with_weight, lu_dtype dev_dt, double tol)
 {
     lu_norm_params p = {1e-5};
-    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(rows, d), -2, 2, 100);
+    int64_t rows = x->shape[0], d = x->shape[1];
     lu_tensor *w = with_weight ? tu_rand(LU_F32, LU_SHAPE(d), 0.5, 1.5, 101) : NULL;
     lu_tensor *y = empty(LU_F32, LU_SHAPE(rows, d)), *rstd = empty(LU_F32, LU_SHAPE(rows));
     char what[96];
@@ -587,6 +587,11 @@ static void check_rmsnorm(int64_t rows, int64_t d, bool with_weight, lu_dtype de
     release_all((lu_tensor *[]){x, w, y, rstd, dy, dx, dw}, 7);
 }
 
+static void check_rmsnorm(int64_t rows, int64_t d, bool with_weight, lu_dtype dev_dt, double tol)
+{
+    check_rmsnorm_of(tu_rand(LU_F32, LU_SHAPE(rows, d), -2, 2, 100), with_weight, dev_dt, tol);
+}
+
 Test(cuda, rmsnorm_with_weight_matches_cpu) { require_gpu(); check_rmsnorm(18, 67, true, LU_F32, TOL_F32); }
 Test(cuda, rmsnorm_without_weight_matches_cpu) { require_gpu(); check_rmsnorm(18, 67, false, LU_F32, TOL_F32); }
 Test(cuda, rmsnorm_bf16_within_bf16_rounding) { require_gpu(); check_rmsnorm(18, 67, true, LU_BF16, TOL_BF16); }
@@ -596,6 +601,150 @@ Test(cuda, rmsnorm_weight_gradient_over_many_rows_matches_cpu)
 {
     require_gpu();
     check_rmsnorm(1100, 40, true, LU_F32, TOL_F32);
+}
+
+/* Rows of whole 16-byte vectors up to 1024 elements are held in registers by groups of lanes:
+ * d = 8 (one lane a row, 256 rows a block), 128 (16 lanes, 16 rows a block), 1024 (a warp, 4
+ * vectors a lane, 8 rows a block), 40 and 384 (idle lanes and vectors); rows not a multiple of
+ * the block's. */
+Test(cuda, rmsnorm_rows_in_registers_match_cpu)
+{
+    require_gpu();
+    const int64_t ds[5] = {8, 128, 1024, 40, 384};
+    for (int i = 0; i < 5; i++) {
+        check_rmsnorm(37, ds[i], true, LU_F32, TOL_F32);
+        check_rmsnorm(37, ds[i], false, LU_F32, TOL_F32);
+        check_rmsnorm(37, ds[i], true, LU_BF16, TOL_BF16);
+        check_rmsnorm(3, ds[i], false, LU_BF16, TOL_BF16);
+    }
+}
+
+/* x one element into its storage: not 16-byte aligned, the one-warp-a-row kernels. */
+Test(cuda, rmsnorm_unaligned_rows_match_cpu)
+{
+    require_gpu();
+    check_rmsnorm_of(offset_by_one(37, 128, 103), true, LU_F32, TOL_F32);
+    check_rmsnorm_of(offset_by_one(37, 128, 103), true, LU_BF16, TOL_BF16);
+}
+
+/* The weight gradient of rows in registers: 16421 rows of d = 128 fill the 1024 blocks' 16 slots
+ * and wrap around, so each block's partial row covers two passes; without dx, and bit-identical
+ * when run twice. */
+Test(cuda, rmsnorm_weight_gradient_of_rows_in_registers_matches_cpu)
+{
+    require_gpu();
+    const lu_dtype dts[2] = {LU_F32, LU_BF16};
+    for (int i = 0; i < 2; i++) {
+        lu_norm_params p = {1e-5};
+        int64_t rows = 16421, d = 128;
+        lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(rows, d), -2, 2, 104), *w = tu_rand(LU_F32, LU_SHAPE(d), 0.5, 1.5, 105);
+        lu_tensor *y = empty(LU_F32, LU_SHAPE(rows, d)), *rstd = empty(LU_F32, LU_SHAPE(rows));
+        lu_tensor *dy = tu_rand(LU_F32, LU_SHAPE(rows, d), -1, 1, 106), *dw = empty(LU_F32, LU_SHAPE(d));
+        if (dts[i] == LU_BF16) {
+            round_to_bf16(x);
+            round_to_bf16(w);
+        }
+        cpu_forward(LU_OP_RMSNORM, (lu_tensor *[]){x, w}, 2, (lu_tensor *[]){y, rstd}, 2, &p);
+        kcase k = {.op = LU_OP_RMSNORM, .backward = true, .params = &p, .in = {dy, NULL, x, w, y, rstd}, .n_in = 6,
+                   .out = {NULL, dw}, .n_out = 2, .dev_dt = dts[i], .keep_f32_in = 1u << 5,
+                   .tol = dts[i] == LU_BF16 ? TOL_BF16 : TOL_F32};
+        check_case(&k, dts[i] == LU_BF16 ? "rmsnorm bf16 weight gradient alone" : "rmsnorm f32 weight gradient alone");
+        check_deterministic(&k, "rmsnorm weight gradient");
+        release_all((lu_tensor *[]){x, w, y, rstd, dy, dw}, 6);
+    }
+}
+
+/* The gradient through the aux output rstd, which the CPU kernel ignores: dx gains
+ * -x rstd^3 / d * drstd (rmsnorm_backward_dx_kernel), checked against the CPU's dx so corrected. */
+static void check_rmsnorm_drstd(int64_t rows, int64_t d, lu_dtype dev_dt, double tol)
+{
+    lu_norm_params p = {1e-5};
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(rows, d), -2, 2, 107), *w = tu_rand(LU_F32, LU_SHAPE(d), 0.5, 1.5, 108);
+    lu_tensor *y = empty(LU_F32, LU_SHAPE(rows, d)), *rstd = empty(LU_F32, LU_SHAPE(rows));
+    lu_tensor *dy = tu_rand(LU_F32, LU_SHAPE(rows, d), -1, 1, 109), *drstd = tu_rand(LU_F32, LU_SHAPE(rows), -1, 1, 110);
+    lu_tensor *dx = empty(LU_F32, LU_SHAPE(rows, d)), *dw = empty(LU_F32, LU_SHAPE(d));
+    if (dev_dt == LU_BF16) {
+        round_to_bf16(x);
+        round_to_bf16(w);
+        round_to_bf16(dy);
+    }
+    cpu_forward(LU_OP_RMSNORM, (lu_tensor *[]){x, w}, 2, (lu_tensor *[]){y, rstd}, 2, &p);
+    lu_tensor *in[6] = {dy, drstd, x, w, y, rstd}, *out[2] = {dx, dw};
+    cr_assert_eq(run_kernel(LU_CPU, true, LU_OP_RMSNORM, in, 6, out, 2, &p), LU_OK, "%s", lu_error_message());
+    const float *xs = lu_tensor_data(x), *rs = lu_tensor_data(rstd), *gs = lu_tensor_data(drstd);
+    float *dxs = lu_tensor_data(dx);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < d; j++)
+            dxs[r * d + j] -= (float)((double)xs[r * d + j] * rs[r] * rs[r] * rs[r] / (double)d * gs[r]);
+    lu_tensor *din[6], *dout[2];
+    for (int i = 0; i < 6; i++) din[i] = to_device(in[i], i == 1 || i == 5 ? LU_F32 : dev_dt);
+    for (int j = 0; j < 2; j++) dout[j] = to_device(out[j], dev_dt);
+    cr_assert_eq(run_kernel(LU_CUDA, true, LU_OP_RMSNORM, din, 6, dout, 2, &p), LU_OK, "%s", lu_error_message());
+    char what[96];
+    snprintf(what, sizeof what, "rmsnorm [%lld, %lld] %s with drstd, dx", (long long)rows, (long long)d,
+             lu_dtype_name(dev_dt));
+    assert_nmse(dout[0], dx, tol, what);
+    snprintf(what, sizeof what, "rmsnorm [%lld, %lld] %s with drstd, dweight", (long long)rows, (long long)d,
+             lu_dtype_name(dev_dt));
+    assert_nmse(dout[1], dw, tol, what);
+    release_all(din, 6);
+    release_all(dout, 2);
+    release_all((lu_tensor *[]){x, w, y, rstd, dy, drstd, dx, dw}, 8);
+}
+
+Test(cuda, rmsnorm_drstd_adds_the_gradient_through_rstd)
+{
+    require_gpu();
+    check_rmsnorm_drstd(37, 128, LU_F32, TOL_F32);   /* rows in registers */
+    check_rmsnorm_drstd(37, 1024, LU_BF16, TOL_BF16);
+    check_rmsnorm_drstd(18, 67, LU_F32, TOL_F32);    /* one warp a row */
+}
+
+/* ---- layernorm rows in registers (test_cuda_loss.c checks the one-warp-a-row kernels) ---- */
+
+/* x [rows, d]; in bf16, x, weight, bias, y and their gradients are bf16 on the device while mean
+ * and rstd stay f32. */
+static void check_layernorm_rows(int64_t rows, int64_t d, bool affine, lu_dtype dev_dt, double tol)
+{
+    lu_norm_params p = {1e-5};
+    lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(rows, d), -2, 3, 120);
+    lu_tensor *w = affine ? tu_rand(LU_F32, LU_SHAPE(d), 0.5, 1.5, 121) : NULL;
+    lu_tensor *b = affine ? tu_rand(LU_F32, LU_SHAPE(d), -1, 1, 122) : NULL;
+    lu_tensor *y = empty(LU_F32, LU_SHAPE(rows, d)), *mean = empty(LU_F32, LU_SHAPE(rows));
+    lu_tensor *rstd = empty(LU_F32, LU_SHAPE(rows)), *dy = tu_rand(LU_F32, LU_SHAPE(rows, d), -1, 1, 123);
+    lu_tensor *dx = empty(LU_F32, LU_SHAPE(rows, d));
+    lu_tensor *dw = affine ? empty(LU_F32, LU_SHAPE(d)) : NULL, *db = affine ? empty(LU_F32, LU_SHAPE(d)) : NULL;
+    if (dev_dt == LU_BF16) {
+        round_to_bf16(x);
+        round_to_bf16(w);
+        round_to_bf16(b);
+    }
+    cpu_forward(LU_OP_LAYERNORM, (lu_tensor *[]){x, w, b}, 3, (lu_tensor *[]){y, mean, rstd}, 3, &p);
+    char what[128];
+    snprintf(what, sizeof what, "layernorm [%lld, %lld] %s %s, backward", (long long)rows, (long long)d,
+             lu_dtype_name(dev_dt), affine ? "affine" : "plain");
+    kcase k = {.op = LU_OP_LAYERNORM, .backward = true, .params = &p, .in = {dy, NULL, NULL, x, w, b, y, mean, rstd},
+               .n_in = 9, .out = {dx, dw, db}, .n_out = 3, .dev_dt = dev_dt, .keep_f32_in = 3u << 7, .tol = tol};
+    check_case(&k, what);
+    if (affine) check_deterministic(&k, what);
+    kcase only_db = k;
+    only_db.out[0] = only_db.out[1] = NULL;
+    if (affine) check_case(&only_db, "layernorm, dbias alone");
+    release_all((lu_tensor *[]){x, w, b, y, mean, rstd, dy, dx, dw, db}, 10);
+}
+
+/* The ASR models' d = 256, 384, 512 in f32, d = 8 and 1024, rows not a multiple of the block's;
+ * 8237 rows of d = 256 fill the 1024 blocks' 8 slots and wrap around. */
+Test(cuda, layernorm_rows_in_registers_match_cpu)
+{
+    require_gpu();
+    const int64_t ds[5] = {256, 384, 512, 8, 1024};
+    for (int i = 0; i < 5; i++) {
+        check_layernorm_rows(37, ds[i], true, LU_F32, TOL_F32);
+        check_layernorm_rows(37, ds[i], false, LU_F32, TOL_F32);
+        check_layernorm_rows(37, ds[i], true, LU_BF16, TOL_BF16);
+    }
+    check_layernorm_rows(8237, 256, true, LU_F32, TOL_F32);
 }
 
 /* ---- adamw ---- */
