@@ -157,19 +157,31 @@ Test(cuda, cast_converts_bit_exactly_as_the_cpu)
     require_gpu();
     const lu_dtype pairs[][2] = {{LU_F32, LU_BF16}, {LU_BF16, LU_F32}, {LU_F32, LU_F16}, {LU_F16, LU_F32},
                                  {LU_I32, LU_I64},  {LU_I64, LU_I32},  {LU_F32, LU_F64}, {LU_F64, LU_F32}};
-    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
-        lu_tensor *r = tu_rand(LU_F32, LU_SHAPE(7, 131), -70000, 70000, 4 + i);
-        lu_tensor *x = lu_tensor_convert(r, pairs[i][0], LU_CPU);
-        lu_tensor *out = empty(pairs[i][1], LU_SHAPE(7, 131));
-        lu_tensor *dx = lu_tensor_convert(x, x->dtype, LU_CUDA), *dout = lu_tensor_empty(out->dtype, 2, out->shape, LU_CUDA);
-        cr_assert(dx && dout, "%s", lu_error_message());
-        cr_assert_eq(run_kernel(LU_CPU, false, LU_OP_CAST, &x, 1, &out, 1, NULL), LU_OK, "%s", lu_error_message());
-        cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_CAST, &dx, 1, &dout, 1, NULL), LU_OK, "%s", lu_error_message());
-        char what[64];
-        snprintf(what, sizeof what, "%s -> %s", lu_dtype_name(pairs[i][0]), lu_dtype_name(pairs[i][1]));
-        tu_assert_tensors_close(dout, out, 0, 0, what);
-        release_all((lu_tensor *[]){r, x, out, dx, dout}, 5);
-    }
+    /* 7 x 131 elements take the general kernel, 8 x 136 (whole groups of 8) f32 <-> bf16's vector
+     * one; a NaN, an Inf and a value that rounds up to Inf in bf16 among them. */
+    const int64_t rows[2] = {7, 8}, cols[2] = {131, 136};
+    for (int z = 0; z < 2; z++)
+        for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+            lu_tensor *r = tu_rand(LU_F32, LU_SHAPE(rows[z], cols[z]), -70000, 70000, 4 + i);
+            if (pairs[i][0] == LU_F32) {
+                float *f = lu_tensor_data(r);
+                f[3] = NAN;
+                f[10] = -INFINITY;
+                f[17] = 3.3999e38f;
+            }
+            lu_tensor *x = lu_tensor_convert(r, pairs[i][0], LU_CPU);
+            lu_tensor *out = empty(pairs[i][1], LU_SHAPE(rows[z], cols[z]));
+            lu_tensor *dx = lu_tensor_convert(x, x->dtype, LU_CUDA);
+            lu_tensor *dout = lu_tensor_empty(out->dtype, 2, out->shape, LU_CUDA);
+            cr_assert(dx && dout, "%s", lu_error_message());
+            cr_assert_eq(run_kernel(LU_CPU, false, LU_OP_CAST, &x, 1, &out, 1, NULL), LU_OK, "%s", lu_error_message());
+            cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_CAST, &dx, 1, &dout, 1, NULL), LU_OK, "%s", lu_error_message());
+            char what[64];
+            snprintf(what, sizeof what, "%s -> %s, %lld elements", lu_dtype_name(pairs[i][0]),
+                     lu_dtype_name(pairs[i][1]), (long long)(rows[z] * cols[z]));
+            tu_assert_tensors_close(dout, out, 0, 0, what);
+            release_all((lu_tensor *[]){r, x, out, dx, dout}, 5);
+        }
 }
 
 Test(cuda, accumulate_adds_in_place)
