@@ -8,11 +8,9 @@
  * Forward: a warp owns 16 query rows, its Q fragments in registers; tiles of 64 keys and values
  * come through shared memory by cp.async, double-buffered; S = Q K^T and the online softmax stay
  * in registers, and P, rounded to the input dtype as FlashAttention-2 does, is the A operand of
- * O += P V. Backward: one block per 64 keys accumulates dK = scale dS^T Q and dV = P^T dO over
- * every query of the kv head's query heads, P^T recomputed from lse, either with a warp per 16
- * keys holding both or with 8 warps, a pair per 16 keys, one for P^T and dV and one for dP^T, dS^T
- * and dK; one block per 64 queries accumulates dQ = scale dS K, with a warp per 16 queries or with
- * a pair, one computing P and one dP, each then half of dQ's columns. dS = P (dP - Dsum) is rounded like P. Tiles that
+ * O += P V. Backward: one block per 64 keys (a warp per 16) accumulates dK = scale dS^T Q and
+ * dV = P^T dO over every query of the kv head's query heads, P^T recomputed from lse; one block
+ * per 64 queries accumulates dQ = scale dS K. dS = P (dP - Dsum) is rounded like P. Tiles that
  * no row of a warp can see are skipped; partly visible ones are masked per element, and rows or
  * keys past the ends are zero-filled on load and never stored.
  *
@@ -481,30 +479,22 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
 /* ---- backward: dQ ---- */
 
 /* Shared memory: row_lo, row_hi [ATT_BWD_BQ] int; Q, dO [ATT_BWD_BQ][D + 8]; K, V [2][ATT_BK][D + 8]
- * (16-bit); with split roles, P and dP [ATT_BWD_WARPS][16][ATT_BK + 8] f32 besides. */
-static size_t att_dq_smem(int d, bool split)
+ * (16-bit). */
+static size_t att_dq_smem(int d)
 {
-    return ATT_BWD_BQ * 2 * sizeof(int) + (size_t)(2 * ATT_BWD_BQ + 4 * ATT_BK) * (d + 8) * 2 +
-           (split ? (size_t)2 * ATT_BWD_WARPS * 16 * (ATT_BK + 8) * 4 : 0);
+    return ATT_BWD_BQ * 2 * sizeof(int) + (size_t)(2 * ATT_BWD_BQ + 4 * ATT_BK) * (d + 8) * 2;
 }
 
-/* One block per (ATT_BWD_BQ queries, query head, batch): dQ = scale sum_j dS_ij k_j with
- * dS = P (dP - Dsum), P = exp(s scale - lse), dP = dO V^T, over the keys the queries see. With
- * WARPS = 4, a warp per 16 queries computes all of it. With WARPS = 8 (split roles), warp w < 4
- * computes S = Q_w K^T and P, warp w + 4 dP = dO_w V^T; they swap P and dP through shared memory
- * (f32), both form dS as the 4-warp kernel does, and each accumulates half of dQ's columns: a warp
- * holds a 16 x D/2 accumulator and one score tile instead of 16 x D and two. */
-template <bool BF16, int D, int WARPS>
-static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP)
+/* One block of 4 warps per (ATT_BWD_BQ queries, query head, batch): dQ = scale sum_j dS_ij k_j with
+ * dS = P (dP - Dsum), P = exp(s scale - lse), dP = dO V^T, over the keys the queries see. */
+template <bool BF16, int D>
+static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
     att_backward_dq_mma_kernel(att_args a, const void *dO, const void *lse, const float *dsum, void *dq)
 {
-    constexpr bool SPLIT = WARPS == 2 * ATT_BWD_WARPS;
-    constexpr int BQ = ATT_BWD_BQ, LD = D + 8, NT = WARPS * LU_CUDA_WARP, PLD = ATT_BK + 8, DA = SPLIT ? D / 2 : D;
+    constexpr int BQ = ATT_BWD_BQ, LD = D + 8, NT = ATT_BWD_WARPS * LU_CUDA_WARP;
     const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
-    const int qw = wp % ATT_BWD_WARPS, role = wp / ATT_BWD_WARPS; /* the warp's 16 queries; 1: dP, second half */
     int *row_lo = (int *)att_mma_smem, *row_hi = row_lo + BQ;
     uint16_t *Qs = (uint16_t *)(row_hi + BQ), *dOs = Qs + BQ * LD, *Ks = dOs + BQ * LD, *Vs = Ks + 2 * ATT_BK * LD;
-    float *Pex = (float *)(Vs + 2 * ATT_BK * LD) + qw * 16 * PLD, *dPex = Pex + ATT_BWD_WARPS * 16 * PLD;
 
     const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
     const int64_t nqt = (tq + BQ - 1) / BQ, bid = blockIdx.x;
@@ -520,7 +510,7 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP)
     int klo, khi;
     att_union(row_lo, row_hi, BQ, tk, &klo, &khi);
     const int ntiles = khi > klo ? (khi - klo + ATT_BK - 1) / ATT_BK : 0;
-    const att_rows rows = att_rows_of(row_lo, row_hi, qw * 16 + g);
+    const att_rows rows = att_rows_of(row_lo, row_hi, wp * 16 + g);
     if (ntiles > 0) {
         att_load_rows<D, ATT_BK, NT>(Ks, k, kbase, a.hkv * D, klo, tk);
         att_load_rows<D, ATT_BK, NT>(Vs, v, kbase, a.hkv * D, klo, tk);
@@ -532,227 +522,62 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP)
     float lse2[2], ds[2];
 #pragma unroll
     for (int x = 0; x < 2; x++) {
-        const int i = i0 + qw * 16 + g + 8 * x;
+        const int i = i0 + wp * 16 + g + 8 * x;
         const int64_t row = (b * a.hq + h) * tq + i;
         lse2[x] = i < tq ? att_load(lse, a.lse_dt, row) * ATT_LOG2E : 0.0f;
         ds[x] = i < tq ? dsum[row] : 0.0f;
     }
-    float acc[DA / 8][4];
+    float acc[D / 8][4];
 #pragma unroll
-    for (int n = 0; n < DA / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     for (int it = 0; it < ntiles; it++) {
         const int j0 = klo + it * ATT_BK;
         att_prefetch_kv<D, NT, LD>(Ks, Vs, k, v, kbase, a.hkv * D, it, ntiles, j0, tk);
         const uint16_t *Kt = Ks + (it & 1) * ATT_BK * LD, *Vt = Vs + (it & 1) * ATT_BK * LD;
-        const bool see = att_rows_see(&rows, j0);
-        if (!SPLIT) {
-            if (see) {
-                float s[ATT_BK / 8][4], dp[ATT_BK / 8][4];
-                att_gemm_pair<BF16, LD, ATT_BK / 8, D>(s, dp, Qs + qw * 16 * LD, Kt, dOs + qw * 16 * LD, Vt);
+        if (att_rows_see(&rows, j0)) {
+            float s[ATT_BK / 8][4], dp[ATT_BK / 8][4];
+            att_gemm_pair<BF16, LD, ATT_BK / 8, D>(s, dp, Qs + wp * 16 * LD, Kt, dOs + wp * 16 * LD, Vt);
 #pragma unroll
-                for (int n = 0; n < ATT_BK / 8; n++)
+            for (int n = 0; n < ATT_BK / 8; n++)
 #pragma unroll
-                    for (int e = 0; e < 4; e++) s[n][e] = s[n][e] * sl2 - lse2[e / 2];
-                if (!att_rows_full(&rows, j0, &a)) att_mask_scores(s, &rows, j0, &a, b, tk);
+                for (int e = 0; e < 4; e++) s[n][e] = s[n][e] * sl2 - lse2[e / 2];
+            if (!att_rows_full(&rows, j0, &a)) att_mask_scores(s, &rows, j0, &a, b, tk);
 #pragma unroll
-                for (int n = 0; n < ATT_BK / 8; n++)
+            for (int n = 0; n < ATT_BK / 8; n++)
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        float p = exp2f(s[n][e]);
-                        s[n][e] = p * (dp[n][e] - ds[e / 2]);
-                    }
-                att_gemm_xb<BF16, LD, DA, ATT_BK / 16, 1>(&acc, &s, Kt);
-            }
-        } else {
-            /* s: P (role 0) or dP (role 1), then dS in both. */
-            float s[ATT_BK / 8][4];
-            if (see) {
-#pragma unroll
-                for (int n = 0; n < ATT_BK / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-                att_gemm_abt<BF16, LD, ATT_BK / 8, D / 16>(s, (role ? dOs : Qs) + qw * 16 * LD, role ? Vt : Kt);
-                if (!role) {
-#pragma unroll
-                    for (int n = 0; n < ATT_BK / 8; n++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) s[n][e] = s[n][e] * sl2 - lse2[e / 2];
-                    if (!att_rows_full(&rows, j0, &a)) att_mask_scores(s, &rows, j0, &a, b, tk);
-#pragma unroll
-                    for (int n = 0; n < ATT_BK / 8; n++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) s[n][e] = exp2f(s[n][e]);
+                for (int e = 0; e < 4; e++) {
+                    float p = exp2f(s[n][e]);
+                    s[n][e] = p * (dp[n][e] - ds[e / 2]);
                 }
-                float *mine = role ? dPex : Pex;
-#pragma unroll
-                for (int n = 0; n < ATT_BK / 8; n++)
-#pragma unroll
-                    for (int x = 0; x < 2; x++)
-                        *(float2 *)&mine[(g + 8 * x) * PLD + n * 8 + 2 * t] = make_float2(s[n][2 * x], s[n][2 * x + 1]);
-            }
-            __syncthreads(); /* P and dP are in shared memory */
-            if (see) {
-                const float *other = role ? Pex : dPex;
-#pragma unroll
-                for (int n = 0; n < ATT_BK / 8; n++)
-#pragma unroll
-                    for (int x = 0; x < 2; x++) {
-                        const float2 o = *(const float2 *)&other[(g + 8 * x) * PLD + n * 8 + 2 * t];
-                        const float p0 = role ? o.x : s[n][2 * x], p1 = role ? o.y : s[n][2 * x + 1];
-                        const float d0 = role ? s[n][2 * x] : o.x, d1 = role ? s[n][2 * x + 1] : o.y;
-                        s[n][2 * x] = p0 * (d0 - ds[x]);
-                        s[n][2 * x + 1] = p1 * (d1 - ds[x]);
-                    }
-                att_gemm_xb<BF16, LD, DA, ATT_BK / 16, 1>(&acc, &s, Kt + role * DA);
-            }
+            att_gemm_xb<BF16, LD, D, ATT_BK / 16, 1>(&acc, &s, Kt);
         }
-        __syncthreads(); /* every warp is done with this buffer (and P, dP) before they are refilled */
+        __syncthreads();
     }
     att_cp_wait<0>();
 
 #pragma unroll
     for (int x = 0; x < 2; x++) {
-        const int i = i0 + qw * 16 + g + 8 * x;
+        const int i = i0 + wp * 16 + g + 8 * x;
         if (i >= tq) continue;
-        uint32_t *row = (uint32_t *)((uint16_t *)dq + ((b * tq + i) * a.hq + h) * D + role * DA);
+        uint32_t *row = (uint32_t *)((uint16_t *)dq + ((b * tq + i) * a.hq + h) * D);
 #pragma unroll
-        for (int n = 0; n < DA / 8; n++)
+        for (int n = 0; n < D / 8; n++)
             row[n * 4 + t] = att_pack_out<BF16>(acc[n][2 * x] * a.scale, acc[n][2 * x + 1] * a.scale);
     }
 }
 
 /* ---- backward: dK, dV ---- */
 
-/* Queries per step of the dK/dV kernels: fewer for d 128, whose 16 x 128 accumulators leave fewer
- * registers for the scores. */
+/* Queries per step of the dK/dV kernel: fewer for d 128, whose two 16 x 128 accumulators leave
+ * fewer registers for the scores. */
 #define ATT_QC(d) ((d) == 128 ? 32 : 64)
 
 /* Shared memory: per query buffer (2) lo, hi [QC] int and lse, Dsum [QC] f32; K, V [ATT_BK][D + 8];
- * Q, dO [2][QC][D + 8] (16-bit); with split roles, P^T [ATT_BWD_WARPS][16][QC + 8] f32 besides. */
-static size_t att_dkdv_smem(int d, bool split)
+ * Q, dO [2][QC][D + 8] (16-bit). */
+static size_t att_dkdv_smem(int d)
 {
-    const size_t qc = ATT_QC(d);
-    return 2 * qc * 16 + (2 * ATT_BK + 4 * qc) * (d + 8) * 2 + (split ? ATT_BWD_WARPS * 16 * (qc + 8) * 4 : 0);
+    return (size_t)2 * ATT_QC(d) * 16 + (size_t)(2 * ATT_BK + 4 * ATT_QC(d)) * (d + 8) * 2;
 }
-
-/* The dK/dV kernels' shared state of one block (ATT_BK keys from j0 of kv head hk in batch b),
- * and their staging of query step st (query head hk rep + st / nch, queries qlo + (st % nch) QC on)
- * into buffer st % 2 by the block's NT threads. */
-template <int D, int QC> struct att_kv_block {
-    /* Shared memory (from att_mma_smem, at offsets known at compile time, so that they take no
-     * registers): lo, hi [2][QC] key ranges of the staged queries, lse2, ds [2][QC] their lse in
-     * base-2 units and Dsum, then the tiles. */
-    static constexpr int LD = D + 8;
-    static __device__ int *lo() { return (int *)att_mma_smem; }
-    static __device__ int *hi() { return lo() + 2 * QC; }
-    static __device__ float *lse2() { return (float *)(hi() + 2 * QC); }
-    static __device__ float *ds() { return lse2() + 2 * QC; }
-    static __device__ uint16_t *Ks() { return (uint16_t *)(ds() + 2 * QC); }
-    static __device__ uint16_t *Vs() { return Ks() + ATT_BK * LD; }
-    static __device__ uint16_t *Qs() { return Vs() + ATT_BK * LD; }
-    static __device__ uint16_t *dOs() { return Qs() + 2 * QC * LD; }
-    static __device__ float *Ps() { return (float *)(dOs() + 2 * QC * LD); }
-    int64_t b, hk, rep;
-    int j0, qlo, nch, steps;
-
-    __device__ att_kv_block(const att_args &a)
-    {
-        const int tk = (int)a.rg.tk;
-        const int64_t nkt = (tk + ATT_BK - 1) / ATT_BK, bid = blockIdx.x;
-        rep = a.hq / a.hkv;
-        j0 = (int)(bid % nkt) * ATT_BK;
-        hk = bid / nkt % a.hkv;
-        b = bid / (nkt * a.hkv);
-        int64_t ql, qh;
-        lu_att_query_range(&a.rg, j0, min(j0 + ATT_BK, tk), &ql, &qh);
-        qlo = (int)ql;
-        nch = qh > ql ? (int)((qh - ql + QC - 1) / QC) : 0;
-        steps = (int)rep * nch;
-    }
-
-    /* Starts the copies of K and V and of step 0 as one copy group. */
-    template <int NT> __device__ void start(const att_args &a, const void *dO, const void *lse, const float *dsum)
-    {
-        const int64_t kbase = (b * a.rg.tk * a.hkv + hk) * D;
-        att_load_rows<D, ATT_BK, NT>(Ks(), (const uint16_t *)a.k, kbase, a.hkv * D, j0, (int)a.rg.tk);
-        att_load_rows<D, ATT_BK, NT>(Vs(), (const uint16_t *)a.v, kbase, a.hkv * D, j0, (int)a.rg.tk);
-        if (steps > 0) stage<NT>(a, dO, lse, dsum, 0);
-        att_cp_commit();
-    }
-
-    template <int NT> __device__ void stage(const att_args &a, const void *dO, const void *lse, const float *dsum, int st)
-    {
-        const int tq = (int)a.rg.tq, buf = st & 1, i0 = qlo + st % nch * QC;
-        const int64_t h = hk * rep + st / nch, qbase = (b * tq * a.hq + h) * D;
-        att_load_rows<D, QC, NT>(Qs() + buf * QC * LD, (const uint16_t *)a.q, qbase, a.hq * D, i0, tq);
-        att_load_rows<D, QC, NT>(dOs() + buf * QC * LD, (const uint16_t *)dO, qbase, a.hq * D, i0, tq);
-        att_ranges(&a, i0, QC, lo() + buf * QC, hi() + buf * QC);
-        if ((int)threadIdx.x < QC) {
-            const int i = i0 + (int)threadIdx.x;
-            const int64_t row = (b * a.hq + h) * tq + i;
-            lse2()[buf * QC + threadIdx.x] = i < tq ? att_load(lse, a.lse_dt, row) * ATT_LOG2E : 0.0f;
-            ds()[buf * QC + threadIdx.x] = i < tq ? dsum[row] : 0.0f;
-        }
-    }
-
-    /* Step st: stages step st + 1 into the other buffer, waits for step st's copies, and syncs. */
-    template <int NT> __device__ void next(const att_args &a, const void *dO, const void *lse, const float *dsum, int st)
-    {
-        if (st + 1 < steps) {
-            stage<NT>(a, dO, lse, dsum, st + 1);
-            att_cp_commit();
-            att_cp_wait<1>();
-        } else {
-            att_cp_wait<0>();
-        }
-        __syncthreads();
-    }
-
-    /* Does a row of step buffer buf see a key of [wj0, wj0 + 16) (return), all of them with no
-     * padding mask (*full)? The same answer in every lane of the warp. */
-    __device__ bool sees(const att_args &a, int buf, int wj0, bool *full) const
-    {
-        const int lane = threadIdx.x % LU_CUDA_WARP;
-        bool see = false, f = !a.mask;
-        for (int c = lane; c < QC; c += LU_CUDA_WARP) {
-            see |= max(lo()[buf * QC + c], wj0) < min(hi()[buf * QC + c], wj0 + 16);
-            f &= lo()[buf * QC + c] <= wj0 && wj0 + 16 <= hi()[buf * QC + c];
-        }
-        *full = __all_sync(ATT_FULL, f);
-        return __any_sync(ATT_FULL, see);
-    }
-
-    /* P^T in place of S^T (16 keys kr[0] = wj0 + g, kr[1] = wj0 + g + 8 by QC queries of buffer
-     * buf): exp2(s scale log2 e - lse2), 0 where the query may not see the key. */
-    __device__ void probs(const att_args &a, int buf, float (*s)[4], const int kr[2], const bool kpad[2],
-                          bool full) const
-    {
-        const int t = threadIdx.x % 4;
-        const float sl2 = a.scale * ATT_LOG2E;
-#pragma unroll
-        for (int n = 0; n < QC / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int c = buf * QC + n * 8 + 2 * t + (e & 1), x = e / 2;
-                const bool vis = full || (!kpad[x] && kr[x] >= lo()[c] && kr[x] < hi()[c]);
-                s[n][e] = vis ? exp2f(s[n][e] * sl2 - lse2()[c]) : 0.0f;
-            }
-    }
-
-    /* Rows kr[0], kr[1] (< Tk) of dk or dv (g = NULL: nothing) from the accumulator, times mul. */
-    template <bool BF16>
-    __device__ void store(const att_args &a, void *g, const float (*acc)[4], const int kr[2], float mul) const
-    {
-        if (!g) return;
-        const int t = threadIdx.x % 4;
-#pragma unroll
-        for (int x = 0; x < 2; x++) {
-            if (kr[x] >= a.rg.tk) continue;
-            uint32_t *row = (uint32_t *)((uint16_t *)g + ((b * a.rg.tk + kr[x]) * a.hkv + hk) * D);
-#pragma unroll
-            for (int n = 0; n < D / 8; n++)
-                row[n * 4 + t] = att_pack_out<BF16>(acc[n][2 * x] * mul, acc[n][2 * x + 1] * mul);
-        }
-    }
-};
 
 /* One block of 4 warps per (ATT_BK keys, kv head, batch), a warp per 16 keys: dV = P^T dO and
  * dK = scale dS^T Q over every query that may see the keys, of each query head of the group in
@@ -763,108 +588,104 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
 {
     constexpr int QC = ATT_QC(D), LD = D + 8, NT = ATT_BWD_WARPS * LU_CUDA_WARP;
     const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
-    att_kv_block<D, QC> kb(a);
-    kb.template start<NT>(a, dO, lse, dsum);
+    int *c_lo = (int *)att_mma_smem, *c_hi = c_lo + 2 * QC;
+    float *c_lse = (float *)(c_hi + 2 * QC), *c_ds = c_lse + 2 * QC;
+    uint16_t *Ks = (uint16_t *)(c_ds + 2 * QC), *Vs = Ks + ATT_BK * LD, *Qs = Vs + ATT_BK * LD, *dOs = Qs + 2 * QC * LD;
+
+    const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
+    const int64_t nkt = (tk + ATT_BK - 1) / ATT_BK, bid = blockIdx.x, rep = a.hq / a.hkv;
+    const int j0 = (int)(bid % nkt) * ATT_BK;
+    const int64_t hk = bid / nkt % a.hkv, b = bid / (nkt * a.hkv), kbase = (b * tk * a.hkv + hk) * D;
+    const uint16_t *q = (const uint16_t *)a.q, *dOp = (const uint16_t *)dO;
+    int64_t ql, qh;
+    lu_att_query_range(&a.rg, j0, min(j0 + ATT_BK, tk), &ql, &qh);
+    const int qlo = (int)ql, nch = qh > ql ? (int)((qh - ql + QC - 1) / QC) : 0, steps = (int)rep * nch;
+
+    /* Step st: query head hk rep + st / nch, queries qlo + (st % nch) QC on, into buffer st % 2. */
+    auto stage = [&](int st) {
+        const int buf = st & 1, i0 = qlo + st % nch * QC;
+        const int64_t h = hk * rep + st / nch, qbase = (b * tq * a.hq + h) * D;
+        att_load_rows<D, QC, NT>(Qs + buf * QC * LD, q, qbase, a.hq * D, i0, tq);
+        att_load_rows<D, QC, NT>(dOs + buf * QC * LD, dOp, qbase, a.hq * D, i0, tq);
+        att_ranges(&a, i0, QC, c_lo + buf * QC, c_hi + buf * QC);
+        if ((int)threadIdx.x < QC) {
+            const int i = i0 + (int)threadIdx.x;
+            const int64_t row = (b * a.hq + h) * tq + i;
+            c_lse[buf * QC + threadIdx.x] = i < tq ? att_load(lse, a.lse_dt, row) * ATT_LOG2E : 0.0f;
+            c_ds[buf * QC + threadIdx.x] = i < tq ? dsum[row] : 0.0f;
+        }
+    };
+    att_load_rows<D, ATT_BK, NT>(Ks, (const uint16_t *)a.k, kbase, a.hkv * D, j0, tk);
+    att_load_rows<D, ATT_BK, NT>(Vs, (const uint16_t *)a.v, kbase, a.hkv * D, j0, tk);
+    if (steps > 0) stage(0);
+    att_cp_commit();
 
     /* This lane's keys kr[0] = j0 + 16 wp + g and kr[1] = kr[0] + 8; the warp's [wj0, wj0 + 16). */
-    const int wj0 = kb.j0 + wp * 16, kr[2] = {wj0 + g, wj0 + g + 8};
-    const bool kpad[2] = {att_padded(&a, kb.b, kr[0], (int)a.rg.tk), att_padded(&a, kb.b, kr[1], (int)a.rg.tk)};
+    const int wj0 = j0 + wp * 16, kr[2] = {wj0 + g, wj0 + g + 8};
+    const bool kpad[2] = {att_padded(&a, b, kr[0], tk), att_padded(&a, b, kr[1], tk)};
+    const float sl2 = a.scale * ATT_LOG2E;
     float acc_k[D / 8][4], acc_v[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) acc_k[n][e] = acc_v[n][e] = 0.0f;
-    for (int st = 0; st < kb.steps; st++) {
-        kb.template next<NT>(a, dO, lse, dsum, st);
+    for (int st = 0; st < steps; st++) {
+        if (st + 1 < steps) {
+            stage(st + 1);
+            att_cp_commit();
+            att_cp_wait<1>();
+        } else {
+            att_cp_wait<0>();
+        }
+        __syncthreads();
         const int buf = st & 1;
-        const uint16_t *Qt = kb.Qs() + buf * QC * LD, *dOt = kb.dOs() + buf * QC * LD;
-        bool full;
-        if (kb.sees(a, buf, wj0, &full)) {
+        const int *lo = c_lo + buf * QC, *hi = c_hi + buf * QC;
+        const float *lse2 = c_lse + buf * QC, *dsm = c_ds + buf * QC;
+        const uint16_t *Qt = Qs + buf * QC * LD, *dOt = dOs + buf * QC * LD;
+        bool see = false, full = !a.mask;
+        for (int c = lane; c < QC; c += LU_CUDA_WARP) {
+            see |= max(lo[c], wj0) < min(hi[c], wj0 + 16);
+            full &= lo[c] <= wj0 && wj0 + 16 <= hi[c];
+        }
+        if (__any_sync(ATT_FULL, see)) {
+            full = __all_sync(ATT_FULL, full);
             /* S^T and dP^T (16 keys x QC queries) = K_w Q^T and V_w dO^T. */
             float s[QC / 8][4], dp[QC / 8][4];
-            att_gemm_pair<BF16, LD, QC / 8, D>(s, dp, kb.Ks() + wp * 16 * LD, Qt, kb.Vs() + wp * 16 * LD, dOt);
-            kb.probs(a, buf, s, kr, kpad, full);
-            /* dS^T = P^T (dP^T - Dsum) in place of dP^T. */
+            att_gemm_pair<BF16, LD, QC / 8, D>(s, dp, Ks + wp * 16 * LD, Qt, Vs + wp * 16 * LD, dOt);
+            /* Element (key kr[e / 2], query c): P^T, then dS^T = P^T (dP^T - Dsum) in place of dP^T. */
 #pragma unroll
             for (int n = 0; n < QC / 8; n++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) dp[n][e] = s[n][e] * (dp[n][e] - kb.ds()[buf * QC + n * 8 + 2 * t + (e & 1)]);
+                for (int e = 0; e < 4; e++) {
+                    const int c = n * 8 + 2 * t + (e & 1), x = e / 2;
+                    const bool vis = full || (!kpad[x] && kr[x] >= lo[c] && kr[x] < hi[c]);
+                    const float p = vis ? exp2f(s[n][e] * sl2 - lse2[c]) : 0.0f;
+                    s[n][e] = p;
+                    dp[n][e] = p * (dp[n][e] - dsm[c]);
+                }
             att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc_v, &s, dOt);
             att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc_k, &dp, Qt);
         }
         __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
     att_cp_wait<0>();
-    kb.template store<BF16>(a, dk, acc_k, kr, a.scale);
-    kb.template store<BF16>(a, dv, acc_v, kr, 1.0f);
-}
 
-/* The same with the work of a warp split between two: 8 warps, warp w < 4 computing S^T = K_w Q^T,
- * P^T and dV for keys 16 w .. 16 w + 15, warp w + 4 dP^T = V_w dO^T, and then, with P^T from warp
- * w through shared memory (f32, so that dS^T is what the 4-warp kernel computes), dS^T and dK. A
- * warp holds one 16 x D accumulator instead of two, which leaves registers for the compiler to
- * keep more fragment loads in flight; MINB = 2 caps the registers so that two blocks share an SM,
- * MINB = 1 leaves the compiler all of them. */
-template <bool BF16, int D, int MINB>
-static __global__ void __launch_bounds__(2 * ATT_BWD_WARPS * LU_CUDA_WARP, MINB)
-    att_backward_dkdv_split_kernel(att_args a, const void *dO, const void *lse, const float *dsum, void *dk, void *dv)
-{
-    constexpr int QC = ATT_QC(D), LD = D + 8, PLD = QC + 8, NT = 2 * ATT_BWD_WARPS * LU_CUDA_WARP;
-    const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
-    const int kw = wp % ATT_BWD_WARPS;
-    const bool vrole = wp < ATT_BWD_WARPS;
-    att_kv_block<D, QC> kb(a);
-    float *Ps = kb.Ps() + kw * 16 * PLD; /* this pair's P^T [16][PLD] */
-    kb.template start<NT>(a, dO, lse, dsum);
-
-    const int wj0 = kb.j0 + kw * 16, kr[2] = {wj0 + g, wj0 + g + 8};
-    const bool kpad[2] = {att_padded(&a, kb.b, kr[0], (int)a.rg.tk), att_padded(&a, kb.b, kr[1], (int)a.rg.tk)};
-    const uint16_t *Aw = (vrole ? kb.Ks() : kb.Vs()) + kw * 16 * LD; /* K_w or V_w */
-    float acc[D / 8][4];
 #pragma unroll
-    for (int n = 0; n < D / 8; n++)
+    for (int x = 0; x < 2; x++) {
+        if (kr[x] >= tk) continue;
+        const int64_t off = ((b * tk + kr[x]) * a.hkv + hk) * D;
+        if (dk) {
+            uint32_t *row = (uint32_t *)((uint16_t *)dk + off);
 #pragma unroll
-        for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
-    for (int st = 0; st < kb.steps; st++) {
-        kb.template next<NT>(a, dO, lse, dsum, st);
-        const int buf = st & 1;
-        const uint16_t *Qt = kb.Qs() + buf * QC * LD, *dOt = kb.dOs() + buf * QC * LD;
-        bool full;
-        const bool see = kb.sees(a, buf, wj0, &full);
-        /* s: S^T, then P^T (warp w); dP^T, then dS^T (warp w + 4). */
-        float s[QC / 8][4];
-        if (see) {
-#pragma unroll
-            for (int n = 0; n < QC / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-            att_gemm_abt<BF16, LD, QC / 8, D / 16>(s, Aw, vrole ? Qt : dOt);
-            if (vrole) {
-                kb.probs(a, buf, s, kr, kpad, full);
-#pragma unroll
-                for (int n = 0; n < QC / 8; n++)
-#pragma unroll
-                    for (int x = 0; x < 2; x++)
-                        *(float2 *)&Ps[(g + 8 * x) * PLD + n * 8 + 2 * t] = make_float2(s[n][2 * x], s[n][2 * x + 1]);
-            }
+            for (int n = 0; n < D / 8; n++)
+                row[n * 4 + t] = att_pack_out<BF16>(acc_k[n][2 * x] * a.scale, acc_k[n][2 * x + 1] * a.scale);
         }
-        __syncthreads(); /* P^T is in shared memory */
-        if (see) {
-            if (!vrole)
+        if (dv) {
+            uint32_t *row = (uint32_t *)((uint16_t *)dv + off);
 #pragma unroll
-                for (int n = 0; n < QC / 8; n++)
-#pragma unroll
-                    for (int x = 0; x < 2; x++) {
-                        const float2 p = *(const float2 *)&Ps[(g + 8 * x) * PLD + n * 8 + 2 * t];
-                        const float *dsm = kb.ds() + buf * QC + n * 8 + 2 * t;
-                        s[n][2 * x] = p.x * (s[n][2 * x] - dsm[0]);
-                        s[n][2 * x + 1] = p.y * (s[n][2 * x + 1] - dsm[1]);
-                    }
-            att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc, &s, vrole ? dOt : Qt);
+            for (int n = 0; n < D / 8; n++) row[n * 4 + t] = att_pack_out<BF16>(acc_v[n][2 * x], acc_v[n][2 * x + 1]);
         }
-        __syncthreads(); /* every warp is done with this buffer and with P^T before they are refilled */
     }
-    att_cp_wait<0>();
-    if (vrole) kb.template store<BF16>(a, dv, acc, kr, 1.0f);
-    else kb.template store<BF16>(a, dk, acc, kr, a.scale);
 }
 
 /* ---- host side ---- */
@@ -924,26 +745,6 @@ lu_status lu_att_mma_forward(const att_args *a, void *o, void *lse)
     return a->dt == LU_BF16 ? att_forward_mma_dispatch<true>(a, o, lse) : att_forward_mma_dispatch<false>(a, o, lse);
 }
 
-/* Which dK/dV kernel the backward takes: 0 the 4-warp one, 1 and 2 the 8-warp one with split
- * roles with two blocks an SM (registers capped) or one; LUTHIER_ATT_BWD_SPLIT=0, 1 or 2 forces
- * one. */
-static int att_bwd_split(void)
-{
-    const char *e = getenv("LUTHIER_ATT_BWD_SPLIT");
-    if (e && (!strcmp(e, "0") || !strcmp(e, "1") || !strcmp(e, "2"))) return e[0] - '0';
-    return 1;
-}
-
-/* Whether dQ takes the 8-warp kernel with split roles; LUTHIER_ATT_DQ_SPLIT=0 or 1 forces the
- * 4-warp one or it. */
-static bool att_dq_split(void)
-{
-    const char *e = getenv("LUTHIER_ATT_DQ_SPLIT");
-    if (e && !strcmp(e, "0")) return false;
-    if (e && !strcmp(e, "1")) return true;
-    return true;
-}
-
 template <bool BF16, int D>
 static lu_status att_backward_mma_launch(const att_args &a, const void *dO, const void *lse, const float *dsum,
                                          void *dq, void *dk, void *dv)
@@ -952,35 +753,16 @@ static lu_status att_backward_mma_launch(const att_args &a, const void *dO, cons
     unsigned grid = 0;
     if (dk || dv) {
         LU_TRY(att_grid(a.b * a.hkv * ((a.rg.tk + ATT_BK - 1) / ATT_BK), "the dk/dv backward", &grid));
-        const int split = att_bwd_split();
-        const size_t smem = att_dkdv_smem(D, split > 0);
-        if (split == 1) {
-            LU_TRY(att_smem_allow((const void *)att_backward_dkdv_split_kernel<BF16, D, 2>, smem, &a));
-            if (grid > 0)
-                att_backward_dkdv_split_kernel<BF16, D, 2><<<grid, 2 * threads, smem>>>(a, dO, lse, dsum, dk, dv);
-        } else if (split == 2) {
-            LU_TRY(att_smem_allow((const void *)att_backward_dkdv_split_kernel<BF16, D, 1>, smem, &a));
-            if (grid > 0)
-                att_backward_dkdv_split_kernel<BF16, D, 1><<<grid, 2 * threads, smem>>>(a, dO, lse, dsum, dk, dv);
-        } else {
-            LU_TRY(att_smem_allow((const void *)att_backward_dkdv_mma_kernel<BF16, D>, smem, &a));
-            if (grid > 0) att_backward_dkdv_mma_kernel<BF16, D><<<grid, threads, smem>>>(a, dO, lse, dsum, dk, dv);
-        }
+        const size_t smem = att_dkdv_smem(D);
+        LU_TRY(att_smem_allow((const void *)att_backward_dkdv_mma_kernel<BF16, D>, smem, &a));
+        if (grid > 0) att_backward_dkdv_mma_kernel<BF16, D><<<grid, threads, smem>>>(a, dO, lse, dsum, dk, dv);
         LU_CUDA_CHECK_LAUNCH();
     }
     if (dq) {
         LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + ATT_BWD_BQ - 1) / ATT_BWD_BQ), "the dq backward", &grid));
-        const bool split = att_dq_split();
-        const size_t smem = att_dq_smem(D, split);
-        if (split) {
-            LU_TRY(att_smem_allow((const void *)att_backward_dq_mma_kernel<BF16, D, 2 * ATT_BWD_WARPS>, smem, &a));
-            if (grid > 0)
-                att_backward_dq_mma_kernel<BF16, D, 2 * ATT_BWD_WARPS><<<grid, 2 * threads, smem>>>(a, dO, lse, dsum, dq);
-        } else {
-            LU_TRY(att_smem_allow((const void *)att_backward_dq_mma_kernel<BF16, D, ATT_BWD_WARPS>, smem, &a));
-            if (grid > 0)
-                att_backward_dq_mma_kernel<BF16, D, ATT_BWD_WARPS><<<grid, threads, smem>>>(a, dO, lse, dsum, dq);
-        }
+        const size_t smem = att_dq_smem(D);
+        LU_TRY(att_smem_allow((const void *)att_backward_dq_mma_kernel<BF16, D>, smem, &a));
+        if (grid > 0) att_backward_dq_mma_kernel<BF16, D><<<grid, threads, smem>>>(a, dO, lse, dsum, dq);
         LU_CUDA_CHECK_LAUNCH();
     }
     return LU_OK;

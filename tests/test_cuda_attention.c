@@ -412,55 +412,6 @@ Test(cuda_attention, tensor_core_forward_with_16_and_32_rows_a_warp)
     unsetenv("LUTHIER_ATT_ROWS_PER_WARP");
 }
 
-/* The backward's kernels in two forms each: 4 warps, a warp holding dK and dV of 16 keys (dQ of
- * 16 queries), and 8 warps that split that work in pairs (LUTHIER_ATT_BWD_SPLIT=0, or 1 and 2,
- * two blocks an SM or one; LUTHIER_ATT_DQ_SPLIT=0 or 1; the defaults split). Every element is
- * computed by the same operations in the same order: dq, dk and dv agree bit for bit. Then every
- * case against the CPU with the 4-warp kernels (the other tests run the defaults). */
-static void set_bwd_kernels(const char *dkdv, const char *dq)
-{
-    setenv("LUTHIER_ATT_BWD_SPLIT", dkdv, 1);
-    setenv("LUTHIER_ATT_DQ_SPLIT", dq, 1);
-}
-
-static void check_bwd_kernels_agree(const gcase *c, lu_dtype dt)
-{
-    grun r;
-    setup(&r, c, dt, 4000);
-    set_bwd_kernels("0", "0");
-    run_gpu(&r, c->name);
-    lu_tensor *first[3];
-    for (int i = 0; i < 3; i++) first[i] = lu_tensor_convert(r.dbout[i], r.dbout[i]->dtype, LU_CPU);
-    static const char *split[2][2] = {{"1", "1"}, {"2", "0"}};
-    for (int k = 0; k < 2; k++) {
-        set_bwd_kernels(split[k][0], split[k][1]);
-        run_gpu(&r, c->name);
-        char what[160];
-        for (int i = 0; i < 3; i++) {
-            snprintf(what, sizeof what, "%s %s: gradient %d, dk/dv kernel %s, dq kernel %s", c->name,
-                     lu_dtype_name(dt), i, split[k][0], split[k][1]);
-            tu_assert_tensors_close(r.dbout[i], first[i], 0, 0, what);
-        }
-    }
-    unsetenv("LUTHIER_ATT_BWD_SPLIT");
-    unsetenv("LUTHIER_ATT_DQ_SPLIT");
-    release_all(first, 3);
-    teardown(&r);
-}
-
-Test(cuda_attention, tensor_core_backward_with_4_and_8_warps_a_tile)
-{
-    require_gpu();
-    for (size_t i = 0; i < N_OF(mma_cases); i++) {
-        check_bwd_kernels_agree(&mma_cases[i], LU_BF16);
-        check_bwd_kernels_agree(&mma_cases[i], LU_F16);
-    }
-    set_bwd_kernels("0", "0");
-    check_cases(mma_cases, N_OF(mma_cases), LU_BF16, TOL_BF16);
-    unsetenv("LUTHIER_ATT_BWD_SPLIT");
-    unsetenv("LUTHIER_ATT_DQ_SPLIT");
-}
-
 /* Two runs on the same inputs give the same bits (no atomics, fixed summation orders). */
 static void check_attention_deterministic(const gcase *c, lu_dtype dt)
 {
