@@ -1,8 +1,8 @@
 /* conv.cu - CUDA kernels of CONV1D and CONV2D, forward and backward, f32 and bf16 with fp32
  * math (core/cpu/conv.c is the reference). A conv1d is a conv2d with H = KH = 1. Three paths:
  *  - fast depthwise conv1d (groups == Cin == Cout, stride 1 or 2, dilation 1, K <= 257: the
- *    Conformer/Zipformer convolution modules, memory-bound): a block stages a tile of one
- *    (batch, channel) row in shared memory with vector loads and runs it as stride-1
+ *    Conformer/Zipformer convolution modules, memory-bound): a block stages a tile of a few
+ *    rows of one channel in shared memory with vector loads and runs them as stride-1
  *    correlations, 4 outputs per thread with the inputs sliding through registers (geometry in
  *    conv_tiles.h); dx is the transposed convolution of a dy tile; dw and dbias are per-block
  *    partial sums over several rows of a channel that a second kernel adds up in a fixed order;
@@ -96,8 +96,11 @@ static unsigned item_blocks(int64_t items) { return (unsigned)(items < 1 ? 1 : i
 /* ---- fast depthwise conv1d (geometry in conv_tiles.h) ---- */
 
 /* Rows of one channel (consecutive batch items) that a block stages together: the weights are
- * loaded once for them and twice the bytes are in flight per load. */
+ * loaded once for them and twice the bytes are in flight per load (dx and dw). */
 #define DW_ROWS 2
+/* The same for the forward, which has each thread compute several groups of 4 outputs between
+ * the block's one barrier and its end: the block's setup and its weights are paid once for them. */
+#define DW_FWD_ROWS 4
 
 /* acc[v] += sum over i < 4*groups of wt[i] xw[v + i], v < 4: xw and wt 16-byte aligned, the
  * inputs sliding through registers, one 16-byte shared load of each per 4 taps. */
@@ -115,89 +118,126 @@ static __device__ __forceinline__ void dw_corr4(float acc[4], const float *xw, c
     }
 }
 
-/* Weight phases of channel ch, zero-padded to groups of 4: ws[r][i] = w[S*i + r] (forward), or
- * the reversed ws[c][i] = w[S*(kc-1-i) + c] (dx). Returns whether this thread's weights are finite. */
+/* The finiteness check of the staged values: chk + v*0 stays 0 while every v is finite and is NaN
+ * once one is Inf or NaN, one instruction per value. */
+static __device__ __forceinline__ float dw_check(float chk, float v) { return fmaf(v, 0.0f, chk); }
+
+/* Weight phases of the channel's taps wc[0, K), zero-padded to groups of 4: ws[r][i] = wc[S*i + r]
+ * (forward), or the reversed ws[c][i] = wc[S*(kc-1-i) + c] (dx). Returns whether this thread's
+ * weights are finite. */
 template <typename T, int S>
-static __device__ __forceinline__ bool dw_stage_weights(const T *w, int64_t ch, int K, bool reversed,
-                                                        float (*ws)[LU_DW_WLEN])
+static __device__ __forceinline__ bool dw_stage_weights(const T *wc, int K, bool reversed, float (*ws)[LU_DW_WLEN])
 {
     const int n = (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 0));
-    bool ok = true;
+    float chk = 0.0f;
     for (int r = 0; r < S; r++) {
         const int kr = (int)lu_dw_phase_taps(K, S, r);
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float v = i < kr ? lu_ld(w, ch * K + S * (reversed ? kr - 1 - i : i) + r) : 0.0f;
+            float v = i < kr ? lu_ld(wc, S * (reversed ? kr - 1 - i : i) + r) : 0.0f;
             ws[r][i] = v;
-            ok = ok && isfinite(v);
+            chk = dw_check(chk, v);
         }
     }
-    return ok;
+    return chk == 0.0f;
 }
 
 /* Stages the input window of the forward (or dw) tile of outputs [o0, o0 + cnt) of row xr (n
- * frames) as S phases of `fill` floats, zero outside the input and past the window. Returns
- * whether this thread's inputs are finite. */
+ * frames) as S phases of `fill` floats, plen floats apart from xs (plen and xs 16-byte aligned),
+ * zero outside the input and past the window. Returns whether this thread's inputs are finite.
+ * Positions fit in 32 bits (dw_fits_grid). The aligned middle of the row moves as 4-element
+ * vector loads, each thread's to consecutive window positions (one 16-byte shared store where
+ * they are aligned, S == 1); the at most 3 + 3 elements around it one each. */
 template <typename T, int S>
-static __device__ __forceinline__ bool dw_stage_x(const T *xr, int64_t n, int64_t o0, int cnt, int64_t p, int K,
-                                                  int fill, float (*xs)[LU_DW_PHASE_LEN])
+static __device__ __forceinline__ bool dw_stage_x(const T *xr, int n, int o0, int cnt, int p, int K, int fill,
+                                                  float *xs, int plen)
 {
-    int64_t span, in0 = lu_dw_x_window(o0, cnt, S, p, K, &span);
-    int64_t lo = in0 > 0 ? in0 : 0, hi = in0 + span < n ? in0 + span : n;
+    int64_t span64;
+    const int in0 = (int)lu_dw_x_window(o0, cnt, S, p, K, &span64), span = (int)span64;
+    const int lo = in0 > 0 ? in0 : 0, hi = in0 + span < n ? in0 + span : n;
     /* window positions [0, k_lo) and [k_hi, S*fill) are padding */
-    int k_lo = (int)(lo - in0 < S * fill ? lo - in0 : S * fill), k_hi = (int)(hi - in0 > k_lo ? hi - in0 : k_lo);
-    for (int k = threadIdx.x; k < k_lo; k += blockDim.x) xs[k % S][k / S] = 0.0f;
-    for (int k = k_hi + threadIdx.x; k < S * fill; k += blockDim.x) xs[k % S][k / S] = 0.0f;
-    bool ok = true;
-    lu_row_load(xr, lo, hi, [&](int64_t i, float v) {
-        int k = (int)(i - in0);
-        xs[k % S][k / S] = v;
-        ok = ok && isfinite(v);
-    });
-    return ok;
+    const int k_lo = lo - in0 < S * fill ? lo - in0 : S * fill, k_hi = hi - in0 > k_lo ? hi - in0 : k_lo;
+    for (int k = threadIdx.x; k < k_lo; k += blockDim.x) xs[k % S * plen + k / S] = 0.0f;
+    for (int k = k_hi + threadIdx.x; k < S * fill; k += blockDim.x) xs[k % S * plen + k / S] = 0.0f;
+    if (hi <= lo) return true;
+    /* [a, b): the elements of [lo, hi) that whole aligned vectors cover */
+    const int mis = (int)((uintptr_t)xr / sizeof(T) % 4);
+    int a = lo + (-(lo + mis) & 3);
+    a = a < hi ? a : hi;
+    const int b = a + ((hi - a) & ~3);
+    float chk = 0.0f;
+    for (int end = 0; end < 2; end++) {
+        const int i = (end ? b : lo) + threadIdx.x;
+        if (i < (end ? hi : a)) {
+            const float v = lu_ld(xr, i);
+            const int k = i - in0;
+            xs[k % S * plen + k / S] = v;
+            chk = dw_check(chk, v);
+        }
+    }
+    for (int i = a + 4 * threadIdx.x; i < b; i += 4 * blockDim.x) {
+        float v[4];
+        lu_ld4(xr + i, v);
+        const int k = i - in0;
+        for (int e = 0; e < 4; e++) chk = dw_check(chk, v[e]);
+        if (S == 1 && (k & 3) == 0) {
+            *(float4 *)&xs[k] = make_float4(v[0], v[1], v[2], v[3]);
+        } else {
+            for (int e = 0; e < 4; e++) xs[(k + e) % S * plen + (k + e) / S] = v[e];
+        }
+    }
+    return chk == 0.0f;
 }
 
-/* The rows of a block: blockIdx.x = channel + C * (batch / DW_ROWS), gridDim.x = C *
- * ceil(B / DW_ROWS); the tile is blockIdx.y. Sets *ch and returns the number of rows, whose first
- * is (*b0)*C + *ch. */
-static __device__ __forceinline__ int dw_block_rows(const conv_geom *g, int64_t *ch, int64_t *b0)
+/* The rows of a block: blockIdx.x = channel + C * (batch / rows_per_block), gridDim.x = C *
+ * ceil(B / rows_per_block); the tile is blockIdx.y. Sets *ch and returns the number of rows, whose
+ * first is (*b0)*C + *ch. */
+static __device__ __forceinline__ int dw_block_rows(const conv_geom *g, int rows_per_block, int64_t *ch, int64_t *b0)
 {
     *ch = blockIdx.x % (uint32_t)g->cin;
-    *b0 = blockIdx.x / (uint32_t)g->cin * DW_ROWS;
-    return (int)(g->batch - *b0 < DW_ROWS ? g->batch - *b0 : DW_ROWS);
+    *b0 = (int64_t)(blockIdx.x / (uint32_t)g->cin) * rows_per_block;
+    return (int)(g->batch - *b0 < rows_per_block ? g->batch - *b0 : rows_per_block);
 }
 
-/* A block per (DW_ROWS rows of one channel, tile of LU_DW_TILE outputs), 4 outputs per thread. */
+/* A block per (DW_FWD_ROWS rows of one channel, tile of LU_DW_TILE outputs). The block stages its
+ * rows (dynamic shared memory: [rows][S][fill], fill = lu_dw_fwd_fill_upto of the longest tile),
+ * then its threads take the groups of 4 outputs (row, q) in turn, row by row, and store them
+ * straight from registers. A block whose staged values are not all finite takes the exact path. */
 template <typename T, int S>
 static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const T *x, const T *w, const T *bias, T *y,
-                                                                          conv_geom g)
+                                                                          conv_geom g, int fill)
 {
-    __shared__ __align__(16) float xs[DW_ROWS][S][LU_DW_PHASE_LEN];
+    extern __shared__ __align__(16) float dw_fwd_xs[];
     __shared__ __align__(16) float ws[S][LU_DW_WLEN];
-    __shared__ __align__(16) float ys[DW_ROWS][LU_DW_TILE];
-    const int64_t T_ = g.w, OT = g.ow, p = g.pad[1], o0 = (int64_t)blockIdx.y * LU_DW_TILE;
-    const int K = (int)g.kw, fill = (int)lu_dw_fwd_fill(K, S), q0 = 4 * threadIdx.x;
-    const int cnt = (int)(OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE);
+    const int n = (int)g.w, OT = (int)g.ow, p = (int)g.pad[1], K = (int)g.kw, o0 = blockIdx.y * LU_DW_TILE;
+    const int cnt = OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE, cnt4 = (cnt + 3) & ~3;
     int64_t ch, b0;
-    const int rows = dw_block_rows(&g, &ch, &b0);
-    bool ok = dw_stage_weights<T, S>(w, ch, K, false, ws);
+    const int rows = dw_block_rows(&g, DW_FWD_ROWS, &ch, &b0);
+    const int64_t xstride = g.cin * g.w, ystride = g.cin * g.ow; /* from one batch item to the next */
+    const T *xr = x + (b0 * g.cin + ch) * g.w;
+    T *yr = y + (b0 * g.cin + ch) * g.ow + o0;
+    bool ok = dw_stage_weights<T, S>(w + ch * K, K, false, ws);
     for (int r = 0; r < rows; r++)
-        ok = dw_stage_x<T, S>(x + ((b0 + r) * g.cin + ch) * T_, T_, o0, cnt, p, K, fill, xs[r]) && ok;
+        ok = dw_stage_x<T, S>(xr + r * xstride, n, o0, cnt, p, K, fill, dw_fwd_xs + r * S * fill, fill) && ok;
     const float b = bias ? lu_ld(bias, ch) : 0.0f;
     if (__syncthreads_and(ok)) {
-        for (int r = 0; r < rows && q0 < cnt; r++) {
+        int groups[S];
+        for (int ph = 0; ph < S; ph++) groups[ph] = (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, ph)) / 4;
+        for (int r = 0, q = 4 * threadIdx.x;; q += 4 * blockDim.x) {
+            while (r < rows && q >= cnt4) {
+                q -= cnt4;
+                r++;
+            }
+            if (r == rows) break;
             float acc[4] = {b, b, b, b};
-            for (int ph = 0; ph < S; ph++)
-                dw_corr4(acc, &xs[r][ph][q0], ws[ph], (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, ph)) / 4);
-            *(float4 *)&ys[r][q0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+            for (int ph = 0; ph < S; ph++) dw_corr4(acc, dw_fwd_xs + (r * S + ph) * fill + q, ws[ph], groups[ph]);
+            lu_st_upto4(yr + r * ystride + q, acc, cnt - q < 4 ? cnt - q : 4);
         }
     } else {
         for (int r = 0; r < rows; r++)
             for (int q = threadIdx.x; q < cnt; q += blockDim.x)
-                ys[r][q] = lu_dw_fwd_exact(&xs[r][0][0], LU_DW_PHASE_LEN, &ws[0][0], b, q, o0, T_, S, p, K);
+                lu_st(yr + r * ystride, q,
+                      lu_dw_fwd_exact(dw_fwd_xs + r * S * fill, fill, &ws[0][0], b, q, o0, n, S, p, K));
     }
-    __syncthreads();
-    for (int r = 0; r < rows; r++)
-        lu_row_store(y + ((b0 + r) * g.cin + ch) * OT + o0, cnt, [&](int64_t q) { return ys[r][q]; });
 }
 
 /* A block per (DW_ROWS rows of one channel, tile of LU_DW_TILE inputs); class c of the tile
@@ -229,8 +269,8 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_dx_kernel(const T *dy
     }
     lo = lo > 0 ? lo : 0;
     hi = hi < OT ? hi : OT;
-    const int rows = dw_block_rows(&g, &ch, &b0);
-    bool ok = dw_stage_weights<T, S>(w, ch, K, true, ws);
+    const int rows = dw_block_rows(&g, DW_ROWS, &ch, &b0);
+    bool ok = dw_stage_weights<T, S>(w + ch * K, K, true, ws);
     for (int r = 0; r < rows; r++) {
         for (int c = 0; c < S; c++) {
             for (int m = threadIdx.x; m < za[c]; m += blockDim.x) dys[r][c][m] = 0.0f;
@@ -294,7 +334,8 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_partial_kernel(const 
         bool ok = true;
         for (int r = 0; r < rows; r++) {
             int64_t row = (b0 + r) * g.cin + ch;
-            ok = dw_stage_x<T, S>(x + row * T_, T_, o0, cnt, p, K, fill, xs[r]) && ok;
+            ok = dw_stage_x<T, S>(x + row * T_, (int)T_, (int)o0, cnt, (int)p, K, fill, &xs[r][0][0],
+                                  LU_DW_PHASE_LEN) && ok;
             for (int q = cnt + threadIdx.x; q < LU_DW_DY_LEN; q += blockDim.x) dys[r][q] = 0.0f;
             lu_row_load(dy + row * OT, o0, o0 + cnt, [&](int64_t o, float v) {
                 dys[r][o - o0] = v;
@@ -379,9 +420,12 @@ static bool dw_fits_grid(const conv_geom *g)
 template <typename T, int S>
 static lu_status dw_forward(const conv_geom *g, const void *x, const void *w, const void *bias, void *y)
 {
-    dim3 grid((unsigned)(g->cin * ((g->batch + DW_ROWS - 1) / DW_ROWS)),
+    dim3 grid((unsigned)(g->cin * ((g->batch + DW_FWD_ROWS - 1) / DW_FWD_ROWS)),
               (unsigned)((g->ow + LU_DW_TILE - 1) / LU_DW_TILE));
-    dw_forward_kernel<T, S><<<grid, LU_DW_THREADS>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y, *g);
+    const int fill = (int)lu_dw_fwd_fill_upto(g->kw, S, g->ow < LU_DW_TILE ? g->ow : LU_DW_TILE);
+    const size_t smem = (size_t)DW_FWD_ROWS * S * fill * sizeof(float);
+    dw_forward_kernel<T, S><<<grid, LU_DW_THREADS, smem>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y, *g,
+                                                           fill);
     LU_CUDA_CHECK_LAUNCH();
     return LU_OK;
 }

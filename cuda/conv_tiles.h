@@ -84,9 +84,16 @@ LU_HD int64_t lu_dw_x_window(int64_t o0, int64_t cnt, int64_t s, int64_t p, int6
     return o0 * s - p;
 }
 
-/* Entries of each phase array that the forward reads: a thread's outputs q0 + [0, 4), q0 <=
- * LU_DW_TILE - 4, read x_r[q0 + i] for i up to the taps rounded to groups of 4. */
-LU_HD int64_t lu_dw_fwd_fill(int64_t k, int64_t s) { return LU_DW_TILE + lu_dw_ceil4(lu_dw_phase_taps(k, s, 0)); }
+/* Entries of each phase array that the forward reads in a tile of at most `most` outputs: a
+ * thread's outputs q0 + [0, 4), q0 <= ceil4(most) - 4, read x_r[q0 + i] for i up to the taps
+ * rounded to groups of 4. */
+LU_HD int64_t lu_dw_fwd_fill_upto(int64_t k, int64_t s, int64_t most)
+{
+    return lu_dw_ceil4(most) + lu_dw_ceil4(lu_dw_phase_taps(k, s, 0));
+}
+
+/* The same for a whole tile. */
+LU_HD int64_t lu_dw_fwd_fill(int64_t k, int64_t s) { return lu_dw_fwd_fill_upto(k, s, LU_DW_TILE); }
 
 /* Output o0 + q of a forward tile without the padding shortcut: bias, then the taps inside the
  * input in order, as the CPU adds them. xs holds the phases plen floats apart, ws the weight

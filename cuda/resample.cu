@@ -6,9 +6,10 @@
  * A tensor is read as [outer, T, inner] around the resampled dim. Decimate and upsample forward,
  * and decimate backward, only move elements: they take every dtype, as the CPU does. The sums
  * (upsample backward, downsample) are f32 or bf16 with fp32 math, adding in the CPU's order.
- * Downsample moves 4 channels per thread with vector accesses when C % 4 == 0 and f <= 8 (its
- * backward one pass over dy writing dx and per-block partial sums of the bias gradient), one
- * element per thread otherwise; the partials are added up by one block in a fixed order. */
+ * Downsample moves 8 (bf16) or 4 channels per item with vector accesses when C allows it and
+ * f <= 8 (its backward one pass over dy writing dx and per-block partial sums of the bias
+ * gradient), one element per thread otherwise; the partials are added up by one block in a fixed
+ * order. */
 #include <math.h>
 
 #include "rows.cuh"
@@ -164,6 +165,9 @@ static lu_status gather_backward(const lu_op_call *c)
 #define DS_MAX_F 8
 /* Blocks of the vector backward, each leaving one partial sum per tap for dbias. */
 #define DS_BLOCKS 1024
+/* Blocks of the vector forward that a multiprocessor holds at once: 8 would cap the kernel at 32
+ * registers, which spills on sm_90 (ptxas -v); 6 leave it 40. */
+#define DS_FWD_BLOCKS_PER_SM 6
 
 /* w = softmax(bias) in double, as core/cpu/resample_generic.h. */
 static __device__ void downsample_softmax(int dt, const void *bias, int64_t f, double *w)
@@ -197,25 +201,43 @@ static __global__ void downsample_forward_kernel(int dt, const void *x, const do
     }
 }
 
-/* The same for C % 4 == 0, f <= DS_MAX_F and fewer than 2^31 elements: items (row b*To + t,
- * group of 4 channels), vector loads and stores; each block computes the weights itself. */
-template <typename T>
-static __global__ void downsample_forward4_kernel(int dt, const T *x, const void *bias, T *y, int T_, int C4, int To,
-                                                  int f, int n)
+/* w[j] = (float)softmax(bias)_j, j < f <= 32, by the lanes of one warp: downsample_softmax's
+ * double arithmetic (the max and the sum over j in order) with the exps and divisions in parallel. */
+static __device__ __forceinline__ void downsample_softmax_lanes(int dt, const void *bias, int f, float *w)
 {
-    __shared__ double w[DS_MAX_F];
-    if (threadIdx.x == 0) downsample_softmax(dt, bias, f, w);
+    const int lane = threadIdx.x % LU_CUDA_WARP;
+    double mx = lu_dev_load(bias, dt, 0), s = 0;
+    for (int j = 1; j < f; j++) mx = fmax(mx, (double)lu_dev_load(bias, dt, j));
+    const double e = lane < f ? exp((double)lu_dev_load(bias, dt, lane) - mx) : 0.0;
+    for (int j = 0; j < f; j++) s += __shfl_sync(0xffffffffu, e, j);
+    if (lane < f) w[lane] = (float)(e / s);
+}
+
+/* The same for C % V == 0, f <= DS_MAX_F and fewer than 2^31 elements: items (output frame
+ * b*To + t, group of V channels), one V-element vector access per frame (V = 8 for bf16 and 4
+ * for f32 take 16 bytes). A grid of a few blocks per SM (downsample_grid) whose threads each take
+ * several items: the first warp of a block computes the weights once. */
+template <typename T, int V>
+static __global__ void __launch_bounds__(LU_CUDA_THREADS, DS_FWD_BLOCKS_PER_SM)
+    downsample_forward_vec_kernel(int dt, const T *x, const void *bias, T *y, int T_, int CV, int To, int f, int n)
+{
+    __shared__ float w[DS_MAX_F];
+    if (threadIdx.x < LU_CUDA_WARP) downsample_softmax_lanes(dt, bias, f, w);
     __syncthreads();
+    const int pad = f * To - T_; /* frames past the end of each item's row: its last frame repeated */
     for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += blockDim.x * gridDim.x) {
-        int c4 = idx % C4, bt = idx / C4, t = bt % To, b = bt / To;
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        const int bt = idx / CV, c = idx - bt * CV;
+        /* frames f*bt - b*pad + j of x, at most the row's last (b*T_ + T_ - 1) */
+        const int b = pad ? bt / To : 0, s0 = f * bt - b * pad, last = pad ? b * T_ + T_ - 1 : s0 + f - 1;
+        float acc[V] = {0.0f};
         for (int j = 0; j < f; j++) {
-            int s = f * t + j < T_ ? f * t + j : T_ - 1;
-            float v[4], wj = (float)w[j];
-            lu_ld4(x + ((int64_t)(b * T_ + s) * C4 + c4) * 4, v);
-            for (int e = 0; e < 4; e++) acc[e] += wj * v[e];
+            const int s = s0 + j < last ? s0 + j : last;
+            float v[V];
+            const float wj = w[j];
+            lu_ldv(x + ((int64_t)s * CV + c) * V, v);
+            for (int e = 0; e < V; e++) acc[e] += wj * v[e];
         }
-        lu_st4(y + (int64_t)idx * 4, acc);
+        lu_stv(y + (int64_t)idx * V, acc);
     }
 }
 
@@ -254,9 +276,9 @@ static __global__ void downsample_partial_kernel(int dt, const void *dy, const v
 }
 
 
-/* The vector backward (the conditions of downsample_forward4_kernel), one pass over dy: dx as
- * downsample_dx_kernel, and when partial is given, partial[block*f + j] = the block's sum of
- * dy[b, t] . x[b, min(f*t + j, T-1)] (in fp64, as the CPU). */
+/* The vector backward (the conditions of downsample_forward_vec_kernel with V = 4), one pass over
+ * dy: dx as downsample_dx_kernel, and when partial is given, partial[block*f + j] = the block's
+ * sum of dy[b, t] . x[b, min(f*t + j, T-1)] (in fp64, as the CPU). */
 template <typename T>
 static __global__ void __launch_bounds__(LU_CUDA_THREADS, 4)
     downsample_backward4_kernel(int dt, const T *dy, const T *x, const void *bias, T *dx, double *partial, int T_,
@@ -330,18 +352,36 @@ static lu_status downsample_shapes(const lu_tensor *x, const lu_tensor *bias, co
     return LU_OK;
 }
 
-/* Whether the vector kernels take x [B, T, C] with factor f and the frame tensors a, b (NULL
- * slots skipped). */
-static bool downsample_vec_ok(const lu_tensor *x, int64_t f, const lu_tensor *a, const lu_tensor *b)
+/* Whether the vector kernels, V channels an access, take x [B, T, C] with factor f and the frame
+ * tensors a, b (NULL slots skipped). */
+static bool downsample_vec_ok(const lu_tensor *x, int64_t f, const lu_tensor *a, const lu_tensor *b, int V)
 {
     const lu_tensor *ts[3] = {x, a, b};
-    bool ok = f <= DS_MAX_F && x->shape[2] % 4 == 0 && lu_tensor_numel(x) < INT32_MAX;
-    for (int i = 0; i < 3 && ok; i++) {
-        if (!ts[i]) continue;
-        const void *p = lu_tensor_data(ts[i]);
-        ok = x->dtype == LU_BF16 ? lu_aligned4((const uint16_t *)p) : lu_aligned4((const float *)p);
-    }
+    bool ok = f <= DS_MAX_F && x->shape[2] % V == 0 && lu_tensor_numel(x) < INT32_MAX;
+    for (int i = 0; i < 3 && ok; i++)
+        ok = !ts[i] || (uintptr_t)lu_tensor_data(ts[i]) % ((size_t)V * lu_dtype_size(x->dtype)) == 0;
     return ok;
+}
+
+/* Blocks of the vector forward for n items: DS_FWD_BLOCKS_PER_SM a multiprocessor at most (all
+ * resident at once), fewer when there are not enough items. */
+static unsigned downsample_grid(int64_t n)
+{
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
+                                                   cudaSuccess || sms < 1)
+        sms = 1;
+    int64_t need = (n + LU_CUDA_THREADS - 1) / LU_CUDA_THREADS, most = (int64_t)sms * DS_FWD_BLOCKS_PER_SM;
+    return (unsigned)(need < 1 ? 1 : need < most ? need : most);
+}
+
+template <typename E, int V>
+static void downsample_forward_vec(lu_dtype dt, const void *x, const void *bias, void *y, int64_t B, int64_t T,
+                                   int64_t C, int64_t To, int64_t f)
+{
+    int n = (int)(B * To * C / V);
+    downsample_forward_vec_kernel<E, V><<<downsample_grid(n), LU_CUDA_THREADS>>>(
+        dt, (const E *)x, bias, (E *)y, (int)T, (int)(C / V), (int)To, (int)f, n);
 }
 
 /* in = [x, bias], out = [y]. */
@@ -357,14 +397,13 @@ static lu_status downsample_forward(const lu_op_call *c)
     lu_dtype dt = x->dtype;
     const void *X = lu_tensor_data(x), *BIAS = lu_tensor_data(bias);
     void *Y = lu_tensor_data(y);
-    if (downsample_vec_ok(x, f, y, NULL)) {
-        int n = (int)(B * To * C / 4);
-        if (dt == LU_BF16)
-            downsample_forward4_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(
-                dt, (const uint16_t *)X, BIAS, (uint16_t *)Y, (int)T, (int)(C / 4), (int)To, (int)f, n);
+    if (downsample_vec_ok(x, f, y, NULL, 4)) {
+        if (dt == LU_BF16 && downsample_vec_ok(x, f, y, NULL, 8))
+            downsample_forward_vec<uint16_t, 8>(dt, X, BIAS, Y, B, T, C, To, f);
+        else if (dt == LU_BF16)
+            downsample_forward_vec<uint16_t, 4>(dt, X, BIAS, Y, B, T, C, To, f);
         else
-            downsample_forward4_kernel<<<lu_cuda_blocks(n), LU_CUDA_THREADS>>>(dt, (const float *)X, BIAS, (float *)Y,
-                                                                             (int)T, (int)(C / 4), (int)To, (int)f, n);
+            downsample_forward_vec<float, 4>(dt, X, BIAS, Y, B, T, C, To, f);
         LU_CUDA_CHECK_LAUNCH();
         return LU_OK;
     }
@@ -415,7 +454,7 @@ static lu_status downsample_backward(const lu_op_call *c)
     lu_dtype dt = x->dtype;
     const void *DY = lu_tensor_data(dy), *X = lu_tensor_data(x), *BIAS = lu_tensor_data(bias);
     void *DX = dx ? lu_tensor_data(dx) : NULL;
-    bool vec = downsample_vec_ok(x, f, dy, dx);
+    bool vec = downsample_vec_ok(x, f, dy, dx, 4);
     /* General path: chunks of at least 4096 elements, at most 256 per tap. */
     int64_t chunk_len = (n + 255) / 256 > 4096 ? (n + 255) / 256 : 4096, chunks = (n + chunk_len - 1) / chunk_len;
     int blocks = (int)lu_cuda_blocks(n / 4), parts = vec ? (blocks < DS_BLOCKS ? blocks : DS_BLOCKS) : (int)chunks;

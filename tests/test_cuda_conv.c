@@ -411,6 +411,21 @@ Test(cuda_conv, depthwise_conv1d_matches_cpu_at_model_width)
     check_conv1d(2, 5, 5, 1537, 256, 1, 300, 1, 5, false, LU_F32, TOL_F32);
 }
 
+/* A forward block takes 4 rows of a channel: batches of 5 and 6 leave a block of 1 and of 2; T
+ * 1029 and 1030 give three tiles, the last short, and rows whose starts are not 4-aligned (a
+ * store of 2 or of 1 element at a time). */
+Test(cuda_conv, depthwise_conv1d_matches_cpu_on_row_tails_and_several_tiles)
+{
+    require_gpu();
+    for (int s = 1; s <= 2; s++) {
+        check_conv1d(5, 3, 3, 1030, 31, s, 15, 1, 3, true, LU_F32, TOL_F32);
+        check_conv1d(5, 3, 3, 1029, 7, s, 3, 1, 3, false, LU_F32, TOL_F32);
+        check_conv1d(6, 3, 3, 1030, 31, s, 15, 1, 3, true, LU_BF16, TOL_BF16);
+        check_conv1d(5, 3, 3, 1029, 8, s, 3, 1, 3, true, LU_BF16, TOL_BF16);
+        check_conv1d(5, 2, 2, 514, 31, s, 15, 1, 2, false, LU_BF16, TOL_BF16);
+    }
+}
+
 /* The shape of `luthier bench gpu`: dw sums several (batch, tile) units per block. */
 Test(cuda_conv, depthwise_conv1d_matches_cpu_at_benchmark_shape)
 {
@@ -510,6 +525,28 @@ Test(cuda_conv, depthwise_conv1d_propagates_nan_and_inf_as_the_cpu)
                .dev_dt = LU_F32, .tol = TOL_F32};
     check_case(&f, "depthwise conv1d with NaN and Inf inputs");
     release_all((lu_tensor *[]){x, w, y}, 3);
+}
+
+/* bf16, five rows (a block of 4 and one of 1), stride 1 and 2: the block holding the NaN and the Inf
+ * takes the exact path for all its rows, the other the fast one. */
+Test(cuda_conv, depthwise_conv1d_bf16_propagates_nan_and_inf_as_the_cpu)
+{
+    require_gpu();
+    for (int s = 1; s <= 2; s++) {
+        lu_conv1d_params p = {s, 7, 1, 2};
+        int64_t OT = (61 + 14 - 15) / s + 1;
+        lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(5, 2, 61), -1, 1, 615);
+        lu_tensor *w = tu_rand(LU_F32, LU_SHAPE(2, 1, 15), -1, 1, 616), *y = empty(LU_F32, LU_SHAPE(5, 2, OT));
+        float *X = lu_tensor_data(x);
+        X[2] = INFINITY;            /* batch 0, channel 0, near the padded start */
+        X[3 * 61 + 59] = NAN;       /* batch 1, channel 1, near the padded end */
+        X[8 * 61 + 30] = -INFINITY; /* batch 4, channel 0: a block of one row */
+        kcase f = {.op = LU_OP_CONV1D, .params = &p, .in = {x, w, NULL}, .n_in = 3, .out = {y}, .n_out = 1,
+                   .dev_dt = LU_BF16, .tol = TOL_BF16};
+        check_case(&f, s == 1 ? "bf16 depthwise conv1d with NaN and Inf" : "bf16 strided depthwise conv1d with NaN "
+                                                                            "and Inf");
+        release_all((lu_tensor *[]){x, w, y}, 3);
+    }
 }
 
 /* NaN and Inf in x and dy, near the padded ends too: the tiles holding them take the exact path,
@@ -722,6 +759,9 @@ Test(cuda_conv, downsample_vector_path_matches_cpu)
     check_downsample(32, 500, 384, 2, LU_F32, TOL_F32); /* the benchmark's shape */
     check_downsample(32, 500, 384, 2, LU_BF16, TOL_BF16);
     check_downsample(2, 37, 8, 3, LU_BF16, TOL_BF16);
+    check_downsample(3, 37, 12, 2, LU_BF16, TOL_BF16); /* 4 channels an access: C % 8 != 0 */
+    check_downsample(3, 41, 24, 4, LU_BF16, TOL_BF16);
+    check_downsample(3, 41, 24, 8, LU_F32, TOL_F32);
 }
 
 /* ---- dropout ---- */
