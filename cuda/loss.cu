@@ -126,6 +126,15 @@ static __global__ void xent_total_kernel(const float *rows, const void *target, 
     }
 }
 
+/* The gradient g_i of row i's loss: dloss_i, dloss, or dloss / count by the reduction. */
+static __device__ __forceinline__ float xent_row_grad(int reduction, int ddt, const void *dloss, int sdt,
+                                                      const void *count, int64_t row)
+{
+    if (reduction == LU_REDUCE_NONE) return lu_dev_load(dloss, ddt, row);
+    if (reduction == LU_REDUCE_SUM) return lu_dev_load(dloss, ddt, 0);
+    return lu_dev_load(dloss, ddt, 0) / lu_dev_load(count, sdt, 0);
+}
+
 /* dlogits[i, j] = g_i (exp(x_ij - lse_i) - [j == t_i]), g_i = 0 for ignored rows; rows over
  * blockIdx.y, columns over blockIdx.x. logits and dlogits are of dtype dt, dloss of ddt. */
 static __global__ void xent_backward_kernel(int dt, const void *logits, const void *target, bool i64, int64_t N,
@@ -134,11 +143,8 @@ static __global__ void xent_backward_kernel(int dt, const void *logits, const vo
 {
     for (int64_t row = blockIdx.y; row < N; row += gridDim.y) {
         int64_t t = load_target(target, i64, row), base = row * V;
-        float g = 0.0f, l = lu_dev_load(lse, sdt, row);
-        if (t != ignore)
-            g = reduction == LU_REDUCE_NONE  ? lu_dev_load(dloss, ddt, row)
-                : reduction == LU_REDUCE_SUM ? lu_dev_load(dloss, ddt, 0)
-                                             : lu_dev_load(dloss, ddt, 0) / lu_dev_load(count, sdt, 0);
+        const float g = t == ignore ? 0.0f : xent_row_grad(reduction, ddt, dloss, sdt, count, row),
+                    l = lu_dev_load(lse, sdt, row);
         for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < V; j += (int64_t)gridDim.x * blockDim.x) {
             float d = 0.0f;
             if (t != ignore) {
@@ -157,11 +163,8 @@ static __global__ void xent_backward8_kernel(int dt, const void *logits, const v
 {
     for (int64_t row = blockIdx.y; row < N; row += gridDim.y) {
         int64_t t = load_target(target, i64, row), base = row * V;
-        float g = 0.0f, l = lu_dev_load(lse, sdt, row);
-        if (t != ignore)
-            g = reduction == LU_REDUCE_NONE  ? lu_dev_load(dloss, ddt, row)
-                : reduction == LU_REDUCE_SUM ? lu_dev_load(dloss, ddt, 0)
-                                             : lu_dev_load(dloss, ddt, 0) / lu_dev_load(count, sdt, 0);
+        const float g = t == ignore ? 0.0f : xent_row_grad(reduction, ddt, dloss, sdt, count, row),
+                    l = lu_dev_load(lse, sdt, row);
         for (int64_t j = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * LU_VEC8; j < V;
              j += (int64_t)gridDim.x * blockDim.x * LU_VEC8) {
             float d[LU_VEC8] = {0.0f};
