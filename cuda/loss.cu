@@ -136,47 +136,32 @@ static __device__ __forceinline__ float xent_row_grad(int reduction, int ddt, co
 }
 
 /* dlogits[i, j] = g_i (exp(x_ij - lse_i) - [j == t_i]), g_i = 0 for ignored rows; rows over
- * blockIdx.y, columns over blockIdx.x. logits and dlogits are of dtype dt, dloss of ddt. */
+ * blockIdx.y, columns over blockIdx.x, 8 a thread with VEC8 (V a multiple of 8, 16-byte aligned
+ * logits and dlogits). logits and dlogits are of dtype dt, dloss of ddt. */
+template <bool VEC8>
 static __global__ void xent_backward_kernel(int dt, const void *logits, const void *target, bool i64, int64_t N,
                                             int64_t V, int64_t ignore, int reduction, int ddt, const void *dloss,
                                             int sdt, const void *lse, const void *count, void *dlogits)
 {
+    constexpr int E = VEC8 ? LU_VEC8 : 1;
     for (int64_t row = blockIdx.y; row < N; row += gridDim.y) {
         int64_t t = load_target(target, i64, row), base = row * V;
         const float g = t == ignore ? 0.0f : xent_row_grad(reduction, ddt, dloss, sdt, count, row),
                     l = lu_dev_load(lse, sdt, row);
-        for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < V; j += (int64_t)gridDim.x * blockDim.x) {
-            float d = 0.0f;
+        for (int64_t j = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * E; j < V;
+             j += (int64_t)gridDim.x * blockDim.x * E) {
+            float d[E] = {0.0f};
             if (t != ignore) {
-                d = g * expf(lu_dev_load(logits, dt, base + j) - l);
-                if (j == t) d -= g;
-            }
-            lu_dev_store(dlogits, dt, base + j, d);
-        }
-    }
-}
-
-/* The same with 8 elements an access (V a multiple of 8, 16-byte aligned logits and dlogits). */
-static __global__ void xent_backward8_kernel(int dt, const void *logits, const void *target, bool i64, int64_t N,
-                                             int64_t V, int64_t ignore, int reduction, int ddt, const void *dloss,
-                                             int sdt, const void *lse, const void *count, void *dlogits)
-{
-    for (int64_t row = blockIdx.y; row < N; row += gridDim.y) {
-        int64_t t = load_target(target, i64, row), base = row * V;
-        const float g = t == ignore ? 0.0f : xent_row_grad(reduction, ddt, dloss, sdt, count, row),
-                    l = lu_dev_load(lse, sdt, row);
-        for (int64_t j = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * LU_VEC8; j < V;
-             j += (int64_t)gridDim.x * blockDim.x * LU_VEC8) {
-            float d[LU_VEC8] = {0.0f};
-            if (t != ignore) {
-                lu_dev_load8(logits, dt, base + j, d);
+                if (VEC8) lu_dev_load8(logits, dt, base + j, d);
+                else d[0] = lu_dev_load(logits, dt, base + j);
 #pragma unroll
-                for (int e = 0; e < LU_VEC8; e++) {
+                for (int e = 0; e < E; e++) {
                     d[e] = g * expf(d[e] - l);
                     if (j + e == t) d[e] -= g;
                 }
             }
-            lu_dev_store8(dlogits, dt, base + j, d);
+            if (VEC8) lu_dev_store8(dlogits, dt, base + j, d);
+            else lu_dev_store(dlogits, dt, base + j, d[0]);
         }
     }
 }
@@ -271,23 +256,16 @@ static lu_status xent_backward(const lu_op_call *c)
     }
     LU_TRY(lu_cuda_check_float(c, &dloss, 1, dloss->dtype));
     const void *ptrs[2] = {lu_tensor_data(logits), lu_tensor_data(dx)};
-    if (lu_cuda_vec8_ok(V, ptrs, 2)) {
-        int64_t gx = (V + LU_VEC8 * LU_CUDA_THREADS - 1) / (LU_VEC8 * LU_CUDA_THREADS);
-        dim3 grid((unsigned)(gx < 1024 ? gx : 1024), (unsigned)(N < 65535 ? N : 65535));
-        xent_backward8_kernel<<<grid, LU_CUDA_THREADS>>>(logits->dtype, lu_tensor_data(logits), lu_tensor_data(target),
-                                                         target->dtype == LU_I64, N, V, p->ignore_index,
-                                                         (int)p->reduction, dloss->dtype, lu_tensor_data(dloss),
-                                                         lse->dtype, lu_tensor_data(lse), lu_tensor_data(count),
-                                                         lu_tensor_data(dx));
-        LU_CUDA_CHECK_LAUNCH();
-        return LU_OK;
-    }
-    int64_t gx = (V + 4 * LU_CUDA_THREADS - 1) / (4 * LU_CUDA_THREADS);
+    const bool vec8 = lu_cuda_vec8_ok(V, ptrs, 2);
+    const int64_t per = vec8 ? LU_VEC8 * LU_CUDA_THREADS : 4 * LU_CUDA_THREADS, gx = (V + per - 1) / per;
     dim3 grid((unsigned)(gx < 1024 ? gx : 1024), (unsigned)(N < 65535 ? N : 65535));
-    xent_backward_kernel<<<grid, LU_CUDA_THREADS>>>(logits->dtype, lu_tensor_data(logits), lu_tensor_data(target),
-                                                    target->dtype == LU_I64, N, V, p->ignore_index, (int)p->reduction,
-                                                    dloss->dtype, lu_tensor_data(dloss), lse->dtype,
-                                                    lu_tensor_data(lse), lu_tensor_data(count), lu_tensor_data(dx));
+#define XENT_BWD_ARGS                                                                                           \
+    logits->dtype, lu_tensor_data(logits), lu_tensor_data(target), target->dtype == LU_I64, N, V, p->ignore_index, \
+        (int)p->reduction, dloss->dtype, lu_tensor_data(dloss), lse->dtype, lu_tensor_data(lse),                   \
+        lu_tensor_data(count), lu_tensor_data(dx)
+    if (vec8) xent_backward_kernel<true><<<grid, LU_CUDA_THREADS>>>(XENT_BWD_ARGS);
+    else xent_backward_kernel<false><<<grid, LU_CUDA_THREADS>>>(XENT_BWD_ARGS);
+#undef XENT_BWD_ARGS
     LU_CUDA_CHECK_LAUNCH();
     return LU_OK;
 }
