@@ -109,8 +109,8 @@ bool lu_cuda_backend_init(lu_backend *b)
     }
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || cuda_keep_pool(dev) != LU_OK) {
-        snprintf(unavailable_reason, sizeof unavailable_reason, "the default memory pool of device %d is not usable: %s",
-                 dev, lu_error_message());
+        snprintf(unavailable_reason, sizeof unavailable_reason,
+                 "the default memory pool of device %d is not usable: %s", dev, lu_error_message());
         cudaGetLastError();
         return false;
     }

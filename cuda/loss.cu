@@ -5,10 +5,10 @@
  *
  * Forward: one block per row reads the logits once (8 an access when the rows allow), keeping a
  * running (max, sum of exp(x - max)) per thread, merged by a fixed tree; the row's lse and loss
- * follow, and one small block reduces the row losses in order. No probability matrix is written. Backward: dlogits = g * (exp(x -
- * lse) - onehot(target)) straight from the logits and the saved lse, one pass, 8 elements an
- * access when the rows allow. Targets outside
- * [0, V) that are not ignore_index fail with their position, as on the CPU. */
+ * follow, and one small block reduces the row losses in order. No probability matrix is written.
+ * Backward: dlogits = g * (exp(x - lse) - onehot(target)) straight from the logits and the saved
+ * lse, one pass, 8 elements an access when the rows allow. Targets outside [0, V) that are not
+ * ignore_index fail with their position, as on the CPU. */
 #include <math.h>
 
 #include "device.cuh"

@@ -113,14 +113,15 @@ static lu_status rope_run(const lu_op_call *c, const lu_tensor *src, const lu_te
     int64_t n = bt * nh * d;
     if (n == 0) return LU_OK;
     const void *ptrs[2] = {lu_tensor_data(src), lu_tensor_data(dst)};
-    if (rd > 0 && rd / 2 <= ROPE_MAX_HALF && (rd / 2) % LU_VEC8 == 0 && (d - rd) % LU_VEC8 == 0 && nh <= INT_MAX / d &&
-        (src->dtype == LU_BF16 || src->dtype == LU_F32) && lu_cuda_vec8_ok(d, ptrs, 2)) {
+    if (rd > 0 && rd / 2 <= ROPE_MAX_HALF && (rd / 2) % LU_VEC8 == 0 && (d - rd) % LU_VEC8 == 0 &&
+        nh <= INT_MAX / d && (src->dtype == LU_BF16 || src->dtype == LU_F32) && lu_cuda_vec8_ok(d, ptrs, 2)) {
         rope_freqs f;
-        for (int64_t i = 0; i < rd / 2; i++) f.inv[i] = 1.0f / (float)pow((double)(float)p->theta, (double)((float)(2 * i) / (float)rd));
+        for (int64_t i = 0; i < rd / 2; i++)
+            f.inv[i] = 1.0f / (float)pow((double)(float)p->theta, (double)((float)(2 * i) / (float)rd));
         const int64_t tok = rd / 2 < ROPE_THREADS ? ROPE_THREADS / (rd / 2) : 1, groups = (bt + tok - 1) / tok;
         rope_vec_kernel<<<(unsigned)(groups < 65535 ? groups : 65535), ROPE_THREADS>>>(
-            src->dtype, lu_tensor_data(src), lu_tensor_data(pos), pos->dtype == LU_I64, lu_tensor_data(dst), bt, (int)nh,
-            (int)d, (int)rd, f, sign);
+            src->dtype, lu_tensor_data(src), lu_tensor_data(pos), pos->dtype == LU_I64, lu_tensor_data(dst), bt,
+            (int)nh, (int)d, (int)rd, f, sign);
         LU_CUDA_CHECK_LAUNCH();
         return LU_OK;
     }
