@@ -260,13 +260,12 @@ lu_status lu_dist_average_buffers(lu_params *p)
     return LU_OK;
 }
 
-lu_status lu_dist_check_replicas(lu_params *p, int64_t step)
+lu_status lu_dist_check_replicas(const double sums[LU_DTYPE_COUNT], int64_t step)
 {
     if (dist.size == 1) return LU_OK;
     double lo[LU_DTYPE_COUNT], hi[LU_DTYPE_COUNT];
-    LU_TRY(lu_params_sums(p, lo));
     for (int d = 0; d < LU_DTYPE_COUNT; d++) {
-        if (!isfinite(lo[d])) lo[d] = 0; /* not a fingerprint: the finiteness check reports it */
+        lo[d] = isfinite(sums[d]) ? sums[d] : 0; /* not a fingerprint: the finiteness check reports it */
         hi[d] = lo[d];
     }
     LU_TRY(lu_dist_all_reduce_doubles(lo, LU_DTYPE_COUNT, LU_DIST_MIN));

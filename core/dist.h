@@ -51,8 +51,9 @@ lu_status lu_dist_sum_gradients(lu_params *p);
 lu_status lu_dist_average_buffers(lu_params *p);
 /* Every rank applies the same update to the same parameters, so the replicas stay equal; a
  * difference (a kernel whose result depends on the rank's thread count, a rank that skipped a
- * step) is an error naming the step: a sum of each dtype's buffer is compared across ranks. */
-lu_status lu_dist_check_replicas(lu_params *p, int64_t step);
+ * step) is an error naming the step: each dtype's buffer sum (lu_params_sums, as the caller has
+ * it already for its finiteness check) is compared across ranks. */
+lu_status lu_dist_check_replicas(const double sums[LU_DTYPE_COUNT], int64_t step);
 
 /* Ends every process of the job with exit code `code` (MPI_Abort); exit(code) when not
  * distributed. */

@@ -412,9 +412,10 @@ static lu_status average_checkpoints(run *r, const char *dir, int count, int64_t
 
 /* An update with finite gradients can still overflow the parameters (a learning rate far too
  * large): a checkpoint is written only of finite parameters, so last.h5 stays a good one. */
-static lu_status check_finite_params(const lu_params *p, int64_t step, int64_t saved, const char *dir)
+/* sums: each dtype's parameter sum, which data-parallel runs then compare across ranks. */
+static lu_status check_finite_params(const lu_params *p, int64_t step, int64_t saved, const char *dir,
+                                     double sums[LU_DTYPE_COUNT])
 {
-    double sums[LU_DTYPE_COUNT];
     LU_TRY(lu_params_sums(p, sums));
     for (int d = 0; d < LU_DTYPE_COUNT; d++)
         if (!isfinite(sums[d]))
@@ -618,8 +619,9 @@ lu_status lu_train_run(const lu_run_options *opt)
             if ((s = evaluate(&r, metrics, step, false))) break;
         }
         if ((c->save_every > 0 && step % c->save_every == 0) || last) {
-            if ((s = check_finite_params(r.params, step, saved, ckdir))) break;
-            if (world > 1 && (s = lu_dist_check_replicas(r.params, step))) break;
+            double sums[LU_DTYPE_COUNT];
+            if ((s = check_finite_params(r.params, step, saved, ckdir, sums))) break;
+            if (world > 1 && (s = lu_dist_check_replicas(sums, step))) break;
             if (lead && (s = save_checkpoint(&r, ckdir, step, position))) break;
             saved = step;
         }
