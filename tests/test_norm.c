@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "core/backend.h"
 #include "testutil.h"
 
 /* ---- references (rows of length d) ---- */
@@ -146,6 +147,51 @@ Test(rmsnorm, gradient_without_weight)
     lu_tensor *in[2] = {tu_rand(LU_F64, LU_SHAPE(5, 3), -2, 2, 7), NULL};
     tu_gradcheck(rmsnorm_fn, in, 2, (bool[]){true, false}, NULL, 1e-6, 1e-7, 1e-6, 100, "rmsnorm no weight");
     lu_tensor_release(in[0]);
+}
+
+/* rstd of one row by the definition, for the finite differences below. */
+static double rms_rstd(const double *x, int64_t d, double eps)
+{
+    double ss = 0;
+    for (int64_t c = 0; c < d; c++) ss += x[c] * x[c];
+    return 1.0 / sqrt(ss / (double)d + eps);
+}
+
+/* The backward kernel's gradient through the aux output rstd (the CUDA kernels add it too), with
+ * dy absent: dx = J^T drstd, J by central differences of rstd. */
+Test(rmsnorm, backward_kernel_takes_the_gradient_through_rstd)
+{
+    const int64_t rows = 3, d = 5;
+    const double eps = 1e-3, h = 1e-6;
+    lu_norm_params p = {eps};
+    lu_tensor *x = tu_rand(LU_F64, LU_SHAPE(rows, d), -2, 2, 8), *w = tu_rand(LU_F64, LU_SHAPE(d), 0.5, 1.5, 9);
+    lu_tensor *drstd = tu_rand(LU_F64, LU_SHAPE(rows), -1, 1, 10);
+    lu_tensor *y = lu_tensor_empty(LU_F64, LU_SHAPE(rows, d), LU_CPU);
+    lu_tensor *rstd = lu_tensor_empty(LU_F64, LU_SHAPE(rows), LU_CPU);
+    lu_tensor *dx = lu_tensor_empty(LU_F64, LU_SHAPE(rows, d), LU_CPU);
+    lu_tensor *dw = lu_tensor_empty(LU_F64, LU_SHAPE(d), LU_CPU);
+    lu_backend *b = lu_backend_get(LU_CPU);
+    lu_op_call fwd = {.op = LU_OP_RMSNORM, .in = {x, w}, .n_in = 2, .out = {y, rstd}, .n_out = 2, .params = &p};
+    cr_assert_eq(b->forward[LU_OP_RMSNORM](&fwd), LU_OK, "%s", lu_error_message());
+    lu_op_call bwd = {.op = LU_OP_RMSNORM, .in = {NULL, drstd, x, w, y, rstd}, .n_in = 6, .out = {dx, dw}, .n_out = 2,
+                      .params = &p};
+    cr_assert_eq(b->backward[LU_OP_RMSNORM](&bwd), LU_OK, "%s", lu_error_message());
+    double *xs = lu_tensor_data(x), ref[15], zero[5] = {0};
+    const double *g = lu_tensor_data(drstd);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < d; c++) {
+            double *xr = xs + r * d, keep = xr[c];
+            xr[c] = keep + h;
+            double up = rms_rstd(xr, d, eps);
+            xr[c] = keep - h;
+            double down = rms_rstd(xr, d, eps);
+            xr[c] = keep;
+            ref[r * d + c] = g[r] * (up - down) / (2 * h);
+        }
+    tu_assert_close(dx, ref, rows * d, 1e-7, 1e-6, "rmsnorm dx through rstd");
+    tu_assert_close(dw, zero, d, 0, 0, "rmsnorm dweight without dy");
+    lu_tensor *all[] = {x, w, drstd, y, rstd, dx, dw};
+    for (int i = 0; i < 7; i++) lu_tensor_release(all[i]);
 }
 
 Test(rmsnorm, rejects_weight_of_wrong_length)

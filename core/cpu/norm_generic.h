@@ -48,30 +48,34 @@ static lu_status R(rmsnorm_fwd)(const lu_op_call *call)
     return LU_OK;
 }
 
-/* in = [dy, drstd, x, w, y, rstd]: dx = s*g - x * s^3/D * sum(g*x) with g = dy*w;
- * dw = sum over rows of dy * x * s. */
+/* in = [dy, drstd, x, w, y, rstd]: dx = s*g - x * s^3/D * (sum(g*x) + drstd) with g = dy*w, the
+ * last term being the gradient through the aux output rstd (d s / d x_j = -s^3 x_j / D);
+ * dw = sum over rows of dy * x * s. Either of dy and drstd may be NULL (zero). */
 static lu_status R(rmsnorm_bwd)(const lu_op_call *call)
 {
-    const lu_tensor *dyt = call->in[0], *xt = call->in[2], *wt = call->in[3];
-    if (!dyt) {
+    const lu_tensor *dyt = call->in[0], *drt = call->in[1], *xt = call->in[2], *wt = call->in[3];
+    if (!dyt && !drt) {
         R(zero_outputs)(call);
         return LU_OK;
     }
     int64_t d = xt->shape[xt->ndim - 1], rows = d ? lu_tensor_numel(xt) / d : 0;
-    const real *dy = lu_tensor_data(dyt), *x = lu_tensor_data(xt), *rstd = lu_tensor_data(call->in[5]);
-    const real *w = wt ? lu_tensor_data(wt) : NULL;
+    const real *dy = dyt ? lu_tensor_data(dyt) : NULL, *x = lu_tensor_data(xt), *rstd = lu_tensor_data(call->in[5]);
+    const real *w = wt ? lu_tensor_data(wt) : NULL, *drstd = drt ? lu_tensor_data(drt) : NULL;
     if (call->out[0]) {
         real *dx = lu_tensor_data(call->out[0]);
 #pragma omp parallel for if (rows * d > LU_NORM_PAR)
         for (int64_t r = 0; r < rows; r++) {
-            const real *xr = x + r * d, *dyr = dy + r * d;
-            double s = rstd[r], dot = 0;
-            for (int64_t c = 0; c < d; c++) dot += (double)dyr[c] * (w ? w[c] : 1) * xr[c];
+            const real *xr = x + r * d, *dyr = dy ? dy + r * d : NULL;
+            double s = rstd[r], dot = drstd ? (double)drstd[r] : 0;
+            if (dyr)
+                for (int64_t c = 0; c < d; c++) dot += (double)dyr[c] * (w ? w[c] : 1) * xr[c];
             double k = s * s * s * dot / (double)d;
-            for (int64_t c = 0; c < d; c++) dx[r * d + c] = (real)(s * dyr[c] * (w ? w[c] : 1) - k * xr[c]);
+            for (int64_t c = 0; c < d; c++)
+                dx[r * d + c] = (real)((dyr ? s * dyr[c] * (w ? w[c] : 1) : 0) - k * xr[c]);
         }
     }
-    if (call->out[1]) {
+    if (call->out[1] && !dy) memset(lu_tensor_data(call->out[1]), 0, lu_tensor_nbytes(call->out[1]));
+    if (call->out[1] && dy) {
         real *dw = lu_tensor_data(call->out[1]);
 #pragma omp parallel for if (rows * d > LU_NORM_PAR)
         for (int64_t c0 = 0; c0 < d; c0 += LU_NORM_COLS) {
