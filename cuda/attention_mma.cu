@@ -180,37 +180,60 @@ template <int LD> static __device__ __forceinline__ void att_frag_bt(uint32_t r[
     att_ldsm_t(r, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n0 + (lane >> 4) * 8);
 }
 
-/* acc (16 x 8 NB) += A B^T over K = 16 KB columns: A rows 0 .. 15 of a [16+][LD] tile, B rows
- * 0 .. 8 NB - 1 of a [n][k] tile. */
-template <bool BF16, int LD, int NB, int KB>
-static __device__ __forceinline__ void att_gemm_abt(float acc[][4], const uint16_t *A, const uint16_t *B)
+/* acc[mt] (16 x 8 NB) += A_mt B^T over K = 16 KB columns for MT row tiles: A_mt rows 16 mt ..
+ * 16 mt + 15 of a [16 MT+][LD] tile, B rows 0 .. 8 NB - 1 of a [n][k] tile. Each B fragment read
+ * from shared memory serves the MT tiles. */
+template <bool BF16, int LD, int MT, int NB, int KB>
+static __device__ __forceinline__ void att_gemm_abt_mt(float (*acc)[NB][4], const uint16_t *A, const uint16_t *B)
 {
 #pragma unroll
     for (int kk = 0; kk < KB; kk++) {
-        uint32_t fa[4];
-        att_frag_a<LD>(fa, A, kk * 16);
+        uint32_t fa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) att_frag_a<LD>(fa[mt], A + mt * 16 * LD, kk * 16);
 #pragma unroll
         for (int np = 0; np < NB / 2; np++) {
             uint32_t fb[4];
             att_frag_b<LD>(fb, B, np * 16, kk * 16);
-            att_mma<BF16>(acc[2 * np], fa, fb[0], fb[1]);
-            att_mma<BF16>(acc[2 * np + 1], fa, fb[2], fb[3]);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                att_mma<BF16>(acc[mt][2 * np], fa[mt], fb[0], fb[1]);
+                att_mma<BF16>(acc[mt][2 * np + 1], fa[mt], fb[2], fb[3]);
+            }
         }
     }
 }
 
-/* The backward's two score products from zero: s = A B^T and dp = C E^T (16 x 8 NB each over D
- * columns, operands as att_gemm_abt takes them). */
+/* The same for one row tile: acc (16 x 8 NB) += A B^T. */
+template <bool BF16, int LD, int NB, int KB>
+static __device__ __forceinline__ void att_gemm_abt(float acc[][4], const uint16_t *A, const uint16_t *B)
+{
+    att_gemm_abt_mt<BF16, LD, 1, NB, KB>(reinterpret_cast<float (*)[NB][4]>(acc), A, B);
+}
+
+/* The backward's two score products from zero for MT row tiles: s = A B^T and dp = C E^T (16 MT
+ * x 8 NB each over D columns, operands as att_gemm_abt_mt takes them). */
+template <bool BF16, int LD, int MT, int NB, int D>
+static __device__ __forceinline__ void att_gemm_pair_mt(float (*s)[NB][4], float (*dp)[NB][4], const uint16_t *A,
+                                                        const uint16_t *B, const uint16_t *C, const uint16_t *E)
+{
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int n = 0; n < NB; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[mt][n][e] = dp[mt][n][e] = 0.0f;
+    att_gemm_abt_mt<BF16, LD, MT, NB, D / 16>(s, A, B);
+    att_gemm_abt_mt<BF16, LD, MT, NB, D / 16>(dp, C, E);
+}
+
+/* The same for one row tile. */
 template <bool BF16, int LD, int NB, int D>
 static __device__ __forceinline__ void att_gemm_pair(float s[][4], float dp[][4], const uint16_t *A, const uint16_t *B,
                                                      const uint16_t *C, const uint16_t *E)
 {
-#pragma unroll
-    for (int n = 0; n < NB; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
-    att_gemm_abt<BF16, LD, NB, D / 16>(s, A, B);
-    att_gemm_abt<BF16, LD, NB, D / 16>(dp, C, E);
+    att_gemm_pair_mt<BF16, LD, 1, NB, D>(reinterpret_cast<float (*)[NB][4]>(s), reinterpret_cast<float (*)[NB][4]>(dp),
+                                         A, B, C, E);
 }
 
 /* acc[mt] (16 x D) += X[mt] B for MT row tiles: X[mt] the 16 x 16 KB matrix whose accumulator
@@ -238,6 +261,27 @@ static __device__ __forceinline__ void att_gemm_xb(float (*acc)[D / 8][4], float
                 att_mma<BF16>(acc[mt][2 * dp], fa[mt], fb[0], fb[1]);
                 att_mma<BF16>(acc[mt][2 * dp + 1], fa[mt], fb[2], fb[3]);
             }
+        }
+    }
+}
+
+/* acc[mt] (16 x 8 NB) += A_mt B over k = k0 .. k0 + 15 for MT row tiles: A_mt rows 16 mt .. 16 mt
+ * + 15 of a row-major [16 MT+][LDA] tile, B a [k][n] tile (row stride LDB) from column n0 on. */
+template <bool BF16, int LDA, int LDB, int MT, int NB>
+static __device__ __forceinline__ void att_gemm_ab_k16(float (*acc)[NB][4], const uint16_t *A, const uint16_t *B, int k0,
+                                                       int n0)
+{
+    uint32_t fa[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) att_frag_a<LDA>(fa[mt], A + mt * 16 * LDA, k0);
+#pragma unroll
+    for (int np = 0; np < NB / 2; np++) {
+        uint32_t fb[4];
+        att_frag_bt<LDB>(fb, B, n0 + np * 16, k0);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            att_mma<BF16>(acc[mt][2 * np], fa[mt], fb[0], fb[1]);
+            att_mma<BF16>(acc[mt][2 * np + 1], fa[mt], fb[2], fb[3]);
         }
     }
 }
@@ -688,6 +732,173 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
     }
 }
 
+/* ---- backward: dK, dV over 128 keys a block ----
+ *
+ * The kernel above gives each warp 16 keys, so every Q or dO fragment it reads from shared memory
+ * serves two MMAs. Here a block of 8 warps takes 128 keys and 64 queries a step, in two phases:
+ * for the scores, warp (kg, h) computes S^T and dP^T of keys 32 kg .. 32 kg + 31 and queries
+ * 32 h .. 32 h + 31, and writes P^T and dS^T (rounded to 16 bits, as the kernel above rounds its
+ * A operands) to shared memory; for the products, warp (kg, h) accumulates dV = P^T dO and dK =
+ * dS^T Q of the same 32 keys over columns D/2 h .. D/2 h + D/2 - 1 from them. Each fragment read
+ * then serves four MMAs in both phases, and the block reads its query tiles from global memory
+ * once per 128 keys. Every (key, query) term and each accumulator's order over the queries are
+ * those of the kernel above; a warp's query half that sees none of its keys is skipped. */
+#define ATT_WIDE_BN 128   /* keys per block */
+#define ATT_WIDE_QC 64    /* queries per step */
+#define ATT_WIDE_WARPS 8
+
+/* Shared memory: per query buffer (2) lo, hi [QC] int and lse, Dsum [QC] f32; visibility [4][2]
+ * int; K, V [BN][D + 8]; Q, dO [2][QC][D + 8]; P^T, dS^T [BN][QC + 8] (16-bit). */
+static size_t att_dkdv_wide_smem(int d)
+{
+    return (size_t)2 * ATT_WIDE_QC * 16 + 8 * sizeof(int) + (size_t)(2 * ATT_WIDE_BN + 4 * ATT_WIDE_QC) * (d + 8) * 2 +
+           (size_t)2 * ATT_WIDE_BN * (ATT_WIDE_QC + 8) * 2;
+}
+
+/* One block per (BN keys, kv head, batch), the blocks of the first keys (which, causal, the most
+ * queries see) launched first; otherwise as att_backward_dkdv_mma_kernel. */
+template <bool BF16, int D>
+static __global__ void __launch_bounds__(ATT_WIDE_WARPS * LU_CUDA_WARP, 1)
+    att_backward_dkdv_wide_kernel(att_args a, const void *dO, const void *lse, const float *dsum, void *dk, void *dv)
+{
+    constexpr int QC = ATT_WIDE_QC, BN = ATT_WIDE_BN, LD = D + 8, LP = QC + 8, NT = ATT_WIDE_WARPS * LU_CUDA_WARP;
+    constexpr int DH = D / 2; /* columns of dK and dV a warp accumulates */
+    const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
+    const int kg = wp % 4, half = wp / 4;
+    int *c_lo = (int *)att_mma_smem, *c_hi = c_lo + 2 * QC;
+    float *c_lse = (float *)(c_hi + 2 * QC), *c_ds = c_lse + 2 * QC;
+    int *vis = (int *)(c_ds + 2 * QC);
+    uint16_t *Ks = (uint16_t *)(vis + 8), *Vs = Ks + BN * LD, *Qs = Vs + BN * LD, *dOs = Qs + 2 * QC * LD;
+    uint16_t *Ps = dOs + 2 * QC * LD, *dSs = Ps + BN * LP;
+
+    const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
+    const int64_t bid = blockIdx.x, rep = a.hq / a.hkv, bh = a.b * a.hkv;
+    const int j0 = (int)(bid / bh) * BN;
+    const int64_t hk = bid % bh % a.hkv, b = bid % bh / a.hkv, kbase = (b * tk * a.hkv + hk) * D;
+    const uint16_t *q = (const uint16_t *)a.q, *dOp = (const uint16_t *)dO;
+    int64_t ql, qh;
+    lu_att_query_range(&a.rg, j0, min(j0 + BN, tk), &ql, &qh);
+    const int qlo = (int)ql, nch = qh > ql ? (int)((qh - ql + QC - 1) / QC) : 0, steps = (int)rep * nch;
+
+    /* Step st: query head hk rep + st / nch, queries qlo + (st % nch) QC on, into buffer st % 2. */
+    auto stage = [&](int st) {
+        const int buf = st & 1, i0 = qlo + st % nch * QC;
+        const int64_t h = hk * rep + st / nch, qbase = (b * tq * a.hq + h) * D;
+        att_load_rows<D, QC, NT>(Qs + buf * QC * LD, q, qbase, a.hq * D, i0, tq);
+        att_load_rows<D, QC, NT>(dOs + buf * QC * LD, dOp, qbase, a.hq * D, i0, tq);
+        att_ranges(&a, i0, QC, c_lo + buf * QC, c_hi + buf * QC);
+        if ((int)threadIdx.x < QC) {
+            const int i = i0 + (int)threadIdx.x;
+            const int64_t row = (b * a.hq + h) * tq + i;
+            c_lse[buf * QC + threadIdx.x] = i < tq ? att_load(lse, a.lse_dt, row) * ATT_LOG2E : 0.0f;
+            c_ds[buf * QC + threadIdx.x] = i < tq ? dsum[row] : 0.0f;
+        }
+    };
+    att_load_rows<D, BN, NT>(Ks, (const uint16_t *)a.k, kbase, a.hkv * D, j0, tk);
+    att_load_rows<D, BN, NT>(Vs, (const uint16_t *)a.v, kbase, a.hkv * D, j0, tk);
+    if (steps > 0) stage(0);
+    att_cp_commit();
+
+    /* The warp's keys [wj0, wj0 + 32); this lane's kr[mt][x] = wj0 + 16 mt + g + 8 x. */
+    const int wj0 = j0 + 32 * kg;
+    int kr[2][2];
+    bool kpad[2][2];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            kr[mt][x] = wj0 + 16 * mt + g + 8 * x;
+            kpad[mt][x] = att_padded(&a, b, kr[mt][x], tk);
+        }
+    const float sl2 = a.scale * ATT_LOG2E;
+    float acc_k[2][DH / 8][4], acc_v[2][DH / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int n = 0; n < DH / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc_k[mt][n][e] = acc_v[mt][n][e] = 0.0f;
+    /* The warp's 32 x 32 blocks of P^T and dS^T as 32-bit pairs, LP / 2 words a row. */
+    uint32_t *Pw = (uint32_t *)(Ps + 32 * kg * LP + 32 * half), *dSw = (uint32_t *)(dSs + 32 * kg * LP + 32 * half);
+    for (int st = 0; st < steps; st++) {
+        if (st + 1 < steps) {
+            stage(st + 1);
+            att_cp_commit();
+            att_cp_wait<1>();
+        } else {
+            att_cp_wait<0>();
+        }
+        __syncthreads();
+        const int buf = st & 1;
+        const int *lo = c_lo + buf * QC, *hi = c_hi + buf * QC;
+        const float *lse2 = c_lse + buf * QC, *dsm = c_ds + buf * QC;
+        const uint16_t *Qt = Qs + buf * QC * LD, *dOt = dOs + buf * QC * LD;
+        /* Scores of the warp's keys and queries 32 half + [0, 32), lane c checking query 32 half + c. */
+        const int cq = 32 * half + lane;
+        const bool see = __any_sync(ATT_FULL, max(lo[cq], wj0) < min(hi[cq], wj0 + 32));
+        if (see) {
+            const bool full = __all_sync(ATT_FULL, !a.mask && lo[cq] <= wj0 && wj0 + 32 <= hi[cq]);
+            /* S^T and dP^T (32 keys x 32 queries) = K_w Q_h^T and V_w dO_h^T. */
+            float s[2][4][4], dp[2][4][4];
+            att_gemm_pair_mt<BF16, LD, 2, 4, D>(s, dp, Ks + 32 * kg * LD, Qt + 32 * half * LD, Vs + 32 * kg * LD,
+                                                dOt + 32 * half * LD);
+            /* Element (key kr[mt][e / 2], query c): P^T, and dS^T = P^T (dP^T - Dsum) in place of dP^T. */
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int n = 0; n < 4; n++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int c = 32 * half + n * 8 + 2 * t + (e & 1), x = e / 2, k = kr[mt][x];
+                        const bool v = full || (!kpad[mt][x] && k >= lo[c] && k < hi[c]);
+                        const float p = v ? exp2f(s[mt][n][e] * sl2 - lse2[c]) : 0.0f;
+                        s[mt][n][e] = p;
+                        dp[mt][n][e] = p * (dp[mt][n][e] - dsm[c]);
+                    }
+#pragma unroll
+                    for (int x = 0; x < 2; x++) {
+                        const int w = (16 * mt + g + 8 * x) * (LP / 2) + n * 4 + t;
+                        Pw[w] = att_pack<BF16>(s[mt][n][2 * x], s[mt][n][2 * x + 1]);
+                        dSw[w] = att_pack<BF16>(dp[mt][n][2 * x], dp[mt][n][2 * x + 1]);
+                    }
+                }
+        }
+        if (lane == 0) vis[kg * 2 + half] = see;
+        __syncthreads();
+        /* dV += P^T dO and dK += dS^T Q over the step's queries, 16 at a time, in order. */
+        const bool seen[2] = {vis[kg * 2] != 0, vis[kg * 2 + 1] != 0};
+#pragma unroll
+        for (int kc = 0; kc < QC / 16; kc++) {
+            if (!seen[kc / 2]) continue;
+            att_gemm_ab_k16<BF16, LP, LD, 2, DH / 8>(acc_v, Ps + 32 * kg * LP, dOt, kc * 16, half * DH);
+            att_gemm_ab_k16<BF16, LP, LD, 2, DH / 8>(acc_k, dSs + 32 * kg * LP, Qt, kc * 16, half * DH);
+        }
+        __syncthreads(); /* every warp is done with this buffer and with P^T, dS^T before they are refilled */
+    }
+    att_cp_wait<0>();
+
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            if (kr[mt][x] >= tk) continue;
+            const int64_t off = ((b * tk + kr[mt][x]) * a.hkv + hk) * D + half * DH;
+            if (dk) {
+                uint32_t *row = (uint32_t *)((uint16_t *)dk + off);
+#pragma unroll
+                for (int n = 0; n < DH / 8; n++)
+                    row[n * 4 + t] =
+                        att_pack_out<BF16>(acc_k[mt][n][2 * x] * a.scale, acc_k[mt][n][2 * x + 1] * a.scale);
+            }
+            if (dv) {
+                uint32_t *row = (uint32_t *)((uint16_t *)dv + off);
+#pragma unroll
+                for (int n = 0; n < DH / 8; n++)
+                    row[n * 4 + t] = att_pack_out<BF16>(acc_v[mt][n][2 * x], acc_v[mt][n][2 * x + 1]);
+            }
+        }
+}
+
 /* ---- host side ---- */
 
 bool lu_att_mma_takes(const att_args *a, const void *const *ptrs, int n)
@@ -745,19 +956,44 @@ lu_status lu_att_mma_forward(const att_args *a, void *o, void *lse)
     return a->dt == LU_BF16 ? att_forward_mma_dispatch<true>(a, o, lse) : att_forward_mma_dispatch<false>(a, o, lse);
 }
 
+/* Keys per block of the dK/dV backward: 64 (att_backward_dkdv_mma_kernel, the kernel measured so
+ * far) unless LUTHIER_ATT_DKDV_KEYS=128 picks att_backward_dkdv_wide_kernel, which a GPU run has
+ * yet to rank against it (`luthier bench gpu` times both). */
+static int att_dkdv_keys(void)
+{
+    const char *e = getenv("LUTHIER_ATT_DKDV_KEYS");
+    return e && !strcmp(e, "128") ? 128 : 64;
+}
+
+template <bool BF16, int D>
+static lu_status att_dkdv_launch(const att_args &a, const void *dO, const void *lse, const float *dsum, void *dk,
+                                 void *dv)
+{
+    unsigned grid = 0;
+    if (att_dkdv_keys() == 128) {
+        LU_TRY(att_grid(a.b * a.hkv * ((a.rg.tk + ATT_WIDE_BN - 1) / ATT_WIDE_BN), "the dk/dv backward", &grid));
+        const size_t smem = att_dkdv_wide_smem(D);
+        LU_TRY(att_smem_allow((const void *)att_backward_dkdv_wide_kernel<BF16, D>, smem, &a));
+        if (grid > 0)
+            att_backward_dkdv_wide_kernel<BF16, D><<<grid, ATT_WIDE_WARPS * LU_CUDA_WARP, smem>>>(a, dO, lse, dsum, dk, dv);
+    } else {
+        LU_TRY(att_grid(a.b * a.hkv * ((a.rg.tk + ATT_BK - 1) / ATT_BK), "the dk/dv backward", &grid));
+        const size_t smem = att_dkdv_smem(D);
+        LU_TRY(att_smem_allow((const void *)att_backward_dkdv_mma_kernel<BF16, D>, smem, &a));
+        if (grid > 0)
+            att_backward_dkdv_mma_kernel<BF16, D><<<grid, ATT_BWD_WARPS * LU_CUDA_WARP, smem>>>(a, dO, lse, dsum, dk, dv);
+    }
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
 template <bool BF16, int D>
 static lu_status att_backward_mma_launch(const att_args &a, const void *dO, const void *lse, const float *dsum,
                                          void *dq, void *dk, void *dv)
 {
     const unsigned threads = ATT_BWD_WARPS * LU_CUDA_WARP;
     unsigned grid = 0;
-    if (dk || dv) {
-        LU_TRY(att_grid(a.b * a.hkv * ((a.rg.tk + ATT_BK - 1) / ATT_BK), "the dk/dv backward", &grid));
-        const size_t smem = att_dkdv_smem(D);
-        LU_TRY(att_smem_allow((const void *)att_backward_dkdv_mma_kernel<BF16, D>, smem, &a));
-        if (grid > 0) att_backward_dkdv_mma_kernel<BF16, D><<<grid, threads, smem>>>(a, dO, lse, dsum, dk, dv);
-        LU_CUDA_CHECK_LAUNCH();
-    }
+    if (dk || dv) LU_TRY((att_dkdv_launch<BF16, D>(a, dO, lse, dsum, dk, dv)));
     if (dq) {
         LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + ATT_BWD_BQ - 1) / ATT_BWD_BQ), "the dq backward", &grid));
         const size_t smem = att_dq_smem(D);

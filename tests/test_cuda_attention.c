@@ -412,6 +412,17 @@ Test(cuda_attention, tensor_core_forward_with_16_and_32_rows_a_warp)
     unsetenv("LUTHIER_ATT_ROWS_PER_WARP");
 }
 
+/* The dK/dV backward with 128 keys a block (LUTHIER_ATT_DKDV_KEYS=128; the default takes 64):
+ * every tensor-core case against the CPU, in both 16-bit dtypes. */
+Test(cuda_attention, tensor_core_backward_with_128_keys_a_block)
+{
+    require_gpu();
+    setenv("LUTHIER_ATT_DKDV_KEYS", "128", 1);
+    check_cases(mma_cases, N_OF(mma_cases), LU_BF16, TOL_BF16);
+    check_cases(mma_cases, N_OF(mma_cases), LU_F16, TOL_F16);
+    unsetenv("LUTHIER_ATT_DKDV_KEYS");
+}
+
 /* Two runs on the same inputs give the same bits (no atomics, fixed summation orders). */
 static void check_attention_deterministic(const gcase *c, lu_dtype dt)
 {

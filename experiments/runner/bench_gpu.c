@@ -1,7 +1,8 @@
 /* bench_gpu.c - `luthier bench gpu`: the CUDA backend's fused attention (bf16), depthwise conv1d
  * (kernel 31, stride 1 and 2), Zipformer's downsampling and the biased linear layer (bf16 and f32;
  * the linear with its cuBLASLt epilogues and without, LUTHIER_CUBLASLT=0; the attention forward
- * with its default tiling and the other one, LUTHIER_ATT_ROWS_PER_WARP=16 or 32) and the products of a
+ * with its default kernels and their variants: the forward's other tiling, LUTHIER_ATT_ROWS_PER_WARP=16
+ * or 32, and the dK/dV kernel of 128 keys a block, LUTHIER_ATT_DKDV_KEYS=128) and the products of a
  * Qwen3-0.6B SFT step (bf16, no bias) beside PyTorch on the same GPU, shapes and dtypes, measured
  * in the same run by scripts/bench_gpu_reference.py, and the ratio (issue 7).
  *
@@ -87,7 +88,8 @@ static void usage(FILE *f)
                "  kernels (forward, and forward + backward) beside PyTorch on the same GPU and shapes\n"
                "  (PY " REFERENCE_SCRIPT "), and the ratio; the linear also without its cuBLASLt epilogues\n"
                "  (LUTHIER_CUBLASLT=0), the attention forward also with the query rows a warp its head dim does\n"
-               "  not take by default (LUTHIER_ATT_ROWS_PER_WARP=16 or 32).\n"
+               "  not take by default (LUTHIER_ATT_ROWS_PER_WARP=16 or 32) and its forward + backward also with\n"
+               "  the dK/dV kernel of 128 keys a block (LUTHIER_ATT_DKDV_KEYS=128).\n"
                "  --case NAME    one case (default all):");
     for (int i = 0; i < N_CASES; i++) fprintf(f, " %s", cases[i].name);
     fprintf(f, "\n"
@@ -107,8 +109,8 @@ typedef struct gpu_result {
     const gpu_case *c;
     lu_dtype dt;
     double ours[2];
-    double variant[2];             /* ours again: linear with LUTHIER_CUBLASLT=0, attention with
-                                      the other rows a warp (LUTHIER_ATT_ROWS_PER_WARP) */
+    double variant[2];             /* ours again: linear with LUTHIER_CUBLASLT=0, attention with its
+                                      variant kernels (time_attention) */
     char why[WHY_LEN];             /* why ours is missing; "" when measured */
     char fused_note[WHY_LEN];      /* linear: when cuBLASLt refused an epilogue, "" otherwise */
     double ref[N_REF][2];
@@ -412,21 +414,24 @@ static lu_status time_linear(const op_bench *o, gpu_result *r, int pass, int ite
     return s;
 }
 
-/* The attention forward's two tilings (cuda/attention_mma.cu): the default (32 query rows a warp
- * at head dim 64, 16 at 128), then the other one (LUTHIER_ATT_ROWS_PER_WARP). */
+/* The attention's kernel variants (cuda/attention_mma.cu): the defaults (forward: 32 query rows a
+ * warp at head dim 64, 16 at 128; dK/dV: 64 keys a block), then for the forward the other rows a
+ * warp (LUTHIER_ATT_ROWS_PER_WARP) and for forward + backward the dK/dV kernel of 128 keys a block
+ * (LUTHIER_ATT_DKDV_KEYS=128). */
 static lu_status time_attention(const op_bench *o, gpu_result *r, int pass, int iters)
 {
-    env_keep k = env_push("LUTHIER_ATT_ROWS_PER_WARP", NULL);
+    env_keep rows = env_push("LUTHIER_ATT_ROWS_PER_WARP", NULL), keys = env_push("LUTHIER_ATT_DKDV_KEYS", NULL);
     lu_status s = time_call(o, pass == 1, iters, &r->ours[pass], r->why);
-    env_pop(&k);
     if (!s) {
-        const char *other = r->c->d == 64 ? "16" : "32";
-        fprintf(stderr, "luthier bench gpu: %s %s %s, %s rows a warp\n", r->c->name, lu_dtype_name(r->dt),
-                pass ? "fwd+bwd" : "fwd", other);
-        k = env_push("LUTHIER_ATT_ROWS_PER_WARP", other);
+        const char *var = pass ? "LUTHIER_ATT_DKDV_KEYS" : "LUTHIER_ATT_ROWS_PER_WARP";
+        const char *other = pass ? "128" : r->c->d == 64 ? "16" : "32";
+        fprintf(stderr, "luthier bench gpu: %s %s %s, %s=%s\n", r->c->name, lu_dtype_name(r->dt),
+                pass ? "fwd+bwd" : "fwd", var, other);
+        setenv(var, other, 1);
         s = time_call(o, pass == 1, iters, &r->variant[pass], r->why);
-        env_pop(&k);
     }
+    env_pop(&keys);
+    env_pop(&rows);
     return s;
 }
 
@@ -541,7 +546,7 @@ static void cell(char *buf, size_t size, const char *fmt, double v, bool ok)
 static void attention_table(const gpu_result *r, int n)
 {
     printf("| %-24s | %-7s | %12s | %12s | %13s | %5s | %13s | %5s |\n", "attention (TFLOP/s)", "pass", "ours",
-           "other tiling", "PyTorch flash", "ratio", "PyTorch cuDNN", "ratio");
+           "variant", "PyTorch flash", "ratio", "PyTorch cuDNN", "ratio");
     printf("|--------------------------|---------|--------------|--------------|---------------|-------|---------------|"
            "-------|\n");
     for (int k = 0; k < n; k++) {
@@ -678,8 +683,10 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
     }
     printf("ratio = PyTorch time / ours (> 1: luthier is faster). Attention FLOP as FlashAttention counts them:\n"
            "4*B*H*T^2*d forward, halved when causal, fwd+bwd 3.5x the forward; ours: the forward with\n"
-           "32 query rows a warp at head dim 64 (FlashAttention-2's tiling), 16 at 128; other tiling: the other\n"
-           "one (LUTHIER_ATT_ROWS_PER_WARP=16 at d 64, 32 at d 128). GB/s:\n"
+           "32 query rows a warp at head dim 64 (FlashAttention-2's tiling), 16 at 128, and the dK/dV backward\n"
+           "with 64 keys a block; variant: fwd with the other rows a warp (LUTHIER_ATT_ROWS_PER_WARP=16 at\n"
+           "d 64, 32 at d 128), fwd+bwd with the dK/dV kernel of 128 keys a block (LUTHIER_ATT_DKDV_KEYS=128).\n"
+           "GB/s:\n"
            "bytes each pass reads and writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias).\n"
            "Linear FLOP: 2*M*N*K forward, 3x for fwd+bwd (the dx and dw GEMMs); fused: the bias in the GEMM's\n"
            "cuBLASLt epilogue and its gradient in the dw GEMM's; unfused: LUTHIER_CUBLASLT=0 (GEMM into the\n"
