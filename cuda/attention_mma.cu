@@ -10,9 +10,11 @@
  * in registers, and P, rounded to the input dtype as FlashAttention-2 does, is the A operand of
  * O += P V. Backward: one block per 64 keys (a warp per 16) accumulates dK = scale dS^T Q and
  * dV = P^T dO over every query of the kv head's query heads, P^T recomputed from lse; one block
- * per 64 queries accumulates dQ = scale dS K. dS = P (dP - Dsum) is rounded like P. Tiles that
- * no row of a warp can see are skipped; partly visible ones are masked per element, and rows or
- * keys past the ends are zero-filled on load and never stored.
+ * per 64 queries accumulates dQ = scale dS K. dS = P (dP - Dsum) is rounded like P. Variants with
+ * wider warp tiles (128 keys a block for dK/dV, 32 queries a warp for dQ) are picked by
+ * environment variables until a GPU run ranks them (att_dkdv_keys, att_dq_rows_per_warp). Tiles
+ * that no row of a warp can see are skipped; partly visible ones are masked per element, and rows
+ * or keys past the ends are zero-filled on load and never stored.
  *
  * Fragments (PTX ISA, "mma.m16n8k16"): lane 4 g + t holds of the 16 x 8 f32 accumulator the
  * elements (g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1), in that order; of the 16 x 16 A
@@ -31,7 +33,6 @@
 
 #define ATT_BK 64                       /* keys per tile of the forward and of dQ; per block of dK, dV */
 #define ATT_BWD_WARPS 4                 /* warps of the backward kernels */
-#define ATT_BWD_BQ (ATT_BWD_WARPS * 16) /* queries per block of dQ */
 #define ATT_FULL 0xffffffffu            /* every lane of a warp */
 #define ATT_LOG2E 1.4426950408889634f
 #define ATT_LN2 0.6931471805599453f
@@ -139,17 +140,17 @@ static __device__ __forceinline__ void att_load_rows(uint16_t *s, const uint16_t
     }
 }
 
-/* Key tile `it` of `ntiles` (keys j0 .. j0 + ATT_BK - 1) double-buffered in Ks/Vs: starts the
- * copy of tile it + 1 into the other buffer, then waits until tile it has landed (every earlier
- * copy group when it is the last) and the block sees it. */
-template <int D, int NT, int LD>
+/* Key tile `it` of `ntiles` (keys j0 .. j0 + BK - 1) double-buffered in Ks/Vs: starts the copy
+ * of tile it + 1 into the other buffer, then waits until tile it has landed (every earlier copy
+ * group when it is the last) and the block sees it. */
+template <int D, int NT, int LD, int BK = ATT_BK>
 static __device__ __forceinline__ void att_prefetch_kv(uint16_t *Ks, uint16_t *Vs, const uint16_t *k, const uint16_t *v,
                                                        int64_t kbase, int64_t rstride, int it, int ntiles, int j0, int tk)
 {
     if (it + 1 < ntiles) {
-        uint16_t *Kn = Ks + ((it + 1) & 1) * ATT_BK * LD, *Vn = Vs + ((it + 1) & 1) * ATT_BK * LD;
-        att_load_rows<D, ATT_BK, NT>(Kn, k, kbase, rstride, j0 + ATT_BK, tk);
-        att_load_rows<D, ATT_BK, NT>(Vn, v, kbase, rstride, j0 + ATT_BK, tk);
+        uint16_t *Kn = Ks + ((it + 1) & 1) * BK * LD, *Vn = Vs + ((it + 1) & 1) * BK * LD;
+        att_load_rows<D, BK, NT>(Kn, k, kbase, rstride, j0 + BK, tk);
+        att_load_rows<D, BK, NT>(Vn, v, kbase, rstride, j0 + BK, tk);
         att_cp_commit();
         att_cp_wait<1>();
     } else {
@@ -268,8 +269,8 @@ static __device__ __forceinline__ void att_gemm_xb(float (*acc)[D / 8][4], float
 /* acc[mt] (16 x 8 NB) += A_mt B over k = k0 .. k0 + 15 for MT row tiles: A_mt rows 16 mt .. 16 mt
  * + 15 of a row-major [16 MT+][LDA] tile, B a [k][n] tile (row stride LDB) from column n0 on. */
 template <bool BF16, int LDA, int LDB, int MT, int NB>
-static __device__ __forceinline__ void att_gemm_ab_k16(float (*acc)[NB][4], const uint16_t *A, const uint16_t *B, int k0,
-                                                       int n0)
+static __device__ __forceinline__ void att_gemm_ab_k16(float (*acc)[NB][4], const uint16_t *A, const uint16_t *B,
+                                                       int k0, int n0)
 {
     uint32_t fa[MT][4];
 #pragma unroll
@@ -303,31 +304,33 @@ static __device__ __forceinline__ att_rows att_rows_of(const int *lo, const int 
     return {{lo[r], lo[r + 8]}, {hi[r], hi[r + 8]}};
 }
 
-/* Does any row of the warp see a key of [j0, j0 + ATT_BK)? */
-static __device__ __forceinline__ bool att_rows_see(const att_rows *r, int j0)
+/* Does any row of the warp see a key of [j0, j0 + BK)? */
+template <int BK = ATT_BK> static __device__ __forceinline__ bool att_rows_see(const att_rows *r, int j0)
 {
     bool see = false;
 #pragma unroll
-    for (int x = 0; x < 2; x++) see |= max(r->lo[x], j0) < min(r->hi[x], j0 + ATT_BK);
+    for (int x = 0; x < 2; x++) see |= max(r->lo[x], j0) < min(r->hi[x], j0 + BK);
     return __any_sync(ATT_FULL, see);
 }
 
-/* Does every row of the warp see every key of [j0, j0 + ATT_BK), with no padding mask? */
+/* Does every row of the warp see every key of [j0, j0 + BK), with no padding mask? */
+template <int BK = ATT_BK>
 static __device__ __forceinline__ bool att_rows_full(const att_rows *r, int j0, const att_args *a)
 {
     bool full = !a->mask;
 #pragma unroll
-    for (int x = 0; x < 2; x++) full &= r->lo[x] <= j0 && j0 + ATT_BK <= r->hi[x];
+    for (int x = 0; x < 2; x++) full &= r->lo[x] <= j0 && j0 + BK <= r->hi[x];
     return __all_sync(ATT_FULL, full);
 }
 
-/* Sets to -inf the score fragments s (16 x ATT_BK, keys from j0) that rows r may not see. */
-static __device__ __forceinline__ void att_mask_scores(float s[ATT_BK / 8][4], const att_rows *r, int j0,
-                                                       const att_args *a, int64_t b, int tk)
+/* Sets to -inf the score fragments s (16 x BK, keys from j0) that rows r may not see. */
+template <int BK = ATT_BK>
+static __device__ __forceinline__ void att_mask_scores(float s[BK / 8][4], const att_rows *r, int j0, const att_args *a,
+                                                       int64_t b, int tk)
 {
     const int t = threadIdx.x % 4;
 #pragma unroll
-    for (int nb = 0; nb < ATT_BK / 8; nb++)
+    for (int nb = 0; nb < BK / 8; nb++)
 #pragma unroll
         for (int c = 0; c < 2; c++) {
             int j = j0 + nb * 8 + 2 * t + c;
@@ -522,23 +525,28 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
 
 /* ---- backward: dQ ---- */
 
-/* Shared memory: row_lo, row_hi [ATT_BWD_BQ] int; Q, dO [ATT_BWD_BQ][D + 8]; K, V [2][ATT_BK][D + 8]
- * (16-bit). */
-static size_t att_dq_smem(int d)
+/* Shared memory: row_lo, row_hi [BQ] int; Q, dO [BQ][D + 8]; K, V [2][BK][D + 8] (16-bit), with
+ * BQ = ATT_BWD_WARPS * 16 * mt queries a block and bk keys a tile. */
+static size_t att_dq_smem(int d, int mt, int bk)
 {
-    return ATT_BWD_BQ * 2 * sizeof(int) + (size_t)(2 * ATT_BWD_BQ + 4 * ATT_BK) * (d + 8) * 2;
+    const int bq = ATT_BWD_WARPS * 16 * mt;
+    return (size_t)bq * 2 * sizeof(int) + (size_t)(2 * bq + 4 * bk) * (d + 8) * 2;
 }
 
-/* One block of 4 warps per (ATT_BWD_BQ queries, query head, batch): dQ = scale sum_j dS_ij k_j with
- * dS = P (dP - Dsum), P = exp(s scale - lse), dP = dO V^T, over the keys the queries see. */
-template <bool BF16, int D>
+/* One block of 4 warps per (ATT_BWD_WARPS * 16 * MT queries, query head, batch): dQ = scale sum_j
+ * dS_ij k_j with dS = P (dP - Dsum), P = exp(s scale - lse), dP = dO V^T, over the keys the
+ * queries see, BK keys a tile. A warp owns MT tiles of 16 queries: MT = 1 with tiles of 64 keys,
+ * or MT = 2 (the forward's wider tiling) with tiles of 32, where each K, V fragment read from
+ * shared memory serves both tiles' MMAs and the score fragments need no more registers. */
+template <bool BF16, int D, int MT, int BK>
 static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
     att_backward_dq_mma_kernel(att_args a, const void *dO, const void *lse, const float *dsum, void *dq)
 {
-    constexpr int BQ = ATT_BWD_BQ, LD = D + 8, NT = ATT_BWD_WARPS * LU_CUDA_WARP;
+    constexpr int BQ = ATT_BWD_WARPS * 16 * MT, LD = D + 8, NT = ATT_BWD_WARPS * LU_CUDA_WARP;
+    static_assert(BQ <= NT, "att_ranges gives a thread each row");
     const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
     int *row_lo = (int *)att_mma_smem, *row_hi = row_lo + BQ;
-    uint16_t *Qs = (uint16_t *)(row_hi + BQ), *dOs = Qs + BQ * LD, *Ks = dOs + BQ * LD, *Vs = Ks + 2 * ATT_BK * LD;
+    uint16_t *Qs = (uint16_t *)(row_hi + BQ), *dOs = Qs + BQ * LD, *Ks = dOs + BQ * LD, *Vs = Ks + 2 * BK * LD;
 
     const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
     const int64_t nqt = (tq + BQ - 1) / BQ, bid = blockIdx.x;
@@ -553,61 +561,75 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
     __syncthreads();
     int klo, khi;
     att_union(row_lo, row_hi, BQ, tk, &klo, &khi);
-    const int ntiles = khi > klo ? (khi - klo + ATT_BK - 1) / ATT_BK : 0;
-    const att_rows rows = att_rows_of(row_lo, row_hi, wp * 16 + g);
+    const int ntiles = khi > klo ? (khi - klo + BK - 1) / BK : 0;
+    att_rows rows[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) rows[mt] = att_rows_of(row_lo, row_hi, (wp * MT + mt) * 16 + g);
     if (ntiles > 0) {
-        att_load_rows<D, ATT_BK, NT>(Ks, k, kbase, a.hkv * D, klo, tk);
-        att_load_rows<D, ATT_BK, NT>(Vs, v, kbase, a.hkv * D, klo, tk);
+        att_load_rows<D, BK, NT>(Ks, k, kbase, a.hkv * D, klo, tk);
+        att_load_rows<D, BK, NT>(Vs, v, kbase, a.hkv * D, klo, tk);
     }
     att_cp_commit();
 
-    /* lse in base-2 units and Dsum of rows g and g + 8; rows past Tq see nothing. */
+    /* lse in base-2 units and Dsum of rows g and g + 8 of each tile; rows past Tq see nothing. */
     const float sl2 = a.scale * ATT_LOG2E;
-    float lse2[2], ds[2];
+    float lse2[MT][2], ds[MT][2];
 #pragma unroll
-    for (int x = 0; x < 2; x++) {
-        const int i = i0 + wp * 16 + g + 8 * x;
-        const int64_t row = (b * a.hq + h) * tq + i;
-        lse2[x] = i < tq ? att_load(lse, a.lse_dt, row) * ATT_LOG2E : 0.0f;
-        ds[x] = i < tq ? dsum[row] : 0.0f;
-    }
-    float acc[D / 8][4];
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-    for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+        for (int x = 0; x < 2; x++) {
+            const int i = i0 + (wp * MT + mt) * 16 + g + 8 * x;
+            const int64_t row = (b * a.hq + h) * tq + i;
+            lse2[mt][x] = i < tq ? att_load(lse, a.lse_dt, row) * ATT_LOG2E : 0.0f;
+            ds[mt][x] = i < tq ? dsum[row] : 0.0f;
+        }
+    float acc[MT][D / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.0f;
     for (int it = 0; it < ntiles; it++) {
-        const int j0 = klo + it * ATT_BK;
-        att_prefetch_kv<D, NT, LD>(Ks, Vs, k, v, kbase, a.hkv * D, it, ntiles, j0, tk);
-        const uint16_t *Kt = Ks + (it & 1) * ATT_BK * LD, *Vt = Vs + (it & 1) * ATT_BK * LD;
-        if (att_rows_see(&rows, j0)) {
-            float s[ATT_BK / 8][4], dp[ATT_BK / 8][4];
-            att_gemm_pair<BF16, LD, ATT_BK / 8, D>(s, dp, Qs + wp * 16 * LD, Kt, dOs + wp * 16 * LD, Vt);
+        const int j0 = klo + it * BK;
+        att_prefetch_kv<D, NT, LD, BK>(Ks, Vs, k, v, kbase, a.hkv * D, it, ntiles, j0, tk);
+        const uint16_t *Kt = Ks + (it & 1) * BK * LD, *Vt = Vs + (it & 1) * BK * LD;
+        bool see = false;
 #pragma unroll
-            for (int n = 0; n < ATT_BK / 8; n++)
+        for (int mt = 0; mt < MT; mt++) see |= att_rows_see<BK>(&rows[mt], j0);
+        if (see) {
+            float s[MT][BK / 8][4], dp[MT][BK / 8][4];
+            att_gemm_pair_mt<BF16, LD, MT, BK / 8, D>(s, dp, Qs + wp * MT * 16 * LD, Kt, dOs + wp * MT * 16 * LD, Vt);
 #pragma unroll
-                for (int e = 0; e < 4; e++) s[n][e] = s[n][e] * sl2 - lse2[e / 2];
-            if (!att_rows_full(&rows, j0, &a)) att_mask_scores(s, &rows, j0, &a, b, tk);
+            for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-            for (int n = 0; n < ATT_BK / 8; n++)
+                for (int n = 0; n < BK / 8; n++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float p = exp2f(s[n][e]);
-                    s[n][e] = p * (dp[n][e] - ds[e / 2]);
-                }
-            att_gemm_xb<BF16, LD, D, ATT_BK / 16, 1>(&acc, &s, Kt);
+                    for (int e = 0; e < 4; e++) s[mt][n][e] = s[mt][n][e] * sl2 - lse2[mt][e / 2];
+                if (!att_rows_full<BK>(&rows[mt], j0, &a)) att_mask_scores<BK>(s[mt], &rows[mt], j0, &a, b, tk);
+#pragma unroll
+                for (int n = 0; n < BK / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float p = exp2f(s[mt][n][e]);
+                        s[mt][n][e] = p * (dp[mt][n][e] - ds[mt][e / 2]);
+                    }
+            }
+            att_gemm_xb<BF16, LD, D, BK / 16, MT>(acc, s, Kt);
         }
         __syncthreads();
     }
     att_cp_wait<0>();
 
 #pragma unroll
-    for (int x = 0; x < 2; x++) {
-        const int i = i0 + wp * 16 + g + 8 * x;
-        if (i >= tq) continue;
-        uint32_t *row = (uint32_t *)((uint16_t *)dq + ((b * tq + i) * a.hq + h) * D);
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int n = 0; n < D / 8; n++)
-            row[n * 4 + t] = att_pack_out<BF16>(acc[n][2 * x] * a.scale, acc[n][2 * x + 1] * a.scale);
-    }
+        for (int x = 0; x < 2; x++) {
+            const int i = i0 + (wp * MT + mt) * 16 + g + 8 * x;
+            if (i >= tq) continue;
+            uint32_t *row = (uint32_t *)((uint16_t *)dq + ((b * tq + i) * a.hq + h) * D);
+#pragma unroll
+            for (int n = 0; n < D / 8; n++)
+                row[n * 4 + t] = att_pack_out<BF16>(acc[mt][n][2 * x] * a.scale, acc[mt][n][2 * x + 1] * a.scale);
+        }
 }
 
 /* ---- backward: dK, dV ---- */
@@ -975,14 +997,39 @@ static lu_status att_dkdv_launch(const att_args &a, const void *dO, const void *
         const size_t smem = att_dkdv_wide_smem(D);
         LU_TRY(att_smem_allow((const void *)att_backward_dkdv_wide_kernel<BF16, D>, smem, &a));
         if (grid > 0)
-            att_backward_dkdv_wide_kernel<BF16, D><<<grid, ATT_WIDE_WARPS * LU_CUDA_WARP, smem>>>(a, dO, lse, dsum, dk, dv);
+            att_backward_dkdv_wide_kernel<BF16, D>
+                <<<grid, ATT_WIDE_WARPS * LU_CUDA_WARP, smem>>>(a, dO, lse, dsum, dk, dv);
     } else {
         LU_TRY(att_grid(a.b * a.hkv * ((a.rg.tk + ATT_BK - 1) / ATT_BK), "the dk/dv backward", &grid));
         const size_t smem = att_dkdv_smem(D);
         LU_TRY(att_smem_allow((const void *)att_backward_dkdv_mma_kernel<BF16, D>, smem, &a));
         if (grid > 0)
-            att_backward_dkdv_mma_kernel<BF16, D><<<grid, ATT_BWD_WARPS * LU_CUDA_WARP, smem>>>(a, dO, lse, dsum, dk, dv);
+            att_backward_dkdv_mma_kernel<BF16, D>
+                <<<grid, ATT_BWD_WARPS * LU_CUDA_WARP, smem>>>(a, dO, lse, dsum, dk, dv);
     }
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
+/* Query rows a warp of the dQ backward: 16 (64 keys a tile, the kernel measured so far) unless
+ * LUTHIER_ATT_DQ_ROWS_PER_WARP=32 picks 32 rows a warp with 32 keys a tile, which a GPU
+ * run has yet to rank against it. */
+static int att_dq_rows_per_warp(void)
+{
+    const char *e = getenv("LUTHIER_ATT_DQ_ROWS_PER_WARP");
+    return e && !strcmp(e, "32") ? 32 : 16;
+}
+
+template <bool BF16, int D, int MT, int BK>
+static lu_status att_dq_launch(const att_args &a, const void *dO, const void *lse, const float *dsum, void *dq)
+{
+    constexpr int BQ = ATT_BWD_WARPS * 16 * MT;
+    unsigned grid = 0;
+    LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + BQ - 1) / BQ), "the dq backward", &grid));
+    if (grid == 0) return LU_OK;
+    const size_t smem = att_dq_smem(D, MT, BK);
+    LU_TRY(att_smem_allow((const void *)att_backward_dq_mma_kernel<BF16, D, MT, BK>, smem, &a));
+    att_backward_dq_mma_kernel<BF16, D, MT, BK><<<grid, ATT_BWD_WARPS * LU_CUDA_WARP, smem>>>(a, dO, lse, dsum, dq);
     LU_CUDA_CHECK_LAUNCH();
     return LU_OK;
 }
@@ -991,16 +1038,9 @@ template <bool BF16, int D>
 static lu_status att_backward_mma_launch(const att_args &a, const void *dO, const void *lse, const float *dsum,
                                          void *dq, void *dk, void *dv)
 {
-    const unsigned threads = ATT_BWD_WARPS * LU_CUDA_WARP;
-    unsigned grid = 0;
     if (dk || dv) LU_TRY((att_dkdv_launch<BF16, D>(a, dO, lse, dsum, dk, dv)));
-    if (dq) {
-        LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + ATT_BWD_BQ - 1) / ATT_BWD_BQ), "the dq backward", &grid));
-        const size_t smem = att_dq_smem(D);
-        LU_TRY(att_smem_allow((const void *)att_backward_dq_mma_kernel<BF16, D>, smem, &a));
-        if (grid > 0) att_backward_dq_mma_kernel<BF16, D><<<grid, threads, smem>>>(a, dO, lse, dsum, dq);
-        LU_CUDA_CHECK_LAUNCH();
-    }
+    if (dq && att_dq_rows_per_warp() == 32) LU_TRY((att_dq_launch<BF16, D, 2, 32>(a, dO, lse, dsum, dq)));
+    else if (dq) LU_TRY((att_dq_launch<BF16, D, 1, ATT_BK>(a, dO, lse, dsum, dq)));
     return LU_OK;
 }
 

@@ -412,15 +412,27 @@ Test(cuda_attention, tensor_core_forward_with_16_and_32_rows_a_warp)
     unsetenv("LUTHIER_ATT_ROWS_PER_WARP");
 }
 
-/* The dK/dV backward with 128 keys a block (LUTHIER_ATT_DKDV_KEYS=128; the default takes 64):
- * every tensor-core case against the CPU, in both 16-bit dtypes. */
+/* The backward's variant kernels, every tensor-core case against the CPU in both 16-bit dtypes:
+ * dK/dV with 128 keys a block (LUTHIER_ATT_DKDV_KEYS=128; the default takes 64), and dQ with 32
+ * query rows a warp and 32 keys a tile (LUTHIER_ATT_DQ_ROWS_PER_WARP=32; the default: 16 and 64). */
+static void check_backward_variant(const char *var, const char *value)
+{
+    setenv(var, value, 1);
+    check_cases(mma_cases, N_OF(mma_cases), LU_BF16, TOL_BF16);
+    check_cases(mma_cases, N_OF(mma_cases), LU_F16, TOL_F16);
+    unsetenv(var);
+}
+
 Test(cuda_attention, tensor_core_backward_with_128_keys_a_block)
 {
     require_gpu();
-    setenv("LUTHIER_ATT_DKDV_KEYS", "128", 1);
-    check_cases(mma_cases, N_OF(mma_cases), LU_BF16, TOL_BF16);
-    check_cases(mma_cases, N_OF(mma_cases), LU_F16, TOL_F16);
-    unsetenv("LUTHIER_ATT_DKDV_KEYS");
+    check_backward_variant("LUTHIER_ATT_DKDV_KEYS", "128");
+}
+
+Test(cuda_attention, tensor_core_dq_with_32_rows_a_warp)
+{
+    require_gpu();
+    check_backward_variant("LUTHIER_ATT_DQ_ROWS_PER_WARP", "32");
 }
 
 /* Two runs on the same inputs give the same bits (no atomics, fixed summation orders). */
