@@ -118,6 +118,35 @@ static __device__ __forceinline__ void dw_corr4(float acc[4], const float *xw, c
     }
 }
 
+/* Group gi of dw_corr8: taps 4gi..4gi+3 on the window a b (xw[4gi, 4gi + 8)), which then slides
+ * by 4. Each acc[v] adds its taps in ascending order, as dw_corr4 does. */
+static __device__ __forceinline__ void dw_corr8_group(float acc[LU_DW_FWD_RUN], float4 &a, float4 &b, const float *xw,
+                                                      const float *wt, int gi)
+{
+    const float4 c = *(const float4 *)(xw + 4 * gi + 8), wv = *(const float4 *)(wt + 4 * gi);
+    const float xv[12] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w, c.x, c.y, c.z, c.w}, w[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+    for (int t = 0; t < 4; t++)
+#pragma unroll
+        for (int v = 0; v < LU_DW_FWD_RUN; v++) acc[v] = fmaf(w[t], xv[v + t], acc[v]);
+    a = b;
+    b = c;
+}
+
+/* dw_corr4 for the LU_DW_FWD_RUN = 8 outputs v < 8: half the window loads per output. G > 0 groups
+ * are unrolled (the loads at fixed offsets, no loop); G == 0 takes `groups` at run time. */
+template <int G>
+static __device__ __forceinline__ void dw_corr8(float acc[LU_DW_FWD_RUN], const float *xw, const float *wt, int groups)
+{
+    float4 a = *(const float4 *)xw, b = *(const float4 *)(xw + 4);
+    if (G > 0) {
+#pragma unroll
+        for (int gi = 0; gi < G; gi++) dw_corr8_group(acc, a, b, xw, wt, gi);
+    } else {
+        for (int gi = 0; gi < groups; gi++) dw_corr8_group(acc, a, b, xw, wt, gi);
+    }
+}
+
 /* The finiteness check of the staged values: chk + v*0 stays 0 while every v is finite and is NaN
  * once one is Inf or NaN, one instruction per value. */
 static __device__ __forceinline__ float dw_check(float chk, float v) { return fmaf(v, 0.0f, chk); }
@@ -141,50 +170,77 @@ static __device__ __forceinline__ bool dw_stage_weights(const T *wc, int K, bool
     return chk == 0.0f;
 }
 
-/* Stages the input window of the forward (or dw) tile of outputs [o0, o0 + cnt) of row xr (n
- * frames) as S phases of `fill` floats, plen floats apart from xs (plen and xs 16-byte aligned),
- * zero outside the input and past the window. Returns whether this thread's inputs are finite.
- * Positions fit in 32 bits (dw_fits_grid). The aligned middle of the row moves as 4-element
- * vector loads, each thread's to consecutive window positions (one 16-byte shared store where
- * they are aligned, S == 1); the at most 3 + 3 elements around it one each. */
-template <typename T, int S>
-static __device__ __forceinline__ bool dw_stage_x(const T *xr, int n, int o0, int cnt, int p, int K, int fill,
-                                                  float *xs, int plen)
+/* Stages the input window of the forward (or dw) tile of outputs [o0, o0 + cnt) of `rows` <= R
+ * rows (row r at xr + r*xstride, n frames each), row r as S phases of `fill` floats at xs +
+ * r*rstride, plen floats apart (xs, plen and rstride 16-byte aligned), zero outside the input and
+ * past the window. Returns whether this thread's inputs are finite. Positions fit in 32 bits
+ * (dw_fits_grid). The aligned middle of each row moves as vector loads of V = 4 or 8 elements, each
+ * thread's to consecutive window positions (16-byte shared stores where they are aligned, S == 1);
+ * the at most V-1 + V-1 elements around it one each. Every row's loads are issued before the
+ * first store, so that a block waits for memory once, not once per row. */
+template <typename T, int S, int R, int V>
+static __device__ __forceinline__ bool dw_stage_x(const T *xr, int64_t xstride, int rows, int n, int o0, int cnt, int p,
+                                                  int K, int fill, float *xs, int plen, int rstride)
 {
     int64_t span64;
     const int in0 = (int)lu_dw_x_window(o0, cnt, S, p, K, &span64), span = (int)span64;
     const int lo = in0 > 0 ? in0 : 0, hi = in0 + span < n ? in0 + span : n;
     /* window positions [0, k_lo) and [k_hi, S*fill) are padding */
     const int k_lo = lo - in0 < S * fill ? lo - in0 : S * fill, k_hi = hi - in0 > k_lo ? hi - in0 : k_lo;
-    for (int k = threadIdx.x; k < k_lo; k += blockDim.x) xs[k % S * plen + k / S] = 0.0f;
-    for (int k = k_hi + threadIdx.x; k < S * fill; k += blockDim.x) xs[k % S * plen + k / S] = 0.0f;
+    for (int r = 0; r < rows; r++) {
+        for (int k = threadIdx.x; k < k_lo; k += blockDim.x) xs[r * rstride + k % S * plen + k / S] = 0.0f;
+        for (int k = k_hi + threadIdx.x; k < S * fill; k += blockDim.x) xs[r * rstride + k % S * plen + k / S] = 0.0f;
+    }
     if (hi <= lo) return true;
-    /* [a, b): the elements of [lo, hi) that whole aligned vectors cover */
-    const int mis = (int)((uintptr_t)xr / sizeof(T) % 4);
-    int a = lo + (-(lo + mis) & 3);
-    a = a < hi ? a : hi;
-    const int b = a + ((hi - a) & ~3);
+    /* [a[r], b[r]): the elements of [lo, hi) that whole aligned vectors of row r cover */
+    int a[R], b[R], most = 0;
+    float edge[R][2];
     float chk = 0.0f;
-    for (int end = 0; end < 2; end++) {
-        const int i = (end ? b : lo) + threadIdx.x;
-        if (i < (end ? hi : a)) {
-            const float v = lu_ld(xr, i);
-            const int k = i - in0;
-            xs[k % S * plen + k / S] = v;
-            chk = dw_check(chk, v);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int mis = (int)(((uintptr_t)xr / sizeof(T) + (uint64_t)(r * xstride)) % V);
+        a[r] = lo + (-(lo + mis) & (V - 1));
+        a[r] = a[r] < hi ? a[r] : hi;
+        b[r] = a[r] + ((hi - a[r]) & ~(V - 1));
+        most = r < rows && b[r] - a[r] > most ? b[r] - a[r] : most;
+        for (int end = 0; end < 2; end++) {
+            const int i = (end ? b[r] : lo) + threadIdx.x;
+            edge[r][end] = r < rows && i < (end ? hi : a[r]) ? lu_ld(xr + r * xstride, i) : 0.0f;
         }
     }
-    for (int i = a + 4 * threadIdx.x; i < b; i += 4 * blockDim.x) {
-        float v[4];
-        lu_ld4(xr + i, v);
-        const int k = i - in0;
-        for (int e = 0; e < 4; e++) chk = dw_check(chk, v[e]);
-        if (S == 1 && (k & 3) == 0) {
-            *(float4 *)&xs[k] = make_float4(v[0], v[1], v[2], v[3]);
-        } else {
-            for (int e = 0; e < 4; e++) xs[(k + e) % S * plen + (k + e) / S] = v[e];
+    for (int m = V * threadIdx.x; m < most; m += V * blockDim.x) {
+        float v[R][V];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r < rows && a[r] + m < b[r]) lu_ldv(xr + r * xstride + a[r] + m, v[r]);
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r >= rows || a[r] + m >= b[r]) continue;
+            float *xsr = xs + r * rstride;
+            const int k = a[r] + m - in0;
+#pragma unroll
+            for (int e = 0; e < V; e++) chk = dw_check(chk, v[r][e]);
+            if (S == 1 && (k & 3) == 0) {
+#pragma unroll
+                for (int e = 0; e < V; e += 4)
+                    *(float4 *)&xsr[k + e] = make_float4(v[r][e], v[r][e + 1], v[r][e + 2], v[r][e + 3]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < V; e++) xsr[(k + e) % S * plen + (k + e) / S] = v[r][e];
+            }
         }
     }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        for (int end = 0; end < 2; end++) {
+            const int i = (end ? b[r] : lo) + threadIdx.x;
+            if (r < rows && i < (end ? hi : a[r])) {
+                const int k = i - in0;
+                xs[r * rstride + k % S * plen + k / S] = edge[r][end];
+                chk = dw_check(chk, edge[r][end]);
+            }
+        }
     return chk == 0.0f;
 }
 
@@ -198,13 +254,14 @@ static __device__ __forceinline__ int dw_block_rows(const conv_geom *g, int rows
     return (int)(g->batch - *b0 < rows_per_block ? g->batch - *b0 : rows_per_block);
 }
 
-/* A block per (DW_FWD_ROWS rows of one channel, tile of LU_DW_TILE outputs). The block stages its
- * rows (dynamic shared memory: [rows][S][fill], fill = lu_dw_fwd_fill_upto of the longest tile),
- * then its threads take the groups of 4 outputs (row, q) in turn, row by row, and store them
- * straight from registers. A block whose staged values are not all finite takes the exact path. */
+/* The forward measured so far (the default until a GPU run ranks dw_forward_kernel against it):
+ * a block per (DW_FWD_ROWS rows of one channel, tile of LU_DW_TILE outputs) stages its rows
+ * ([rows][S][fill] floats), then its threads take the groups of 4 outputs (row, q) in turn, row
+ * by row, and store them straight from registers. A block whose staged values are not all finite
+ * takes the exact path. */
 template <typename T, int S>
-static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const T *x, const T *w, const T *bias, T *y,
-                                                                          conv_geom g, int fill)
+static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward4_kernel(const T *x, const T *w, const T *bias, T *y,
+                                                                           conv_geom g, int fill)
 {
     extern __shared__ __align__(16) float dw_fwd_xs[];
     __shared__ __align__(16) float ws[S][LU_DW_WLEN];
@@ -216,8 +273,10 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const 
     const T *xr = x + (b0 * g.cin + ch) * g.w;
     T *yr = y + (b0 * g.cin + ch) * g.ow + o0;
     bool ok = dw_stage_weights<T, S>(w + ch * K, K, false, ws);
-    for (int r = 0; r < rows; r++)
-        ok = dw_stage_x<T, S>(xr + r * xstride, n, o0, cnt, p, K, fill, dw_fwd_xs + r * S * fill, fill) && ok;
+    for (int r = 0; r < rows; r++) {
+        float *xs = dw_fwd_xs + r * S * fill;
+        ok = dw_stage_x<T, S, 1, 4>(xr + r * xstride, 0, 1, n, o0, cnt, p, K, fill, xs, fill, 0) && ok;
+    }
     const float b = bias ? lu_ld(bias, ch) : 0.0f;
     if (__syncthreads_and(ok)) {
         int groups[S];
@@ -237,6 +296,78 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const 
             for (int q = threadIdx.x; q < cnt; q += blockDim.x)
                 lu_st(yr + r * ystride, q,
                       lu_dw_fwd_exact(dw_fwd_xs + r * S * fill, fill, &ws[0][0], b, q, o0, n, S, p, K));
+    }
+}
+
+/* p[0, m) = v[0, m), m <= LU_DW_FWD_RUN = 8: one or two 16-byte stores where p is aligned for them. */
+template <typename T> static __device__ __forceinline__ void dw_store_run(T *p, const float v[LU_DW_FWD_RUN], int m)
+{
+    if (m == LU_DW_FWD_RUN && (uintptr_t)p % (LU_DW_FWD_RUN * sizeof(T) < 16 ? LU_DW_FWD_RUN * sizeof(T) : 16) == 0) {
+        lu_st8(p, v);
+    } else {
+        lu_st_upto4(p, v, m < 4 ? m : 4);
+        if (m > 4) lu_st_upto4(p + 4, v + 4, m - 4);
+    }
+}
+
+/* Floats from one row's phases to the next in the forward's shared memory: an odd number of
+ * 16-byte units, so that the two rows an 8-lane group of dw_forward_kernel reads fall in distinct
+ * banks (a 16-byte shared load is served 8 lanes at a time). */
+static __host__ __device__ __forceinline__ int dw_fwd_row_stride(int s, int fill) { return s * fill | 4; }
+
+/* The forward with LU_DW_FWD_RUN = 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8, dw_fwd_outputs).
+ * A block per (DW_FWD_ROWS rows of one channel, tile of LU_DW_TILE outputs). The block stages its
+ * rows (dynamic shared memory: row r at r * dw_fwd_row_stride, its S phases `fill` floats apart,
+ * fill = lu_dw_fwd_fill_upto of the longest tile), then its threads take runs of LU_DW_FWD_RUN
+ * outputs and store them straight from registers. Lanes 8j..8j+7 take a pair of rows and 32
+ * consecutive outputs: lanes 0-3 of the group in the pair's first row, 4-7 at the same outputs of
+ * the second, which the row stride puts in the other banks (runs 32 bytes apart in one row alone
+ * would have two lanes on each bank). Phase 0 has G groups of 4 taps (0: not known at compile
+ * time), phase 1 G or G - 1. A block whose staged values are not all finite takes the exact path. */
+template <typename T, int S, int G>
+static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const T *x, const T *w, const T *bias, T *y,
+                                                                          conv_geom g, int fill)
+{
+    extern __shared__ __align__(16) float dw_fwd_xs[];
+    __shared__ __align__(16) float ws[S][LU_DW_WLEN];
+    const int n = (int)g.w, OT = (int)g.ow, p = (int)g.pad[1], K = (int)g.kw, o0 = blockIdx.y * LU_DW_TILE;
+    const int cnt = OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE, rstride = dw_fwd_row_stride(S, fill);
+    int64_t ch, b0;
+    const int rows = dw_block_rows(&g, DW_FWD_ROWS, &ch, &b0);
+    const int64_t xstride = g.cin * g.w, ystride = g.cin * g.ow; /* from one batch item to the next */
+    const T *xr = x + (b0 * g.cin + ch) * g.w;
+    T *yr = y + (b0 * g.cin + ch) * g.ow + o0;
+    bool ok = dw_stage_weights<T, S>(w + ch * K, K, false, ws);
+    ok = dw_stage_x<T, S, DW_FWD_ROWS, 4>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill, rstride) && ok;
+    const float b = bias ? lu_ld(bias, ch) : 0.0f;
+    if (__syncthreads_and(ok)) {
+        const int g0 = G > 0 ? G : (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 0)) / 4;
+        const int g1 = S == 2 ? (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 1)) / 4 : 0;
+        const int chunks = (cnt + 4 * LU_DW_FWD_RUN - 1) / (4 * LU_DW_FWD_RUN), pairs = (rows + 1) / 2;
+        const int lane_r = threadIdx.x >> 2 & 1, lane_q = (threadIdx.x & 3) * LU_DW_FWD_RUN;
+        for (int pr = 0, c = threadIdx.x >> 3;; c += blockDim.x >> 3) {
+            while (pr < pairs && c >= chunks) {
+                c -= chunks;
+                pr++;
+            }
+            if (pr == pairs) break;
+            const int r = 2 * pr + lane_r, q = 4 * LU_DW_FWD_RUN * c + lane_q;
+            if (r >= rows || q >= cnt) continue;
+            float acc[LU_DW_FWD_RUN];
+            for (int v = 0; v < LU_DW_FWD_RUN; v++) acc[v] = b;
+            const float *xw = dw_fwd_xs + r * rstride + q;
+            dw_corr8<G>(acc, xw, ws[0], g0);
+            if (S == 2) {
+                if (G == 0 || g1 == G) dw_corr8<G>(acc, xw + fill, ws[1], g1);
+                else if (G > 1) dw_corr8<(G > 1 ? G - 1 : 1)>(acc, xw + fill, ws[1], g1);
+            }
+            dw_store_run(yr + r * ystride + q, acc, cnt - q < LU_DW_FWD_RUN ? cnt - q : LU_DW_FWD_RUN);
+        }
+    } else {
+        for (int r = 0; r < rows; r++)
+            for (int q = threadIdx.x; q < cnt; q += blockDim.x)
+                lu_st(yr + r * ystride, q,
+                      lu_dw_fwd_exact(dw_fwd_xs + r * rstride, fill, &ws[0][0], b, q, o0, n, S, p, K));
     }
 }
 
@@ -334,8 +465,8 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_partial_kernel(const 
         bool ok = true;
         for (int r = 0; r < rows; r++) {
             int64_t row = (b0 + r) * g.cin + ch;
-            ok = dw_stage_x<T, S>(x + row * T_, (int)T_, (int)o0, cnt, (int)p, K, fill, &xs[r][0][0],
-                                  LU_DW_PHASE_LEN) && ok;
+            ok = dw_stage_x<T, S, 1, 4>(x + row * T_, 0, 1, (int)T_, (int)o0, cnt, (int)p, K, fill, &xs[r][0][0],
+                                     LU_DW_PHASE_LEN, 0) && ok;
             for (int q = cnt + threadIdx.x; q < LU_DW_DY_LEN; q += blockDim.x) dys[r][q] = 0.0f;
             lu_row_load(dy + row * OT, o0, o0 + cnt, [&](int64_t o, float v) {
                 dys[r][o - o0] = v;
@@ -417,15 +548,50 @@ static bool dw_fits_grid(const conv_geom *g)
     return tiles <= 65535 && g->cin * ((g->batch + DW_ROWS - 1) / DW_ROWS) * tiles < INT32_MAX;
 }
 
+template <typename T, int S, int G>
+static void dw_forward_launch(dim3 grid, size_t smem, const conv_geom *g, const void *x, const void *w,
+                              const void *bias, void *y, int fill)
+{
+    dw_forward_kernel<T, S, G><<<grid, LU_DW_THREADS, smem>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y, *g,
+                                                              fill);
+}
+
+/* The kernel is compiled for the group counts of K <= 32 (stride 1) and K <= 64 (stride 2), the
+ * rest counts its groups at run time. */
+/* Outputs a thread of the depthwise forward: 4 (dw_forward4_kernel, the kernel measured so far)
+ * unless LUTHIER_DW_FWD_OUTPUTS=8 picks dw_forward_kernel, which a GPU run has yet to rank against
+ * it (`luthier bench gpu` times both). */
+static int dw_fwd_outputs(void)
+{
+    const char *e = getenv("LUTHIER_DW_FWD_OUTPUTS");
+    return e && !strcmp(e, "8") ? 8 : 4;
+}
+
 template <typename T, int S>
 static lu_status dw_forward(const conv_geom *g, const void *x, const void *w, const void *bias, void *y)
 {
     dim3 grid((unsigned)(g->cin * ((g->batch + DW_FWD_ROWS - 1) / DW_FWD_ROWS)),
               (unsigned)((g->ow + LU_DW_TILE - 1) / LU_DW_TILE));
     const int fill = (int)lu_dw_fwd_fill_upto(g->kw, S, g->ow < LU_DW_TILE ? g->ow : LU_DW_TILE);
-    const size_t smem = (size_t)DW_FWD_ROWS * S * fill * sizeof(float);
-    dw_forward_kernel<T, S><<<grid, LU_DW_THREADS, smem>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y, *g,
-                                                           fill);
+    if (dw_fwd_outputs() == 4) {
+        const size_t smem = (size_t)DW_FWD_ROWS * S * fill * sizeof(float);
+        dw_forward4_kernel<T, S><<<grid, LU_DW_THREADS, smem>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y, *g,
+                                                                fill);
+        LU_CUDA_CHECK_LAUNCH();
+        return LU_OK;
+    }
+    const size_t smem = (size_t)DW_FWD_ROWS * dw_fwd_row_stride(S, fill) * sizeof(float);
+    switch (lu_dw_ceil4(lu_dw_phase_taps(g->kw, S, 0)) / 4) {
+    case 1: dw_forward_launch<T, S, 1>(grid, smem, g, x, w, bias, y, fill); break;
+    case 2: dw_forward_launch<T, S, 2>(grid, smem, g, x, w, bias, y, fill); break;
+    case 3: dw_forward_launch<T, S, 3>(grid, smem, g, x, w, bias, y, fill); break;
+    case 4: dw_forward_launch<T, S, 4>(grid, smem, g, x, w, bias, y, fill); break;
+    case 5: dw_forward_launch<T, S, 5>(grid, smem, g, x, w, bias, y, fill); break;
+    case 6: dw_forward_launch<T, S, 6>(grid, smem, g, x, w, bias, y, fill); break;
+    case 7: dw_forward_launch<T, S, 7>(grid, smem, g, x, w, bias, y, fill); break;
+    case 8: dw_forward_launch<T, S, 8>(grid, smem, g, x, w, bias, y, fill); break;
+    default: dw_forward_launch<T, S, 0>(grid, smem, g, x, w, bias, y, fill); break;
+    }
     LU_CUDA_CHECK_LAUNCH();
     return LU_OK;
 }

@@ -4,11 +4,11 @@
  *
  * Geometry as core/cpu/conv.c: output o reads input o*s - p + j for taps j in [0, K) (the fast
  * depthwise conv1d has dilation 1). It runs as stride-1 correlations, which a thread computes
- * four outputs at a time with the inputs sliding through its registers:
+ * a run of outputs at a time with the inputs sliding through its registers:
  *  - forward: a block takes LU_DW_TILE outputs of (batch, channel) rows and stages the input
  *    window they read split into s phases, window position k in phase k % s at k / s; taps
  *    j = s*i + r form phase r of the weights, and y[o0 + q] = bias + sum over r and i of
- *    w_r[i] x_r[q + i];
+ *    w_r[i] x_r[q + i], a thread taking LU_DW_FWD_RUN outputs;
  *  - dx (the transposed convolution): a block takes LU_DW_TILE inputs; input t takes the taps
  *    j = t + p (mod s), so the inputs fall into s classes, class c a correlation of its own dy
  *    window with the reversed taps of phase c (lu_dw_dx_class);
@@ -30,7 +30,8 @@
 #endif
 
 #define LU_DW_TILE 512     /* frames per tile (outputs for forward and dw, inputs for dx) */
-#define LU_DW_THREADS 128  /* threads of a tile block: 4 frames each */
+#define LU_DW_THREADS 128  /* threads of a tile block */
+#define LU_DW_FWD_RUN 8    /* forward: consecutive outputs of a thread */
 #define LU_DW_MAX_HALO 256 /* largest K - 1 of the fast path */
 #define LU_DW_SEG 20       /* dw: outputs per thread segment; 80 bytes apart, the 8 lanes of a
                             * 16-byte shared load hit distinct banks */
@@ -85,11 +86,11 @@ LU_HD int64_t lu_dw_x_window(int64_t o0, int64_t cnt, int64_t s, int64_t p, int6
 }
 
 /* Entries of each phase array that the forward reads in a tile of at most `most` outputs: a
- * thread's outputs q0 + [0, 4), q0 <= ceil4(most) - 4, read x_r[q0 + i] for i up to the taps
- * rounded to groups of 4. */
+ * thread's outputs q0 + [0, LU_DW_FWD_RUN), q0 a multiple of LU_DW_FWD_RUN below `most`, read
+ * x_r[q0 + i] for i up to the taps rounded to groups of 4. A multiple of 4. */
 LU_HD int64_t lu_dw_fwd_fill_upto(int64_t k, int64_t s, int64_t most)
 {
-    return lu_dw_ceil4(most) + lu_dw_ceil4(lu_dw_phase_taps(k, s, 0));
+    return (most + LU_DW_FWD_RUN - 1) / LU_DW_FWD_RUN * LU_DW_FWD_RUN + lu_dw_ceil4(lu_dw_phase_taps(k, s, 0));
 }
 
 /* The same for a whole tile. */

@@ -529,9 +529,8 @@ Test(cuda_conv, depthwise_conv1d_propagates_nan_and_inf_as_the_cpu)
 
 /* bf16, five rows (a block of 4 and one of 1), stride 1 and 2: the block holding the NaN and the Inf
  * takes the exact path for all its rows, the other the fast one. */
-Test(cuda_conv, depthwise_conv1d_bf16_propagates_nan_and_inf_as_the_cpu)
+static void check_dw_bf16_nan_and_inf(void)
 {
-    require_gpu();
     for (int s = 1; s <= 2; s++) {
         lu_conv1d_params p = {s, 7, 1, 2};
         int64_t OT = (61 + 14 - 15) / s + 1;
@@ -547,6 +546,36 @@ Test(cuda_conv, depthwise_conv1d_bf16_propagates_nan_and_inf_as_the_cpu)
                                                                             "and Inf");
         release_all((lu_tensor *[]){x, w, y}, 3);
     }
+}
+
+Test(cuda_conv, depthwise_conv1d_bf16_propagates_nan_and_inf_as_the_cpu)
+{
+    require_gpu();
+    check_dw_bf16_nan_and_inf();
+}
+
+/* The forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8), compiled for each count of 4-tap
+ * groups of phase 0 up to 8 and counting them at run time above: K 3 .. 31 step 4 and 33 at stride
+ * 1 (1 .. 8 groups, then run time), K 7 .. 63 step 8 and 65 at stride 2; five rows (a block of 4
+ * and one of 1), T 37 (one short tile) and 1030 (three tiles, rows not 8-aligned), each K in f32
+ * and bf16; the NaN and Inf case; and the benchmark's shape. */
+Test(cuda_conv, depthwise_forward_of_8_outputs_a_thread_matches_cpu)
+{
+    require_gpu();
+    setenv("LUTHIER_DW_FWD_OUTPUTS", "8", 1);
+    static const int64_t Ts[] = {37, 1030};
+    static const int64_t K1[] = {3, 7, 11, 15, 19, 23, 27, 31, 33}, K2[] = {7, 15, 23, 31, 39, 47, 55, 63, 65};
+    for (int s = 1; s <= 2; s++)
+        for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
+            for (size_t b = 0; b < sizeof K1 / sizeof K1[0]; b++) {
+                int64_t K = s == 1 ? K1[b] : K2[b];
+                lu_dtype dt = (a + b) % 2 ? LU_BF16 : LU_F32; /* each K in both dtypes over the two T */
+                double tol = dt == LU_BF16 ? TOL_BF16 : TOL_F32;
+                check_conv1d(5, 3, 3, Ts[a], K, s, (int)(K - 1) / 2, 1, 3, a == 0, dt, tol);
+            }
+    check_dw_bf16_nan_and_inf();
+    for (int s = 1; s <= 2; s++) check_conv1d(32, 384, 384, 500, 31, s, 15, 1, 384, true, LU_BF16, TOL_BF16);
+    unsetenv("LUTHIER_DW_FWD_OUTPUTS");
 }
 
 /* NaN and Inf in x and dy, near the padded ends too: the tiles holding them take the exact path,

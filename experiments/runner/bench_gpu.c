@@ -1,10 +1,11 @@
 /* bench_gpu.c - `luthier bench gpu`: the CUDA backend's fused attention (bf16), depthwise conv1d
- * (kernel 31, stride 1 and 2), Zipformer's downsampling and the biased linear layer (bf16 and f32;
- * the linear with its cuBLASLt epilogues and without, LUTHIER_CUBLASLT=0; the attention forward
- * with its default kernels and their variants: the forward's other tiling, LUTHIER_ATT_ROWS_PER_WARP=16
- * or 32, and the dK/dV kernel of 128 keys a block, LUTHIER_ATT_DKDV_KEYS=128) and the products of a
- * Qwen3-0.6B SFT step (bf16, no bias) beside PyTorch on the same GPU, shapes and dtypes, measured
- * in the same run by scripts/bench_gpu_reference.py, and the ratio (issue 7).
+ * (kernel 31, stride 1 and 2), Zipformer's downsampling, the biased linear layer (bf16 and f32)
+ * and the products of a Qwen3-0.6B SFT step (bf16, no bias) beside PyTorch on the same GPU, shapes
+ * and dtypes, measured in the same run by scripts/bench_gpu_reference.py, and the ratio (issue 7).
+ * Kernel variants are timed beside the defaults: the linear without its cuBLASLt epilogues
+ * (LUTHIER_CUBLASLT=0), the attention forward's other tiling (LUTHIER_ATT_ROWS_PER_WARP=16 or 32),
+ * the attention backward's wider tilings (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32)
+ * and the depthwise forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8).
  *
  * Our kernels are called through the CUDA backend's op table on tensors allocated beforehand
  * (forward; forward then backward, with kernel scratch from an arena), and timed as the script
@@ -89,7 +90,8 @@ static void usage(FILE *f)
                "  (PY " REFERENCE_SCRIPT "), and the ratio; the linear also without its cuBLASLt epilogues\n"
                "  (LUTHIER_CUBLASLT=0), the attention forward also with the query rows a warp its head dim does\n"
                "  not take by default (LUTHIER_ATT_ROWS_PER_WARP=16 or 32) and its forward + backward also with\n"
-               "  the dK/dV kernel of 128 keys a block (LUTHIER_ATT_DKDV_KEYS=128).\n"
+               "  the backward's variant kernels (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32),\n"
+               "  the depthwise conv also with 8 forward outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8).\n"
                "  --case NAME    one case (default all):");
     for (int i = 0; i < N_CASES; i++) fprintf(f, " %s", cases[i].name);
     fprintf(f, "\n"
@@ -414,25 +416,42 @@ static lu_status time_linear(const op_bench *o, gpu_result *r, int pass, int ite
     return s;
 }
 
-/* The attention's kernel variants (cuda/attention_mma.cu): the defaults (forward: 32 query rows a
- * warp at head dim 64, 16 at 128; dK/dV: 64 keys a block), then for the forward the other rows a
- * warp (LUTHIER_ATT_ROWS_PER_WARP) and for forward + backward the dK/dV kernel of 128 keys a block
- * (LUTHIER_ATT_DKDV_KEYS=128). */
-static lu_status time_attention(const op_bench *o, gpu_result *r, int pass, int iters)
+/* Ours with the default kernels (every variable of vars[0, n) unset), then the variant: vars[i] set
+ * to values[i] where that is not NULL. */
+static lu_status time_variant(const op_bench *o, gpu_result *r, int pass, int iters, int n, const char *const *vars,
+                              const char *const *values, const char *label)
 {
-    env_keep rows = env_push("LUTHIER_ATT_ROWS_PER_WARP", NULL), keys = env_push("LUTHIER_ATT_DKDV_KEYS", NULL);
+    env_keep keep[3];
+    for (int i = 0; i < n; i++) keep[i] = env_push(vars[i], NULL);
     lu_status s = time_call(o, pass == 1, iters, &r->ours[pass], r->why);
     if (!s) {
-        const char *var = pass ? "LUTHIER_ATT_DKDV_KEYS" : "LUTHIER_ATT_ROWS_PER_WARP";
-        const char *other = pass ? "128" : r->c->d == 64 ? "16" : "32";
-        fprintf(stderr, "luthier bench gpu: %s %s %s, %s=%s\n", r->c->name, lu_dtype_name(r->dt),
-                pass ? "fwd+bwd" : "fwd", var, other);
-        setenv(var, other, 1);
+        for (int i = 0; i < n; i++)
+            if (values[i]) setenv(vars[i], values[i], 1);
+        fprintf(stderr, "luthier bench gpu: %s %s %s, %s\n", r->c->name, lu_dtype_name(r->dt), pass ? "fwd+bwd" : "fwd",
+                label);
         s = time_call(o, pass == 1, iters, &r->variant[pass], r->why);
     }
-    env_pop(&keys);
-    env_pop(&rows);
+    for (int i = n - 1; i >= 0; i--) env_pop(&keep[i]);
     return s;
+}
+
+/* The attention's kernel variants (cuda/attention_mma.cu): the defaults (forward: 32 query rows a
+ * warp at head dim 64, 16 at 128; dK/dV: 64 keys a block; dQ: 16 query rows a warp), then for the
+ * forward the other rows a warp and for forward + backward the backward's wider tilings. */
+static lu_status time_attention(const op_bench *o, gpu_result *r, int pass, int iters)
+{
+    static const char *const vars[3] = {"LUTHIER_ATT_ROWS_PER_WARP", "LUTHIER_ATT_DKDV_KEYS",
+                                        "LUTHIER_ATT_DQ_ROWS_PER_WARP"};
+    const char *fwd[3] = {r->c->d == 64 ? "16" : "32", NULL, NULL}, *bwd[3] = {NULL, "128", "32"};
+    return time_variant(o, r, pass, iters, 3, vars, pass ? bwd : fwd,
+                        pass ? "the backward's wider tilings" : "the other rows a warp");
+}
+
+/* The depthwise conv's forward of 4 outputs a thread (the default), then of 8 (cuda/conv.cu). */
+static lu_status time_conv(const op_bench *o, gpu_result *r, int pass, int iters)
+{
+    static const char *const vars[1] = {"LUTHIER_DW_FWD_OUTPUTS"}, *const eight[1] = {"8"};
+    return time_variant(o, r, pass, iters, 1, vars, eight, "8 forward outputs a thread");
 }
 
 static void bench_ours(gpu_result *r, int iters)
@@ -453,6 +472,7 @@ static void bench_ours(gpu_result *r, int iters)
         fprintf(stderr, "luthier bench gpu: %s %s %s\n", r->c->name, lu_dtype_name(r->dt), pass ? "fwd+bwd" : "fwd");
         if (r->c->kind == CASE_LINEAR) s = time_linear(&o, r, pass, iters);
         else if (r->c->kind == CASE_ATTENTION) s = time_attention(&o, r, pass, iters);
+        else if (r->c->kind == CASE_CONV) s = time_conv(&o, r, pass, iters);
         else s = time_call(&o, pass == 1, iters, &r->ours[pass], r->why);
     }
     for (int i = 0; i < o.n; i++) lu_tensor_release(o.t[i]);
@@ -618,22 +638,24 @@ static void gemm_table(const gpu_result *r, int n)
 
 static void memory_table(const gpu_result *r, int n)
 {
-    printf("| %-24s | %-5s | %-7s | %8s | %9s | %10s | %10s | %5s |\n", "conv / downsample", "dtype", "pass", "ours us",
-           "ours GB/s", "PyTorch us", "PyT. GB/s", "ratio");
-    printf("|--------------------------|-------|---------|----------|-----------|------------|------------|-------|\n");
+    printf("| %-24s | %-5s | %-7s | %8s | %9s | %10s | %10s | %10s | %5s |\n", "conv / downsample", "dtype", "pass",
+           "ours us", "ours GB/s", "variant us", "PyTorch us", "PyT. GB/s", "ratio");
+    printf("|--------------------------|-------|---------|----------|-----------|------------|------------|------------|"
+           "-------|\n");
     for (int k = 0; k < n; k++) {
         if (r[k].c->kind != CASE_CONV && r[k].c->kind != CASE_DOWNSAMPLE) continue;
         for (int pass = 0; pass < 2; pass++) {
             double bytes = pass_bytes(r[k].c, r[k].dt, pass), ours = r[k].ours[pass], ref = r[k].ref[0][pass];
             bool have = ours > 0, have_ref = !r[k].ref_why[0][0];
-            char ou[32], og[32], ru[32], rg[32], ra[32];
+            char ou[32], og[32], vu[32], ru[32], rg[32], ra[32];
             cell(ou, sizeof ou, "%.1f", 1e6 * ours, have);
             cell(og, sizeof og, "%.0f", bytes / ours * 1e-9, have);
+            cell(vu, sizeof vu, "%.1f", 1e6 * r[k].variant[pass], r[k].variant[pass] > 0);
             cell(ru, sizeof ru, "%.1f", 1e6 * ref, have_ref);
             cell(rg, sizeof rg, "%.0f", bytes / ref * 1e-9, have_ref);
             cell(ra, sizeof ra, "%.2f", ref / ours, have && have_ref);
-            printf("| %-24s | %-5s | %-7s | %8s | %9s | %10s | %10s | %5s |\n", r[k].c->name, lu_dtype_name(r[k].dt),
-                   pass ? "fwd+bwd" : "fwd", ou, og, ru, rg, ra);
+            printf("| %-24s | %-5s | %-7s | %8s | %9s | %10s | %10s | %10s | %5s |\n", r[k].c->name,
+                   lu_dtype_name(r[k].dt), pass ? "fwd+bwd" : "fwd", ou, og, vu, ru, rg, ra);
         }
     }
 }
@@ -683,11 +705,12 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
     }
     printf("ratio = PyTorch time / ours (> 1: luthier is faster). Attention FLOP as FlashAttention counts them:\n"
            "4*B*H*T^2*d forward, halved when causal, fwd+bwd 3.5x the forward; ours: the forward with\n"
-           "32 query rows a warp at head dim 64 (FlashAttention-2's tiling), 16 at 128, and the dK/dV backward\n"
-           "with 64 keys a block; variant: fwd with the other rows a warp (LUTHIER_ATT_ROWS_PER_WARP=16 at\n"
-           "d 64, 32 at d 128), fwd+bwd with the dK/dV kernel of 128 keys a block (LUTHIER_ATT_DKDV_KEYS=128).\n"
-           "GB/s:\n"
-           "bytes each pass reads and writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias).\n"
+           "32 query rows a warp at head dim 64 (FlashAttention-2's tiling), 16 at 128, the dK/dV backward\n"
+           "with 64 keys a block and dQ with 16 rows a warp; variant: fwd with the other rows a warp\n"
+           "(LUTHIER_ATT_ROWS_PER_WARP=16 at d 64, 32 at d 128), fwd+bwd with dK/dV of 128 keys a block and dQ\n"
+           "of 32 rows a warp (LUTHIER_ATT_DKDV_KEYS=128 LUTHIER_ATT_DQ_ROWS_PER_WARP=32). GB/s:\n"
+           "bytes each pass reads and writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias);\n"
+           "conv variant: the forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8), ours 4.\n"
            "Linear FLOP: 2*M*N*K forward, 3x for fwd+bwd (the dx and dw GEMMs); fused: the bias in the GEMM's\n"
            "cuBLASLt epilogue and its gradient in the dw GEMM's; unfused: LUTHIER_CUBLASLT=0 (GEMM into the\n"
            "bias rows, column-sum kernel); ratio = PyTorch / fused, unf/fused = unfused / fused time. Matmul:\n"
