@@ -170,17 +170,60 @@ static __device__ __forceinline__ bool dw_stage_weights(const T *wc, int K, bool
     return chk == 0.0f;
 }
 
-/* Stages the input window of the forward (or dw) tile of outputs [o0, o0 + cnt) of `rows` <= R
- * rows (row r at xr + r*xstride, n frames each), row r as S phases of `fill` floats at xs +
- * r*rstride, plen floats apart (xs, plen and rstride 16-byte aligned), zero outside the input and
- * past the window. Returns whether this thread's inputs are finite. Positions fit in 32 bits
- * (dw_fits_grid). The aligned middle of each row moves as vector loads of V = 4 or 8 elements, each
- * thread's to consecutive window positions (16-byte shared stores where they are aligned, S == 1);
- * the at most V-1 + V-1 elements around it one each. Every row's loads are issued before the
- * first store, so that a block waits for memory once, not once per row. */
+/* Stages the input window of the forward (or dw) tile of outputs [o0, o0 + cnt) of row xr (n
+ * frames) as S phases of `fill` floats, plen floats apart from xs (plen and xs 16-byte aligned),
+ * zero outside the input and past the window. Returns whether this thread's inputs are finite.
+ * Positions fit in 32 bits (dw_fits_grid). The aligned middle of the row moves as 4-element
+ * vector loads, each thread's to consecutive window positions (one 16-byte shared store where
+ * they are aligned, S == 1); the at most 3 + 3 elements around it one each. */
+template <typename T, int S>
+static __device__ __forceinline__ bool dw_stage_x(const T *xr, int n, int o0, int cnt, int p, int K, int fill,
+                                                  float *xs, int plen)
+{
+    int64_t span64;
+    const int in0 = (int)lu_dw_x_window(o0, cnt, S, p, K, &span64), span = (int)span64;
+    const int lo = in0 > 0 ? in0 : 0, hi = in0 + span < n ? in0 + span : n;
+    /* window positions [0, k_lo) and [k_hi, S*fill) are padding */
+    const int k_lo = lo - in0 < S * fill ? lo - in0 : S * fill, k_hi = hi - in0 > k_lo ? hi - in0 : k_lo;
+    for (int k = threadIdx.x; k < k_lo; k += blockDim.x) xs[k % S * plen + k / S] = 0.0f;
+    for (int k = k_hi + threadIdx.x; k < S * fill; k += blockDim.x) xs[k % S * plen + k / S] = 0.0f;
+    if (hi <= lo) return true;
+    /* [a, b): the elements of [lo, hi) that whole aligned vectors cover */
+    const int mis = (int)((uintptr_t)xr / sizeof(T) % 4);
+    int a = lo + (-(lo + mis) & 3);
+    a = a < hi ? a : hi;
+    const int b = a + ((hi - a) & ~3);
+    float chk = 0.0f;
+    for (int end = 0; end < 2; end++) {
+        const int i = (end ? b : lo) + threadIdx.x;
+        if (i < (end ? hi : a)) {
+            const float v = lu_ld(xr, i);
+            const int k = i - in0;
+            xs[k % S * plen + k / S] = v;
+            chk = dw_check(chk, v);
+        }
+    }
+    for (int i = a + 4 * threadIdx.x; i < b; i += 4 * blockDim.x) {
+        float v[4];
+        lu_ld4(xr + i, v);
+        const int k = i - in0;
+        for (int e = 0; e < 4; e++) chk = dw_check(chk, v[e]);
+        if (S == 1 && (k & 3) == 0) {
+            *(float4 *)&xs[k] = make_float4(v[0], v[1], v[2], v[3]);
+        } else {
+            for (int e = 0; e < 4; e++) xs[(k + e) % S * plen + (k + e) / S] = v[e];
+        }
+    }
+    return chk == 0.0f;
+}
+
+/* dw_stage_x for the forward of 8 outputs a thread, over `rows` <= R rows at once (row r at xr +
+ * r*xstride, n frames each; staged at xs + r*rstride, rstride 16-byte aligned). The aligned middle
+ * of each row moves as vector loads of V = 4 or 8 elements, and every row's loads are issued
+ * before the first shared store, so that a block waits for memory once, not once per row. */
 template <typename T, int S, int R, int V>
-static __device__ __forceinline__ bool dw_stage_x(const T *xr, int64_t xstride, int rows, int n, int o0, int cnt, int p,
-                                                  int K, int fill, float *xs, int plen, int rstride)
+static __device__ __forceinline__ bool dw_stage_rows(const T *xr, int64_t xstride, int rows, int n, int o0, int cnt,
+                                                     int p, int K, int fill, float *xs, int plen, int rstride)
 {
     int64_t span64;
     const int in0 = (int)lu_dw_x_window(o0, cnt, S, p, K, &span64), span = (int)span64;
@@ -275,7 +318,7 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward4_kernel(const
     bool ok = dw_stage_weights<T, S>(w + ch * K, K, false, ws);
     for (int r = 0; r < rows; r++) {
         float *xs = dw_fwd_xs + r * S * fill;
-        ok = dw_stage_x<T, S, 1, 4>(xr + r * xstride, 0, 1, n, o0, cnt, p, K, fill, xs, fill, 0) && ok;
+        ok = dw_stage_x<T, S>(xr + r * xstride, n, o0, cnt, p, K, fill, xs, fill) && ok;
     }
     const float b = bias ? lu_ld(bias, ch) : 0.0f;
     if (__syncthreads_and(ok)) {
@@ -338,7 +381,7 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const 
     const T *xr = x + (b0 * g.cin + ch) * g.w;
     T *yr = y + (b0 * g.cin + ch) * g.ow + o0;
     bool ok = dw_stage_weights<T, S>(w + ch * K, K, false, ws);
-    ok = dw_stage_x<T, S, DW_FWD_ROWS, 4>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill, rstride) && ok;
+    ok = dw_stage_rows<T, S, DW_FWD_ROWS, 4>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill, rstride) && ok;
     const float b = bias ? lu_ld(bias, ch) : 0.0f;
     if (__syncthreads_and(ok)) {
         const int g0 = G > 0 ? G : (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 0)) / 4;
@@ -465,8 +508,8 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_partial_kernel(const 
         bool ok = true;
         for (int r = 0; r < rows; r++) {
             int64_t row = (b0 + r) * g.cin + ch;
-            ok = dw_stage_x<T, S, 1, 4>(x + row * T_, 0, 1, (int)T_, (int)o0, cnt, (int)p, K, fill, &xs[r][0][0],
-                                     LU_DW_PHASE_LEN, 0) && ok;
+            ok = dw_stage_x<T, S>(x + row * T_, (int)T_, (int)o0, cnt, (int)p, K, fill, &xs[r][0][0],
+                                  LU_DW_PHASE_LEN) && ok;
             for (int q = cnt + threadIdx.x; q < LU_DW_DY_LEN; q += blockDim.x) dys[r][q] = 0.0f;
             lu_row_load(dy + row * OT, o0, o0 + cnt, [&](int64_t o, float v) {
                 dys[r][o - o0] = v;
