@@ -301,8 +301,9 @@ static __device__ __forceinline__ int dw_block_rows(const conv_geom *g, int rows
  * a block per (DW_FWD_ROWS rows of one channel, tile of LU_DW_TILE outputs) stages its rows
  * ([rows][S][fill] floats), then its threads take the groups of 4 outputs (row, q) in turn, row
  * by row, and store them straight from registers. A block whose staged values are not all finite
- * takes the exact path. */
-template <typename T, int S>
+ * takes the exact path. ROWS: the rows staged by dw_stage_rows, every row's loads issued before
+ * the first store (a variant, LUTHIER_DW_FWD_STAGING=rows), else one row after the other. */
+template <typename T, int S, bool ROWS>
 static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward4_kernel(const T *x, const T *w, const T *bias, T *y,
                                                                            conv_geom g, int fill)
 {
@@ -316,9 +317,14 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward4_kernel(const
     const T *xr = x + (b0 * g.cin + ch) * g.w;
     T *yr = y + (b0 * g.cin + ch) * g.ow + o0;
     bool ok = dw_stage_weights<T, S>(w + ch * K, K, false, ws);
-    for (int r = 0; r < rows; r++) {
-        float *xs = dw_fwd_xs + r * S * fill;
-        ok = dw_stage_x<T, S>(xr + r * xstride, n, o0, cnt, p, K, fill, xs, fill) && ok;
+    if (ROWS) {
+        ok = dw_stage_rows<T, S, DW_FWD_ROWS, 4>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill, S * fill) &&
+             ok;
+    } else {
+        for (int r = 0; r < rows; r++) {
+            float *xs = dw_fwd_xs + r * S * fill;
+            ok = dw_stage_x<T, S>(xr + r * xstride, n, o0, cnt, p, K, fill, xs, fill) && ok;
+        }
     }
     const float b = bias ? lu_ld(bias, ch) : 0.0f;
     if (__syncthreads_and(ok)) {
@@ -599,16 +605,32 @@ static void dw_forward_launch(dim3 grid, size_t smem, const conv_geom *g, const 
                                                               fill);
 }
 
-/* The kernel is compiled for the group counts of K <= 32 (stride 1) and K <= 64 (stride 2), the
- * rest counts its groups at run time. */
 /* Outputs a thread of the depthwise forward: 4 (dw_forward4_kernel, the kernel measured so far)
  * unless LUTHIER_DW_FWD_OUTPUTS=8 picks dw_forward_kernel, which a GPU run has yet to rank against
- * it (`luthier bench gpu` times both). */
+ * it (`luthier bench gpu` times both); LUTHIER_DW_FWD_STAGING=rows has the first stage its rows
+ * as the second does. */
 static int dw_fwd_outputs(void)
 {
     const char *e = getenv("LUTHIER_DW_FWD_OUTPUTS");
     return e && !strcmp(e, "8") ? 8 : 4;
 }
+
+static bool dw_fwd_rows_at_once(void)
+{
+    const char *e = getenv("LUTHIER_DW_FWD_STAGING");
+    return e && !strcmp(e, "rows");
+}
+
+template <typename T, int S, bool ROWS>
+static void dw_forward4_launch(dim3 grid, size_t smem, const conv_geom *g, const void *x, const void *w,
+                               const void *bias, void *y, int fill)
+{
+    dw_forward4_kernel<T, S, ROWS><<<grid, LU_DW_THREADS, smem>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y,
+                                                                  *g, fill);
+}
+
+/* dw_forward_kernel is compiled for the group counts of K <= 32 (stride 1) and K <= 64 (stride 2),
+ * the rest counts its groups at run time. */
 
 template <typename T, int S>
 static lu_status dw_forward(const conv_geom *g, const void *x, const void *w, const void *bias, void *y)
@@ -618,8 +640,8 @@ static lu_status dw_forward(const conv_geom *g, const void *x, const void *w, co
     const int fill = (int)lu_dw_fwd_fill_upto(g->kw, S, g->ow < LU_DW_TILE ? g->ow : LU_DW_TILE);
     if (dw_fwd_outputs() == 4) {
         const size_t smem = (size_t)DW_FWD_ROWS * S * fill * sizeof(float);
-        dw_forward4_kernel<T, S><<<grid, LU_DW_THREADS, smem>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y, *g,
-                                                                fill);
+        if (dw_fwd_rows_at_once()) dw_forward4_launch<T, S, true>(grid, smem, g, x, w, bias, y, fill);
+        else dw_forward4_launch<T, S, false>(grid, smem, g, x, w, bias, y, fill);
         LU_CUDA_CHECK_LAUNCH();
         return LU_OK;
     }

@@ -554,6 +554,22 @@ Test(cuda_conv, depthwise_conv1d_bf16_propagates_nan_and_inf_as_the_cpu)
     check_dw_bf16_nan_and_inf();
 }
 
+/* The forward of 4 outputs a thread with every row of a block staged at once
+ * (LUTHIER_DW_FWD_STAGING=rows): row tails, tiles, both strides and dtypes, NaN and Inf. */
+Test(cuda_conv, depthwise_forward_with_rows_staged_at_once_matches_cpu)
+{
+    require_gpu();
+    setenv("LUTHIER_DW_FWD_STAGING", "rows", 1);
+    for (int s = 1; s <= 2; s++) {
+        check_conv1d(5, 3, 3, 1030, 31, s, 15, 1, 3, true, LU_F32, TOL_F32);
+        check_conv1d(6, 3, 3, 1029, 7, s, 3, 1, 3, false, LU_BF16, TOL_BF16);
+        check_conv1d(5, 2, 2, 37, 8, s, 3, 1, 2, true, LU_BF16, TOL_BF16);
+        check_conv1d(3, 384, 384, 500, 31, s, 15, 1, 384, true, LU_F32, TOL_F32);
+    }
+    check_dw_bf16_nan_and_inf();
+    unsetenv("LUTHIER_DW_FWD_STAGING");
+}
+
 /* The forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8), compiled for each count of 4-tap
  * groups of phase 0 up to 8 and counting them at run time above: K 3 .. 31 step 4 and 33 at stride
  * 1 (1 .. 8 groups, then run time), K 7 .. 63 step 8 and 65 at stride 2; five rows (a block of 4
