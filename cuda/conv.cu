@@ -318,8 +318,9 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward4_kernel(const
     T *yr = y + (b0 * g.cin + ch) * g.ow + o0;
     bool ok = dw_stage_weights<T, S>(w + ch * K, K, false, ws);
     if (ROWS) {
-        ok = dw_stage_rows<T, S, DW_FWD_ROWS, 4>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill, S * fill) &&
-             ok;
+        const int rstride = S * fill;
+        ok = dw_stage_rows<T, S, DW_FWD_ROWS, 4>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill,
+                                                 rstride) && ok;
     } else {
         for (int r = 0; r < rows; r++) {
             float *xs = dw_fwd_xs + r * S * fill;
