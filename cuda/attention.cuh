@@ -40,6 +40,18 @@ static inline lu_status att_grid(int64_t blocks, const char *what, unsigned *gri
     return LU_OK;
 }
 
+/* Whether the device gives a block smem bytes of dynamic shared memory (past 48 KB, on request). */
+static inline bool att_smem_fits(size_t smem)
+{
+    int dev = 0, max = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return smem <= (size_t)max;
+}
+
 /* Allows `kernel` smem bytes of dynamic shared memory (past 48 KB it must be asked for), or says
  * why the device cannot. */
 static inline lu_status att_smem_allow(const void *kernel, size_t smem, const att_args *a)

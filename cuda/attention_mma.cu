@@ -762,9 +762,9 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
  * 32 h .. 32 h + 31, and writes P^T and dS^T (rounded to 16 bits, as the kernel above rounds its
  * A operands) to shared memory; for the products, warp (kg, h) accumulates dV = P^T dO and dK =
  * dS^T Q of the same 32 keys over columns D/2 h .. D/2 h + D/2 - 1 from them. Each fragment read
- * then serves four MMAs in both phases, and the block reads its query tiles from global memory
- * once per 128 keys. Every (key, query) term and each accumulator's order over the queries are
- * those of the kernel above; a warp's query half that sees none of its keys is skipped. */
+ * then serves four MMAs or more in both phases, and the block reads its query tiles from global
+ * memory once per 128 keys. Every (key, query) term and each accumulator's order over the queries
+ * are those of the kernel above; a warp's query half that sees none of its keys is skipped. */
 #define ATT_WIDE_BN 128   /* keys per block */
 #define ATT_WIDE_QC 64    /* queries per step */
 #define ATT_WIDE_WARPS 8
@@ -980,11 +980,12 @@ lu_status lu_att_mma_forward(const att_args *a, void *o, void *lse)
 
 /* Keys per block of the dK/dV backward: 64 (att_backward_dkdv_mma_kernel, the kernel measured so
  * far) unless LUTHIER_ATT_DKDV_KEYS=128 picks att_backward_dkdv_wide_kernel, which a GPU run has
- * yet to rank against it (`luthier bench gpu` times both). */
-static int att_dkdv_keys(void)
+ * yet to rank against it (`luthier bench gpu` times both), where the device gives a block its
+ * shared memory (an H100's 227 KB do; an A100's 163 KB do not). */
+static int att_dkdv_keys(int d)
 {
     const char *e = getenv("LUTHIER_ATT_DKDV_KEYS");
-    return e && !strcmp(e, "128") ? 128 : 64;
+    return e && !strcmp(e, "128") && att_smem_fits(att_dkdv_wide_smem(d)) ? 128 : 64;
 }
 
 template <bool BF16, int D>
@@ -992,7 +993,7 @@ static lu_status att_dkdv_launch(const att_args &a, const void *dO, const void *
                                  void *dv)
 {
     unsigned grid = 0;
-    if (att_dkdv_keys() == 128) {
+    if (att_dkdv_keys(D) == 128) {
         LU_TRY(att_grid(a.b * a.hkv * ((a.rg.tk + ATT_WIDE_BN - 1) / ATT_WIDE_BN), "the dk/dv backward", &grid));
         const size_t smem = att_dkdv_wide_smem(D);
         LU_TRY(att_smem_allow((const void *)att_backward_dkdv_wide_kernel<BF16, D>, smem, &a));
