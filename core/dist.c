@@ -260,6 +260,17 @@ lu_status lu_dist_average_buffers(lu_params *p)
     return LU_OK;
 }
 
+lu_status lu_dist_agree(lu_status s, const char *what)
+{
+    if (dist.size == 1) return s;
+    double failed = s != LU_OK;
+    lu_status r = lu_dist_all_reduce_doubles(&failed, 1, LU_DIST_MAX);
+    if (s) return s;
+    LU_TRY(r);
+    if (failed > 0) return lu_errorf(LU_ERR_STATE, "%s failed on another rank (its log says why)", what);
+    return LU_OK;
+}
+
 lu_status lu_dist_check_replicas(const double sums[LU_DTYPE_COUNT], int64_t step)
 {
     if (dist.size == 1) return LU_OK;

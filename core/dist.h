@@ -38,6 +38,11 @@ typedef enum lu_dist_op { LU_DIST_SUM, LU_DIST_MIN, LU_DIST_MAX } lu_dist_op;
 /* v[0..n) <- op over the ranks of v[0..n), host doubles. */
 lu_status lu_dist_all_reduce_doubles(double *v, int n, lu_dist_op op);
 
+/* A barrier that carries each rank's status of the step before it (a step that rank 0 alone may
+ * have carried out, the others passing LU_OK): returns s where it failed; on the ranks where it
+ * succeeded, an error naming `what` when another rank's failed. s itself with one rank. */
+lu_status lu_dist_agree(lu_status s, const char *what);
+
 /* *s <- rank root's string (heap-allocated; NULL travels as NULL), on every rank: the old *s of
  * the other ranks is freed. A no-op with one rank. */
 lu_status lu_dist_broadcast_string(char **s, int root);

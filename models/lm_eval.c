@@ -13,6 +13,7 @@
 
 #include "core/arena.h"
 #include "core/autograd.h"
+#include "core/dist.h"
 #include "core/progress.h"
 #include "models/chat_template.h"
 #include "models/generate.h"
@@ -637,11 +638,14 @@ lu_status lu_lmeval_run(lu_decoder *m, const lu_tokenizer *tok, const lu_lmeval_
     if (o->max_length <= 0 && m->cfg.max_position_embeddings > 0 && m->cfg.max_position_embeddings < window)
         window = m->cfg.max_position_embeddings;
     if (window < 2) return lu_errorf(LU_ERR_INVALID, "lm eval: max_length %lld must be at least 2", (long long)window);
-    lu_progress *p = o->progress ? lu_progress_begin(stderr, task->name, n) : NULL;
+    /* Shared: this rank's items are rank, rank + ranks, ... (long generations spread evenly). */
+    const int rank = o->shared ? lu_dist_rank() : 0, ranks = o->shared ? lu_dist_size() : 1;
+    const int64_t mine = n > rank ? (n - rank + ranks - 1) / ranks : 0;
+    lu_progress *p = o->progress && rank == 0 ? lu_progress_begin(stderr, task->name, mine) : NULL;
     double hits[LU_LMEVAL_MAX_METRICS] = {0}, nll = 0, bytes = 0;
-    int64_t tokens = 0, instructions = 0;
+    int64_t tokens = 0, instructions = 0, done = 0;
     lu_status st = LU_OK;
-    for (int64_t i = 0; i < n && st == LU_OK; i++) {
+    for (int64_t i = rank; i < n && st == LU_OK; i += ranks) {
         const lu_lmeval_item *it = &task->items[i];
         int64_t tokens_before = tokens;
         if (it->type == LU_LMEVAL_MC) {
@@ -725,9 +729,19 @@ lu_status lu_lmeval_run(lu_decoder *m, const lu_tokenizer *tok, const lu_lmeval_
             bytes += (double)strlen(it->text);
             if (st != LU_OK) lu_errorf(lu_error_code(), "%s:%d: %s", task->name, it->line, lu_error_message());
         }
-        if (p) lu_progress_update(p, i + 1, 0, NULL, NULL, (double)(tokens - tokens_before), "tok");
+        if (p) lu_progress_update(p, ++done, 0, NULL, NULL, (double)(tokens - tokens_before), "tok");
     }
     if (p) lu_progress_end(p);
+    if (ranks > 1) {
+        /* Every rank reaches the sums, failed or not (the others wait for it there). */
+        double v[LU_LMEVAL_MAX_METRICS + 4] = {nll, bytes, (double)tokens, (double)instructions};
+        for (int k = 0; k < LU_LMEVAL_MAX_METRICS; k++) v[4 + k] = hits[k];
+        lu_status rs = lu_dist_agree(st, task->name);
+        if (rs == LU_OK) rs = lu_dist_all_reduce_doubles(v, LU_LMEVAL_MAX_METRICS + 4, LU_DIST_SUM);
+        LU_TRY(rs);
+        nll = v[0], bytes = v[1], tokens = (int64_t)v[2], instructions = (int64_t)v[3];
+        for (int k = 0; k < LU_LMEVAL_MAX_METRICS; k++) hits[k] = v[4 + k];
+    }
     if (st != LU_OK) return st;
     r->n = n;
     if (task->type == LU_LMEVAL_MC) {

@@ -99,7 +99,9 @@ typedef struct lu_lmeval_opts {
     int64_t limit;           /* first `limit` items; <= 0: all */
     int64_t max_new_tokens;  /* gen; <= 0: 256 */
     int64_t max_length;      /* ppl window; <= 0: min(max_position_embeddings, 1024) */
-    bool progress;           /* progress line on stderr */
+    bool progress;           /* progress line on stderr (rank 0's share when shared) */
+    bool shared;             /* every rank of a data-parallel job runs the task, scoring the items i
+                              * with i % ranks == rank; the counts and sums meet on every rank */
 } lu_lmeval_opts;
 
 #define LU_LMEVAL_MAX_METRICS 4

@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "core/dist.h"
 #include "core/fileio.h"
 #include "models/gguf.h"
 #include "models/hf_model.h"
@@ -244,13 +245,17 @@ lu_status lu_luth_compare(const char *run_dir, const char *start_model, const lu
     snprintf(model, sizeof model, "%s/model", run_dir);
     snprintf(merged, sizeof merged, "%s/merged", run_dir);
     snprintf(yaml, sizeof yaml, "%s/merge.yaml", run_dir);
+    /* In a data-parallel job every rank calls this: rank 0 writes the directories and the
+     * results, every rank scores its share of each task's items. */
+    const bool lead = lu_dist_rank() == 0;
     const char *base_rel = "base";
     if (is_gguf(start_model)) {
         snprintf(base, sizeof base, "%s/base", run_dir);
-        if (!s) {
+        if (!s && lead) {
             fprintf(stderr, "compare: exporting the starting model %s to %s\n", start_model, base);
             s = export_base(start_model, base, (lu_dtype)o->export_dtype);
         }
+        s = lu_dist_agree(s, "compare: exporting the starting model");
     } else {
         /* mergekit paths are relative to the config's directory unless absolute. */
         if (start_model[0] == '/') snprintf(base, sizeof base, "%s", start_model);
@@ -258,7 +263,7 @@ lu_status lu_luth_compare(const char *run_dir, const char *start_model, const lu
         base_rel = base;
     }
     int n_models = o->merge == LU_COMPARE_NO_MERGE ? 2 : 3;
-    if (!s && n_models == 3 && !has_config(merged)) {
+    if (!s && lead && n_models == 3 && !has_config(merged)) {
         s = write_merge_config(yaml, base_rel, o);
         lu_merge_options mo = {.seed = 0, .progress = false};
         if (!s) {
@@ -266,6 +271,7 @@ lu_status lu_luth_compare(const char *run_dir, const char *start_model, const lu
             s = lu_merge_run(yaml, merged, &mo);
         }
     }
+    s = lu_dist_agree(s, "compare: merging");
 
     char merge_label[64], base_label[256];
     const char *name = strrchr(start_model, '/');
@@ -275,16 +281,16 @@ lu_status lu_luth_compare(const char *run_dir, const char *start_model, const lu
     const char *labels[N_MODELS] = {base_label, "fine-tuned", merge_label};
     const char *dirs[N_MODELS] = {base, model, merged};
     lu_lmeval_opts eo = {.chat = o->chat, .system = o->system, .limit = o->limit, .max_new_tokens = o->max_new_tokens,
-                         .progress = true};
+                         .progress = true, .shared = true};
     for (int m = 0; !s && m < n_models; m++) {
-        fprintf(stderr, "compare: evaluating %s (%s) on %d tasks\n", labels[m], dirs[m], n_tasks);
+        if (lead) fprintf(stderr, "compare: evaluating %s (%s) on %d tasks\n", labels[m], dirs[m], n_tasks);
         s = evaluate_dir(dirs[m], tasks, n_tasks, &eo, (lu_device)o->device, res, m);
     }
-    if (!s) {
+    if (!s && lead) {
         snprintf(out, sizeof out, "%s/compare.json", run_dir);
         s = write_results_json(out, labels, dirs, n_models, tasks, n_tasks, res);
     }
-    if (!s) {
+    if (!s && lead) {
         snprintf(out, sizeof out, "%s/compare.md", run_dir);
         char tmp[PATH_MAX_LEN + 8];
         snprintf(tmp, sizeof tmp, "%s.tmp", out);

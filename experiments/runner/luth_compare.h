@@ -29,7 +29,9 @@ typedef struct lu_compare_opts {
     int device;               /* where the models are evaluated (lu_device; 0: the CPU) */
 } lu_compare_opts;
 
-/* start_model: the HF directory or GGUF file training started from. */
+/* start_model: the HF directory or GGUF file training started from. In a data-parallel job every
+ * rank calls it: rank 0 writes the directories and the results, each rank scores its share of
+ * every task's items (lu_lmeval_opts.shared). */
 lu_status lu_luth_compare(const char *run_dir, const char *start_model, const lu_compare_opts *o);
 
 #endif

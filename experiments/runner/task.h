@@ -49,6 +49,9 @@ typedef struct lu_task {
     /* Optional: runs once at the end of a completed training run, after the final evaluation
      * (e.g. exports the trained model into run_dir). */
     lu_status (*finish)(void *state, const char *run_dir);
+    /* In a data-parallel run, finish is called on every rank, which share its work themselves
+     * (rank 0 writing the files); false: rank 0 finishes alone. */
+    bool collective_finish;
     void (*destroy)(void *state);
 } lu_task;
 

@@ -325,16 +325,15 @@ static lu_status copy_file(const char *from, const char *to)
     return s;
 }
 
+static const lu_dtype export_dtypes[] = {LU_BF16, LU_F32, LU_F16};
+
 /* Exports the model to run_dir/model with the tokenizer files of model.path (an HF directory's
- * files, or those written from a GGUF file's metadata; a from-scratch model has none), then runs
- * the comparison of luth_compare.h when compare.tasks is set. */
-static lu_status sft_finish(void *state, const char *run_dir)
+ * files, or those written from a GGUF file's metadata; a from-scratch model has none). */
+static lu_status export_model(sft *s, const char *run_dir)
 {
-    sft *s = state;
-    static const lu_dtype dtypes[] = {LU_BF16, LU_F32, LU_F16};
     char dir[4096], from[4096 + 32], to[4096 + 32];
     if (snprintf(dir, sizeof dir, "%s/model", run_dir) >= (int)sizeof dir) return lu_errorf(LU_ERR_IO, "sft: path too long: %s", run_dir);
-    LU_TRY(lu_hf_save(dir, &s->model, dtypes[s->cfg.export_dtype], 0));
+    LU_TRY(lu_hf_save(dir, &s->model, export_dtypes[s->cfg.export_dtype], 0));
     if (s->cfg.model_path && is_gguf(s->cfg.model_path)) {
         lu_gguf *g = lu_gguf_open(s->cfg.model_path);
         if (!g) return lu_error_code();
@@ -350,11 +349,20 @@ static lu_status sft_finish(void *state, const char *run_dir)
         }
     }
     fprintf(stderr, "exported the fine-tuned model to %s\n", dir);
+    return LU_OK;
+}
+
+/* The export (rank 0's), then the comparison of luth_compare.h when compare.tasks is set, which
+ * the ranks of a data-parallel run share. */
+static lu_status sft_finish(void *state, const char *run_dir)
+{
+    sft *s = state;
+    LU_TRY(lu_dist_agree(lu_dist_rank() == 0 ? export_model(s, run_dir) : LU_OK, "sft: exporting the model"));
     if (!s->cfg.compare_tasks) return LU_OK;
     lu_compare_opts o = {.tasks = s->cfg.compare_tasks, .chat = s->cfg.compare_chat, .system = s->cfg.compare_system,
                          .limit = s->cfg.compare_limit, .max_new_tokens = s->cfg.compare_max_new_tokens,
                          .merge = (lu_compare_merge)s->cfg.compare_merge, .t = s->cfg.compare_t,
-                         .export_dtype = dtypes[s->cfg.export_dtype], .device = s->model.params->device};
+                         .export_dtype = export_dtypes[s->cfg.export_dtype], .device = s->model.params->device};
     return lu_luth_compare(run_dir, s->cfg.model_path, &o);
 }
 
@@ -384,5 +392,6 @@ const lu_task lu_task_sft = {
     .evaluate = sft_evaluate,
     .collective_eval = true,
     .finish = sft_finish,
+    .collective_finish = true,
     .destroy = sft_destroy,
 };

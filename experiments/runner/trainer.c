@@ -635,10 +635,10 @@ lu_status lu_train_run(const lu_run_options *opt)
                     interrupted || stop ? "interrupted" : "stopping", (long long)step, (long long)r.total_steps);
             s = save_checkpoint(&r, ckdir, step, position);
         }
-    } else if (!s && (lead || r.task->collective_eval)) {
-        s = evaluate(&r, metrics, step, true);
+    } else if (!s) {
+        if (lead || r.task->collective_eval) s = evaluate(&r, metrics, step, true);
         if (!s && lead && r.task->demo) r.task->demo(r.state, stdout);
-        if (!s && lead && r.task->finish) {
+        if (!s && r.task->finish && (lead || r.task->collective_finish)) {
             /* The step's activations and the optimiser state are not needed any more, and the
              * hook may load further models (the sft comparison holds three in turn). */
             lu_arena_free(arena);
