@@ -267,9 +267,10 @@ static double compare_metric(const cJSON *c, int m, const char *task, const char
  * meet. The starting model is the same in both runs: its scores are one process's; the
  * fine-tuned and merged ones, trained by 2 ranks as by one process accumulating both shares,
  * agree within the training's float rounding. */
-Test(dist, sft_comparison_is_shared_by_the_ranks)
+/* A tiny fine-tuned model in dir/start/model (with a tokenizer) and task files of each kind but
+ * IFEval in dir/tasks. */
+static void write_start_model_and_tasks(void)
 {
-    REQUIRE_MPI();
     tu_write_tiny_sft_config(dir, 4);
     train_here("start", false, 1, (char *[]){"train.save_every=0"});
     char cmd[700];
@@ -289,9 +290,15 @@ Test(dist, sft_comparison_is_shared_by_the_ranks)
                   "{\"type\": \"ppl\", \"text\": \"The cat sat on the mat.\"}\n"
                   "{\"type\": \"ppl\", \"text\": \"Hello world\"}\n"
                   "{\"type\": \"ppl\", \"text\": \"A third line of text.\"}\n");
+}
+
+Test(dist, sft_comparison_is_shared_by_the_ranks)
+{
+    REQUIRE_MPI();
+    write_start_model_and_tasks();
     char model_over[400], tasks_over[400], args[1000];
     snprintf(model_over, sizeof model_over, "model.path=%s/start/model", dir);
-    snprintf(tasks_over, sizeof tasks_over, "compare.tasks=%s", tasks);
+    snprintf(tasks_over, sizeof tasks_over, "compare.tasks=%s/tasks", dir);
     train_here("one", false, 5,
                (char *[]){model_over, tasks_over, "compare.merge_t=0.5", "compare.max_new_tokens=4", "train.grad_accum=2"});
     snprintf(args, sizeof args, "%s %s compare.merge_t=0.5 compare.max_new_tokens=4", model_over, tasks_over);
@@ -320,6 +327,46 @@ Test(dist, sft_comparison_is_shared_by_the_ranks)
     snprintf(pb, sizeof pb, "%s/two/compare.md", dir);
     struct stat st;
     cr_assert_eq(stat(pb, &st), 0, "2 ranks wrote no %s", pb);
+}
+
+/* `mpirun -np 2 luthier lm eval` shares every task's items: the same metrics as one process. */
+Test(dist, lm_eval_is_shared_by_the_ranks)
+{
+    REQUIRE_MPI();
+    write_start_model_and_tasks();
+    char cmd[3000];
+    const char *eval = "lm eval --model %s/start/model --tasks %s/tasks/qa-mc-fr.jsonl,%s/tasks/salut-gen-fr.jsonl,"
+                       "%s/tasks/text-ppl-en.jsonl --max-new-tokens 4 --out %s/%s.json > %s/%s.log 2>&1";
+    char one[2400], two[2400];
+    snprintf(one, sizeof one, eval, dir, dir, dir, dir, dir, "one", dir, "one");
+    snprintf(two, sizeof two, eval, dir, dir, dir, dir, dir, "two", dir, "two");
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 %s %s", LU_TEST_LUTHIER, one);
+    cr_assert_eq(system(cmd), 0, "luthier lm eval failed:\n%s", read_log("one"));
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 timeout 180 mpirun -np 2 --oversubscribe --bind-to none %s %s",
+             LU_TEST_LUTHIER, two);
+    cr_assert_eq(system(cmd), 0, "mpirun luthier lm eval failed:\n%s", read_log("two"));
+    char pa[512], pb[512];
+    snprintf(pa, sizeof pa, "%s/one.json", dir);
+    snprintf(pb, sizeof pb, "%s/two.json", dir);
+    cJSON *a = tu_read_json(pa), *b = tu_read_json(pb);
+    static const struct { const char *task, *metric; } rows[] = {
+        {"qa-mc-fr", "acc"}, {"qa-mc-fr", "acc_norm_token"}, {"salut-gen-fr", "qem"}, {"text-ppl-en", "ppl"}};
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        const cJSON *ta = cJSON_GetObjectItem(cJSON_GetObjectItem(a, "tasks"), rows[i].task);
+        const cJSON *tb = cJSON_GetObjectItem(cJSON_GetObjectItem(b, "tasks"), rows[i].task);
+        const cJSON *va = cJSON_GetObjectItem(cJSON_GetObjectItem(ta, "metrics"), rows[i].metric);
+        const cJSON *vb = cJSON_GetObjectItem(cJSON_GetObjectItem(tb, "metrics"), rows[i].metric);
+        cr_assert(cJSON_IsNumber(va) && cJSON_IsNumber(vb), "%s %s missing", rows[i].task, rows[i].metric);
+        cr_assert(fabs(va->valuedouble - vb->valuedouble) <= 1e-12 * fabs(va->valuedouble),
+                  "%s %s: %.12g on 2 ranks, %.12g in one process", rows[i].task, rows[i].metric, vb->valuedouble,
+                  va->valuedouble);
+        cr_assert_eq(cJSON_GetObjectItem(ta, "n")->valuedouble, cJSON_GetObjectItem(tb, "n")->valuedouble);
+    }
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    /* Rank 0 alone reports: one table in the log. */
+    const char *log = read_log("two"), *first = strstr(log, "| task | metric");
+    cr_assert(first && !strstr(first + 1, "| task | metric"), "expected one table:\n%s", log);
 }
 
 /* `luthier eval dir/tiny.yaml --out dir/out` by `ranks` processes of mpirun (0: one, without

@@ -1,7 +1,8 @@
 /* cli_lm_eval.c - `luthier lm eval`: runs task files (models/lm_eval.h) on a model and prints a
  * Markdown table of the metrics; --out writes them as JSON:
  *   {"model": M, "chat": true, "system": S, "tasks": {"NAME": {"type": "mc", "n": 100,
- *    "metrics": {"acc": 0.41, ...}}, ...}} */
+ *    "metrics": {"acc": 0.41, ...}}, ...}}
+ * Started by mpirun or srun, the ranks share every task's items and rank 0 reports. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +10,9 @@
 
 #include <cjson/cJSON.h>
 
+#include "core/dist.h"
 #include "experiments/runner/cli.h"
+#include "experiments/runner/trainer.h"
 #include "models/gguf.h"
 #include "models/hf_model.h"
 #include "models/lm_eval.h"
@@ -24,7 +27,8 @@ static const char *eval_usage =
     "  \"You are a helpful assistant.\"; --system '' for none); without it prompts are raw text.\n"
     "  --limit N evaluates the first N items of each task; --max-new-tokens bounds generation (256);\n"
     "  --max-length is the perplexity window in tokens (min(context, 1024)); --device cuda evaluates on the\n"
-    "  GPU (f32, as on the CPU).\n";
+    "  GPU (f32, as on the CPU). Under mpirun or srun each process scores its share of every task's items\n"
+    "  (one GPU a process with --device cuda) and rank 0 prints and writes the results.\n";
 
 static int eval_usage_error(const char *fmt, const char *arg)
 {
@@ -64,10 +68,18 @@ static lu_status write_json(const char *path, const char *model, const lu_lmeval
     }
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
-    FILE *f = text ? fopen(path, "w") : NULL;
+    /* A temporary file renamed when complete: a failed write leaves an earlier result whole. */
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        free(text);
+        return lu_errorf(LU_ERR_IO, "lm eval: path too long: %s", path);
+    }
+    FILE *f = text ? fopen(tmp, "w") : NULL;
     bool ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
     if (f && fclose(f)) ok = false;
     free(text);
+    if (ok && rename(tmp, path)) ok = false;
+    if (!ok) remove(tmp);
     return ok ? LU_OK : lu_errorf(LU_ERR_IO, "lm eval: cannot write %s", path);
 }
 
@@ -75,7 +87,7 @@ int lu_cli_lm_eval(int argc, char **argv)
 {
     const char *model = NULL, *task_list = NULL, *out = NULL;
     lu_device device = LU_CPU;
-    lu_lmeval_opts o = {.system = "You are a helpful assistant.", .progress = true};
+    lu_lmeval_opts o = {.system = "You are a helpful assistant.", .progress = true, .shared = true};
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(k, "--help") || !strcmp(k, "-h")) {
@@ -106,6 +118,11 @@ int lu_cli_lm_eval(int argc, char **argv)
             return eval_usage_error("unknown option '%s'", k);
     }
     if (!model || !task_list) return eval_usage_error("%s", "eval needs --model and --tasks");
+    if (lu_join_ranks(device)) {
+        fprintf(stderr, "luthier lm eval: %s\n", lu_error_message());
+        return 1;
+    }
+    const bool lead = lu_dist_rank() == 0;
 
     /* Task files first: a malformed line fails before the model is loaded. */
     int n = 1, rc = 1;
@@ -133,8 +150,15 @@ int lu_cli_lm_eval(int argc, char **argv)
     }
     if (ok && device != LU_CPU) ok = lu_params_to_device(params, device) == LU_OK;
     for (int i = 0; ok && i < n; i++) ok = lu_lmeval_run(&m, tok, tasks[i], &o, &res[i]) == LU_OK;
-    if (ok && out) ok = write_json(out, model, &o, tasks, res, n) == LU_OK;
-    if (ok) {
+    if (ok && out && lead) ok = write_json(out, model, &o, tasks, res, n) == LU_OK;
+    if (!ok && lu_dist_size() > 1) {
+        /* The other ranks would wait for this one in their next collective: end them all. */
+        fprintf(stderr, "luthier lm eval: rank %d of %d: %s\n", lu_dist_rank(), lu_dist_size(), lu_error_message());
+        lu_dist_abort(1);
+    }
+    if (ok && !lead) {
+        rc = 0;
+    } else if (ok) {
         printf("| task | metric | value | n |\n|---|---|---:|---:|\n");
         for (int i = 0; i < n; i++)
             for (int k = 0; k < res[i].n_metrics; k++)
@@ -150,5 +174,6 @@ int lu_cli_lm_eval(int argc, char **argv)
     free(list);
     lu_tokenizer_free(tok);
     lu_params_free(params);
+    lu_dist_finalize();
     return rc;
 }

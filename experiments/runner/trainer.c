@@ -250,20 +250,19 @@ static lu_status check_device(const lu_task *task, const lu_train_config *c, con
     return LU_OK;
 }
 
-/* Training joins the ranks a launcher started (core/dist.h), one GPU per process by its rank on
- * the node. The GPU is picked before MPI starts as well: a CUDA-aware MPI may create a context
- * on the current GPU in MPI_Init, and every rank would then hold one on GPU 0. */
-static lu_status join_ranks(const lu_train_config *c)
+/* The GPU is picked before MPI starts as well: a CUDA-aware MPI may create a context on the
+ * current GPU in MPI_Init, and every rank would then hold one on GPU 0. */
+lu_status lu_join_ranks(lu_device device)
 {
 #ifdef LUTHIER_HAVE_CUDA
     int early = lu_dist_launcher_local_rank();
-    if (c->device == LU_CUDA && early > 0) LU_TRY(lu_cuda_select_device(early));
+    if (device == LU_CUDA && early > 0) LU_TRY(lu_cuda_select_device(early));
 #endif
     LU_TRY(lu_dist_init());
 #ifdef LUTHIER_HAVE_CUDA
-    if (c->device == LU_CUDA && lu_dist_size() > 1) LU_TRY(lu_cuda_select_device(lu_dist_local_rank()));
+    if (device == LU_CUDA && lu_dist_size() > 1) LU_TRY(lu_cuda_select_device(lu_dist_local_rank()));
 #else
-    (void)c;
+    (void)device;
 #endif
     return LU_OK;
 }
@@ -285,7 +284,7 @@ static lu_status run_setup(run *r, const lu_run_options *opt, bool with_optim, b
     LU_TRY(run_config_load(&r->rc, r->task, opt));
     lu_train_config *c = r->rc.common;
     LU_TRY(check_device(r->task, c, opt->config_path));
-    if (join) LU_TRY(join_ranks(c));
+    if (join) LU_TRY(lu_join_ranks((lu_device)c->device));
     /* Initialisers write host memory: the store is built on the CPU, then moved. */
     r->params = lu_params_new(LU_CPU);
     if (!r->params) return lu_error_code();

@@ -50,6 +50,11 @@ typedef struct lu_run_options {
     char *const *overrides;
 } lu_run_options;
 
+/* Joins the ranks a launcher (mpirun, srun) started (core/dist.h), one GPU per process by its rank
+ * on the node when device is LU_CUDA; one process of its own otherwise. Training, `luthier eval`
+ * and `luthier lm eval` call it. */
+lu_status lu_join_ranks(lu_device device);
+
 /* `luthier train`: returns LU_OK when training finished (or was interrupted and saved). */
 lu_status lu_train_run(const lu_run_options *opt);
 /* `luthier eval`: loads a checkpoint and prints the task's evaluation as a table. */
