@@ -429,6 +429,19 @@ Test(cuda_attention, tensor_core_backward_with_128_keys_a_block)
     check_backward_variant("LUTHIER_ATT_DKDV_KEYS", "128");
 }
 
+/* On a device that cannot give a block the 128-key kernel's 174 KB (an A100 opts in to 163 KB;
+ * the emulator plays one through LU_EMU_OPTIN_SMEM), LUTHIER_ATT_DKDV_KEYS=128 keeps the 64-key
+ * kernel instead of failing. */
+Test(cuda_attention, tensor_core_backward_with_128_keys_falls_back_where_shared_memory_is_short)
+{
+    require_gpu();
+    setenv("LU_EMU_OPTIN_SMEM", "166912", 1);
+    setenv("LUTHIER_ATT_DKDV_KEYS", "128", 1);
+    check_cases(&mma_cases[1], 1, LU_BF16, TOL_BF16); /* causal 300x300 16/8 d128 */
+    unsetenv("LUTHIER_ATT_DKDV_KEYS");
+    unsetenv("LU_EMU_OPTIN_SMEM");
+}
+
 Test(cuda_attention, tensor_core_dq_with_32_rows_a_warp)
 {
     require_gpu();

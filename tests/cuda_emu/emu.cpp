@@ -72,7 +72,16 @@ struct fiber {
 
 static const size_t STACK_BYTES = 256 << 10;
 static const size_t PAGE = 4096;
-static const size_t STATIC_SMEM_BYTES = 48 << 10, OPTIN_SMEM_BYTES = 232448; /* an H100's limits */
+static const size_t STATIC_SMEM_BYTES = 48 << 10; /* an H100's limits */
+
+/* Dynamic shared memory a block may have on request: an H100's 227 KB, or LU_EMU_OPTIN_SMEM bytes
+ * (a test's smaller device, e.g. an A100's 166912). */
+static size_t optin_smem_bytes(void)
+{
+    const char *e = getenv("LU_EMU_OPTIN_SMEM");
+    long v = e ? atol(e) : 0;
+    return v > 0 ? (size_t)v : 232448;
+}
 
 static std::mutex launch_lock;
 static std::vector<fiber> fibers;
@@ -538,7 +547,7 @@ void run_kernel(const char *name, const void *fn, dim3 grid, dim3 block, size_t 
     /* Over 48 KB a kernel needs its cudaFuncSetAttribute (known by address; a launch that
      * deduced template arguments has none, and is held to the device's maximum). */
     auto lim = max_dynamic_smem.find(fn);
-    size_t allowed = !fn ? OPTIN_SMEM_BYTES : lim == max_dynamic_smem.end() ? STATIC_SMEM_BYTES : (size_t)lim->second;
+    size_t allowed = !fn ? optin_smem_bytes() : lim == max_dynamic_smem.end() ? STATIC_SMEM_BYTES : (size_t)lim->second;
     if (dyn_smem > allowed) {
         record(cudaErrorInvalidValue);
         return;
@@ -617,7 +626,7 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
     case cudaDevAttrMultiProcessorCount: *value = 132; break;
     case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = (int)lu_emu::OPTIN_SMEM_BYTES; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = (int)lu_emu::optin_smem_bytes(); break;
     default: return record(cudaErrorInvalidValue);
     }
     return cudaSuccess;
@@ -632,7 +641,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device)
     snprintf(prop->name, sizeof prop->name, "luthier CUDA emulator (CPU)");
     prop->totalGlobalMem = host_memory();
     prop->sharedMemPerBlock = lu_emu::STATIC_SMEM_BYTES;
-    prop->sharedMemPerBlockOptin = lu_emu::OPTIN_SMEM_BYTES;
+    prop->sharedMemPerBlockOptin = lu_emu::optin_smem_bytes();
     prop->warpSize = 32;
     prop->maxThreadsPerBlock = 1024;
     prop->multiProcessorCount = 132;
@@ -812,7 +821,7 @@ const char *cudaGetErrorString(cudaError_t error)
 
 cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, int value)
 {
-    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || (size_t)value > lu_emu::OPTIN_SMEM_BYTES)
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || (size_t)value > lu_emu::optin_smem_bytes())
         return record(cudaErrorInvalidValue);
     std::lock_guard<std::mutex> hold(lu_emu::launch_lock);
     lu_emu::max_dynamic_smem[func] = value;
