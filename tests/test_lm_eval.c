@@ -379,24 +379,7 @@ Test(lm_eval, task_file_name_and_limit)
 
 /* ---- the CLI ---- */
 
-static char *run_cli(int *rc, int argc, const char **argv)
-{
-    fflush(stdout);
-    int saved = dup(1);
-    FILE *tmp = tmpfile();
-    cr_assert(saved >= 0 && tmp);
-    dup2(fileno(tmp), 1);
-    *rc = lu_cli_lm(argc, (char **)argv);
-    fflush(stdout);
-    dup2(saved, 1);
-    close(saved);
-    long n = ftell(tmp);
-    char *text = calloc(1, (size_t)n + 1);
-    rewind(tmp);
-    cr_assert_eq(fread(text, 1, (size_t)n, tmp), (size_t)n);
-    fclose(tmp);
-    return text;
-}
+static char *run_cli(int *rc, int argc, const char **argv) { return tu_run_captured_text(lu_cli_lm, argc, argv, rc); }
 
 Test(lm_eval, cli_prints_table_and_writes_json)
 {

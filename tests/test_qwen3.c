@@ -244,24 +244,7 @@ Test(qwen3, sharded_bf16_save_of_bf16_model_reloads_identically)
 
 /* ---- the CLI, in-process, stdout captured ---- */
 
-static char *run_lm(int *rc, int argc, const char **argv)
-{
-    fflush(stdout);
-    int saved = dup(1);
-    FILE *tmp = tmpfile();
-    cr_assert(saved >= 0 && tmp);
-    dup2(fileno(tmp), 1);
-    *rc = lu_cli_lm(argc, (char **)argv);
-    fflush(stdout);
-    dup2(saved, 1);
-    close(saved);
-    long n = ftell(tmp);
-    char *text = calloc(1, (size_t)n + 1);
-    rewind(tmp);
-    cr_assert_eq(fread(text, 1, (size_t)n, tmp), (size_t)n);
-    fclose(tmp);
-    return text;
-}
+static char *run_lm(int *rc, int argc, const char **argv) { return tu_run_captured_text(lu_cli_lm, argc, argv, rc); }
 
 Test(qwen3, cli_forward_writes_logits_and_prints_loss_and_grad_norm)
 {

@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 lu_tensor *tu_rand(lu_dtype dt, int ndim, const int64_t *shape, double lo, double hi, uint64_t seed)
 {
@@ -180,6 +181,26 @@ int tu_run_captured(int (*fn)(int, char **), int argc, char **argv, char *out, s
     }
     fclose(f);
     return rc;
+}
+
+char *tu_run_captured_text(int (*fn)(int, char **), int argc, const char **argv, int *rc)
+{
+    fflush(stdout);
+    int saved = dup(1);
+    FILE *tmp = tmpfile();
+    cr_assert(saved >= 0 && tmp, "cannot redirect stdout to a temporary file");
+    dup2(fileno(tmp), 1);
+    *rc = fn(argc, (char **)argv);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    long n = ftell(tmp);
+    char *text = calloc(1, (size_t)n + 1);
+    cr_assert(text, "out of memory");
+    rewind(tmp);
+    cr_assert_eq(fread(text, 1, (size_t)n, tmp), (size_t)n);
+    fclose(tmp);
+    return text;
 }
 
 int tu_read_metric(const char *path, const char *event, const char *key, double *values, int max)

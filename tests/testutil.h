@@ -34,6 +34,9 @@ cJSON *tu_read_json(const char *path);
 /* Runs a command-line entry point (luthier's verbs) with stdout in a temporary file; its first
  * cap - 1 bytes go to out, NUL-terminated (out NULL: discarded). Returns fn's exit code. */
 int tu_run_captured(int (*fn)(int, char **), int argc, char **argv, char *out, size_t cap);
+/* The same with file descriptor 1 redirected (what the verb writes to it any way), the whole
+ * output returned (free it); *rc gets fn's exit code. */
+char *tu_run_captured_text(int (*fn)(int, char **), int argc, const char **argv, int *rc);
 /* The features of tests/fixtures/asr (prepare-speech) in dir/feats.h5 and the tiny ASR config
  * the trainer tests share in dir/tiny.yaml: an EE-Conformer of d 16, 2 heads, 3 exits x 1 layer,
  * kernel 3, dropout 0.1, SpecAugment, max_steps steps logged each, a checkpoint every 3. */
