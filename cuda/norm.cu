@@ -2,12 +2,14 @@
  * RMSNORM, LAYERNORM and BIASNORM, forward and backward, f32 and bf16 with fp32 math
  * (core/cpu/reduce.c and core/cpu/norm.c are the references). One warp per row: the row's
  * reductions are warp shuffles, and the order of additions depends only on the row length. RMSNorm
- * (both ways) and LayerNorm's backward hold rows of whole 16-byte vectors up to 1024 elements in
+ * (both ways) and LayerNorm's backward hold rows of whole 16-byte vectors up to 8192 elements in
  * registers instead (the VEC_ section).
  * Per-channel gradients of RMSNorm, LayerNorm and BiasNorm are column sums in two stages (chunks
  * of rows summed in order, then the chunks in a fixed order, colsum.cuh), so they too depend only
  * on the shape. */
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "colsum.cuh"
 
@@ -28,19 +30,22 @@ static unsigned row_blocks(int64_t rows)
 /* ---- rows held in registers: the path of RMSNorm and LayerNorm when d % 8 == 0, d <= VEC_MAX_D
  * and the operands are 16-byte aligned (lu_cuda_vec8_ok) ----
  *
- * A group of g lanes (a power of two, g <= 32) holds one row, V vectors of 8 elements a lane: lane
- * l of the group holds elements 8 (l + k g) .. 8 (l + k g) + 7 for k < V, so the group's loads are
+ * A group of g lanes (a power of two) holds one row, V vectors of 8 elements a lane: lane l of the
+ * group holds elements 8 (l + k g) .. 8 (l + k g) + 7 for k < V, so the group's loads are
  * consecutive 16-byte accesses, and the row stays in registers between its reduction and its
- * output (x and dy are read from memory once). A warp holds 32 / g rows (d = 128: 16 lanes, two
- * rows a warp) and a block `slots` = 256 / g rows a pass. The row's sums are butterflies within
- * the group, so their order depends only on d.
+ * output (x and dy are read from memory once). g is the smallest power of two with V <= 4 and g
+ * >= the row's vectors or g = 32: up to d = 1024 a warp holds 32 / g rows (d = 128: 16 lanes, two
+ * rows a warp); beyond, a row takes g / 32 warps (Qwen3-1.7B's d = 2048: two warps of 4 vectors a
+ * lane). A block holds `slots` = 256 / g rows a pass. The row's sums are butterflies within the
+ * warp, then, across warps, the warps' sums added in order through shared memory, so their order
+ * depends only on d.
  *
  * Per-channel gradients: each lane adds its columns over the rows of its slot in registers, then
  * the block adds its slots in slot order (vec_cols_finish) into one partial row per block, which
  * colsum.cuh adds in block order: stage 1 of the column sum costs no extra read of dy and x. The
  * grid depends only on the shape (vec_plan), hence so do the sums. */
 #define VEC_MAX_V 4
-#define VEC_MAX_D (LU_CUDA_WARP * LU_VEC8 * VEC_MAX_V)
+#define VEC_MAX_D (LU_CUDA_THREADS * LU_VEC8 * VEC_MAX_V)
 /* At most this many blocks: a few waves of resident blocks on an H100/H200 (132 SMs), and no more
  * partial rows for the column sums' stage 2 to add. */
 #define VEC_MAX_GRID 1024
@@ -54,14 +59,24 @@ typedef struct vec_plan {
     unsigned grid;
 } vec_plan;
 
+/* LUTHIER_NORM_MULTIWARP_ROWS=0 leaves rows of more than 1024 elements to the one-warp-a-row
+ * kernels, as before rows took several warps: `luthier bench gpu` times both. */
+static bool multiwarp_rows(void)
+{
+    const char *e = getenv("LUTHIER_NORM_MULTIWARP_ROWS");
+    return !e || strcmp(e, "0") != 0;
+}
+
 /* Fills *p and returns true when the register path takes a [rows, d] problem whose operands
  * (NULLs skipped) are ptrs. */
 static bool vec_plan_for(int64_t rows, int64_t d, const void *const *ptrs, int n_ptrs, vec_plan *p)
 {
     if (d <= 0 || d > VEC_MAX_D || !lu_cuda_vec8_ok(d, ptrs, n_ptrs)) return false;
+    if (d > LU_CUDA_WARP * LU_VEC8 * VEC_MAX_V && !multiwarp_rows()) return false;
     int64_t nvec = d / LU_VEC8;
     p->g = 1;
     while (p->g < nvec && p->g < LU_CUDA_WARP) p->g *= 2;
+    while ((nvec + p->g - 1) / p->g > VEC_MAX_V) p->g *= 2; /* d > 1024: several warps a row */
     p->v = (int)((nvec + p->g - 1) / p->g);
     p->slots = LU_CUDA_THREADS / p->g;
     int64_t b = (rows + p->slots - 1) / p->slots;
@@ -83,10 +98,19 @@ static size_t vec_smem(const vec_plan *p, int64_t d) { return (size_t)(p->slots 
 /* Element offset in its row of lane's vector k. */
 #define VEC_COL(k, g) ((int64_t)(lane + (k) * (g)) * LU_VEC8)
 
-/* Sum over the group of g lanes holding a row; every lane of the group gets it. */
+/* Sum over the group of g lanes holding a row; every lane of the group gets it. With g > 32 every
+ * thread of the block must call it (barriers). */
 static __device__ __forceinline__ float vec_group_sum(float s, int g)
 {
-    for (int o = g / 2; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    for (int o = (g < LU_CUDA_WARP ? g : LU_CUDA_WARP) / 2; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (g <= LU_CUDA_WARP) return s;
+    __shared__ float warp_sums[LU_CUDA_THREADS / LU_CUDA_WARP];
+    const int warp = threadIdx.x / LU_CUDA_WARP, first = warp / (g / LU_CUDA_WARP) * (g / LU_CUDA_WARP);
+    __syncthreads(); /* the previous call's reads are done */
+    if (threadIdx.x % LU_CUDA_WARP == 0) warp_sums[warp] = s;
+    __syncthreads();
+    s = 0.0f;
+    for (int k = first; k < first + g / LU_CUDA_WARP; k++) s += warp_sums[k];
     return s;
 }
 

@@ -30,6 +30,9 @@ and the timing are bench_gpu.c's (keep the two in step):
                     SFT step's gate/up projection); impl "torch"
   gemm-qwen3-down   the same with x [16384, 3072], w [1024, 3072]
   gemm-qwen3-lmhead the same with x [16384, 1024], w [151936, 1024] (the LM head)
+  rmsnorm-qwen3-0.6b F.rms_norm(x, (d,), w, eps=1e-6) with x [16384, 1024], w [1024] (Qwen3-0.6B's
+                    hidden size); bf16 and f32; impl "torch"
+  rmsnorm-qwen3-1.7b the same with d 2048 (Qwen3-1.7B)
 
 fwd runs under torch.no_grad(); fwdbwd is the forward with inputs requiring gradients and
 torch.autograd.grad of every input for a random output gradient (no accumulation into .grad).
@@ -66,7 +69,11 @@ GEMM = {
     "gemm-qwen3-down": dict(rows=8 * 2048, k=3072, n=1024),
     "gemm-qwen3-lmhead": dict(rows=8 * 2048, k=1024, n=151936),
 }
-CASES = [*ATTENTION, *CONV, *DOWNSAMPLE, *LINEAR, *GEMM]
+RMSNORM = {
+    "rmsnorm-qwen3-0.6b": dict(rows=8 * 2048, d=1024),
+    "rmsnorm-qwen3-1.7b": dict(rows=8 * 2048, d=2048),
+}
+CASES = [*ATTENTION, *CONV, *DOWNSAMPLE, *LINEAR, *GEMM, *RMSNORM]
 
 
 def emit(**fields):
@@ -219,6 +226,21 @@ def bench_gemm(torch, name, s, iters, device):
         emit(case=name, impl="torch", dtype="bf16", error=one_line(e))
 
 
+def bench_rmsnorm(torch, name, s, iters, device):
+    import torch.nn.functional as F
+
+    for dtype, dname in ((torch.bfloat16, "bf16"), (torch.float32, "f32")):
+        try:
+            gen = torch.Generator(device=device).manual_seed(6)
+            x = torch.rand(s["rows"], s["d"], device=device, dtype=dtype, generator=gen) * 2 - 1
+            w = torch.rand(s["d"], device=device, dtype=dtype, generator=gen) * 2 - 1
+            fwd, fwdbwd = fwd_and_fwdbwd(torch, lambda x_, w_: F.rms_norm(x_, (s["d"],), w_, eps=1e-6), (x, w),
+                                         iters, device)
+            emit(case=name, impl="torch", dtype=dname, fwd_s=fwd, fwdbwd_s=fwdbwd, note="")
+        except Exception as e:  # noqa: BLE001
+            emit(case=name, impl="torch", dtype=dname, error=one_line(e))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", default="all", choices=["all", *CASES])
@@ -252,6 +274,8 @@ def main():
             bench_linear(torch, n, LINEAR[n], args.iters, args.device)
         elif n in GEMM:
             bench_gemm(torch, n, GEMM[n], args.iters, args.device)
+        elif n in RMSNORM:
+            bench_rmsnorm(torch, n, RMSNORM[n], args.iters, args.device)
         else:
             bench_downsample(torch, n, DOWNSAMPLE[n], args.iters, args.device)
         if args.device == "cuda":

@@ -615,15 +615,16 @@ Test(cuda, rmsnorm_weight_gradient_over_many_rows_matches_cpu)
     check_rmsnorm(1100, 40, true, LU_F32, TOL_F32);
 }
 
-/* Rows of whole 16-byte vectors up to 1024 elements are held in registers by groups of lanes:
+/* Rows of whole 16-byte vectors up to 8192 elements are held in registers by groups of lanes:
  * d = 8 (one lane a row, 256 rows a block), 128 (16 lanes, 16 rows a block), 1024 (a warp, 4
- * vectors a lane, 8 rows a block), 40 and 384 (idle lanes and vectors); rows not a multiple of
- * the block's. */
+ * vectors a lane, 8 rows a block), 2048 (two warps a row), 8192 (the whole block a row), 40, 384
+ * and 1032 (idle lanes and vectors; 1032 takes two warps of 3 vectors); rows not a multiple of the
+ * block's. 8200 is past the register path: one warp a row. */
 Test(cuda, rmsnorm_rows_in_registers_match_cpu)
 {
     require_gpu();
-    const int64_t ds[5] = {8, 128, 1024, 40, 384};
-    for (int i = 0; i < 5; i++) {
+    const int64_t ds[9] = {8, 128, 1024, 40, 384, 2048, 1032, 8192, 8200};
+    for (int i = 0; i < 9; i++) {
         check_rmsnorm(37, ds[i], true, LU_F32, TOL_F32);
         check_rmsnorm(37, ds[i], false, LU_F32, TOL_F32);
         check_rmsnorm(37, ds[i], true, LU_BF16, TOL_BF16);
@@ -703,6 +704,7 @@ Test(cuda, rmsnorm_drstd_adds_the_gradient_through_rstd)
     require_gpu();
     check_rmsnorm_drstd(37, 128, LU_F32, TOL_F32);   /* rows in registers */
     check_rmsnorm_drstd(37, 1024, LU_BF16, TOL_BF16);
+    check_rmsnorm_drstd(37, 2048, LU_BF16, TOL_BF16); /* two warps a row */
     check_rmsnorm_drstd(18, 67, LU_F32, TOL_F32);    /* one warp a row */
 }
 
@@ -739,13 +741,13 @@ static void check_layernorm_rows(int64_t rows, int64_t d, bool affine, lu_dtype 
     release_all((lu_tensor *[]){x, w, b, y, mean, rstd, dy, dx, dw, db}, 10);
 }
 
-/* The ASR models' d = 256, 384, 512 in f32, d = 8 and 1024, rows not a multiple of the block's;
- * 8237 rows of d = 256 fill the 1024 blocks' 8 slots and wrap around. */
+/* The ASR models' d = 256, 384, 512 in f32, d = 8, 1024 and 2048 (two warps a row), rows not a
+ * multiple of the block's; 8237 rows of d = 256 fill the 1024 blocks' 8 slots and wrap around. */
 Test(cuda, layernorm_rows_in_registers_match_cpu)
 {
     require_gpu();
-    const int64_t ds[5] = {256, 384, 512, 8, 1024};
-    for (int i = 0; i < 5; i++) {
+    const int64_t ds[6] = {256, 384, 512, 8, 1024, 2048};
+    for (int i = 0; i < 6; i++) {
         check_layernorm_rows(37, ds[i], true, LU_F32, TOL_F32);
         check_layernorm_rows(37, ds[i], false, LU_F32, TOL_F32);
         check_layernorm_rows(37, ds[i], true, LU_BF16, TOL_BF16);

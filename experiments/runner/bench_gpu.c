@@ -1,11 +1,13 @@
 /* bench_gpu.c - `luthier bench gpu`: the CUDA backend's fused attention (bf16), depthwise conv1d
- * (kernel 31, stride 1 and 2), Zipformer's downsampling, the biased linear layer (bf16 and f32)
- * and the products of a Qwen3-0.6B SFT step (bf16, no bias) beside PyTorch on the same GPU, shapes
+ * (kernel 31, stride 1 and 2), Zipformer's downsampling, the biased linear layer (bf16 and f32),
+ * the products of a Qwen3-0.6B SFT step (bf16, no bias) and Qwen3's RMSNorm at the hidden sizes of
+ * the 0.6B and 1.7B models beside PyTorch on the same GPU, shapes
  * and dtypes, measured in the same run by scripts/bench_gpu_reference.py, and the ratio (issue 7).
  * Kernel variants are timed beside the defaults: the linear without its cuBLASLt epilogues
  * (LUTHIER_CUBLASLT=0), the attention forward's other tiling (LUTHIER_ATT_ROWS_PER_WARP=16 or 32),
  * the attention backward's wider tilings (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32)
- * and the depthwise forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8).
+ * the depthwise forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8) and RMSNorm's rows of
+ * 2048 in one warp each (LUTHIER_NORM_MULTIWARP_ROWS=0).
  *
  * Our kernels are called through the CUDA backend's op table on tensors allocated beforehand
  * (forward; forward then backward, with kernel scratch from an arena), and timed as the script
@@ -33,7 +35,7 @@
 #define MAX_REPS 1000
 #define MAX_ITERS 1000
 
-typedef enum case_kind { CASE_ATTENTION, CASE_CONV, CASE_DOWNSAMPLE, CASE_LINEAR, CASE_GEMM } case_kind;
+typedef enum case_kind { CASE_ATTENTION, CASE_CONV, CASE_DOWNSAMPLE, CASE_LINEAR, CASE_GEMM, CASE_RMSNORM } case_kind;
 
 /* One case; names and shapes are the reference script's. */
 typedef struct gpu_case {
@@ -42,7 +44,7 @@ typedef struct gpu_case {
     int64_t b, t;
     int64_t hq, hkv, d; /* attention: query heads, key/value heads, head dim */
     bool causal;
-    int64_t c;          /* conv1d, downsample: channels; linear, gemm: input features */
+    int64_t c;          /* conv1d, downsample: channels; linear, gemm: input features; rmsnorm: d */
     int k, stride;      /* conv1d: kernel (padding k/2) and stride; downsample: k = factor */
     int64_t out;        /* linear, gemm: output features (rows: b * t) */
     const char *what;
@@ -72,6 +74,10 @@ static const gpu_case cases[] = {
      .what = "Qwen3-0.6B down projection, x [16384, 3072] -> [16384, 1024], bf16"},
     {.name = "gemm-qwen3-lmhead", .kind = CASE_GEMM, .b = 8, .t = 2048, .c = 1024, .out = 151936,
      .what = "Qwen3-0.6B LM head, x [16384, 1024] -> logits [16384, 151936], bf16"},
+    {.name = "rmsnorm-qwen3-0.6b", .kind = CASE_RMSNORM, .b = 8, .t = 2048, .c = 1024,
+     .what = "RMSNorm with weight, eps 1e-6 (Qwen3-0.6B's hidden size), x [8*2048 = 16384, 1024]"},
+    {.name = "rmsnorm-qwen3-1.7b", .kind = CASE_RMSNORM, .b = 8, .t = 2048, .c = 2048,
+     .what = "the same at Qwen3-1.7B's hidden size, x [16384, 2048]"},
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -85,13 +91,14 @@ typedef struct gpu_bench_opts {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: luthier bench gpu [--case NAME|all] [--iters N] [--python PY] [--no-reference]\n"
-               "  The CUDA backend's attention, depthwise conv1d, downsampling, biased linear and Qwen3 matmul\n"
-               "  kernels (forward, and forward + backward) beside PyTorch on the same GPU and shapes\n"
+               "  The CUDA backend's attention, depthwise conv1d, downsampling, biased linear, Qwen3 matmul\n"
+               "  and RMSNorm kernels (forward, and forward + backward) beside PyTorch on the same GPU and shapes\n"
                "  (PY " REFERENCE_SCRIPT "), and the ratio; the linear also without its cuBLASLt epilogues\n"
                "  (LUTHIER_CUBLASLT=0), the attention forward also with the query rows a warp its head dim does\n"
                "  not take by default (LUTHIER_ATT_ROWS_PER_WARP=16 or 32) and its forward + backward also with\n"
                "  the backward's variant kernels (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32),\n"
-               "  the depthwise conv also with 8 forward outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8).\n"
+               "  the depthwise conv also with 8 forward outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8), RMSNorm\n"
+               "  at d 2048 also one warp a row (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
                "  --case NAME    one case (default all):");
     for (int i = 0; i < N_CASES; i++) fprintf(f, " %s", cases[i].name);
     fprintf(f, "\n"
@@ -152,11 +159,16 @@ static double linear_flop(const gpu_case *c, int pass)
 static int64_t conv_out_len(const gpu_case *c) { return (c->t + 2 * (c->k / 2) - c->k) / c->stride + 1; }
 
 /* Bytes that a pass must read and write at least once: the forward reads x, w, bias and writes y;
- * the backward reads dy, x, w and writes dx, dw, dbias (downsample has no w; its bias is [f]). */
+ * the backward reads dy, x, w and writes dx, dw, dbias (downsample has no w; its bias is [f];
+ * rmsnorm has no bias, and its f32 rstd, written forward and read backward, is not counted). */
 static double pass_bytes(const gpu_case *c, lu_dtype dt, int pass)
 {
     double es = (double)lu_dtype_size(dt), x = (double)(c->b * c->c * c->t), w = 0, bias, y;
-    if (c->kind == CASE_CONV) {
+    if (c->kind == CASE_RMSNORM) {
+        w = (double)c->c;
+        bias = 0;
+        y = x;
+    } else if (c->kind == CASE_CONV) {
         w = (double)(c->c * c->k);
         bias = (double)c->c;
         y = (double)(c->b * c->c * conv_out_len(c));
@@ -181,6 +193,7 @@ typedef struct op_bench {
         lu_conv1d_params conv;
         lu_resample_params rs;
         lu_matmul_params mm;
+        lu_norm_params norm;
     } p;
     lu_tensor *t[MAX_TENSORS];
     int n;
@@ -302,6 +315,26 @@ static lu_status setup_gemm(op_bench *o, const gpu_case *c, lu_dtype dt)
     o->p.mm = (lu_matmul_params){.trans_a = false, .trans_b = true};
     o->fwd = (lu_op_call){.op = LU_OP_MATMUL, .in = {x, w}, .n_in = 2, .out = {y}, .n_out = 1, .params = &o->p};
     o->bwd = (lu_op_call){.op = LU_OP_MATMUL, .in = {dy, x, w, y}, .n_in = 4, .out = {dx, dw}, .n_out = 2,
+                          .params = &o->p};
+    return LU_OK;
+}
+
+/* x [M,d], w [d], rstd [M] in f32 (as lu_rmsnorm keeps it); in = [x, w], out = [y, rstd]; backward
+ * in = [dy, drstd, x, w, y, rstd], out = [dx, dw]. */
+static lu_status setup_rmsnorm(op_bench *o, const gpu_case *c, lu_dtype dt)
+{
+    int64_t M = c->b * c->t, D = c->c;
+    lu_tensor *x = bench_tensor(o, dt, LU_SHAPE(M, D), true);
+    lu_tensor *w = bench_tensor(o, dt, LU_SHAPE(D), true);
+    lu_tensor *y = bench_tensor(o, dt, LU_SHAPE(M, D), false);
+    lu_tensor *rstd = bench_tensor(o, LU_F32, LU_SHAPE(M), false);
+    lu_tensor *dy = bench_tensor(o, dt, LU_SHAPE(M, D), true);
+    lu_tensor *dx = bench_tensor(o, dt, LU_SHAPE(M, D), false);
+    lu_tensor *dw = bench_tensor(o, dt, LU_SHAPE(D), false);
+    if (o->n != 7) return lu_error_code();
+    o->p.norm = (lu_norm_params){.eps = 1e-6};
+    o->fwd = (lu_op_call){.op = LU_OP_RMSNORM, .in = {x, w}, .n_in = 2, .out = {y, rstd}, .n_out = 2, .params = &o->p};
+    o->bwd = (lu_op_call){.op = LU_OP_RMSNORM, .in = {dy, NULL, x, w, y, rstd}, .n_in = 6, .out = {dx, dw}, .n_out = 2,
                           .params = &o->p};
     return LU_OK;
 }
@@ -454,6 +487,15 @@ static lu_status time_conv(const op_bench *o, gpu_result *r, int pass, int iters
     return time_variant(o, r, pass, iters, 1, vars, eight, "8 forward outputs a thread");
 }
 
+/* RMSNorm: rows of more than 1024 elements in registers across warps (the default), then in one
+ * warp a row (LUTHIER_NORM_MULTIWARP_ROWS=0, cuda/norm.cu); smaller rows take one path. */
+static lu_status time_rmsnorm(const op_bench *o, gpu_result *r, int pass, int iters)
+{
+    static const char *const vars[1] = {"LUTHIER_NORM_MULTIWARP_ROWS"}, *const off[1] = {"0"};
+    if (r->c->c <= 1024) return time_call(o, pass == 1, iters, &r->ours[pass], r->why);
+    return time_variant(o, r, pass, iters, 1, vars, off, "one warp a row");
+}
+
 static void bench_ours(gpu_result *r, int iters)
 {
     op_bench o = {.dev = LU_CUDA, .be = lu_backend_get(LU_CUDA)};
@@ -463,6 +505,7 @@ static void bench_ours(gpu_result *r, int iters)
         else if (r->c->kind == CASE_CONV) s = setup_conv(&o, r->c, r->dt);
         else if (r->c->kind == CASE_LINEAR) s = setup_linear(&o, r->c, r->dt);
         else if (r->c->kind == CASE_GEMM) s = setup_gemm(&o, r->c, r->dt);
+        else if (r->c->kind == CASE_RMSNORM) s = setup_rmsnorm(&o, r->c, r->dt);
         else s = setup_downsample(&o, r->c, r->dt);
     }
     if (!s && (!o.be->forward[o.fwd.op] || !o.be->backward[o.bwd.op]))
@@ -473,6 +516,7 @@ static void bench_ours(gpu_result *r, int iters)
         if (r->c->kind == CASE_LINEAR) s = time_linear(&o, r, pass, iters);
         else if (r->c->kind == CASE_ATTENTION) s = time_attention(&o, r, pass, iters);
         else if (r->c->kind == CASE_CONV) s = time_conv(&o, r, pass, iters);
+        else if (r->c->kind == CASE_RMSNORM) s = time_rmsnorm(&o, r, pass, iters);
         else s = time_call(&o, pass == 1, iters, &r->ours[pass], r->why);
     }
     for (int i = 0; i < o.n; i++) lu_tensor_release(o.t[i]);
@@ -638,12 +682,12 @@ static void gemm_table(const gpu_result *r, int n)
 
 static void memory_table(const gpu_result *r, int n)
 {
-    printf("| %-24s | %-5s | %-7s | %8s | %9s | %10s | %10s | %10s | %5s |\n", "conv / downsample", "dtype", "pass",
+    printf("| %-24s | %-5s | %-7s | %8s | %9s | %10s | %10s | %10s | %5s |\n", "conv / downsample / norm", "dtype", "pass",
            "ours us", "ours GB/s", "variant us", "PyTorch us", "PyT. GB/s", "ratio");
     printf("|--------------------------|-------|---------|----------|-----------|------------|------------|------------|"
            "-------|\n");
     for (int k = 0; k < n; k++) {
-        if (r[k].c->kind != CASE_CONV && r[k].c->kind != CASE_DOWNSAMPLE) continue;
+        if (r[k].c->kind != CASE_CONV && r[k].c->kind != CASE_DOWNSAMPLE && r[k].c->kind != CASE_RMSNORM) continue;
         for (int pass = 0; pass < 2; pass++) {
             double bytes = pass_bytes(r[k].c, r[k].dt, pass), ours = r[k].ours[pass], ref = r[k].ref[0][pass];
             bool have = ours > 0, have_ref = !r[k].ref_why[0][0];
@@ -710,7 +754,9 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
            "(LUTHIER_ATT_ROWS_PER_WARP=16 at d 64, 32 at d 128), fwd+bwd with dK/dV of 128 keys a block and dQ\n"
            "of 32 rows a warp (LUTHIER_ATT_DKDV_KEYS=128 LUTHIER_ATT_DQ_ROWS_PER_WARP=32). GB/s:\n"
            "bytes each pass reads and writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias);\n"
-           "conv variant: the forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8), ours 4.\n"
+           "conv variant: the forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8), ours 4. RMSNorm:\n"
+           "against F.rms_norm, rstd in f32 on our side; ours holds a row in registers (d 2048: two warps a\n"
+           "row), variant: d 2048 in the one-warp-a-row kernels (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
            "Linear FLOP: 2*M*N*K forward, 3x for fwd+bwd (the dx and dw GEMMs); fused: the bias in the GEMM's\n"
            "cuBLASLt epilogue and its gradient in the dw GEMM's; unfused: LUTHIER_CUBLASLT=0 (GEMM into the\n"
            "bias rows, column-sum kernel); ratio = PyTorch / fused, unf/fused = unfused / fused time. Matmul:\n"
@@ -718,8 +764,8 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
            "median of %d samples of back-to-back calls (>= %g ms each) after %d warm-up calls, CUDA events, on\n"
            "both sides. Ours: the CUDA backend's kernels through its op table on preallocated tensors. PyTorch:\n"
            "SDPA under sdpa_kernel(FLASH_ATTENTION / CUDNN_ATTENTION), F.conv1d (TF32 off), icefall's\n"
-           "SimpleDownsample, F.linear (TF32 off); fwd under no_grad, fwd+bwd with torch.autograd.grad of\n"
-           "every input.\n",
+           "SimpleDownsample, F.linear (TF32 off), F.rms_norm; fwd under no_grad, fwd+bwd with\n"
+           "torch.autograd.grad of every input.\n",
            o->iters, 1e3 * MIN_SAMPLE_S, WARMUP);
     for (int i = 0; i < N_CASES; i++)
         if (!o->only || !strcmp(o->only, cases[i].name)) printf("- %s: %s\n", cases[i].name, cases[i].what);
