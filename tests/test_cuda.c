@@ -812,6 +812,45 @@ Test(cuda, scaled_adam_stats_sum_in_double_as_the_cpu)
     }
 }
 
+/* NCCL on the GPU through the backend's comm entries, as core/dist.c calls them. NCCL refuses two
+ * ranks on one GPU, so what a one-GPU machine can run is a communicator of one rank: the library
+ * loads, makes a unique id and a communicator, and sums each float dtype in place on device memory
+ * (over one rank: the values stay); other dtypes and a rank outside the communicator are refused
+ * with a message. test_dist.c runs two ranks where there are two GPUs, and on the emulator. */
+Test(cuda, nccl_communicator_of_one_rank_sums_in_place)
+{
+    require_gpu();
+#ifndef LUTHIER_HAVE_NCCL
+    cr_skip_test("luthier was built without NCCL");
+#else
+    lu_backend *b = lu_backend_get(LU_CUDA);
+    cr_assert(b && b->comm_id && b->comm_init && b->comm_all_reduce_sum && b->comm_free, "no NCCL communicator entries");
+    char id[4096];
+    cr_assert(b->comm_id_size <= sizeof id, "unique id of %zu bytes", b->comm_id_size);
+    cr_assert_eq(b->comm_id(id), LU_OK, "%s", lu_error_message());
+    void *comm = NULL;
+    cr_assert_neq(b->comm_init(&comm, id, 1, 1), LU_OK, "rank 1 of 1 accepted");
+    cr_assert(strstr(lu_error_message(), "rank 1"), "%s", lu_error_message());
+    cr_assert_eq(b->comm_init(&comm, id, 0, 1), LU_OK, "%s", lu_error_message());
+    const lu_dtype dts[3] = {LU_F32, LU_BF16, LU_F64};
+    for (int i = 0; i < 3; i++) {
+        lu_tensor *h = tu_rand(LU_F32, LU_SHAPE(100003), -3, 3, 140 + i), *d = to_device(h, dts[i]);
+        lu_tensor *want = lu_tensor_convert(d, dts[i], LU_CPU);
+        cr_assert(want, "%s", lu_error_message());
+        cr_assert_eq(b->comm_all_reduce_sum(comm, lu_tensor_data(d), dts[i], (size_t)lu_tensor_numel(d)), LU_OK,
+                     "%s all-reduce: %s", lu_dtype_name(dts[i]), lu_error_message());
+        tu_assert_tensors_close(d, want, 0, 0, lu_dtype_name(dts[i]));
+        release_all((lu_tensor *[]){h, d, want}, 3);
+    }
+    lu_tensor *ints = lu_tensor_empty(LU_I32, 1, (int64_t[]){4}, LU_CUDA);
+    cr_assert(ints, "%s", lu_error_message());
+    cr_assert_neq(b->comm_all_reduce_sum(comm, lu_tensor_data(ints), LU_I32, 4), LU_OK, "an i32 all-reduce ran");
+    cr_assert(strstr(lu_error_message(), lu_dtype_name(LU_I32)), "%s", lu_error_message());
+    lu_tensor_release(ints);
+    b->comm_free(comm);
+#endif
+}
+
 #else
 
 Test(cuda, skipped_without_cuda) { cr_skip_test("built without LUTHIER_CUDA"); }

@@ -2,7 +2,9 @@
  * memory is host memory there, so a communicator is a duplicate of MPI_COMM_WORLD and an
  * all-reduce is MPI_Allreduce. It keeps NCCL's contract where luthier could get it wrong: the
  * ranks must have passed the same unique id (broadcast by the caller), nranks and rank must be the
- * job's, and a communicator must exist before a collective. 16-bit values are reduced in float. */
+ * job's, and a communicator must exist before a collective. 16-bit values are reduced in float.
+ * A communicator of one rank needs no MPI (as NCCL's needs no other process): its all-reduce
+ * copies. */
 #include <limits.h>
 #include <stdbool.h>
 #include <stdarg.h>
@@ -51,6 +53,14 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int
     *comm = NULL;
     if (nranks < 1 || rank < 0 || rank >= nranks)
         return fail(NULL, ncclInvalidArgument, "ncclCommInitRank: rank %d of %d", rank, nranks);
+    if (nranks == 1) {
+        struct ncclComm *c = calloc(1, sizeof *c);
+        if (!c) return fail(NULL, ncclSystemError, "ncclCommInitRank: out of memory");
+        c->mpi = MPI_COMM_NULL;
+        c->nranks = 1;
+        *comm = c;
+        return ncclSuccess;
+    }
     int init = 0, size = 0, me = 0;
     MPI_Initialized(&init);
     if (!init)
@@ -84,7 +94,7 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm)
     if (!comm) return ncclSuccess;
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (!finalized) MPI_Comm_free(&comm->mpi);
+    if (comm->mpi != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm->mpi);
     free(comm);
     return ncclSuccess;
 }
@@ -158,6 +168,10 @@ ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, n
         return fail(comm, ncclInvalidArgument, "ncclAllReduce: ncclAvg of datatype %d (the emulator averages f32/f64)",
                     datatype);
     size_t es = type_size(datatype), step = INT_MAX / 2;
+    if (comm->nranks == 1) {
+        if (count && sendbuff != recvbuff) memmove(recvbuff, sendbuff, count * es);
+        return ncclSuccess;
+    }
     for (size_t off = 0; off < count; off += step) {
         size_t n = count - off < step ? count - off : step;
         ncclResult_t r = reduce_part((const char *)sendbuff + off * es, (char *)recvbuff + off * es, n, datatype, mop,
