@@ -14,7 +14,8 @@
  *
  * On the GPU (--device cuda): Qwen3-0.6B's shape, bf16 mixed precision by default (f32 master
  * weights and AdamW state, each weight cast to bf16 once per forward: decoder.h), B 8 x T 2048:
- * the issue's "Qwen3-0.6B SFT step (transformers, bf16, AdamW, B 8 x T 2048)". transformers runs
+ * the issue's "Qwen3-0.6B SFT step (transformers, bf16, AdamW, B 8 x T 2048)"; --shape qwen3-1.7b
+ * takes Luth's other base model (hidden 2048, intermediate 6144). transformers runs
  * in bf16 weights (what that reference figure measures) with fused AdamW, on the weights we
  * saved in bf16, the packed row cut into --batch rows. Steps are timed to the GPU's completion;
  * MFU = 6 x params x tokens/s over the GPU's bf16 dense peak.
@@ -54,6 +55,8 @@
 #define REFERENCE_SCRIPT "scripts/bench_sft_reference.py"
 #define DEFAULT_MODEL "data/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define SHAPE_QWEN3_06B "qwen3-0.6b"
+#define SHAPE_QWEN3_17B "qwen3-1.7b"
+#define SHAPES SHAPE_QWEN3_06B " or " SHAPE_QWEN3_17B
 #define MAX_STEPS 100
 #define SAMPLE_LEN 180
 #define PROMPT_LEN 60
@@ -89,10 +92,13 @@ typedef struct sft_batch {
     lu_tensor *ids, *labels, *pos, *cu;
 } sft_batch;
 
-/* Qwen/Qwen3-0.6B's config.json. */
-static void qwen3_06b(lu_decoder_config *c)
+/* Qwen/Qwen3-0.6B's config.json; Qwen3-1.7B differs in hidden (2048) and intermediate (6144) sizes
+ * (../shared/reference/formats.md, 1.1). */
+static void qwen3_shape(const char *name, lu_decoder_config *c)
 {
-    *c = (lu_decoder_config){.vocab_size = 151936, .hidden_size = 1024, .intermediate_size = 3072, .num_layers = 28,
+    bool big = !strcmp(name, SHAPE_QWEN3_17B);
+    *c = (lu_decoder_config){.vocab_size = 151936, .hidden_size = big ? 2048 : 1024,
+                             .intermediate_size = big ? 6144 : 3072, .num_layers = 28,
                              .num_heads = 16, .num_kv_heads = 8, .head_dim = 128, .rope_theta = 1e6,
                              .rms_norm_eps = 1e-6, .qk_norm = true, .tie_embeddings = true, .init_std = 0.02,
                              .max_position_embeddings = 40960, .bos_token_id = 151643, .n_eos = 1,
@@ -283,7 +289,7 @@ static void remove_tmp(const char *tmp)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: luthier bench sft [--device cpu|cuda] [--dtype f32|bf16] [--model PATH | --shape " SHAPE_QWEN3_06B "]\n"
+    fprintf(f, "usage: luthier bench sft [--device cpu|cuda] [--dtype f32|bf16] [--model PATH | --shape NAME]\n"
                "                         [--layers N] [--seq-len T] [--batch B] [--sample-len S] [--steps N]\n"
                "                         [--warmup N] [--threads N] [--attn LIST] [--peak-tflops X] [--no-reference]\n"
                "                         [--gradient-checkpointing] [--loss-chunk N]\n"
@@ -295,7 +301,7 @@ static void usage(FILE *f)
                "                   and activations, f32 master weights and AdamW state; f64 (cpu only): the same\n"
                "                   mixed-precision path with f64 compute, transformers in float64\n"
                "  --model PATH     GGUF file or HF directory giving the shape (cpu default " DEFAULT_MODEL ")\n"
-               "  --shape NAME     a built-in shape: " SHAPE_QWEN3_06B " (cuda default)\n"
+               "  --shape NAME     a built-in shape: " SHAPES " (cuda default " SHAPE_QWEN3_06B ")\n"
                "  --layers N       keep the first N layers (default: all)\n"
                "  --seq-len T      tokens per packed sequence (default 512; cuda 2048)\n"
                "  --batch B        packed sequences per step (default 1; cuda 8)\n"
@@ -381,7 +387,7 @@ static void report_cpu(const sft_bench_opts *o, const lu_decoder_config *cfg, co
     printf("luthier bench sft: %d threads (OpenMP, OpenBLAS, torch); %s shape, %d layers, hidden %lld, %d/%d heads,\n"
            "vocab %lld, %s, random N(0, 0.02) weights; batch %d x %lld packed tokens (samples of %lld, first %d\n"
            "unlabelled); step = forward, cross-entropy, backward, clip 0.1, AdamW; median of %d steps after %d\n"
-           "warm-up; transformers: LlamaForCausalLM, attn_implementation=%s, same weights and batch\n\n",
+           "warm-up; transformers: AutoModelForCausalLM, attn_implementation=%s, same weights and batch\n\n",
            o->threads, o->shape ? o->shape : o->model, cfg->num_layers, (long long)cfg->hidden_size, cfg->num_heads,
            cfg->num_kv_heads, (long long)cfg->vocab_size,
            o->dtype == LU_F32 ? "f32" : "f64 compute from f32 parameters (transformers in float64)", o->batch,
@@ -489,8 +495,8 @@ int lu_bench_sft(int argc, char **argv)
             i++;
         } else if (!strcmp(a, "--model") || !strcmp(a, "--shape")) {
             if (!v) return fprintf(stderr, "luthier bench sft: %s needs a value\n", a), 2;
-            if (!strcmp(a, "--shape") && strcmp(v, SHAPE_QWEN3_06B))
-                return fprintf(stderr, "luthier bench sft: unknown --shape '%s' (known: " SHAPE_QWEN3_06B ")\n", v), 2;
+            if (!strcmp(a, "--shape") && strcmp(v, SHAPE_QWEN3_06B) && strcmp(v, SHAPE_QWEN3_17B))
+                return fprintf(stderr, "luthier bench sft: unknown --shape '%s' (known: " SHAPES ")\n", v), 2;
             *(!strcmp(a, "--model") ? &o.model : &o.shape) = v;
             i++;
         } else if (!strcmp(a, "--device")) {
@@ -560,7 +566,7 @@ int lu_bench_sft(int argc, char **argv)
     openblas_set_num_threads(o.threads);
     lu_decoder_config cfg;
     if (o.shape) {
-        qwen3_06b(&cfg);
+        qwen3_shape(o.shape, &cfg);
     } else if (read_shape(o.model, &cfg)) {
         fprintf(stderr, "luthier bench sft: %s (the default model comes from scripts/fetch_smollm2.sh; --model names "
                         "another GGUF file or HF directory)\n", lu_error_message());
