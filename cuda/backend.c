@@ -10,6 +10,35 @@ static char unavailable_reason[256];
 
 const char *lu_cuda_unavailable_reason(void) { return unavailable_reason; }
 
+#ifdef LUTHIER_CUDA_ARCHS
+const char *lu_cuda_built_archs(void) { return LUTHIER_CUDA_ARCHS; }
+#else
+const char *lu_cuda_built_archs(void) { return "the CPU emulator"; }
+#endif
+
+/* False, with the reason, when the build's kernels cannot launch on device dev: a cluster node's
+ * GPU of another generation than the build was made for fails here rather than at the first op. */
+static bool kernels_launch(int dev)
+{
+    cudaError_t e = lu_cuda_probe_launch();
+    if (e == cudaSuccess) return true;
+    struct cudaDeviceProp prop;
+    int major = 0, minor = 0;
+    if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess) {
+        major = prop.major;
+        minor = prop.minor;
+    }
+    cudaGetLastError();
+    if (e == cudaErrorNoKernelImageForDevice)
+        snprintf(unavailable_reason, sizeof unavailable_reason,
+                 "this build has no code for GPU %d (compute capability %d.%d; built for %s): rebuild with "
+                 "-DCMAKE_CUDA_ARCHITECTURES=%d%d", dev, major, minor, lu_cuda_built_archs(), major, minor);
+    else
+        snprintf(unavailable_reason, sizeof unavailable_reason, "a test kernel does not launch on GPU %d: %s (%s)", dev,
+                 cudaGetErrorString(e), cudaGetErrorName(e));
+    return false;
+}
+
 lu_status lu_cuda_fail(cudaError_t err, const char *file, int line, const char *expr)
 {
     return lu_errorf(err == cudaErrorMemoryAllocation ? LU_ERR_NOMEM : LU_ERR_DEVICE, "%s:%d: %s failed: %s (%s)",
@@ -114,6 +143,7 @@ bool lu_cuda_backend_init(lu_backend *b)
         cudaGetLastError();
         return false;
     }
+    if (!kernels_launch(dev)) return false;
     unavailable_reason[0] = 0;
     b->name = "cuda";
     b->device = LU_CUDA;

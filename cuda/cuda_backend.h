@@ -47,9 +47,17 @@ void lu_cuda_register_rope(lu_backend *b);
 void lu_cuda_register_embedding(lu_backend *b);
 /* The NCCL communicator (nccl.c; nothing without NCCL). */
 void lu_cuda_register_comm(lu_backend *b);
+/* "NCCL 2.27.3", or what stands for it, into out. */
+void lu_cuda_comm_describe(char *out, size_t size);
 /* Makes GPU (index mod the number of GPUs) this process's device, before anything touches the
  * GPU (data-parallel runs: one GPU per process by local rank). */
 lu_status lu_cuda_select_device(int index);
+
+/* Launches an empty kernel and returns the launch's error (cudaErrorNoKernelImageForDevice: the
+ * build has no code for this GPU), clearing it. */
+cudaError_t lu_cuda_probe_launch(void);
+/* The architectures this build holds code for ("sm_80,sm_90": CMAKE_CUDA_ARCHITECTURES). */
+const char *lu_cuda_built_archs(void);
 
 /* Fills n elements of dt at dst with the element whose bytes are `pattern` (dtype size bytes,
  * little-endian, as lu_dtype_convert writes it). */

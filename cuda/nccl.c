@@ -68,6 +68,19 @@ static void nccl_free(void *comm)
     if (comm) ncclCommDestroy((ncclComm_t)comm);
 }
 
+void lu_cuda_comm_describe(char *out, size_t size)
+{
+#ifdef LU_CUDA_EMU
+    snprintf(out, size, "NCCL (the emulator's, over MPI)");
+#else
+    int v = 0;
+    if (ncclGetVersion(&v) == ncclSuccess)
+        snprintf(out, size, "NCCL %d.%d.%d", v / 10000, v / 100 % 100, v % 100);
+    else
+        snprintf(out, size, "NCCL (version unknown)");
+#endif
+}
+
 void lu_cuda_register_comm(lu_backend *b)
 {
     b->comm_id_size = sizeof(ncclUniqueId);
@@ -78,6 +91,8 @@ void lu_cuda_register_comm(lu_backend *b)
 }
 
 #else
+
+void lu_cuda_comm_describe(char *out, size_t size) { snprintf(out, size, "no NCCL (multi-GPU runs refused)"); }
 
 void lu_cuda_register_comm(lu_backend *b) { (void)b; }
 

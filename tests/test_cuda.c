@@ -812,6 +812,24 @@ Test(cuda, scaled_adam_stats_sum_in_double_as_the_cpu)
     }
 }
 
+/* A GPU that the build has no code for (a node of another generation than the build's
+ * CMAKE_CUDA_ARCHITECTURES) is refused when the backend starts, with the flag to rebuild with,
+ * rather than at the first op's launch. Played by the emulator; on a GPU, whose code is there,
+ * the backend has just started. */
+Test(cuda, a_gpu_without_code_in_the_build_is_refused_with_the_rebuild_flag)
+{
+#ifdef LU_CUDA_EMU
+    setenv("LU_EMU_NO_KERNEL_IMAGE", "1", 1);
+    cr_assert(!lu_device_available(LU_CUDA), "the backend started without code for the GPU");
+    const char *why = lu_cuda_unavailable_reason();
+    cr_assert(strstr(why, "no code for GPU 0 (compute capability 9.0") && strstr(why, "-DCMAKE_CUDA_ARCHITECTURES=90"),
+              "%s", why);
+#else
+    require_gpu();
+    cr_assert_eq(lu_cuda_probe_launch(), cudaSuccess);
+#endif
+}
+
 /* NCCL on the GPU through the backend's comm entries, as core/dist.c calls them. NCCL refuses two
  * ranks on one GPU, so what a one-GPU machine can run is a communicator of one rank: the library
  * loads, makes a unique id and a communicator, and sums each float dtype in place on device memory

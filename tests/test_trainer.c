@@ -12,6 +12,7 @@
 #include "core/backend.h"
 #include "core/checkpoint.h"
 #include "core/metrics.h"
+#include "experiments/runner/cli.h"
 #include "experiments/runner/trainer.h"
 #include "testutil.h"
 
@@ -307,4 +308,29 @@ Test(trainer, keeps_the_newest_step_checkpoints_and_averages_them)
     cr_assert_neq(lu_eval_run(&o), LU_OK);
     tu_assert_error_contains("--avg 3:");
     tu_assert_error_contains("holds 2 step checkpoints");
+}
+
+/* `luthier version`: the build and each device, or why the GPU is not usable. */
+Test(trainer, version_names_the_build_and_the_devices)
+{
+    int rc = -1;
+    char *out = tu_run_captured_text(lu_cli_version, 1, (const char *[]){"version"}, &rc);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(!strncmp(out, "luthier " LU_VERSION "\n", strlen("luthier " LU_VERSION "\n")), "%s", out);
+    cr_assert(strstr(out, "\nbuild: C11 (") && strstr(out, "OpenBLAS") && strstr(out, "HDF5 1."), "%s", out);
+    cr_assert(strstr(out, "\ncpu: "), "%s", out);
+#ifdef LUTHIER_HAVE_MPI
+    cr_assert(strstr(out, "\nmpi: ") && !strstr(out, "mpi: not built"), "%s", out);
+#endif
+#ifdef LUTHIER_HAVE_CUDA
+    cr_assert(strstr(out, "\ncuda backend: "), "%s", out);
+    if (lu_device_available(LU_CUDA)) cr_assert(strstr(out, "\ncuda 0: ") && strstr(out, "compute capability"), "%s", out);
+    else cr_assert(strstr(out, "\ncuda: not usable: "), "%s", out);
+#else
+    cr_assert(strstr(out, "\ncuda backend: not built"), "%s", out);
+#endif
+    free(out);
+    out = tu_run_captured_text(lu_cli_version, 2, (const char *[]){"version", "--gpu"}, &rc);
+    cr_assert_eq(rc, 2, "an unknown argument was accepted: %s", out);
+    free(out);
 }

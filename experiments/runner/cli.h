@@ -37,6 +37,7 @@ int lu_cli_features(int argc, char **argv); /* cli_features.c: features fbank / 
 int lu_cli_asr(int argc, char **argv);      /* cli_asr.c: asr forward / transcribe */
 int lu_cli_merge(int argc, char **argv);    /* cli_merge.c: merge MERGE.yaml --out DIR */
 int lu_cli_data(int argc, char **argv);     /* cli_data.c: data prepare-chat / prepare-speech */
+int lu_cli_version(int argc, char **argv);  /* version.c: version, build, devices */
 int lu_data_prepare_chat(int argc, char **argv);   /* data_chat.c */
 int lu_data_prepare_speech(int argc, char **argv); /* data_speech.c */
 

@@ -18,7 +18,7 @@ static void usage(FILE *f)
             "  features fbank | mel --audio FILE --out OUT.safetensors\n"
             "  asr forward | transcribe ...\n"
             "  bench ops | lm | asr | sft | merge | gpu\n"
-            "  version\n"
+            "  version (build and devices)\n"
             "\n"
             "Run 'luthier <verb> --help' for a verb's options.\n");
 }
@@ -30,10 +30,6 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *verb = argv[1];
-    if (!strcmp(verb, "version")) {
-        printf("luthier %s\n", LU_VERSION);
-        return 0;
-    }
     for (const lu_cli_verb *v = lu_cli_verbs; v->name; v++)
         if (!strcmp(v->name, verb)) return v->run(argc - 1, argv + 1);
     fprintf(stderr, "luthier: unknown verb '%s'\n\n", verb);

@@ -12,5 +12,6 @@ const lu_cli_verb lu_cli_verbs[] = {
     {"asr", lu_cli_asr},
     {"merge", lu_cli_merge},
     {"data", lu_cli_data},
+    {"version", lu_cli_version},
     {NULL, NULL},
 };

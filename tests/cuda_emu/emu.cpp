@@ -538,6 +538,12 @@ static cudaError_t record(cudaError_t e)
 void run_kernel(const char *name, const void *fn, dim3 grid, dim3 block, size_t dyn_smem, void (*body)(void *),
                 void *arg)
 {
+    /* LU_EMU_NO_KERNEL_IMAGE=1 plays a GPU that the build has no code for. */
+    const char *no_image = getenv("LU_EMU_NO_KERNEL_IMAGE");
+    if (no_image && strcmp(no_image, "0")) {
+        record(cudaErrorNoKernelImageForDevice);
+        return;
+    }
     uint64_t nthreads = (uint64_t)block.x * block.y * block.z;
     if (!grid.x || !grid.y || !grid.z || !nthreads || nthreads > 1024 || block.x > 1024 || block.y > 1024 ||
         block.z > 64 || grid.y > 65535 || grid.z > 65535 || grid.x > 0x7fffffffu) {
@@ -799,6 +805,7 @@ const char *cudaGetErrorName(cudaError_t error)
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorNoKernelImageForDevice: return "cudaErrorNoKernelImageForDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     }
@@ -813,6 +820,7 @@ const char *cudaGetErrorString(cudaError_t error)
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorNoKernelImageForDevice: return "no kernel image is available for execution on the device";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     }
