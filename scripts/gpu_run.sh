@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu_run.sh PACKAGE OUT - on a GPU machine, runs what scripts/gpu_package.sh packed (PACKAGE is
 # its directory or its .tar.gz):
-# nvidia-smi, the GPU tests (test_cuda*) first, then every other test binary (unless
+# nvidia-smi, `luthier version`, the GPU tests (test_cuda*) first, then every other test binary (unless
 # LUTHIER_GPU_TESTS_ONLY=1: CI runs those already, and a device lease is short), then
 # the benchmarks of LUTHIER_GPU_BENCHES (one `luthier bench` argument list per line; default
 # `gpu`, `asr --train --device cuda`, `sft --device cuda` and both steps under LUTHIER_PROFILE=1;
@@ -56,6 +56,15 @@ fi
 unresolved=$(for b in "$pkg"/tests/* "$pkg"/bin/*; do LD_LIBRARY_PATH="$pkg/lib" ldd "$b"; done 2>/dev/null |
   grep 'not found' | sort -u | awk '{print $1}' | tr '\n' ' ')
 echo "- libraries not found: ${unresolved:-none}" >> "$report"
+# What the build holds and what it sees (luthier version): the GPU it can use, or why not.
+if [ -x "$pkg/bin/luthier" ]; then
+  {
+    echo
+    echo '```'
+    "$run" "$pkg/bin/luthier" version 2>&1
+    echo '```'
+  } >> "$report"
+fi
 
 {
   echo
