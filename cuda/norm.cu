@@ -33,10 +33,10 @@ static unsigned row_blocks(int64_t rows)
  * A group of g lanes (a power of two) holds one row, V vectors of 8 elements a lane: lane l of the
  * group holds elements 8 (l + k g) .. 8 (l + k g) + 7 for k < V, so the group's loads are
  * consecutive 16-byte accesses, and the row stays in registers between its reduction and its
- * output (x and dy are read from memory once). g is the smallest power of two with V <= 4 and g
- * >= the row's vectors or g = 32: up to d = 1024 a warp holds 32 / g rows (d = 128: 16 lanes, two
- * rows a warp); beyond, a row takes g / 32 warps (Qwen3-1.7B's d = 2048: two warps of 4 vectors a
- * lane). A block holds `slots` = 256 / g rows a pass. The row's sums are butterflies within the
+ * output (x and dy are read from memory once). g is the row's count of vectors rounded up to a
+ * power of two, at most 32: up to d = 1024 a warp holds 32 / g rows (d = 128: 16 lanes, two rows a
+ * warp). Longer rows double g until V <= 4, a row taking g / 32 warps (Qwen3-1.7B's d = 2048: two
+ * warps of 4 vectors a lane). A block holds `slots` = 256 / g rows a pass. The row's sums are butterflies within the
  * warp, then, across warps, the warps' sums added in order through shared memory, so their order
  * depends only on d.
  *
