@@ -26,6 +26,7 @@
  * an 8 x 8 matrix fall in 8 different 16-byte bank groups. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 
@@ -43,7 +44,8 @@ extern __shared__ __align__(16) unsigned char att_mma_smem[];
 
 #ifdef LU_CUDA_EMU
 /* The CPU emulator (tests/cuda_emu) carries out the same instructions. */
-static void att_cp16(void *dst, const void *src, bool in) { lu_emu::cp_async16(dst, src, in); }
+static void att_cp16(void *dst, const void *src, bool in) { lu_emu::cp_async(dst, src, 16, in); }
+static void att_cp4(void *dst, const void *src, bool in) { lu_emu::cp_async(dst, src, 4, in); }
 static void att_cp_commit() { lu_emu::cp_async_commit(); }
 template <int N> static void att_cp_wait() { lu_emu::cp_async_wait(N); }
 static void att_ldsm(uint32_t r[4], const uint16_t *p) { lu_emu::ldmatrix_x4(r, p, false); }
@@ -52,6 +54,11 @@ template <bool BF16> static void att_mma(float c[4], const uint32_t a[4], uint32
 {
     lu_emu::mma_m16n8k16(c, a, b0, b1, BF16);
 }
+static float att_exp2(float x)
+{
+    const float r = exp2f(x);
+    return r < FLT_MIN ? 0.0f : r; /* ex2.approx.ftz flushes subnormal results to zero */
+}
 #else
 static __device__ __forceinline__ uint32_t att_saddr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -59,6 +66,12 @@ static __device__ __forceinline__ uint32_t att_saddr(const void *p) { return (ui
 static __device__ __forceinline__ void att_cp16(void *dst, const void *src, bool in)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(att_saddr(dst)), "l"(src), "r"(in ? 16 : 0));
+}
+
+/* The same for 4 bytes (through L1: .cg takes 16-byte copies only). */
+static __device__ __forceinline__ void att_cp4(void *dst, const void *src, bool in)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(att_saddr(dst)), "l"(src), "r"(in ? 4 : 0));
 }
 
 static __device__ __forceinline__ void att_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -99,6 +112,17 @@ static __device__ __forceinline__ void att_mma(float c[4], const uint32_t a[4], 
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+/* 2^x by the MUFU unit alone, subnormal results flushed to zero: exp2f adds a range check and two
+ * multiplications around the same instruction to keep them, which matter nowhere here (P and the
+ * rescaling factors are rounded to 16 bits or multiply sums of them) and cost three issue slots
+ * an element in loops that are bound by issue. */
+static __device__ __forceinline__ float att_exp2(float x)
+{
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
+    return r;
+}
 #endif
 
 /* Two floats rounded to nearest even as one 16-bit pair, lo in the low half (the lower column). */
@@ -130,13 +154,25 @@ template <int D, int ROWS, int NT>
 static __device__ __forceinline__ void att_load_rows(uint16_t *s, const uint16_t *x, int64_t base, int64_t rstride,
                                                      int r0, int t)
 {
-    constexpr int CH = D / 8; /* 16-byte pieces per row */
-    static_assert(ROWS * CH % NT == 0, "every thread copies the same number of pieces");
+    constexpr int CH = D / 8;      /* 16-byte pieces per row */
+    constexpr int STEP = NT / CH;  /* rows between a thread's pieces */
+    constexpr int N = ROWS / STEP; /* pieces per thread */
+    static_assert(NT % CH == 0 && ROWS % STEP == 0, "every thread copies the same number of pieces");
+    /* Thread i copies piece i % CH of rows i / CH, i / CH + STEP, ...: one row address and one
+     * step, so that a piece costs an addition, not a 64-bit product. */
+    const int r = (int)threadIdx.x / CH, c = (int)threadIdx.x % CH;
+    const int64_t step = STEP * rstride;
+    const uint16_t *p = x + base + (int64_t)(r0 + r) * rstride + c * 8;
+    uint16_t *d = s + r * (D + 8) + c * 8;
+    if (r0 + ROWS <= t) {
 #pragma unroll
-    for (int n = 0; n < ROWS * CH / NT; n++) {
-        int e = (int)threadIdx.x + n * NT, r = e / CH, c = e % CH;
-        bool in = r0 + r < t;
-        att_cp16(s + r * (D + 8) + c * 8, in ? x + base + (int64_t)(r0 + r) * rstride + c * 8 : x, in);
+        for (int n = 0; n < N; n++, p += step) att_cp16(d + n * STEP * (D + 8), p, true);
+    } else {
+#pragma unroll
+        for (int n = 0; n < N; n++, p += step) {
+            const bool in = r0 + r + n * STEP < t;
+            att_cp16(d + n * STEP * (D + 8), in ? p : x, in);
+        }
     }
 }
 
@@ -403,9 +439,6 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
     int klo, khi;
     att_union(row_lo, row_hi, BQ, tk, &klo, &khi);
     const int ntiles = khi > klo ? (khi - klo + ATT_BK - 1) / ATT_BK : 0;
-    att_rows rows[MT];
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++) rows[mt] = att_rows_of(row_lo, row_hi, (wp * MT + mt) * 16 + g);
     if (ntiles > 0) {
         att_load_rows<D, ATT_BK, NT>(Ks, k, kbase, a.hkv * D, klo, tk);
         att_load_rows<D, ATT_BK, NT>(Vs, v, kbase, a.hkv * D, klo, tk);
@@ -431,6 +464,10 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) att_frag_a<LD>(qf[MT == 1 ? kk : 0], Qs + wp * 16 * LD, kk * 16);
         const uint16_t *Kt = Ks + (it & 1) * ATT_BK * LD, *Vt = Vs + (it & 1) * ATT_BK * LD;
+        /* The rows' key ranges, read again each tile (from shared memory) rather than held. */
+        att_rows rows[MT];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) rows[mt] = att_rows_of(row_lo, row_hi, (wp * MT + mt) * 16 + g);
         bool see = false;
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) see |= att_rows_see(&rows[mt], j0);
@@ -464,11 +501,9 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
             }
 #pragma unroll
             for (int mt = 0; mt < MT; mt++) {
-                float mx[2] = {m[mt][0], m[mt][1]};
-#pragma unroll
-                for (int n = 0; n < ATT_BK / 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) s[mt][n][e] *= sl2;
+                /* The tile's maximum of the unscaled scores: the scale being positive (lu_att_mma_takes),
+                 * max(s) sl2 is the maximum of s sl2, and one FFMA an element scales and shifts. */
+                float mx[2] = {-INFINITY, -INFINITY};
                 if (!att_rows_full(&rows[mt], j0, &a)) att_mask_scores(s[mt], &rows[mt], j0, &a, b, tk);
 #pragma unroll
                 for (int n = 0; n < ATT_BK / 8; n++)
@@ -479,16 +514,17 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
                 for (int x = 0; x < 2; x++) {
                     mx[x] = fmaxf(mx[x], __shfl_xor_sync(ATT_FULL, mx[x], 1));
                     mx[x] = fmaxf(mx[x], __shfl_xor_sync(ATT_FULL, mx[x], 2));
+                    mx[x] = fmaxf(m[mt][x], mx[x] * sl2);
                     /* A row with no visible key yet keeps m = -inf; exp2(-inf - 0) gives its p = 0. */
                     mb[x] = mx[x] == -INFINITY ? 0.0f : mx[x];
-                    alpha[x] = exp2f(m[mt][x] - mb[x]);
+                    alpha[x] = att_exp2(m[mt][x] - mb[x]);
                     m[mt][x] = mx[x];
                 }
 #pragma unroll
                 for (int n = 0; n < ATT_BK / 8; n++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
-                        s[mt][n][e] = exp2f(s[mt][n][e] - mb[e / 2]);
+                        s[mt][n][e] = att_exp2(fmaf(s[mt][n][e], sl2, -mb[e / 2]));
                         ls[e / 2] += s[mt][n][e];
                     }
 #pragma unroll
@@ -603,13 +639,13 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
 #pragma unroll
                 for (int n = 0; n < BK / 8; n++)
 #pragma unroll
-                    for (int e = 0; e < 4; e++) s[mt][n][e] = s[mt][n][e] * sl2 - lse2[mt][e / 2];
+                    for (int e = 0; e < 4; e++) s[mt][n][e] = fmaf(s[mt][n][e], sl2, -lse2[mt][e / 2]);
                 if (!att_rows_full<BK>(&rows[mt], j0, &a)) att_mask_scores<BK>(s[mt], &rows[mt], j0, &a, b, tk);
 #pragma unroll
                 for (int n = 0; n < BK / 8; n++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
-                        float p = exp2f(s[mt][n][e]);
+                        const float p = att_exp2(s[mt][n][e]);
                         s[mt][n][e] = p * (dp[mt][n][e] - ds[mt][e / 2]);
                     }
             }
@@ -633,6 +669,31 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
 }
 
 /* ---- backward: dK, dV ---- */
+
+/* P^T and dS^T = P^T (dP^T - Dsum) in place of S^T and dP^T (16 keys x 8 NB queries as
+ * att_gemm_abt leaves them): element (key kr[e / 2], query c = c0 + 8 n + 2 t + (e & 1)), with
+ * P = 2^(s scale log2 e - lse[c] log2 e) and Dsum dsm[c]. CHECK: each
+ * element's visibility is tested (a key padded, or outside the query's range [lo, hi), gives 0);
+ * otherwise every key is visible to every query. The exponential is taken either way and then
+ * selected, so that the loop has no branch. */
+template <bool CHECK, int NB>
+static __device__ __forceinline__ void att_probs_t(float (&s)[NB][4], float (&dp)[NB][4], const int kr[2],
+                                                   const bool kpad[2], const int *lo, const int *hi, const float *lse,
+                                                   const float *dsm, float sl2, int c0)
+{
+    const int t = threadIdx.x % 4;
+#pragma unroll
+    for (int n = 0; n < NB; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int c = c0 + n * 8 + 2 * t + (e & 1), x = e / 2;
+            float p = att_exp2(fmaf(s[n][e], sl2, -(lse[c] * ATT_LOG2E)));
+            if (CHECK) p = !kpad[x] & (kr[x] >= lo[c]) & (kr[x] < hi[c]) ? p : 0.0f;
+            s[n][e] = p;
+            dp[n][e] = p * (dp[n][e] - dsm[c]);
+        }
+}
+
 
 /* Queries per step of the dK/dV kernel: fewer for d 128, whose two 16 x 128 accumulators leave
  * fewer registers for the scores. */
@@ -667,18 +728,25 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
     lu_att_query_range(&a.rg, j0, min(j0 + ATT_BK, tk), &ql, &qh);
     const int qlo = (int)ql, nch = qh > ql ? (int)((qh - ql + QC - 1) / QC) : 0, steps = (int)rep * nch;
 
-    /* Step st: query head hk rep + st / nch, queries qlo + (st % nch) QC on, into buffer st % 2. */
+    /* Step st: query head hk rep + st / nch, queries qlo + (st % nch) QC on, into buffer st % 2;
+     * the steps are staged in order, so the head and chunk are counted, not divided for. */
+    int next_h = 0, next_c = 0;
     auto stage = [&](int st) {
-        const int buf = st & 1, i0 = qlo + st % nch * QC;
-        const int64_t h = hk * rep + st / nch, qbase = (b * tq * a.hq + h) * D;
+        const int buf = st & 1, i0 = qlo + next_c * QC;
+        const int64_t h = hk * rep + next_h, qbase = (b * tq * a.hq + h) * D;
+        if (++next_c == nch) {
+            next_c = 0;
+            next_h++;
+        }
         att_load_rows<D, QC, NT>(Qs + buf * QC * LD, q, qbase, a.hq * D, i0, tq);
         att_load_rows<D, QC, NT>(dOs + buf * QC * LD, dOp, qbase, a.hq * D, i0, tq);
         att_ranges(&a, i0, QC, c_lo + buf * QC, c_hi + buf * QC);
         if ((int)threadIdx.x < QC) {
+            /* Copied like the tiles, so that no thread waits for them here (0 past Tq). */
             const int i = i0 + (int)threadIdx.x;
             const int64_t row = (b * a.hq + h) * tq + i;
-            c_lse[buf * QC + threadIdx.x] = i < tq ? att_load(lse, a.lse_dt, row) * ATT_LOG2E : 0.0f;
-            c_ds[buf * QC + threadIdx.x] = i < tq ? dsum[row] : 0.0f;
+            att_cp4(c_lse + buf * QC + threadIdx.x, i < tq ? (const float *)lse + row : (const float *)lse, i < tq);
+            att_cp4(c_ds + buf * QC + threadIdx.x, i < tq ? dsum + row : dsum, i < tq);
         }
     };
     att_load_rows<D, ATT_BK, NT>(Ks, (const uint16_t *)a.k, kbase, a.hkv * D, j0, tk);
@@ -706,7 +774,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
         __syncthreads();
         const int buf = st & 1;
         const int *lo = c_lo + buf * QC, *hi = c_hi + buf * QC;
-        const float *lse2 = c_lse + buf * QC, *dsm = c_ds + buf * QC;
+        const float *lse_c = c_lse + buf * QC, *dsm = c_ds + buf * QC;
         const uint16_t *Qt = Qs + buf * QC * LD, *dOt = dOs + buf * QC * LD;
         bool see = false, full = !a.mask;
         for (int c = lane; c < QC; c += LU_CUDA_WARP) {
@@ -718,17 +786,8 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
             /* S^T and dP^T (16 keys x QC queries) = K_w Q^T and V_w dO^T. */
             float s[QC / 8][4], dp[QC / 8][4];
             att_gemm_pair<BF16, LD, QC / 8, D>(s, dp, Ks + wp * 16 * LD, Qt, Vs + wp * 16 * LD, dOt);
-            /* Element (key kr[e / 2], query c): P^T, then dS^T = P^T (dP^T - Dsum) in place of dP^T. */
-#pragma unroll
-            for (int n = 0; n < QC / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int c = n * 8 + 2 * t + (e & 1), x = e / 2;
-                    const bool vis = full || (!kpad[x] && kr[x] >= lo[c] && kr[x] < hi[c]);
-                    const float p = vis ? exp2f(s[n][e] * sl2 - lse2[c]) : 0.0f;
-                    s[n][e] = p;
-                    dp[n][e] = p * (dp[n][e] - dsm[c]);
-                }
+            if (full) att_probs_t<false>(s, dp, kr, kpad, lo, hi, lse_c, dsm, sl2, 0);
+            else att_probs_t<true>(s, dp, kr, kpad, lo, hi, lse_c, dsm, sl2, 0);
             att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc_v, &s, dOt);
             att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc_k, &dp, Qt);
         }
@@ -802,18 +861,25 @@ static __global__ void __launch_bounds__(ATT_WIDE_WARPS * LU_CUDA_WARP, 1)
     lu_att_query_range(&a.rg, j0, min(j0 + BN, tk), &ql, &qh);
     const int qlo = (int)ql, nch = qh > ql ? (int)((qh - ql + QC - 1) / QC) : 0, steps = (int)rep * nch;
 
-    /* Step st: query head hk rep + st / nch, queries qlo + (st % nch) QC on, into buffer st % 2. */
+    /* Step st: query head hk rep + st / nch, queries qlo + (st % nch) QC on, into buffer st % 2;
+     * the steps are staged in order, so the head and chunk are counted, not divided for. */
+    int next_h = 0, next_c = 0;
     auto stage = [&](int st) {
-        const int buf = st & 1, i0 = qlo + st % nch * QC;
-        const int64_t h = hk * rep + st / nch, qbase = (b * tq * a.hq + h) * D;
+        const int buf = st & 1, i0 = qlo + next_c * QC;
+        const int64_t h = hk * rep + next_h, qbase = (b * tq * a.hq + h) * D;
+        if (++next_c == nch) {
+            next_c = 0;
+            next_h++;
+        }
         att_load_rows<D, QC, NT>(Qs + buf * QC * LD, q, qbase, a.hq * D, i0, tq);
         att_load_rows<D, QC, NT>(dOs + buf * QC * LD, dOp, qbase, a.hq * D, i0, tq);
         att_ranges(&a, i0, QC, c_lo + buf * QC, c_hi + buf * QC);
         if ((int)threadIdx.x < QC) {
+            /* Copied like the tiles, so that no thread waits for them here (0 past Tq). */
             const int i = i0 + (int)threadIdx.x;
             const int64_t row = (b * a.hq + h) * tq + i;
-            c_lse[buf * QC + threadIdx.x] = i < tq ? att_load(lse, a.lse_dt, row) * ATT_LOG2E : 0.0f;
-            c_ds[buf * QC + threadIdx.x] = i < tq ? dsum[row] : 0.0f;
+            att_cp4(c_lse + buf * QC + threadIdx.x, i < tq ? (const float *)lse + row : (const float *)lse, i < tq);
+            att_cp4(c_ds + buf * QC + threadIdx.x, i < tq ? dsum + row : dsum, i < tq);
         }
     };
     att_load_rows<D, BN, NT>(Ks, (const uint16_t *)a.k, kbase, a.hkv * D, j0, tk);
@@ -853,7 +919,7 @@ static __global__ void __launch_bounds__(ATT_WIDE_WARPS * LU_CUDA_WARP, 1)
         __syncthreads();
         const int buf = st & 1;
         const int *lo = c_lo + buf * QC, *hi = c_hi + buf * QC;
-        const float *lse2 = c_lse + buf * QC, *dsm = c_ds + buf * QC;
+        const float *lse_c = c_lse + buf * QC, *dsm = c_ds + buf * QC;
         const uint16_t *Qt = Qs + buf * QC * LD, *dOt = dOs + buf * QC * LD;
         /* Scores of the warp's keys and queries 32 half + [0, 32), lane c checking query 32 half + c. */
         const int cq = 32 * half + lane;
@@ -864,26 +930,20 @@ static __global__ void __launch_bounds__(ATT_WIDE_WARPS * LU_CUDA_WARP, 1)
             float s[2][4][4], dp[2][4][4];
             att_gemm_pair_mt<BF16, LD, 2, 4, D>(s, dp, Ks + 32 * kg * LD, Qt + 32 * half * LD, Vs + 32 * kg * LD,
                                                 dOt + 32 * half * LD);
-            /* Element (key kr[mt][e / 2], query c): P^T, and dS^T = P^T (dP^T - Dsum) in place of dP^T. */
+            /* P^T and dS^T of each 16 keys, then stored as 16-bit pairs. */
 #pragma unroll
-            for (int mt = 0; mt < 2; mt++)
+            for (int mt = 0; mt < 2; mt++) {
+                if (full) att_probs_t<false>(s[mt], dp[mt], kr[mt], kpad[mt], lo, hi, lse_c, dsm, sl2, 32 * half);
+                else att_probs_t<true>(s[mt], dp[mt], kr[mt], kpad[mt], lo, hi, lse_c, dsm, sl2, 32 * half);
 #pragma unroll
-                for (int n = 0; n < 4; n++) {
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int c = 32 * half + n * 8 + 2 * t + (e & 1), x = e / 2, k = kr[mt][x];
-                        const bool v = full || (!kpad[mt][x] && k >= lo[c] && k < hi[c]);
-                        const float p = v ? exp2f(s[mt][n][e] * sl2 - lse2[c]) : 0.0f;
-                        s[mt][n][e] = p;
-                        dp[mt][n][e] = p * (dp[mt][n][e] - dsm[c]);
-                    }
+                for (int n = 0; n < 4; n++)
 #pragma unroll
                     for (int x = 0; x < 2; x++) {
                         const int w = (16 * mt + g + 8 * x) * (LP / 2) + n * 4 + t;
                         Pw[w] = att_pack<BF16>(s[mt][n][2 * x], s[mt][n][2 * x + 1]);
                         dSw[w] = att_pack<BF16>(dp[mt][n][2 * x], dp[mt][n][2 * x + 1]);
                     }
-                }
+            }
         }
         if (lane == 0) vis[kg * 2 + half] = see;
         __syncthreads();
@@ -926,6 +986,9 @@ static __global__ void __launch_bounds__(ATT_WIDE_WARPS * LU_CUDA_WARP, 1)
 bool lu_att_mma_takes(const att_args *a, const void *const *ptrs, int n)
 {
     if ((a->dt != LU_BF16 && a->dt != LU_F16) || a->d != a->dv || (a->d != 64 && a->d != 128)) return false;
+    /* The forward takes the maximum of the unscaled scores for that of the scaled ones; the dK/dV
+     * kernels copy lse as f32 (what lu_attention gives 16-bit inputs). */
+    if (!(a->scale > 0.0f) || a->lse_dt != LU_F32) return false;
     /* Row indices, padded to a whole tile, are ints in the kernels. */
     if (a->rg.tq > INT_MAX - 2 * ATT_BK || a->rg.tk > INT_MAX - 2 * ATT_BK) return false;
     const void *own[3] = {a->q, a->k, a->v};

@@ -146,6 +146,7 @@ typedef struct gcase {
     const int32_t *cu;
     int n_cu;
     bool cu_i64;
+    double scale; /* 0: 1 / sqrt(d) */
 } gcase;
 
 #define DIMS(B, TQ, TK, HQ, HKV, D, DV) .b = B, .tq = TQ, .tk = TK, .hq = HQ, .hkv = HKV, .d = D, .dv = DV
@@ -185,7 +186,7 @@ static lu_tensor *make_cu(const gcase *c)
 static void setup(grun *r, const gcase *c, lu_dtype dt, uint64_t seed)
 {
     memset(r, 0, sizeof *r);
-    r->p = (lu_attention_params){c->causal, 1 / sqrt((double)c->d), c->weights};
+    r->p = (lu_attention_params){c->causal, c->scale ? c->scale : 1 / sqrt((double)c->d), c->weights};
     int64_t so[4] = {c->b, c->tq, c->hq, c->dv}, sl[3] = {c->b, c->hq, c->tq}, sw[4] = {c->b, c->hq, c->tq, c->tk};
     lu_tensor *q = tu_rand(LU_F32, LU_SHAPE(c->b, c->tq, c->hq, c->d), -2, 2, seed);
     lu_tensor *k = tu_rand(LU_F32, LU_SHAPE(c->b, c->tk, c->hkv, c->d), -2, 2, seed + 1);
@@ -355,6 +356,9 @@ static const gcase mma_cases[] = {
     {.name = "mma cu 3 seqs 129 16/8 d128", DIMS(1, 129, 129, 16, 8, 128, 128), .cu = cu3, .n_cu = 4},
     {.name = "mma cu i64 empty segment causal mask 77 4/4 d64", DIMS(1, 77, 77, 4, 4, 64, 64), .causal = true,
      .mask = 1, .cu = cu_empty, .n_cu = 5, .cu_i64 = true},
+    /* A negative scale leaves the tensor cores to the general kernels (lu_att_mma_takes). */
+    {.name = "mma causal 129x129 4/4 d64, negative scale", DIMS(1, 129, 129, 4, 4, 64, 64), .causal = true,
+     .scale = -0.3},
 };
 
 Test(cuda_attention, tensor_core_path_bf16_within_bf16_rounding)

@@ -50,6 +50,7 @@ enum fiber_state { F_NEW, F_RUN, F_BLOCK, F_WARP, F_DONE };
 struct pending_copy {
     void *dst;
     const void *src;
+    int bytes;
     bool in;
     int group;
 };
@@ -266,8 +267,8 @@ static void finish_copies(fiber *f, int groups_left, bool all)
     std::vector<pending_copy> keep;
     for (const pending_copy &c : f->copies) {
         if (all || c.group < f->groups_committed - groups_left) {
-            if (c.in) memcpy(c.dst, c.src, 16);
-            else memset(c.dst, 0, 16);
+            if (c.in) memcpy(c.dst, c.src, c.bytes);
+            else memset(c.dst, 0, c.bytes);
         } else {
             keep.push_back(c);
         }
@@ -275,11 +276,13 @@ static void finish_copies(fiber *f, int groups_left, bool all)
     f->copies.swap(keep);
 }
 
-void cp_async16(void *dst, const void *src, bool in)
+void cp_async(void *dst, const void *src, int bytes, bool in)
 {
     in_kernel("cp.async");
-    if (((uintptr_t)dst | (in ? (uintptr_t)src : 0)) & 15) fail("cp.async of 16 bytes from %p to %p: not 16-byte aligned", src, dst);
-    cur->copies.push_back(pending_copy{dst, src, in, cur->groups_committed});
+    if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async of %d bytes: only 4, 8 or 16 are copied", bytes);
+    if (((uintptr_t)dst | (in ? (uintptr_t)src : 0)) & (uintptr_t)(bytes - 1))
+        fail("cp.async of %d bytes from %p to %p: not %d-byte aligned", bytes, src, dst, bytes);
+    cur->copies.push_back(pending_copy{dst, src, bytes, in, cur->groups_committed});
 }
 
 void cp_async_commit(void)

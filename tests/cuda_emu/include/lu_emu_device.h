@@ -98,7 +98,8 @@ static inline void check_arguments(const char *kernel, const Tuple &t, std::inde
     (check_argument(kernel, (int)I, std::get<I>(t)), ...);
 }
 
-void cp_async16(void *dst, const void *src, bool in);
+/* cp.async of 4, 8 or 16 bytes, or as many zero bytes where !in; lands at a wait_group. */
+void cp_async(void *dst, const void *src, int bytes, bool in);
 void cp_async_commit(void);
 void cp_async_wait(int groups_left);
 
