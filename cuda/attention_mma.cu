@@ -37,6 +37,7 @@
 #define ATT_FULL 0xffffffffu            /* every lane of a warp */
 #define ATT_LOG2E 1.4426950408889634f
 #define ATT_LN2 0.6931471805599453f
+#define ATT_SLACK 8.0f                  /* log2 of how far p may exceed 1 before the forward rescales */
 
 extern __shared__ __align__(16) unsigned char att_mma_smem[];
 
@@ -509,30 +510,41 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
                 for (int n = 0; n < ATT_BK / 8; n++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) mx[e / 2] = fmaxf(mx[e / 2], s[mt][n][e]);
-                float alpha[2], mb[2], ls[2] = {0.0f, 0.0f};
+                /* The running maximum m moves only when a row of the warp would exceed it by more than
+                 * ATT_SLACK, and then for every row of the warp; until then p is up to 2^ATT_SLACK, and
+                 * the warp skips rescaling its accumulators. o and lse are those of any m. */
+                bool grow = false;
 #pragma unroll
                 for (int x = 0; x < 2; x++) {
                     mx[x] = fmaxf(mx[x], __shfl_xor_sync(ATT_FULL, mx[x], 1));
                     mx[x] = fmaxf(mx[x], __shfl_xor_sync(ATT_FULL, mx[x], 2));
-                    mx[x] = fmaxf(m[mt][x], mx[x] * sl2);
-                    /* A row with no visible key yet keeps m = -inf; exp2(-inf - 0) gives its p = 0. */
-                    mb[x] = mx[x] == -INFINITY ? 0.0f : mx[x];
-                    alpha[x] = att_exp2(m[mt][x] - mb[x]);
-                    m[mt][x] = mx[x];
+                    mx[x] *= sl2;
+                    grow |= mx[x] > m[mt][x] + ATT_SLACK; /* m = -inf: any visible key */
                 }
+                if (__any_sync(ATT_FULL, grow)) {
+                    float alpha[2];
+#pragma unroll
+                    for (int x = 0; x < 2; x++) {
+                        const float mn = fmaxf(m[mt][x], mx[x]);
+                        /* exp2(-inf - 0) = 0 rescales a row that had no visible key (its sums are 0). */
+                        alpha[x] = att_exp2(m[mt][x] - (mn == -INFINITY ? 0.0f : mn));
+                        m[mt][x] = mn;
+                        l[mt][x] *= alpha[x];
+                    }
+#pragma unroll
+                    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) acc[mt][n][e] *= alpha[e / 2];
+                }
+                /* A row with no visible key yet keeps m = -inf; exp2(-inf - 0) gives its p = 0. */
+                const float mb[2] = {m[mt][0] == -INFINITY ? 0.0f : m[mt][0], m[mt][1] == -INFINITY ? 0.0f : m[mt][1]};
 #pragma unroll
                 for (int n = 0; n < ATT_BK / 8; n++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         s[mt][n][e] = att_exp2(fmaf(s[mt][n][e], sl2, -mb[e / 2]));
-                        ls[e / 2] += s[mt][n][e];
+                        l[mt][e / 2] += s[mt][n][e];
                     }
-#pragma unroll
-                for (int x = 0; x < 2; x++) l[mt][x] = l[mt][x] * alpha[x] + ls[x];
-#pragma unroll
-                for (int n = 0; n < D / 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) acc[mt][n][e] *= alpha[e / 2];
             }
             att_gemm_xb<BF16, LD, D, ATT_BK / 16, MT>(acc, s, Vt);
         }

@@ -146,7 +146,8 @@ typedef struct gcase {
     const int32_t *cu;
     int n_cu;
     bool cu_i64;
-    double scale; /* 0: 1 / sqrt(d) */
+    double scale;  /* 0: 1 / sqrt(d) */
+    double k_ramp; /* key j scaled by 1 + k_ramp j: scores that grow along the keys */
 } gcase;
 
 #define DIMS(B, TQ, TK, HQ, HKV, D, DV) .b = B, .tq = TQ, .tk = TK, .hq = HQ, .hkv = HKV, .d = D, .dv = DV
@@ -191,6 +192,9 @@ static void setup(grun *r, const gcase *c, lu_dtype dt, uint64_t seed)
     lu_tensor *q = tu_rand(LU_F32, LU_SHAPE(c->b, c->tq, c->hq, c->d), -2, 2, seed);
     lu_tensor *k = tu_rand(LU_F32, LU_SHAPE(c->b, c->tk, c->hkv, c->d), -2, 2, seed + 1);
     lu_tensor *v = tu_rand(LU_F32, LU_SHAPE(c->b, c->tk, c->hkv, c->dv), -1, 1, seed + 2);
+    float *kd = lu_tensor_data(k);
+    for (int64_t i = 0, row = (int64_t)c->hkv * c->d; i < lu_tensor_numel(k); i++)
+        kd[i] *= (float)(1 + c->k_ramp * (double)(i / row % c->tk));
     round_to(q, dt);
     round_to(k, dt);
     round_to(v, dt);
@@ -356,6 +360,10 @@ static const gcase mma_cases[] = {
     {.name = "mma cu 3 seqs 129 16/8 d128", DIMS(1, 129, 129, 16, 8, 128, 128), .cu = cu3, .n_cu = 4},
     {.name = "mma cu i64 empty segment causal mask 77 4/4 d64", DIMS(1, 77, 77, 4, 4, 64, 64), .causal = true,
      .mask = 1, .cu = cu_empty, .n_cu = 5, .cu_i64 = true},
+    /* Scores growing along the keys, several times past the forward's slack (ATT_SLACK). */
+    {.name = "mma causal 300x300 4/4 d128, growing scores", DIMS(1, 300, 300, 4, 4, 128, 128), .causal = true,
+     .k_ramp = 0.05},
+    {.name = "mma 300x300 4/4 d64, growing scores", DIMS(2, 300, 300, 4, 4, 64, 64), .k_ramp = 0.05},
     /* A negative scale leaves the tensor cores to the general kernels (lu_att_mma_takes). */
     {.name = "mma causal 129x129 4/4 d64, negative scale", DIMS(1, 129, 129, 4, 4, 64, 64), .causal = true,
      .scale = -0.3},
