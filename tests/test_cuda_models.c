@@ -289,8 +289,8 @@ static float *smollm2_logits(lu_decoder *m, const int64_t *ids, int64_t n)
 /* The real SmolLM2 (30 layers, 9 query / 3 key-value heads of 64, dequantised Q4_1 weights) moved
  * to the GPU: the chat prompt's five best next-token logits as transformers computes them on the
  * CPU (tests/fixtures/gguf, f32), and its greedy reply through the KV cache on the GPU, token for
- * token; then in bf16 (mixed precision, the tensor-core attention) the same best token and the
- * logits within bf16 rounding of the f32 ones. Needs scripts/fetch_smollm2.sh's file. */
+ * token; then in bf16 (mixed precision, the tensor-core attention) the same best token (up to a
+ * tie in bf16) and the logits within bf16 rounding of the f32 ones. Needs scripts/fetch_smollm2.sh's file. */
 Test(cuda_models, smollm2_on_the_gpu_matches_transformers_and_replies_the_same, .timeout = 600)
 {
     require_gpu();
@@ -332,9 +332,13 @@ Test(cuda_models, smollm2_on_the_gpu_matches_transformers_and_replies_the_same, 
         err += (double)(bf16[v] - f32[v]) * (bf16[v] - f32[v]);
         ref += (double)f32[v] * f32[v];
     }
-    cr_assert_eq(best, cJSON_GetArrayItem(top_ids, 0)->valueint, "bf16 best next token %d", best);
-    /* 30 layers of bf16 weights and activations (2^-9 relative rounding each): 0.042 on the CUDA
-     * emulator; twice that fails (a wrong kernel gives errors of order 1). */
+    /* The bf16 logits are rounded to 2^-3 near 25, coarser than the f32 gap between the two best
+     * tokens (0.08): transformers' best must be among the best in bf16, tied or alone. */
+    const int want = cJSON_GetArrayItem(top_ids, 0)->valueint;
+    cr_assert_eq(bf16[want], bf16[best], "bf16 best next token %d (%f), transformers' %d has %f", best, bf16[best], want,
+                 bf16[want]);
+    /* 30 layers of bf16 weights and activations (2^-9 relative rounding each): 0.010 on the CUDA
+     * emulator (0.024 and 0.042 with earlier kernels); a wrong kernel gives errors of order 1. */
     cr_assert(sqrt(err / ref) < 0.085, "bf16 logits: relative RMS error %.4f against f32", sqrt(err / ref));
     free(f32);
     free(bf16);
