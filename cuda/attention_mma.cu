@@ -9,9 +9,10 @@
  * come through shared memory by cp.async, double-buffered; S = Q K^T and the online softmax stay
  * in registers, and P, rounded to the input dtype as FlashAttention-2 does, is the A operand of
  * O += P V; a warp rescales its accumulators only when a row's maximum grows by more than
- * ATT_SLACK (FlashAttention-4's conditional rescaling), so p may reach 2^ATT_SLACK. Backward: one block per 64 keys (a warp per 16) accumulates dK = scale dS^T Q and
- * dV = P^T dO over every query of the kv head's query heads, P^T recomputed from lse; one block
- * per 64 queries accumulates dQ = scale dS K. dS = P (dP - Dsum) is rounded like P. Variants with
+ * ATT_SLACK (FlashAttention-4's conditional rescaling), so p may reach 2^ATT_SLACK. Backward: one
+ * block per 64 keys (a warp per 16) accumulates dK = scale dS^T Q and dV = P^T dO over every query
+ * of the kv head's query heads, P^T recomputed from lse; one block per 64 queries accumulates
+ * dQ = scale dS K. dS = P (dP - Dsum) is rounded like P. Variants with
  * wider warp tiles (128 keys a block for dK/dV, 32 queries a warp for dQ) are picked by
  * environment variables until a GPU run ranks them (att_dkdv_keys, att_dq_rows_per_warp). Tiles
  * that no row of a warp can see are skipped; partly visible ones are masked per element, and rows
@@ -543,7 +544,9 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
                         for (int e = 0; e < 4; e++) acc[mt][n][e] *= alpha[e / 2];
                 }
                 /* A row with no visible key yet keeps m = -inf; exp2(-inf - 0) gives its p = 0. */
-                const float mb[2] = {m[mt][0] == -INFINITY ? 0.0f : m[mt][0], m[mt][1] == -INFINITY ? 0.0f : m[mt][1]};
+                float mb[2];
+#pragma unroll
+                for (int x = 0; x < 2; x++) mb[x] = m[mt][x] == -INFINITY ? 0.0f : m[mt][x];
 #pragma unroll
                 for (int n = 0; n < ATT_BK / 8; n++)
 #pragma unroll
@@ -690,10 +693,10 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
 
 /* P^T and dS^T = P^T (dP^T - Dsum) in place of S^T and dP^T (16 keys x 8 NB queries as
  * att_gemm_abt leaves them): element (key kr[e / 2], query c = c0 + 8 n + 2 t + (e & 1)), with
- * P = 2^(s scale log2 e - lse[c] log2 e) and Dsum dsm[c]. CHECK: each
- * element's visibility is tested (a key padded, or outside the query's range [lo, hi), gives 0);
- * otherwise every key is visible to every query. The exponential is taken either way and then
- * selected, so that the loop has no branch. */
+ * P = 2^(s scale log2 e - lse[c] log2 e) and Dsum dsm[c]. CHECK: each element's visibility is
+ * tested (a key padded, or outside the query's range [lo, hi), gives 0); otherwise every key is
+ * visible to every query. The exponential is taken either way and then selected, so that the loop
+ * has no branch. */
 template <bool CHECK, int NB>
 static __device__ __forceinline__ void att_probs_t(float (&s)[NB][4], float (&dp)[NB][4], const int kr[2],
                                                    const bool kpad[2], const int *lo, const int *hi, const float *lse,
@@ -711,7 +714,6 @@ static __device__ __forceinline__ void att_probs_t(float (&s)[NB][4], float (&dp
             dp[n][e] = p * (dp[n][e] - dsm[c]);
         }
 }
-
 
 /* Queries per step of the dK/dV kernel: fewer for d 128, whose two 16 x 128 accumulators leave
  * fewer registers for the scores. */
