@@ -715,15 +715,89 @@ static __device__ __forceinline__ void att_probs_t(float (&s)[NB][4], float (&dp
         }
 }
 
+/* The query side of the dK/dV kernels: steps of QC queries of one query head, every query head of
+ * kv head hk's group in turn over the queries [qlo, qlo + nch QC) that may see the block's keys,
+ * each staged (Q and dO rows, the rows' key ranges, lse and Dsum) into one of two buffers while
+ * the block works on the other. Step st is query head hk rep + st / nch, queries qlo + (st % nch) QC
+ * on, in buffer st % 2; steps are staged in order, so the head and chunk are counted, not divided
+ * for. Shared memory: lo, hi [2][QC] int and lse, Dsum [2][QC] f32 from the start (ATT_QSTEP_BYTES),
+ * Q and dO [2][QC][D + 8] where the kernel puts them. */
+#define ATT_QSTEP_BYTES(qc) ((size_t)2 * (qc) * 16)
+template <int D, int QC, int NT> struct att_qsteps {
+    const att_args *a;
+    const uint16_t *dO;
+    const float *lse, *dsum;
+    int *lo_s, *hi_s;
+    float *lse_s, *ds_s;
+    uint16_t *Qs, *dOs;
+    int64_t b, h0;
+    int qlo, nch, steps, next_h = 0, next_c = 0;
+
+    /* For the keys [j0, j1) of batch b and kv head hk. */
+    __device__ __forceinline__ att_qsteps(const att_args *a_, const void *dO_, const void *lse_, const float *dsum_,
+                                          int64_t b_, int64_t hk, int j0, int j1, uint16_t *Qs_)
+        : a(a_), dO((const uint16_t *)dO_), lse((const float *)lse_), dsum(dsum_), b(b_)
+    {
+        lo_s = (int *)att_mma_smem;
+        hi_s = lo_s + 2 * QC;
+        lse_s = (float *)(hi_s + 2 * QC);
+        ds_s = lse_s + 2 * QC;
+        Qs = Qs_;
+        dOs = Qs_ + 2 * QC * (D + 8);
+        const int64_t rep = a->hq / a->hkv;
+        h0 = hk * rep;
+        int64_t ql, qh;
+        lu_att_query_range(&a->rg, j0, j1, &ql, &qh);
+        qlo = (int)ql;
+        nch = qh > ql ? (int)((qh - ql + QC - 1) / QC) : 0;
+        steps = (int)rep * nch;
+    }
+
+    /* Starts the copies of step st, the next one in order (not committed). */
+    __device__ __forceinline__ void stage(int st)
+    {
+        const int buf = st & 1, i0 = qlo + next_c * QC, tq = (int)a->rg.tq;
+        const int64_t h = h0 + next_h, qbase = (b * tq * a->hq + h) * D;
+        if (++next_c == nch) {
+            next_c = 0;
+            next_h++;
+        }
+        att_load_rows<D, QC, NT>(Qs + buf * QC * (D + 8), (const uint16_t *)a->q, qbase, a->hq * D, i0, tq);
+        att_load_rows<D, QC, NT>(dOs + buf * QC * (D + 8), dO, qbase, a->hq * D, i0, tq);
+        att_ranges(a, i0, QC, lo_s + buf * QC, hi_s + buf * QC);
+        if ((int)threadIdx.x < QC) {
+            /* Copied like the tiles, so that no thread waits for them here (0 past Tq). */
+            const int i = i0 + (int)threadIdx.x;
+            const int64_t row = (b * a->hq + h) * tq + i;
+            att_cp4(lse_s + buf * QC + threadIdx.x, i < tq ? lse + row : lse, i < tq);
+            att_cp4(ds_s + buf * QC + threadIdx.x, i < tq ? dsum + row : dsum, i < tq);
+        }
+    }
+
+    /* Before step st: stages step st + 1, if any, and waits until step st has landed and the
+     * block sees it. */
+    __device__ __forceinline__ void begin(int st)
+    {
+        if (st + 1 < steps) {
+            stage(st + 1);
+            att_cp_commit();
+            att_cp_wait<1>();
+        } else {
+            att_cp_wait<0>();
+        }
+        __syncthreads();
+    }
+};
+
 /* Queries per step of the dK/dV kernel: fewer for d 128, whose two 16 x 128 accumulators leave
  * fewer registers for the scores. */
 #define ATT_QC(d) ((d) == 128 ? 32 : 64)
 
-/* Shared memory: per query buffer (2) lo, hi [QC] int and lse, Dsum [QC] f32; K, V [ATT_BK][D + 8];
- * Q, dO [2][QC][D + 8] (16-bit). */
+/* Shared memory: att_qsteps' ranges, lse and Dsum; K, V [ATT_BK][D + 8]; Q, dO [2][QC][D + 8]
+ * (16-bit). */
 static size_t att_dkdv_smem(int d)
 {
-    return (size_t)2 * ATT_QC(d) * 16 + (size_t)(2 * ATT_BK + 4 * ATT_QC(d)) * (d + 8) * 2;
+    return ATT_QSTEP_BYTES(ATT_QC(d)) + (size_t)(2 * ATT_BK + 4 * ATT_QC(d)) * (d + 8) * 2;
 }
 
 /* One block of 4 warps per (ATT_BK keys, kv head, batch), a warp per 16 keys: dV = P^T dO and
@@ -735,43 +809,16 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
 {
     constexpr int QC = ATT_QC(D), LD = D + 8, NT = ATT_BWD_WARPS * LU_CUDA_WARP;
     const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
-    int *c_lo = (int *)att_mma_smem, *c_hi = c_lo + 2 * QC;
-    float *c_lse = (float *)(c_hi + 2 * QC), *c_ds = c_lse + 2 * QC;
-    uint16_t *Ks = (uint16_t *)(c_ds + 2 * QC), *Vs = Ks + ATT_BK * LD, *Qs = Vs + ATT_BK * LD, *dOs = Qs + 2 * QC * LD;
+    uint16_t *Ks = (uint16_t *)(att_mma_smem + ATT_QSTEP_BYTES(QC)), *Vs = Ks + ATT_BK * LD;
 
-    const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
-    const int64_t nkt = (tk + ATT_BK - 1) / ATT_BK, bid = blockIdx.x, rep = a.hq / a.hkv;
+    const int tk = (int)a.rg.tk;
+    const int64_t nkt = (tk + ATT_BK - 1) / ATT_BK, bid = blockIdx.x;
     const int j0 = (int)(bid % nkt) * ATT_BK;
     const int64_t hk = bid / nkt % a.hkv, b = bid / (nkt * a.hkv), kbase = (b * tk * a.hkv + hk) * D;
-    const uint16_t *q = (const uint16_t *)a.q, *dOp = (const uint16_t *)dO;
-    int64_t ql, qh;
-    lu_att_query_range(&a.rg, j0, min(j0 + ATT_BK, tk), &ql, &qh);
-    const int qlo = (int)ql, nch = qh > ql ? (int)((qh - ql + QC - 1) / QC) : 0, steps = (int)rep * nch;
-
-    /* Step st: query head hk rep + st / nch, queries qlo + (st % nch) QC on, into buffer st % 2;
-     * the steps are staged in order, so the head and chunk are counted, not divided for. */
-    int next_h = 0, next_c = 0;
-    auto stage = [&](int st) {
-        const int buf = st & 1, i0 = qlo + next_c * QC;
-        const int64_t h = hk * rep + next_h, qbase = (b * tq * a.hq + h) * D;
-        if (++next_c == nch) {
-            next_c = 0;
-            next_h++;
-        }
-        att_load_rows<D, QC, NT>(Qs + buf * QC * LD, q, qbase, a.hq * D, i0, tq);
-        att_load_rows<D, QC, NT>(dOs + buf * QC * LD, dOp, qbase, a.hq * D, i0, tq);
-        att_ranges(&a, i0, QC, c_lo + buf * QC, c_hi + buf * QC);
-        if ((int)threadIdx.x < QC) {
-            /* Copied like the tiles, so that no thread waits for them here (0 past Tq). */
-            const int i = i0 + (int)threadIdx.x;
-            const int64_t row = (b * a.hq + h) * tq + i;
-            att_cp4(c_lse + buf * QC + threadIdx.x, i < tq ? (const float *)lse + row : (const float *)lse, i < tq);
-            att_cp4(c_ds + buf * QC + threadIdx.x, i < tq ? dsum + row : dsum, i < tq);
-        }
-    };
+    att_qsteps<D, QC, NT> qs(&a, dO, lse, dsum, b, hk, j0, min(j0 + ATT_BK, tk), Vs + ATT_BK * LD);
     att_load_rows<D, ATT_BK, NT>(Ks, (const uint16_t *)a.k, kbase, a.hkv * D, j0, tk);
     att_load_rows<D, ATT_BK, NT>(Vs, (const uint16_t *)a.v, kbase, a.hkv * D, j0, tk);
-    if (steps > 0) stage(0);
+    if (qs.steps > 0) qs.stage(0);
     att_cp_commit();
 
     /* This lane's keys kr[0] = j0 + 16 wp + g and kr[1] = kr[0] + 8; the warp's [wj0, wj0 + 16). */
@@ -783,19 +830,12 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
     for (int n = 0; n < D / 8; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) acc_k[n][e] = acc_v[n][e] = 0.0f;
-    for (int st = 0; st < steps; st++) {
-        if (st + 1 < steps) {
-            stage(st + 1);
-            att_cp_commit();
-            att_cp_wait<1>();
-        } else {
-            att_cp_wait<0>();
-        }
-        __syncthreads();
+    for (int st = 0; st < qs.steps; st++) {
+        qs.begin(st);
         const int buf = st & 1;
-        const int *lo = c_lo + buf * QC, *hi = c_hi + buf * QC;
-        const float *lse_c = c_lse + buf * QC, *dsm = c_ds + buf * QC;
-        const uint16_t *Qt = Qs + buf * QC * LD, *dOt = dOs + buf * QC * LD;
+        const int *lo = qs.lo_s + buf * QC, *hi = qs.hi_s + buf * QC;
+        const float *lse_c = qs.lse_s + buf * QC, *dsm = qs.ds_s + buf * QC;
+        const uint16_t *Qt = qs.Qs + buf * QC * LD, *dOt = qs.dOs + buf * QC * LD;
         bool see = false, full = !a.mask;
         for (int c = lane; c < QC; c += LU_CUDA_WARP) {
             see |= max(lo[c], wj0) < min(hi[c], wj0 + 16);
@@ -848,11 +888,11 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
 #define ATT_WIDE_QC 64    /* queries per step */
 #define ATT_WIDE_WARPS 8
 
-/* Shared memory: per query buffer (2) lo, hi [QC] int and lse, Dsum [QC] f32; visibility [4][2]
- * int; K, V [BN][D + 8]; Q, dO [2][QC][D + 8]; P^T, dS^T [BN][QC + 8] (16-bit). */
+/* Shared memory: att_qsteps' ranges, lse and Dsum; visibility [4][2] int; K, V [BN][D + 8];
+ * Q, dO [2][QC][D + 8]; P^T, dS^T [BN][QC + 8] (16-bit). */
 static size_t att_dkdv_wide_smem(int d)
 {
-    return (size_t)2 * ATT_WIDE_QC * 16 + 8 * sizeof(int) + (size_t)(2 * ATT_WIDE_BN + 4 * ATT_WIDE_QC) * (d + 8) * 2 +
+    return ATT_QSTEP_BYTES(ATT_WIDE_QC) + 8 * sizeof(int) + (size_t)(2 * ATT_WIDE_BN + 4 * ATT_WIDE_QC) * (d + 8) * 2 +
            (size_t)2 * ATT_WIDE_BN * (ATT_WIDE_QC + 8) * 2;
 }
 
@@ -866,45 +906,18 @@ static __global__ void __launch_bounds__(ATT_WIDE_WARPS * LU_CUDA_WARP, 1)
     constexpr int DH = D / 2; /* columns of dK and dV a warp accumulates */
     const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
     const int kg = wp % 4, half = wp / 4;
-    int *c_lo = (int *)att_mma_smem, *c_hi = c_lo + 2 * QC;
-    float *c_lse = (float *)(c_hi + 2 * QC), *c_ds = c_lse + 2 * QC;
-    int *vis = (int *)(c_ds + 2 * QC);
+    int *vis = (int *)(att_mma_smem + ATT_QSTEP_BYTES(QC));
     uint16_t *Ks = (uint16_t *)(vis + 8), *Vs = Ks + BN * LD, *Qs = Vs + BN * LD, *dOs = Qs + 2 * QC * LD;
     uint16_t *Ps = dOs + 2 * QC * LD, *dSs = Ps + BN * LP;
 
-    const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
-    const int64_t bid = blockIdx.x, rep = a.hq / a.hkv, bh = a.b * a.hkv;
+    const int tk = (int)a.rg.tk;
+    const int64_t bid = blockIdx.x, bh = a.b * a.hkv;
     const int j0 = (int)(bid / bh) * BN;
     const int64_t hk = bid % bh % a.hkv, b = bid % bh / a.hkv, kbase = (b * tk * a.hkv + hk) * D;
-    const uint16_t *q = (const uint16_t *)a.q, *dOp = (const uint16_t *)dO;
-    int64_t ql, qh;
-    lu_att_query_range(&a.rg, j0, min(j0 + BN, tk), &ql, &qh);
-    const int qlo = (int)ql, nch = qh > ql ? (int)((qh - ql + QC - 1) / QC) : 0, steps = (int)rep * nch;
-
-    /* Step st: query head hk rep + st / nch, queries qlo + (st % nch) QC on, into buffer st % 2;
-     * the steps are staged in order, so the head and chunk are counted, not divided for. */
-    int next_h = 0, next_c = 0;
-    auto stage = [&](int st) {
-        const int buf = st & 1, i0 = qlo + next_c * QC;
-        const int64_t h = hk * rep + next_h, qbase = (b * tq * a.hq + h) * D;
-        if (++next_c == nch) {
-            next_c = 0;
-            next_h++;
-        }
-        att_load_rows<D, QC, NT>(Qs + buf * QC * LD, q, qbase, a.hq * D, i0, tq);
-        att_load_rows<D, QC, NT>(dOs + buf * QC * LD, dOp, qbase, a.hq * D, i0, tq);
-        att_ranges(&a, i0, QC, c_lo + buf * QC, c_hi + buf * QC);
-        if ((int)threadIdx.x < QC) {
-            /* Copied like the tiles, so that no thread waits for them here (0 past Tq). */
-            const int i = i0 + (int)threadIdx.x;
-            const int64_t row = (b * a.hq + h) * tq + i;
-            att_cp4(c_lse + buf * QC + threadIdx.x, i < tq ? (const float *)lse + row : (const float *)lse, i < tq);
-            att_cp4(c_ds + buf * QC + threadIdx.x, i < tq ? dsum + row : dsum, i < tq);
-        }
-    };
+    att_qsteps<D, QC, NT> qs(&a, dO, lse, dsum, b, hk, j0, min(j0 + BN, tk), Qs);
     att_load_rows<D, BN, NT>(Ks, (const uint16_t *)a.k, kbase, a.hkv * D, j0, tk);
     att_load_rows<D, BN, NT>(Vs, (const uint16_t *)a.v, kbase, a.hkv * D, j0, tk);
-    if (steps > 0) stage(0);
+    if (qs.steps > 0) qs.stage(0);
     att_cp_commit();
 
     /* The warp's keys [wj0, wj0 + 32); this lane's kr[mt][x] = wj0 + 16 mt + g + 8 x. */
@@ -928,18 +941,11 @@ static __global__ void __launch_bounds__(ATT_WIDE_WARPS * LU_CUDA_WARP, 1)
             for (int e = 0; e < 4; e++) acc_k[mt][n][e] = acc_v[mt][n][e] = 0.0f;
     /* The warp's 32 x 32 blocks of P^T and dS^T as 32-bit pairs, LP / 2 words a row. */
     uint32_t *Pw = (uint32_t *)(Ps + 32 * kg * LP + 32 * half), *dSw = (uint32_t *)(dSs + 32 * kg * LP + 32 * half);
-    for (int st = 0; st < steps; st++) {
-        if (st + 1 < steps) {
-            stage(st + 1);
-            att_cp_commit();
-            att_cp_wait<1>();
-        } else {
-            att_cp_wait<0>();
-        }
-        __syncthreads();
+    for (int st = 0; st < qs.steps; st++) {
+        qs.begin(st);
         const int buf = st & 1;
-        const int *lo = c_lo + buf * QC, *hi = c_hi + buf * QC;
-        const float *lse_c = c_lse + buf * QC, *dsm = c_ds + buf * QC;
+        const int *lo = qs.lo_s + buf * QC, *hi = qs.hi_s + buf * QC;
+        const float *lse_c = qs.lse_s + buf * QC, *dsm = qs.ds_s + buf * QC;
         const uint16_t *Qt = Qs + buf * QC * LD, *dOt = dOs + buf * QC * LD;
         /* Scores of the warp's keys and queries 32 half + [0, 32), lane c checking query 32 half + c. */
         const int cq = 32 * half + lane;
