@@ -151,22 +151,44 @@ static __device__ __forceinline__ void dw_corr8(float acc[LU_DW_FWD_RUN], const 
  * once one is Inf or NaN, one instruction per value. */
 static __device__ __forceinline__ float dw_check(float chk, float v) { return fmaf(v, 0.0f, chk); }
 
+/* Weights a thread holds between dw_load_weights and dw_store_weights, per phase. */
+#define DW_WPER ((LU_DW_WLEN + LU_DW_THREADS - 1) / LU_DW_THREADS)
+
 /* Weight phases of the channel's taps wc[0, K), zero-padded to groups of 4: ws[r][i] = wc[S*i + r]
- * (forward), or the reversed ws[c][i] = wc[S*(kc-1-i) + c] (dx). Returns whether this thread's
- * weights are finite. */
+ * (forward), or the reversed ws[c][i] = wc[S*(kc-1-i) + c] (dx), in two halves: dw_load_weights
+ * reads this thread's taps (i = threadIdx.x + j LU_DW_THREADS) into registers, dw_store_weights
+ * stores them, so that a kernel issues its other global loads between the two and waits for
+ * memory once, not first for the weights. */
 template <typename T, int S>
-static __device__ __forceinline__ bool dw_stage_weights(const T *wc, int K, bool reversed, float (*ws)[LU_DW_WLEN])
+static __device__ __forceinline__ void dw_load_weights(const T *wc, int K, bool reversed, float (&v)[S][DW_WPER])
+{
+#pragma unroll
+    for (int r = 0; r < S; r++) {
+        const int kr = (int)lu_dw_phase_taps(K, S, r);
+#pragma unroll
+        for (int j = 0; j < DW_WPER; j++) {
+            const int i = (int)threadIdx.x + j * LU_DW_THREADS;
+            v[r][j] = i < kr ? lu_ld(wc, S * (reversed ? kr - 1 - i : i) + r) : 0.0f;
+        }
+    }
+}
+
+/* Returns whether this thread's weights are finite. */
+template <int S>
+static __device__ __forceinline__ bool dw_store_weights(const float (&v)[S][DW_WPER], int K, float (*ws)[LU_DW_WLEN])
 {
     const int n = (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 0));
     float chk = 0.0f;
-    for (int r = 0; r < S; r++) {
-        const int kr = (int)lu_dw_phase_taps(K, S, r);
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float v = i < kr ? lu_ld(wc, S * (reversed ? kr - 1 - i : i) + r) : 0.0f;
-            ws[r][i] = v;
-            chk = dw_check(chk, v);
+#pragma unroll
+    for (int r = 0; r < S; r++)
+#pragma unroll
+        for (int j = 0; j < DW_WPER; j++) {
+            const int i = (int)threadIdx.x + j * LU_DW_THREADS;
+            if (i < n) {
+                ws[r][i] = v[r][j];
+                chk = dw_check(chk, v[r][j]);
+            }
         }
-    }
     return chk == 0.0f;
 }
 
@@ -316,17 +338,19 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward4_kernel(const
     const int64_t xstride = g.cin * g.w, ystride = g.cin * g.ow; /* from one batch item to the next */
     const T *xr = x + (b0 * g.cin + ch) * g.w;
     T *yr = y + (b0 * g.cin + ch) * g.ow + o0;
-    bool ok = dw_stage_weights<T, S>(w + ch * K, K, false, ws);
+    float wv[S][DW_WPER];
+    dw_load_weights<T, S>(w + ch * K, K, false, wv);
+    bool ok = true;
     if (ROWS) {
         const int rstride = S * fill;
-        ok = dw_stage_rows<T, S, DW_FWD_ROWS, 4>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill,
-                                                 rstride) && ok;
+        ok = dw_stage_rows<T, S, DW_FWD_ROWS, 4>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill, rstride);
     } else {
         for (int r = 0; r < rows; r++) {
             float *xs = dw_fwd_xs + r * S * fill;
             ok = dw_stage_x<T, S>(xr + r * xstride, n, o0, cnt, p, K, fill, xs, fill) && ok;
         }
     }
+    ok = dw_store_weights<S>(wv, K, ws) && ok;
     const float b = bias ? lu_ld(bias, ch) : 0.0f;
     if (__syncthreads_and(ok)) {
         int groups[S];
@@ -387,8 +411,10 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const 
     const int64_t xstride = g.cin * g.w, ystride = g.cin * g.ow; /* from one batch item to the next */
     const T *xr = x + (b0 * g.cin + ch) * g.w;
     T *yr = y + (b0 * g.cin + ch) * g.ow + o0;
-    bool ok = dw_stage_weights<T, S>(w + ch * K, K, false, ws);
-    ok = dw_stage_rows<T, S, DW_FWD_ROWS, 4>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill, rstride) && ok;
+    float wv[S][DW_WPER];
+    dw_load_weights<T, S>(w + ch * K, K, false, wv);
+    bool ok = dw_stage_rows<T, S, DW_FWD_ROWS, 4>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill, rstride);
+    ok = dw_store_weights<S>(wv, K, ws) && ok;
     const float b = bias ? lu_ld(bias, ch) : 0.0f;
     if (__syncthreads_and(ok)) {
         const int g0 = G > 0 ? G : (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 0)) / 4;
@@ -451,7 +477,9 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_dx_kernel(const T *dy
     lo = lo > 0 ? lo : 0;
     hi = hi < OT ? hi : OT;
     const int rows = dw_block_rows(&g, DW_ROWS, &ch, &b0);
-    bool ok = dw_stage_weights<T, S>(w + ch * K, K, true, ws);
+    float wv[S][DW_WPER];
+    dw_load_weights<T, S>(w + ch * K, K, true, wv);
+    bool ok = true;
     for (int r = 0; r < rows; r++) {
         for (int c = 0; c < S; c++) {
             for (int m = threadIdx.x; m < za[c]; m += blockDim.x) dys[r][c][m] = 0.0f;
@@ -463,6 +491,7 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_dx_kernel(const T *dy
             ok = ok && isfinite(v);
         });
     }
+    ok = dw_store_weights<S>(wv, K, ws) && ok;
     if (__syncthreads_and(ok)) {
         for (int r = 0; r < rows && q0 < members[mine]; r++) {
             float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};

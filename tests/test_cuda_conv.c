@@ -528,7 +528,8 @@ Test(cuda_conv, depthwise_conv1d_propagates_nan_and_inf_as_the_cpu)
 }
 
 /* bf16, five rows (a block of 4 and one of 1), stride 1 and 2: the block holding the NaN and the Inf
- * takes the exact path for all its rows, the other the fast one. */
+ * takes the exact path for all its rows, the other the fast one; so do the blocks of a channel with
+ * a NaN weight. */
 static void check_dw_bf16_nan_and_inf(void)
 {
     for (int s = 1; s <= 2; s++) {
@@ -540,6 +541,9 @@ static void check_dw_bf16_nan_and_inf(void)
         X[2] = INFINITY;            /* batch 0, channel 0, near the padded start */
         X[3 * 61 + 59] = NAN;       /* batch 1, channel 1, near the padded end */
         X[8 * 61 + 30] = -INFINITY; /* batch 4, channel 0: a block of one row */
+        /* Channel 1's tap 3: its blocks take the exact path too, where the CPU leaves the outputs
+         * whose tap 3 falls in the padding finite. */
+        ((float *)lu_tensor_data(w))[15 + 3] = NAN;
         kcase f = {.op = LU_OP_CONV1D, .params = &p, .in = {x, w, NULL}, .n_in = 3, .out = {y}, .n_out = 1,
                    .dev_dt = LU_BF16, .tol = TOL_BF16};
         check_case(&f, s == 1 ? "bf16 depthwise conv1d with NaN and Inf" : "bf16 strided depthwise conv1d with NaN "
