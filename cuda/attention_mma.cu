@@ -5,18 +5,19 @@
  * o = 0 and lse = -inf for rows that see no key) and their determinism: no atomics, every sum in
  * a fixed order.
  *
- * Forward: a warp owns 16 query rows, its Q fragments in registers; tiles of 64 keys and values
- * come through shared memory by cp.async, double-buffered; S = Q K^T and the online softmax stay
- * in registers, and P, rounded to the input dtype as FlashAttention-2 does, is the A operand of
- * O += P V; a warp rescales its accumulators only when a row's maximum grows by more than
- * ATT_SLACK (FlashAttention-4's conditional rescaling), so p may reach 2^ATT_SLACK. Backward: one
- * block per 64 keys (a warp per 16) accumulates dK = scale dS^T Q and dV = P^T dO over every query
- * of the kv head's query heads, P^T recomputed from lse; one block per 64 queries accumulates
- * dQ = scale dS K. dS = P (dP - Dsum) is rounded like P. Variants with
- * wider warp tiles (128 keys a block for dK/dV, 32 queries a warp for dQ) are picked by
- * environment variables until a GPU run ranks them (att_dkdv_keys, att_dq_rows_per_warp). Tiles
- * that no row of a warp can see are skipped; partly visible ones are masked per element, and rows
- * or keys past the ends are zero-filled on load and never stored.
+ * Forward: a warp owns 32 query rows (16, its Q fragments then in registers, where
+ * LUTHIER_ATT_ROWS_PER_WARP=16: att_rows_per_warp); tiles of 64 keys and values come through
+ * shared memory by cp.async, double-buffered; S = Q K^T and the online softmax stay in registers,
+ * and P, rounded to the input dtype as FlashAttention-2 does, is the A operand of O += P V; a warp
+ * rescales its accumulators only when a row's maximum grows by more than ATT_SLACK
+ * (FlashAttention-4's conditional rescaling), so p may reach 2^ATT_SLACK. Backward: one block per
+ * 64 keys (a warp per 16) accumulates dK = scale dS^T Q and dV = P^T dO over every query of the kv
+ * head's query heads, P^T recomputed from lse; one block per 64 queries accumulates dQ = scale dS
+ * K. dS = P (dP - Dsum) is rounded like P. Variants with wider warp tiles (128 keys a block for
+ * dK/dV, 32 queries a warp for dQ) are picked by environment variables until a GPU run ranks them
+ * (att_dkdv_keys, att_dq_rows_per_warp). Tiles that no row of a warp can see are skipped; partly
+ * visible ones are masked per element, and rows or keys past the ends are zero-filled on load and
+ * never stored.
  *
  * The loops are bound by instruction issue as much as by the tensor cores (an m16n8k16 MMA keeps a
  * sub-partition's tensor unit a few cycles; SASS of the d 128 forward had about 5.5 instructions
@@ -1039,15 +1040,16 @@ static lu_status att_forward_mma_launch(const att_args &a, void *o, void *lse)
     return LU_OK;
 }
 
-/* Query rows per warp of the forward for head dim d: 32 (the tiling of FlashAttention-2) for
- * d = 64, 16 for d = 128, the faster of the two for each on an H200 (`luthier bench gpu`,
- * benchmarks/gpu/); LUTHIER_ATT_ROWS_PER_WARP=16 or 32 forces one (the benchmark's second column). */
-static int att_rows_per_warp(int d)
+/* Query rows per warp of the forward: 32 (the tiling of FlashAttention-2), unless
+ * LUTHIER_ATT_ROWS_PER_WARP=16 (the benchmark's second column). On an H200 (benchmarks/gpu/) 32
+ * was the faster at head dim 64 and 16 at 128, whose 32-row kernel then spilled registers inside
+ * its loop; it no longer does, and it reads half the shared memory an MMA (each K, V fragment
+ * serves two row tiles), which the 16-row kernel's loop is bound by: 32 until a GPU run says
+ * otherwise. */
+static int att_rows_per_warp(void)
 {
     const char *e = getenv("LUTHIER_ATT_ROWS_PER_WARP");
-    if (e && !strcmp(e, "32")) return 32;
-    if (e && !strcmp(e, "16")) return 16;
-    return d == 64 ? 32 : 16;
+    return e && !strcmp(e, "16") ? 16 : 32;
 }
 
 /* 16 rows a warp: head dim 64 takes 128 queries a block (8 warps), 128 takes 64, the 16 x 128
@@ -1055,7 +1057,7 @@ static int att_rows_per_warp(int d)
  * block of 4 warps for both. */
 template <bool BF16> static lu_status att_forward_mma_dispatch(const att_args *a, void *o, void *lse)
 {
-    if (att_rows_per_warp(a->d) == 32)
+    if (att_rows_per_warp() == 32)
         return a->d == 64 ? att_forward_mma_launch<BF16, 64, 4, 2>(*a, o, lse)
                           : att_forward_mma_launch<BF16, 128, 4, 2>(*a, o, lse);
     return a->d == 64 ? att_forward_mma_launch<BF16, 64, 8, 1>(*a, o, lse)

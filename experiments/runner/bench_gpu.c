@@ -4,9 +4,9 @@
  * the 0.6B and 1.7B models beside PyTorch on the same GPU, shapes
  * and dtypes, measured in the same run by scripts/bench_gpu_reference.py, and the ratio (issue 7).
  * Kernel variants are timed beside the defaults: the linear without its cuBLASLt epilogues
- * (LUTHIER_CUBLASLT=0), the attention forward's other tiling (LUTHIER_ATT_ROWS_PER_WARP=16 or 32),
- * the attention backward's wider tilings (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32)
- * the depthwise forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8) and RMSNorm's rows of
+ * (LUTHIER_CUBLASLT=0), the attention forward with 16 query rows a warp
+ * (LUTHIER_ATT_ROWS_PER_WARP=16), the attention backward's wider tilings (LUTHIER_ATT_DKDV_KEYS=128,
+ * LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8) and RMSNorm's rows of
  * 2048 in one warp each (LUTHIER_NORM_MULTIWARP_ROWS=0).
  *
  * Our kernels are called through the CUDA backend's op table on tensors allocated beforehand
@@ -94,9 +94,9 @@ static void usage(FILE *f)
                "  The CUDA backend's attention, depthwise conv1d, downsampling, biased linear, Qwen3 matmul\n"
                "  and RMSNorm kernels (forward, and forward + backward) beside PyTorch on the same GPU and shapes\n"
                "  (PY " REFERENCE_SCRIPT "), and the ratio; the linear also without its cuBLASLt epilogues\n"
-               "  (LUTHIER_CUBLASLT=0), the attention forward also with the query rows a warp its head dim does\n"
-               "  not take by default (LUTHIER_ATT_ROWS_PER_WARP=16 or 32) and its forward + backward also with\n"
-               "  the backward's variant kernels (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32),\n"
+               "  (LUTHIER_CUBLASLT=0), the attention forward also with 16 query rows a warp instead of 32\n"
+               "  (LUTHIER_ATT_ROWS_PER_WARP=16) and its forward + backward also with the backward's variant\n"
+               "  kernels (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32),\n"
                "  the depthwise conv also with 8 forward outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8), RMSNorm\n"
                "  at d 2048 also one warp a row (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
                "  --case NAME    one case (default all):");
@@ -469,15 +469,15 @@ static lu_status time_variant(const op_bench *o, gpu_result *r, int pass, int it
 }
 
 /* The attention's kernel variants (cuda/attention_mma.cu): the defaults (forward: 32 query rows a
- * warp at head dim 64, 16 at 128; dK/dV: 64 keys a block; dQ: 16 query rows a warp), then for the
- * forward the other rows a warp and for forward + backward the backward's wider tilings. */
+ * warp; dK/dV: 64 keys a block; dQ: 16 query rows a warp), then for the forward 16 rows a warp and
+ * for forward + backward the backward's wider tilings. */
 static lu_status time_attention(const op_bench *o, gpu_result *r, int pass, int iters)
 {
     static const char *const vars[3] = {"LUTHIER_ATT_ROWS_PER_WARP", "LUTHIER_ATT_DKDV_KEYS",
                                         "LUTHIER_ATT_DQ_ROWS_PER_WARP"};
-    const char *fwd[3] = {r->c->d == 64 ? "16" : "32", NULL, NULL}, *bwd[3] = {NULL, "128", "32"};
+    const char *fwd[3] = {"16", NULL, NULL}, *bwd[3] = {NULL, "128", "32"};
     return time_variant(o, r, pass, iters, 3, vars, pass ? bwd : fwd,
-                        pass ? "the backward's wider tilings" : "the other rows a warp");
+                        pass ? "the backward's wider tilings" : "16 rows a warp");
 }
 
 /* The depthwise conv's forward of 4 outputs a thread (the default), then of 8 (cuda/conv.cu). */
@@ -749,10 +749,10 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
     }
     printf("ratio = PyTorch time / ours (> 1: luthier is faster). Attention FLOP as FlashAttention counts them:\n"
            "4*B*H*T^2*d forward, halved when causal, fwd+bwd 3.5x the forward; ours: the forward with\n"
-           "32 query rows a warp at head dim 64 (FlashAttention-2's tiling), 16 at 128, the dK/dV backward\n"
-           "with 64 keys a block and dQ with 16 rows a warp; variant: fwd with the other rows a warp\n"
-           "(LUTHIER_ATT_ROWS_PER_WARP=16 at d 64, 32 at d 128), fwd+bwd with dK/dV of 128 keys a block and dQ\n"
-           "of 32 rows a warp (LUTHIER_ATT_DKDV_KEYS=128 LUTHIER_ATT_DQ_ROWS_PER_WARP=32). GB/s:\n"
+           "32 query rows a warp (FlashAttention-2's tiling), the dK/dV backward with 64 keys a block and dQ\n"
+           "with 16 rows a warp; variant: fwd with 16 rows a warp (LUTHIER_ATT_ROWS_PER_WARP=16), fwd+bwd\n"
+           "with dK/dV of 128 keys a block and dQ of 32 rows a warp (LUTHIER_ATT_DKDV_KEYS=128\n"
+           "LUTHIER_ATT_DQ_ROWS_PER_WARP=32). GB/s:\n"
            "bytes each pass reads and writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias);\n"
            "conv variant: the forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8), ours 4. RMSNorm:\n"
            "against F.rms_norm, rstd in f32 on our side; ours holds a row in registers (d 2048: two warps a\n"
