@@ -718,13 +718,16 @@ static __device__ __forceinline__ void att_probs_t(float (&s)[NB][4], float (&dp
 
 /* The query side of the dK/dV kernels: steps of QC queries of one query head, every query head of
  * kv head hk's group in turn over the queries [qlo, qlo + nch QC) that may see the block's keys,
- * each staged (Q and dO rows, the rows' key ranges, lse and Dsum) into one of two buffers while
- * the block works on the other. Step st is query head hk rep + st / nch, queries qlo + (st % nch) QC
- * on, in buffer st % 2; steps are staged in order, so the head and chunk are counted, not divided
- * for. Shared memory: lo, hi [2][QC] int and lse, Dsum [2][QC] f32 from the start (ATT_QSTEP_BYTES),
- * Q and dO [2][QC][D + 8] where the kernel puts them. */
-#define ATT_QSTEP_BYTES(qc) ((size_t)2 * (qc) * 16)
-template <int D, int QC, int NT> struct att_qsteps {
+ * each staged (Q and dO rows, the rows' key ranges, lse and Dsum) into one of NB buffers while the
+ * block works on another. Step st is query head hk rep + st / nch, queries qlo + (st % nch) QC on,
+ * in buffer st % NB; steps are staged in order, so the head and chunk are counted, not divided
+ * for. begin(st) stages step st + 1 into the buffer step st + 1 - NB used: with NB = 2 the block
+ * must pass a barrier after each step before the next begin; with NB = 3 the barrier of begin(st - 1)
+ * already held every warp until step st - 2 was done. Shared memory: lo, hi [NB][QC] int and lse,
+ * Dsum [NB][QC] f32 from the start (ATT_QSTEP_BYTES), Q and dO [NB][QC][D + 8] where the kernel
+ * puts them. */
+#define ATT_QSTEP_BYTES(qc, nb) ((size_t)(nb) * (qc) * 16)
+template <int D, int QC, int NT, int NB> struct att_qsteps {
     const att_args *a;
     const uint16_t *dO;
     const float *lse, *dsum;
@@ -740,11 +743,11 @@ template <int D, int QC, int NT> struct att_qsteps {
         : a(a_), dO((const uint16_t *)dO_), lse((const float *)lse_), dsum(dsum_), b(b_)
     {
         lo_s = (int *)att_mma_smem;
-        hi_s = lo_s + 2 * QC;
-        lse_s = (float *)(hi_s + 2 * QC);
-        ds_s = lse_s + 2 * QC;
+        hi_s = lo_s + NB * QC;
+        lse_s = (float *)(hi_s + NB * QC);
+        ds_s = lse_s + NB * QC;
         Qs = Qs_;
-        dOs = Qs_ + 2 * QC * (D + 8);
+        dOs = Qs_ + NB * QC * (D + 8);
         const int64_t rep = a->hq / a->hkv;
         h0 = hk * rep;
         int64_t ql, qh;
@@ -757,7 +760,7 @@ template <int D, int QC, int NT> struct att_qsteps {
     /* Starts the copies of step st, the next one in order (not committed). */
     __device__ __forceinline__ void stage(int st)
     {
-        const int buf = st & 1, i0 = qlo + next_c * QC, tq = (int)a->rg.tq;
+        const int buf = st % NB, i0 = qlo + next_c * QC, tq = (int)a->rg.tq;
         const int64_t h = h0 + next_h, qbase = (b * tq * a->hq + h) * D;
         if (++next_c == nch) {
             next_c = 0;
@@ -794,11 +797,14 @@ template <int D, int QC, int NT> struct att_qsteps {
  * fewer registers for the scores. */
 #define ATT_QC(d) ((d) == 128 ? 32 : 64)
 
-/* Shared memory: att_qsteps' ranges, lse and Dsum; K, V [ATT_BK][D + 8]; Q, dO [2][QC][D + 8]
+/* Query buffers of the dK/dV kernel: three, so that a step needs no barrier at its end. */
+#define ATT_DKDV_NB 3
+
+/* Shared memory: att_qsteps' ranges, lse and Dsum; K, V [ATT_BK][D + 8]; Q, dO [NB][QC][D + 8]
  * (16-bit). */
 static size_t att_dkdv_smem(int d)
 {
-    return ATT_QSTEP_BYTES(ATT_QC(d)) + (size_t)(2 * ATT_BK + 4 * ATT_QC(d)) * (d + 8) * 2;
+    return ATT_QSTEP_BYTES(ATT_QC(d), ATT_DKDV_NB) + (size_t)(2 * ATT_BK + 2 * ATT_DKDV_NB * ATT_QC(d)) * (d + 8) * 2;
 }
 
 /* One block of 4 warps per (ATT_BK keys, kv head, batch), a warp per 16 keys: dV = P^T dO and
@@ -810,13 +816,13 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
 {
     constexpr int QC = ATT_QC(D), LD = D + 8, NT = ATT_BWD_WARPS * LU_CUDA_WARP;
     const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
-    uint16_t *Ks = (uint16_t *)(att_mma_smem + ATT_QSTEP_BYTES(QC)), *Vs = Ks + ATT_BK * LD;
+    uint16_t *Ks = (uint16_t *)(att_mma_smem + ATT_QSTEP_BYTES(QC, ATT_DKDV_NB)), *Vs = Ks + ATT_BK * LD;
 
     const int tk = (int)a.rg.tk;
     const int64_t nkt = (tk + ATT_BK - 1) / ATT_BK, bid = blockIdx.x;
     const int j0 = (int)(bid % nkt) * ATT_BK;
     const int64_t hk = bid / nkt % a.hkv, b = bid / (nkt * a.hkv), kbase = (b * tk * a.hkv + hk) * D;
-    att_qsteps<D, QC, NT> qs(&a, dO, lse, dsum, b, hk, j0, min(j0 + ATT_BK, tk), Vs + ATT_BK * LD);
+    att_qsteps<D, QC, NT, ATT_DKDV_NB> qs(&a, dO, lse, dsum, b, hk, j0, min(j0 + ATT_BK, tk), Vs + ATT_BK * LD);
     att_load_rows<D, ATT_BK, NT>(Ks, (const uint16_t *)a.k, kbase, a.hkv * D, j0, tk);
     att_load_rows<D, ATT_BK, NT>(Vs, (const uint16_t *)a.v, kbase, a.hkv * D, j0, tk);
     if (qs.steps > 0) qs.stage(0);
@@ -833,7 +839,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
         for (int e = 0; e < 4; e++) acc_k[n][e] = acc_v[n][e] = 0.0f;
     for (int st = 0; st < qs.steps; st++) {
         qs.begin(st);
-        const int buf = st & 1;
+        const int buf = st % ATT_DKDV_NB;
         const int *lo = qs.lo_s + buf * QC, *hi = qs.hi_s + buf * QC;
         const float *lse_c = qs.lse_s + buf * QC, *dsm = qs.ds_s + buf * QC;
         const uint16_t *Qt = qs.Qs + buf * QC * LD, *dOt = qs.dOs + buf * QC * LD;
@@ -852,7 +858,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
             att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc_v, &s, dOt);
             att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc_k, &dp, Qt);
         }
-        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+        /* No barrier: this buffer is refilled at begin(st + 2), after the barrier of begin(st + 1). */
     }
     att_cp_wait<0>();
 
@@ -893,7 +899,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
  * Q, dO [2][QC][D + 8]; P^T, dS^T [BN][QC + 8] (16-bit). */
 static size_t att_dkdv_wide_smem(int d)
 {
-    return ATT_QSTEP_BYTES(ATT_WIDE_QC) + 8 * sizeof(int) + (size_t)(2 * ATT_WIDE_BN + 4 * ATT_WIDE_QC) * (d + 8) * 2 +
+    return ATT_QSTEP_BYTES(ATT_WIDE_QC, 2) + 8 * sizeof(int) + (size_t)(2 * ATT_WIDE_BN + 4 * ATT_WIDE_QC) * (d + 8) * 2 +
            (size_t)2 * ATT_WIDE_BN * (ATT_WIDE_QC + 8) * 2;
 }
 
@@ -907,7 +913,7 @@ static __global__ void __launch_bounds__(ATT_WIDE_WARPS * LU_CUDA_WARP, 1)
     constexpr int DH = D / 2; /* columns of dK and dV a warp accumulates */
     const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
     const int kg = wp % 4, half = wp / 4;
-    int *vis = (int *)(att_mma_smem + ATT_QSTEP_BYTES(QC));
+    int *vis = (int *)(att_mma_smem + ATT_QSTEP_BYTES(QC, 2));
     uint16_t *Ks = (uint16_t *)(vis + 8), *Vs = Ks + BN * LD, *Qs = Vs + BN * LD, *dOs = Qs + 2 * QC * LD;
     uint16_t *Ps = dOs + 2 * QC * LD, *dSs = Ps + BN * LP;
 
@@ -915,7 +921,7 @@ static __global__ void __launch_bounds__(ATT_WIDE_WARPS * LU_CUDA_WARP, 1)
     const int64_t bid = blockIdx.x, bh = a.b * a.hkv;
     const int j0 = (int)(bid / bh) * BN;
     const int64_t hk = bid % bh % a.hkv, b = bid % bh / a.hkv, kbase = (b * tk * a.hkv + hk) * D;
-    att_qsteps<D, QC, NT> qs(&a, dO, lse, dsum, b, hk, j0, min(j0 + BN, tk), Qs);
+    att_qsteps<D, QC, NT, 2> qs(&a, dO, lse, dsum, b, hk, j0, min(j0 + BN, tk), Qs);
     att_load_rows<D, BN, NT>(Ks, (const uint16_t *)a.k, kbase, a.hkv * D, j0, tk);
     att_load_rows<D, BN, NT>(Vs, (const uint16_t *)a.v, kbase, a.hkv * D, j0, tk);
     if (qs.steps > 0) qs.stage(0);
