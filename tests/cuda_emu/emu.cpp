@@ -7,7 +7,8 @@
  * names has joined, and moves to the next warp when its lanes are all done or at the barrier;
  * then the barrier opens and the next round begins. Warps and lanes go in thread order on even
  * rounds and in reverse order on odd ones, so that a read of shared memory that lacks its barrier
- * sees the wrong data one way or the other. What the hardware does not allow (a warp collective whose
+ * sees the wrong data one way or the other; cp.async copies land at their wait on even rounds and
+ * at once on odd ones, for the same reason. What the hardware does not allow (a warp collective whose
  * mask names a lane that exited, a barrier nobody else reaches, a misaligned ldmatrix address)
  * aborts with the kernel, block and thread named. */
 #include <errno.h>
@@ -88,6 +89,7 @@ static std::mutex launch_lock;
 static std::vector<fiber> fibers;
 static std::vector<char *> spare_stacks;
 static fiber *cur;
+static unsigned cur_round; /* the scheduler's round of the block being run */
 static const char *kernel_name;
 static void (*kernel_body)(void *);
 static void *kernel_arg;
@@ -282,6 +284,14 @@ void cp_async(void *dst, const void *src, int bytes, bool in)
     if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async of %d bytes: only 4, 8 or 16 are copied", bytes);
     if (((uintptr_t)dst | (in ? (uintptr_t)src : 0)) & (uintptr_t)(bytes - 1))
         fail("cp.async of %d bytes from %p to %p: not %d-byte aligned", bytes, src, dst, bytes);
+    /* A copy may land any time between its issue and the wait that covers it: on even rounds at
+     * the wait (a read before the wait sees the old data), on odd ones at once (an overwrite of
+     * data other warps still read shows). */
+    if (cur_round % 2) {
+        if (in) memcpy(dst, src, bytes);
+        else memset(dst, 0, bytes);
+        return;
+    }
     cur->copies.push_back(pending_copy{dst, src, bytes, in, cur->groups_committed});
 }
 
@@ -507,6 +517,7 @@ static void run_block(int nthreads)
      * block barrier. Then the barrier opens (or nothing can move: a deadlock). */
     for (unsigned round = 0;; round++) {
         const bool reverse = round % 2;
+        cur_round = round;
         for (int wi = 0; wi < nwarps; wi++) {
             const int w = reverse ? nwarps - 1 - wi : wi, lo = 32 * w, hi = lo + 32 < nthreads ? lo + 32 : nthreads;
             do {
