@@ -70,8 +70,8 @@ static inline lu_status att_smem_allow(const void *kernel, size_t smem, const at
 /* ---- the tensor-core path (attention_mma.cu) ---- */
 
 /* Does the tensor-core path take this problem: bf16 or f16, D == Dv in {64, 128}, a positive
- * scale, f32 lse, lengths that fit an int, and q, k, v and the n other 16-bit operands in ptrs (NULL ones skipped) 16-byte
- * aligned for its vector copies? */
+ * scale, f32 lse, lengths that fit an int, and q, k, v and the n other 16-bit operands in ptrs
+ * (NULL ones skipped) 16-byte aligned for its vector copies? */
 bool lu_att_mma_takes(const att_args *a, const void *const *ptrs, int n);
 /* o [B,Tq,Hq,D] and lse [B,Hq,Tq], as the general forward without weights. */
 lu_status lu_att_mma_forward(const att_args *a, void *o, void *lse);

@@ -899,8 +899,8 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
  * Q, dO [2][QC][D + 8]; P^T, dS^T [BN][QC + 8] (16-bit). */
 static size_t att_dkdv_wide_smem(int d)
 {
-    return ATT_QSTEP_BYTES(ATT_WIDE_QC, 2) + 8 * sizeof(int) + (size_t)(2 * ATT_WIDE_BN + 4 * ATT_WIDE_QC) * (d + 8) * 2 +
-           (size_t)2 * ATT_WIDE_BN * (ATT_WIDE_QC + 8) * 2;
+    return ATT_QSTEP_BYTES(ATT_WIDE_QC, 2) + 8 * sizeof(int) +
+           (size_t)(2 * ATT_WIDE_BN + 4 * ATT_WIDE_QC) * (d + 8) * 2 + (size_t)2 * ATT_WIDE_BN * (ATT_WIDE_QC + 8) * 2;
 }
 
 /* One block per (BN keys, kv head, batch), the blocks of the first keys (which, causal, the most

@@ -6,8 +6,9 @@
  * Kernel variants are timed beside the defaults: the linear without its cuBLASLt epilogues
  * (LUTHIER_CUBLASLT=0), the attention forward with 16 query rows a warp
  * (LUTHIER_ATT_ROWS_PER_WARP=16), the attention backward's wider tilings (LUTHIER_ATT_DKDV_KEYS=128,
- * LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8) and RMSNorm's rows of
- * 2048 in one warp each (LUTHIER_NORM_MULTIWARP_ROWS=0).
+ * LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward of 8 outputs a thread
+ * (LUTHIER_DW_FWD_OUTPUTS=8) and RMSNorm's rows of 2048 in one warp each
+ * (LUTHIER_NORM_MULTIWARP_ROWS=0).
  *
  * Our kernels are called through the CUDA backend's op table on tensors allocated beforehand
  * (forward; forward then backward, with kernel scratch from an arena), and timed as the script
