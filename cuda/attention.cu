@@ -479,17 +479,17 @@ static lu_status att_backward_run(const att_args &a, const void *dO, const void 
                                   const void *lse, float *dsum, lu_tensor *dq, lu_tensor *dk, lu_tensor *dv)
 {
     const int ldq = (int)a.d | 1, ldv = (int)a.dv | 1;
+    /* The gradient of returned weights (dW) needs the general kernels. */
+    void *dqd = dq ? lu_tensor_data(dq) : NULL, *dkd = dk ? lu_tensor_data(dk) : NULL;
+    void *dvd = dv ? lu_tensor_data(dv) : NULL;
+    const void *ptrs[5] = {dO, o, dqd, dkd, dvd};
+    if (!dW && lu_att_mma_takes(&a, ptrs, 5)) return lu_att_mma_backward(&a, dO, o, lse, dsum, dqd, dkd, dvd);
     int64_t rows = a.b * a.hq * a.rg.tq;
     if (rows > 0) {
         int64_t blocks = (rows + ATT_WARPS - 1) / ATT_WARPS;
         att_dsum_kernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), ATT_THREADS>>>(a, dO, o, dW, w, dsum);
         LU_CUDA_CHECK_LAUNCH();
     }
-    /* The gradient of returned weights (dW) needs the general kernels. */
-    void *dqd = dq ? lu_tensor_data(dq) : NULL, *dkd = dk ? lu_tensor_data(dk) : NULL;
-    void *dvd = dv ? lu_tensor_data(dv) : NULL;
-    const void *ptrs[4] = {dO, dqd, dkd, dvd};
-    if (!dW && lu_att_mma_takes(&a, ptrs, 4)) return lu_att_mma_backward(&a, dO, lse, dsum, dqd, dkd, dvd);
     unsigned grid = 0;
     int64_t kblocks = a.b * a.hkv * ((a.rg.tk + ATT_TILE - 1) / ATT_TILE);
     if ((dk || dv) && kblocks > 0) {

@@ -75,8 +75,9 @@ static inline lu_status att_smem_allow(const void *kernel, size_t smem, const at
 bool lu_att_mma_takes(const att_args *a, const void *const *ptrs, int n);
 /* o [B,Tq,Hq,D] and lse [B,Hq,Tq], as the general forward without weights. */
 lu_status lu_att_mma_forward(const att_args *a, void *o, void *lse);
-/* dq, dk, dv (any may be NULL) from dO, lse and Dsum = rowsum(dO * O) [B,Hq,Tq] (f32). */
-lu_status lu_att_mma_backward(const att_args *a, const void *dO, const void *lse, const float *dsum, void *dq, void *dk,
-                              void *dv);
+/* dq, dk, dv (any may be NULL) from dO, o and lse, through Dsum = rowsum(dO * O) [B,Hq,Tq] (f32),
+ * which it computes into dsum. */
+lu_status lu_att_mma_backward(const att_args *a, const void *dO, const void *o, const void *lse, float *dsum, void *dq,
+                              void *dk, void *dv);
 
 #endif

@@ -581,6 +581,63 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
         }
 }
 
+/* ---- backward: Dsum ---- */
+
+#define ATT_DSUM_THREADS 128
+
+/* Eight 16-bit values from p (16-byte aligned) as floats. */
+template <bool BF16> static __device__ __forceinline__ void att_ld8(const uint16_t *p, float v[8])
+{
+    const uint4 a = *(const uint4 *)p;
+    const uint32_t u[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        v[2 * k] = BF16 ? lu_dev_bf16_to_f32((uint16_t)u[k]) : lu_dev_f16_to_f32((uint16_t)u[k]);
+        v[2 * k + 1] = BF16 ? lu_dev_bf16_to_f32((uint16_t)(u[k] >> 16)) : lu_dev_f16_to_f32((uint16_t)(u[k] >> 16));
+    }
+}
+
+/* Dsum [B,Hq,Tq] = rowsum(dO * O) for rows of D 16-bit elements: a block per (batch, query head)
+ * in x and per ATT_DSUM_THREADS / (D / 8) queries in y (striding on where Tq needs more), a row
+ * taking D / 8 lanes that load 8 elements of each by one 16-byte access and sum their products in
+ * order, then a butterfly over the row's lanes. No 64-bit division, unlike the general kernel's
+ * row-per-warp loop (attention.cu), whose 2-byte loads and index arithmetic outweighed the bytes. */
+template <bool BF16, int D>
+static __global__ void __launch_bounds__(ATT_DSUM_THREADS)
+    att_dsum_mma_kernel(att_args a, const void *dO, const void *o, float *dsum)
+{
+    constexpr int L = D / 8, RPB = ATT_DSUM_THREADS / L; /* lanes a row, rows a block */
+    const int64_t h = blockIdx.x % (unsigned)a.hq, b = blockIdx.x / (unsigned)a.hq, tq = a.rg.tq;
+    const int r = (int)threadIdx.x / L, li = (int)threadIdx.x % L;
+    for (int64_t i0 = (int64_t)blockIdx.y * RPB; i0 < tq; i0 += (int64_t)gridDim.y * RPB) {
+        const int64_t i = i0 + r;
+        float acc = 0.0f;
+        if (i < tq) {
+            const int64_t off = ((b * tq + i) * a.hq + h) * D + li * 8;
+            float x[8], y[8];
+            att_ld8<BF16>((const uint16_t *)dO + off, x);
+            att_ld8<BF16>((const uint16_t *)o + off, y);
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc = fmaf(x[e], y[e], acc);
+        }
+#pragma unroll
+        for (int m = L / 2; m > 0; m /= 2) acc += __shfl_xor_sync(ATT_FULL, acc, m);
+        if (li == 0 && i < tq) dsum[(b * a.hq + h) * tq + i] = acc;
+    }
+}
+
+template <bool BF16, int D> static lu_status att_dsum_launch(const att_args &a, const void *dO, const void *o, float *dsum)
+{
+    constexpr int RPB = ATT_DSUM_THREADS / (D / 8);
+    const int64_t bh = a.b * a.hq, ty = (a.rg.tq + RPB - 1) / RPB;
+    if (bh == 0 || ty == 0) return LU_OK;
+    unsigned grid = 0;
+    LU_TRY(att_grid(bh, "the Dsum pass", &grid));
+    att_dsum_mma_kernel<BF16, D><<<dim3(grid, (unsigned)(ty < 65535 ? ty : 65535)), ATT_DSUM_THREADS>>>(a, dO, o, dsum);
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
 /* ---- backward: dQ ---- */
 
 /* Shared memory: row_lo, row_hi [BQ] int; Q, dO [BQ][D + 8]; K, V [2][BK][D + 8] (16-bit), with
@@ -1133,21 +1190,22 @@ static lu_status att_dq_launch(const att_args &a, const void *dO, const void *ls
 }
 
 template <bool BF16, int D>
-static lu_status att_backward_mma_launch(const att_args &a, const void *dO, const void *lse, const float *dsum,
-                                         void *dq, void *dk, void *dv)
+static lu_status att_backward_mma_launch(const att_args &a, const void *dO, const void *o, const void *lse,
+                                         float *dsum, void *dq, void *dk, void *dv)
 {
+    LU_TRY((att_dsum_launch<BF16, D>(a, dO, o, dsum)));
     if (dk || dv) LU_TRY((att_dkdv_launch<BF16, D>(a, dO, lse, dsum, dk, dv)));
     if (dq && att_dq_rows_per_warp() == 32) LU_TRY((att_dq_launch<BF16, D, 2, 32>(a, dO, lse, dsum, dq)));
     else if (dq) LU_TRY((att_dq_launch<BF16, D, 1, ATT_BK>(a, dO, lse, dsum, dq)));
     return LU_OK;
 }
 
-lu_status lu_att_mma_backward(const att_args *a, const void *dO, const void *lse, const float *dsum, void *dq, void *dk,
-                              void *dv)
+lu_status lu_att_mma_backward(const att_args *a, const void *dO, const void *o, const void *lse, float *dsum, void *dq,
+                              void *dk, void *dv)
 {
     if (a->dt == LU_BF16)
-        return a->d == 64 ? att_backward_mma_launch<true, 64>(*a, dO, lse, dsum, dq, dk, dv)
-                          : att_backward_mma_launch<true, 128>(*a, dO, lse, dsum, dq, dk, dv);
-    return a->d == 64 ? att_backward_mma_launch<false, 64>(*a, dO, lse, dsum, dq, dk, dv)
-                      : att_backward_mma_launch<false, 128>(*a, dO, lse, dsum, dq, dk, dv);
+        return a->d == 64 ? att_backward_mma_launch<true, 64>(*a, dO, o, lse, dsum, dq, dk, dv)
+                          : att_backward_mma_launch<true, 128>(*a, dO, o, lse, dsum, dq, dk, dv);
+    return a->d == 64 ? att_backward_mma_launch<false, 64>(*a, dO, o, lse, dsum, dq, dk, dv)
+                      : att_backward_mma_launch<false, 128>(*a, dO, o, lse, dsum, dq, dk, dv);
 }
