@@ -397,15 +397,21 @@ static __device__ __forceinline__ void att_ranges(const att_args *a, int i0, int
     }
 }
 
-/* The union [klo, khi) of n rows' key ranges (empty: khi <= klo). */
+/* The union [klo, khi) of n rows' key ranges (empty: khi <= klo): each lane takes every 32nd row,
+ * then a butterfly of min and max across the warp (every warp computes it; called by whole warps). */
 static __device__ __forceinline__ void att_union(const int *lo, const int *hi, int n, int tk, int *klo, int *khi)
 {
     int l = tk, h = 0;
-    for (int r = 0; r < n; r++)
+    for (int r = (int)threadIdx.x % LU_CUDA_WARP; r < n; r += LU_CUDA_WARP)
         if (hi[r] > lo[r]) {
             l = min(l, lo[r]);
             h = max(h, hi[r]);
         }
+#pragma unroll
+    for (int m = LU_CUDA_WARP / 2; m > 0; m /= 2) {
+        l = min(l, __shfl_xor_sync(ATT_FULL, l, m));
+        h = max(h, __shfl_xor_sync(ATT_FULL, h, m));
+    }
     *klo = l;
     *khi = h;
 }
