@@ -151,7 +151,8 @@ static __device__ __forceinline__ void dw_corr8(float acc[LU_DW_FWD_RUN], const 
  * once one is Inf or NaN, one instruction per value. */
 static __device__ __forceinline__ float dw_check(float chk, float v) { return fmaf(v, 0.0f, chk); }
 
-/* Weights a thread holds between dw_load_weights and dw_store_weights, per phase. */
+/* Weights a thread holds between dw_load_weights and dw_store_weights, per phase (blocks of
+ * LU_DW_THREADS threads, as every depthwise launch has). */
 #define DW_WPER ((LU_DW_WLEN + LU_DW_THREADS - 1) / LU_DW_THREADS)
 
 /* Weight phases of the channel's taps wc[0, K), zero-padded to groups of 4: ws[r][i] = wc[S*i + r]

@@ -98,7 +98,8 @@ static inline void check_arguments(const char *kernel, const Tuple &t, std::inde
     (check_argument(kernel, (int)I, std::get<I>(t)), ...);
 }
 
-/* cp.async of 4, 8 or 16 bytes, or as many zero bytes where !in; lands at a wait_group. */
+/* cp.async of 4, 8 or 16 bytes, or as many zero bytes where !in; lands by the wait_group that
+ * covers it (emu.cpp: at it, or at once on odd scheduler rounds). */
 void cp_async(void *dst, const void *src, int bytes, bool in);
 void cp_async_commit(void);
 void cp_async_wait(int groups_left);
