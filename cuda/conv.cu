@@ -102,48 +102,48 @@ static unsigned item_blocks(int64_t items) { return (unsigned)(items < 1 ? 1 : i
  * the block's one barrier and its end: the block's setup and its weights are paid once for them. */
 #define DW_FWD_ROWS 4
 
-/* acc[v] += sum over i < 4*groups of wt[i] xw[v + i], v < 4: xw and wt 16-byte aligned, the
- * inputs sliding through registers, one 16-byte shared load of each per 4 taps. */
-static __device__ __forceinline__ void dw_corr4(float acc[4], const float *xw, const float *wt, int groups)
+/* Group gi of dw_corr: taps 4gi..4gi+3 on the window win = xw[4gi, 4gi + RUN + 4), which then
+ * slides by 4 (the moves vanish where the groups are unrolled). */
+template <int RUN>
+static __device__ __forceinline__ void dw_corr_group(float (&acc)[RUN], float (&win)[RUN + 4], const float *xw,
+                                                     const float *wt, int gi)
 {
-    float4 a = *(const float4 *)xw;
-    for (int gi = 0; gi < groups; gi++) {
-        float4 b = *(const float4 *)(xw + 4 * gi + 4), wv = *(const float4 *)(wt + 4 * gi);
-        const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w}, w[4] = {wv.x, wv.y, wv.z, wv.w};
-#pragma unroll
-        for (int t = 0; t < 4; t++)
-#pragma unroll
-            for (int v = 0; v < 4; v++) acc[v] = fmaf(w[t], xv[v + t], acc[v]);
-        a = b;
-    }
-}
-
-/* Group gi of dw_corr8: taps 4gi..4gi+3 on the window a b (xw[4gi, 4gi + 8)), which then slides
- * by 4. Each acc[v] adds its taps in ascending order, as dw_corr4 does. */
-static __device__ __forceinline__ void dw_corr8_group(float acc[LU_DW_FWD_RUN], float4 &a, float4 &b, const float *xw,
-                                                      const float *wt, int gi)
-{
-    const float4 c = *(const float4 *)(xw + 4 * gi + 8), wv = *(const float4 *)(wt + 4 * gi);
-    const float xv[12] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w, c.x, c.y, c.z, c.w}, w[4] = {wv.x, wv.y, wv.z, wv.w};
+    const float4 c = *(const float4 *)(xw + 4 * gi + RUN), wv = *(const float4 *)(wt + 4 * gi);
+    win[RUN] = c.x;
+    win[RUN + 1] = c.y;
+    win[RUN + 2] = c.z;
+    win[RUN + 3] = c.w;
+    const float w[4] = {wv.x, wv.y, wv.z, wv.w};
 #pragma unroll
     for (int t = 0; t < 4; t++)
 #pragma unroll
-        for (int v = 0; v < LU_DW_FWD_RUN; v++) acc[v] = fmaf(w[t], xv[v + t], acc[v]);
-    a = b;
-    b = c;
+        for (int v = 0; v < RUN; v++) acc[v] = fmaf(w[t], win[v + t], acc[v]);
+#pragma unroll
+    for (int i = 0; i < RUN; i++) win[i] = win[i + 4];
 }
 
-/* dw_corr4 for the LU_DW_FWD_RUN = 8 outputs v < 8: half the window loads per output. G > 0 groups
- * are unrolled (the loads at fixed offsets, no loop); G == 0 takes `groups` at run time. */
-template <int G>
-static __device__ __forceinline__ void dw_corr8(float acc[LU_DW_FWD_RUN], const float *xw, const float *wt, int groups)
+/* acc[v] += sum over i < 4*groups of wt[i] xw[v + i], v < RUN (4 or 8): xw and wt 16-byte aligned,
+ * the inputs sliding through registers, one 16-byte shared load of inputs and one of weights per 4
+ * taps; each acc[v] adds its taps in ascending order. G > 0 groups are unrolled: the loads are at
+ * fixed offsets, and the weights, the same for every run of a block, may stay in registers from
+ * one run to the next. G == 0 takes `groups` at run time. */
+template <int RUN, int G>
+static __device__ __forceinline__ void dw_corr(float (&acc)[RUN], const float *xw, const float *wt, int groups)
 {
-    float4 a = *(const float4 *)xw, b = *(const float4 *)(xw + 4);
+    float win[RUN + 4];
+#pragma unroll
+    for (int i = 0; i < RUN; i += 4) {
+        const float4 a = *(const float4 *)(xw + i);
+        win[i] = a.x;
+        win[i + 1] = a.y;
+        win[i + 2] = a.z;
+        win[i + 3] = a.w;
+    }
     if (G > 0) {
 #pragma unroll
-        for (int gi = 0; gi < G; gi++) dw_corr8_group(acc, a, b, xw, wt, gi);
+        for (int gi = 0; gi < G; gi++) dw_corr_group<RUN>(acc, win, xw, wt, gi);
     } else {
-        for (int gi = 0; gi < groups; gi++) dw_corr8_group(acc, a, b, xw, wt, gi);
+        for (int gi = 0; gi < groups; gi++) dw_corr_group<RUN>(acc, win, xw, wt, gi);
     }
 }
 
@@ -320,89 +320,38 @@ static __device__ __forceinline__ int dw_block_rows(const conv_geom *g, int rows
     return (int)(g->batch - *b0 < rows_per_block ? g->batch - *b0 : rows_per_block);
 }
 
-/* The forward measured so far (the default until a GPU run ranks dw_forward_kernel against it):
- * a block per (DW_FWD_ROWS rows of one channel, tile of LU_DW_TILE outputs) stages its rows
- * ([rows][S][fill] floats), then its threads take the groups of 4 outputs (row, q) in turn, row
- * by row, and store them straight from registers. A block whose staged values are not all finite
- * takes the exact path. ROWS: the rows staged by dw_stage_rows, every row's loads issued before
- * the first store (a variant, LUTHIER_DW_FWD_STAGING=rows), else one row after the other. */
-template <typename T, int S, bool ROWS>
-static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward4_kernel(const T *x, const T *w, const T *bias, T *y,
-                                                                           conv_geom g, int fill)
+/* p[0, m) = v[0, m), m <= RUN: 16-byte stores where p is aligned for them. */
+template <int RUN, typename T>
+static __device__ __forceinline__ void dw_store_run(T *p, const float (&v)[RUN], int m)
 {
-    extern __shared__ __align__(16) float dw_fwd_xs[];
-    __shared__ __align__(16) float ws[S][LU_DW_WLEN];
-    const int n = (int)g.w, OT = (int)g.ow, p = (int)g.pad[1], K = (int)g.kw, o0 = blockIdx.y * LU_DW_TILE;
-    const int cnt = OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE, cnt4 = (cnt + 3) & ~3;
-    int64_t ch, b0;
-    const int rows = dw_block_rows(&g, DW_FWD_ROWS, &ch, &b0);
-    const int64_t xstride = g.cin * g.w, ystride = g.cin * g.ow; /* from one batch item to the next */
-    const T *xr = x + (b0 * g.cin + ch) * g.w;
-    T *yr = y + (b0 * g.cin + ch) * g.ow + o0;
-    float wv[S][DW_WPER];
-    dw_load_weights<T, S>(w + ch * K, K, false, wv);
-    bool ok = true;
-    if (ROWS) {
-        const int rstride = S * fill;
-        ok = dw_stage_rows<T, S, DW_FWD_ROWS, 4>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill, rstride);
-    } else {
-        for (int r = 0; r < rows; r++) {
-            float *xs = dw_fwd_xs + r * S * fill;
-            ok = dw_stage_x<T, S>(xr + r * xstride, n, o0, cnt, p, K, fill, xs, fill) && ok;
-        }
-    }
-    ok = dw_store_weights<S>(wv, K, ws) && ok;
-    const float b = bias ? lu_ld(bias, ch) : 0.0f;
-    if (__syncthreads_and(ok)) {
-        int groups[S];
-        for (int ph = 0; ph < S; ph++) groups[ph] = (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, ph)) / 4;
-        for (int r = 0, q = 4 * threadIdx.x;; q += 4 * blockDim.x) {
-            while (r < rows && q >= cnt4) {
-                q -= cnt4;
-                r++;
-            }
-            if (r == rows) break;
-            float acc[4] = {b, b, b, b};
-            for (int ph = 0; ph < S; ph++) dw_corr4(acc, dw_fwd_xs + (r * S + ph) * fill + q, ws[ph], groups[ph]);
-            lu_st_upto4(yr + r * ystride + q, acc, cnt - q < 4 ? cnt - q : 4);
-        }
-    } else {
-        for (int r = 0; r < rows; r++)
-            for (int q = threadIdx.x; q < cnt; q += blockDim.x)
-                lu_st(yr + r * ystride, q,
-                      lu_dw_fwd_exact(dw_fwd_xs + r * S * fill, fill, &ws[0][0], b, q, o0, n, S, p, K));
-    }
-}
-
-/* p[0, m) = v[0, m), m <= LU_DW_FWD_RUN = 8: one or two 16-byte stores where p is aligned for them. */
-template <typename T> static __device__ __forceinline__ void dw_store_run(T *p, const float v[LU_DW_FWD_RUN], int m)
-{
-    if (m == LU_DW_FWD_RUN && (uintptr_t)p % (LU_DW_FWD_RUN * sizeof(T) < 16 ? LU_DW_FWD_RUN * sizeof(T) : 16) == 0) {
+    if (RUN == 8 && m == 8 && (uintptr_t)p % (8 * sizeof(T) < 16 ? 8 * sizeof(T) : 16) == 0) {
         lu_st8(p, v);
     } else {
         lu_st_upto4(p, v, m < 4 ? m : 4);
-        if (m > 4) lu_st_upto4(p + 4, v + 4, m - 4);
+        if (RUN == 8 && m > 4) lu_st_upto4(p + 4, v + 4, m - 4);
     }
 }
 
 /* Floats from one row's phases to the next in the forward's shared memory: an odd number of
- * 16-byte units, so that the two rows an 8-lane group of dw_forward_kernel reads fall in distinct
- * banks (a 16-byte shared load is served 8 lanes at a time). */
+ * 16-byte units, so that the two rows an 8-lane group of the 8-output forward reads fall in
+ * distinct banks (a 16-byte shared load is served 8 lanes at a time). */
 static __host__ __device__ __forceinline__ int dw_fwd_row_stride(int s, int fill) { return s * fill | 4; }
 
-/* The forward with LU_DW_FWD_RUN = 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8, dw_fwd_outputs).
- * A block per (DW_FWD_ROWS rows of one channel, tile of LU_DW_TILE outputs). The block stages its
- * rows (dynamic shared memory: row r at r * dw_fwd_row_stride, its S phases `fill` floats apart,
- * fill = lu_dw_fwd_fill_upto of the longest tile), then its threads take runs of LU_DW_FWD_RUN
- * outputs and store them straight from registers. Lanes 8j..8j+7 take a pair of rows and 32
- * consecutive outputs: lanes 0-3 of the group in the pair's first row, 4-7 at the same outputs of
- * the second, which the row stride puts in the other banks (runs 32 bytes apart in one row alone
- * would have two lanes on each bank). Phase 0 has G groups of 4 taps (0: not known at compile
- * time), phase 1 G or G - 1. A block whose staged values are not all finite takes the exact path. */
-template <typename T, int S, int G>
+/* The depthwise forward: a block per (DW_FWD_ROWS rows of one channel, tile of LU_DW_TILE outputs)
+ * stages its rows, every row's loads issued before the first shared store (dynamic shared memory:
+ * row r at r * dw_fwd_row_stride, its S phases `fill` floats apart, fill = lu_dw_fwd_fill_upto of
+ * the longest tile), then its threads take runs of RUN outputs and store them straight from
+ * registers. An 8-lane group takes 32 consecutive outputs: of one row (RUN 4), or (RUN 8) lanes 0-3
+ * in a pair's first row and 4-7 at the same outputs of the second, which the row stride puts in
+ * the other banks (runs 32 bytes apart in one row alone would have two lanes on each bank).
+ * Phase 0 has G groups of 4 taps (0: not known at compile time), phase 1 G or G - 1. A block whose
+ * staged values are not all finite takes the exact path. RUN is 4, or 8 under
+ * LUTHIER_DW_FWD_OUTPUTS=8 (dw_fwd_outputs). */
+template <typename T, int S, int G, int RUN>
 static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const T *x, const T *w, const T *bias, T *y,
                                                                           conv_geom g, int fill)
 {
+    constexpr int LPR = 32 / RUN, RPU = 8 / LPR; /* lanes of an 8-lane group a row, rows a group */
     extern __shared__ __align__(16) float dw_fwd_xs[];
     __shared__ __align__(16) float ws[S][LU_DW_WLEN];
     const int n = (int)g.w, OT = (int)g.ow, p = (int)g.pad[1], K = (int)g.kw, o0 = blockIdx.y * LU_DW_TILE;
@@ -420,25 +369,26 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const 
     if (__syncthreads_and(ok)) {
         const int g0 = G > 0 ? G : (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 0)) / 4;
         const int g1 = S == 2 ? (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 1)) / 4 : 0;
-        const int chunks = (cnt + 4 * LU_DW_FWD_RUN - 1) / (4 * LU_DW_FWD_RUN), pairs = (rows + 1) / 2;
-        const int lane_r = threadIdx.x >> 2 & 1, lane_q = (threadIdx.x & 3) * LU_DW_FWD_RUN;
-        for (int pr = 0, c = threadIdx.x >> 3;; c += blockDim.x >> 3) {
-            while (pr < pairs && c >= chunks) {
+        const int chunks = (cnt + 31) / 32, units = (rows + RPU - 1) / RPU;
+        const int lane_r = RPU == 2 ? threadIdx.x >> 2 & 1 : 0, lane_q = (threadIdx.x & (LPR - 1)) * RUN;
+        for (int u = 0, c = threadIdx.x >> 3;; c += blockDim.x >> 3) {
+            while (u < units && c >= chunks) {
                 c -= chunks;
-                pr++;
+                u++;
             }
-            if (pr == pairs) break;
-            const int r = 2 * pr + lane_r, q = 4 * LU_DW_FWD_RUN * c + lane_q;
+            if (u == units) break;
+            const int r = RPU * u + lane_r, q = 32 * c + lane_q;
             if (r >= rows || q >= cnt) continue;
-            float acc[LU_DW_FWD_RUN];
-            for (int v = 0; v < LU_DW_FWD_RUN; v++) acc[v] = b;
+            float acc[RUN];
+#pragma unroll
+            for (int v = 0; v < RUN; v++) acc[v] = b;
             const float *xw = dw_fwd_xs + r * rstride + q;
-            dw_corr8<G>(acc, xw, ws[0], g0);
+            dw_corr<RUN, G>(acc, xw, ws[0], g0);
             if (S == 2) {
-                if (G == 0 || g1 == G) dw_corr8<G>(acc, xw + fill, ws[1], g1);
-                else if (G > 1) dw_corr8<(G > 1 ? G - 1 : 1)>(acc, xw + fill, ws[1], g1);
+                if (G == 0 || g1 == G) dw_corr<RUN, G>(acc, xw + fill, ws[1], g1);
+                else if (G > 1) dw_corr<RUN, (G > 1 ? G - 1 : 1)>(acc, xw + fill, ws[1], g1);
             }
-            dw_store_run(yr + r * ystride + q, acc, cnt - q < LU_DW_FWD_RUN ? cnt - q : LU_DW_FWD_RUN);
+            dw_store_run<RUN>(yr + r * ystride + q, acc, cnt - q < RUN ? cnt - q : RUN);
         }
     } else {
         for (int r = 0; r < rows; r++)
@@ -496,7 +446,7 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_dx_kernel(const T *dy
     if (__syncthreads_and(ok)) {
         for (int r = 0; r < rows && q0 < members[mine]; r++) {
             float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            dw_corr4(acc, &dys[r][mine][q0], ws[mine], (int)lu_dw_ceil4(kc[mine]) / 4);
+            dw_corr<4, 0>(acc, &dys[r][mine][q0], ws[mine], (int)lu_dw_ceil4(kc[mine]) / 4);
             if (S == 1) /* first == t0: the members are the tile's inputs */
                 *(float4 *)&xo[r][q0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
             else
@@ -630,63 +580,43 @@ static bool dw_fits_grid(const conv_geom *g)
 
 template <typename T, int S, int G>
 static void dw_forward_launch(dim3 grid, size_t smem, const conv_geom *g, const void *x, const void *w,
-                              const void *bias, void *y, int fill)
+                              const void *bias, void *y, int fill, int run)
 {
-    dw_forward_kernel<T, S, G><<<grid, LU_DW_THREADS, smem>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y, *g,
-                                                              fill);
+    if (run == 8)
+        dw_forward_kernel<T, S, G, 8><<<grid, LU_DW_THREADS, smem>>>((const T *)x, (const T *)w, (const T *)bias,
+                                                                     (T *)y, *g, fill);
+    else
+        dw_forward_kernel<T, S, G, 4><<<grid, LU_DW_THREADS, smem>>>((const T *)x, (const T *)w, (const T *)bias,
+                                                                     (T *)y, *g, fill);
 }
 
-/* Outputs a thread of the depthwise forward: 4 (dw_forward4_kernel, the kernel measured so far)
- * unless LUTHIER_DW_FWD_OUTPUTS=8 picks dw_forward_kernel, which a GPU run has yet to rank against
- * it (`luthier bench gpu` times both); LUTHIER_DW_FWD_STAGING=rows has the first stage its rows
- * as the second does. */
+/* Outputs a thread of the depthwise forward: 4, or 8 under LUTHIER_DW_FWD_OUTPUTS=8, a variant a
+ * GPU run has yet to rank (`luthier bench gpu` times both). */
 static int dw_fwd_outputs(void)
 {
     const char *e = getenv("LUTHIER_DW_FWD_OUTPUTS");
     return e && !strcmp(e, "8") ? 8 : 4;
 }
 
-static bool dw_fwd_rows_at_once(void)
-{
-    const char *e = getenv("LUTHIER_DW_FWD_STAGING");
-    return e && !strcmp(e, "rows");
-}
-
-template <typename T, int S, bool ROWS>
-static void dw_forward4_launch(dim3 grid, size_t smem, const conv_geom *g, const void *x, const void *w,
-                               const void *bias, void *y, int fill)
-{
-    dw_forward4_kernel<T, S, ROWS><<<grid, LU_DW_THREADS, smem>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y,
-                                                                  *g, fill);
-}
-
 /* dw_forward_kernel is compiled for the group counts of K <= 32 (stride 1) and K <= 64 (stride 2),
  * the rest counts its groups at run time. */
-
 template <typename T, int S>
 static lu_status dw_forward(const conv_geom *g, const void *x, const void *w, const void *bias, void *y)
 {
     dim3 grid((unsigned)(g->cin * ((g->batch + DW_FWD_ROWS - 1) / DW_FWD_ROWS)),
               (unsigned)((g->ow + LU_DW_TILE - 1) / LU_DW_TILE));
-    const int fill = (int)lu_dw_fwd_fill_upto(g->kw, S, g->ow < LU_DW_TILE ? g->ow : LU_DW_TILE);
-    if (dw_fwd_outputs() == 4) {
-        const size_t smem = (size_t)DW_FWD_ROWS * S * fill * sizeof(float);
-        if (dw_fwd_rows_at_once()) dw_forward4_launch<T, S, true>(grid, smem, g, x, w, bias, y, fill);
-        else dw_forward4_launch<T, S, false>(grid, smem, g, x, w, bias, y, fill);
-        LU_CUDA_CHECK_LAUNCH();
-        return LU_OK;
-    }
+    const int fill = (int)lu_dw_fwd_fill_upto(g->kw, S, g->ow < LU_DW_TILE ? g->ow : LU_DW_TILE), run = dw_fwd_outputs();
     const size_t smem = (size_t)DW_FWD_ROWS * dw_fwd_row_stride(S, fill) * sizeof(float);
     switch (lu_dw_ceil4(lu_dw_phase_taps(g->kw, S, 0)) / 4) {
-    case 1: dw_forward_launch<T, S, 1>(grid, smem, g, x, w, bias, y, fill); break;
-    case 2: dw_forward_launch<T, S, 2>(grid, smem, g, x, w, bias, y, fill); break;
-    case 3: dw_forward_launch<T, S, 3>(grid, smem, g, x, w, bias, y, fill); break;
-    case 4: dw_forward_launch<T, S, 4>(grid, smem, g, x, w, bias, y, fill); break;
-    case 5: dw_forward_launch<T, S, 5>(grid, smem, g, x, w, bias, y, fill); break;
-    case 6: dw_forward_launch<T, S, 6>(grid, smem, g, x, w, bias, y, fill); break;
-    case 7: dw_forward_launch<T, S, 7>(grid, smem, g, x, w, bias, y, fill); break;
-    case 8: dw_forward_launch<T, S, 8>(grid, smem, g, x, w, bias, y, fill); break;
-    default: dw_forward_launch<T, S, 0>(grid, smem, g, x, w, bias, y, fill); break;
+    case 1: dw_forward_launch<T, S, 1>(grid, smem, g, x, w, bias, y, fill, run); break;
+    case 2: dw_forward_launch<T, S, 2>(grid, smem, g, x, w, bias, y, fill, run); break;
+    case 3: dw_forward_launch<T, S, 3>(grid, smem, g, x, w, bias, y, fill, run); break;
+    case 4: dw_forward_launch<T, S, 4>(grid, smem, g, x, w, bias, y, fill, run); break;
+    case 5: dw_forward_launch<T, S, 5>(grid, smem, g, x, w, bias, y, fill, run); break;
+    case 6: dw_forward_launch<T, S, 6>(grid, smem, g, x, w, bias, y, fill, run); break;
+    case 7: dw_forward_launch<T, S, 7>(grid, smem, g, x, w, bias, y, fill, run); break;
+    case 8: dw_forward_launch<T, S, 8>(grid, smem, g, x, w, bias, y, fill, run); break;
+    default: dw_forward_launch<T, S, 0>(grid, smem, g, x, w, bias, y, fill, run); break;
     }
     LU_CUDA_CHECK_LAUNCH();
     return LU_OK;

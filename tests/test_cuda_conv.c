@@ -50,7 +50,7 @@ static void stage_x(phases *xs, const float *x, int64_t T, int64_t o0, int64_t c
     }
 }
 
-/* dw_stage_weights of conv.cu. */
+/* The weight phases that dw_load_weights and dw_store_weights of conv.cu stage. */
 static void stage_weights(wphases *ws, const float *w, int64_t K, int64_t s, bool reversed)
 {
     int64_t n = lu_dw_ceil4(lu_dw_phase_taps(K, s, 0));
@@ -62,7 +62,7 @@ static void stage_weights(wphases *ws, const float *w, int64_t K, int64_t s, boo
             ws->a[r][i] = i < kr ? w[s * (reversed ? kr - 1 - i : i) + r] : 0.0f;
 }
 
-/* dw_corr4 of conv.cu, element by element; every index it loads must be below `fill`. */
+/* dw_corr of conv.cu for 4 outputs, element by element; every index it loads must be below `fill`. */
 static void corr4(float acc[4], const float *xw, int64_t base, const float *wt, int64_t groups, int64_t fill)
 {
     cr_assert(base + 4 * groups + 4 <= fill, "corr4 loads up to %lld, %lld staged", (long long)(base + 4 * groups + 3),
@@ -558,44 +558,31 @@ Test(cuda_conv, depthwise_conv1d_bf16_propagates_nan_and_inf_as_the_cpu)
     check_dw_bf16_nan_and_inf();
 }
 
-/* The forward of 4 outputs a thread with every row of a block staged at once
- * (LUTHIER_DW_FWD_STAGING=rows): row tails, tiles, both strides and dtypes, NaN and Inf. */
-Test(cuda_conv, depthwise_forward_with_rows_staged_at_once_matches_cpu)
+/* The forward, of 4 outputs a thread and of 8 (LUTHIER_DW_FWD_OUTPUTS=8), compiled for each count
+ * of 4-tap groups of phase 0 up to 8 and counting them at run time above. Stride 1: K 3 .. 31 step
+ * 4 and 33 (1 .. 8 groups, then run time). Stride 2: K 7, 9, 17, 25, 33, 41, 55, 63 (1 .. 8 groups,
+ * phase 1 a group short for K 9, 17, 25, 33 and 41) and 65. Five rows (a block of 4 and one of 1),
+ * T 37 (one short tile) and 1030 (three tiles, rows not 8-aligned), each K in f32 and bf16; the
+ * NaN and Inf case; and the benchmark's shape. */
+Test(cuda_conv, depthwise_forward_matches_cpu_for_each_group_count)
 {
     require_gpu();
-    setenv("LUTHIER_DW_FWD_STAGING", "rows", 1);
-    for (int s = 1; s <= 2; s++) {
-        check_conv1d(5, 3, 3, 1030, 31, s, 15, 1, 3, true, LU_F32, TOL_F32);
-        check_conv1d(6, 3, 3, 1029, 7, s, 3, 1, 3, false, LU_BF16, TOL_BF16);
-        check_conv1d(5, 2, 2, 37, 8, s, 3, 1, 2, true, LU_BF16, TOL_BF16);
-        check_conv1d(3, 384, 384, 500, 31, s, 15, 1, 384, true, LU_F32, TOL_F32);
-    }
-    check_dw_bf16_nan_and_inf();
-    unsetenv("LUTHIER_DW_FWD_STAGING");
-}
-
-/* The forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8), compiled for each count of 4-tap
- * groups of phase 0 up to 8 and counting them at run time above: K 3 .. 31 step 4 and 33 at stride
- * 1 (1 .. 8 groups, then run time), K 7 .. 63 step 8 and 65 at stride 2; five rows (a block of 4
- * and one of 1), T 37 (one short tile) and 1030 (three tiles, rows not 8-aligned), each K in f32
- * and bf16; the NaN and Inf case; and the benchmark's shape. */
-Test(cuda_conv, depthwise_forward_of_8_outputs_a_thread_matches_cpu)
-{
-    require_gpu();
-    setenv("LUTHIER_DW_FWD_OUTPUTS", "8", 1);
     static const int64_t Ts[] = {37, 1030};
-    static const int64_t K1[] = {3, 7, 11, 15, 19, 23, 27, 31, 33}, K2[] = {7, 15, 23, 31, 39, 47, 55, 63, 65};
-    for (int s = 1; s <= 2; s++)
-        for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
-            for (size_t b = 0; b < sizeof K1 / sizeof K1[0]; b++) {
-                int64_t K = s == 1 ? K1[b] : K2[b];
-                lu_dtype dt = (a + b) % 2 ? LU_BF16 : LU_F32; /* each K in both dtypes over the two T */
-                double tol = dt == LU_BF16 ? TOL_BF16 : TOL_F32;
-                check_conv1d(5, 3, 3, Ts[a], K, s, (int)(K - 1) / 2, 1, 3, a == 0, dt, tol);
-            }
-    check_dw_bf16_nan_and_inf();
-    for (int s = 1; s <= 2; s++) check_conv1d(32, 384, 384, 500, 31, s, 15, 1, 384, true, LU_BF16, TOL_BF16);
-    unsetenv("LUTHIER_DW_FWD_OUTPUTS");
+    static const int64_t Ks[2][9] = {{3, 7, 11, 15, 19, 23, 27, 31, 33}, {7, 9, 17, 25, 33, 41, 55, 63, 65}};
+    for (int run = 4; run <= 8; run += 4) {
+        if (run == 8) setenv("LUTHIER_DW_FWD_OUTPUTS", "8", 1);
+        for (int s = 1; s <= 2; s++)
+            for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
+                for (size_t b = 0; b < sizeof Ks[0] / sizeof Ks[0][0]; b++) {
+                    int64_t K = Ks[s - 1][b];
+                    lu_dtype dt = (a + b + run / 4) % 2 ? LU_BF16 : LU_F32; /* each K in both dtypes */
+                    double tol = dt == LU_BF16 ? TOL_BF16 : TOL_F32;
+                    check_conv1d(5, 3, 3, Ts[a], K, s, (int)(K - 1) / 2, 1, 3, a == 0, dt, tol);
+                }
+        check_dw_bf16_nan_and_inf();
+        for (int s = 1; s <= 2; s++) check_conv1d(32, 384, 384, 500, 31, s, 15, 1, 384, true, LU_BF16, TOL_BF16);
+        unsetenv("LUTHIER_DW_FWD_OUTPUTS");
+    }
 }
 
 /* NaN and Inf in x and dy, near the padded ends too: the tiles holding them take the exact path,
