@@ -144,6 +144,7 @@ static __global__ void __launch_bounds__(ATT_THREADS) att_forward_kernel(att_arg
             float p = x == -INFINITY ? 0.0f : expf(x - mn);
             float sum = lu_dev_warp_sum(p);
             Ps[i * ATT_PLD + lane] = p;
+            __syncwarp(); /* every lane has read row_m[i] (shuffles do not order memory) */
             if (lane == 0) {
                 float alpha = mo == -INFINITY ? 0.0f : expf(mo - mn);
                 row_a[i] = alpha;
