@@ -10,7 +10,9 @@
  * sees the wrong data one way or the other; cp.async copies land at their wait on even rounds and
  * at once on odd ones, for the same reason. What the hardware does not allow (a warp collective whose
  * mask names a lane that exited, a barrier nobody else reaches, a misaligned ldmatrix address)
- * aborts with the kernel, block and thread named. */
+ * aborts with the kernel, block and thread named. A build with LUTHIER_EMU_RACECHECK also checks
+ * every access to shared memory for data races (the race checker, below). */
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -54,6 +56,7 @@ struct pending_copy {
     int bytes;
     bool in;
     int group;
+    void *pc; /* where the kernel issued it */
 };
 
 struct fiber {
@@ -67,6 +70,7 @@ struct fiber {
 #endif
     int sync_op, sync_pred, sync_result;
     warp_req *req;
+    void *req_pc; /* where the kernel called its warp collective */
     void *asan_fake_stack;
     std::vector<pending_copy> copies;
     int groups_committed;
@@ -114,6 +118,236 @@ static ucontext_t scheduler_ctx;
     va_end(ap);
     abort();
 }
+
+} /* namespace lu_emu */
+
+/* ---- the race checker (a build with LUTHIER_EMU_RACECHECK: LU_EMU_RACECHECK) ----
+ *
+ * The kernel files are compiled with GCC's ThreadSanitizer instrumentation, which calls
+ * __tsan_readN / __tsan_writeN before every memory access; the functions below, not TSan's
+ * runtime, take those calls (this file is not instrumented). An access by a CUDA thread to shared
+ * memory (static storage, where __shared__ puts a block's variables, and the dynamic shared
+ * memory) is checked against the others of the same barrier interval, byte by byte: a thread
+ * that reads what another wrote, or writes what another read or wrote, with no __syncthreads
+ * between them (nor, for two lanes of one warp, a __syncwarp, which orders the whole warp even
+ * with a partial mask), is a data race, and the emulator stops there naming the kernel, the
+ * block, both threads and both places. A cp.async copy is a write of the issuing thread both when
+ * issued and when it lands; ldmatrix reads each lane's row as that lane's. Atomics are not looked
+ * at; neither is global memory (the blocks that would share it run one after another here). */
+#if defined(LU_EMU_RACECHECK)
+/* The executable's static storage (.data and .bss), as the linker bounds it. */
+extern "C" char __data_start[], _end[];
+
+namespace lu_emu {
+
+struct race_cell {
+    uint32_t epoch;                /* the barrier interval of the accesses below (stale: none yet) */
+    int16_t writer, reader, rlast; /* the last writer; the reader (-1: none, RACE_MANY); the last one */
+    uint16_t wsync, rsync;         /* the __syncwarp count of the writer's / last reader's warp then */
+    int8_t rwarp;                  /* the one warp that every reader belongs to, else -1 */
+    uint32_t wpc, rpc;             /* where they wrote and read (race_pc) */
+};
+static const int16_t RACE_MANY = -2;
+static const size_t RACE_PAGE = 1 << 16;  /* bytes of static storage a shadow page covers */
+static std::vector<race_cell *> race_pages; /* static storage's shadow, a page at first touch */
+static std::vector<race_cell> race_dynamic;
+static uint32_t race_epoch;        /* a new one at each block's start and each barrier it passes */
+static uint16_t race_warp_syncs[32]; /* __syncwarp calls of each warp of the block */
+
+/* Where shared-memory address a is: "a __shared__ variable" (*off: from the program's static
+ * storage) or "dynamic shared memory" (*off: from its start). */
+static const char *race_area(uintptr_t a, ptrdiff_t *off)
+{
+    if (a >= (uintptr_t)__data_start && a < (uintptr_t)_end) {
+        *off = (ptrdiff_t)(a - (uintptr_t)__data_start);
+        return "a __shared__ variable";
+    }
+    *off = (ptrdiff_t)(a - (uintptr_t)smem.data());
+    return "dynamic shared memory";
+}
+
+/* Prints the source line of code address pc (the program's or a library's), by addr2line when it
+ * is at hand. */
+static void race_where(void *pc)
+{
+    Dl_info info;
+    char exe[4096], cmd[8192];
+    const char *file = NULL;
+    if (dladdr(pc, &info) && info.dli_fname) {
+        file = info.dli_fname;
+        if (access(file, R_OK)) {
+            ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+            exe[len > 0 ? len : 0] = 0;
+            file = exe;
+        }
+    }
+    if (file) {
+        /* addr2line wants the offset in the file (a PIE or a library), pc - 1 being in the call */
+        snprintf(cmd, sizeof cmd, "addr2line -Cfpie '%s' %#lx 2>/dev/null", file,
+                 (unsigned long)((uintptr_t)pc - (uintptr_t)info.dli_fbase - 1));
+        FILE *f = popen(cmd, "r");
+        char line[1024];
+        bool any = false;
+        while (f && fgets(line, sizeof line, f)) {
+            fprintf(stderr, "    %s", line);
+            any = true;
+        }
+        if (f) pclose(f);
+        if (any) return;
+    }
+    fprintf(stderr, "    %p\n", pc);
+}
+
+/* Reports thread t's access at pc, which `what` the access at other_pc of thread other, and
+ * stops. */
+[[noreturn]] static void race_found(int t, const void *p, const char *what, int other, void *pc, void *other_pc)
+{
+    ptrdiff_t off;
+    const char *area = race_area((uintptr_t)p, &off);
+    cur = &fibers[t];
+    fprintf(stderr, "cuda emulator: data race on shared memory (%s, byte %td, %p) in kernel %s, block (%u, %u, %u): "
+                    "thread %d %s",
+            area, off, p, kernel_name, block_idx.x, block_idx.y, block_idx.z, t, what);
+    fprintf(stderr, " thread %d, with no barrier between them.\nThread %d's access (the later one here):\n", other, t);
+    race_where(pc);
+    fprintf(stderr, "Thread %d's:\n", other);
+    race_where(other_pc);
+    fail("data race on shared memory");
+}
+
+/* Whether thread t's access comes after thread u's, made at u's warp's __syncwarp count sync. */
+static inline bool race_ordered(int t, int u, uint16_t sync)
+{
+    return u == t || (u / 32 == t / 32 && race_warp_syncs[t / 32] != sync);
+}
+
+/* The shadow of the byte at static-storage offset off. */
+static race_cell &race_static_cell(uintptr_t off)
+{
+    if (race_pages.empty()) race_pages.assign((size_t)(_end - __data_start) / RACE_PAGE + 1, NULL);
+    race_cell *&page = race_pages[off / RACE_PAGE];
+    if (!page && !(page = (race_cell *)calloc(RACE_PAGE, sizeof(race_cell))))
+        fail("race checker: out of memory for a shadow page");
+    return page[off % RACE_PAGE];
+}
+
+/* A code address as a race_cell holds it: from the start of the program, 0 outside it. */
+extern "C" char __executable_start[];
+static inline uint32_t race_pc(void *pc)
+{
+    uintptr_t off = (uintptr_t)pc - (uintptr_t)__executable_start;
+    return off < UINT32_MAX ? (uint32_t)off : 0;
+}
+
+static inline void *race_code(uint32_t off) { return off ? __executable_start + off : NULL; }
+
+/* Checks and records thread t's access of the byte whose shadow is c. */
+static inline void race_cell_access(race_cell &c, int t, const void *p, bool write, void *pc)
+{
+    const int w = t / 32;
+    const uint16_t ws = race_warp_syncs[w];
+    if (c.epoch != race_epoch) {
+        const int16_t r = (int16_t)(write ? -1 : t);
+        c = race_cell{race_epoch, (int16_t)(write ? t : -1), r, r, ws, ws, (int8_t)(write ? -1 : w),
+                      write ? race_pc(pc) : 0, write ? 0 : race_pc(pc)};
+        return;
+    }
+    if (c.writer >= 0 && !race_ordered(t, c.writer, c.wsync))
+        race_found(t, p, write ? "overwrites what was written by" : "reads what was written by", c.writer, pc,
+                   race_code(c.wpc));
+    if (write) {
+        if (c.reader >= 0 && !race_ordered(t, c.reader, c.rsync))
+            race_found(t, p, "overwrites what was read by", c.reader, pc, race_code(c.rpc));
+        if (c.reader == RACE_MANY && !(c.rwarp == w && race_warp_syncs[w] != c.rsync))
+            race_found(t, p, "overwrites what was read by several threads, the last of them", c.rlast, pc,
+                       race_code(c.rpc));
+        c.writer = (int16_t)t;
+        c.wsync = ws;
+        c.wpc = race_pc(pc);
+    } else {
+        if (c.reader == -1) c.reader = (int16_t)t, c.rwarp = (int8_t)w;
+        else if (c.reader != t) c.reader = RACE_MANY, c.rwarp = c.rwarp == w ? (int8_t)w : (int8_t)-1;
+        c.rlast = (int16_t)t;
+        c.rsync = ws;
+        c.rpc = race_pc(pc);
+    }
+}
+
+static void race_check(int t, const void *p, size_t n, bool write, void *pc)
+{
+    const uintptr_t a = (uintptr_t)p;
+    race_cell *cells;
+    if (a >= (uintptr_t)__data_start && a < (uintptr_t)_end) {
+        const uintptr_t off = a - (uintptr_t)__data_start;
+        if (off % RACE_PAGE + n > RACE_PAGE) { /* across two shadow pages */
+            for (size_t i = 0; i < n; i++) race_cell_access(race_static_cell(off + i), t, p, write, pc);
+            return;
+        }
+        cells = &race_static_cell(off);
+    } else if (a >= (uintptr_t)smem.data() && a < (uintptr_t)smem.data() + smem.size()) {
+        cells = &race_dynamic[a - (uintptr_t)smem.data()];
+    } else {
+        return; /* a thread's stack, global memory */
+    }
+    for (size_t i = 0; i < n; i++) race_cell_access(cells[i], t, p, write, pc);
+}
+
+static inline void race_access(const void *p, size_t n, bool write, void *pc)
+{
+    if (cur) race_check((int)(cur - fibers.data()), p, n, write, pc);
+}
+
+/* The same for an access that the scheduler makes for thread f (ldmatrix). */
+static inline void race_access_as(fiber *f, const void *p, size_t n, bool write, void *pc)
+{
+    race_check((int)(f - fibers.data()), p, n, write, pc);
+}
+
+} /* namespace lu_emu */
+
+/* What GCC's -fsanitize=thread instrumentation calls. */
+extern "C" {
+#define LU_RACE_ACCESS(n)                                                                                            \
+    void __tsan_read##n(void *p) { lu_emu::race_access(p, n, false, __builtin_return_address(0)); }                 \
+    void __tsan_write##n(void *p) { lu_emu::race_access(p, n, true, __builtin_return_address(0)); }                 \
+    void __tsan_unaligned_read##n(void *p) { lu_emu::race_access(p, n, false, __builtin_return_address(0)); }       \
+    void __tsan_unaligned_write##n(void *p) { lu_emu::race_access(p, n, true, __builtin_return_address(0)); }
+LU_RACE_ACCESS(1)
+LU_RACE_ACCESS(2)
+LU_RACE_ACCESS(4)
+LU_RACE_ACCESS(8)
+LU_RACE_ACCESS(16)
+#undef LU_RACE_ACCESS
+void __tsan_read_range(void *p, unsigned long n) { lu_emu::race_access(p, n, false, __builtin_return_address(0)); }
+void __tsan_write_range(void *p, unsigned long n) { lu_emu::race_access(p, n, true, __builtin_return_address(0)); }
+void __tsan_func_entry(void *) {}
+void __tsan_func_exit(void) {}
+void __tsan_init(void) {}
+void __tsan_vptr_update(void **, void *) {}
+void __tsan_vptr_read(void **) {}
+}
+
+namespace lu_emu {
+static inline void race_new_epoch(void) { race_epoch++; }
+static inline void race_block_start(void)
+{
+    race_epoch++;
+    memset(race_warp_syncs, 0, sizeof race_warp_syncs);
+    if (race_dynamic.size() < smem.size()) race_dynamic.resize(smem.size());
+}
+static inline void race_syncwarp(int w) { race_warp_syncs[w % 32]++; }
+} /* namespace lu_emu */
+#else
+namespace lu_emu {
+static inline void race_access(const void *, size_t, bool, void *) {}
+static inline void race_access_as(fiber *, const void *, size_t, bool, void *) {}
+static inline void race_new_epoch(void) {}
+static inline void race_block_start(void) {}
+static inline void race_syncwarp(int) {}
+} /* namespace lu_emu */
+#endif
+
+namespace lu_emu {
 
 /* ---- fibers ---- */
 
@@ -254,6 +488,7 @@ void warp_collective(warp_req *req)
 {
     in_kernel("a warp collective");
     cur->req = req;
+    cur->req_pc = __builtin_return_address(0);
     cur->state = F_WARP;
     to_scheduler();
 }
@@ -269,6 +504,7 @@ static void finish_copies(fiber *f, int groups_left, bool all)
     std::vector<pending_copy> keep;
     for (const pending_copy &c : f->copies) {
         if (all || c.group < f->groups_committed - groups_left) {
+            race_access(c.dst, (size_t)c.bytes, true, c.pc);
             if (c.in) memcpy(c.dst, c.src, c.bytes);
             else memset(c.dst, 0, c.bytes);
         } else {
@@ -287,12 +523,14 @@ void cp_async(void *dst, const void *src, int bytes, bool in)
     /* A copy may land any time between its issue and the wait that covers it: on even rounds at
      * the wait (a read before the wait sees the old data), on odd ones at once (an overwrite of
      * data other warps still read shows). */
+    void *pc = __builtin_return_address(0);
+    race_access(dst, (size_t)bytes, true, pc);
     if (cur_round % 2) {
         if (in) memcpy(dst, src, bytes);
         else memset(dst, 0, bytes);
         return;
     }
-    cur->copies.push_back(pending_copy{dst, src, bytes, in, cur->groups_committed});
+    cur->copies.push_back(pending_copy{dst, src, bytes, in, cur->groups_committed, pc});
 }
 
 void cp_async_commit(void)
@@ -373,6 +611,7 @@ static void resolve_ldmatrix(fiber *lanes[32], bool trans)
             cur = lanes[l];
             fail("ldmatrix row address %p is not 16-byte aligned", lanes[l]->req->ptr);
         }
+    for (int l = 0; l < 32; l++) race_access_as(lanes[l], lanes[l]->req->ptr, 16, false, lanes[l]->req_pc);
     for (int l = 0; l < 32; l++) {
         int g = l / 4, t = l % 4;
         for (int i = 0; i < 4; i++) {
@@ -464,6 +703,7 @@ static bool resolve_warp(int w, int nthreads)
         uint64_t r = op == W_ANY ? ballot != 0 : op == W_ALL ? ballot == mask : ballot;
         for (int l = 0; l < 32; l++)
             if (mask >> l & 1) lanes[l]->req->out = r;
+        if (op == W_SYNCWARP) race_syncwarp(w);
     }
     for (int l = 0; l < 32; l++)
         if (mask >> l & 1) lanes[l]->state = F_RUN;
@@ -488,6 +728,7 @@ static bool resolve_block(int nthreads)
     }
     if (!waiting) return false;
     int r = op == SYNC_AND ? count == waiting : op == SYNC_OR ? count > 0 : count;
+    race_new_epoch();
     for (int i = 0; i < nthreads; i++)
         if (fibers[i].state == F_BLOCK) {
             fibers[i].sync_result = r;
@@ -511,6 +752,7 @@ static void run_block(int nthreads)
     }
     /* Shared memory starts as garbage on a GPU; NaN bytes make a read before a write show. */
     memset(smem.data(), 0xff, smem.size());
+    race_block_start();
     int nwarps = (nthreads + 31) / 32;
     /* A round takes the warps in turn; a warp's lanes run until each finishes or waits, and its
      * collectives complete at once, so the warp goes on until all its lanes are done or at the

@@ -28,6 +28,13 @@
 #define __align__(n) __attribute__((aligned(n)))
 /* One block runs at a time, so a function static is the block's shared memory. */
 #define __shared__ static
+/* The race checker's build (LU_EMU_RACECHECK, emu.cpp) does not see the accesses of a function
+ * marked so. */
+#if defined(LU_EMU_RACECHECK)
+#define LU_EMU_UNCHECKED __attribute__((no_sanitize_thread, noinline))
+#else
+#define LU_EMU_UNCHECKED
+#endif
 #define __constant__ static
 
 /* The vector types luthier's kernels use, with the GPU's alignment. */
@@ -270,17 +277,40 @@ static inline int __any_sync(unsigned mask, int p) { return (int)lu_emu::vote(lu
 static inline int __all_sync(unsigned mask, int p) { return (int)lu_emu::vote(lu_emu::W_ALL, mask, p); }
 static inline unsigned __ballot_sync(unsigned mask, int p) { return (unsigned)lu_emu::vote(lu_emu::W_BALLOT, mask, p); }
 
-/* One block's threads never run at the same time: a read-modify-write is atomic. */
-template <class T, class U> static inline T atomicAdd(T *p, U v) { T o = *p; *p = (T)(o + v); return o; }
-template <class T, class U> static inline T atomicSub(T *p, U v) { T o = *p; *p = (T)(o - v); return o; }
-template <class T, class U> static inline T atomicMin(T *p, U v) { T o = *p; if ((T)v < o) *p = (T)v; return o; }
-template <class T, class U> static inline T atomicMax(T *p, U v) { T o = *p; if ((T)v > o) *p = (T)v; return o; }
-template <class T, class U> static inline T atomicExch(T *p, U v) { T o = *p; *p = (T)v; return o; }
-template <class T, class U, class V> static inline T atomicCAS(T *p, U cmp, V v)
+namespace lu_emu {
+/* *p = f(*p), returning the old value. One block's threads never run at the same time, so a plain
+ * read-modify-write is atomic; atomics do not race, so the race checker does not see it. */
+template <class T, class F> LU_EMU_UNCHECKED static inline T atomic_rmw(T *p, F f)
 {
     T o = *p;
-    if (o == (T)cmp) *p = (T)v;
+    *p = f(o);
     return o;
+}
+} /* namespace lu_emu */
+
+template <class T, class U> static inline T atomicAdd(T *p, U v)
+{
+    return lu_emu::atomic_rmw(p, [v](T o) { return (T)(o + v); });
+}
+template <class T, class U> static inline T atomicSub(T *p, U v)
+{
+    return lu_emu::atomic_rmw(p, [v](T o) { return (T)(o - v); });
+}
+template <class T, class U> static inline T atomicMin(T *p, U v)
+{
+    return lu_emu::atomic_rmw(p, [v](T o) { return (T)v < o ? (T)v : o; });
+}
+template <class T, class U> static inline T atomicMax(T *p, U v)
+{
+    return lu_emu::atomic_rmw(p, [v](T o) { return (T)v > o ? (T)v : o; });
+}
+template <class T, class U> static inline T atomicExch(T *p, U v)
+{
+    return lu_emu::atomic_rmw(p, [v](T) { return (T)v; });
+}
+template <class T, class U, class V> static inline T atomicCAS(T *p, U cmp, V v)
+{
+    return lu_emu::atomic_rmw(p, [cmp, v](T o) { return o == (T)cmp ? (T)v : o; });
 }
 
 static inline float __uint_as_float(unsigned u) { return lu_emu::from_bits<float>(u); }
