@@ -215,12 +215,6 @@ static void race_where(void *pc)
     fail("data race on shared memory");
 }
 
-/* Whether thread t's access comes after thread u's, made at u's warp's __syncwarp count sync. */
-static inline bool race_ordered(int t, int u, uint16_t sync)
-{
-    return u == t || (u / 32 == t / 32 && race_warp_syncs[t / 32] != sync);
-}
-
 /* The shadow of the byte at static-storage offset off. */
 static race_cell &race_static_cell(uintptr_t off)
 {
@@ -241,55 +235,71 @@ static inline uint32_t race_pc(void *pc)
 
 static inline void *race_code(uint32_t off) { return off ? __executable_start + off : NULL; }
 
-/* Checks and records thread t's access of the byte whose shadow is c. */
-static inline void race_cell_access(race_cell &c, int t, const void *p, bool write, void *pc)
+/* Thread t's access (write or read, at code pc) of p[0, n): with its warp w and that warp's
+ * __syncwarp count ws, the epoch, and pc as a cell holds it. */
+struct race_access_info {
+    int t, w;
+    uint16_t ws;
+    uint32_t epoch, pc32;
+    bool write;
+    const void *p;
+    void *pc;
+};
+
+/* Whether an access of thread u, made at its warp's __syncwarp count sync, comes before a's. */
+static inline bool race_before(const race_access_info &a, int u, uint16_t sync)
 {
-    const int w = t / 32;
-    const uint16_t ws = race_warp_syncs[w];
-    if (c.epoch != race_epoch) {
-        const int16_t r = (int16_t)(write ? -1 : t);
-        c = race_cell{race_epoch, (int16_t)(write ? t : -1), r, r, ws, ws, (int8_t)(write ? -1 : w),
-                      write ? race_pc(pc) : 0, write ? 0 : race_pc(pc)};
+    return u == a.t || (u / 32 == a.w && a.ws != sync);
+}
+
+/* Checks access a against the byte whose shadow is c, and records it there. */
+static inline void race_cell_access(race_cell &c, const race_access_info &a)
+{
+    if (c.epoch != a.epoch) {
+        const int16_t r = (int16_t)(a.write ? -1 : a.t);
+        c = race_cell{a.epoch, (int16_t)(a.write ? a.t : -1), r, r, a.ws, a.ws, (int8_t)(a.write ? -1 : a.w),
+                      a.write ? a.pc32 : 0, a.write ? 0 : a.pc32};
         return;
     }
-    if (c.writer >= 0 && !race_ordered(t, c.writer, c.wsync))
-        race_found(t, p, write ? "overwrites what was written by" : "reads what was written by", c.writer, pc,
+    if (c.writer >= 0 && !race_before(a, c.writer, c.wsync))
+        race_found(a.t, a.p, a.write ? "overwrites what was written by" : "reads what was written by", c.writer, a.pc,
                    race_code(c.wpc));
-    if (write) {
-        if (c.reader >= 0 && !race_ordered(t, c.reader, c.rsync))
-            race_found(t, p, "overwrites what was read by", c.reader, pc, race_code(c.rpc));
-        if (c.reader == RACE_MANY && !(c.rwarp == w && race_warp_syncs[w] != c.rsync))
-            race_found(t, p, "overwrites what was read by several threads, the last of them", c.rlast, pc,
+    if (a.write) {
+        if (c.reader >= 0 && !race_before(a, c.reader, c.rsync))
+            race_found(a.t, a.p, "overwrites what was read by", c.reader, a.pc, race_code(c.rpc));
+        if (c.reader == RACE_MANY && !(c.rwarp == a.w && a.ws != c.rsync))
+            race_found(a.t, a.p, "overwrites what was read by several threads, the last of them", c.rlast, a.pc,
                        race_code(c.rpc));
-        c.writer = (int16_t)t;
-        c.wsync = ws;
-        c.wpc = race_pc(pc);
+        c.writer = (int16_t)a.t;
+        c.wsync = a.ws;
+        c.wpc = a.pc32;
     } else {
-        if (c.reader == -1) c.reader = (int16_t)t, c.rwarp = (int8_t)w;
-        else if (c.reader != t) c.reader = RACE_MANY, c.rwarp = c.rwarp == w ? (int8_t)w : (int8_t)-1;
-        c.rlast = (int16_t)t;
-        c.rsync = ws;
-        c.rpc = race_pc(pc);
+        if (c.reader == -1) c.reader = (int16_t)a.t, c.rwarp = (int8_t)a.w;
+        else if (c.reader != a.t) c.reader = RACE_MANY, c.rwarp = c.rwarp == a.w ? (int8_t)a.w : (int8_t)-1;
+        c.rlast = (int16_t)a.t;
+        c.rsync = a.ws;
+        c.rpc = a.pc32;
     }
 }
 
 static void race_check(int t, const void *p, size_t n, bool write, void *pc)
 {
-    const uintptr_t a = (uintptr_t)p;
+    const uintptr_t addr = (uintptr_t)p;
     race_cell *cells;
-    if (a >= (uintptr_t)__data_start && a < (uintptr_t)_end) {
-        const uintptr_t off = a - (uintptr_t)__data_start;
+    const race_access_info a = {t, t / 32, race_warp_syncs[t / 32], race_epoch, race_pc(pc), write, p, pc};
+    if (addr >= (uintptr_t)__data_start && addr < (uintptr_t)_end) {
+        const uintptr_t off = addr - (uintptr_t)__data_start;
         if (off % RACE_PAGE + n > RACE_PAGE) { /* across two shadow pages */
-            for (size_t i = 0; i < n; i++) race_cell_access(race_static_cell(off + i), t, p, write, pc);
+            for (size_t i = 0; i < n; i++) race_cell_access(race_static_cell(off + i), a);
             return;
         }
         cells = &race_static_cell(off);
-    } else if (a >= (uintptr_t)smem.data() && a < (uintptr_t)smem.data() + smem.size()) {
-        cells = &race_dynamic[a - (uintptr_t)smem.data()];
+    } else if (addr >= (uintptr_t)smem.data() && addr < (uintptr_t)smem.data() + smem.size()) {
+        cells = &race_dynamic[addr - (uintptr_t)smem.data()];
     } else {
         return; /* a thread's stack, global memory */
     }
-    for (size_t i = 0; i < n; i++) race_cell_access(cells[i], t, p, write, pc);
+    for (size_t i = 0; i < n; i++) race_cell_access(cells[i], a);
 }
 
 static inline void race_access(const void *p, size_t n, bool write, void *pc)
