@@ -240,10 +240,10 @@ static __device__ __forceinline__ bool dw_stage_x(const T *xr, int n, int o0, in
     return chk == 0.0f;
 }
 
-/* dw_stage_x for the forward of 8 outputs a thread, over `rows` <= R rows at once (row r at xr +
- * r*xstride, n frames each; staged at xs + r*rstride, rstride 16-byte aligned). The aligned middle
- * of each row moves as vector loads of V = 4 or 8 elements, and every row's loads are issued
- * before the first shared store, so that a block waits for memory once, not once per row. */
+/* dw_stage_x for the forward, over `rows` <= R rows at once (row r at xr + r*xstride, n frames
+ * each; staged at xs + r*rstride, rstride 16-byte aligned). The aligned middle of each row moves
+ * as vector loads of V = 4 or 8 elements, and every row's loads are issued before the first
+ * shared store, so that a block waits for memory once, not once per row. */
 template <typename T, int S, int R, int V>
 static __device__ __forceinline__ bool dw_stage_rows(const T *xr, int64_t xstride, int rows, int n, int o0, int cnt,
                                                      int p, int K, int fill, float *xs, int plen, int rstride)
