@@ -22,8 +22,9 @@ if [ "${LUTHIER_SKIP_SANITIZERS:-0}" != 1 ]; then
     ctest --output-on-failure -j2)
   # The GPU suites once more on the emulator, with its race checker watching every access to shared
   # memory (tests/cuda_emu/README.md); only their targets are built.
-  cmake -S . -B build-race -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLUTHIER_WERROR=ON -DLUTHIER_CUDA=OFF -DLUTHIER_CUDA_EMU=ON \
-    -DLUTHIER_EMU_RACECHECK=ON >build-race.cmake.log 2>&1 || { cat build-race.cmake.log; exit 1; }
+  cmake -S . -B build-race -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-g -DLUTHIER_WERROR=ON \
+    -DLUTHIER_CUDA=OFF -DLUTHIER_CUDA_EMU=ON -DLUTHIER_EMU_RACECHECK=ON >build-race.cmake.log 2>&1 ||
+    { cat build-race.cmake.log; exit 1; }
   rm -f build-race.cmake.log
   cmake --build build-race -j"$(nproc)" --target test_racecheck $(cd tests && ls test_cuda*.c | sed 's/\.c$//')
   (cd build-race && ctest --output-on-failure -j2 -R '^test_(cuda|racecheck)')
