@@ -77,6 +77,8 @@ bool lu_att_mma_takes(const att_args *a, const void *const *ptrs, int n);
 lu_status lu_att_mma_forward(const att_args *a, void *o, void *lse);
 /* dq, dk, dv (any may be NULL) from dO, o and lse, through Dsum = rowsum(dO * O) [B,Hq,Tq] (f32),
  * which it computes into dsum. */
+/* lu_att_mma_forward's forward on Hopper's warpgroup MMA, where lu_att_wgmma_usable (cuda_backend.h). */
+lu_status lu_att_wgmma_forward(const att_args *a, void *o, void *lse);
 lu_status lu_att_mma_backward(const att_args *a, const void *dO, const void *o, const void *lse, float *dsum, void *dq,
                               void *dk, void *dv);
 

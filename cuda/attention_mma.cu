@@ -5,7 +5,8 @@
  * o = 0 and lse = -inf for rows that see no key) and their determinism: no atomics, every sum in
  * a fixed order.
  *
- * Forward: a warp owns 32 query rows (16, its Q fragments then in registers, where
+ * Forward (on a Hopper GPU the wgmma kernel of attention_wgmma.cu takes it, lu_att_wgmma_usable):
+ * a warp owns 32 query rows (16, its Q fragments then in registers, where
  * LUTHIER_ATT_ROWS_PER_WARP=16: att_rows_per_warp); tiles of 64 keys and values come through
  * shared memory by cp.async, double-buffered; S = Q K^T and the online softmax stay in registers,
  * and P, rounded to the input dtype as FlashAttention-2 does, is the A operand of O += P V; a warp
@@ -32,128 +33,9 @@
  * row-major tile, B from a tile stored [n][k] (K for S = Q K^T), and with .trans B from a tile
  * stored [k][n] (V for P V). Tile rows are padded by 8 elements (16 bytes), so that the 8 rows of
  * an 8 x 8 matrix fall in 8 different 16-byte bank groups. */
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <float.h>
-#include <limits.h>
-#include <math.h>
-
-#include "attention.cuh"
-
-#define ATT_BK 64                       /* keys per tile of the forward and of dQ; per block of dK, dV */
-#define ATT_BWD_WARPS 4                 /* warps of the backward kernels */
-#define ATT_FULL 0xffffffffu            /* every lane of a warp */
-#define ATT_LOG2E 1.4426950408889634f
-#define ATT_LN2 0.6931471805599453f
-#define ATT_SLACK 8.0f                  /* log2 of how far p may exceed 1 before the forward rescales */
+#include "attention_mma.cuh"
 
 extern __shared__ __align__(16) unsigned char att_mma_smem[];
-
-/* ---- PTX wrappers ---- */
-
-#ifdef LU_CUDA_EMU
-/* The CPU emulator (tests/cuda_emu) carries out the same instructions. */
-static void att_cp16(void *dst, const void *src, bool in) { lu_emu::cp_async(dst, src, 16, in); }
-static void att_cp4(void *dst, const void *src, bool in) { lu_emu::cp_async(dst, src, 4, in); }
-static void att_cp_commit() { lu_emu::cp_async_commit(); }
-template <int N> static void att_cp_wait() { lu_emu::cp_async_wait(N); }
-static void att_ldsm(uint32_t r[4], const uint16_t *p) { lu_emu::ldmatrix_x4(r, p, false); }
-static void att_ldsm_t(uint32_t r[4], const uint16_t *p) { lu_emu::ldmatrix_x4(r, p, true); }
-template <bool BF16> static void att_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
-{
-    lu_emu::mma_m16n8k16(c, a, b0, b1, BF16);
-}
-static float att_exp2(float x)
-{
-    const float r = exp2f(x);
-    return r < FLT_MIN ? 0.0f : r; /* ex2.approx.ftz flushes subnormal results to zero */
-}
-#else
-static __device__ __forceinline__ uint32_t att_saddr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-/* 16 bytes from global to shared memory, or 16 zero bytes when !in (src is then not read). */
-static __device__ __forceinline__ void att_cp16(void *dst, const void *src, bool in)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(att_saddr(dst)), "l"(src), "r"(in ? 16 : 0));
-}
-
-/* The same for 4 bytes (through L1: .cg takes 16-byte copies only). */
-static __device__ __forceinline__ void att_cp4(void *dst, const void *src, bool in)
-{
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(att_saddr(dst)), "l"(src), "r"(in ? 4 : 0));
-}
-
-static __device__ __forceinline__ void att_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-/* Waits until at most N committed groups of this thread are in flight. */
-template <int N> static __device__ __forceinline__ void att_cp_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-/* Four 8 x 8 matrices of 16-bit elements; lane l gives the address of row l % 8 of matrix l / 8. */
-static __device__ __forceinline__ void att_ldsm(uint32_t r[4], const uint16_t *p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(att_saddr(p)));
-}
-
-static __device__ __forceinline__ void att_ldsm_t(uint32_t r[4], const uint16_t *p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(att_saddr(p)));
-}
-
-/* c (16 x 8) += a (16 x 16) b (16 x 8). */
-template <bool BF16>
-static __device__ __forceinline__ void att_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
-{
-    if (BF16)
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    else
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* 2^x by the MUFU unit alone, subnormal results flushed to zero: exp2f adds a range check and two
- * multiplications around the same instruction to keep them, which matter nowhere here (P and the
- * rescaling factors are rounded to 16 bits or multiply sums of them) and cost three issue slots
- * an element in loops that are bound by issue. */
-static __device__ __forceinline__ float att_exp2(float x)
-{
-    float r;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
-    return r;
-}
-#endif
-
-/* Two floats rounded to nearest even as one 16-bit pair, lo in the low half (the lower column). */
-template <bool BF16> static __device__ __forceinline__ uint32_t att_pack(float lo, float hi)
-{
-    uint32_t r;
-    if (BF16) {
-        __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);
-        memcpy(&r, &x, sizeof r);
-    } else {
-        __half2 x = __floats2half2_rn(lo, hi);
-        memcpy(&r, &x, sizeof r);
-    }
-    return r;
-}
-
-/* The same through core/dtype.c's conversions, for the values that leave the kernels. */
-template <bool BF16> static __device__ __forceinline__ uint32_t att_pack_out(float lo, float hi)
-{
-    if (BF16) return (uint32_t)lu_dev_f32_to_bf16(lo) | (uint32_t)lu_dev_f32_to_bf16(hi) << 16;
-    return (uint32_t)lu_dev_f32_to_f16(lo) | (uint32_t)lu_dev_f32_to_f16(hi) << 16;
-}
 
 /* ---- tiles and fragments ---- */
 
@@ -332,90 +214,6 @@ static __device__ __forceinline__ void att_gemm_ab_k16(float (*acc)[NB][4], cons
     }
 }
 
-/* Is key j past Tk, or padded by the mask in batch b? */
-static __device__ __forceinline__ bool att_padded(const att_args *a, int64_t b, int j, int tk)
-{
-    return j >= tk || (a->mask && a->mask[b * tk + j]);
-}
-
-/* The key ranges [lo, hi) of a lane's rows g and g + 8 of its warp's 16 queries. */
-typedef struct att_rows {
-    int lo[2], hi[2];
-} att_rows;
-
-/* Rows r and r + 8 of a block's row ranges lo, hi. */
-static __device__ __forceinline__ att_rows att_rows_of(const int *lo, const int *hi, int r)
-{
-    return {{lo[r], lo[r + 8]}, {hi[r], hi[r + 8]}};
-}
-
-/* Does any row of the warp see a key of [j0, j0 + BK)? */
-template <int BK = ATT_BK> static __device__ __forceinline__ bool att_rows_see(const att_rows *r, int j0)
-{
-    bool see = false;
-#pragma unroll
-    for (int x = 0; x < 2; x++) see |= max(r->lo[x], j0) < min(r->hi[x], j0 + BK);
-    return __any_sync(ATT_FULL, see);
-}
-
-/* Does every row of the warp see every key of [j0, j0 + BK), with no padding mask? */
-template <int BK = ATT_BK>
-static __device__ __forceinline__ bool att_rows_full(const att_rows *r, int j0, const att_args *a)
-{
-    bool full = !a->mask;
-#pragma unroll
-    for (int x = 0; x < 2; x++) full &= r->lo[x] <= j0 && j0 + BK <= r->hi[x];
-    return __all_sync(ATT_FULL, full);
-}
-
-/* Sets to -inf the score fragments s (16 x BK, keys from j0) that rows r may not see. */
-template <int BK = ATT_BK>
-static __device__ __forceinline__ void att_mask_scores(float s[BK / 8][4], const att_rows *r, int j0, const att_args *a,
-                                                       int64_t b, int tk)
-{
-    const int t = threadIdx.x % 4;
-#pragma unroll
-    for (int nb = 0; nb < BK / 8; nb++)
-#pragma unroll
-        for (int c = 0; c < 2; c++) {
-            int j = j0 + nb * 8 + 2 * t + c;
-            bool pad = att_padded(a, b, j, tk);
-#pragma unroll
-            for (int x = 0; x < 2; x++)
-                if (pad || j < r->lo[x] || j >= r->hi[x]) s[nb][2 * x + c] = -INFINITY;
-        }
-}
-
-/* The key ranges of rows i0 .. i0 + n - 1 into lo, hi (shared), by the block's first n threads. */
-static __device__ __forceinline__ void att_ranges(const att_args *a, int i0, int n, int *lo, int *hi)
-{
-    if ((int)threadIdx.x < n) {
-        int64_t l, h;
-        lu_att_key_range(&a->rg, i0 + (int)threadIdx.x, &l, &h);
-        lo[threadIdx.x] = (int)l;
-        hi[threadIdx.x] = (int)h;
-    }
-}
-
-/* The union [klo, khi) of n rows' key ranges (empty: khi <= klo): each lane takes every 32nd row,
- * then a butterfly of min and max across the warp (every warp computes it; called by whole warps). */
-static __device__ __forceinline__ void att_union(const int *lo, const int *hi, int n, int tk, int *klo, int *khi)
-{
-    int l = tk, h = 0;
-    for (int r = (int)threadIdx.x % LU_CUDA_WARP; r < n; r += LU_CUDA_WARP)
-        if (hi[r] > lo[r]) {
-            l = min(l, lo[r]);
-            h = max(h, hi[r]);
-        }
-#pragma unroll
-    for (int m = LU_CUDA_WARP / 2; m > 0; m /= 2) {
-        l = min(l, __shfl_xor_sync(ATT_FULL, l, m));
-        h = max(h, __shfl_xor_sync(ATT_FULL, h, m));
-    }
-    *klo = l;
-    *khi = h;
-}
-
 /* ---- forward ---- */
 
 /* Shared memory: row_lo, row_hi [BQ] int; Q [BQ][D + 8]; K, V [2][ATT_BK][D + 8] (16-bit), with
@@ -437,19 +235,18 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
 {
     constexpr int BQ = WARPS * 16 * MT, LD = D + 8, NT = WARPS * LU_CUDA_WARP;
     static_assert(BQ <= NT, "att_ranges gives a thread each row");
-    const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
+    const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4;
     int *row_lo = (int *)att_mma_smem, *row_hi = row_lo + BQ;
     uint16_t *Qs = (uint16_t *)(row_hi + BQ), *Ks = Qs + BQ * LD, *Vs = Ks + 2 * ATT_BK * LD;
 
-    const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
-    const int64_t nqt = (tq + BQ - 1) / BQ, bid = blockIdx.x;
-    const int i0 = (int)(nqt - 1 - bid % nqt) * BQ;
-    const int64_t h = bid / nqt % a.hq, b = bid / (nqt * a.hq), hk = h / (a.hq / a.hkv);
-    const int64_t qbase = (b * tq * a.hq + h) * D, kbase = (b * tk * a.hkv + hk) * D;
-    const uint16_t *q = (const uint16_t *)a.q, *k = (const uint16_t *)a.k, *v = (const uint16_t *)a.v;
+    const int tk = (int)a.rg.tk;
+    const att_fwd_block fb = att_fwd_block_of(&a, BQ, D);
+    const int i0 = fb.i0;
+    const int64_t kbase = fb.kbase;
+    const uint16_t *k = (const uint16_t *)a.k, *v = (const uint16_t *)a.v;
 
     att_ranges(&a, i0, BQ, row_lo, row_hi);
-    att_load_rows<D, BQ, NT>(Qs, q, qbase, a.hq * D, i0, tq);
+    att_load_rows<D, BQ, NT>(Qs, (const uint16_t *)a.q, fb.qbase, a.hq * D, i0, (int)a.rg.tq);
     __syncthreads();
     int klo, khi;
     att_union(row_lo, row_hi, BQ, tk, &klo, &khi);
@@ -515,53 +312,8 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
                 }
             }
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                /* The tile's maximum of the unscaled scores: the scale being positive (lu_att_mma_takes),
-                 * max(s) sl2 is the maximum of s sl2, and one FFMA an element scales and shifts. */
-                float mx[2] = {-INFINITY, -INFINITY};
-                if (!att_rows_full(&rows[mt], j0, &a)) att_mask_scores(s[mt], &rows[mt], j0, &a, b, tk);
-#pragma unroll
-                for (int n = 0; n < ATT_BK / 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) mx[e / 2] = fmaxf(mx[e / 2], s[mt][n][e]);
-                /* The running maximum m moves only when a row of the warp would exceed it by more than
-                 * ATT_SLACK, and then for every row of the warp; until then p is up to 2^ATT_SLACK, and
-                 * the warp skips rescaling its accumulators. o and lse are those of any m. */
-                bool grow = false;
-#pragma unroll
-                for (int x = 0; x < 2; x++) {
-                    mx[x] = fmaxf(mx[x], __shfl_xor_sync(ATT_FULL, mx[x], 1));
-                    mx[x] = fmaxf(mx[x], __shfl_xor_sync(ATT_FULL, mx[x], 2));
-                    mx[x] *= sl2;
-                    grow |= mx[x] > m[mt][x] + ATT_SLACK; /* m = -inf: any visible key */
-                }
-                if (__any_sync(ATT_FULL, grow)) {
-                    float alpha[2];
-#pragma unroll
-                    for (int x = 0; x < 2; x++) {
-                        const float mn = fmaxf(m[mt][x], mx[x]);
-                        /* exp2(-inf - 0) = 0 rescales a row that had no visible key (its sums are 0). */
-                        alpha[x] = att_exp2(m[mt][x] - (mn == -INFINITY ? 0.0f : mn));
-                        m[mt][x] = mn;
-                        l[mt][x] *= alpha[x];
-                    }
-#pragma unroll
-                    for (int n = 0; n < D / 8; n++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) acc[mt][n][e] *= alpha[e / 2];
-                }
-                /* A row with no visible key yet keeps m = -inf; exp2(-inf - 0) gives its p = 0. */
-                float mb[2];
-#pragma unroll
-                for (int x = 0; x < 2; x++) mb[x] = m[mt][x] == -INFINITY ? 0.0f : m[mt][x];
-#pragma unroll
-                for (int n = 0; n < ATT_BK / 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        s[mt][n][e] = att_exp2(fmaf(s[mt][n][e], sl2, -mb[e / 2]));
-                        l[mt][e / 2] += s[mt][n][e];
-                    }
-            }
+            for (int mt = 0; mt < MT; mt++)
+                att_softmax_tile<D>(s[mt], m[mt], l[mt], acc[mt], &rows[mt], j0, &a, fb.b, tk, sl2);
             att_gemm_xb<BF16, LD, D, ATT_BK / 16, MT>(acc, s, Vt);
         }
         __syncthreads(); /* every warp is done with this buffer before it is refilled */
@@ -570,21 +322,7 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
 
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int x = 0; x < 2; x++) {
-            float lx = l[mt][x];
-            lx += __shfl_xor_sync(ATT_FULL, lx, 1);
-            lx += __shfl_xor_sync(ATT_FULL, lx, 2);
-            const int i = i0 + (wp * MT + mt) * 16 + g + 8 * x;
-            if (i >= tq) continue;
-            const float inv = lx > 0.0f ? 1.0f / lx : 0.0f;
-            uint32_t *orow = (uint32_t *)((uint16_t *)o + ((b * tq + i) * a.hq + h) * D);
-#pragma unroll
-            for (int n = 0; n < D / 8; n++)
-                orow[n * 4 + t] = att_pack_out<BF16>(acc[mt][n][2 * x] * inv, acc[mt][n][2 * x + 1] * inv);
-            if (t == 0)
-                att_store(lse, a.lse_dt, (b * a.hq + h) * tq + i, lx > 0.0f ? m[mt][x] * ATT_LN2 + logf(lx) : -INFINITY);
-        }
+        att_store_rows<BF16, D>(acc[mt], m[mt], l[mt], &a, o, lse, fb.b, fb.h, i0 + (wp * MT + mt) * 16);
 }
 
 /* ---- backward: Dsum ---- */
@@ -1135,6 +873,7 @@ template <bool BF16> static lu_status att_forward_mma_dispatch(const att_args *a
 
 lu_status lu_att_mma_forward(const att_args *a, void *o, void *lse)
 {
+    if (lu_att_wgmma_usable()) return lu_att_wgmma_forward(a, o, lse);
     return a->dt == LU_BF16 ? att_forward_mma_dispatch<true>(a, o, lse) : att_forward_mma_dispatch<false>(a, o, lse);
 }
 

@@ -32,7 +32,8 @@ static bool kernels_launch(int dev)
     if (e == cudaErrorNoKernelImageForDevice)
         snprintf(unavailable_reason, sizeof unavailable_reason,
                  "this build has no code for GPU %d (compute capability %d.%d; built for %s): rebuild with "
-                 "-DCMAKE_CUDA_ARCHITECTURES=%d%d", dev, major, minor, lu_cuda_built_archs(), major, minor);
+                 "-DCMAKE_CUDA_ARCHITECTURES=%d%d%s", dev, major, minor, lu_cuda_built_archs(), major, minor,
+                 major == 9 && minor == 0 ? "a" : ""); /* sm_90a: Hopper's wgmma (attention_wgmma.cu) */
     else
         snprintf(unavailable_reason, sizeof unavailable_reason, "a test kernel does not launch on GPU %d: %s (%s)", dev,
                  cudaGetErrorString(e), cudaGetErrorName(e));

@@ -380,8 +380,9 @@ Test(cuda_attention, tensor_core_path_f16_within_f16_rounding)
     check_cases(mma_cases, N_OF(mma_cases), LU_F16, TOL_F16);
 }
 
-/* The forward's two tilings, 16 and 32 query rows a warp (FlashAttention-2's and the default;
- * LUTHIER_ATT_ROWS_PER_WARP=16 takes the other): every row is computed
+/* The mma.sync forward's two tilings, 16 and 32 query rows a warp (FlashAttention-2's and the
+ * default; LUTHIER_ATT_ROWS_PER_WARP=16 takes the other; LUTHIER_ATT_WGMMA=0 keeps a Hopper GPU,
+ * and the emulator, which plays one, on them): every row is computed
  * by the same operations in the same order, so o and lse agree bit for bit, except in packed
  * sequences, where a block's first key tile starts at the union of its rows' key ranges, which
  * depends on how many rows a block holds (the online softmax then groups keys otherwise). */
@@ -389,6 +390,7 @@ static void check_rows_per_warp_agree(const gcase *c, lu_dtype dt)
 {
     grun r;
     setup(&r, c, dt, 3000);
+    setenv("LUTHIER_ATT_WGMMA", "0", 1);
     setenv("LUTHIER_ATT_ROWS_PER_WARP", "16", 1);
     cr_assert_eq(run_attention(LU_CUDA, false, r.din, 5, r.dout, r.n_out, &r.p), LU_OK, "%s: %s", c->name,
                  lu_error_message());
@@ -398,6 +400,7 @@ static void check_rows_per_warp_agree(const gcase *c, lu_dtype dt)
     cr_assert_eq(run_attention(LU_CUDA, false, r.din, 5, r.dout, r.n_out, &r.p), LU_OK, "%s, 32 rows a warp: %s",
                  c->name, lu_error_message());
     unsetenv("LUTHIER_ATT_ROWS_PER_WARP");
+    unsetenv("LUTHIER_ATT_WGMMA");
     char what[160];
     for (int j = 0; j < 2; j++) {
         snprintf(what, sizeof what, "%s %s: output %d with 32 rows a warp", c->name, lu_dtype_name(dt), j);
@@ -415,11 +418,25 @@ Test(cuda_attention, tensor_core_forward_with_16_and_32_rows_a_warp)
             check_rows_per_warp_agree(&mma_cases[i], LU_BF16);
             check_rows_per_warp_agree(&mma_cases[i], LU_F16);
         }
-    /* Every case against the CPU with the tiling not taken by default (the other tests run the
-     * default). */
+    /* Every case against the CPU with both tilings (the other tests run the default forward, the
+     * wgmma kernel on a Hopper GPU and in the emulator). */
+    setenv("LUTHIER_ATT_WGMMA", "0", 1);
+    check_cases(mma_cases, N_OF(mma_cases), LU_F16, TOL_F16);
     setenv("LUTHIER_ATT_ROWS_PER_WARP", "16", 1);
     check_cases(mma_cases, N_OF(mma_cases), LU_BF16, TOL_BF16);
     unsetenv("LUTHIER_ATT_ROWS_PER_WARP");
+    unsetenv("LUTHIER_ATT_WGMMA");
+}
+
+/* The wgmma forward (attention_wgmma.cu) with one warpgroup a block (LUTHIER_ATT_WGMMA_GROUPS=1;
+ * the default has two), every case against the CPU in both 16-bit dtypes. */
+Test(cuda_attention, tensor_core_forward_with_one_warpgroup_a_block)
+{
+    require_gpu();
+    setenv("LUTHIER_ATT_WGMMA_GROUPS", "1", 1);
+    check_cases(mma_cases, N_OF(mma_cases), LU_BF16, TOL_BF16);
+    check_cases(mma_cases, N_OF(mma_cases), LU_F16, TOL_F16);
+    unsetenv("LUTHIER_ATT_WGMMA_GROUPS");
 }
 
 /* The backward's variant kernels, every tensor-core case against the CPU in both 16-bit dtypes:

@@ -59,6 +59,13 @@ struct pending_copy {
     void *pc; /* where the kernel issued it */
 };
 
+/* A wgmma's results for one thread, until the wait_group that covers its commit group. */
+struct pending_wgmma {
+    float *acc;
+    std::vector<float> d;
+    int group;
+};
+
 struct fiber {
     int state;
     uint3 tid;
@@ -74,6 +81,8 @@ struct fiber {
     void *asan_fake_stack;
     std::vector<pending_copy> copies;
     int groups_committed;
+    std::vector<pending_wgmma> wgmmas;
+    int wgmma_groups_committed;
 };
 
 static const size_t STACK_BYTES = 256 << 10;
@@ -413,6 +422,7 @@ static void fiber_main(void)
     __sanitizer_finish_switch_fiber(NULL, &scheduler_stack_bottom, &scheduler_stack_size);
     kernel_body(kernel_arg);
     finish_copies(cur, 0, true);
+    if (!cur->wgmmas.empty()) fail("the thread exits with a wgmma in flight (no wgmma.wait_group covers it)");
     cur->state = F_DONE;
     to_scheduler();
     abort(); /* a finished fiber is never resumed */
@@ -555,13 +565,75 @@ void cp_async_wait(int groups_left)
     finish_copies(cur, groups_left, false);
 }
 
+/* ---- wgmma: results land when a wait_group covers their commit group ---- */
+
+/* Lands thread f's wgmma results of every committed group but the newest groups_left. */
+static void finish_wgmmas(fiber *f, int groups_left)
+{
+    std::vector<pending_wgmma> keep;
+    for (pending_wgmma &p : f->wgmmas) {
+        if (p.group < f->wgmma_groups_committed - groups_left) memcpy(p.acc, p.d.data(), p.d.size() * sizeof(float));
+        else keep.push_back(std::move(p));
+    }
+    f->wgmmas.swap(keep);
+}
+
+void wgmma(float *acc, int n, const uint32_t a[4], uint64_t desc_a, uint64_t desc_b, bool scale_d, bool trans_b,
+           bool bf16)
+{
+    in_kernel("wgmma.mma_async");
+    warp_req q = {};
+    q.op = bf16 ? W_WGMMA_BF16 : W_WGMMA_F16;
+    q.mask = 0xffffffffu;
+    q.acc = acc;
+    q.n = n;
+    q.a_regs = a != NULL;
+    if (a) memcpy(q.a, a, sizeof q.a);
+    q.desc_a = desc_a;
+    q.desc_b = desc_b;
+    q.scale_d = scale_d;
+    q.trans_b = trans_b;
+    cur->req = &q;
+    cur->req_pc = __builtin_return_address(0);
+    cur->state = F_WARP;
+    to_scheduler();
+    /* On odd rounds the results land at once (a read before the wait shows on even ones). */
+    if (cur_round % 2) {
+        cur->wgmma_groups_committed++;
+        finish_wgmmas(cur, 0);
+        cur->wgmma_groups_committed--;
+    }
+}
+
+void wgmma_commit(void)
+{
+    in_kernel("wgmma.commit_group");
+    cur->wgmma_groups_committed++;
+}
+
+void wgmma_wait(int groups_left)
+{
+    in_kernel("wgmma.wait_group");
+    finish_wgmmas(cur, groups_left);
+}
+
+uint32_t shared_address(const void *p)
+{
+    in_kernel("a shared-memory address");
+    const unsigned char *c = (const unsigned char *)p;
+    if (c < smem.data() || c > smem.data() + smem.size())
+        fail("%p is not in the block's dynamic shared memory (the emulator gives addresses in it only)", p);
+    return (uint32_t)(c - smem.data());
+}
+
 /* ---- the scheduler ---- */
 
 static const char *warp_op_name(int op)
 {
     static const char *names[] = {"__shfl_xor_sync", "__shfl_down_sync", "__shfl_up_sync", "__shfl_sync",
                                   "__any_sync",      "__all_sync",       "__ballot_sync",  "__syncwarp",
-                                  "ldmatrix",        "ldmatrix.trans",   "mma.sync (bf16)", "mma.sync (f16)"};
+                                  "ldmatrix",        "ldmatrix.trans",   "mma.sync (bf16)", "mma.sync (f16)",
+                                  "wgmma (bf16)",    "wgmma (f16)"};
     return op >= 0 && op < (int)(sizeof names / sizeof names[0]) ? names[op] : "?";
 }
 
@@ -635,6 +707,129 @@ static void resolve_ldmatrix(fiber *lanes[32], bool trans)
     }
 }
 
+/* The byte address in shared memory of element (mn, k) of a wgmma operand that descriptor desc
+ * describes (PTX ISA, "Matrix Descriptor Format" and "Shared Memory Matrix Layout"; CuTe's
+ * canonical GMMA layouts), for 16-bit elements, T = 8 of them in 16 bytes. The descriptor: start
+ * address >> 4 in bits 0-13, the leading-dimension byte offset LBO >> 4 in 16-29, the
+ * stride-dimension byte offset SBO >> 4 in 32-45, the base offset in 49-51 and the swizzle in
+ * 62-63 (0 none, 1 128-byte, 2 64-byte, 3 32-byte). With W the swizzle's width in bytes:
+ *   K-major, no swizzle: 8 x 16-byte core matrices, rows 16 bytes apart, SBO between the 8-row
+ *     groups along M/N, LBO between the two 8-element halves of k;
+ *   K-major, swizzled: rows W bytes apart, SBO between 8-row groups, the 16 k's contiguous;
+ *   MN-major, no swizzle: 8 contiguous mn's a 16-byte row, k rows 16 bytes apart, SBO between
+ *     groups of 8 mn's, LBO between groups of 8 k's;
+ *   MN-major, swizzled: W / 2 contiguous mn's a row, k rows W bytes apart, LBO between groups
+ *     of W / 2 mn's, SBO between groups of 8 k's;
+ * then the swizzle: bits 4 .. 3 + log2(W / 16) of the address take the XOR of bits 7 and up. */
+static uint32_t wgmma_elem_addr(uint64_t desc, bool mn_major, int mn, int k)
+{
+    const uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lbo = (uint32_t)(desc >> 16 & 0x3fff) << 4,
+                   sbo = (uint32_t)(desc >> 32 & 0x3fff) << 4;
+    const int mode = (int)(desc >> 62), base = (int)(desc >> 49 & 7);
+    if (base)
+        fail("wgmma descriptor %#llx has base offset %d, which the emulator does not take", (unsigned long long)desc,
+             base);
+    const uint32_t W = mode == 1 ? 128 : mode == 2 ? 64 : mode == 3 ? 32 : 0;
+    uint32_t off;
+    if (!mn_major)
+        off = W ? (uint32_t)(mn % 8) * W + (uint32_t)(mn / 8) * sbo + (uint32_t)k * 2
+                : (uint32_t)(mn % 8) * 16 + (uint32_t)(mn / 8) * sbo + (uint32_t)(k % 8) * 2 + (uint32_t)(k / 8) * lbo;
+    else
+        off = W ? (uint32_t)(mn % (W / 2)) * 2 + (uint32_t)(mn / (W / 2)) * lbo + (uint32_t)(k % 8) * W +
+                      (uint32_t)(k / 8) * sbo
+                : (uint32_t)(mn % 8) * 2 + (uint32_t)(mn / 8) * sbo + (uint32_t)(k % 8) * 16 + (uint32_t)(k / 8) * lbo;
+    uint32_t a = start + off;
+    if (W) a ^= (a >> 7 & (W / 16 - 1)) << 4;
+    return a;
+}
+
+static float wgmma_elem(uint64_t desc, bool mn_major, int mn, int k, bool bf16, fiber *reader, void *pc)
+{
+    const uint32_t a = wgmma_elem_addr(desc, mn_major, mn, k);
+    if ((size_t)a + 2 > smem.size())
+        fail("wgmma descriptor %#llx reads shared address %u, past the block's %zu bytes", (unsigned long long)desc, a,
+             smem.size());
+    const unsigned char *p = smem.data() + a;
+    race_access_as(reader, p, 2, false, pc);
+    uint16_t h;
+    memcpy(&h, p, sizeof h);
+    return half_bits_to_float(h, bf16);
+}
+
+/* Completes the wgmma of warp w's warpgroup if its four warps have joined it; true if it did. */
+static bool resolve_wgmma(int w, int nthreads)
+{
+    const int g0 = w / 4 * 128;
+    fiber *first = &fibers[32 * w];
+    const warp_req *r0 = first->req;
+    if (g0 + 128 > nthreads) {
+        cur = first;
+        fail("%s needs a whole warpgroup: the block has %d threads", warp_op_name(r0->op), nthreads);
+    }
+    for (int i = g0; i < g0 + 128; i++) {
+        fiber *f = &fibers[i];
+        if (f->state == F_DONE) {
+            cur = first;
+            fail("%s: thread %d of the warpgroup has exited", warp_op_name(r0->op), i);
+        }
+        if (f->state != F_WARP || f->req->op != r0->op) return false; /* still on its way */
+        const warp_req *q = f->req;
+        if (q->n != r0->n || q->desc_b != r0->desc_b || q->a_regs != r0->a_regs ||
+            (!q->a_regs && q->desc_a != r0->desc_a) || q->scale_d != r0->scale_d || q->trans_b != r0->trans_b) {
+            cur = f;
+            fail("%s: threads %d and %d of a warpgroup give it different shapes, descriptors or flags",
+                 warp_op_name(r0->op), g0 + 32 * (w % 4), i);
+        }
+    }
+    const int n = r0->n;
+    const bool bf16 = r0->op == W_WGMMA_BF16;
+    if (n < 8 || n > 256 || n % 8) {
+        cur = first;
+        fail("%s with n = %d (8 to 256, a multiple of 8)", warp_op_name(r0->op), n);
+    }
+    /* A 64 x 16 and B 16 x n; products of 16-bit values are exact in double, each sum is rounded
+     * to float once (as resolve_mma). */
+    static float A[64][16], B[16][256];
+    for (int i = g0; i < g0 + 128; i++) {
+        const warp_req *q = fibers[i].req;
+        const int r = (i - g0) / 32 * 16, g = i % 32 / 4, t = i % 4;
+        if (q->a_regs)
+            for (int e = 0; e < 2; e++) {
+                A[r + g][2 * t + e] = elem(q->a[0], e, bf16);
+                A[r + g + 8][2 * t + e] = elem(q->a[1], e, bf16);
+                A[r + g][2 * t + 8 + e] = elem(q->a[2], e, bf16);
+                A[r + g + 8][2 * t + 8 + e] = elem(q->a[3], e, bf16);
+            }
+    }
+    if (!r0->a_regs)
+        for (int m = 0; m < 64; m++)
+            for (int k = 0; k < 16; k++) A[m][k] = wgmma_elem(r0->desc_a, false, m, k, bf16, first, first->req_pc);
+    for (int k = 0; k < 16; k++)
+        for (int c = 0; c < n; c++) B[k][c] = wgmma_elem(r0->desc_b, r0->trans_b, c, k, bf16, first, first->req_pc);
+    for (int i = g0; i < g0 + 128; i++) {
+        fiber *f = &fibers[i];
+        const warp_req *q = f->req;
+        const int r = (i - g0) / 32 * 16, g = i % 32 / 4, t = i % 4;
+        /* The accumulator as the thread's earlier wgmmas left it, landed or not. */
+        pending_wgmma *p = NULL;
+        for (pending_wgmma &x : f->wgmmas)
+            if (x.acc == q->acc) p = &x;
+        if (!p) {
+            f->wgmmas.push_back(pending_wgmma{q->acc, std::vector<float>(q->acc, q->acc + n / 2), 0});
+            p = &f->wgmmas.back();
+        }
+        p->group = f->wgmma_groups_committed;
+        for (int j = 0; j < n / 2; j++) {
+            const int row = r + g + 8 * (j % 4 / 2), col = j / 4 * 8 + 2 * t + j % 2;
+            double d = q->scale_d ? p->d[j] : 0.0;
+            for (int k = 0; k < 16; k++) d += (double)A[row][k] * B[k][col];
+            p->d[j] = (float)d;
+        }
+    }
+    for (int i = g0; i < g0 + 128; i++) fibers[i].state = F_RUN;
+    return true;
+}
+
 static void resolve_shuffle(fiber *lanes[32], unsigned mask)
 {
     uint64_t in[32];
@@ -703,6 +898,7 @@ static bool resolve_warp(int w, int nthreads)
         cur = first;
         fail("%s needs the whole warp (mask %#x)", warp_op_name(op), mask);
     }
+    if (op == W_WGMMA_BF16 || op == W_WGMMA_F16) return resolve_wgmma(w, nthreads);
     if (op == W_MMA_BF16 || op == W_MMA_F16) resolve_mma(lanes, op == W_MMA_BF16);
     else if (op == W_LDSM || op == W_LDSM_T) resolve_ldmatrix(lanes, op == W_LDSM_T);
     else if (op <= W_SHFL_IDX) resolve_shuffle(lanes, mask);
@@ -757,6 +953,8 @@ static void run_block(int nthreads)
         f->tid.z = (unsigned)i / (block_dim.x * block_dim.y);
         f->copies.clear();
         f->groups_committed = 0;
+        f->wgmmas.clear();
+        f->wgmma_groups_committed = 0;
         f->req = NULL;
         f->asan_fake_stack = NULL;
     }
@@ -770,16 +968,24 @@ static void run_block(int nthreads)
     for (unsigned round = 0;; round++) {
         const bool reverse = round % 2;
         cur_round = round;
-        for (int wi = 0; wi < nwarps; wi++) {
-            const int w = reverse ? nwarps - 1 - wi : wi, lo = 32 * w, hi = lo + 32 < nthreads ? lo + 32 : nthreads;
-            do {
-                for (int k = lo; k < hi; k++) {
-                    fiber *f = &fibers[reverse ? hi - 1 - (k - lo) : k];
-                    if (f->state == F_NEW) start(f);
-                    if (f->state == F_RUN) resume(f);
-                }
-            } while (resolve_warp(w, nthreads));
-        }
+        /* A warpgroup's wgmma completes when its last warp joins and wakes the warps before it:
+         * the round goes on while any thread can run. */
+        bool runnable;
+        do {
+            for (int wi = 0; wi < nwarps; wi++) {
+                const int w = reverse ? nwarps - 1 - wi : wi, lo = 32 * w,
+                          hi = lo + 32 < nthreads ? lo + 32 : nthreads;
+                do {
+                    for (int k = lo; k < hi; k++) {
+                        fiber *f = &fibers[reverse ? hi - 1 - (k - lo) : k];
+                        if (f->state == F_NEW) start(f);
+                        if (f->state == F_RUN) resume(f);
+                    }
+                } while (resolve_warp(w, nthreads));
+            }
+            runnable = false;
+            for (int i = 0; i < nthreads; i++) runnable |= fibers[i].state == F_RUN;
+        } while (runnable);
         int done = 0, at_block = 0, at_warp = 0;
         for (int i = 0; i < nthreads; i++) {
             done += fibers[i].state == F_DONE;

@@ -71,7 +71,10 @@ void *dynamic_smem(void);
 enum block_op { SYNC_PLAIN, SYNC_AND, SYNC_OR, SYNC_COUNT };
 int block_sync(int op, int pred);
 
-enum warp_op { W_SHFL_XOR, W_SHFL_DOWN, W_SHFL_UP, W_SHFL_IDX, W_ANY, W_ALL, W_BALLOT, W_SYNCWARP, W_LDSM, W_LDSM_T, W_MMA_BF16, W_MMA_F16 };
+enum warp_op {
+    W_SHFL_XOR, W_SHFL_DOWN, W_SHFL_UP, W_SHFL_IDX, W_ANY, W_ALL, W_BALLOT, W_SYNCWARP,
+    W_LDSM, W_LDSM_T, W_MMA_BF16, W_MMA_F16, W_WGMMA_BF16, W_WGMMA_F16 /* the last two: a warpgroup's */
+};
 /* What a lane brings to a warp collective and what it gets back. */
 struct warp_req {
     int op;
@@ -84,6 +87,11 @@ struct warp_req {
     uint64_t out;
     uint32_t r[4];
     float d[4];
+    /* wgmma: the thread's accumulator (n / 2 floats), A from a[] or desc_a, B from desc_b */
+    float *acc;
+    int n;
+    uint64_t desc_a, desc_b;
+    bool a_regs, scale_d, trans_b;
 };
 /* Posts this lane's request and waits for the warp; the results are in *req on return. */
 void warp_collective(warp_req *req);
@@ -239,6 +247,20 @@ static inline void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, ui
     warp_collective(&q);
     memcpy(c, q.d, sizeof q.d);
 }
+
+/* wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16} (sm_90a), for kernels that use it
+ * through wrappers (attention_wgmma.cu). The 128 threads of a warpgroup join: D (64 x n) =
+ * A (64 x 16) B (16 x n) + (scale_d ? D : 0), where A comes from each warp's registers a (16 rows
+ * a warp, in mma.sync's A layout) or from the shared-memory matrix descriptor desc_a (K-major), B
+ * from desc_b (K-major, or N-major where trans_b), and each thread's n / 2 accumulators acc[] are
+ * laid out as n / 8 mma.sync accumulators of its warp's 16 rows. The results land at the
+ * wgmma.wait_group that covers the commit group (emu.cpp: at it, or at once on odd rounds). */
+void wgmma(float *acc, int n, const uint32_t a[4], uint64_t desc_a, uint64_t desc_b, bool scale_d, bool trans_b,
+           bool bf16);
+void wgmma_commit(void);
+void wgmma_wait(int groups_left);
+/* The shared-memory address of p (in the block's dynamic shared memory), as a descriptor holds it. */
+uint32_t shared_address(const void *p);
 
 } /* namespace lu_emu */
 

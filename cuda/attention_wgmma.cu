@@ -1,0 +1,326 @@
+/* attention_wgmma.cu - the ATTENTION forward on Hopper's warpgroup MMA (wgmma.mma_async, sm_90a)
+ * for bf16 and f16 with D == Dv in {64, 128}: att_forward_mma_kernel (attention_mma.cu) at 16 query
+ * rows a warp, same semantics, key tiles and online softmax (att_softmax_tile), where the four
+ * warps of a warpgroup compute S = Q K^T for their 64 rows with one m64n64k16 instruction per 16
+ * columns of D (Q and K read from shared memory through matrix descriptors, no ldmatrix) and
+ * O += P V with one m64nDk16 instruction per 16 keys (P from registers, as mma.sync takes its A
+ * operand; V from shared memory, N-major). This is the instruction FlashAttention-3 (arXiv
+ * 2407.08608) builds on, without its TMA, warp specialisation and pingpong scheduling: tiles come
+ * by cp.async, double-buffered, as in the mma.sync kernel, and the tensor cores work while the
+ * other warpgroups an SM holds do their softmax.
+ *
+ * Tiles are stored in the 128-byte swizzled layout (PTX ISA, "Shared Memory Matrix Layout"): a
+ * tile of R rows of D 16-bit elements is D / 64 column blocks of R rows x 128 bytes, each
+ * 1024-byte aligned, and the 16-byte piece c of row r sits at piece c ^ (r % 8) of its row, so
+ * that the eight rows of a core matrix fall in eight different 16-byte bank groups. The same
+ * bytes are K-major for K (the B operand of S = Q K^T: n = keys, k = d) and N-major for V (the B
+ * operand of O = P V: k = keys, n = d). Descriptors: stride-dimension offset 1024 bytes (between
+ * groups of 8 rows), leading-dimension offset (N-major only) the bytes between column blocks; a
+ * k step of 16 columns within a 128-byte row moves the start address by 32 bytes, the hardware
+ * applying the swizzle to the address it forms.
+ *
+ * wgmma needs code built for sm_90a (CMAKE_CUDA_ARCHITECTURES 90a); a build without it, another
+ * GPU, or LUTHIER_ATT_WGMMA=0 leaves the forward to the mma.sync kernel (lu_att_wgmma_usable). */
+#include "attention_mma.cuh"
+
+#define ATT_WG_THREADS 128 /* a warpgroup */
+
+extern __shared__ __align__(16) unsigned char att_wg_smem[];
+
+/* ---- PTX wrappers ---- */
+
+/* The accumulator operands of wgmma: 8, 32 or 64 floats d[i] .. of a thread. */
+#define ATT_F8(d, i)                                                                                                   \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]),        \
+        "+f"(d[i + 7])
+#define ATT_F32(d, i) ATT_F8(d, i), ATT_F8(d, i + 8), ATT_F8(d, i + 16), ATT_F8(d, i + 24)
+#define ATT_R32                                                                                                        \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, " \
+    "%24, %25, %26, %27, %28, %29, %30, %31}"
+#define ATT_R64                                                                                                        \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, " \
+    "%24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, "  \
+    "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+
+#if defined(LU_CUDA_EMU)
+static inline void att_wg_fence() {}
+static inline void att_wg_commit() { lu_emu::wgmma_commit(); }
+template <int N> static inline void att_wg_wait() { lu_emu::wgmma_wait(N); }
+static inline void att_fence_proxy_async() {}
+template <bool BF16> static inline void att_wgmma_ss64(float d[32], uint64_t da, uint64_t db, bool scale_d)
+{
+    lu_emu::wgmma(d, 64, NULL, da, db, scale_d, false, BF16);
+}
+template <bool BF16, int N> static inline void att_wgmma_rs(float d[N / 2], const uint32_t a[4], uint64_t db)
+{
+    lu_emu::wgmma(d, N, a, 0, db, true, true, BF16);
+}
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* Orders this thread's register writes before the warpgroup's next wgmma reads them. */
+static __device__ __forceinline__ void att_wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+static __device__ __forceinline__ void att_wg_commit()
+{
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+/* Waits until at most N committed wgmma groups are in flight. */
+template <int N> static __device__ __forceinline__ void att_wg_wait()
+{
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+/* Makes this thread's writes to shared memory (cp.async) visible to wgmma's reads (the async
+ * proxy); a barrier then orders them for the other threads. */
+static __device__ __forceinline__ void att_fence_proxy_async()
+{
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+/* d (64 x 64 over the warpgroup) = A B + (scale_d ? d : 0): A 64 x 16 (descriptor da, K-major),
+ * B 16 x 64 (descriptor db, K-major). */
+template <bool BF16>
+static __device__ __forceinline__ void att_wgmma_ss64(float d[32], uint64_t da, uint64_t db, bool scale_d)
+{
+#define ATT_WGMMA_SS64(T)                                                                                              \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                          \
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." T "." T " " ATT_R32                                    \
+                 ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                                     \
+                 : ATT_F32(d, 0)                                                                                       \
+                 : "l"(da), "l"(db), "r"((int)scale_d))
+    if (BF16) ATT_WGMMA_SS64("bf16");
+    else ATT_WGMMA_SS64("f16");
+#undef ATT_WGMMA_SS64
+}
+
+/* d (64 x N) += A B: A 64 x 16 from registers (a warp's 16 rows in mma.sync's A layout), B 16 x N
+ * (descriptor db, N-major). */
+template <bool BF16, int N>
+static __device__ __forceinline__ void att_wgmma_rs(float d[N / 2], const uint32_t a[4], uint64_t db)
+{
+    static_assert(N == 64 || N == 128, "head dims 64 and 128");
+#define ATT_WGMMA_RS(T, NS, R, A0, DB, P, ...)                                                                         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " P ", 0;\n"                                                        \
+                 "wgmma.mma_async.sync.aligned.m64n" NS "k16.f32." T "." T " " R ", {" A0 "}, " DB                     \
+                 ", p, 1, 1, 1;\n}\n"                                                                                  \
+                 : __VA_ARGS__                                                                                         \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1))
+    if (N == 64 && BF16) ATT_WGMMA_RS("bf16", "64", ATT_R32, "%32, %33, %34, %35", "%36", "%37", ATT_F32(d, 0));
+    else if (N == 64) ATT_WGMMA_RS("f16", "64", ATT_R32, "%32, %33, %34, %35", "%36", "%37", ATT_F32(d, 0));
+    else if (BF16)
+        ATT_WGMMA_RS("bf16", "128", ATT_R64, "%64, %65, %66, %67", "%68", "%69", ATT_F32(d, 0), ATT_F32(d, 32));
+    else ATT_WGMMA_RS("f16", "128", ATT_R64, "%64, %65, %66, %67", "%68", "%69", ATT_F32(d, 0), ATT_F32(d, 32));
+#undef ATT_WGMMA_RS
+}
+#else
+/* Device code for GPUs without wgmma (and the host pass): the kernel traps (it is never launched
+ * there, lu_att_wgmma_usable). */
+static __device__ __forceinline__ void att_wg_fence() {}
+static __device__ __forceinline__ void att_wg_commit() {}
+template <int N> static __device__ __forceinline__ void att_wg_wait() {}
+static __device__ __forceinline__ void att_fence_proxy_async() {}
+template <bool BF16> static __device__ __forceinline__ void att_wgmma_ss64(float *, uint64_t, uint64_t, bool) {}
+template <bool BF16, int N> static __device__ __forceinline__ void att_wgmma_rs(float *, const uint32_t *, uint64_t) {}
+#endif
+
+/* ---- swizzled tiles ---- */
+
+/* The matrix descriptor of the swizzled tile region at p: 128-byte swizzle, 1024 bytes between
+ * groups of 8 rows, lbo bytes between column blocks (N-major operands). */
+static __device__ __forceinline__ uint64_t att_desc(const void *p, uint32_t lbo)
+{
+    return (uint64_t)((att_saddr(p) & 0x3ffff) >> 4) | (uint64_t)(lbo >> 4) << 16 | (uint64_t)(1024 >> 4) << 32 |
+           1ull << 62;
+}
+
+/* The descriptor d moved by `bytes` (a multiple of 16) in shared memory. */
+static __device__ __forceinline__ uint64_t att_desc_at(uint64_t d, int bytes) { return d + (uint64_t)(bytes >> 4); }
+
+/* Rows r0 .. r0 + ROWS - 1 of D 16-bit elements (row r at x + base + r * rstride) into the
+ * swizzled tile s [D / 64][ROWS][64], by NT threads; rows from t on are zero. */
+template <int D, int ROWS, int NT>
+static __device__ __forceinline__ void att_load_rows_sw(uint16_t *s, const uint16_t *x, int64_t base, int64_t rstride,
+                                                        int r0, int t)
+{
+    constexpr int CH = D / 8;      /* 16-byte pieces per row */
+    constexpr int STEP = NT / CH;  /* rows between a thread's pieces */
+    constexpr int N = ROWS / STEP; /* pieces per thread */
+    static_assert(NT % CH == 0 && ROWS % STEP == 0 && STEP % 8 == 0,
+                  "every thread copies the same piece of the same rows of eight");
+    /* Thread i copies piece c = i % CH of rows i / CH, i / CH + STEP, ...: STEP being a multiple of
+     * 8, the piece lands at the same place (c ^ (r % 8)) of each of its rows. */
+    const int r = (int)threadIdx.x / CH, c = (int)threadIdx.x % CH;
+    const int64_t step = STEP * rstride;
+    const uint16_t *p = x + base + (int64_t)(r0 + r) * rstride + c * 8;
+    uint16_t *d = s + (c / 8) * ROWS * 64 + r * 64 + ((c % 8) ^ (r % 8)) * 8;
+    if (r0 + ROWS <= t) {
+#pragma unroll
+        for (int n = 0; n < N; n++, p += step) att_cp16(d + n * STEP * 64, p, true);
+    } else {
+#pragma unroll
+        for (int n = 0; n < N; n++, p += step) {
+            const bool in = r0 + r + n * STEP < t;
+            att_cp16(d + n * STEP * 64, in ? p : x, in);
+        }
+    }
+}
+
+/* Does any of the 64 rows r0 .. r0 + 63 (a warpgroup's) see a key of [j0, j0 + ATT_BK)? Every
+ * warp of the group computes the same answer, so that the group's wgmmas are taken or skipped
+ * together. */
+static __device__ __forceinline__ bool att_group_sees(const int *lo, const int *hi, int r0, int j0)
+{
+    const int lane = threadIdx.x % LU_CUDA_WARP;
+    bool see = false;
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        const int r = r0 + lane + LU_CUDA_WARP * x;
+        see |= max(lo[r], j0) < min(hi[r], j0 + ATT_BK);
+    }
+    return __any_sync(ATT_FULL, see);
+}
+
+/* ---- forward ---- */
+
+/* Shared memory: up to 1024 bytes to align the tiles; Q [D / 64][BQ][64]; K, V [2][D / 64][ATT_BK]
+ * [64] (16-bit, swizzled); row_lo, row_hi [BQ] int; with BQ = 64 WGS queries. */
+static size_t att_wgmma_smem(int d, int wgs)
+{
+    const int bq = 64 * wgs;
+    return 1024 + (size_t)(bq + 4 * ATT_BK) * d * 2 + (size_t)bq * 2 * sizeof(int);
+}
+
+/* One block of WGS warpgroups per (64 WGS queries, query head, batch), the tiles with the most
+ * keys (causal: the last) first; a warp owns 16 rows, as att_forward_mma_kernel at MT = 1, whose
+ * every row's arithmetic this is, in the same order but for the sums of the tensor cores. */
+template <bool BF16, int D, int WGS>
+static __global__ void __launch_bounds__(WGS * ATT_WG_THREADS, 2)
+    att_forward_wgmma_kernel(att_args a, void *o, void *lse)
+{
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap(); /* never launched there (lu_att_wgmma_usable); the rest compiles with empty wrappers */
+#endif
+    constexpr int BQ = WGS * 64, NT = WGS * ATT_WG_THREADS;
+    const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, wg = threadIdx.x / ATT_WG_THREADS;
+    unsigned char *base = att_wg_smem + ((1024 - (att_saddr(att_wg_smem) & 1023)) & 1023);
+    uint16_t *Qs = (uint16_t *)base, *Ks = Qs + BQ * D, *Vs = Ks + 2 * ATT_BK * D;
+    int *row_lo = (int *)(Vs + 2 * ATT_BK * D), *row_hi = row_lo + BQ;
+
+    const int tk = (int)a.rg.tk;
+    const att_fwd_block fb = att_fwd_block_of(&a, BQ, D);
+    const int64_t kbase = fb.kbase, kstride = a.hkv * D;
+    const uint16_t *k = (const uint16_t *)a.k, *v = (const uint16_t *)a.v;
+
+    att_ranges(&a, fb.i0, BQ, row_lo, row_hi);
+    att_load_rows_sw<D, BQ, NT>(Qs, (const uint16_t *)a.q, fb.qbase, a.hq * D, fb.i0, (int)a.rg.tq);
+    __syncthreads();
+    int klo, khi;
+    att_union(row_lo, row_hi, BQ, tk, &klo, &khi);
+    const int ntiles = khi > klo ? (khi - klo + ATT_BK - 1) / ATT_BK : 0;
+    if (ntiles > 0) {
+        att_load_rows_sw<D, ATT_BK, NT>(Ks, k, kbase, kstride, klo, tk);
+        att_load_rows_sw<D, ATT_BK, NT>(Vs, v, kbase, kstride, klo, tk);
+    }
+    att_cp_commit();
+
+    /* The softmax state of rows g and g + 8 of the warp's 16 (att_softmax_tile). */
+    const float sl2 = a.scale * ATT_LOG2E;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    const att_rows rows = att_rows_of(row_lo, row_hi, wp * 16 + lane / 4);
+    const uint64_t qdesc = att_desc(Qs + wg * 64 * 64, 0);
+    for (int it = 0; it < ntiles; it++) {
+        const int j0 = klo + it * ATT_BK;
+        if (it + 1 < ntiles) {
+            const int nb = (it + 1) & 1;
+            att_load_rows_sw<D, ATT_BK, NT>(Ks + nb * ATT_BK * D, k, kbase, kstride, j0 + ATT_BK, tk);
+            att_load_rows_sw<D, ATT_BK, NT>(Vs + nb * ATT_BK * D, v, kbase, kstride, j0 + ATT_BK, tk);
+            att_cp_commit();
+            att_cp_wait<1>();
+        } else {
+            att_cp_wait<0>();
+        }
+        att_fence_proxy_async();
+        __syncthreads();
+        const uint16_t *Kt = Ks + (it & 1) * ATT_BK * D, *Vt = Vs + (it & 1) * ATT_BK * D;
+        if (att_group_sees(row_lo, row_hi, wg * 64, j0)) {
+            /* S = Q K^T over D / 16 steps of 16 columns: column block kk / 4, 32 bytes a step in it. */
+            float s[ATT_BK / 8][4];
+            const uint64_t kdesc = att_desc(Kt, 0);
+            att_wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                const int off = kk / 4 * 128 + kk % 4 * 32; /* bytes into the first row's column block */
+                att_wgmma_ss64<BF16>(&s[0][0], att_desc_at(qdesc, off / 128 * BQ * 128 + off % 128),
+                                     att_desc_at(kdesc, off / 128 * ATT_BK * 128 + off % 128), kk > 0);
+            }
+            att_wg_commit();
+            att_wg_wait<0>();
+            att_softmax_tile<D>(s, m, l, acc, &rows, j0, &a, fb.b, tk, sl2);
+            /* O += P V, P rounded to 16 bits as mma.sync's kernel rounds it, 16 keys a step. */
+            uint32_t pa[ATT_BK / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < ATT_BK / 16; kk++) {
+                pa[kk][0] = att_pack<BF16>(s[2 * kk][0], s[2 * kk][1]);
+                pa[kk][1] = att_pack<BF16>(s[2 * kk][2], s[2 * kk][3]);
+                pa[kk][2] = att_pack<BF16>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                pa[kk][3] = att_pack<BF16>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            }
+            const uint64_t vdesc = att_desc(Vt, ATT_BK * 128);
+            att_wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < ATT_BK / 16; kk++)
+                att_wgmma_rs<BF16, D>(&acc[0][0], pa[kk], att_desc_at(vdesc, kk * 16 * 128));
+            att_wg_commit();
+            att_wg_wait<0>();
+        }
+        __syncthreads(); /* every warpgroup is done with this buffer before it is refilled */
+    }
+    att_cp_wait<0>();
+    att_store_rows<BF16, D>(acc, m, l, &a, o, lse, fb.b, fb.h, fb.i0 + wp * 16);
+}
+
+/* ---- host side ---- */
+
+bool lu_att_wgmma_usable(void)
+{
+    const char *e = getenv("LUTHIER_ATT_WGMMA");
+    if (e && !strcmp(e, "0")) return false;
+#if defined(LU_CUDA_EMU) || defined(LUTHIER_CUDA_SM90A)
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return major == 9;
+#else
+    return false;
+#endif
+}
+
+/* Warpgroups a block: 2 (128 queries, as the mma.sync kernel's blocks), or 1 where
+ * LUTHIER_ATT_WGMMA_GROUPS=1 (64 queries: twice the key and value loads, blocks half the size), a
+ * variant for a GPU run to rank. */
+template <bool BF16, int D> static lu_status att_forward_wgmma_launch(const att_args &a, void *o, void *lse)
+{
+    const char *e = getenv("LUTHIER_ATT_WGMMA_GROUPS");
+    const int wgs = e && !strcmp(e, "1") ? 1 : 2;
+    unsigned grid = 0;
+    LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + 64 * wgs - 1) / (64 * wgs)), "the forward", &grid));
+    const size_t smem = att_wgmma_smem(D, wgs);
+    const void *kernel = wgs == 1 ? (const void *)att_forward_wgmma_kernel<BF16, D, 1>
+                                  : (const void *)att_forward_wgmma_kernel<BF16, D, 2>;
+    LU_TRY(att_smem_allow(kernel, smem, &a));
+    if (grid > 0 && wgs == 1) att_forward_wgmma_kernel<BF16, D, 1><<<grid, ATT_WG_THREADS, smem>>>(a, o, lse);
+    else if (grid > 0) att_forward_wgmma_kernel<BF16, D, 2><<<grid, 2 * ATT_WG_THREADS, smem>>>(a, o, lse);
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
+lu_status lu_att_wgmma_forward(const att_args *a, void *o, void *lse)
+{
+    if (a->dt == LU_BF16)
+        return a->d == 64 ? att_forward_wgmma_launch<true, 64>(*a, o, lse)
+                          : att_forward_wgmma_launch<true, 128>(*a, o, lse);
+    return a->d == 64 ? att_forward_wgmma_launch<false, 64>(*a, o, lse)
+                      : att_forward_wgmma_launch<false, 128>(*a, o, lse);
+}
