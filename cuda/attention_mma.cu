@@ -13,7 +13,8 @@
  * rescales its accumulators only when a row's maximum grows by more than ATT_SLACK
  * (FlashAttention-4's conditional rescaling), so p may reach 2^ATT_SLACK. Backward: one block per
  * 64 keys (a warp per 16) accumulates dK = scale dS^T Q and dV = P^T dO over every query of the kv
- * head's query heads, P^T recomputed from lse; one block per 64 queries accumulates dQ = scale dS
+ * head's query heads, P^T recomputed from lse (on a Hopper GPU, attention_wgmma.cu's kernel); one
+ * block per 64 queries accumulates dQ = scale dS
  * K. dS = P (dP - Dsum) is rounded like P. Variants with wider warp tiles (128 keys a block for
  * dK/dV, 32 queries a warp for dQ) are picked by environment variables until a GPU run ranks them
  * (att_dkdv_keys, att_dq_rows_per_warp). Tiles that no row of a warp can see are skipped; partly
@@ -38,34 +39,6 @@
 extern __shared__ __align__(16) unsigned char att_mma_smem[];
 
 /* ---- tiles and fragments ---- */
-
-/* Rows r0 .. r0 + ROWS - 1 of D 16-bit elements (row r at x + base + r * rstride) into the shared
- * tile s with row stride D + 8, by NT threads; rows from t on are zero. */
-template <int D, int ROWS, int NT>
-static __device__ __forceinline__ void att_load_rows(uint16_t *s, const uint16_t *x, int64_t base, int64_t rstride,
-                                                     int r0, int t)
-{
-    constexpr int CH = D / 8;      /* 16-byte pieces per row */
-    constexpr int STEP = NT / CH;  /* rows between a thread's pieces */
-    constexpr int N = ROWS / STEP; /* pieces per thread */
-    static_assert(NT % CH == 0 && ROWS % STEP == 0, "every thread copies the same number of pieces");
-    /* Thread i copies piece i % CH of rows i / CH, i / CH + STEP, ...: one row address and one
-     * step, so that a piece costs an addition, not a 64-bit product. */
-    const int r = (int)threadIdx.x / CH, c = (int)threadIdx.x % CH;
-    const int64_t step = STEP * rstride;
-    const uint16_t *p = x + base + (int64_t)(r0 + r) * rstride + c * 8;
-    uint16_t *d = s + r * (D + 8) + c * 8;
-    if (r0 + ROWS <= t) {
-#pragma unroll
-        for (int n = 0; n < N; n++, p += step) att_cp16(d + n * STEP * (D + 8), p, true);
-    } else {
-#pragma unroll
-        for (int n = 0; n < N; n++, p += step) {
-            const bool in = r0 + r + n * STEP < t;
-            att_cp16(d + n * STEP * (D + 8), in ? p : x, in);
-        }
-    }
-}
 
 /* Key tile `it` of `ntiles` (keys j0 .. j0 + BK - 1) double-buffered in Ks/Vs: starts the copy
  * of tile it + 1 into the other buffer, then waits until tile it has landed (every earlier copy
@@ -493,114 +466,6 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
 
 /* ---- backward: dK, dV ---- */
 
-/* P^T and dS^T = P^T (dP^T - Dsum) in place of S^T and dP^T (16 keys x 8 NB queries as
- * att_gemm_abt leaves them): element (key kr[e / 2], query c = c0 + 8 n + 2 t + (e & 1)), with
- * P = 2^(s scale log2 e - lse[c] log2 e) and Dsum dsm[c]. CHECK: each element's visibility is
- * tested (a key padded, or outside the query's range [lo, hi), gives 0); otherwise every key is
- * visible to every query. The exponential is taken either way and then selected, so that the loop
- * has no branch. */
-template <bool CHECK, int NB>
-static __device__ __forceinline__ void att_probs_t(float (&s)[NB][4], float (&dp)[NB][4], const int kr[2],
-                                                   const bool kpad[2], const int *lo, const int *hi, const float *lse,
-                                                   const float *dsm, float sl2, int c0)
-{
-    const int t = threadIdx.x % 4;
-#pragma unroll
-    for (int n = 0; n < NB; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int c = c0 + n * 8 + 2 * t + (e & 1), x = e / 2;
-            float p = att_exp2(fmaf(s[n][e], sl2, -(lse[c] * ATT_LOG2E)));
-            if (CHECK) p = !kpad[x] & (kr[x] >= lo[c]) & (kr[x] < hi[c]) ? p : 0.0f;
-            s[n][e] = p;
-            dp[n][e] = p * (dp[n][e] - dsm[c]);
-        }
-}
-
-/* The query side of the dK/dV kernels: steps of QC queries of one query head, every query head of
- * kv head hk's group in turn over the queries [qlo, qlo + nch QC) that may see the block's keys,
- * each staged (Q and dO rows, the rows' key ranges, lse and Dsum) into one of NB buffers while the
- * block works on another. Step st is query head hk rep + st / nch, queries qlo + (st % nch) QC on,
- * in buffer st % NB; steps are staged in order, so the head and chunk are counted, not divided
- * for. begin(st) stages step st + 1 into the buffer step st + 1 - NB used: with NB = 2 the block
- * must pass a barrier after each step before the next begin; with NB = 3 the barrier of begin(st - 1)
- * already held every warp until step st - 2 was done. Shared memory: lo, hi [NB][QC] int and lse,
- * Dsum [NB][QC] f32 from the start (ATT_QSTEP_BYTES), Q and dO [NB][QC][D + 8] where the kernel
- * puts them. */
-#define ATT_QSTEP_BYTES(qc, nb) ((size_t)(nb) * (qc) * 16)
-template <int D, int QC, int NT, int NB> struct att_qsteps {
-    const att_args *a;
-    const uint16_t *dO;
-    const float *lse, *dsum;
-    int *lo_s, *hi_s;
-    float *lse_s, *ds_s;
-    uint16_t *Qs, *dOs;
-    int64_t b, h0;
-    int qlo, nch, steps, next_h = 0, next_c = 0;
-
-    /* For the keys [j0, j1) of batch b and kv head hk. */
-    __device__ __forceinline__ att_qsteps(const att_args *a_, const void *dO_, const void *lse_, const float *dsum_,
-                                          int64_t b_, int64_t hk, int j0, int j1, uint16_t *Qs_)
-        : a(a_), dO((const uint16_t *)dO_), lse((const float *)lse_), dsum(dsum_), b(b_)
-    {
-        lo_s = (int *)att_mma_smem;
-        hi_s = lo_s + NB * QC;
-        lse_s = (float *)(hi_s + NB * QC);
-        ds_s = lse_s + NB * QC;
-        Qs = Qs_;
-        dOs = Qs_ + NB * QC * (D + 8);
-        const int64_t rep = a->hq / a->hkv;
-        h0 = hk * rep;
-        int64_t ql, qh;
-        lu_att_query_range(&a->rg, j0, j1, &ql, &qh);
-        qlo = (int)ql;
-        nch = qh > ql ? (int)((qh - ql + QC - 1) / QC) : 0;
-        steps = (int)rep * nch;
-    }
-
-    /* Starts the copies of step st, the next one in order (not committed). */
-    __device__ __forceinline__ void stage(int st)
-    {
-        const int buf = st % NB, i0 = qlo + next_c * QC, tq = (int)a->rg.tq;
-        const int64_t h = h0 + next_h, qbase = (b * tq * a->hq + h) * D;
-        if (++next_c == nch) {
-            next_c = 0;
-            next_h++;
-        }
-        att_load_rows<D, QC, NT>(Qs + buf * QC * (D + 8), (const uint16_t *)a->q, qbase, a->hq * D, i0, tq);
-        att_load_rows<D, QC, NT>(dOs + buf * QC * (D + 8), dO, qbase, a->hq * D, i0, tq);
-        att_ranges(a, i0, QC, lo_s + buf * QC, hi_s + buf * QC);
-        if ((int)threadIdx.x < QC) {
-            /* Copied like the tiles, so that no thread waits for them here (0 past Tq). */
-            const int i = i0 + (int)threadIdx.x;
-            const int64_t row = (b * a->hq + h) * tq + i;
-            att_cp4(lse_s + buf * QC + threadIdx.x, i < tq ? lse + row : lse, i < tq);
-            att_cp4(ds_s + buf * QC + threadIdx.x, i < tq ? dsum + row : dsum, i < tq);
-        }
-    }
-
-    /* Before step st: stages step st + 1, if any, and waits until step st has landed and the
-     * block sees it. */
-    __device__ __forceinline__ void begin(int st)
-    {
-        if (st + 1 < steps) {
-            stage(st + 1);
-            att_cp_commit();
-            att_cp_wait<1>();
-        } else {
-            att_cp_wait<0>();
-        }
-        __syncthreads();
-    }
-};
-
-/* Queries per step of the dK/dV kernel: fewer for d 128, whose two 16 x 128 accumulators leave
- * fewer registers for the scores. */
-#define ATT_QC(d) ((d) == 128 ? 32 : 64)
-
-/* Query buffers of the dK/dV kernel: three, so that a step needs no barrier at its end. */
-#define ATT_DKDV_NB 3
-
 /* Shared memory: att_qsteps' ranges, lse and Dsum; K, V [ATT_BK][D + 8]; Q, dO [NB][QC][D + 8]
  * (16-bit). */
 static size_t att_dkdv_smem(int d)
@@ -616,69 +481,37 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
     att_backward_dkdv_mma_kernel(att_args a, const void *dO, const void *lse, const float *dsum, void *dk, void *dv)
 {
     constexpr int QC = ATT_QC(D), LD = D + 8, NT = ATT_BWD_WARPS * LU_CUDA_WARP;
-    const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
+    const int wp = threadIdx.x / LU_CUDA_WARP;
     uint16_t *Ks = (uint16_t *)(att_mma_smem + ATT_QSTEP_BYTES(QC, ATT_DKDV_NB)), *Vs = Ks + ATT_BK * LD;
 
     const int tk = (int)a.rg.tk;
-    const int64_t nkt = (tk + ATT_BK - 1) / ATT_BK, bid = blockIdx.x;
-    const int j0 = (int)(bid % nkt) * ATT_BK;
-    const int64_t hk = bid / nkt % a.hkv, b = bid / (nkt * a.hkv), kbase = (b * tk * a.hkv + hk) * D;
-    att_qsteps<D, QC, NT, ATT_DKDV_NB> qs(&a, dO, lse, dsum, b, hk, j0, min(j0 + ATT_BK, tk), Vs + ATT_BK * LD);
-    att_load_rows<D, ATT_BK, NT>(Ks, (const uint16_t *)a.k, kbase, a.hkv * D, j0, tk);
-    att_load_rows<D, ATT_BK, NT>(Vs, (const uint16_t *)a.v, kbase, a.hkv * D, j0, tk);
+    const att_dkdv_block kb = att_dkdv_block_of(&a, D);
+    att_qsteps<D, QC, NT, ATT_DKDV_NB> qs(att_mma_smem, &a, dO, lse, dsum, kb.b, kb.hk, kb.j0,
+                                          min(kb.j0 + ATT_BK, tk), Vs + ATT_BK * LD);
+    att_load_rows<D, ATT_BK, NT>(Ks, (const uint16_t *)a.k, kb.kbase, a.hkv * D, kb.j0, tk);
+    att_load_rows<D, ATT_BK, NT>(Vs, (const uint16_t *)a.v, kb.kbase, a.hkv * D, kb.j0, tk);
     if (qs.steps > 0) qs.stage(0);
     att_cp_commit();
 
-    /* This lane's keys kr[0] = j0 + 16 wp + g and kr[1] = kr[0] + 8; the warp's [wj0, wj0 + 16). */
-    const int wj0 = j0 + wp * 16, kr[2] = {wj0 + g, wj0 + g + 8};
-    const bool kpad[2] = {att_padded(&a, b, kr[0], tk), att_padded(&a, b, kr[1], tk)};
     const float sl2 = a.scale * ATT_LOG2E;
-    float acc_k[D / 8][4], acc_v[D / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) acc_k[n][e] = acc_v[n][e] = 0.0f;
+    float acc_k[D / 8][4] = {}, acc_v[D / 8][4] = {};
     for (int st = 0; st < qs.steps; st++) {
         qs.begin(st);
-        const int buf = st % ATT_DKDV_NB;
-        const int *lo = qs.lo_s + buf * QC, *hi = qs.hi_s + buf * QC;
-        const float *lse_c = qs.lse_s + buf * QC, *dsm = qs.ds_s + buf * QC;
-        const uint16_t *Qt = qs.Qs + buf * QC * LD, *dOt = qs.dOs + buf * QC * LD;
-        bool see = false, full = !a.mask;
-        for (int c = lane; c < QC; c += LU_CUDA_WARP) {
-            see |= max(lo[c], wj0) < min(hi[c], wj0 + 16);
-            full &= lo[c] <= wj0 && wj0 + 16 <= hi[c];
-        }
-        if (__any_sync(ATT_FULL, see)) {
-            full = __all_sync(ATT_FULL, full);
+        const auto q = qs.at(st);
+        bool full;
+        if (qs.sees(q, kb.wj0, kb.wj0 + 16, kb.wj0, &full)) {
             /* S^T and dP^T (16 keys x QC queries) = K_w Q^T and V_w dO^T. */
             float s[QC / 8][4], dp[QC / 8][4];
-            att_gemm_pair<BF16, LD, QC / 8, D>(s, dp, Ks + wp * 16 * LD, Qt, Vs + wp * 16 * LD, dOt);
-            if (full) att_probs_t<false>(s, dp, kr, kpad, lo, hi, lse_c, dsm, sl2, 0);
-            else att_probs_t<true>(s, dp, kr, kpad, lo, hi, lse_c, dsm, sl2, 0);
-            att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc_v, &s, dOt);
-            att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc_k, &dp, Qt);
+            att_gemm_pair<BF16, LD, QC / 8, D>(s, dp, Ks + wp * 16 * LD, q.q, Vs + wp * 16 * LD, q.dO);
+            if (full) att_probs_t<false>(s, dp, kb.kr, kb.kpad, q.lo, q.hi, q.lse, q.dsum, sl2, 0);
+            else att_probs_t<true>(s, dp, kb.kr, kb.kpad, q.lo, q.hi, q.lse, q.dsum, sl2, 0);
+            att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc_v, &s, q.dO);
+            att_gemm_xb<BF16, LD, D, QC / 16, 1>(&acc_k, &dp, q.q);
         }
         /* No barrier: this buffer is refilled at begin(st + 2), after the barrier of begin(st + 1). */
     }
     att_cp_wait<0>();
-
-#pragma unroll
-    for (int x = 0; x < 2; x++) {
-        if (kr[x] >= tk) continue;
-        const int64_t off = ((b * tk + kr[x]) * a.hkv + hk) * D;
-        if (dk) {
-            uint32_t *row = (uint32_t *)((uint16_t *)dk + off);
-#pragma unroll
-            for (int n = 0; n < D / 8; n++)
-                row[n * 4 + t] = att_pack_out<BF16>(acc_k[n][2 * x] * a.scale, acc_k[n][2 * x + 1] * a.scale);
-        }
-        if (dv) {
-            uint32_t *row = (uint32_t *)((uint16_t *)dv + off);
-#pragma unroll
-            for (int n = 0; n < D / 8; n++) row[n * 4 + t] = att_pack_out<BF16>(acc_v[n][2 * x], acc_v[n][2 * x + 1]);
-        }
-    }
+    att_store_dkdv<BF16, D>(acc_k, acc_v, kb.kr, &a, kb.b, kb.hk, dk, dv);
 }
 
 /* ---- backward: dK, dV over 128 keys a block ----
@@ -722,7 +555,7 @@ static __global__ void __launch_bounds__(ATT_WIDE_WARPS * LU_CUDA_WARP, 1)
     const int64_t bid = blockIdx.x, bh = a.b * a.hkv;
     const int j0 = (int)(bid / bh) * BN;
     const int64_t hk = bid % bh % a.hkv, b = bid % bh / a.hkv, kbase = (b * tk * a.hkv + hk) * D;
-    att_qsteps<D, QC, NT, 2> qs(&a, dO, lse, dsum, b, hk, j0, min(j0 + BN, tk), Qs);
+    att_qsteps<D, QC, NT, 2> qs(att_mma_smem, &a, dO, lse, dsum, b, hk, j0, min(j0 + BN, tk), Qs);
     att_load_rows<D, BN, NT>(Ks, (const uint16_t *)a.k, kbase, a.hkv * D, j0, tk);
     att_load_rows<D, BN, NT>(Vs, (const uint16_t *)a.v, kbase, a.hkv * D, j0, tk);
     if (qs.steps > 0) qs.stage(0);
@@ -939,7 +772,8 @@ static lu_status att_backward_mma_launch(const att_args &a, const void *dO, cons
                                          float *dsum, void *dq, void *dk, void *dv)
 {
     LU_TRY((att_dsum_launch<BF16, D>(a, dO, o, dsum)));
-    if (dk || dv) LU_TRY((att_dkdv_launch<BF16, D>(a, dO, lse, dsum, dk, dv)));
+    if ((dk || dv) && lu_att_wgmma_usable()) LU_TRY(lu_att_wgmma_dkdv(&a, dO, lse, dsum, dk, dv));
+    else if (dk || dv) LU_TRY((att_dkdv_launch<BF16, D>(a, dO, lse, dsum, dk, dv)));
     if (dq && att_dq_rows_per_warp() == 32) LU_TRY((att_dq_launch<BF16, D, 2, 32>(a, dO, lse, dsum, dq)));
     else if (dq) LU_TRY((att_dq_launch<BF16, D, 1, ATT_BK>(a, dO, lse, dsum, dq)));
     return LU_OK;

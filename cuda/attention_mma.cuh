@@ -35,6 +35,7 @@ template <bool BF16> static inline void att_mma(float c[4], const uint32_t a[4],
 {
     lu_emu::mma_m16n8k16(c, a, b0, b1, BF16);
 }
+static inline void att_fence_proxy_async() {}
 static inline float att_exp2(float x)
 {
     const float r = exp2f(x);
@@ -94,6 +95,15 @@ static __device__ __forceinline__ void att_mma(float c[4], const uint32_t a[4], 
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* Makes this thread's writes to shared memory (cp.async) visible to wgmma's reads (the async
+ * proxy, sm_90); a barrier then orders them for the other threads. */
+static __device__ __forceinline__ void att_fence_proxy_async()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
 /* 2^x by the MUFU unit alone, subnormal results flushed to zero: exp2f adds a range check and two
  * multiplications around the same instruction to keep them, which matter nowhere here (P and the
  * rescaling factors are rounded to 16 bits or multiply sums of them) and cost three issue slots
@@ -125,6 +135,40 @@ template <bool BF16> static __device__ __forceinline__ uint32_t att_pack_out(flo
 {
     if (BF16) return (uint32_t)lu_dev_f32_to_bf16(lo) | (uint32_t)lu_dev_f32_to_bf16(hi) << 16;
     return (uint32_t)lu_dev_f32_to_f16(lo) | (uint32_t)lu_dev_f32_to_f16(hi) << 16;
+}
+
+/* ---- tiles ---- */
+
+/* Rows r0 .. r0 + ROWS - 1 of D 16-bit elements (row r at x + base + r * rstride) into the shared
+ * tile s, by NT threads; rows from t on are zero. The tile: rows of D + 8 elements (mma.sync's
+ * ldmatrix), or where SW the 128-byte swizzled [D / 64][ROWS][64] of the wgmma kernels
+ * (attention_wgmma.cu), whose 16-byte piece c of row r sits at piece c ^ (r % 8) of its row. */
+template <int D, int ROWS, int NT, bool SW = false>
+static __device__ __forceinline__ void att_load_rows(uint16_t *s, const uint16_t *x, int64_t base, int64_t rstride,
+                                                     int r0, int t)
+{
+    constexpr int CH = D / 8;                    /* 16-byte pieces per row */
+    constexpr int STEP = NT / CH;                /* rows between a thread's pieces */
+    constexpr int N = ROWS / STEP;               /* pieces per thread */
+    constexpr int LD = SW ? 64 : D + 8;          /* elements between rows (of a column block) */
+    static_assert(NT % CH == 0 && ROWS % STEP == 0, "every thread copies the same number of pieces");
+    static_assert(!SW || STEP % 8 == 0, "swizzled: a thread's piece lands at the same place of each of its rows");
+    /* Thread i copies piece c = i % CH of rows i / CH, i / CH + STEP, ...: one row address and one
+     * step, so that a piece costs an addition, not a 64-bit product. */
+    const int r = (int)threadIdx.x / CH, c = (int)threadIdx.x % CH;
+    const int64_t step = STEP * rstride;
+    const uint16_t *p = x + base + (int64_t)(r0 + r) * rstride + c * 8;
+    uint16_t *d = SW ? s + (c / 8) * ROWS * 64 + r * 64 + ((c % 8) ^ (r % 8)) * 8 : s + r * LD + c * 8;
+    if (r0 + ROWS <= t) {
+#pragma unroll
+        for (int n = 0; n < N; n++, p += step) att_cp16(d + n * STEP * LD, p, true);
+    } else {
+#pragma unroll
+        for (int n = 0; n < N; n++, p += step) {
+            const bool in = r0 + r + n * STEP < t;
+            att_cp16(d + n * STEP * LD, in ? p : x, in);
+        }
+    }
 }
 
 /* ---- key ranges and scores ---- */
@@ -314,6 +358,196 @@ static __device__ __forceinline__ void att_store_rows(const float acc[D / 8][4],
             orow[n * 4 + t] = att_pack_out<BF16>(acc[n][2 * x] * inv, acc[n][2 * x + 1] * inv);
         if (t == 0)
             att_store(lse, a->lse_dt, (b * a->hq + h) * tq + i, lx > 0.0f ? m[x] * ATT_LN2 + logf(lx) : -INFINITY);
+    }
+}
+
+/* ---- the dK/dV backward's query steps ---- */
+
+/* P^T and dS^T = P^T (dP^T - Dsum) in place of S^T and dP^T (16 keys x 8 NB queries as
+ * att_gemm_abt leaves them): element (key kr[e / 2], query c = c0 + 8 n + 2 t + (e & 1)), with
+ * P = 2^(s scale log2 e - lse[c] log2 e) and Dsum dsm[c]. CHECK: each element's visibility is
+ * tested (a key padded, or outside the query's range [lo, hi), gives 0); otherwise every key is
+ * visible to every query. The exponential is taken either way and then selected, so that the loop
+ * has no branch. */
+template <bool CHECK, int NB>
+static __device__ __forceinline__ void att_probs_t(float (&s)[NB][4], float (&dp)[NB][4], const int kr[2],
+                                                   const bool kpad[2], const int *lo, const int *hi, const float *lse,
+                                                   const float *dsm, float sl2, int c0)
+{
+    const int t = threadIdx.x % 4;
+#pragma unroll
+    for (int n = 0; n < NB; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int c = c0 + n * 8 + 2 * t + (e & 1), x = e / 2;
+            float p = att_exp2(fmaf(s[n][e], sl2, -(lse[c] * ATT_LOG2E)));
+            if (CHECK) p = !kpad[x] & (kr[x] >= lo[c]) & (kr[x] < hi[c]) ? p : 0.0f;
+            s[n][e] = p;
+            dp[n][e] = p * (dp[n][e] - dsm[c]);
+        }
+}
+
+/* The query side of the dK/dV kernels: steps of QC queries of one query head, every query head of
+ * kv head hk's group in turn over the queries [qlo, qlo + nch QC) that may see the block's keys,
+ * each staged (Q and dO rows, the rows' key ranges, lse and Dsum) into one of NB buffers while the
+ * block works on another. Step st is query head hk rep + st / nch, queries qlo + (st % nch) QC on,
+ * in buffer st % NB; steps are staged in order, so the head and chunk are counted, not divided
+ * for. begin(st) stages step st + 1 into the buffer step st + 1 - NB used: with NB = 2 the block
+ * must pass a barrier after each step before the next begin; with NB = 3 the barrier of begin(st - 1)
+ * already held every warp until step st - 2 was done. Shared memory: lo, hi [NB][QC] int and lse,
+ * Dsum [NB][QC] f32 at mem (ATT_QSTEP_BYTES), Q and dO [NB][QC][D + 8] (SW: [NB][QC x D], swizzled,
+ * att_load_rows, for wgmma) where the kernel puts them. */
+#define ATT_QSTEP_BYTES(qc, nb) ((size_t)(nb) * (qc) * 16)
+template <int D, int QC, int NT, int NB, bool SW = false> struct att_qsteps {
+    static constexpr int LDQ = SW ? D : D + 8; /* elements a buffer's row takes */
+    const att_args *a;
+    const uint16_t *dO;
+    const float *lse, *dsum;
+    int *lo_s, *hi_s;
+    float *lse_s, *ds_s;
+    uint16_t *Qs, *dOs;
+    int64_t b, h0;
+    int qlo, nch, steps, next_h = 0, next_c = 0;
+
+    /* For the keys [j0, j1) of batch b and kv head hk. */
+    __device__ __forceinline__ att_qsteps(unsigned char *mem, const att_args *a_, const void *dO_, const void *lse_,
+                                          const float *dsum_, int64_t b_, int64_t hk, int j0, int j1, uint16_t *Qs_)
+        : a(a_), dO((const uint16_t *)dO_), lse((const float *)lse_), dsum(dsum_), b(b_)
+    {
+        lo_s = (int *)mem;
+        hi_s = lo_s + NB * QC;
+        lse_s = (float *)(hi_s + NB * QC);
+        ds_s = lse_s + NB * QC;
+        Qs = Qs_;
+        dOs = Qs_ + NB * QC * LDQ;
+        const int64_t rep = a->hq / a->hkv;
+        h0 = hk * rep;
+        int64_t ql, qh;
+        lu_att_query_range(&a->rg, j0, j1, &ql, &qh);
+        qlo = (int)ql;
+        nch = qh > ql ? (int)((qh - ql + QC - 1) / QC) : 0;
+        steps = (int)rep * nch;
+    }
+
+    /* Starts the copies of step st, the next one in order (not committed). */
+    __device__ __forceinline__ void stage(int st)
+    {
+        const int buf = st % NB, i0 = qlo + next_c * QC, tq = (int)a->rg.tq;
+        const int64_t h = h0 + next_h, qbase = (b * tq * a->hq + h) * D;
+        if (++next_c == nch) {
+            next_c = 0;
+            next_h++;
+        }
+        att_load_rows<D, QC, NT, SW>(Qs + buf * QC * LDQ, (const uint16_t *)a->q, qbase, a->hq * D, i0, tq);
+        att_load_rows<D, QC, NT, SW>(dOs + buf * QC * LDQ, dO, qbase, a->hq * D, i0, tq);
+        att_ranges(a, i0, QC, lo_s + buf * QC, hi_s + buf * QC);
+        if ((int)threadIdx.x < QC) {
+            /* Copied like the tiles, so that no thread waits for them here (0 past Tq). */
+            const int i = i0 + (int)threadIdx.x;
+            const int64_t row = (b * a->hq + h) * tq + i;
+            att_cp4(lse_s + buf * QC + threadIdx.x, i < tq ? lse + row : lse, i < tq);
+            att_cp4(ds_s + buf * QC + threadIdx.x, i < tq ? dsum + row : dsum, i < tq);
+        }
+    }
+
+    /* Step st's staged rows: the queries' key ranges, lse and Dsum, and the Q and dO tiles. */
+    struct view {
+        const int *lo, *hi;
+        const float *lse, *dsum;
+        const uint16_t *q, *dO;
+    };
+    __device__ __forceinline__ view at(int st) const
+    {
+        const int buf = st % NB;
+        return {lo_s + buf * QC, hi_s + buf * QC, lse_s + buf * QC, ds_s + buf * QC, Qs + buf * QC * LDQ,
+                dOs + buf * QC * LDQ};
+    }
+
+    /* Whether a query of step view q sees a key of [klo, khi) (the warp's answer), and into *full
+     * whether every query sees every key of [wj0, wj0 + 16) with no padding mask. */
+    __device__ __forceinline__ bool sees(const view &q, int klo, int khi, int wj0, bool *full) const
+    {
+        bool see = false, f = !a->mask;
+        for (int c = (int)threadIdx.x % LU_CUDA_WARP; c < QC; c += LU_CUDA_WARP) {
+            see |= max(q.lo[c], klo) < min(q.hi[c], khi);
+            f &= q.lo[c] <= wj0 && wj0 + 16 <= q.hi[c];
+        }
+        *full = __all_sync(ATT_FULL, f);
+        return __any_sync(ATT_FULL, see);
+    }
+
+    /* Before step st: stages step st + 1, if any, and waits until step st has landed and the
+     * block sees it. */
+    __device__ __forceinline__ void begin(int st)
+    {
+        if (st + 1 < steps) {
+            stage(st + 1);
+            att_cp_commit();
+            att_cp_wait<1>();
+        } else {
+            att_cp_wait<0>();
+        }
+        if (SW) att_fence_proxy_async(); /* the copies, visible to wgmma */
+        __syncthreads();
+    }
+};
+
+/* Queries per step of the dK/dV kernel: fewer for d 128, whose two 16 x 128 accumulators leave
+ * fewer registers for the scores. */
+#define ATT_QC(d) ((d) == 128 ? 32 : 64)
+
+/* Query buffers of the dK/dV kernel: three, so that a step needs no barrier at its end. */
+#define ATT_DKDV_NB 3
+
+
+/* Where a dK/dV block of ATT_BK keys works (blockIdx.x): keys j0 .. j0 + ATT_BK - 1 of kv head hk
+ * of batch b, whose rows start at kbase in k and v (head dim d); of its warp's 16 from wj0 on, this
+ * lane's keys kr[0] = wj0 + g and kr[1] = kr[0] + 8, and whether each is padded. */
+typedef struct att_dkdv_block {
+    int j0, wj0, kr[2];
+    bool kpad[2];
+    int64_t hk, b, kbase;
+} att_dkdv_block;
+
+static __device__ __forceinline__ att_dkdv_block att_dkdv_block_of(const att_args *a, int d)
+{
+    const int tk = (int)a->rg.tk, lane = threadIdx.x % LU_CUDA_WARP;
+    const int64_t nkt = (tk + ATT_BK - 1) / ATT_BK, bid = blockIdx.x;
+    att_dkdv_block r;
+    r.j0 = (int)(bid % nkt) * ATT_BK;
+    r.hk = bid / nkt % a->hkv;
+    r.b = bid / (nkt * a->hkv);
+    r.kbase = (r.b * tk * a->hkv + r.hk) * d;
+    r.wj0 = r.j0 + (int)threadIdx.x / LU_CUDA_WARP * 16;
+    r.kr[0] = r.wj0 + lane / 4;
+    r.kr[1] = r.kr[0] + 8;
+    for (int x = 0; x < 2; x++) r.kpad[x] = att_padded(a, r.b, r.kr[x], tk);
+    return r;
+}
+
+/* dK = scale acc_k and dV = acc_v of a warp's 16 keys (this lane's rows kr[0], kr[1]; either
+ * output may be NULL), batch b, kv head hk. */
+template <bool BF16, int D>
+static __device__ __forceinline__ void att_store_dkdv(const float (&acc_k)[D / 8][4], const float (&acc_v)[D / 8][4],
+                                                      const int kr[2], const att_args *a, int64_t b, int64_t hk,
+                                                      void *dk, void *dv)
+{
+    const int t = threadIdx.x % 4, tk = (int)a->rg.tk;
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        if (kr[x] >= tk) continue;
+        const int64_t off = ((b * tk + kr[x]) * a->hkv + hk) * D;
+        if (dk) {
+            uint32_t *row = (uint32_t *)((uint16_t *)dk + off);
+#pragma unroll
+            for (int n = 0; n < D / 8; n++)
+                row[n * 4 + t] = att_pack_out<BF16>(acc_k[n][2 * x] * a->scale, acc_k[n][2 * x + 1] * a->scale);
+        }
+        if (dv) {
+            uint32_t *row = (uint32_t *)((uint16_t *)dv + off);
+#pragma unroll
+            for (int n = 0; n < D / 8; n++) row[n * 4 + t] = att_pack_out<BF16>(acc_v[n][2 * x], acc_v[n][2 * x + 1]);
+        }
     }
 }
 

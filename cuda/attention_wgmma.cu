@@ -1,13 +1,16 @@
-/* attention_wgmma.cu - the ATTENTION forward on Hopper's warpgroup MMA (wgmma.mma_async, sm_90a)
- * for bf16 and f16 with D == Dv in {64, 128}: att_forward_mma_kernel (attention_mma.cu) at 16 query
- * rows a warp, same semantics, key tiles and online softmax (att_softmax_tile), where the four
- * warps of a warpgroup compute S = Q K^T for their 64 rows with one m64n64k16 instruction per 16
- * columns of D (Q and K read from shared memory through matrix descriptors, no ldmatrix) and
- * O += P V with one m64nDk16 instruction per 16 keys (P from registers, as mma.sync takes its A
- * operand; V from shared memory, N-major). This is the instruction FlashAttention-3 (arXiv
- * 2407.08608) builds on, without its TMA, warp specialisation and pingpong scheduling: tiles come
- * by cp.async, double-buffered, as in the mma.sync kernel, and the tensor cores work while the
- * other warpgroups an SM holds do their softmax.
+/* attention_wgmma.cu - the ATTENTION forward and dK/dV backward on Hopper's warpgroup MMA
+ * (wgmma.mma_async, sm_90a) for bf16 and f16 with D == Dv in {64, 128}; dQ stays on mma.sync.
+ *
+ * Forward: att_forward_mma_kernel (attention_mma.cu) at 16 query rows a warp, same semantics, key
+ * tiles and online softmax (att_softmax_tile), where the four warps of a warpgroup compute
+ * S = Q K^T for their 64 rows with one m64n64k16 instruction per 16 columns of D (Q and K read
+ * from shared memory through matrix descriptors, no ldmatrix) and O += P V with one m64nDk16
+ * instruction per 16 keys (P from registers, as mma.sync takes its A operand; V from shared
+ * memory, N-major). This is the instruction FlashAttention-3 (arXiv 2407.08608) builds on, without
+ * its TMA, warp specialisation and pingpong scheduling: tiles come by cp.async, double-buffered, as
+ * in the mma.sync kernel, and the tensor cores work while the other warpgroups an SM holds do
+ * their softmax. dK/dV: att_backward_dkdv_mma_kernel on one warpgroup of 64 keys, its four
+ * products on wgmma (att_backward_dkdv_wgmma_kernel).
  *
  * Tiles are stored in the 128-byte swizzled layout (PTX ISA, "Shared Memory Matrix Layout"): a
  * tile of R rows of D 16-bit elements is D / 64 column blocks of R rows x 128 bytes, each
@@ -20,7 +23,7 @@
  * applying the swizzle to the address it forms.
  *
  * wgmma needs code built for sm_90a (CMAKE_CUDA_ARCHITECTURES 90a); a build without it, another
- * GPU, or LUTHIER_ATT_WGMMA=0 leaves the forward to the mma.sync kernel (lu_att_wgmma_usable). */
+ * GPU, or LUTHIER_ATT_WGMMA=0 leaves both to the mma.sync kernels (lu_att_wgmma_usable). */
 #include "attention_mma.cuh"
 
 #define ATT_WG_THREADS 128 /* a warpgroup */
@@ -33,7 +36,9 @@ extern __shared__ __align__(16) unsigned char att_wg_smem[];
 #define ATT_F8(d, i)                                                                                                   \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]),        \
         "+f"(d[i + 7])
-#define ATT_F32(d, i) ATT_F8(d, i), ATT_F8(d, i + 8), ATT_F8(d, i + 16), ATT_F8(d, i + 24)
+#define ATT_F16(d, i) ATT_F8(d, i), ATT_F8(d, i + 8)
+#define ATT_F32(d, i) ATT_F16(d, i), ATT_F16(d, i + 16)
+#define ATT_R16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
 #define ATT_R32                                                                                                        \
     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, " \
     "%24, %25, %26, %27, %28, %29, %30, %31}"
@@ -44,12 +49,12 @@ extern __shared__ __align__(16) unsigned char att_wg_smem[];
 
 #if defined(LU_CUDA_EMU)
 static inline void att_wg_fence() {}
+template <int N> static inline void att_wg_pin(float *) {}
 static inline void att_wg_commit() { lu_emu::wgmma_commit(); }
 template <int N> static inline void att_wg_wait() { lu_emu::wgmma_wait(N); }
-static inline void att_fence_proxy_async() {}
-template <bool BF16> static inline void att_wgmma_ss64(float d[32], uint64_t da, uint64_t db, bool scale_d)
+template <bool BF16, int N> static inline void att_wgmma_ss(float d[N / 2], uint64_t da, uint64_t db, bool scale_d)
 {
-    lu_emu::wgmma(d, 64, NULL, da, db, scale_d, false, BF16);
+    lu_emu::wgmma(d, N, NULL, da, db, scale_d, false, BF16);
 }
 template <bool BF16, int N> static inline void att_wgmma_rs(float d[N / 2], const uint32_t a[4], uint64_t db)
 {
@@ -58,6 +63,14 @@ template <bool BF16, int N> static inline void att_wgmma_rs(float d[N / 2], cons
 #elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
 /* Orders this thread's register writes before the warpgroup's next wgmma reads them. */
 static __device__ __forceinline__ void att_wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+/* Pins the N accumulators d[] in their registers at this point, so that the compiler neither
+ * reads nor moves them while wgmmas that write them are in flight (which would make ptxas
+ * serialise every wgmma of the kernel, warning C7514). */
+template <int N> static __device__ __forceinline__ void att_wg_pin(float *d)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
 static __device__ __forceinline__ void att_wg_commit()
 {
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -67,27 +80,36 @@ template <int N> static __device__ __forceinline__ void att_wg_wait()
 {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-/* Makes this thread's writes to shared memory (cp.async) visible to wgmma's reads (the async
- * proxy); a barrier then orders them for the other threads. */
-static __device__ __forceinline__ void att_fence_proxy_async()
-{
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
 
-/* d (64 x 64 over the warpgroup) = A B + (scale_d ? d : 0): A 64 x 16 (descriptor da, K-major),
- * B 16 x 64 (descriptor db, K-major). */
-template <bool BF16>
-static __device__ __forceinline__ void att_wgmma_ss64(float d[32], uint64_t da, uint64_t db, bool scale_d)
+/* One wgmma.mma_async.sync.aligned.m64n<NS>k16.f32.<T>.<T>: R the accumulators' operand list, A
+ * the A operand (a descriptor, or a list of four registers), B B's descriptor, P the operand whose
+ * nonzero value sets scale-d, IMM the immediates (scales of A and B, transposes), IN the inputs
+ * (ATT_IN(...)), then the accumulators' constraints. */
+#define ATT_IN(...) __VA_ARGS__
+#define ATT_WGMMA(T, NS, R, A, B, P, IMM, IN, ...)                                                                     \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " P ", 0;\n"                                                        \
+                 "wgmma.mma_async.sync.aligned.m64n" NS "k16.f32." T "." T " " R ", " A ", " B ", p, " IMM ";\n}\n"   \
+                 : __VA_ARGS__                                                                                         \
+                 : IN)
+
+/* d (64 x N over the warpgroup, N 32 or 64) = A B + (scale_d ? d : 0): A 64 x 16 (descriptor da,
+ * K-major), B 16 x N (descriptor db, K-major). */
+template <bool BF16, int N>
+static __device__ __forceinline__ void att_wgmma_ss(float d[N / 2], uint64_t da, uint64_t db, bool scale_d)
 {
-#define ATT_WGMMA_SS64(T)                                                                                              \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                          \
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." T "." T " " ATT_R32                                    \
-                 ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                                     \
-                 : ATT_F32(d, 0)                                                                                       \
-                 : "l"(da), "l"(db), "r"((int)scale_d))
-    if (BF16) ATT_WGMMA_SS64("bf16");
-    else ATT_WGMMA_SS64("f16");
-#undef ATT_WGMMA_SS64
+    static_assert(N == 32 || N == 64, "32 or 64 columns");
+    if (N == 32 && BF16)
+        ATT_WGMMA("bf16", "32", ATT_R16, "%16", "%17", "%18", "1, 1, 0, 0", ATT_IN("l"(da), "l"(db), "r"((int)scale_d)),
+                  ATT_F16(d, 0));
+    else if (N == 32)
+        ATT_WGMMA("f16", "32", ATT_R16, "%16", "%17", "%18", "1, 1, 0, 0", ATT_IN("l"(da), "l"(db), "r"((int)scale_d)),
+                  ATT_F16(d, 0));
+    else if (BF16)
+        ATT_WGMMA("bf16", "64", ATT_R32, "%32", "%33", "%34", "1, 1, 0, 0", ATT_IN("l"(da), "l"(db), "r"((int)scale_d)),
+                  ATT_F32(d, 0));
+    else
+        ATT_WGMMA("f16", "64", ATT_R32, "%32", "%33", "%34", "1, 1, 0, 0", ATT_IN("l"(da), "l"(db), "r"((int)scale_d)),
+                  ATT_F32(d, 0));
 }
 
 /* d (64 x N) += A B: A 64 x 16 from registers (a warp's 16 rows in mma.sync's A layout), B 16 x N
@@ -96,31 +118,42 @@ template <bool BF16, int N>
 static __device__ __forceinline__ void att_wgmma_rs(float d[N / 2], const uint32_t a[4], uint64_t db)
 {
     static_assert(N == 64 || N == 128, "head dims 64 and 128");
-#define ATT_WGMMA_RS(T, NS, R, A0, DB, P, ...)                                                                         \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " P ", 0;\n"                                                        \
-                 "wgmma.mma_async.sync.aligned.m64n" NS "k16.f32." T "." T " " R ", {" A0 "}, " DB                     \
-                 ", p, 1, 1, 1;\n}\n"                                                                                  \
-                 : __VA_ARGS__                                                                                         \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1))
-    if (N == 64 && BF16) ATT_WGMMA_RS("bf16", "64", ATT_R32, "%32, %33, %34, %35", "%36", "%37", ATT_F32(d, 0));
-    else if (N == 64) ATT_WGMMA_RS("f16", "64", ATT_R32, "%32, %33, %34, %35", "%36", "%37", ATT_F32(d, 0));
+#define ATT_RS_IN ATT_IN("r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1))
+    if (N == 64 && BF16)
+        ATT_WGMMA("bf16", "64", ATT_R32, "{%32, %33, %34, %35}", "%36", "%37", "1, 1, 1", ATT_RS_IN, ATT_F32(d, 0));
+    else if (N == 64)
+        ATT_WGMMA("f16", "64", ATT_R32, "{%32, %33, %34, %35}", "%36", "%37", "1, 1, 1", ATT_RS_IN, ATT_F32(d, 0));
     else if (BF16)
-        ATT_WGMMA_RS("bf16", "128", ATT_R64, "%64, %65, %66, %67", "%68", "%69", ATT_F32(d, 0), ATT_F32(d, 32));
-    else ATT_WGMMA_RS("f16", "128", ATT_R64, "%64, %65, %66, %67", "%68", "%69", ATT_F32(d, 0), ATT_F32(d, 32));
-#undef ATT_WGMMA_RS
+        ATT_WGMMA("bf16", "128", ATT_R64, "{%64, %65, %66, %67}", "%68", "%69", "1, 1, 1", ATT_RS_IN, ATT_F32(d, 0),
+                  ATT_F32(d, 32));
+    else
+        ATT_WGMMA("f16", "128", ATT_R64, "{%64, %65, %66, %67}", "%68", "%69", "1, 1, 1", ATT_RS_IN, ATT_F32(d, 0),
+                  ATT_F32(d, 32));
+#undef ATT_RS_IN
 }
 #else
 /* Device code for GPUs without wgmma (and the host pass): the kernel traps (it is never launched
  * there, lu_att_wgmma_usable). */
 static __device__ __forceinline__ void att_wg_fence() {}
+template <int N> static __device__ __forceinline__ void att_wg_pin(float *) {}
 static __device__ __forceinline__ void att_wg_commit() {}
 template <int N> static __device__ __forceinline__ void att_wg_wait() {}
-static __device__ __forceinline__ void att_fence_proxy_async() {}
-template <bool BF16> static __device__ __forceinline__ void att_wgmma_ss64(float *, uint64_t, uint64_t, bool) {}
+template <bool BF16, int N> static __device__ __forceinline__ void att_wgmma_ss(float *, uint64_t, uint64_t, bool) {}
 template <bool BF16, int N> static __device__ __forceinline__ void att_wgmma_rs(float *, const uint32_t *, uint64_t) {}
 #endif
 
 /* ---- swizzled tiles ---- */
+
+/* The A operand (16 x 16, 16 bits) of the accumulator fragments x0, x1 of two neighbouring 8-column
+ * blocks, rounded as mma.sync's kernels round it (att_gemm_xb). */
+template <bool BF16>
+static __device__ __forceinline__ void att_frag_of(uint32_t r[4], const float (&x0)[4], const float (&x1)[4])
+{
+    r[0] = att_pack<BF16>(x0[0], x0[1]);
+    r[1] = att_pack<BF16>(x0[2], x0[3]);
+    r[2] = att_pack<BF16>(x1[0], x1[1]);
+    r[3] = att_pack<BF16>(x1[2], x1[3]);
+}
 
 /* The matrix descriptor of the swizzled tile region at p: 128-byte swizzle, 1024 bytes between
  * groups of 8 rows, lbo bytes between column blocks (N-major operands). */
@@ -132,35 +165,6 @@ static __device__ __forceinline__ uint64_t att_desc(const void *p, uint32_t lbo)
 
 /* The descriptor d moved by `bytes` (a multiple of 16) in shared memory. */
 static __device__ __forceinline__ uint64_t att_desc_at(uint64_t d, int bytes) { return d + (uint64_t)(bytes >> 4); }
-
-/* Rows r0 .. r0 + ROWS - 1 of D 16-bit elements (row r at x + base + r * rstride) into the
- * swizzled tile s [D / 64][ROWS][64], by NT threads; rows from t on are zero. */
-template <int D, int ROWS, int NT>
-static __device__ __forceinline__ void att_load_rows_sw(uint16_t *s, const uint16_t *x, int64_t base, int64_t rstride,
-                                                        int r0, int t)
-{
-    constexpr int CH = D / 8;      /* 16-byte pieces per row */
-    constexpr int STEP = NT / CH;  /* rows between a thread's pieces */
-    constexpr int N = ROWS / STEP; /* pieces per thread */
-    static_assert(NT % CH == 0 && ROWS % STEP == 0 && STEP % 8 == 0,
-                  "every thread copies the same piece of the same rows of eight");
-    /* Thread i copies piece c = i % CH of rows i / CH, i / CH + STEP, ...: STEP being a multiple of
-     * 8, the piece lands at the same place (c ^ (r % 8)) of each of its rows. */
-    const int r = (int)threadIdx.x / CH, c = (int)threadIdx.x % CH;
-    const int64_t step = STEP * rstride;
-    const uint16_t *p = x + base + (int64_t)(r0 + r) * rstride + c * 8;
-    uint16_t *d = s + (c / 8) * ROWS * 64 + r * 64 + ((c % 8) ^ (r % 8)) * 8;
-    if (r0 + ROWS <= t) {
-#pragma unroll
-        for (int n = 0; n < N; n++, p += step) att_cp16(d + n * STEP * 64, p, true);
-    } else {
-#pragma unroll
-        for (int n = 0; n < N; n++, p += step) {
-            const bool in = r0 + r + n * STEP < t;
-            att_cp16(d + n * STEP * 64, in ? p : x, in);
-        }
-    }
-}
 
 /* Does any of the 64 rows r0 .. r0 + 63 (a warpgroup's) see a key of [j0, j0 + ATT_BK)? Every
  * warp of the group computes the same answer, so that the group's wgmmas are taken or skipped
@@ -209,14 +213,14 @@ static __global__ void __launch_bounds__(WGS * ATT_WG_THREADS, 2)
     const uint16_t *k = (const uint16_t *)a.k, *v = (const uint16_t *)a.v;
 
     att_ranges(&a, fb.i0, BQ, row_lo, row_hi);
-    att_load_rows_sw<D, BQ, NT>(Qs, (const uint16_t *)a.q, fb.qbase, a.hq * D, fb.i0, (int)a.rg.tq);
+    att_load_rows<D, BQ, NT, true>(Qs, (const uint16_t *)a.q, fb.qbase, a.hq * D, fb.i0, (int)a.rg.tq);
     __syncthreads();
     int klo, khi;
     att_union(row_lo, row_hi, BQ, tk, &klo, &khi);
     const int ntiles = khi > klo ? (khi - klo + ATT_BK - 1) / ATT_BK : 0;
     if (ntiles > 0) {
-        att_load_rows_sw<D, ATT_BK, NT>(Ks, k, kbase, kstride, klo, tk);
-        att_load_rows_sw<D, ATT_BK, NT>(Vs, v, kbase, kstride, klo, tk);
+        att_load_rows<D, ATT_BK, NT, true>(Ks, k, kbase, kstride, klo, tk);
+        att_load_rows<D, ATT_BK, NT, true>(Vs, v, kbase, kstride, klo, tk);
     }
     att_cp_commit();
 
@@ -231,8 +235,8 @@ static __global__ void __launch_bounds__(WGS * ATT_WG_THREADS, 2)
         const int j0 = klo + it * ATT_BK;
         if (it + 1 < ntiles) {
             const int nb = (it + 1) & 1;
-            att_load_rows_sw<D, ATT_BK, NT>(Ks + nb * ATT_BK * D, k, kbase, kstride, j0 + ATT_BK, tk);
-            att_load_rows_sw<D, ATT_BK, NT>(Vs + nb * ATT_BK * D, v, kbase, kstride, j0 + ATT_BK, tk);
+            att_load_rows<D, ATT_BK, NT, true>(Ks + nb * ATT_BK * D, k, kbase, kstride, j0 + ATT_BK, tk);
+            att_load_rows<D, ATT_BK, NT, true>(Vs + nb * ATT_BK * D, v, kbase, kstride, j0 + ATT_BK, tk);
             att_cp_commit();
             att_cp_wait<1>();
         } else {
@@ -249,7 +253,7 @@ static __global__ void __launch_bounds__(WGS * ATT_WG_THREADS, 2)
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) {
                 const int off = kk / 4 * 128 + kk % 4 * 32; /* bytes into the first row's column block */
-                att_wgmma_ss64<BF16>(&s[0][0], att_desc_at(qdesc, off / 128 * BQ * 128 + off % 128),
+                att_wgmma_ss<BF16, ATT_BK>(&s[0][0], att_desc_at(qdesc, off / 128 * BQ * 128 + off % 128),
                                      att_desc_at(kdesc, off / 128 * ATT_BK * 128 + off % 128), kk > 0);
             }
             att_wg_commit();
@@ -258,24 +262,111 @@ static __global__ void __launch_bounds__(WGS * ATT_WG_THREADS, 2)
             /* O += P V, P rounded to 16 bits as mma.sync's kernel rounds it, 16 keys a step. */
             uint32_t pa[ATT_BK / 16][4];
 #pragma unroll
-            for (int kk = 0; kk < ATT_BK / 16; kk++) {
-                pa[kk][0] = att_pack<BF16>(s[2 * kk][0], s[2 * kk][1]);
-                pa[kk][1] = att_pack<BF16>(s[2 * kk][2], s[2 * kk][3]);
-                pa[kk][2] = att_pack<BF16>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-                pa[kk][3] = att_pack<BF16>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-            }
+            for (int kk = 0; kk < ATT_BK / 16; kk++) att_frag_of<BF16>(pa[kk], s[2 * kk], s[2 * kk + 1]);
             const uint64_t vdesc = att_desc(Vt, ATT_BK * 128);
+            att_wg_pin<D / 2>(&acc[0][0]);
             att_wg_fence();
 #pragma unroll
             for (int kk = 0; kk < ATT_BK / 16; kk++)
                 att_wgmma_rs<BF16, D>(&acc[0][0], pa[kk], att_desc_at(vdesc, kk * 16 * 128));
             att_wg_commit();
             att_wg_wait<0>();
+            att_wg_pin<D / 2>(&acc[0][0]);
         }
         __syncthreads(); /* every warpgroup is done with this buffer before it is refilled */
     }
     att_cp_wait<0>();
     att_store_rows<BF16, D>(acc, m, l, &a, o, lse, fb.b, fb.h, fb.i0 + wp * 16);
+}
+
+/* ---- backward: dK, dV ---- */
+
+/* Shared memory: up to 1024 bytes to align the tiles; K, V [D / 64][ATT_BK][64]; Q, dO [NB][D / 64]
+ * [QC][64] (16-bit, swizzled); att_qsteps' ranges, lse and Dsum. */
+static size_t att_dkdv_wgmma_smem(int d)
+{
+    return 1024 + (size_t)(2 * ATT_BK + 2 * ATT_DKDV_NB * ATT_QC(d)) * d * 2 +
+           ATT_QSTEP_BYTES(ATT_QC(d), ATT_DKDV_NB);
+}
+
+/* att_backward_dkdv_mma_kernel (attention_mma.cu) on a warpgroup: one block of 128 threads per
+ * (ATT_BK keys, kv head, batch), a warp per 16 keys, QC queries a step. S^T and dP^T (64 keys x QC
+ * queries) = K Q^T and V dO^T with K, V (A, K-major) and Q, dO (B, K-major) from shared memory,
+ * then dV += P^T dO and dK += dS^T Q with P^T and dS^T from registers and dO, Q N-major. */
+template <bool BF16, int D>
+static __global__ void __launch_bounds__(ATT_WG_THREADS)
+    att_backward_dkdv_wgmma_kernel(att_args a, const void *dO, const void *lse, const float *dsum, void *dk, void *dv)
+{
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap(); /* never launched there (lu_att_wgmma_usable) */
+#endif
+    constexpr int QC = ATT_QC(D), NT = ATT_WG_THREADS, NB = ATT_DKDV_NB;
+    unsigned char *base = att_wg_smem + ((1024 - (att_saddr(att_wg_smem) & 1023)) & 1023);
+    uint16_t *Ks = (uint16_t *)base, *Vs = Ks + ATT_BK * D, *Qs = Vs + ATT_BK * D;
+
+    /* The block's keys and this lane's, K and V staged with the first query step. */
+    const int tk = (int)a.rg.tk;
+    const att_dkdv_block kb = att_dkdv_block_of(&a, D);
+    const int j0 = kb.j0;
+    att_qsteps<D, QC, NT, NB, true> qs((unsigned char *)(Qs + 2 * NB * QC * D), &a, dO, lse, dsum, kb.b, kb.hk, j0,
+                                       min(j0 + ATT_BK, tk), Qs);
+    for (int x = 0; x < 2; x++)
+        att_load_rows<D, ATT_BK, NT, true>(x ? Vs : Ks, (const uint16_t *)(x ? a.v : a.k), kb.kbase, a.hkv * D, j0,
+                                           tk);
+    if (qs.steps > 0) qs.stage(0);
+    att_cp_commit();
+    const float sl2 = a.scale * ATT_LOG2E;
+    float acc_k[D / 8][4] = {}, acc_v[D / 8][4] = {};
+    const uint64_t kdesc = att_desc(Ks, 0), vdesc = att_desc(Vs, 0);
+    for (int st = 0; st < qs.steps; st++) {
+        qs.begin(st);
+        const auto q = qs.at(st);
+        /* Whether a query of the step sees a key of the block, the same in every warp, so that the
+         * group's wgmmas are taken or skipped together. */
+        bool full;
+        if (qs.sees(q, kb.j0, kb.j0 + ATT_BK, kb.wj0, &full)) {
+            /* S^T and dP^T over D / 16 steps of 16 columns: column block kk / 4, 32 bytes a step in it. */
+            float s[QC / 8][4], dp[QC / 8][4];
+            const uint64_t qdesc = att_desc(q.q, 0), odesc = att_desc(q.dO, 0);
+            att_wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+                att_wgmma_ss<BF16, QC>(&s[0][0], att_desc_at(kdesc, kk / 4 * ATT_BK * 128 + kk % 4 * 32),
+                                       att_desc_at(qdesc, kk / 4 * QC * 128 + kk % 4 * 32), kk > 0);
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+                att_wgmma_ss<BF16, QC>(&dp[0][0], att_desc_at(vdesc, kk / 4 * ATT_BK * 128 + kk % 4 * 32),
+                                       att_desc_at(odesc, kk / 4 * QC * 128 + kk % 4 * 32), kk > 0);
+            att_wg_commit();
+            att_wg_wait<0>();
+            if (full) att_probs_t<false>(s, dp, kb.kr, kb.kpad, q.lo, q.hi, q.lse, q.dsum, sl2, 0);
+            else att_probs_t<true>(s, dp, kb.kr, kb.kpad, q.lo, q.hi, q.lse, q.dsum, sl2, 0);
+            /* dV += P^T dO and dK += dS^T Q, P^T and dS^T rounded to 16 bits, 16 queries a step. */
+            uint32_t pa[QC / 16][4], da[QC / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < QC / 16; kk++) {
+                att_frag_of<BF16>(pa[kk], s[2 * kk], s[2 * kk + 1]);
+                att_frag_of<BF16>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
+            }
+            const uint64_t qdesc_n = att_desc(q.q, QC * 128), odesc_n = att_desc(q.dO, QC * 128);
+            att_wg_pin<D / 2>(&acc_v[0][0]);
+            att_wg_pin<D / 2>(&acc_k[0][0]);
+            att_wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < QC / 16; kk++)
+                att_wgmma_rs<BF16, D>(&acc_v[0][0], pa[kk], att_desc_at(odesc_n, kk * 16 * 128));
+#pragma unroll
+            for (int kk = 0; kk < QC / 16; kk++)
+                att_wgmma_rs<BF16, D>(&acc_k[0][0], da[kk], att_desc_at(qdesc_n, kk * 16 * 128));
+            att_wg_commit();
+            att_wg_wait<0>();
+            att_wg_pin<D / 2>(&acc_v[0][0]);
+            att_wg_pin<D / 2>(&acc_k[0][0]);
+        }
+        /* No barrier: this buffer is refilled at begin(st + 2), after the barrier of begin(st + 1). */
+    }
+    att_cp_wait<0>();
+    att_store_dkdv<BF16, D>(acc_k, acc_v, kb.kr, &a, kb.b, kb.hk, dk, dv);
 }
 
 /* ---- host side ---- */
@@ -323,4 +414,27 @@ lu_status lu_att_wgmma_forward(const att_args *a, void *o, void *lse)
                           : att_forward_wgmma_launch<true, 128>(*a, o, lse);
     return a->d == 64 ? att_forward_wgmma_launch<false, 64>(*a, o, lse)
                       : att_forward_wgmma_launch<false, 128>(*a, o, lse);
+}
+
+template <bool BF16, int D>
+static lu_status att_dkdv_wgmma_launch(const att_args &a, const void *dO, const void *lse, const float *dsum, void *dk,
+                                       void *dv)
+{
+    unsigned grid = 0;
+    LU_TRY(att_grid(a.b * a.hkv * ((a.rg.tk + ATT_BK - 1) / ATT_BK), "the dk/dv backward", &grid));
+    const size_t smem = att_dkdv_wgmma_smem(D);
+    LU_TRY(att_smem_allow((const void *)att_backward_dkdv_wgmma_kernel<BF16, D>, smem, &a));
+    if (grid > 0)
+        att_backward_dkdv_wgmma_kernel<BF16, D><<<grid, ATT_WG_THREADS, smem>>>(a, dO, lse, dsum, dk, dv);
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
+lu_status lu_att_wgmma_dkdv(const att_args *a, const void *dO, const void *lse, const float *dsum, void *dk, void *dv)
+{
+    if (a->dt == LU_BF16)
+        return a->d == 64 ? att_dkdv_wgmma_launch<true, 64>(*a, dO, lse, dsum, dk, dv)
+                          : att_dkdv_wgmma_launch<true, 128>(*a, dO, lse, dsum, dk, dv);
+    return a->d == 64 ? att_dkdv_wgmma_launch<false, 64>(*a, dO, lse, dsum, dk, dv)
+                      : att_dkdv_wgmma_launch<false, 128>(*a, dO, lse, dsum, dk, dv);
 }

@@ -418,8 +418,8 @@ Test(cuda_attention, tensor_core_forward_with_16_and_32_rows_a_warp)
             check_rows_per_warp_agree(&mma_cases[i], LU_BF16);
             check_rows_per_warp_agree(&mma_cases[i], LU_F16);
         }
-    /* Every case against the CPU with both tilings (the other tests run the default forward, the
-     * wgmma kernel on a Hopper GPU and in the emulator). */
+    /* Every case against the CPU with both tilings, forward and backward on mma.sync (the other
+     * tests run the default, the wgmma forward and dK/dV on a Hopper GPU and in the emulator). */
     setenv("LUTHIER_ATT_WGMMA", "0", 1);
     check_cases(mma_cases, N_OF(mma_cases), LU_F16, TOL_F16);
     setenv("LUTHIER_ATT_ROWS_PER_WARP", "16", 1);
@@ -440,13 +440,16 @@ Test(cuda_attention, tensor_core_forward_with_one_warpgroup_a_block)
 }
 
 /* The backward's variant kernels, every tensor-core case against the CPU in both 16-bit dtypes:
- * dK/dV with 128 keys a block (LUTHIER_ATT_DKDV_KEYS=128; the default takes 64), and dQ with 32
- * query rows a warp and 32 keys a tile (LUTHIER_ATT_DQ_ROWS_PER_WARP=32; the default: 16 and 64). */
+ * dK/dV with 128 keys a block (LUTHIER_ATT_DKDV_KEYS=128; the default takes 64; on mma.sync, which
+ * LUTHIER_ATT_WGMMA=0 keeps a Hopper GPU and the emulator on), and dQ with 32 query rows a warp and
+ * 32 keys a tile (LUTHIER_ATT_DQ_ROWS_PER_WARP=32; the default: 16 and 64). */
 static void check_backward_variant(const char *var, const char *value)
 {
     setenv(var, value, 1);
+    setenv("LUTHIER_ATT_WGMMA", "0", 1);
     check_cases(mma_cases, N_OF(mma_cases), LU_BF16, TOL_BF16);
     check_cases(mma_cases, N_OF(mma_cases), LU_F16, TOL_F16);
+    unsetenv("LUTHIER_ATT_WGMMA");
     unsetenv(var);
 }
 
@@ -464,7 +467,9 @@ Test(cuda_attention, tensor_core_backward_with_128_keys_falls_back_where_shared_
     require_gpu();
     setenv("LU_EMU_OPTIN_SMEM", "166912", 1);
     setenv("LUTHIER_ATT_DKDV_KEYS", "128", 1);
+    setenv("LUTHIER_ATT_WGMMA", "0", 1);
     check_cases(&mma_cases[1], 1, LU_BF16, TOL_BF16); /* causal 300x300 16/8 d128 */
+    unsetenv("LUTHIER_ATT_WGMMA");
     unsetenv("LUTHIER_ATT_DKDV_KEYS");
     unsetenv("LU_EMU_OPTIN_SMEM");
 }
