@@ -81,6 +81,8 @@ lu_status lu_att_mma_forward(const att_args *a, void *o, void *lse);
 lu_status lu_att_wgmma_forward(const att_args *a, void *o, void *lse);
 /* dk and dv (either may be NULL) of lu_att_mma_backward on Hopper's warpgroup MMA, from Dsum. */
 lu_status lu_att_wgmma_dkdv(const att_args *a, const void *dO, const void *lse, const float *dsum, void *dk, void *dv);
+/* dq of lu_att_mma_backward on Hopper's warpgroup MMA, from Dsum. */
+lu_status lu_att_wgmma_dq(const att_args *a, const void *dO, const void *lse, const float *dsum, void *dq);
 lu_status lu_att_mma_backward(const att_args *a, const void *dO, const void *o, const void *lse, float *dsum, void *dq,
                               void *dk, void *dv);
 

@@ -5,16 +5,15 @@
  * o = 0 and lse = -inf for rows that see no key) and their determinism: no atomics, every sum in
  * a fixed order.
  *
- * Forward (on a Hopper GPU the wgmma kernel of attention_wgmma.cu takes it, lu_att_wgmma_usable):
- * a warp owns 32 query rows (16, its Q fragments then in registers, where
+ * On a Hopper GPU the wgmma kernels of attention_wgmma.cu take the forward, dK/dV and dQ
+ * (lu_att_wgmma_usable). Forward: a warp owns 32 query rows (16, its Q fragments then in registers, where
  * LUTHIER_ATT_ROWS_PER_WARP=16: att_rows_per_warp); tiles of 64 keys and values come through
  * shared memory by cp.async, double-buffered; S = Q K^T and the online softmax stay in registers,
  * and P, rounded to the input dtype as FlashAttention-2 does, is the A operand of O += P V; a warp
  * rescales its accumulators only when a row's maximum grows by more than ATT_SLACK
  * (FlashAttention-4's conditional rescaling), so p may reach 2^ATT_SLACK. Backward: one block per
  * 64 keys (a warp per 16) accumulates dK = scale dS^T Q and dV = P^T dO over every query of the kv
- * head's query heads, P^T recomputed from lse (on a Hopper GPU, attention_wgmma.cu's kernel); one
- * block per 64 queries accumulates dQ = scale dS
+ * head's query heads, P^T recomputed from lse; one block per 64 queries accumulates dQ = scale dS
  * K. dS = P (dP - Dsum) is rounded like P. Variants with wider warp tiles (128 keys a block for
  * dK/dV, 32 queries a warp for dQ) are picked by environment variables until a GPU run ranks them
  * (att_dkdv_keys, att_dq_rows_per_warp). Tiles that no row of a warp can see are skipped; partly
@@ -39,25 +38,6 @@
 extern __shared__ __align__(16) unsigned char att_mma_smem[];
 
 /* ---- tiles and fragments ---- */
-
-/* Key tile `it` of `ntiles` (keys j0 .. j0 + BK - 1) double-buffered in Ks/Vs: starts the copy
- * of tile it + 1 into the other buffer, then waits until tile it has landed (every earlier copy
- * group when it is the last) and the block sees it. */
-template <int D, int NT, int LD, int BK = ATT_BK>
-static __device__ __forceinline__ void att_prefetch_kv(uint16_t *Ks, uint16_t *Vs, const uint16_t *k, const uint16_t *v,
-                                                       int64_t kbase, int64_t rstride, int it, int ntiles, int j0, int tk)
-{
-    if (it + 1 < ntiles) {
-        uint16_t *Kn = Ks + ((it + 1) & 1) * BK * LD, *Vn = Vs + ((it + 1) & 1) * BK * LD;
-        att_load_rows<D, BK, NT>(Kn, k, kbase, rstride, j0 + BK, tk);
-        att_load_rows<D, BK, NT>(Vn, v, kbase, rstride, j0 + BK, tk);
-        att_cp_commit();
-        att_cp_wait<1>();
-    } else {
-        att_cp_wait<0>();
-    }
-    __syncthreads();
-}
 
 /* The A operand of rows 0 .. 15 and columns c0 .. c0 + 15 of a row-major tile (row stride LD). */
 template <int LD> static __device__ __forceinline__ void att_frag_a(uint32_t r[4], const uint16_t *s, int c0)
@@ -376,20 +356,19 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
 {
     constexpr int BQ = ATT_BWD_WARPS * 16 * MT, LD = D + 8, NT = ATT_BWD_WARPS * LU_CUDA_WARP;
     static_assert(BQ <= NT, "att_ranges gives a thread each row");
-    const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4, t = lane % 4;
+    const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, g = lane / 4;
     int *row_lo = (int *)att_mma_smem, *row_hi = row_lo + BQ;
     uint16_t *Qs = (uint16_t *)(row_hi + BQ), *dOs = Qs + BQ * LD, *Ks = dOs + BQ * LD, *Vs = Ks + 2 * BK * LD;
 
     const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
-    const int64_t nqt = (tq + BQ - 1) / BQ, bid = blockIdx.x;
-    const int i0 = (int)(nqt - 1 - bid % nqt) * BQ;
-    const int64_t h = bid / nqt % a.hq, b = bid / (nqt * a.hq), hk = h / (a.hq / a.hkv);
-    const int64_t qbase = (b * tq * a.hq + h) * D, kbase = (b * tk * a.hkv + hk) * D;
+    const att_fwd_block fb = att_fwd_block_of(&a, BQ, D);
+    const int i0 = fb.i0;
+    const int64_t h = fb.h, b = fb.b, kbase = fb.kbase;
     const uint16_t *k = (const uint16_t *)a.k, *v = (const uint16_t *)a.v;
 
     att_ranges(&a, i0, BQ, row_lo, row_hi);
-    att_load_rows<D, BQ, NT>(Qs, (const uint16_t *)a.q, qbase, a.hq * D, i0, tq);
-    att_load_rows<D, BQ, NT>(dOs, (const uint16_t *)dO, qbase, a.hq * D, i0, tq);
+    att_load_rows<D, BQ, NT>(Qs, (const uint16_t *)a.q, fb.qbase, a.hq * D, i0, tq);
+    att_load_rows<D, BQ, NT>(dOs, (const uint16_t *)dO, fb.qbase, a.hq * D, i0, tq);
     __syncthreads();
     int klo, khi;
     att_union(row_lo, row_hi, BQ, tk, &klo, &khi);
@@ -403,18 +382,10 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
     }
     att_cp_commit();
 
-    /* lse in base-2 units and Dsum of rows g and g + 8 of each tile; rows past Tq see nothing. */
     const float sl2 = a.scale * ATT_LOG2E;
     float lse2[MT][2], ds[MT][2];
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int x = 0; x < 2; x++) {
-            const int i = i0 + (wp * MT + mt) * 16 + g + 8 * x;
-            const int64_t row = (b * a.hq + h) * tq + i;
-            lse2[mt][x] = i < tq ? att_load(lse, a.lse_dt, row) * ATT_LOG2E : 0.0f;
-            ds[mt][x] = i < tq ? dsum[row] : 0.0f;
-        }
+    for (int mt = 0; mt < MT; mt++) att_dq_rows_state(&a, lse, dsum, b, h, i0 + (wp * MT + mt) * 16, lse2[mt], ds[mt]);
     float acc[MT][D / 8][4];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -431,37 +402,15 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
             float s[MT][BK / 8][4], dp[MT][BK / 8][4];
             att_gemm_pair_mt<BF16, LD, MT, BK / 8, D>(s, dp, Qs + wp * MT * 16 * LD, Kt, dOs + wp * MT * 16 * LD, Vt);
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-#pragma unroll
-                for (int n = 0; n < BK / 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) s[mt][n][e] = fmaf(s[mt][n][e], sl2, -lse2[mt][e / 2]);
-                if (!att_rows_full<BK>(&rows[mt], j0, &a)) att_mask_scores<BK>(s[mt], &rows[mt], j0, &a, b, tk);
-#pragma unroll
-                for (int n = 0; n < BK / 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const float p = att_exp2(s[mt][n][e]);
-                        s[mt][n][e] = p * (dp[mt][n][e] - ds[mt][e / 2]);
-                    }
-            }
+            for (int mt = 0; mt < MT; mt++)
+                att_dscores<BK>(s[mt], dp[mt], lse2[mt], ds[mt], &rows[mt], j0, &a, b, tk, sl2);
             att_gemm_xb<BF16, LD, D, BK / 16, MT>(acc, s, Kt);
         }
         __syncthreads();
     }
     att_cp_wait<0>();
-
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int x = 0; x < 2; x++) {
-            const int i = i0 + (wp * MT + mt) * 16 + g + 8 * x;
-            if (i >= tq) continue;
-            uint32_t *row = (uint32_t *)((uint16_t *)dq + ((b * tq + i) * a.hq + h) * D);
-#pragma unroll
-            for (int n = 0; n < D / 8; n++)
-                row[n * 4 + t] = att_pack_out<BF16>(acc[mt][n][2 * x] * a.scale, acc[mt][n][2 * x + 1] * a.scale);
-        }
+    for (int mt = 0; mt < MT; mt++) att_store_dq<BF16, D>(acc[mt], &a, dq, b, h, i0 + (wp * MT + mt) * 16);
 }
 
 /* ---- backward: dK, dV ---- */
@@ -774,7 +723,8 @@ static lu_status att_backward_mma_launch(const att_args &a, const void *dO, cons
     LU_TRY((att_dsum_launch<BF16, D>(a, dO, o, dsum)));
     if ((dk || dv) && lu_att_wgmma_usable()) LU_TRY(lu_att_wgmma_dkdv(&a, dO, lse, dsum, dk, dv));
     else if (dk || dv) LU_TRY((att_dkdv_launch<BF16, D>(a, dO, lse, dsum, dk, dv)));
-    if (dq && att_dq_rows_per_warp() == 32) LU_TRY((att_dq_launch<BF16, D, 2, 32>(a, dO, lse, dsum, dq)));
+    if (dq && lu_att_wgmma_usable()) LU_TRY(lu_att_wgmma_dq(&a, dO, lse, dsum, dq));
+    else if (dq && att_dq_rows_per_warp() == 32) LU_TRY((att_dq_launch<BF16, D, 2, 32>(a, dO, lse, dsum, dq)));
     else if (dq) LU_TRY((att_dq_launch<BF16, D, 1, ATT_BK>(a, dO, lse, dsum, dq)));
     return LU_OK;
 }

@@ -171,6 +171,37 @@ static __device__ __forceinline__ void att_load_rows(uint16_t *s, const uint16_t
     }
 }
 
+/* Where the copies just issued are the next step's (more): commits them and waits for every
+ * earlier copy group, else waits for every group; then (SW) makes the copies visible to wgmma and
+ * passes the block barrier, after which the block sees what landed. */
+template <bool SW> static __device__ __forceinline__ void att_land(bool more)
+{
+    if (more) {
+        att_cp_commit();
+        att_cp_wait<1>();
+    } else {
+        att_cp_wait<0>();
+    }
+    if (SW) att_fence_proxy_async();
+    __syncthreads();
+}
+
+/* Key tile `it` of `ntiles` (keys j0 .. j0 + BK - 1) double-buffered in Ks/Vs: starts the copy
+ * of tile it + 1 into the other buffer, then waits until tile it has landed (every earlier copy
+ * group when it is the last) and the block sees it. Tiles as att_load_rows<SW> lays them, LD
+ * elements a row (D where SW). */
+template <int D, int NT, int LD, int BK = ATT_BK, bool SW = false>
+static __device__ __forceinline__ void att_prefetch_kv(uint16_t *Ks, uint16_t *Vs, const uint16_t *k, const uint16_t *v,
+                                                       int64_t kbase, int64_t rstride, int it, int ntiles, int j0, int tk)
+{
+    if (it + 1 < ntiles) {
+        uint16_t *Kn = Ks + ((it + 1) & 1) * BK * LD, *Vn = Vs + ((it + 1) & 1) * BK * LD;
+        att_load_rows<D, BK, NT, SW>(Kn, k, kbase, rstride, j0 + BK, tk);
+        att_load_rows<D, BK, NT, SW>(Vn, v, kbase, rstride, j0 + BK, tk);
+    }
+    att_land<SW>(it + 1 < ntiles);
+}
+
 /* ---- key ranges and scores ---- */
 
 /* Is key j past Tk, or padded by the mask in batch b? */
@@ -480,15 +511,8 @@ template <int D, int QC, int NT, int NB, bool SW = false> struct att_qsteps {
      * block sees it. */
     __device__ __forceinline__ void begin(int st)
     {
-        if (st + 1 < steps) {
-            stage(st + 1);
-            att_cp_commit();
-            att_cp_wait<1>();
-        } else {
-            att_cp_wait<0>();
-        }
-        if (SW) att_fence_proxy_async(); /* the copies, visible to wgmma */
-        __syncthreads();
+        if (st + 1 < steps) stage(st + 1);
+        att_land<SW>(st + 1 < steps);
     }
 };
 
@@ -548,6 +572,61 @@ static __device__ __forceinline__ void att_store_dkdv(const float (&acc_k)[D / 8
 #pragma unroll
             for (int n = 0; n < D / 8; n++) row[n * 4 + t] = att_pack_out<BF16>(acc_v[n][2 * x], acc_v[n][2 * x + 1]);
         }
+    }
+}
+
+/* ---- the dQ backward ---- */
+
+/* lse in base-2 units and Dsum of rows g and g + 8 of a warp's 16 from r0 (query head h, batch
+ * b); rows past Tq see nothing. */
+static __device__ __forceinline__ void att_dq_rows_state(const att_args *a, const void *lse, const float *dsum,
+                                                         int64_t b, int64_t h, int r0, float lse2[2], float ds[2])
+{
+    const int g = (int)threadIdx.x % LU_CUDA_WARP / 4, tq = (int)a->rg.tq;
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        const int i = r0 + g + 8 * x;
+        const int64_t row = (b * a->hq + h) * tq + i;
+        lse2[x] = i < tq ? att_load(lse, a->lse_dt, row) * ATT_LOG2E : 0.0f;
+        ds[x] = i < tq ? dsum[row] : 0.0f;
+    }
+}
+
+/* dS = P (dP - Dsum) in place of the scores s (a warp's 16 rows x BK keys from j0, unscaled, as
+ * accumulator fragments), P = 2^(s scale log2 e - lse log2 e) and 0 where rows may not see a key. */
+template <int BK>
+static __device__ __forceinline__ void att_dscores(float (&s)[BK / 8][4], const float (&dp)[BK / 8][4],
+                                                   const float lse2[2], const float ds[2], const att_rows *rows, int j0,
+                                                   const att_args *a, int64_t b, int tk, float sl2)
+{
+#pragma unroll
+    for (int n = 0; n < BK / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) s[n][e] = fmaf(s[n][e], sl2, -lse2[e / 2]);
+    if (!att_rows_full<BK>(rows, j0, a)) att_mask_scores<BK>(s, rows, j0, a, b, tk);
+#pragma unroll
+    for (int n = 0; n < BK / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float p = att_exp2(s[n][e]);
+            s[n][e] = p * (dp[n][e] - ds[e / 2]);
+        }
+}
+
+/* dQ = scale acc of a warp's 16 rows from r0 (query head h, batch b). */
+template <bool BF16, int D>
+static __device__ __forceinline__ void att_store_dq(const float (&acc)[D / 8][4], const att_args *a, void *dq,
+                                                    int64_t b, int64_t h, int r0)
+{
+    const int lane = (int)threadIdx.x % LU_CUDA_WARP, g = lane / 4, t = lane % 4, tq = (int)a->rg.tq;
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        const int i = r0 + g + 8 * x;
+        if (i >= tq) continue;
+        uint32_t *row = (uint32_t *)((uint16_t *)dq + ((b * tq + i) * a->hq + h) * D);
+#pragma unroll
+        for (int n = 0; n < D / 8; n++)
+            row[n * 4 + t] = att_pack_out<BF16>(acc[n][2 * x] * a->scale, acc[n][2 * x + 1] * a->scale);
     }
 }
 

@@ -1,5 +1,6 @@
-/* attention_wgmma.cu - the ATTENTION forward and dK/dV backward on Hopper's warpgroup MMA
- * (wgmma.mma_async, sm_90a) for bf16 and f16 with D == Dv in {64, 128}; dQ stays on mma.sync.
+/* attention_wgmma.cu - the ATTENTION forward and backward on Hopper's warpgroup MMA
+ * (wgmma.mma_async, sm_90a) for bf16 and f16 with D == Dv in {64, 128} (Dsum stays in
+ * attention_mma.cu).
  *
  * Forward: att_forward_mma_kernel (attention_mma.cu) at 16 query rows a warp, same semantics, key
  * tiles and online softmax (att_softmax_tile), where the four warps of a warpgroup compute
@@ -10,7 +11,8 @@
  * its TMA, warp specialisation and pingpong scheduling: tiles come by cp.async, double-buffered, as
  * in the mma.sync kernel, and the tensor cores work while the other warpgroups an SM holds do
  * their softmax. dK/dV: att_backward_dkdv_mma_kernel on one warpgroup of 64 keys, its four
- * products on wgmma (att_backward_dkdv_wgmma_kernel).
+ * products on wgmma (att_backward_dkdv_wgmma_kernel); dQ: att_backward_dq_mma_kernel on one
+ * warpgroup of 64 queries (att_backward_dq_wgmma_kernel).
  *
  * Tiles are stored in the 128-byte swizzled layout (PTX ISA, "Shared Memory Matrix Layout"): a
  * tile of R rows of D 16-bit elements is D / 64 column blocks of R rows x 128 bytes, each
@@ -181,6 +183,48 @@ static __device__ __forceinline__ bool att_group_sees(const int *lo, const int *
     return __any_sync(ATT_FULL, see);
 }
 
+/* ---- the products ---- */
+
+/* d (64 x N over the warpgroup) = A B^T over D columns, issued (the caller fences, commits and
+ * waits): A the swizzled tile region at descriptor da with a_rows rows a column block, B at db
+ * with b_rows; column block kk / 4, 32 bytes a step in it. */
+template <bool BF16, int N, int D>
+static __device__ __forceinline__ void att_wg_scores(float *d, uint64_t da, int a_rows, uint64_t db, int b_rows)
+{
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        att_wgmma_ss<BF16, N>(d, att_desc_at(da, kk / 4 * a_rows * 128 + kk % 4 * 32),
+                              att_desc_at(db, kk / 4 * b_rows * 128 + kk % 4 * 32), kk > 0);
+}
+
+/* acc0 += X0 B0 and, where TWO, acc1 += X1 B1, and waits for them: X the 64 x K accumulator
+ * fragments x (a warp's 16 rows), rounded to 16 bits as mma.sync's kernels round them; B the
+ * N-major K x D tile region at descriptor b, 16 rows (2048 bytes) a step. */
+template <bool BF16, int D, int K, bool TWO>
+static __device__ __forceinline__ void att_wg_accumulate(float (&acc0)[D / 8][4], const float (&x0)[K / 8][4],
+                                                         uint64_t b0, float (&acc1)[D / 8][4],
+                                                         const float (&x1)[K / 8][4], uint64_t b1)
+{
+    uint32_t f0[K / 16][4], f1[K / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < K / 16; kk++) {
+        att_frag_of<BF16>(f0[kk], x0[2 * kk], x0[2 * kk + 1]);
+        if (TWO) att_frag_of<BF16>(f1[kk], x1[2 * kk], x1[2 * kk + 1]);
+    }
+    att_wg_pin<D / 2>(&acc0[0][0]);
+    if (TWO) att_wg_pin<D / 2>(&acc1[0][0]);
+    att_wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < K / 16; kk++) att_wgmma_rs<BF16, D>(&acc0[0][0], f0[kk], att_desc_at(b0, kk * 2048));
+    if (TWO)
+#pragma unroll
+        for (int kk = 0; kk < K / 16; kk++) att_wgmma_rs<BF16, D>(&acc1[0][0], f1[kk], att_desc_at(b1, kk * 2048));
+    att_wg_commit();
+    att_wg_wait<0>();
+    att_wg_pin<D / 2>(&acc0[0][0]);
+    if (TWO) att_wg_pin<D / 2>(&acc1[0][0]);
+}
+
 /* ---- forward ---- */
 
 /* Shared memory: up to 1024 bytes to align the tiles; Q [D / 64][BQ][64]; K, V [2][D / 64][ATT_BK]
@@ -233,45 +277,18 @@ static __global__ void __launch_bounds__(WGS * ATT_WG_THREADS, 2)
     const uint64_t qdesc = att_desc(Qs + wg * 64 * 64, 0);
     for (int it = 0; it < ntiles; it++) {
         const int j0 = klo + it * ATT_BK;
-        if (it + 1 < ntiles) {
-            const int nb = (it + 1) & 1;
-            att_load_rows<D, ATT_BK, NT, true>(Ks + nb * ATT_BK * D, k, kbase, kstride, j0 + ATT_BK, tk);
-            att_load_rows<D, ATT_BK, NT, true>(Vs + nb * ATT_BK * D, v, kbase, kstride, j0 + ATT_BK, tk);
-            att_cp_commit();
-            att_cp_wait<1>();
-        } else {
-            att_cp_wait<0>();
-        }
-        att_fence_proxy_async();
-        __syncthreads();
+        att_prefetch_kv<D, NT, D, ATT_BK, true>(Ks, Vs, k, v, kbase, kstride, it, ntiles, j0, tk);
         const uint16_t *Kt = Ks + (it & 1) * ATT_BK * D, *Vt = Vs + (it & 1) * ATT_BK * D;
         if (att_group_sees(row_lo, row_hi, wg * 64, j0)) {
-            /* S = Q K^T over D / 16 steps of 16 columns: column block kk / 4, 32 bytes a step in it. */
+            /* S = Q K^T, the online softmax, O += P V. */
             float s[ATT_BK / 8][4];
-            const uint64_t kdesc = att_desc(Kt, 0);
             att_wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                const int off = kk / 4 * 128 + kk % 4 * 32; /* bytes into the first row's column block */
-                att_wgmma_ss<BF16, ATT_BK>(&s[0][0], att_desc_at(qdesc, off / 128 * BQ * 128 + off % 128),
-                                     att_desc_at(kdesc, off / 128 * ATT_BK * 128 + off % 128), kk > 0);
-            }
+            att_wg_scores<BF16, ATT_BK, D>(&s[0][0], qdesc, BQ, att_desc(Kt, 0), ATT_BK);
             att_wg_commit();
             att_wg_wait<0>();
             att_softmax_tile<D>(s, m, l, acc, &rows, j0, &a, fb.b, tk, sl2);
-            /* O += P V, P rounded to 16 bits as mma.sync's kernel rounds it, 16 keys a step. */
-            uint32_t pa[ATT_BK / 16][4];
-#pragma unroll
-            for (int kk = 0; kk < ATT_BK / 16; kk++) att_frag_of<BF16>(pa[kk], s[2 * kk], s[2 * kk + 1]);
             const uint64_t vdesc = att_desc(Vt, ATT_BK * 128);
-            att_wg_pin<D / 2>(&acc[0][0]);
-            att_wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < ATT_BK / 16; kk++)
-                att_wgmma_rs<BF16, D>(&acc[0][0], pa[kk], att_desc_at(vdesc, kk * 16 * 128));
-            att_wg_commit();
-            att_wg_wait<0>();
-            att_wg_pin<D / 2>(&acc[0][0]);
+            att_wg_accumulate<BF16, D, ATT_BK, false>(acc, s, vdesc, acc, s, vdesc);
         }
         __syncthreads(); /* every warpgroup is done with this buffer before it is refilled */
     }
@@ -325,48 +342,92 @@ static __global__ void __launch_bounds__(ATT_WG_THREADS)
          * group's wgmmas are taken or skipped together. */
         bool full;
         if (qs.sees(q, kb.j0, kb.j0 + ATT_BK, kb.wj0, &full)) {
-            /* S^T and dP^T over D / 16 steps of 16 columns: column block kk / 4, 32 bytes a step in it. */
+            /* S^T = K Q^T and dP^T = V dO^T. */
             float s[QC / 8][4], dp[QC / 8][4];
-            const uint64_t qdesc = att_desc(q.q, 0), odesc = att_desc(q.dO, 0);
             att_wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++)
-                att_wgmma_ss<BF16, QC>(&s[0][0], att_desc_at(kdesc, kk / 4 * ATT_BK * 128 + kk % 4 * 32),
-                                       att_desc_at(qdesc, kk / 4 * QC * 128 + kk % 4 * 32), kk > 0);
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++)
-                att_wgmma_ss<BF16, QC>(&dp[0][0], att_desc_at(vdesc, kk / 4 * ATT_BK * 128 + kk % 4 * 32),
-                                       att_desc_at(odesc, kk / 4 * QC * 128 + kk % 4 * 32), kk > 0);
+            att_wg_scores<BF16, QC, D>(&s[0][0], kdesc, ATT_BK, att_desc(q.q, 0), QC);
+            att_wg_scores<BF16, QC, D>(&dp[0][0], vdesc, ATT_BK, att_desc(q.dO, 0), QC);
             att_wg_commit();
             att_wg_wait<0>();
             if (full) att_probs_t<false>(s, dp, kb.kr, kb.kpad, q.lo, q.hi, q.lse, q.dsum, sl2, 0);
             else att_probs_t<true>(s, dp, kb.kr, kb.kpad, q.lo, q.hi, q.lse, q.dsum, sl2, 0);
-            /* dV += P^T dO and dK += dS^T Q, P^T and dS^T rounded to 16 bits, 16 queries a step. */
-            uint32_t pa[QC / 16][4], da[QC / 16][4];
-#pragma unroll
-            for (int kk = 0; kk < QC / 16; kk++) {
-                att_frag_of<BF16>(pa[kk], s[2 * kk], s[2 * kk + 1]);
-                att_frag_of<BF16>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
-            }
-            const uint64_t qdesc_n = att_desc(q.q, QC * 128), odesc_n = att_desc(q.dO, QC * 128);
-            att_wg_pin<D / 2>(&acc_v[0][0]);
-            att_wg_pin<D / 2>(&acc_k[0][0]);
-            att_wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < QC / 16; kk++)
-                att_wgmma_rs<BF16, D>(&acc_v[0][0], pa[kk], att_desc_at(odesc_n, kk * 16 * 128));
-#pragma unroll
-            for (int kk = 0; kk < QC / 16; kk++)
-                att_wgmma_rs<BF16, D>(&acc_k[0][0], da[kk], att_desc_at(qdesc_n, kk * 16 * 128));
-            att_wg_commit();
-            att_wg_wait<0>();
-            att_wg_pin<D / 2>(&acc_v[0][0]);
-            att_wg_pin<D / 2>(&acc_k[0][0]);
+            /* dV += P^T dO and dK += dS^T Q. */
+            att_wg_accumulate<BF16, D, QC, true>(acc_v, s, att_desc(q.dO, QC * 128), acc_k, dp,
+                                                 att_desc(q.q, QC * 128));
         }
         /* No barrier: this buffer is refilled at begin(st + 2), after the barrier of begin(st + 1). */
     }
     att_cp_wait<0>();
     att_store_dkdv<BF16, D>(acc_k, acc_v, kb.kr, &a, kb.b, kb.hk, dk, dv);
+}
+
+/* ---- backward: dQ ---- */
+
+/* Shared memory: up to 1024 bytes to align the tiles; Q, dO [D / 64][64][64]; K, V [2][D / 64]
+ * [ATT_BK][64] (16-bit, swizzled); row_lo, row_hi [64] int. */
+static size_t att_dq_wgmma_smem(int d)
+{
+    return 1024 + (size_t)(2 * 64 + 4 * ATT_BK) * d * 2 + 64 * 2 * sizeof(int);
+}
+
+/* att_backward_dq_mma_kernel (attention_mma.cu, 16 rows a warp, tiles of ATT_BK keys) on a
+ * warpgroup: one block of 128 threads per (64 queries, query head, batch). S and dP (64 queries x
+ * ATT_BK keys) = Q K^T and dO V^T with Q, dO (A) and K, V (B, K-major) from shared memory, then
+ * dQ += dS K with dS from registers and K N-major. */
+template <bool BF16, int D>
+static __global__ void __launch_bounds__(ATT_WG_THREADS)
+    att_backward_dq_wgmma_kernel(att_args a, const void *dO, const void *lse, const float *dsum, void *dq)
+{
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap(); /* never launched there (lu_att_wgmma_usable) */
+#endif
+    constexpr int BQ = 64, NT = ATT_WG_THREADS;
+    const int wp = threadIdx.x / LU_CUDA_WARP;
+    unsigned char *base = att_wg_smem + ((1024 - (att_saddr(att_wg_smem) & 1023)) & 1023);
+    uint16_t *Qs = (uint16_t *)base, *dOs = Qs + BQ * D, *Ks = dOs + BQ * D, *Vs = Ks + 2 * ATT_BK * D;
+    int *row_lo = (int *)(Vs + 2 * ATT_BK * D), *row_hi = row_lo + BQ;
+
+    const int tq = (int)a.rg.tq, tk = (int)a.rg.tk;
+    const att_fwd_block fb = att_fwd_block_of(&a, BQ, D);
+    const int64_t kstride = a.hkv * D;
+    const uint16_t *k = (const uint16_t *)a.k, *v = (const uint16_t *)a.v;
+    att_ranges(&a, fb.i0, BQ, row_lo, row_hi);
+    for (int x = 0; x < 2; x++)
+        att_load_rows<D, BQ, NT, true>(x ? dOs : Qs, (const uint16_t *)(x ? dO : a.q), fb.qbase, a.hq * D, fb.i0, tq);
+    __syncthreads();
+    int klo, khi;
+    att_union(row_lo, row_hi, BQ, tk, &klo, &khi);
+    const int ntiles = khi > klo ? (khi - klo + ATT_BK - 1) / ATT_BK : 0;
+    if (ntiles > 0)
+        for (int x = 0; x < 2; x++)
+            att_load_rows<D, ATT_BK, NT, true>(x ? Vs : Ks, x ? v : k, fb.kbase, kstride, klo, tk);
+    att_cp_commit();
+
+    const att_rows rows = att_rows_of(row_lo, row_hi, wp * 16 + (int)threadIdx.x % LU_CUDA_WARP / 4);
+    const float sl2 = a.scale * ATT_LOG2E;
+    float lse2[2], ds[2], acc[D / 8][4] = {};
+    att_dq_rows_state(&a, lse, dsum, fb.b, fb.h, fb.i0 + wp * 16, lse2, ds);
+    const uint64_t qdesc = att_desc(Qs, 0), odesc = att_desc(dOs, 0);
+    for (int it = 0; it < ntiles; it++) {
+        const int j0 = klo + it * ATT_BK;
+        att_prefetch_kv<D, NT, D, ATT_BK, true>(Ks, Vs, k, v, fb.kbase, kstride, it, ntiles, j0, tk);
+        const uint16_t *Kt = Ks + (it & 1) * ATT_BK * D, *Vt = Vs + (it & 1) * ATT_BK * D;
+        if (att_group_sees(row_lo, row_hi, 0, j0)) {
+            /* S = Q K^T and dP = dO V^T, dS, dQ += dS K. */
+            float s[ATT_BK / 8][4], dp[ATT_BK / 8][4];
+            att_wg_fence();
+            att_wg_scores<BF16, ATT_BK, D>(&s[0][0], qdesc, BQ, att_desc(Kt, 0), ATT_BK);
+            att_wg_scores<BF16, ATT_BK, D>(&dp[0][0], odesc, BQ, att_desc(Vt, 0), ATT_BK);
+            att_wg_commit();
+            att_wg_wait<0>();
+            att_dscores<ATT_BK>(s, dp, lse2, ds, &rows, j0, &a, fb.b, tk, sl2);
+            const uint64_t kdesc_n = att_desc(Kt, ATT_BK * 128);
+            att_wg_accumulate<BF16, D, ATT_BK, false>(acc, s, kdesc_n, acc, s, kdesc_n);
+        }
+        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+    }
+    att_cp_wait<0>();
+    att_store_dq<BF16, D>(acc, &a, dq, fb.b, fb.h, fb.i0 + wp * 16);
 }
 
 /* ---- host side ---- */
@@ -437,4 +498,25 @@ lu_status lu_att_wgmma_dkdv(const att_args *a, const void *dO, const void *lse, 
                           : att_dkdv_wgmma_launch<true, 128>(*a, dO, lse, dsum, dk, dv);
     return a->d == 64 ? att_dkdv_wgmma_launch<false, 64>(*a, dO, lse, dsum, dk, dv)
                       : att_dkdv_wgmma_launch<false, 128>(*a, dO, lse, dsum, dk, dv);
+}
+
+template <bool BF16, int D>
+static lu_status att_dq_wgmma_launch(const att_args &a, const void *dO, const void *lse, const float *dsum, void *dq)
+{
+    unsigned grid = 0;
+    LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + 63) / 64), "the dq backward", &grid));
+    const size_t smem = att_dq_wgmma_smem(D);
+    LU_TRY(att_smem_allow((const void *)att_backward_dq_wgmma_kernel<BF16, D>, smem, &a));
+    if (grid > 0) att_backward_dq_wgmma_kernel<BF16, D><<<grid, ATT_WG_THREADS, smem>>>(a, dO, lse, dsum, dq);
+    LU_CUDA_CHECK_LAUNCH();
+    return LU_OK;
+}
+
+lu_status lu_att_wgmma_dq(const att_args *a, const void *dO, const void *lse, const float *dsum, void *dq)
+{
+    if (a->dt == LU_BF16)
+        return a->d == 64 ? att_dq_wgmma_launch<true, 64>(*a, dO, lse, dsum, dq)
+                          : att_dq_wgmma_launch<true, 128>(*a, dO, lse, dsum, dq);
+    return a->d == 64 ? att_dq_wgmma_launch<false, 64>(*a, dO, lse, dsum, dq)
+                      : att_dq_wgmma_launch<false, 128>(*a, dO, lse, dsum, dq);
 }

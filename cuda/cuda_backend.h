@@ -72,7 +72,7 @@ lu_status lu_cuda_gemm(lu_dtype dt, lu_dtype c_dt, int64_t batch, bool ta, bool 
 /* GEMMs that LINEAR ran with a cuBLASLt epilogue (bias, bias gradient) in this process so far
  * (linear.c): tests and the benchmark tell by it whether the fused path ran. */
 int64_t lu_cuda_linear_fused_gemms(void);
-/* Whether ATTENTION's forward and dK/dV backward go to the wgmma kernels (attention_wgmma.cu): a
+/* Whether ATTENTION's forward and backward go to the wgmma kernels (attention_wgmma.cu): a
  * compute capability 9 GPU, a build with sm_90a code, and LUTHIER_ATT_WGMMA not 0 (read at each
  * call). */
 bool lu_att_wgmma_usable(void);

@@ -472,8 +472,8 @@ static lu_status time_variant(const op_bench *o, gpu_result *r, int pass, int it
 }
 
 /* The attention's kernel variants (cuda/attention_mma.cu, attention_wgmma.cu): the defaults (on a
- * Hopper GPU the wgmma forward and dK/dV; elsewhere the forward with 32 query rows a warp and dK/dV
- * with 64 keys a block; dQ with 16 query rows a warp), then on Hopper the mma.sync kernels
+ * Hopper GPU the wgmma kernels; elsewhere the forward with 32 query rows a warp, dK/dV with 64
+ * keys a block, dQ with 16 query rows a warp), then on Hopper the mma.sync kernels
  * (LUTHIER_ATT_WGMMA=0), elsewhere 16 rows a warp for the forward and the backward's wider tilings
  * for forward + backward. */
 static lu_status time_attention(const op_bench *o, gpu_result *r, int pass, int iters)
@@ -755,9 +755,9 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
         printf("\n");
     }
     printf("ratio = PyTorch time / ours (> 1: luthier is faster). Attention FLOP as FlashAttention counts them:\n"
-           "4*B*H*T^2*d forward, halved when causal, fwd+bwd 3.5x the forward; ours: on Hopper the forward\n"
-           "and dK/dV on wgmma, elsewhere the forward with 32 query rows a warp (FlashAttention-2's tiling)\n"
-           "and dK/dV with 64 keys a block; dQ with 16 rows a warp; variant: on Hopper mma.sync\n"
+           "4*B*H*T^2*d forward, halved when causal, fwd+bwd 3.5x the forward; ours: on Hopper wgmma,\n"
+           "elsewhere the forward with 32 query rows a warp (FlashAttention-2's tiling), dK/dV with 64 keys\n"
+           "a block and dQ with 16 rows a warp; variant: on Hopper mma.sync\n"
            "(LUTHIER_ATT_WGMMA=0), elsewhere fwd with 16 rows a warp (LUTHIER_ATT_ROWS_PER_WARP=16), fwd+bwd\n"
            "with dK/dV of 128 keys a block and dQ of 32 rows a warp (LUTHIER_ATT_DKDV_KEYS=128\n"
            "LUTHIER_ATT_DQ_ROWS_PER_WARP=32). GB/s:\n"
