@@ -34,7 +34,8 @@ extern __shared__ __align__(16) unsigned char att_wg_smem[];
 
 /* ---- PTX wrappers ---- */
 
-/* The accumulator operands of wgmma: 8, 32 or 64 floats d[i] .. of a thread. */
+/* A thread's accumulator operands of wgmma, 8, 16 or 32 floats from d[i] (64: two ATT_F32), and
+ * their places in the instruction (ATT_R16, ATT_R32, ATT_R64). */
 #define ATT_F8(d, i)                                                                                                   \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]),        \
         "+f"(d[i + 7])
@@ -144,7 +145,7 @@ template <bool BF16, int N> static __device__ __forceinline__ void att_wgmma_ss(
 template <bool BF16, int N> static __device__ __forceinline__ void att_wgmma_rs(float *, const uint32_t *, uint64_t) {}
 #endif
 
-/* ---- swizzled tiles ---- */
+/* ---- fragments and descriptors ---- */
 
 /* The A operand (16 x 16, 16 bits) of the accumulator fragments x0, x1 of two neighbouring 8-column
  * blocks, rounded as mma.sync's kernels round it (att_gemm_xb). */
