@@ -712,15 +712,16 @@ static void resolve_ldmatrix(fiber *lanes[32], bool trans)
  * canonical GMMA layouts), for 16-bit elements, T = 8 of them in 16 bytes. The descriptor: start
  * address >> 4 in bits 0-13, the leading-dimension byte offset LBO >> 4 in 16-29, the
  * stride-dimension byte offset SBO >> 4 in 32-45, the base offset in 49-51 and the swizzle in
- * 62-63 (0 none, 1 128-byte, 2 64-byte, 3 32-byte). With W the swizzle's width in bytes:
+ * 62-63 (0 none, 1 128-byte; the 64- and 32-byte ones, 2 and 3, are not emulated):
  *   K-major, no swizzle: 8 x 16-byte core matrices, rows 16 bytes apart, SBO between the 8-row
  *     groups along M/N, LBO between the two 8-element halves of k;
- *   K-major, swizzled: rows W bytes apart, SBO between 8-row groups, the 16 k's contiguous;
+ *   K-major, 128-byte swizzle: rows 128 bytes apart, SBO between 8-row groups, the 16 k's
+ *     contiguous;
  *   MN-major, no swizzle: 8 contiguous mn's a 16-byte row, k rows 16 bytes apart, SBO between
  *     groups of 8 mn's, LBO between groups of 8 k's;
- *   MN-major, swizzled: W / 2 contiguous mn's a row, k rows W bytes apart, LBO between groups
- *     of W / 2 mn's, SBO between groups of 8 k's;
- * then the swizzle: bits 4 .. 3 + log2(W / 16) of the address take the XOR of bits 7 and up. */
+ *   MN-major, 128-byte swizzle: 64 contiguous mn's a row, k rows 128 bytes apart, LBO between
+ *     groups of 64 mn's, SBO between groups of 8 k's;
+ * then the swizzle: bits 4-6 of the address take the XOR of bits 7-9 (test_emu_wgmma.cpp). */
 static uint32_t wgmma_elem_addr(uint64_t desc, bool mn_major, int mn, int k)
 {
     const uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lbo = (uint32_t)(desc >> 16 & 0x3fff) << 4,
@@ -729,7 +730,10 @@ static uint32_t wgmma_elem_addr(uint64_t desc, bool mn_major, int mn, int k)
     if (base)
         fail("wgmma descriptor %#llx has base offset %d, which the emulator does not take", (unsigned long long)desc,
              base);
-    const uint32_t W = mode == 1 ? 128 : mode == 2 ? 64 : mode == 3 ? 32 : 0;
+    if (mode > 1)
+        fail("wgmma descriptor %#llx has the %d-byte swizzle, which the emulator does not take",
+             (unsigned long long)desc, mode == 2 ? 64 : 32);
+    const uint32_t W = mode == 1 ? 128 : 0;
     uint32_t off;
     if (!mn_major)
         off = W ? (uint32_t)(mn % 8) * W + (uint32_t)(mn / 8) * sbo + (uint32_t)k * 2
@@ -739,7 +743,7 @@ static uint32_t wgmma_elem_addr(uint64_t desc, bool mn_major, int mn, int k)
                       (uint32_t)(k / 8) * sbo
                 : (uint32_t)(mn % 8) * 2 + (uint32_t)(mn / 8) * sbo + (uint32_t)(k % 8) * 16 + (uint32_t)(k / 8) * lbo;
     uint32_t a = start + off;
-    if (W) a ^= (a >> 7 & (W / 16 - 1)) << 4;
+    if (W) a ^= (a >> 7 & 7) << 4;
     return a;
 }
 
