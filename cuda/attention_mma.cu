@@ -6,8 +6,8 @@
  * a fixed order.
  *
  * On a Hopper GPU the wgmma kernels of attention_wgmma.cu take the forward, dK/dV and dQ
- * (lu_att_wgmma_usable). Forward: a warp owns 32 query rows (16, its Q fragments then in registers, where
- * LUTHIER_ATT_ROWS_PER_WARP=16: att_rows_per_warp); tiles of 64 keys and values come through
+ * (lu_att_wgmma_usable); Dsum stays here. Forward: a warp owns 32 query rows (16, its Q fragments
+ * then in registers, where LUTHIER_ATT_ROWS_PER_WARP=16: att_rows_per_warp); tiles of 64 keys and values come through
  * shared memory by cp.async, double-buffered; S = Q K^T and the online softmax stay in registers,
  * and P, rounded to the input dtype as FlashAttention-2 does, is the A operand of O += P V; a warp
  * rescales its accumulators only when a row's maximum grows by more than ATT_SLACK
