@@ -7,18 +7,18 @@
  *
  * On a Hopper GPU the wgmma kernels of attention_wgmma.cu take the forward, dK/dV and dQ
  * (lu_att_wgmma_usable); Dsum stays here. Forward: a warp owns 32 query rows (16, its Q fragments
- * then in registers, where LUTHIER_ATT_ROWS_PER_WARP=16: att_rows_per_warp); tiles of 64 keys and values come through
- * shared memory by cp.async, double-buffered; S = Q K^T and the online softmax stay in registers,
- * and P, rounded to the input dtype as FlashAttention-2 does, is the A operand of O += P V; a warp
- * rescales its accumulators only when a row's maximum grows by more than ATT_SLACK
- * (FlashAttention-4's conditional rescaling), so p may reach 2^ATT_SLACK. Backward: one block per
- * 64 keys (a warp per 16) accumulates dK = scale dS^T Q and dV = P^T dO over every query of the kv
- * head's query heads, P^T recomputed from lse; one block per 64 queries accumulates dQ = scale dS
- * K. dS = P (dP - Dsum) is rounded like P. Variants with wider warp tiles (128 keys a block for
- * dK/dV, 32 queries a warp for dQ) are picked by environment variables until a GPU run ranks them
- * (att_dkdv_keys, att_dq_rows_per_warp). Tiles that no row of a warp can see are skipped; partly
- * visible ones are masked per element, and rows or keys past the ends are zero-filled on load and
- * never stored.
+ * then in registers, where LUTHIER_ATT_ROWS_PER_WARP=16: att_rows_per_warp); tiles of 64 keys and
+ * values come through shared memory by cp.async, double-buffered; S = Q K^T and the online softmax
+ * stay in registers, and P, rounded to the input dtype as FlashAttention-2 does, is the A operand
+ * of O += P V; a warp rescales its accumulators only when a row's maximum grows by more than
+ * ATT_SLACK (FlashAttention-4's conditional rescaling), so p may reach 2^ATT_SLACK. Backward: one
+ * block per 64 keys (a warp per 16) accumulates dK = scale dS^T Q and dV = P^T dO over every query
+ * of the kv head's query heads, P^T recomputed from lse; one block per 64 queries accumulates dQ =
+ * scale dS K. dS = P (dP - Dsum) is rounded like P. Variants with wider warp tiles (128 keys a
+ * block for dK/dV, 32 queries a warp for dQ) are picked by environment variables until a GPU run
+ * ranks them (att_dkdv_keys, att_dq_rows_per_warp). Tiles that no row of a warp can see are
+ * skipped; partly visible ones are masked per element, and rows or keys past the ends are
+ * zero-filled on load and never stored.
  *
  * The loops are bound by instruction issue as much as by the tensor cores (an m16n8k16 MMA keeps a
  * sub-partition's tensor unit a few cycles; SASS of the d 128 forward had about 5.5 instructions
