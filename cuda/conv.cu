@@ -193,64 +193,92 @@ static __device__ __forceinline__ bool dw_store_weights(const float (&v)[S][DW_W
     return chk == 0.0f;
 }
 
-/* Stages the input window of the forward (or dw) tile of outputs [o0, o0 + cnt) of row xr (n
- * frames) as S phases of `fill` floats, plen floats apart from xs (plen and xs 16-byte aligned),
- * zero outside the input and past the window. Returns whether this thread's inputs are finite.
- * Positions fit in 32 bits (dw_fits_grid). The aligned middle of the row moves as 4-element
- * vector loads, each thread's to consecutive window positions (one 16-byte shared store where
- * they are aligned, S == 1); the at most 3 + 3 elements around it one each. */
-template <typename T, int S>
-static __device__ __forceinline__ bool dw_stage_x(const T *xr, int n, int o0, int cnt, int p, int K, int fill,
-                                                  float *xs, int plen)
+/* Four elements as loaded by the forward's staging (16 bytes of f32, 8 of bf16), and as floats. */
+template <typename T> struct dw_raw4 {
+    typedef uint4 type;
+};
+template <> struct dw_raw4<uint16_t> {
+    typedef uint2 type;
+};
+
+static __device__ __forceinline__ void dw_unpack(uint4 u, float (&v)[4])
 {
-    int64_t span64;
-    const int in0 = (int)lu_dw_x_window(o0, cnt, S, p, K, &span64), span = (int)span64;
-    const int lo = in0 > 0 ? in0 : 0, hi = in0 + span < n ? in0 + span : n;
-    /* window positions [0, k_lo) and [k_hi, S*fill) are padding */
-    const int k_lo = lo - in0 < S * fill ? lo - in0 : S * fill, k_hi = hi - in0 > k_lo ? hi - in0 : k_lo;
-    for (int k = threadIdx.x; k < k_lo; k += blockDim.x) xs[k % S * plen + k / S] = 0.0f;
-    for (int k = k_hi + threadIdx.x; k < S * fill; k += blockDim.x) xs[k % S * plen + k / S] = 0.0f;
-    if (hi <= lo) return true;
-    /* [a, b): the elements of [lo, hi) that whole aligned vectors cover */
-    const int mis = (int)((uintptr_t)xr / sizeof(T) % 4);
-    int a = lo + (-(lo + mis) & 3);
-    a = a < hi ? a : hi;
-    const int b = a + ((hi - a) & ~3);
-    float chk = 0.0f;
-    for (int end = 0; end < 2; end++) {
-        const int i = (end ? b : lo) + threadIdx.x;
-        if (i < (end ? hi : a)) {
-            const float v = lu_ld(xr, i);
-            const int k = i - in0;
-            xs[k % S * plen + k / S] = v;
-            chk = dw_check(chk, v);
-        }
-    }
-    for (int i = a + 4 * threadIdx.x; i < b; i += 4 * blockDim.x) {
-        float v[4];
-        lu_ld4(xr + i, v);
-        const int k = i - in0;
-        for (int e = 0; e < 4; e++) chk = dw_check(chk, v[e]);
-        if (S == 1 && (k & 3) == 0) {
-            *(float4 *)&xs[k] = make_float4(v[0], v[1], v[2], v[3]);
-        } else {
-            for (int e = 0; e < 4; e++) xs[(k + e) % S * plen + (k + e) / S] = v[e];
-        }
-    }
-    return chk == 0.0f;
+    v[0] = __uint_as_float(u.x);
+    v[1] = __uint_as_float(u.y);
+    v[2] = __uint_as_float(u.z);
+    v[3] = __uint_as_float(u.w);
 }
 
-/* dw_stage_x for the forward, over `rows` <= R rows at once (row r at xr + r*xstride, n frames
- * each; staged at xs + r*rstride, rstride 16-byte aligned). The aligned middle of each row moves
- * as vector loads of V = 4 or 8 elements, and every row's loads are issued before the first
- * shared store, so that a block waits for memory once, not once per row. */
-template <typename T, int S, int R, int V>
+static __device__ __forceinline__ void dw_unpack(uint2 u, float (&v)[4])
+{
+    v[0] = __uint_as_float(u.x << 16);
+    v[1] = __uint_as_float(u.x & 0xffff0000u);
+    v[2] = __uint_as_float(u.y << 16);
+    v[3] = __uint_as_float(u.y & 0xffff0000u);
+}
+
+/* Stores one lane's VP (4 or 2) values pv of a phase array, positions idx0 + [0, VP) with dst =
+ * that array + idx0 and idx0 + SH a multiple of VP: the VP positions from idx0 + SH take pv[SH, VP)
+ * and the next lane's first SH values nb in one 16-byte (8-byte) store, the lanes of a warp on
+ * consecutive addresses. A lane without a next lane (the warp's last, or the row's) stores its own
+ * values past SH alone; with head (the warp's lane 0, which no lane before covers) it also stores
+ * pv[0, SH). */
+template <int VP, int SH>
+static __device__ __forceinline__ void dw_store_phase(float *dst, const float (&pv)[VP], const float (&nb)[3], bool head,
+                                                      bool next)
+{
+    if (head)
+#pragma unroll
+        for (int e = 0; e < SH; e++) dst[e] = pv[e];
+    if (SH == 0 || next) {
+        float o[VP];
+#pragma unroll
+        for (int j = 0; j < VP; j++) o[j] = j + SH < VP ? pv[j + SH] : nb[j + SH < VP ? 0 : j + SH - VP];
+        if (VP == 2)
+            *(float2 *)(dst + SH) = make_float2(o[0], o[1]);
+        else
+            *(float4 *)(dst + SH) = make_float4(o[0], o[1], o[2], o[3 % VP]);
+    } else {
+#pragma unroll
+        for (int e = SH; e < VP; e++) dst[e] = pv[e];
+    }
+}
+
+/* Stages the input window of the tile of outputs [o0, o0 + cnt) for the forward and dw: of each
+ * of `rows` <= R rows (row r at xr + r*xstride, n frames) at xs + r*rstride as S phases of `fill`
+ * floats, plen floats apart (xs, plen and rstride 16-byte aligned), window position k in phase
+ * k % S at k / S, zero outside the input and past the window. Returns whether this thread's
+ * inputs are finite. Positions fit in 32 bits (dw_fits_grid).
+ * The aligned middle of each row moves as vector loads of 4 elements, every row's issued before
+ * the first shared store so that a block waits for memory once. A lane's 4 elements are 4/S
+ * consecutive positions of each phase, the next lane's the 4/S after them, but the padding shifts
+ * those positions off the grid of the vector stores (K 31, padding 15: by 3 floats): so each lane
+ * hands its first values to the lane before (shuffles) and stores one aligned vector a phase
+ * (dw_store_phase). A warp's 512 bytes of stores then take 4 shared-memory wavefronts (S 1; 4-byte
+ * stores 16 bytes apart took 16) or 4 (S 2; took 8). The at most 3 + 3 elements around the middle
+ * move one each. */
+/* Stages the input window of the tile of outputs [o0, o0 + cnt) for the forward and dw: of each
+ * of `rows` <= R rows (row r at xr + r*xstride, n frames) at xs + r*rstride as S phases of `fill`
+ * floats, plen floats apart (xs, plen and rstride 16-byte aligned), window position k in phase
+ * k % S at k / S, zero outside the input and past the window. Returns whether this thread's
+ * inputs are finite. Positions fit in 32 bits (dw_fits_grid).
+ * The aligned middle of each row moves as vector loads of V elements (16 bytes), every row's
+ * issued before the first shared store so that a block waits for memory once. A lane's V
+ * elements are V/S consecutive positions of each phase, the next lane's the V/S after them, but
+ * the padding p shifts those positions off the 16-byte grid (K 31, padding 15: by 3 floats): so
+ * each lane hands its first values to the lane before (shuffles) and stores whole aligned vectors
+ * (dw_store_phase), a 512-byte run of a warp's stores taking 4 shared-memory wavefronts where
+ * 4-byte stores 32 bytes apart took 32. The at most V-1 + V-1 elements around the middle move
+ * one each. */
+template <typename T, int S, int R>
 static __device__ __forceinline__ bool dw_stage_rows(const T *xr, int64_t xstride, int rows, int n, int o0, int cnt,
                                                      int p, int K, int fill, float *xs, int plen, int rstride)
 {
+    constexpr int V = 4, VP = V / S;
+    typedef typename dw_raw4<T>::type raw_t;
     int64_t span64;
     const int in0 = (int)lu_dw_x_window(o0, cnt, S, p, K, &span64), span = (int)span64;
-    const int lo = in0 > 0 ? in0 : 0, hi = in0 + span < n ? in0 + span : n;
+    const int lo = in0 > 0 ? in0 : 0, hi = in0 + span < n ? in0 + span : n, lane = (int)(threadIdx.x & 31);
     /* window positions [0, k_lo) and [k_hi, S*fill) are padding */
     const int k_lo = lo - in0 < S * fill ? lo - in0 : S * fill, k_hi = hi - in0 > k_lo ? hi - in0 : k_lo;
     for (int r = 0; r < rows; r++) {
@@ -274,26 +302,39 @@ static __device__ __forceinline__ bool dw_stage_rows(const T *xr, int64_t xstrid
             edge[r][end] = r < rows && i < (end ? hi : a[r]) ? lu_ld(xr + r * xstride, i) : 0.0f;
         }
     }
-    for (int m = V * threadIdx.x; m < most; m += V * blockDim.x) {
-        float v[R][V];
+    /* the loop and the skips below are the same for a warp's lanes (blockDim.x is a multiple of
+     * 32), which all take part in the shuffles; a row's loaded lanes are the first of the warp */
+    for (int m = V * (int)threadIdx.x; m - V * lane < most; m += V * blockDim.x) {
+        raw_t raw[R]; /* the loads, unpacked as they are stored */
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            raw[r] = r < rows && a[r] + m < b[r] ? *(const raw_t *)(xr + r * xstride + a[r] + m) : raw_t{};
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            if (r < rows && a[r] + m < b[r]) lu_ldv(xr + r * xstride + a[r] + m, v[r]);
-        }
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            if (r >= rows || a[r] + m >= b[r]) continue;
-            float *xsr = xs + r * rstride;
+            if (r >= rows || a[r] + m - V * lane >= b[r]) continue;
+            const bool mine = a[r] + m < b[r], next = lane < 31 && a[r] + m + V < b[r];
             const int k = a[r] + m - in0;
+            float v[V];
+            dw_unpack(raw[r], v);
 #pragma unroll
-            for (int e = 0; e < V; e++) chk = dw_check(chk, v[r][e]);
-            if (S == 1 && (k & 3) == 0) {
+            for (int e = 0; e < V; e++) chk = dw_check(chk, v[e]);
 #pragma unroll
-                for (int e = 0; e < V; e += 4)
-                    *(float4 *)&xsr[k + e] = make_float4(v[r][e], v[r][e + 1], v[r][e + 2], v[r][e + 3]);
-            } else {
+            for (int ph = 0; ph < S; ph++) {
+                const bool odd = S == 2 && ((ph - k) & 1); /* the lane's first value in phase ph is v[odd] */
+                const int idx0 = (k + odd) / S;
+                float pv[VP], nb[3];
 #pragma unroll
-                for (int e = 0; e < V; e++) xsr[(k + e) % S * plen + (k + e) / S] = v[r][e];
+                for (int j = 0; j < VP; j++) pv[j] = odd ? v[S * j + (S - 1)] : v[S * j];
+#pragma unroll
+                for (int j = 0; j < 3; j++) nb[j] = j < VP - 1 ? __shfl_down_sync(0xffffffffu, pv[j], 1) : 0.0f;
+                float *dst = xs + r * rstride + ph * plen + idx0;
+                if (!mine) continue;
+                switch (-idx0 & (VP - 1)) {
+                case 0: dw_store_phase<VP, 0>(dst, pv, nb, false, next); break;
+                case 1: dw_store_phase<VP, 1>(dst, pv, nb, lane == 0, next); break;
+                case 2: dw_store_phase<VP, VP == 4 ? 2 : 0>(dst, pv, nb, lane == 0, next); break;
+                default: dw_store_phase<VP, VP == 4 ? 3 : 0>(dst, pv, nb, lane == 0, next); break;
+                }
             }
         }
     }
@@ -363,7 +404,7 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const 
     T *yr = y + (b0 * g.cin + ch) * g.ow + o0;
     float wv[S][DW_WPER];
     dw_load_weights<T, S>(w + ch * K, K, false, wv);
-    bool ok = dw_stage_rows<T, S, DW_FWD_ROWS, 4>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill, rstride);
+    bool ok = dw_stage_rows<T, S, DW_FWD_ROWS>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill, rstride);
     ok = dw_store_weights<S>(wv, K, ws) && ok;
     const float b = bias ? lu_ld(bias, ch) : 0.0f;
     if (__syncthreads_and(ok)) {
@@ -495,8 +536,8 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_partial_kernel(const 
         bool ok = true;
         for (int r = 0; r < rows; r++) {
             int64_t row = (b0 + r) * g.cin + ch;
-            ok = dw_stage_x<T, S>(x + row * T_, (int)T_, (int)o0, cnt, (int)p, K, fill, &xs[r][0][0],
-                                  LU_DW_PHASE_LEN) && ok;
+            ok = dw_stage_rows<T, S, 1>(x + row * T_, 0, 1, (int)T_, (int)o0, cnt, (int)p, K, fill, &xs[r][0][0],
+                                        LU_DW_PHASE_LEN, 0) && ok;
             for (int q = cnt + threadIdx.x; q < LU_DW_DY_LEN; q += blockDim.x) dys[r][q] = 0.0f;
             lu_row_load(dy + row * OT, o0, o0 + cnt, [&](int64_t o, float v) {
                 dys[r][o - o0] = v;

@@ -37,7 +37,8 @@ static void phases_clear(phases *ph)
         for (int m = 0; m < LU_DW_PHASE_LEN; m++) ph->a[r][m] = NAN;
 }
 
-/* dw_stage_x of conv.cu: the input window of outputs [o0, o0 + cnt) as s phases of fill floats. */
+/* dw_stage_rows of conv.cu for one row: the input window of outputs [o0, o0 + cnt) as s phases of
+ * fill floats. */
 static void stage_x(phases *xs, const float *x, int64_t T, int64_t o0, int64_t cnt, int64_t s, int64_t p, int64_t K,
                     int64_t fill)
 {
