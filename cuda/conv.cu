@@ -4,14 +4,18 @@
  *    Conformer/Zipformer convolution modules, memory-bound): a block stages a tile of a few
  *    rows of one channel in shared memory with vector loads and runs them as stride-1
  *    correlations, 4 outputs per thread with the inputs sliding through registers (geometry in
- *    conv_tiles.h); dx is the transposed convolution of a dy tile; dw and dbias are per-block
- *    partial sums over several rows of a channel that a second kernel adds up in a fixed order;
+ *    conv_tiles.h); the forward's blocks (K <= 32, or 64 at stride 2) are persistent and copy
+ *    their next tile in by cp.async while they compute the current one; dx is the transposed
+ *    convolution of a dy tile; dw and dbias are per-block partial sums over several rows of a
+ *    channel that a second kernel adds up in a fixed order;
  *  - other depthwise convolutions (Cin == groups): direct kernels, one thread per output
  *    element, per dx element, and one block per weight;
  *  - the rest, per group: y_g = w_g @ im2col(x_g) through cuBLAS (lu_cuda_gemm), the batch taken
  *    in chunks that bound the column buffer; dx = col2im(w_g^T @ dy_g) with col2im gathering
  *    (each dx element adds its taps in order); dw = sum over the batch of dy_g @ col_g^T in fp32.
  * No float atomics anywhere: results are deterministic. */
+#include <atomic>
+
 #include "conv_tiles.h"
 #include "rows.cuh"
 
@@ -160,30 +164,31 @@ static __device__ __forceinline__ float dw_check(float chk, float v) { return fm
  * reads this thread's taps (i = threadIdx.x + j LU_DW_THREADS) into registers, dw_store_weights
  * stores them, so that a kernel issues its other global loads between the two and waits for
  * memory once, not first for the weights. */
-template <typename T, int S>
-static __device__ __forceinline__ void dw_load_weights(const T *wc, int K, bool reversed, float (&v)[S][DW_WPER])
+template <typename T, int S, int J = DW_WPER>
+static __device__ __forceinline__ void dw_load_weights(const T *wc, int K, bool reversed, float (&v)[S][J])
 {
 #pragma unroll
     for (int r = 0; r < S; r++) {
         const int kr = (int)lu_dw_phase_taps(K, S, r);
 #pragma unroll
-        for (int j = 0; j < DW_WPER; j++) {
+        for (int j = 0; j < J; j++) {
             const int i = (int)threadIdx.x + j * LU_DW_THREADS;
             v[r][j] = i < kr ? lu_ld(wc, S * (reversed ? kr - 1 - i : i) + r) : 0.0f;
         }
     }
 }
 
-/* Returns whether this thread's weights are finite. */
-template <int S>
-static __device__ __forceinline__ bool dw_store_weights(const float (&v)[S][DW_WPER], int K, float (*ws)[LU_DW_WLEN])
+/* Returns whether this thread's weights are finite. J may be below DW_WPER where every phase has
+ * at most J * LU_DW_THREADS taps. */
+template <int S, int J = DW_WPER>
+static __device__ __forceinline__ bool dw_store_weights(const float (&v)[S][J], int K, float (*ws)[LU_DW_WLEN])
 {
     const int n = (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 0));
     float chk = 0.0f;
 #pragma unroll
     for (int r = 0; r < S; r++)
 #pragma unroll
-        for (int j = 0; j < DW_WPER; j++) {
+        for (int j = 0; j < J; j++) {
             const int i = (int)threadIdx.x + j * LU_DW_THREADS;
             if (i < n) {
                 ws[r][i] = v[r][j];
@@ -224,8 +229,8 @@ static __device__ __forceinline__ void dw_unpack(uint2 u, float (&v)[4])
  * values past SH alone; with head (the warp's lane 0, which no lane before covers) it also stores
  * pv[0, SH). */
 template <int VP, int SH>
-static __device__ __forceinline__ void dw_store_phase(float *dst, const float (&pv)[VP], const float (&nb)[3], bool head,
-                                                      bool next)
+static __device__ __forceinline__ void dw_store_phase(float *dst, const float (&pv)[VP], const float (&nb)[3],
+                                                      bool head, bool next)
 {
     if (head)
 #pragma unroll
@@ -244,80 +249,91 @@ static __device__ __forceinline__ void dw_store_phase(float *dst, const float (&
     }
 }
 
-/* Stages the input window of the tile of outputs [o0, o0 + cnt) for the forward and dw: of each
- * of `rows` <= R rows (row r at xr + r*xstride, n frames) at xs + r*rstride as S phases of `fill`
- * floats, plen floats apart (xs, plen and rstride 16-byte aligned), window position k in phase
- * k % S at k / S, zero outside the input and past the window. Returns whether this thread's
- * inputs are finite. Positions fit in 32 bits (dw_fits_grid).
- * The aligned middle of each row moves as vector loads of 4 elements, every row's issued before
- * the first shared store so that a block waits for memory once. A lane's 4 elements are 4/S
- * consecutive positions of each phase, the next lane's the 4/S after them, but the padding shifts
- * those positions off the grid of the vector stores (K 31, padding 15: by 3 floats): so each lane
- * hands its first values to the lane before (shuffles) and stores one aligned vector a phase
- * (dw_store_phase). A warp's 512 bytes of stores then take 4 shared-memory wavefronts (S 1; 4-byte
- * stores 16 bytes apart took 16) or 4 (S 2; took 8). The at most 3 + 3 elements around the middle
- * move one each. */
-/* Stages the input window of the tile of outputs [o0, o0 + cnt) for the forward and dw: of each
- * of `rows` <= R rows (row r at xr + r*xstride, n frames) at xs + r*rstride as S phases of `fill`
- * floats, plen floats apart (xs, plen and rstride 16-byte aligned), window position k in phase
- * k % S at k / S, zero outside the input and past the window. Returns whether this thread's
- * inputs are finite. Positions fit in 32 bits (dw_fits_grid).
- * The aligned middle of each row moves as vector loads of V elements (16 bytes), every row's
- * issued before the first shared store so that a block waits for memory once. A lane's V
- * elements are V/S consecutive positions of each phase, the next lane's the V/S after them, but
- * the padding p shifts those positions off the 16-byte grid (K 31, padding 15: by 3 floats): so
- * each lane hands its first values to the lane before (shuffles) and stores whole aligned vectors
- * (dw_store_phase), a 512-byte run of a warp's stores taking 4 shared-memory wavefronts where
- * 4-byte stores 32 bytes apart took 32. The at most V-1 + V-1 elements around the middle move
- * one each. */
+/* The input window of a tile of outputs [o0, o0 + cnt) of `rows` rows (row r at xr + r*xstride,
+ * n frames): input frames [in0, in0 + span), [lo, hi) of them inside the row, and [a[r], b[r])
+ * the part of [lo, hi) that aligned 4-element vectors of row r cover, `most` the longest. Frames
+ * fit in 32 bits (dw_fits_grid). */
+template <int R> struct dw_window {
+    int in0, lo, hi, a[R], b[R], most;
+};
+
 template <typename T, int S, int R>
-static __device__ __forceinline__ bool dw_stage_rows(const T *xr, int64_t xstride, int rows, int n, int o0, int cnt,
-                                                     int p, int K, int fill, float *xs, int plen, int rstride)
+static __device__ __forceinline__ dw_window<R> dw_window_of(const T *xr, int64_t xstride, int rows, int n, int o0,
+                                                            int cnt, int p, int K)
 {
-    constexpr int V = 4, VP = V / S;
+    dw_window<R> w;
+    int64_t span;
+    w.in0 = (int)lu_dw_x_window(o0, cnt, S, p, K, &span);
+    w.lo = w.in0 > 0 ? w.in0 : 0;
+    w.hi = w.in0 + span < n ? w.in0 + (int)span : n;
+    w.most = 0;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int mis = (int)(((uintptr_t)xr / sizeof(T) + (uint64_t)(r * xstride)) % 4);
+        w.a[r] = w.lo + (-(w.lo + mis) & 3);
+        w.a[r] = w.a[r] < w.hi ? w.a[r] : w.hi;
+        w.b[r] = w.a[r] + ((w.hi - w.a[r]) & ~3);
+        w.most = r < rows && w.b[r] - w.a[r] > w.most ? w.b[r] - w.a[r] : w.most;
+    }
+    return w;
+}
+
+/* The at most 3 + 3 elements of each row around its aligned middle: edge[r][0] = element lo + t
+ * of [lo, a[r]) and edge[r][1] = element b[r] + t of [b[r], hi), t = threadIdx.x, 0 where none. */
+template <typename T, int R>
+static __device__ __forceinline__ void dw_load_edges(const dw_window<R> &w, const T *xr, int64_t xstride, int rows,
+                                                     float (&edge)[R][2])
+{
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int end = 0; end < 2; end++) {
+            const int i = (end ? w.b[r] : w.lo) + threadIdx.x;
+            edge[r][end] = r < rows && i < (end ? w.hi : w.a[r]) ? lu_ld(xr + r * xstride, i) : 0.0f;
+        }
+}
+
+/* Stores a tile's window for the forward and dw: row r at xs + r*rstride as S phases of `fill`
+ * floats, plen floats apart (xs, plen and rstride 16-byte aligned), window position k in phase
+ * k % S at k / S, zero outside the input and past the window. The middle comes from ld(r, m),
+ * the 4 elements a[r] + m.. of row r as a raw vector, every row's read before the first store
+ * (global loads: so that a block waits for memory once); the edges from dw_load_edges. Returns
+ * whether this thread's inputs are finite.
+ * A lane's 4 elements are 4/S consecutive positions of each phase, the next lane's the 4/S after
+ * them, but the padding shifts those positions off the grid of the vector stores (K 31, padding
+ * 15: by 3 floats): so each lane hands its first values to the lane before (shuffles) and stores
+ * one aligned vector a phase (dw_store_phase). A warp's 512 bytes of stores then take 4
+ * shared-memory wavefronts (S 1; 4-byte stores 16 bytes apart took 16) or 4 (S 2; took 8). */
+template <typename T, int S, int R, typename Ld>
+static __device__ __forceinline__ bool dw_store_window(const dw_window<R> &w, int rows, int fill, float *xs, int plen,
+                                                       int rstride, const float (&edge)[R][2], Ld ld)
+{
+    constexpr int VP = 4 / S;
     typedef typename dw_raw4<T>::type raw_t;
-    int64_t span64;
-    const int in0 = (int)lu_dw_x_window(o0, cnt, S, p, K, &span64), span = (int)span64;
-    const int lo = in0 > 0 ? in0 : 0, hi = in0 + span < n ? in0 + span : n, lane = (int)(threadIdx.x & 31);
+    const int lane = (int)(threadIdx.x & 31);
     /* window positions [0, k_lo) and [k_hi, S*fill) are padding */
-    const int k_lo = lo - in0 < S * fill ? lo - in0 : S * fill, k_hi = hi - in0 > k_lo ? hi - in0 : k_lo;
+    const int k_lo = w.lo - w.in0 < S * fill ? w.lo - w.in0 : S * fill;
+    const int k_hi = w.hi - w.in0 > k_lo ? w.hi - w.in0 : k_lo;
     for (int r = 0; r < rows; r++) {
         for (int k = threadIdx.x; k < k_lo; k += blockDim.x) xs[r * rstride + k % S * plen + k / S] = 0.0f;
         for (int k = k_hi + threadIdx.x; k < S * fill; k += blockDim.x) xs[r * rstride + k % S * plen + k / S] = 0.0f;
     }
-    if (hi <= lo) return true;
-    /* [a[r], b[r]): the elements of [lo, hi) that whole aligned vectors of row r cover */
-    int a[R], b[R], most = 0;
-    float edge[R][2];
     float chk = 0.0f;
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const int mis = (int)(((uintptr_t)xr / sizeof(T) + (uint64_t)(r * xstride)) % V);
-        a[r] = lo + (-(lo + mis) & (V - 1));
-        a[r] = a[r] < hi ? a[r] : hi;
-        b[r] = a[r] + ((hi - a[r]) & ~(V - 1));
-        most = r < rows && b[r] - a[r] > most ? b[r] - a[r] : most;
-        for (int end = 0; end < 2; end++) {
-            const int i = (end ? b[r] : lo) + threadIdx.x;
-            edge[r][end] = r < rows && i < (end ? hi : a[r]) ? lu_ld(xr + r * xstride, i) : 0.0f;
-        }
-    }
     /* the loop and the skips below are the same for a warp's lanes (blockDim.x is a multiple of
      * 32), which all take part in the shuffles; a row's loaded lanes are the first of the warp */
-    for (int m = V * (int)threadIdx.x; m - V * lane < most; m += V * blockDim.x) {
-        raw_t raw[R]; /* the loads, unpacked as they are stored */
+    for (int m = 4 * (int)threadIdx.x; m - 4 * lane < w.most; m += 4 * blockDim.x) {
+        raw_t raw[R]; /* unpacked as they are stored */
 #pragma unroll
-        for (int r = 0; r < R; r++)
-            raw[r] = r < rows && a[r] + m < b[r] ? *(const raw_t *)(xr + r * xstride + a[r] + m) : raw_t{};
+        for (int r = 0; r < R; r++) raw[r] = r < rows && w.a[r] + m < w.b[r] ? ld(r, m) : raw_t{};
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            if (r >= rows || a[r] + m - V * lane >= b[r]) continue;
-            const bool mine = a[r] + m < b[r], next = lane < 31 && a[r] + m + V < b[r];
-            const int k = a[r] + m - in0;
-            float v[V];
+            if (r >= rows || w.a[r] + m - 4 * lane >= w.b[r]) continue;
+            const bool mine = w.a[r] + m < w.b[r], next = lane < 31 && w.a[r] + m + 4 < w.b[r];
+            const int k = w.a[r] + m - w.in0;
+            float v[4];
             dw_unpack(raw[r], v);
 #pragma unroll
-            for (int e = 0; e < V; e++) chk = dw_check(chk, v[e]);
+            for (int e = 0; e < 4; e++) chk = dw_check(chk, v[e]);
 #pragma unroll
             for (int ph = 0; ph < S; ph++) {
                 const bool odd = S == 2 && ((ph - k) & 1); /* the lane's first value in phase ph is v[odd] */
@@ -341,14 +357,29 @@ static __device__ __forceinline__ bool dw_stage_rows(const T *xr, int64_t xstrid
 #pragma unroll
     for (int r = 0; r < R; r++)
         for (int end = 0; end < 2; end++) {
-            const int i = (end ? b[r] : lo) + threadIdx.x;
-            if (r < rows && i < (end ? hi : a[r])) {
-                const int k = i - in0;
+            const int i = (end ? w.b[r] : w.lo) + threadIdx.x;
+            if (r < rows && i < (end ? w.hi : w.a[r])) {
+                const int k = i - w.in0;
                 xs[r * rstride + k % S * plen + k / S] = edge[r][end];
                 chk = dw_check(chk, edge[r][end]);
             }
         }
     return chk == 0.0f;
+}
+
+/* Loads and stores (dw_store_window) the window of the tile of outputs [o0, o0 + cnt) of `rows` <=
+ * R rows from global memory. */
+template <typename T, int S, int R>
+static __device__ __forceinline__ bool dw_stage_rows(const T *xr, int64_t xstride, int rows, int n, int o0, int cnt,
+                                                     int p, int K, int fill, float *xs, int plen, int rstride)
+{
+    typedef typename dw_raw4<T>::type raw_t;
+    const dw_window<R> w = dw_window_of<T, S, R>(xr, xstride, rows, n, o0, cnt, p, K);
+    float edge[R][2];
+    dw_load_edges<T, R>(w, xr, xstride, rows, edge);
+    return dw_store_window<T, S, R>(w, rows, fill, xs, plen, rstride, edge, [&](int r, int m) {
+        return *(const raw_t *)(xr + r * xstride + w.a[r] + m);
+    });
 }
 
 /* The rows of a block: blockIdx.x = channel + C * (batch / rows_per_block), gridDim.x = C *
@@ -378,35 +409,22 @@ static __device__ __forceinline__ void dw_store_run(T *p, const float (&v)[RUN],
  * distinct banks (a 16-byte shared load is served 8 lanes at a time). */
 static __host__ __device__ __forceinline__ int dw_fwd_row_stride(int s, int fill) { return s * fill | 4; }
 
-/* The depthwise forward: a block per (DW_FWD_ROWS rows of one channel, tile of LU_DW_TILE outputs)
- * stages its rows, every row's loads issued before the first shared store (dynamic shared memory:
- * row r at r * dw_fwd_row_stride, its S phases `fill` floats apart, fill = lu_dw_fwd_fill_upto of
- * the longest tile), then its threads take runs of RUN outputs and store them straight from
- * registers. An 8-lane group takes 32 consecutive outputs: of one row (RUN 4), or (RUN 8) lanes 0-3
- * in a pair's first row and 4-7 at the same outputs of the second, which the row stride puts in
- * the other banks (runs 32 bytes apart in one row alone would have two lanes on each bank).
- * Phase 0 has G groups of 4 taps (0: not known at compile time), phase 1 G or G - 1. A block whose
- * staged values are not all finite takes the exact path. RUN is 4, or 8 under
- * LUTHIER_DW_FWD_OUTPUTS=8 (dw_fwd_outputs). */
+/* The outputs of a forward tile from its staged rows xs (row r at r*rstride, its S phases `fill`
+ * floats apart) and weights ws, whose staging this thread found finite where ok: the block's
+ * threads take runs of RUN outputs and store them straight from registers. An 8-lane group takes
+ * 32 consecutive outputs: of one row (RUN 4), or (RUN 8) lanes 0-3 in a pair's first row and 4-7 at
+ * the same outputs of the second, which the row stride puts in the other banks (runs 32 bytes
+ * apart in one row alone would have two lanes on each bank). Phase 0 has G groups of 4 taps (0:
+ * not known at compile time), phase 1 G or G - 1. A tile whose staged values are not all finite
+ * takes the exact path. Starts with a barrier. */
 template <typename T, int S, int G, int RUN>
-static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const T *x, const T *w, const T *bias, T *y,
-                                                                          conv_geom g, int fill)
+static __device__ __forceinline__ void dw_forward_outputs(const float *xs, const float (*ws)[LU_DW_WLEN], bool ok,
+                                                          const conv_geom &g, T *yr, int rows, int o0, int cnt,
+                                                          int fill, float b)
 {
     constexpr int LPR = 32 / RUN, RPU = 8 / LPR; /* lanes of an 8-lane group a row, rows a group */
-    extern __shared__ __align__(16) float dw_fwd_xs[];
-    __shared__ __align__(16) float ws[S][LU_DW_WLEN];
-    const int n = (int)g.w, OT = (int)g.ow, p = (int)g.pad[1], K = (int)g.kw, o0 = blockIdx.y * LU_DW_TILE;
-    const int cnt = OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE, rstride = dw_fwd_row_stride(S, fill);
-    int64_t ch, b0;
-    const int rows = dw_block_rows(&g, DW_FWD_ROWS, &ch, &b0);
-    const int64_t xstride = g.cin * g.w, ystride = g.cin * g.ow; /* from one batch item to the next */
-    const T *xr = x + (b0 * g.cin + ch) * g.w;
-    T *yr = y + (b0 * g.cin + ch) * g.ow + o0;
-    float wv[S][DW_WPER];
-    dw_load_weights<T, S>(w + ch * K, K, false, wv);
-    bool ok = dw_stage_rows<T, S, DW_FWD_ROWS>(xr, xstride, rows, n, o0, cnt, p, K, fill, dw_fwd_xs, fill, rstride);
-    ok = dw_store_weights<S>(wv, K, ws) && ok;
-    const float b = bias ? lu_ld(bias, ch) : 0.0f;
+    const int rstride = dw_fwd_row_stride(S, fill), K = (int)g.kw;
+    const int64_t ystride = g.cin * g.ow; /* from one batch item to the next */
     if (__syncthreads_and(ok)) {
         const int g0 = G > 0 ? G : (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 0)) / 4;
         const int g1 = S == 2 ? (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 1)) / 4 : 0;
@@ -423,7 +441,7 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const 
             float acc[RUN];
 #pragma unroll
             for (int v = 0; v < RUN; v++) acc[v] = b;
-            const float *xw = dw_fwd_xs + r * rstride + q;
+            const float *xw = xs + r * rstride + q;
             dw_corr<RUN, G>(acc, xw, ws[0], g0);
             if (S == 2) {
                 if (G == 0 || g1 == G) dw_corr<RUN, G>(acc, xw + fill, ws[1], g1);
@@ -435,7 +453,118 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const 
         for (int r = 0; r < rows; r++)
             for (int q = threadIdx.x; q < cnt; q += blockDim.x)
                 lu_st(yr + r * ystride, q,
-                      lu_dw_fwd_exact(dw_fwd_xs + r * rstride, fill, &ws[0][0], b, q, o0, n, S, p, K));
+                      lu_dw_fwd_exact(xs + r * rstride, fill, &ws[0][0], b, q, o0, (int)g.w, S, (int)g.pad[1], K));
+    }
+}
+
+/* The depthwise forward, a block per (DW_FWD_ROWS rows of one channel, tile of LU_DW_TILE
+ * outputs): stages its rows (dynamic shared memory: row r at r * dw_fwd_row_stride, its S phases
+ * `fill` floats apart, fill = lu_dw_fwd_fill_upto of the longest tile) and computes their outputs
+ * (dw_forward_outputs). RUN is 4, or 8 under LUTHIER_DW_FWD_OUTPUTS=8 (dw_fwd_outputs). */
+template <typename T, int S, int G, int RUN>
+static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const T *x, const T *w, const T *bias, T *y,
+                                                                          conv_geom g, int fill)
+{
+    extern __shared__ __align__(16) float dw_fwd_xs[];
+    __shared__ __align__(16) float ws[S][LU_DW_WLEN];
+    const int OT = (int)g.ow, K = (int)g.kw, o0 = blockIdx.y * LU_DW_TILE;
+    const int cnt = OT - o0 < LU_DW_TILE ? OT - o0 : LU_DW_TILE;
+    int64_t ch, b0;
+    const int rows = dw_block_rows(&g, DW_FWD_ROWS, &ch, &b0);
+    float wv[S][DW_WPER];
+    dw_load_weights<T, S>(w + ch * K, K, false, wv);
+    bool ok = dw_stage_rows<T, S, DW_FWD_ROWS>(x + (b0 * g.cin + ch) * g.w, g.cin * g.w, rows, (int)g.w, o0, cnt,
+                                               (int)g.pad[1], K, fill, dw_fwd_xs, fill, dw_fwd_row_stride(S, fill));
+    ok = dw_store_weights<S>(wv, K, ws) && ok;
+    dw_forward_outputs<T, S, G, RUN>(dw_fwd_xs, ws, ok, g, y + (b0 * g.cin + ch) * g.ow + o0, rows, o0, cnt, fill,
+                                     bias ? lu_ld(bias, ch) : 0.0f);
+}
+
+/* ---- the pipelined forward (LUTHIER_DW_FWD_PIPE) ---- */
+
+/* Forward tile t of the pipelined kernel: rows [b0, b0 + rows) of channel ch, outputs [o0, o0 +
+ * cnt); t = (batch group * C + channel) * (output tiles) + output tile. */
+struct dw_tile {
+    int64_t ch, b0;
+    int rows, o0, cnt;
+};
+
+static __device__ __forceinline__ dw_tile dw_tile_at(const conv_geom &g, int t)
+{
+    const int nt = (int)((g.ow + LU_DW_TILE - 1) / LU_DW_TILE), u = t / nt;
+    dw_tile d;
+    d.o0 = (t - u * nt) * LU_DW_TILE;
+    d.cnt = (int)(g.ow - d.o0 < LU_DW_TILE ? g.ow - d.o0 : LU_DW_TILE);
+    d.ch = u % g.cin;
+    d.b0 = u / g.cin * DW_FWD_ROWS;
+    d.rows = (int)(g.batch - d.b0 < DW_FWD_ROWS ? g.batch - d.b0 : DW_FWD_ROWS);
+    return d;
+}
+
+/* What a thread holds of a tile between its issue and its staging: the edges of its rows, its
+ * weight of each phase (4G <= LU_DW_THREADS taps a phase) and the bias. */
+template <int S> struct dw_pipe_regs {
+    float edge[DW_FWD_ROWS][2], wt[S][1], bias;
+};
+
+/* Issues tile t: the aligned middle of each row of its window to rb (row r at r * rlen elements)
+ * by cp.async, one group; its edges, weights and bias as loads into q. */
+template <typename T, int S>
+static __device__ __forceinline__ void dw_pipe_issue(const T *x, const T *w, const T *bias, const conv_geom &g, int t,
+                                                     T *rb, int rlen, dw_pipe_regs<S> &q)
+{
+    const dw_tile d = dw_tile_at(g, t);
+    const T *xr = x + (d.b0 * g.cin + d.ch) * g.w;
+    const int64_t xstride = g.cin * g.w;
+    const dw_window<DW_FWD_ROWS> win =
+        dw_window_of<T, S, DW_FWD_ROWS>(xr, xstride, d.rows, (int)g.w, d.o0, d.cnt, (int)g.pad[1], (int)g.kw);
+#pragma unroll
+    for (int r = 0; r < DW_FWD_ROWS; r++)
+        for (int m = 4 * (int)threadIdx.x; r < d.rows && m < win.b[r] - win.a[r]; m += 4 * blockDim.x)
+            lu_cp_async<4 * sizeof(T)>(rb + r * rlen + m, xr + r * xstride + win.a[r] + m);
+    lu_cp_commit();
+    dw_load_edges<T, DW_FWD_ROWS>(win, xr, xstride, d.rows, q.edge);
+    dw_load_weights<T, S, 1>(w + d.ch * g.kw, (int)g.kw, false, q.wt);
+    q.bias = bias ? lu_ld(bias, d.ch) : 0.0f;
+}
+
+/* The forward as persistent blocks (a few a multiprocessor, all resident) that take tiles t =
+ * blockIdx.x, + gridDim.x, ... and overlap each tile's memory traffic with the previous tile's
+ * arithmetic: while a block stages and computes tile t from shared memory, the copies of tile t +
+ * gridDim.x (cp.async into the other of two raw buffers, rlen elements a row, after the rows xs)
+ * and the loads of its edges, weights and bias are in flight. In the one-tile-a-block kernel
+ * each block waits for its loads before its first multiply, and the resident blocks start
+ * together. Same staging, outputs and results as dw_forward_kernel; G > 0. */
+template <typename T, int S, int G, int RUN>
+static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_pipe_kernel(const T *x, const T *w, const T *bias,
+                                                                               T *y, conv_geom g, int fill, int rlen,
+                                                                               int tiles)
+{
+    typedef typename dw_raw4<T>::type raw_t;
+    extern __shared__ __align__(16) float dw_pipe_xs[];
+    __shared__ __align__(16) float ws[S][LU_DW_WLEN];
+    const int rstride = dw_fwd_row_stride(S, fill), K = (int)g.kw;
+    T *const raw0 = (T *)(dw_pipe_xs + DW_FWD_ROWS * rstride);
+    dw_pipe_regs<S> cur, nxt;
+    int t = blockIdx.x, buf = 0;
+    if (t < tiles) dw_pipe_issue<T, S>(x, w, bias, g, t, raw0, rlen, cur);
+    for (; t < tiles; t += gridDim.x, buf ^= 1) {
+        if (t + (int)gridDim.x < tiles)
+            dw_pipe_issue<T, S>(x, w, bias, g, t + gridDim.x, raw0 + (buf ^ 1) * DW_FWD_ROWS * rlen, rlen, nxt);
+        else
+            lu_cp_commit(); /* an empty group: the wait below counts the same */
+        lu_cp_wait<1>();
+        __syncthreads(); /* tile t's copies are in for every thread; the last tile is done with xs and ws */
+        const dw_tile d = dw_tile_at(g, t);
+        const T *xr = x + (d.b0 * g.cin + d.ch) * g.w, *rb = raw0 + buf * DW_FWD_ROWS * rlen;
+        const dw_window<DW_FWD_ROWS> win =
+            dw_window_of<T, S, DW_FWD_ROWS>(xr, g.cin * g.w, d.rows, (int)g.w, d.o0, d.cnt, (int)g.pad[1], K);
+        bool ok = dw_store_window<T, S, DW_FWD_ROWS>(win, d.rows, fill, dw_pipe_xs, fill, rstride, cur.edge,
+                                                     [&](int r, int m) { return *(const raw_t *)(rb + r * rlen + m); });
+        ok = dw_store_weights<S, 1>(cur.wt, K, ws) && ok;
+        dw_forward_outputs<T, S, G, RUN>(dw_pipe_xs, ws, ok, g, y + (d.b0 * g.cin + d.ch) * g.ow + d.o0, d.rows, d.o0,
+                                         d.cnt, fill, cur.bias);
+        cur = nxt;
     }
 }
 
@@ -619,45 +748,98 @@ static bool dw_fits_grid(const conv_geom *g)
     return tiles <= 65535 && g->cin * ((g->batch + DW_ROWS - 1) / DW_ROWS) * tiles < INT32_MAX;
 }
 
-template <typename T, int S, int G>
-static void dw_forward_launch(dim3 grid, size_t smem, const conv_geom *g, const void *x, const void *w,
-                              const void *bias, void *y, int fill, int run)
-{
-    if (run == 8)
-        dw_forward_kernel<T, S, G, 8><<<grid, LU_DW_THREADS, smem>>>((const T *)x, (const T *)w, (const T *)bias,
-                                                                     (T *)y, *g, fill);
-    else
-        dw_forward_kernel<T, S, G, 4><<<grid, LU_DW_THREADS, smem>>>((const T *)x, (const T *)w, (const T *)bias,
-                                                                     (T *)y, *g, fill);
-}
-
 /* Outputs a thread of the depthwise forward: 4, or 8 under LUTHIER_DW_FWD_OUTPUTS=8, a variant a
- * GPU run has yet to rank (`luthier bench gpu` times both). */
+ * GPU run has yet to rank. */
 static int dw_fwd_outputs(void)
 {
     const char *e = getenv("LUTHIER_DW_FWD_OUTPUTS");
     return e && !strcmp(e, "8") ? 8 : 4;
 }
 
-/* dw_forward_kernel is compiled for the group counts of K <= 32 (stride 1) and K <= 64 (stride 2),
- * the rest counts its groups at run time. */
+/* Whether the forward may take the pipelined kernel: not under LUTHIER_DW_FWD_PIPE=0, the
+ * one-tile-a-block kernel that `luthier bench gpu` times against it. */
+static bool dw_fwd_pipe(void)
+{
+    const char *e = getenv("LUTHIER_DW_FWD_PIPE");
+    return !e || strcmp(e, "0");
+}
+
+/* Dynamic shared memory of the pipelined forward with rows of `rstride` floats and raw rows of
+ * rlen elements: the staged rows, then two raw buffers. */
+static size_t dw_pipe_smem(int rstride, int rlen, size_t esize)
+{
+    return (size_t)DW_FWD_ROWS * ((size_t)rstride * sizeof(float) + 2 * (size_t)rlen * esize);
+}
+
+/* Resident blocks a multiprocessor of the pipelined forward with smem bytes of dynamic shared
+ * memory (0: it cannot run), asked of the runtime once for each kernel and size. */
+template <typename T, int S, int G, int RUN>
+static int dw_pipe_blocks_per_sm(size_t smem)
+{
+    static std::atomic<uint64_t> known(0); /* smem << 8 | (blocks + 1), 0 before the first call */
+    const uint64_t k = known.load(std::memory_order_relaxed);
+    if ((k & 0xff) && k >> 8 == smem) return (int)(k & 0xff) - 1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, dw_forward_pipe_kernel<T, S, G, RUN>, LU_DW_THREADS, smem) !=
+        cudaSuccess) {
+        (void)cudaGetLastError(); /* not the launch's error: the other kernel runs */
+        n = 0;
+    }
+    n = n < 0 ? 0 : n > 254 ? 254 : n;
+    known.store((uint64_t)smem << 8 | (uint64_t)(n + 1), std::memory_order_relaxed);
+    return n;
+}
+
+template <typename T, int S, int G, int RUN>
+static void dw_forward_launch(const conv_geom *g, const void *x, const void *w, const void *bias, void *y, int fill)
+{
+    const int64_t groups = g->cin * ((g->batch + DW_FWD_ROWS - 1) / DW_FWD_ROWS);
+    const int64_t nt = (g->ow + LU_DW_TILE - 1) / LU_DW_TILE;
+    const int rstride = dw_fwd_row_stride(S, fill);
+    /* a raw row holds at most the window of a tile */
+    const int rlen = (int)lu_dw_ceil4(((g->ow < LU_DW_TILE ? g->ow : LU_DW_TILE) - 1) * S + g->kw);
+    const size_t smem = dw_pipe_smem(rstride, rlen, sizeof(T));
+    constexpr int GP = G > 0 ? G : 1; /* the pipelined kernel is not launched for G 0 */
+    const bool pipe = G > 0 && smem <= LU_CUDA_SMEM_DEFAULT && dw_fwd_pipe();
+    const int per_sm = pipe ? dw_pipe_blocks_per_sm<T, S, GP, RUN>(smem) : 0;
+    if (per_sm > 0) {
+        const int64_t tiles = groups * nt, most = (int64_t)per_sm * lu_cuda_sm_count();
+        dw_forward_pipe_kernel<T, S, GP, RUN><<<(unsigned)(tiles < most ? tiles : most), LU_DW_THREADS, smem>>>(
+            (const T *)x, (const T *)w, (const T *)bias, (T *)y, *g, fill, rlen, (int)tiles);
+    } else {
+        dw_forward_kernel<T, S, G, RUN><<<dim3((unsigned)groups, (unsigned)nt), LU_DW_THREADS,
+                                          (size_t)DW_FWD_ROWS * rstride * sizeof(float)>>>(
+            (const T *)x, (const T *)w, (const T *)bias, (T *)y, *g, fill);
+    }
+}
+
+/* The forward kernels are compiled for the group counts of K <= 32 (stride 1) and K <= 64
+ * (stride 2): the pipelined one (dw_forward_pipe_kernel) where its shared memory fits the default
+ * 48 KB, else the one-tile-a-block one (dw_forward_kernel), which also takes the rest and counts
+ * their groups at run time. */
+template <typename T, int S, int G>
+static void dw_forward_run(const conv_geom *g, const void *x, const void *w, const void *bias, void *y, int fill)
+{
+    if (dw_fwd_outputs() == 8)
+        dw_forward_launch<T, S, G, 8>(g, x, w, bias, y, fill);
+    else
+        dw_forward_launch<T, S, G, 4>(g, x, w, bias, y, fill);
+}
+
 template <typename T, int S>
 static lu_status dw_forward(const conv_geom *g, const void *x, const void *w, const void *bias, void *y)
 {
-    dim3 grid((unsigned)(g->cin * ((g->batch + DW_FWD_ROWS - 1) / DW_FWD_ROWS)),
-              (unsigned)((g->ow + LU_DW_TILE - 1) / LU_DW_TILE));
-    const int fill = (int)lu_dw_fwd_fill_upto(g->kw, S, g->ow < LU_DW_TILE ? g->ow : LU_DW_TILE), run = dw_fwd_outputs();
-    const size_t smem = (size_t)DW_FWD_ROWS * dw_fwd_row_stride(S, fill) * sizeof(float);
+    const int fill = (int)lu_dw_fwd_fill_upto(g->kw, S, g->ow < LU_DW_TILE ? g->ow : LU_DW_TILE);
     switch (lu_dw_ceil4(lu_dw_phase_taps(g->kw, S, 0)) / 4) {
-    case 1: dw_forward_launch<T, S, 1>(grid, smem, g, x, w, bias, y, fill, run); break;
-    case 2: dw_forward_launch<T, S, 2>(grid, smem, g, x, w, bias, y, fill, run); break;
-    case 3: dw_forward_launch<T, S, 3>(grid, smem, g, x, w, bias, y, fill, run); break;
-    case 4: dw_forward_launch<T, S, 4>(grid, smem, g, x, w, bias, y, fill, run); break;
-    case 5: dw_forward_launch<T, S, 5>(grid, smem, g, x, w, bias, y, fill, run); break;
-    case 6: dw_forward_launch<T, S, 6>(grid, smem, g, x, w, bias, y, fill, run); break;
-    case 7: dw_forward_launch<T, S, 7>(grid, smem, g, x, w, bias, y, fill, run); break;
-    case 8: dw_forward_launch<T, S, 8>(grid, smem, g, x, w, bias, y, fill, run); break;
-    default: dw_forward_launch<T, S, 0>(grid, smem, g, x, w, bias, y, fill, run); break;
+    case 1: dw_forward_run<T, S, 1>(g, x, w, bias, y, fill); break;
+    case 2: dw_forward_run<T, S, 2>(g, x, w, bias, y, fill); break;
+    case 3: dw_forward_run<T, S, 3>(g, x, w, bias, y, fill); break;
+    case 4: dw_forward_run<T, S, 4>(g, x, w, bias, y, fill); break;
+    case 5: dw_forward_run<T, S, 5>(g, x, w, bias, y, fill); break;
+    case 6: dw_forward_run<T, S, 6>(g, x, w, bias, y, fill); break;
+    case 7: dw_forward_run<T, S, 7>(g, x, w, bias, y, fill); break;
+    case 8: dw_forward_run<T, S, 8>(g, x, w, bias, y, fill); break;
+    default: dw_forward_run<T, S, 0>(g, x, w, bias, y, fill); break;
     }
     LU_CUDA_CHECK_LAUNCH();
     return LU_OK;

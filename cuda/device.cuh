@@ -22,6 +22,19 @@ static inline unsigned lu_cuda_blocks(int64_t n)
     return (unsigned)b;
 }
 
+/* Dynamic shared memory a launch may take without cudaFuncSetAttribute. */
+#define LU_CUDA_SMEM_DEFAULT (48 * 1024)
+
+/* Multiprocessors of the current device, 1 where the query fails. */
+static inline int lu_cuda_sm_count(void)
+{
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
+                                                   cudaSuccess || sms < 1)
+        sms = 1;
+    return sms;
+}
+
 #define LU_CUDA_FOR(i, n)                                                                  \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);             \
          i += (int64_t)blockDim.x * gridDim.x)

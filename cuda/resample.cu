@@ -367,11 +367,8 @@ static bool downsample_vec_ok(const lu_tensor *x, int64_t f, const lu_tensor *a,
  * resident at once), fewer when there are not enough items. */
 static unsigned downsample_grid(int64_t n)
 {
-    int dev = 0, sms = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
-                                                   cudaSuccess || sms < 1)
-        sms = 1;
-    int64_t need = (n + LU_CUDA_THREADS - 1) / LU_CUDA_THREADS, most = (int64_t)sms * DS_FWD_BLOCKS_PER_SM;
+    int64_t need = (n + LU_CUDA_THREADS - 1) / LU_CUDA_THREADS;
+    int64_t most = (int64_t)lu_cuda_sm_count() * DS_FWD_BLOCKS_PER_SM;
     return (unsigned)(need < 1 ? 1 : need < most ? need : most);
 }
 

@@ -559,33 +559,40 @@ Test(cuda_conv, depthwise_conv1d_bf16_propagates_nan_and_inf_as_the_cpu)
     check_dw_bf16_nan_and_inf();
 }
 
-/* The forward, of 4 outputs a thread and of 8 (LUTHIER_DW_FWD_OUTPUTS=8), compiled for each count
- * of 4-tap groups of phase 0 up to 8 and counting them at run time above. Stride 1: K 3 .. 31 step
- * 4 and 33 (1 .. 8 groups, then run time). Stride 2: K 7, 9, 17, 25, 33, 41, 55, 63 (1 .. 8 groups,
- * phase 1 a group short for K 9, 17, 25, 33 and 41) and 65. Five rows (a block of 4 and one of 1),
- * T 37 (one short tile) and 1030 (three tiles, rows not 8-aligned), each K in f32 and bf16; the
- * NaN and Inf case; and, for 8 outputs, the benchmark's shape. */
+/* The forward's kernels: the pipelined one (persistent blocks; on the emulator, which then
+ * reports one multiprocessor, each block takes several tiles) and the one-tile-a-block one
+ * (LUTHIER_DW_FWD_PIPE=0), each with 4 outputs a thread and with 8 (LUTHIER_DW_FWD_OUTPUTS=8),
+ * compiled for each count of 4-tap groups of phase 0 up to 8 (the one-tile-a-block kernel counts
+ * them at run time above). Stride 1: K 3 .. 31 step 4 and 33 (1 .. 8 groups, then run time).
+ * Stride 2: K 7, 9, 17, 25, 33, 41, 55, 63 (1 .. 8 groups, phase 1 a group short for K 9, 17, 25,
+ * 33 and 41) and 65. Five rows (a block of 4 and one of 1), T 37 (one short tile) and 1030 (three
+ * tiles, rows not 8-aligned), each K in f32 and bf16; the NaN and Inf case; and, but for the
+ * default (depthwise_conv1d_matches_cpu_at_benchmark_shape), the benchmark's shape. */
 Test(cuda_conv, depthwise_forward_matches_cpu_for_each_group_count)
 {
     require_gpu();
     static const int64_t Ts[] = {37, 1030};
     static const int64_t Ks[2][9] = {{3, 7, 11, 15, 19, 23, 27, 31, 33}, {7, 9, 17, 25, 33, 41, 55, 63, 65}};
-    for (int run = 4; run <= 8; run += 4) {
+    setenv("LU_EMU_SMS", "1", 1);
+    for (int v = 0; v < 4; v++) {
+        const int run = v % 2 ? 8 : 4;
         if (run == 8) setenv("LUTHIER_DW_FWD_OUTPUTS", "8", 1);
+        if (v >= 2) setenv("LUTHIER_DW_FWD_PIPE", "0", 1);
         for (int s = 1; s <= 2; s++)
             for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
                 for (size_t b = 0; b < sizeof Ks[0] / sizeof Ks[0][0]; b++) {
                     int64_t K = Ks[s - 1][b];
-                    lu_dtype dt = (a + b + run / 4) % 2 ? LU_BF16 : LU_F32; /* each K in both dtypes */
+                    lu_dtype dt = (a + b + v) % 2 ? LU_BF16 : LU_F32; /* each K in both dtypes */
                     double tol = dt == LU_BF16 ? TOL_BF16 : TOL_F32;
                     check_conv1d(5, 3, 3, Ts[a], K, s, (int)(K - 1) / 2, 1, 3, a == 0, dt, tol);
                 }
         check_dw_bf16_nan_and_inf();
-        /* depthwise_conv1d_matches_cpu_at_benchmark_shape takes the 4-output kernel there */
-        if (run == 8)
+        if (v > 0)
             for (int s = 1; s <= 2; s++) check_conv1d(32, 384, 384, 500, 31, s, 15, 1, 384, true, LU_BF16, TOL_BF16);
         unsetenv("LUTHIER_DW_FWD_OUTPUTS");
+        unsetenv("LUTHIER_DW_FWD_PIPE");
     }
+    unsetenv("LU_EMU_SMS");
 }
 
 /* NaN and Inf in x and dy, near the padded ends too: the tiles holding them take the exact path,

@@ -7,9 +7,10 @@
  * (LUTHIER_CUBLASLT=0), the attention on mma.sync where the default is wgmma (LUTHIER_ATT_WGMMA=0,
  * a Hopper GPU; elsewhere the forward with 16 query rows a warp, LUTHIER_ATT_ROWS_PER_WARP=16, and
  * the backward's wider tilings (LUTHIER_ATT_DKDV_KEYS=128,
- * LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward of 8 outputs a thread
- * (LUTHIER_DW_FWD_OUTPUTS=8) and RMSNorm's rows of 2048 in one warp each
- * (LUTHIER_NORM_MULTIWARP_ROWS=0).
+ * LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward of one tile a block where the default
+ * is pipelined (LUTHIER_DW_FWD_PIPE=0) and RMSNorm's rows of 2048 in one warp each
+ * (LUTHIER_NORM_MULTIWARP_ROWS=0). LUTHIER_DW_FWD_OUTPUTS=8 (the depthwise forward of 8 outputs a
+ * thread) in the environment applies to both conv figures.
  *
  * Our kernels are called through the CUDA backend's op table on tensors allocated beforehand
  * (forward; forward then backward, with kernel scratch from an arena), and timed as the script
@@ -100,7 +101,7 @@ static void usage(FILE *f)
                "  is wgmma (a Hopper GPU), elsewhere its forward with 16 query rows a warp instead of 32\n"
                "  (LUTHIER_ATT_ROWS_PER_WARP=16) and its forward + backward with the backward's variant\n"
                "  kernels (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32),\n"
-               "  the depthwise conv also with 8 forward outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8), RMSNorm\n"
+               "  the depthwise conv also with its forward of one tile a block (LUTHIER_DW_FWD_PIPE=0), RMSNorm\n"
                "  at d 2048 also one warp a row (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
                "  --case NAME    one case (default all):");
     for (int i = 0; i < N_CASES; i++) fprintf(f, " %s", cases[i].name);
@@ -487,11 +488,12 @@ static lu_status time_attention(const op_bench *o, gpu_result *r, int pass, int 
                         pass ? "the backward's wider tilings" : "16 rows a warp");
 }
 
-/* The depthwise conv's forward of 4 outputs a thread (the default), then of 8 (cuda/conv.cu). */
+/* The depthwise conv with its pipelined forward (the default), then with the forward of one tile
+ * a block (cuda/conv.cu). */
 static lu_status time_conv(const op_bench *o, gpu_result *r, int pass, int iters)
 {
-    static const char *const vars[1] = {"LUTHIER_DW_FWD_OUTPUTS"}, *const eight[1] = {"8"};
-    return time_variant(o, r, pass, iters, 1, vars, eight, "8 forward outputs a thread");
+    static const char *const vars[1] = {"LUTHIER_DW_FWD_PIPE"}, *const off[1] = {"0"};
+    return time_variant(o, r, pass, iters, 1, vars, off, "the forward of one tile a block");
 }
 
 /* RMSNorm: rows of more than 1024 elements in registers across warps (the default), then in one
@@ -762,7 +764,7 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
            "with dK/dV of 128 keys a block and dQ of 32 rows a warp (LUTHIER_ATT_DKDV_KEYS=128\n"
            "LUTHIER_ATT_DQ_ROWS_PER_WARP=32). GB/s:\n"
            "bytes each pass reads and writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias);\n"
-           "conv variant: the forward of 8 outputs a thread (LUTHIER_DW_FWD_OUTPUTS=8), ours 4. RMSNorm:\n"
+           "conv: ours pipelined (persistent blocks), variant one tile a block (LUTHIER_DW_FWD_PIPE=0). RMSNorm:\n"
            "against F.rms_norm, rstd in f32 on our side; ours holds a row in registers (d 2048: two warps a\n"
            "row), variant: d 2048 in the one-warp-a-row kernels (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
            "Linear FLOP: 2*M*N*K forward, 3x for fwd+bwd (the dx and dw GEMMs); fused: the bias in the GEMM's\n"

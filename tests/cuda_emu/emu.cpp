@@ -89,6 +89,15 @@ static const size_t STACK_BYTES = 256 << 10;
 static const size_t PAGE = 4096;
 static const size_t STATIC_SMEM_BYTES = 48 << 10; /* an H100's limits */
 
+/* Multiprocessors the device reports: an H100's 132, or LU_EMU_SMS (a test that wants a kernel's
+ * persistent blocks to take several tiles each sets a small count). */
+static int multiprocessors(void)
+{
+    const char *e = getenv("LU_EMU_SMS");
+    long v = e ? atol(e) : 0;
+    return v > 0 && v < 100000 ? (int)v : 132;
+}
+
 /* Dynamic shared memory a block may have on request: an H100's 227 KB, or LU_EMU_OPTIN_SMEM bytes
  * (a test's smaller device, e.g. an A100's 166912). */
 static size_t optin_smem_bytes(void)
@@ -1105,7 +1114,7 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
     switch (attr) {
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = (int)lu_emu::STATIC_SMEM_BYTES; break;
-    case cudaDevAttrMultiProcessorCount: *value = 132; break;
+    case cudaDevAttrMultiProcessorCount: *value = lu_emu::multiprocessors(); break;
     case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = (int)lu_emu::optin_smem_bytes(); break;
@@ -1309,6 +1318,20 @@ cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, 
         return record(cudaErrorInvalidValue);
     std::lock_guard<std::mutex> hold(lu_emu::launch_lock);
     lu_emu::max_dynamic_smem[func] = value;
+    return cudaSuccess;
+}
+
+/* An H100's limits by threads and dynamic shared memory (the emulator knows neither a kernel's
+ * registers nor its static shared memory): 2048 threads, 32 blocks and 228 KB a multiprocessor,
+ * 1 KB of which the runtime keeps per block. */
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, const void *func, int threads, size_t smem)
+{
+    if (!blocks || !func || threads < 1 || threads > 1024) return record(cudaErrorInvalidValue);
+    int n = 2048 / ((threads + 31) / 32 * 32);
+    n = n < 32 ? n : 32;
+    const size_t per_block = smem + 1024;
+    if ((size_t)n * per_block > (size_t)228 << 10) n = (int)(((size_t)228 << 10) / per_block);
+    *blocks = n;
     return cudaSuccess;
 }
 
