@@ -392,15 +392,22 @@ static __device__ __forceinline__ int dw_block_rows(const conv_geom *g, int rows
     return (int)(g->batch - *b0 < rows_per_block ? g->batch - *b0 : rows_per_block);
 }
 
-/* p[0, m) = v[0, m), m <= RUN: 16-byte stores where p is aligned for them. */
+/* p[0, m) = v[0, m), m <= RUN (4 or 8): whole runs as one or two vector stores where p is aligned
+ * for them, else as pairs where it is aligned for those, else (and the short run at a tile's end)
+ * one element at a time. Every index into v is known at compile time: v stays in registers. */
 template <int RUN, typename T>
 static __device__ __forceinline__ void dw_store_run(T *p, const float (&v)[RUN], int m)
 {
-    if (RUN == 8 && m == 8 && (uintptr_t)p % (8 * sizeof(T) < 16 ? 8 * sizeof(T) : 16) == 0) {
-        lu_st8(p, v);
+    constexpr size_t VEC = RUN * sizeof(T) < 16 ? RUN * sizeof(T) : 16;
+    if (m == RUN && (uintptr_t)p % VEC == 0) {
+        lu_stv(p, v);
+    } else if (m == RUN && (uintptr_t)p % (2 * sizeof(T)) == 0) {
+#pragma unroll
+        for (int e = 0; e < RUN; e += 2) lu_st2(p + e, v + e);
     } else {
-        lu_st_upto4(p, v, m < 4 ? m : 4);
-        if (RUN == 8 && m > 4) lu_st_upto4(p + 4, v + 4, m - 4);
+#pragma unroll
+        for (int e = 0; e < RUN; e++)
+            if (e < m) lu_st(p, e, v[e]);
     }
 }
 
@@ -491,12 +498,13 @@ struct dw_tile {
 
 static __device__ __forceinline__ dw_tile dw_tile_at(const conv_geom &g, int t)
 {
-    const int nt = (int)((g.ow + LU_DW_TILE - 1) / LU_DW_TILE), u = t / nt;
+    /* 32-bit division: tiles < INT32_MAX (dw_fits_grid) */
+    const unsigned nt = (unsigned)((g.ow + LU_DW_TILE - 1) / LU_DW_TILE), u = (unsigned)t / nt, C = (unsigned)g.cin;
     dw_tile d;
-    d.o0 = (t - u * nt) * LU_DW_TILE;
+    d.o0 = (int)((unsigned)t - u * nt) * LU_DW_TILE;
     d.cnt = (int)(g.ow - d.o0 < LU_DW_TILE ? g.ow - d.o0 : LU_DW_TILE);
-    d.ch = u % g.cin;
-    d.b0 = u / g.cin * DW_FWD_ROWS;
+    d.ch = u % C;
+    d.b0 = (int64_t)(u / C) * DW_FWD_ROWS;
     d.rows = (int)(g.batch - d.b0 < DW_FWD_ROWS ? g.batch - d.b0 : DW_FWD_ROWS);
     return d;
 }
