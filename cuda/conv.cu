@@ -14,8 +14,6 @@
  *    in chunks that bound the column buffer; dx = col2im(w_g^T @ dy_g) with col2im gathering
  *    (each dx element adds its taps in order); dw = sum over the batch of dy_g @ col_g^T in fp32.
  * No float atomics anywhere: results are deterministic. */
-#include <atomic>
-
 #include "conv_tiles.h"
 #include "rows.cuh"
 
@@ -780,22 +778,23 @@ static size_t dw_pipe_smem(int rstride, int rlen, size_t esize)
 }
 
 /* Resident blocks a multiprocessor of the pipelined forward with smem bytes of dynamic shared
- * memory (0: it cannot run), asked of the runtime once for each kernel and size. */
+ * memory (0: it cannot run), asked of the runtime once for each kernel and size by each host
+ * thread. */
 template <typename T, int S, int G, int RUN>
 static int dw_pipe_blocks_per_sm(size_t smem)
 {
-    static std::atomic<uint64_t> known(0); /* smem << 8 | (blocks + 1), 0 before the first call */
-    const uint64_t k = known.load(std::memory_order_relaxed);
-    if ((k & 0xff) && k >> 8 == smem) return (int)(k & 0xff) - 1;
+    static thread_local size_t known_smem = 0;
+    static thread_local int known = 0;
+    if (known_smem == smem) return known;
     int n = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, dw_forward_pipe_kernel<T, S, G, RUN>, LU_DW_THREADS, smem) !=
         cudaSuccess) {
         (void)cudaGetLastError(); /* not the launch's error: the other kernel runs */
         n = 0;
     }
-    n = n < 0 ? 0 : n > 254 ? 254 : n;
-    known.store((uint64_t)smem << 8 | (uint64_t)(n + 1), std::memory_order_relaxed);
-    return n;
+    known_smem = smem;
+    known = n > 0 ? n : 0;
+    return known;
 }
 
 template <typename T, int S, int G, int RUN>
