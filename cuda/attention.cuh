@@ -56,7 +56,7 @@ static inline bool att_smem_fits(size_t smem)
  * why the device cannot. */
 static inline lu_status att_smem_allow(const void *kernel, size_t smem, const att_args *a)
 {
-    if (smem <= 48 * 1024) return LU_OK;
+    if (smem <= LU_CUDA_SMEM_DEFAULT) return LU_OK;
     int dev = 0, max = 0;
     LU_CUDA_CHECK(cudaGetDevice(&dev));
     LU_CUDA_CHECK(cudaDeviceGetAttribute(&max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));

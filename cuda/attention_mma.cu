@@ -208,7 +208,7 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
         att_load_rows<D, ATT_BK, NT>(Ks, k, kbase, a.hkv * D, klo, tk);
         att_load_rows<D, ATT_BK, NT>(Vs, v, kbase, a.hkv * D, klo, tk);
     }
-    att_cp_commit();
+    lu_cp_commit();
 
     /* Softmax state of rows g and g + 8 of each tile in base-2 units (s * scale * log2 e), as every
      * lane of the row's quad holds it; l sums this lane's columns only until the end. */
@@ -271,7 +271,7 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
         }
         __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
-    att_cp_wait<0>();
+    lu_cp_wait<0>();
 
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -380,7 +380,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
         att_load_rows<D, BK, NT>(Ks, k, kbase, a.hkv * D, klo, tk);
         att_load_rows<D, BK, NT>(Vs, v, kbase, a.hkv * D, klo, tk);
     }
-    att_cp_commit();
+    lu_cp_commit();
 
     const float sl2 = a.scale * ATT_LOG2E;
     float lse2[MT][2], ds[MT][2];
@@ -408,7 +408,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
         }
         __syncthreads();
     }
-    att_cp_wait<0>();
+    lu_cp_wait<0>();
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) att_store_dq<BF16, D>(acc[mt], &a, dq, b, h, i0 + (wp * MT + mt) * 16);
 }
@@ -440,7 +440,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
     att_load_rows<D, ATT_BK, NT>(Ks, (const uint16_t *)a.k, kb.kbase, a.hkv * D, kb.j0, tk);
     att_load_rows<D, ATT_BK, NT>(Vs, (const uint16_t *)a.v, kb.kbase, a.hkv * D, kb.j0, tk);
     if (qs.steps > 0) qs.stage(0);
-    att_cp_commit();
+    lu_cp_commit();
 
     const float sl2 = a.scale * ATT_LOG2E;
     float acc_k[D / 8][4] = {}, acc_v[D / 8][4] = {};
@@ -459,7 +459,7 @@ static __global__ void __launch_bounds__(ATT_BWD_WARPS * LU_CUDA_WARP)
         }
         /* No barrier: this buffer is refilled at begin(st + 2), after the barrier of begin(st + 1). */
     }
-    att_cp_wait<0>();
+    lu_cp_wait<0>();
     att_store_dkdv<BF16, D>(acc_k, acc_v, kb.kr, &a, kb.b, kb.hk, dk, dv);
 }
 
@@ -508,7 +508,7 @@ static __global__ void __launch_bounds__(ATT_WIDE_WARPS * LU_CUDA_WARP, 1)
     att_load_rows<D, BN, NT>(Ks, (const uint16_t *)a.k, kbase, a.hkv * D, j0, tk);
     att_load_rows<D, BN, NT>(Vs, (const uint16_t *)a.v, kbase, a.hkv * D, j0, tk);
     if (qs.steps > 0) qs.stage(0);
-    att_cp_commit();
+    lu_cp_commit();
 
     /* The warp's keys [wj0, wj0 + 32); this lane's kr[mt][x] = wj0 + 16 mt + g + 8 x. */
     const int wj0 = j0 + 32 * kg;
@@ -573,7 +573,7 @@ static __global__ void __launch_bounds__(ATT_WIDE_WARPS * LU_CUDA_WARP, 1)
         }
         __syncthreads(); /* every warp is done with this buffer and with P^T, dS^T before they are refilled */
     }
-    att_cp_wait<0>();
+    lu_cp_wait<0>();
 
 #pragma unroll
     for (int mt = 0; mt < 2; mt++)

@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <math.h>
 
+#include "async.cuh"
 #include "attention.cuh"
 
 #define ATT_BK 64                       /* keys per tile of the forward and of dQ; per block of dK, dV */
@@ -24,11 +25,6 @@
 
 #ifdef LU_CUDA_EMU
 /* The CPU emulator (tests/cuda_emu) carries out the same instructions. */
-static inline uint32_t att_saddr(const void *p) { return lu_emu::shared_address(p); }
-static inline void att_cp16(void *dst, const void *src, bool in) { lu_emu::cp_async(dst, src, 16, in); }
-static inline void att_cp4(void *dst, const void *src, bool in) { lu_emu::cp_async(dst, src, 4, in); }
-static inline void att_cp_commit() { lu_emu::cp_async_commit(); }
-template <int N> static inline void att_cp_wait() { lu_emu::cp_async_wait(N); }
 static inline void att_ldsm(uint32_t r[4], const uint16_t *p) { lu_emu::ldmatrix_x4(r, p, false); }
 static inline void att_ldsm_t(uint32_t r[4], const uint16_t *p) { lu_emu::ldmatrix_x4(r, p, true); }
 template <bool BF16> static inline void att_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
@@ -42,41 +38,19 @@ static inline float att_exp2(float x)
     return r < FLT_MIN ? 0.0f : r; /* ex2.approx.ftz flushes subnormal results to zero */
 }
 #else
-static __device__ __forceinline__ uint32_t att_saddr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-/* 16 bytes from global to shared memory, or 16 zero bytes when !in (src is then not read). */
-static __device__ __forceinline__ void att_cp16(void *dst, const void *src, bool in)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(att_saddr(dst)), "l"(src), "r"(in ? 16 : 0));
-}
-
-/* The same for 4 bytes (through L1: .cg takes 16-byte copies only). */
-static __device__ __forceinline__ void att_cp4(void *dst, const void *src, bool in)
-{
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(att_saddr(dst)), "l"(src), "r"(in ? 4 : 0));
-}
-
-static __device__ __forceinline__ void att_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-/* Waits until at most N committed groups of this thread are in flight. */
-template <int N> static __device__ __forceinline__ void att_cp_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
 /* Four 8 x 8 matrices of 16-bit elements; lane l gives the address of row l % 8 of matrix l / 8. */
 static __device__ __forceinline__ void att_ldsm(uint32_t r[4], const uint16_t *p)
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(att_saddr(p)));
+                 : "r"(lu_saddr(p)));
 }
 
 static __device__ __forceinline__ void att_ldsm_t(uint32_t r[4], const uint16_t *p)
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(att_saddr(p)));
+                 : "r"(lu_saddr(p)));
 }
 
 /* c (16 x 8) += a (16 x 16) b (16 x 8). */
@@ -161,12 +135,12 @@ static __device__ __forceinline__ void att_load_rows(uint16_t *s, const uint16_t
     uint16_t *d = SW ? s + (c / 8) * ROWS * 64 + r * 64 + ((c % 8) ^ (r % 8)) * 8 : s + r * LD + c * 8;
     if (r0 + ROWS <= t) {
 #pragma unroll
-        for (int n = 0; n < N; n++, p += step) att_cp16(d + n * STEP * LD, p, true);
+        for (int n = 0; n < N; n++, p += step) lu_cp_async<16>(d + n * STEP * LD, p);
     } else {
 #pragma unroll
         for (int n = 0; n < N; n++, p += step) {
             const bool in = r0 + r + n * STEP < t;
-            att_cp16(d + n * STEP * LD, in ? p : x, in);
+            lu_cp_async_zfill<16>(d + n * STEP * LD, in ? p : x, in);
         }
     }
 }
@@ -177,10 +151,10 @@ static __device__ __forceinline__ void att_load_rows(uint16_t *s, const uint16_t
 template <bool SW> static __device__ __forceinline__ void att_land(bool more)
 {
     if (more) {
-        att_cp_commit();
-        att_cp_wait<1>();
+        lu_cp_commit();
+        lu_cp_wait<1>();
     } else {
-        att_cp_wait<0>();
+        lu_cp_wait<0>();
     }
     if (SW) att_fence_proxy_async();
     __syncthreads();
@@ -476,8 +450,8 @@ template <int D, int QC, int NT, int NB, bool SW = false> struct att_qsteps {
             /* Copied like the tiles, so that no thread waits for them here (0 past Tq). */
             const int i = i0 + (int)threadIdx.x;
             const int64_t row = (b * a->hq + h) * tq + i;
-            att_cp4(lse_s + buf * QC + threadIdx.x, i < tq ? lse + row : lse, i < tq);
-            att_cp4(ds_s + buf * QC + threadIdx.x, i < tq ? dsum + row : dsum, i < tq);
+            lu_cp_async_zfill<4>(lse_s + buf * QC + threadIdx.x, i < tq ? lse + row : lse, i < tq);
+            lu_cp_async_zfill<4>(ds_s + buf * QC + threadIdx.x, i < tq ? dsum + row : dsum, i < tq);
         }
     }
 

@@ -162,7 +162,7 @@ static __device__ __forceinline__ void att_frag_of(uint32_t r[4], const float (&
  * groups of 8 rows, lbo bytes between column blocks (N-major operands). */
 static __device__ __forceinline__ uint64_t att_desc(const void *p, uint32_t lbo)
 {
-    return (uint64_t)((att_saddr(p) & 0x3ffff) >> 4) | (uint64_t)(lbo >> 4) << 16 | (uint64_t)(1024 >> 4) << 32 |
+    return (uint64_t)((lu_saddr(p) & 0x3ffff) >> 4) | (uint64_t)(lbo >> 4) << 16 | (uint64_t)(1024 >> 4) << 32 |
            1ull << 62;
 }
 
@@ -248,7 +248,7 @@ static __global__ void __launch_bounds__(WGS * ATT_WG_THREADS, 2)
 #endif
     constexpr int BQ = WGS * 64, NT = WGS * ATT_WG_THREADS;
     const int lane = threadIdx.x % LU_CUDA_WARP, wp = threadIdx.x / LU_CUDA_WARP, wg = threadIdx.x / ATT_WG_THREADS;
-    unsigned char *base = att_wg_smem + ((1024 - (att_saddr(att_wg_smem) & 1023)) & 1023);
+    unsigned char *base = att_wg_smem + ((1024 - (lu_saddr(att_wg_smem) & 1023)) & 1023);
     uint16_t *Qs = (uint16_t *)base, *Ks = Qs + BQ * D, *Vs = Ks + 2 * ATT_BK * D;
     int *row_lo = (int *)(Vs + 2 * ATT_BK * D), *row_hi = row_lo + BQ;
 
@@ -267,7 +267,7 @@ static __global__ void __launch_bounds__(WGS * ATT_WG_THREADS, 2)
         att_load_rows<D, ATT_BK, NT, true>(Ks, k, kbase, kstride, klo, tk);
         att_load_rows<D, ATT_BK, NT, true>(Vs, v, kbase, kstride, klo, tk);
     }
-    att_cp_commit();
+    lu_cp_commit();
 
     /* The softmax state of rows g and g + 8 of the warp's 16 (att_softmax_tile). */
     const float sl2 = a.scale * ATT_LOG2E;
@@ -293,7 +293,7 @@ static __global__ void __launch_bounds__(WGS * ATT_WG_THREADS, 2)
         }
         __syncthreads(); /* every warpgroup is done with this buffer before it is refilled */
     }
-    att_cp_wait<0>();
+    lu_cp_wait<0>();
     att_store_rows<BF16, D>(acc, m, l, &a, o, lse, fb.b, fb.h, fb.i0 + wp * 16);
 }
 
@@ -319,7 +319,7 @@ static __global__ void __launch_bounds__(ATT_WG_THREADS)
     __trap(); /* never launched there (lu_att_wgmma_usable) */
 #endif
     constexpr int QC = ATT_QC(D), NT = ATT_WG_THREADS, NB = ATT_DKDV_NB;
-    unsigned char *base = att_wg_smem + ((1024 - (att_saddr(att_wg_smem) & 1023)) & 1023);
+    unsigned char *base = att_wg_smem + ((1024 - (lu_saddr(att_wg_smem) & 1023)) & 1023);
     uint16_t *Ks = (uint16_t *)base, *Vs = Ks + ATT_BK * D, *Qs = Vs + ATT_BK * D;
 
     /* The block's keys and this lane's, K and V staged with the first query step. */
@@ -332,7 +332,7 @@ static __global__ void __launch_bounds__(ATT_WG_THREADS)
         att_load_rows<D, ATT_BK, NT, true>(x ? Vs : Ks, (const uint16_t *)(x ? a.v : a.k), kb.kbase, a.hkv * D, j0,
                                            tk);
     if (qs.steps > 0) qs.stage(0);
-    att_cp_commit();
+    lu_cp_commit();
     const float sl2 = a.scale * ATT_LOG2E;
     float acc_k[D / 8][4] = {}, acc_v[D / 8][4] = {};
     const uint64_t kdesc = att_desc(Ks, 0), vdesc = att_desc(Vs, 0);
@@ -358,7 +358,7 @@ static __global__ void __launch_bounds__(ATT_WG_THREADS)
         }
         /* No barrier: this buffer is refilled at begin(st + 2), after the barrier of begin(st + 1). */
     }
-    att_cp_wait<0>();
+    lu_cp_wait<0>();
     att_store_dkdv<BF16, D>(acc_k, acc_v, kb.kr, &a, kb.b, kb.hk, dk, dv);
 }
 
@@ -384,7 +384,7 @@ static __global__ void __launch_bounds__(ATT_WG_THREADS)
 #endif
     constexpr int BQ = 64, NT = ATT_WG_THREADS;
     const int wp = threadIdx.x / LU_CUDA_WARP;
-    unsigned char *base = att_wg_smem + ((1024 - (att_saddr(att_wg_smem) & 1023)) & 1023);
+    unsigned char *base = att_wg_smem + ((1024 - (lu_saddr(att_wg_smem) & 1023)) & 1023);
     uint16_t *Qs = (uint16_t *)base, *dOs = Qs + BQ * D, *Ks = dOs + BQ * D, *Vs = Ks + 2 * ATT_BK * D;
     int *row_lo = (int *)(Vs + 2 * ATT_BK * D), *row_hi = row_lo + BQ;
 
@@ -402,7 +402,7 @@ static __global__ void __launch_bounds__(ATT_WG_THREADS)
     if (ntiles > 0)
         for (int x = 0; x < 2; x++)
             att_load_rows<D, ATT_BK, NT, true>(x ? Vs : Ks, x ? v : k, fb.kbase, kstride, klo, tk);
-    att_cp_commit();
+    lu_cp_commit();
 
     const att_rows rows = att_rows_of(row_lo, row_hi, wp * 16 + (int)threadIdx.x % LU_CUDA_WARP / 4);
     const float sl2 = a.scale * ATT_LOG2E;
@@ -427,7 +427,7 @@ static __global__ void __launch_bounds__(ATT_WG_THREADS)
         }
         __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
-    att_cp_wait<0>();
+    lu_cp_wait<0>();
     att_store_dq<BF16, D>(acc, &a, dq, fb.b, fb.h, fb.i0 + wp * 16);
 }
 

@@ -97,32 +97,6 @@ template <typename T> static __device__ __forceinline__ void lu_ldv(const T *p, 
 template <typename T> static __device__ __forceinline__ void lu_stv(T *p, const float (&v)[4]) { lu_st4(p, v); }
 template <typename T> static __device__ __forceinline__ void lu_stv(T *p, const float (&v)[8]) { lu_st8(p, v); }
 
-/* Asynchronous copies from global to shared memory (cp.async, sm_80): BYTES = 4, 8 or 16, both
- * addresses aligned to it; lu_cp_commit closes this thread's group of copies, lu_cp_wait<N> waits
- * until at most N of its groups are in flight (a barrier then shows the copies to the block). */
-#ifdef LU_CUDA_EMU
-template <int BYTES> static inline void lu_cp_async(void *dst, const void *src)
-{
-    lu_emu::cp_async(dst, src, BYTES, true);
-}
-static inline void lu_cp_commit() { lu_emu::cp_async_commit(); }
-template <int N> static inline void lu_cp_wait() { lu_emu::cp_async_wait(N); }
-#else
-template <int BYTES> static __device__ __forceinline__ void lu_cp_async(void *dst, const void *src)
-{
-    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-    if (BYTES == 16) /* .cg: around L1, which only 16-byte copies may take */
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
-    else
-        asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(d), "l"(src), "n"(BYTES));
-}
-static __device__ __forceinline__ void lu_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> static __device__ __forceinline__ void lu_cp_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-#endif
-
 /* p[0, n) = v[0, n), n <= 4, with the widest accesses that p's alignment allows. */
 template <typename T> static __device__ __forceinline__ void lu_st_upto4(T *p, const float v[4], int n)
 {
