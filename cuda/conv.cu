@@ -15,6 +15,7 @@
  *    (each dx element adds its taps in order); dw = sum over the batch of dy_g @ col_g^T in fp32.
  * No float atomics anywhere: results are deterministic. */
 #include "conv_tiles.h"
+#include "async.cuh"
 #include "rows.cuh"
 
 /* One geometry for both ops (as core/cpu/conv.c): axis 0 height, axis 1 width (time). */
@@ -743,8 +744,9 @@ static __global__ void dw_reduce_kernel(const float *partial, T *dw, T *db, int6
     }
 }
 
-/* Blocks of dw_partial_kernel: about DW_PARTIAL_ITEMS, each over whole units. */
-#define DW_PARTIAL_ITEMS 4096
+/* Blocks of dw_partial_kernel: about DW_PARTIAL_PER_SM a multiprocessor (4224 on an H100), each
+ * over whole units. */
+#define DW_PARTIAL_PER_SM 32
 
 /* The fast kernels index a block's rows and units in 32 bits, and the grid's second dimension
  * holds the tiles. */
@@ -864,7 +866,7 @@ static lu_status dw_backward(const conv_geom *g, const void *dy, const void *x, 
     }
     if (!dw && !db) return LU_OK;
     int64_t tiles = (g->ow + LU_DW_TILE - 1) / LU_DW_TILE, units = pairs * tiles;
-    int64_t per = units * g->cin / DW_PARTIAL_ITEMS, chunks;
+    int64_t per = units * g->cin / ((int64_t)lu_cuda_sm_count() * DW_PARTIAL_PER_SM), chunks;
     per = per < 1 ? 1 : per;
     chunks = (units + per - 1) / per;
     void *partial;

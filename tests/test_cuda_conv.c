@@ -427,12 +427,31 @@ Test(cuda_conv, depthwise_conv1d_matches_cpu_on_row_tails_and_several_tiles)
     }
 }
 
-/* The shape of `luthier bench gpu`: dw sums several (batch, tile) units per block. */
+/* dw and dbias with several (row pair, tile) units a block of the first stage, the last block
+ * with fewer: the stage takes about 32 blocks a multiprocessor, and the emulated device here has
+ * one (LU_EMU_SMS; on a GPU these shapes take a unit a block). B 5 leaves a pair of one row; at
+ * stride 1 the 9 units of a channel go 4, 4 and 1 to its blocks, at stride 2 the 6 go 3 and 3. */
+Test(cuda_conv, depthwise_dw_sums_several_units_a_block)
+{
+    require_gpu();
+    setenv("LU_EMU_SMS", "1", 1);
+    for (int s = 1; s <= 2; s++) {
+        check_conv1d(5, 16, 16, 1030, 31, s, 15, 1, 16, true, LU_F32, TOL_F32);
+        check_conv1d(5, 16, 16, 1029, 8, s, 3, 1, 16, true, LU_BF16, TOL_BF16);
+    }
+    unsetenv("LU_EMU_SMS");
+}
+
+/* The shapes of `luthier bench gpu` (B 32, C 384, T 500, K 31), forward and backward. On the
+ * emulator bf16 alone: its f32 kernels differ from the bf16 ones in the element type only, and
+ * run full blocks of 4 rows in depthwise_forward_matches_cpu_for_each_group_count. */
 Test(cuda_conv, depthwise_conv1d_matches_cpu_at_benchmark_shape)
 {
     require_gpu();
     for (int s = 1; s <= 2; s++) {
+#ifndef LU_CUDA_EMU
         check_conv1d(32, 384, 384, 500, 31, s, 15, 1, 384, true, LU_F32, TOL_F32);
+#endif
         check_conv1d(32, 384, 384, 500, 31, s, 15, 1, 384, true, LU_BF16, TOL_BF16);
     }
 }
