@@ -345,10 +345,10 @@ Test(cuda_attention, f16_within_f16_rounding) { require_gpu(); check_cases(half_
 Test(cuda_attention, sizes_bf16_within_bf16_rounding) { require_gpu(); check_cases(sizes, N_OF(sizes), LU_BF16, TOL_BF16); }
 
 /* The tensor-core kernels (16-bit, D == Dv in {64, 128}, no returned weights): lengths that end
- * inside a tile of 64, single rows and keys, query heads 16/8 and 4/4, and every mask. */
+ * inside a tile of 64, single rows and keys, query heads 16/8, 4/2 and 4/4, and every mask. */
 static const gcase mma_cases[] = {
     {.name = "mma 129x129 16/8 d128", DIMS(1, 129, 129, 16, 8, 128, 128)},
-    {.name = "mma causal 300x300 16/8 d128", DIMS(1, 300, 300, 16, 8, 128, 128), .causal = true},
+    {.name = "mma causal 300x300 4/2 d128", DIMS(1, 300, 300, 4, 2, 128, 128), .causal = true},
     {.name = "mma causal 129x129 4/4 d64", DIMS(2, 129, 129, 4, 4, 64, 64), .causal = true},
     {.name = "mma 300x300 4/4 d64", DIMS(1, 300, 300, 4, 4, 64, 64)},
     {.name = "mma 1x77 4/4 d64", DIMS(2, 1, 77, 4, 4, 64, 64)},
@@ -356,7 +356,7 @@ static const gcase mma_cases[] = {
     {.name = "mma 77x1 4/4 d128", DIMS(2, 77, 1, 4, 4, 128, 128)},
     {.name = "mma causal 77x1 16/8 d64 (leading rows empty)", DIMS(1, 77, 1, 16, 8, 64, 64), .causal = true},
     {.name = "mma mask 129x300 4/4 d64, batch 0 fully padded", DIMS(2, 129, 300, 4, 4, 64, 64), .mask = 2},
-    {.name = "mma mask causal 300x129 16/8 d128", DIMS(2, 300, 129, 16, 8, 128, 128), .causal = true, .mask = 1},
+    {.name = "mma mask causal 300x129 4/2 d128", DIMS(2, 300, 129, 4, 2, 128, 128), .causal = true, .mask = 1},
     {.name = "mma cu 3 seqs 129 16/8 d128", DIMS(1, 129, 129, 16, 8, 128, 128), .cu = cu3, .n_cu = 4},
     {.name = "mma cu i64 empty segment causal mask 77 4/4 d64", DIMS(1, 77, 77, 4, 4, 64, 64), .causal = true,
      .mask = 1, .cu = cu_empty, .n_cu = 5, .cu_i64 = true},
@@ -468,7 +468,7 @@ Test(cuda_attention, tensor_core_backward_with_128_keys_falls_back_where_shared_
     setenv("LU_EMU_OPTIN_SMEM", "166912", 1);
     setenv("LUTHIER_ATT_DKDV_KEYS", "128", 1);
     setenv("LUTHIER_ATT_WGMMA", "0", 1);
-    check_cases(&mma_cases[1], 1, LU_BF16, TOL_BF16); /* causal 300x300 16/8 d128 */
+    check_cases(&mma_cases[1], 1, LU_BF16, TOL_BF16); /* causal 300x300 4/2 d128 */
     unsetenv("LUTHIER_ATT_WGMMA");
     unsetenv("LUTHIER_ATT_DKDV_KEYS");
     unsetenv("LU_EMU_OPTIN_SMEM");
@@ -516,7 +516,7 @@ Test(cuda_attention, reruns_are_bit_identical)
 Test(cuda_attention, tensor_core_backward_reruns_are_bit_identical)
 {
     require_gpu();
-    const gcase c = {.name = "mma causal mask 300x300 16/8 d128", DIMS(2, 300, 300, 16, 8, 128, 128), .causal = true,
+    const gcase c = {.name = "mma causal mask 300x300 4/2 d128", DIMS(2, 300, 300, 4, 2, 128, 128), .causal = true,
                      .mask = 1};
     check_attention_deterministic(&c, LU_BF16);
     const gcase p = {.name = "mma cu causal 129 4/4 d64", DIMS(1, 129, 129, 4, 4, 64, 64), .causal = true, .cu = cu3,
