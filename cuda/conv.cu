@@ -391,14 +391,20 @@ static __device__ __forceinline__ int dw_block_rows(const conv_geom *g, int rows
     return (int)(g->batch - *b0 < rows_per_block ? g->batch - *b0 : rows_per_block);
 }
 
+/* Bytes of the widest store of a run of RUN outputs: the run, up to 16. */
+template <int RUN, typename T> struct dw_run_vec {
+    static constexpr size_t bytes = RUN * sizeof(T) < 16 ? RUN * sizeof(T) : 16;
+};
+
 /* p[0, m) = v[0, m), m <= RUN (4 or 8): whole runs as one or two vector stores where p is aligned
- * for them, else as pairs where it is aligned for those, else (and the short run at a tile's end)
- * one element at a time. Every index into v is known at compile time: v stays in registers. */
+ * for them (known where vec: the caller's whole tile is), else as pairs where it is aligned for
+ * those, else (and the short run at a tile's end) one element at a time. Every index into v is
+ * known at compile time: v stays in registers. */
 template <int RUN, typename T>
-static __device__ __forceinline__ void dw_store_run(T *p, const float (&v)[RUN], int m)
+static __device__ __forceinline__ void dw_store_run(T *p, const float (&v)[RUN], int m, bool vec)
 {
-    constexpr size_t VEC = RUN * sizeof(T) < 16 ? RUN * sizeof(T) : 16;
-    if (m == RUN && (uintptr_t)p % VEC == 0) {
+    constexpr size_t VEC = dw_run_vec<RUN, T>::bytes;
+    if (m == RUN && (vec || (uintptr_t)p % VEC == 0)) {
         lu_stv(p, v);
     } else if (m == RUN && (uintptr_t)p % (2 * sizeof(T)) == 0) {
 #pragma unroll
@@ -430,7 +436,12 @@ static __device__ __forceinline__ void dw_forward_outputs(const float *xs, const
 {
     constexpr int LPR = 32 / RUN, RPU = 8 / LPR; /* lanes of an 8-lane group a row, rows a group */
     const int rstride = dw_fwd_row_stride(S, fill), K = (int)g.kw;
-    const int64_t ystride = g.cin * g.ow; /* from one batch item to the next */
+    /* From one batch item to the next; the tile's outputs lie within 2^31 elements (dw_fits_grid). */
+    const int ystride = (int)(g.cin * g.ow);
+    /* Runs start at multiples of RUN in their rows: with yr and the row stride aligned, every
+     * whole run takes the vector store without a check of its own. */
+    constexpr int VEL = (int)(dw_run_vec<RUN, T>::bytes / sizeof(T));
+    const bool vec = (uintptr_t)yr % dw_run_vec<RUN, T>::bytes == 0 && ystride % VEL == 0;
     if (__syncthreads_and(ok)) {
         const int g0 = G > 0 ? G : (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 0)) / 4;
         const int g1 = S == 2 ? (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 1)) / 4 : 0;
@@ -453,7 +464,7 @@ static __device__ __forceinline__ void dw_forward_outputs(const float *xs, const
                 if (G == 0 || g1 == G) dw_corr<RUN, G>(acc, xw + fill, ws[1], g1);
                 else if (G > 1) dw_corr<RUN, (G > 1 ? G - 1 : 1)>(acc, xw + fill, ws[1], g1);
             }
-            dw_store_run<RUN>(yr + r * ystride + q, acc, cnt - q < RUN ? cnt - q : RUN);
+            dw_store_run<RUN>(yr + (r * ystride + q), acc, cnt - q < RUN ? cnt - q : RUN, vec);
         }
     } else {
         for (int r = 0; r < rows; r++)
@@ -748,12 +759,13 @@ static __global__ void dw_reduce_kernel(const float *partial, T *dw, T *db, int6
  * over whole units. */
 #define DW_PARTIAL_PER_SM 32
 
-/* The fast kernels index a block's rows and units in 32 bits, and the grid's second dimension
- * holds the tiles. */
+/* The fast kernels index a block's rows and units in 32 bits, and a forward tile's outputs from
+ * its first (DW_FWD_ROWS rows of C * OT apart), and the grid's second dimension holds the tiles. */
 static bool dw_fits_grid(const conv_geom *g)
 {
     int64_t tiles = ((g->w > g->ow ? g->w : g->ow) + LU_DW_TILE - 1) / LU_DW_TILE;
-    return tiles <= 65535 && g->cin * ((g->batch + DW_ROWS - 1) / DW_ROWS) * tiles < INT32_MAX;
+    return tiles <= 65535 && g->cin * ((g->batch + DW_ROWS - 1) / DW_ROWS) * tiles < INT32_MAX &&
+           g->cin * g->ow * DW_FWD_ROWS < INT32_MAX;
 }
 
 /* Outputs a thread of the depthwise forward: 4, or 8 under LUTHIER_DW_FWD_OUTPUTS=8, a variant a
