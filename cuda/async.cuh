@@ -10,7 +10,10 @@
 
 #ifdef LU_CUDA_EMU
 static inline uint32_t lu_saddr(const void *p) { return lu_emu::shared_address(p); }
-template <int BYTES> static inline void lu_cp_async(void *dst, const void *src) { lu_emu::cp_async(dst, src, BYTES, true); }
+template <int BYTES> static inline void lu_cp_async(void *dst, const void *src)
+{
+    lu_emu::cp_async(dst, src, BYTES, true);
+}
 template <int BYTES> static inline void lu_cp_async_zfill(void *dst, const void *src, bool in)
 {
     lu_emu::cp_async(dst, src, BYTES, in);

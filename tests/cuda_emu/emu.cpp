@@ -646,7 +646,14 @@ static const char *warp_op_name(int op)
     return op >= 0 && op < (int)(sizeof names / sizeof names[0]) ? names[op] : "?";
 }
 
-static float half_bits_to_float(uint16_t h, bool bf16)
+/* The tensor-core arithmetic below (16-bit values to float, the products and sums of mma.sync and
+ * wgmma) runs for every lane of every such instruction: it is left out of the sanitizers'
+ * instrumentation, which took half or more of the attention suite's time under ASan + UBSan. It
+ * reads and writes register copies and operand tiles at indices fixed by the lane numbers and the
+ * shape, never memory a kernel gave (wgmma's operands are read from shared memory before). */
+#define LU_EMU_ARITH __attribute__((no_sanitize("address", "undefined")))
+
+LU_EMU_ARITH static float half_bits_to_float(uint16_t h, bool bf16)
 {
     if (bf16) return __uint_as_float((uint32_t)h << 16);
     _Float16 v;
@@ -655,13 +662,16 @@ static float half_bits_to_float(uint16_t h, bool bf16)
 }
 
 /* The 16-bit element e (0: low half) of a 32-bit fragment register. */
-static float elem(uint32_t reg, int e, bool bf16) { return half_bits_to_float((uint16_t)(reg >> (16 * e)), bf16); }
+LU_EMU_ARITH static float elem(uint32_t reg, int e, bool bf16)
+{
+    return half_bits_to_float((uint16_t)(reg >> (16 * e)), bf16);
+}
 
 /* mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: the PTX ISA's fragment layouts, with
  * g = lane / 4 and t = lane % 4: A (16 x 16) a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..],
  * a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]; B (16 x 8) b[0] = B[2t..2t+1][g],
  * b[1] = B[2t+8..2t+9][g]; C and D (16 x 8) c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..]. */
-static void resolve_mma(fiber *lanes[32], bool bf16)
+LU_EMU_ARITH static void resolve_mma(fiber *lanes[32], bool bf16)
 {
     float A[16][16], B[16][8], C[16][8];
     for (int l = 0; l < 32; l++) {
@@ -769,6 +779,19 @@ static float wgmma_elem(uint64_t desc, bool mn_major, int mn, int k, bool bf16, 
     return half_bits_to_float(h, bf16);
 }
 
+/* A thread's n / 2 accumulators d of a wgmma (rows r0 and r0 + 8 of A, its columns of B) take the
+ * products of A (64 x 16) and B (16 x n), after d where scale_d. */
+LU_EMU_ARITH static void wgmma_products(float *d, const float (*A)[16], const float (*B)[256], int r0, int t, int n,
+                                        bool scale_d)
+{
+    for (int j = 0; j < n / 2; j++) {
+        const int row = r0 + 8 * (j % 4 / 2), col = j / 4 * 8 + 2 * t + j % 2;
+        double acc = scale_d ? d[j] : 0.0;
+        for (int k = 0; k < 16; k++) acc += (double)A[row][k] * B[k][col];
+        d[j] = (float)acc;
+    }
+}
+
 /* Completes the wgmma of warp w's warpgroup if its four warps have joined it; true if it did. */
 static bool resolve_wgmma(int w, int nthreads)
 {
@@ -832,12 +855,7 @@ static bool resolve_wgmma(int w, int nthreads)
             p = &f->wgmmas.back();
         }
         p->group = f->wgmma_groups_committed;
-        for (int j = 0; j < n / 2; j++) {
-            const int row = r + g + 8 * (j % 4 / 2), col = j / 4 * 8 + 2 * t + j % 2;
-            double d = q->scale_d ? p->d[j] : 0.0;
-            for (int k = 0; k < 16; k++) d += (double)A[row][k] * B[k][col];
-            p->d[j] = (float)d;
-        }
+        wgmma_products(p->d.data(), A, B, r + g, t, n, q->scale_d);
     }
     for (int i = g0; i < g0 + 128; i++) fibers[i].state = F_RUN;
     return true;
