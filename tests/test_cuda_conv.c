@@ -906,6 +906,7 @@ Test(cuda_conv, rope_matches_cpu_float32_recipe)
     check_rope(2, 17, 3, 64, 0, 1e6, LU_I64, 40000, LU_F32, TOL_F32);
     check_rope(2, 17, 3, 128, 0, 1e4, LU_I32, 4096, LU_F32, TOL_F32);
     check_rope(1, 5, 2, 80, 32, 1e4, LU_I64, 100, LU_F32, TOL_F32); /* partial rotation, copied tail */
+    check_rope(1, 5, 2, 80, 20, 1e4, LU_I64, 100, LU_F32, TOL_F32); /* the same in the general kernel (10 pairs) */
     check_rope(3, 1, 1, 2, 0, 1e6, LU_I32, 7, LU_F32, TOL_F32);
     check_rope(2, 17, 3, 64, 0, 1e6, LU_I64, 40000, LU_BF16, TOL_BF16);
     /* The vector kernel (rd / 2 and d - rd multiples of 8): Qwen3's heads, two tokens a block, an
