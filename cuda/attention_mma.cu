@@ -43,7 +43,7 @@ extern __shared__ __align__(16) unsigned char att_mma_smem[];
 template <int LD> static __device__ __forceinline__ void att_frag_a(uint32_t r[4], const uint16_t *s, int c0)
 {
     const int lane = threadIdx.x % LU_CUDA_WARP;
-    att_ldsm(r, s + (lane & 15) * LD + c0 + (lane >> 4) * 8);
+    lu_ldsm(r, s + (lane & 15) * LD + c0 + (lane >> 4) * 8);
 }
 
 /* B operands of n blocks n0 .. n0 + 7 (r[0], r[1]) and n0 + 8 .. n0 + 15 (r[2], r[3]), k = k0 ..
@@ -51,14 +51,14 @@ template <int LD> static __device__ __forceinline__ void att_frag_a(uint32_t r[4
 template <int LD> static __device__ __forceinline__ void att_frag_b(uint32_t r[4], const uint16_t *s, int n0, int k0)
 {
     const int lane = threadIdx.x % LU_CUDA_WARP;
-    att_ldsm(r, s + (n0 + (lane & 7) + (lane >> 4) * 8) * LD + k0 + ((lane >> 3) & 1) * 8);
+    lu_ldsm(r, s + (n0 + (lane & 7) + (lane >> 4) * 8) * LD + k0 + ((lane >> 3) & 1) * 8);
 }
 
 /* The same from a tile stored [k][n]. */
 template <int LD> static __device__ __forceinline__ void att_frag_bt(uint32_t r[4], const uint16_t *s, int n0, int k0)
 {
     const int lane = threadIdx.x % LU_CUDA_WARP;
-    att_ldsm_t(r, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n0 + (lane >> 4) * 8);
+    lu_ldsm_t(r, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n0 + (lane >> 4) * 8);
 }
 
 /* acc[mt] (16 x 8 NB) += A_mt B^T over K = 16 KB columns for MT row tiles: A_mt rows 16 mt ..
@@ -78,8 +78,8 @@ static __device__ __forceinline__ void att_gemm_abt_mt(float (*acc)[NB][4], cons
             att_frag_b<LD>(fb, B, np * 16, kk * 16);
 #pragma unroll
             for (int mt = 0; mt < MT; mt++) {
-                att_mma<BF16>(acc[mt][2 * np], fa[mt], fb[0], fb[1]);
-                att_mma<BF16>(acc[mt][2 * np + 1], fa[mt], fb[2], fb[3]);
+                lu_mma<BF16>(acc[mt][2 * np], fa[mt], fb[0], fb[1]);
+                lu_mma<BF16>(acc[mt][2 * np + 1], fa[mt], fb[2], fb[3]);
             }
         }
     }
@@ -139,8 +139,8 @@ static __device__ __forceinline__ void att_gemm_xb(float (*acc)[D / 8][4], float
             att_frag_bt<LD>(fb, B, dp * 16, kk * 16);
 #pragma unroll
             for (int mt = 0; mt < MT; mt++) {
-                att_mma<BF16>(acc[mt][2 * dp], fa[mt], fb[0], fb[1]);
-                att_mma<BF16>(acc[mt][2 * dp + 1], fa[mt], fb[2], fb[3]);
+                lu_mma<BF16>(acc[mt][2 * dp], fa[mt], fb[0], fb[1]);
+                lu_mma<BF16>(acc[mt][2 * dp + 1], fa[mt], fb[2], fb[3]);
             }
         }
     }
@@ -161,8 +161,8 @@ static __device__ __forceinline__ void att_gemm_ab_k16(float (*acc)[NB][4], cons
         att_frag_bt<LDB>(fb, B, n0 + np * 16, k0);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
-            att_mma<BF16>(acc[mt][2 * np], fa[mt], fb[0], fb[1]);
-            att_mma<BF16>(acc[mt][2 * np + 1], fa[mt], fb[2], fb[3]);
+            lu_mma<BF16>(acc[mt][2 * np], fa[mt], fb[0], fb[1]);
+            lu_mma<BF16>(acc[mt][2 * np + 1], fa[mt], fb[2], fb[3]);
         }
     }
 }
@@ -259,8 +259,8 @@ static __global__ void __launch_bounds__(WARPS * LU_CUDA_WARP) att_forward_mma_k
                     att_frag_b<LD>(fb, Kt, np * 16, kk * 16);
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++) {
-                        att_mma<BF16>(s[mt][2 * np], qa[mt], fb[0], fb[1]);
-                        att_mma<BF16>(s[mt][2 * np + 1], qa[mt], fb[2], fb[3]);
+                        lu_mma<BF16>(s[mt][2 * np], qa[mt], fb[0], fb[1]);
+                        lu_mma<BF16>(s[mt][2 * np + 1], qa[mt], fb[2], fb[3]);
                     }
                 }
             }

@@ -11,8 +11,8 @@
 #include <limits.h>
 #include <math.h>
 
-#include "async.cuh"
 #include "attention.cuh"
+#include "mma.cuh"
 
 #define ATT_BK 64                       /* keys per tile of the forward and of dQ; per block of dK, dV */
 #define ATT_BWD_WARPS 4                 /* warps of the backward kernels */
@@ -25,12 +25,6 @@
 
 #ifdef LU_CUDA_EMU
 /* The CPU emulator (tests/cuda_emu) carries out the same instructions. */
-static inline void att_ldsm(uint32_t r[4], const uint16_t *p) { lu_emu::ldmatrix_x4(r, p, false); }
-static inline void att_ldsm_t(uint32_t r[4], const uint16_t *p) { lu_emu::ldmatrix_x4(r, p, true); }
-template <bool BF16> static inline void att_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
-{
-    lu_emu::mma_m16n8k16(c, a, b0, b1, BF16);
-}
 static inline void att_fence_proxy_async() {}
 static inline float att_exp2(float x)
 {
@@ -38,37 +32,6 @@ static inline float att_exp2(float x)
     return r < FLT_MIN ? 0.0f : r; /* ex2.approx.ftz flushes subnormal results to zero */
 }
 #else
-/* Four 8 x 8 matrices of 16-bit elements; lane l gives the address of row l % 8 of matrix l / 8. */
-static __device__ __forceinline__ void att_ldsm(uint32_t r[4], const uint16_t *p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(lu_saddr(p)));
-}
-
-static __device__ __forceinline__ void att_ldsm_t(uint32_t r[4], const uint16_t *p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(lu_saddr(p)));
-}
-
-/* c (16 x 8) += a (16 x 16) b (16 x 8). */
-template <bool BF16>
-static __device__ __forceinline__ void att_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
-{
-    if (BF16)
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    else
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 /* Makes this thread's writes to shared memory (cp.async) visible to wgmma's reads (the async
  * proxy, sm_90); a barrier then orders them for the other threads. */
 static __device__ __forceinline__ void att_fence_proxy_async()
