@@ -5,7 +5,10 @@
  *    rows of one channel in shared memory with vector loads and runs them as stride-1
  *    correlations, 4 outputs per thread with the inputs sliding through registers (geometry in
  *    conv_tiles.h); the forward's blocks (K <= 32, or 64 at stride 2) are persistent and copy
- *    their next tile in by cp.async while they compute the current one; dx is the transposed
+ *    their next tile in by cp.async while they compute the current one; for K <= 82 (75 at
+ *    stride 2) the forward runs on the tensor cores instead (f32 as three bf16 parts a value), a
+ *    warp a row, each 128 outputs a few products of the staged inputs' rows with a band matrix of
+ *    the taps; dx is the transposed
  *    convolution of a dy tile; dw and dbias are per-block partial sums over several rows of a
  *    channel that a second kernel adds up in a fixed order;
  *  - other depthwise convolutions (Cin == groups): direct kernels, one thread per output
@@ -15,7 +18,7 @@
  *    (each dx element adds its taps in order); dw = sum over the batch of dy_g @ col_g^T in fp32.
  * No float atomics anywhere: results are deterministic. */
 #include "conv_tiles.h"
-#include "async.cuh"
+#include "mma.cuh"
 #include "rows.cuh"
 
 /* One geometry for both ops (as core/cpu/conv.c): axis 0 height, axis 1 width (time). */
@@ -586,6 +589,246 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_pipe_kernel(c
     }
 }
 
+/* ---- the tensor-core forward (LUTHIER_DW_FWD_MMA) ---- */
+
+/* A row's outputs in units of 128, each a product of matrices on the tensor cores (mma.sync
+ * m16n8k16, bf16 operands, fp32 sums): output 8m + n of the unit (m < 16, n < 8) is the sum
+ * over steps s < NKS of A_s[m][k] B_s[k][n], k < 16, where A_s[m][k] = xs[8Sm + 16s + k] is row
+ * m of the unit's staged inputs (rows 8S elements apart, read by ldmatrix), and B_s[k][n] =
+ * w[16s + k - off - Sn] (0 outside [0, K)) a band of the taps, held in registers. xs holds the
+ * row from `off` elements before the tile's first input, so that its chunks of 8 are aligned in
+ * global memory as ldmatrix needs them aligned in shared memory: the shift moves into B. A step
+ * is one ldmatrix and one mma for 128 outputs, where the FMA kernels issue 64 warp instructions
+ * (128 x 16 FMAs), and the outputs land as pairs of consecutive elements, a warp's stores on
+ * consecutive bytes. f32 takes each value as three bf16 parts (dw_mma_parts). A warp stages,
+ * checks and computes its row alone: no block barrier. */
+#define DW_MMA_WARPS 4 /* rows of a block (batch items of one channel): a warp a row */
+#define DW_MMA_UNITS 4 /* units of 128 outputs a row of a tile: a tile of 512 (LU_DW_TILE) */
+
+/* Steps of 16 columns of B a unit takes: every k = off + Sn + j with off, n < 8, j < K. */
+static int dw_mma_steps(int64_t k, int s) { return (int)((7 + 7 * s + k + 15) / 16); }
+
+/* Elements a staged row holds (what the last unit's last step reads), in chunks of 8. */
+template <int S, int NKS> struct dw_mma_shape {
+    static constexpr int LEN = S * 128 * (DW_MMA_UNITS - 1) + 8 * S * 15 + 16 * NKS;
+    static constexpr int CHUNKS = LEN / 8;
+    static constexpr int ITER = (CHUNKS + 31) / 32;
+};
+
+/* The bf16 parts of the staged values: a bf16 value is its own part. An f32 value x is three,
+ * x0 = bf16(x), x1 = bf16(x - x0), x2 = bf16(x - x0 - x1) (rounded to nearest; the differences
+ * exact), which hold its 24 bits; a product w x is the six products of parts w_i x_j with i + j
+ * <= 2, the three left out below 2^-24 of it. `bad` sets bit 15 or 31 of acc where a value is
+ * Inf or NaN, or (f32) of a magnitude from 2^127 on, whose first part could round to Inf: the
+ * row then takes the exact path. */
+template <typename T> struct dw_mma_parts;
+
+template <> struct dw_mma_parts<uint16_t> {
+    static constexpr int P = 1;
+    typedef uint4 raw; /* 8 elements */
+    static __device__ __forceinline__ uint32_t bad(uint32_t acc, uint32_t pair)
+    {
+        return acc | ((pair & 0x7f807f80u) + 0x00800080u); /* the halves' sums do not carry */
+    }
+    static __device__ __forceinline__ uint32_t bad(uint32_t acc, const raw &v)
+    {
+        return bad(bad(bad(bad(acc, v.x), v.y), v.z), v.w);
+    }
+    static __device__ __forceinline__ raw load(const uint16_t *base, int k0, int klo, int khi)
+    {
+        if (k0 >= klo && k0 + 8 <= khi) return *(const uint4 *)(base + k0);
+        uint32_t w[4] = {0, 0, 0, 0};
+        if (k0 + 8 > klo && k0 < khi)
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                if (k0 + e >= klo && k0 + e < khi) w[e / 2] |= (uint32_t)base[k0 + e] << (16 * (e % 2));
+        return make_uint4(w[0], w[1], w[2], w[3]);
+    }
+    static __device__ __forceinline__ void split(const raw &v, uint4 (&out)[P]) { out[0] = v; }
+    static __device__ __forceinline__ void split(uint16_t w, uint16_t (&out)[P]) { out[0] = w; }
+    static __device__ __forceinline__ uint16_t zero() { return 0; }
+};
+
+template <> struct dw_mma_parts<float> {
+    static constexpr int P = 3;
+    struct raw {
+        float4 a, b;
+    };
+    static __device__ __forceinline__ uint32_t bad(uint32_t acc, float x)
+    {
+        return acc | ((__float_as_uint(x) & 0x7f800000u) + 0x01000000u); /* exponent 254 or 255 */
+    }
+    static __device__ __forceinline__ uint32_t bad(uint32_t acc, const raw &v)
+    {
+        return bad(bad(bad(bad(bad(bad(bad(bad(acc, v.a.x), v.a.y), v.a.z), v.a.w), v.b.x), v.b.y), v.b.z), v.b.w);
+    }
+    static __device__ __forceinline__ raw load(const float *base, int k0, int klo, int khi)
+    {
+        if (k0 >= klo && k0 + 8 <= khi) return raw{*(const float4 *)(base + k0), *(const float4 *)(base + k0 + 4)};
+        float e8[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) e8[e] = k0 + e >= klo && k0 + e < khi ? base[k0 + e] : 0.0f;
+        return raw{make_float4(e8[0], e8[1], e8[2], e8[3]), make_float4(e8[4], e8[5], e8[6], e8[7])};
+    }
+    /* the parts of lo and hi as three bf16 pairs */
+    static __device__ __forceinline__ void split2(float lo, float hi, uint32_t (&p)[3])
+    {
+#pragma unroll
+        for (int i = 0; i < 3; i++) {
+            p[i] = lu_bf16x2_rn(lo, hi);
+            lo -= __uint_as_float(p[i] << 16);
+            hi -= __uint_as_float(p[i] & 0xffff0000u);
+        }
+    }
+    static __device__ __forceinline__ void split(const raw &v, uint4 (&out)[P])
+    {
+        const float x[8] = {v.a.x, v.a.y, v.a.z, v.a.w, v.b.x, v.b.y, v.b.z, v.b.w};
+        uint32_t q[4][3];
+#pragma unroll
+        for (int i = 0; i < 4; i++) split2(x[2 * i], x[2 * i + 1], q[i]);
+#pragma unroll
+        for (int p = 0; p < P; p++) out[p] = make_uint4(q[0][p], q[1][p], q[2][p], q[3][p]);
+    }
+    static __device__ __forceinline__ void split(float w, uint16_t (&out)[P])
+    {
+        uint32_t q[3];
+        split2(w, 0.0f, q);
+#pragma unroll
+        for (int p = 0; p < P; p++) out[p] = (uint16_t)q[p];
+    }
+    static __device__ __forceinline__ float zero() { return 0.0f; }
+};
+
+/* y[0], y[1] = lo, hi: one store where y is aligned for the pair (vec). */
+static __device__ __forceinline__ void dw_mma_store2(uint16_t *y, float lo, float hi, bool vec)
+{
+    if (vec) *(uint32_t *)y = lu_bf16x2_rn(lo, hi); /* finite or infinite sums: dtype.c's rounding */
+    else {
+        lu_st(y, 0, lo);
+        lu_st(y, 1, hi);
+    }
+}
+
+static __device__ __forceinline__ void dw_mma_store2(float *y, float lo, float hi, bool vec)
+{
+    if (vec) *(float2 *)y = make_float2(lo, hi);
+    else {
+        y[0] = lo;
+        y[1] = hi;
+    }
+}
+
+/* Warp r of block (channel blockIdx.x, tile blockIdx.y, batch items DW_MMA_WARPS blockIdx.z on)
+ * takes row r. A row whose staged window or taps hold an Inf or a NaN takes the exact path (the
+ * CPU's sums from global memory): a NaN or an Inf times B's zeros would reach outputs that do not
+ * read it. */
+template <typename T, int S, int NKS>
+static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_mma_kernel(const T *x, const T *w, const T *bias,
+                                                                              T *y, conv_geom g)
+{
+    typedef dw_mma_shape<S, NKS> sh;
+    typedef dw_mma_parts<T> pt;
+    constexpr int P = pt::P, PADL = 7 + 7 * S, WZ = 16 * NKS + PADL + 1; /* wz[PADL + j]: tap j, 0 around */
+    __shared__ __align__(16) uint32_t xs_all[DW_MMA_WARPS][P][sh::LEN / 2]; /* bf16 pairs */
+    __shared__ uint16_t wz_all[DW_MMA_WARPS][P][WZ];
+    const int K = (int)g.kw, o0 = blockIdx.y * LU_DW_TILE, warp = (int)(threadIdx.x >> 5);
+    const int lane = (int)(threadIdx.x & 31);
+    const int cnt = (int)(g.ow - o0 < LU_DW_TILE ? g.ow - o0 : LU_DW_TILE);
+    const int64_t ch = blockIdx.x, b = (int64_t)blockIdx.z * DW_MMA_WARPS + warp;
+    if (b >= g.batch) return;
+    const int64_t row = b * g.cin + ch;
+    const T *rowp = x + row * g.w, *wc = w + ch * K;
+    /* rowp + a0 is aligned to 8 elements: a0 = in0 - off, in0 the tile's first input (below 0 in
+     * the padding); the window [off, wend) within the row [-a0, T - a0) */
+    const int64_t in0 = (int64_t)S * o0 - g.pad[1];
+    const int off = (int)(((uintptr_t)rowp / sizeof(T) + (uintptr_t)in0) & 7u);
+    const int64_t a0 = in0 - off, wend = off + (int64_t)S * (cnt - 1) + K, rend = g.w - a0;
+    const int klo = (int)(-a0 > off ? -a0 : off), khi = (int)(wend < rend ? wend : rend);
+    /* the taps and the window's chunks: every load of the warp in flight before the first use */
+    T wv[(WZ + 31) / 32];
+#pragma unroll
+    for (int it = 0; it < (WZ + 31) / 32; it++) {
+        const int j = 32 * it + lane - PADL;
+        wv[it] = j >= 0 && j < K ? wc[j] : pt::zero();
+    }
+    typename pt::raw v[sh::ITER];
+#pragma unroll
+    for (int it = 0; it < sh::ITER; it++)
+        if (32 * it + lane < sh::CHUNKS) v[it] = pt::load(rowp + a0, 8 * (32 * it + lane), klo, khi);
+    const float bv = bias ? lu_ld(bias, ch) : 0.0f;
+    uint32_t(*xs)[sh::LEN / 2] = xs_all[warp], bad = 0;
+    uint16_t(*wz)[WZ] = wz_all[warp];
+#pragma unroll
+    for (int it = 0; it < (WZ + 31) / 32; it++)
+        if (32 * it + lane < WZ) {
+            uint16_t part[P];
+            pt::split(wv[it], part);
+#pragma unroll
+            for (int p = 0; p < P; p++) wz[p][32 * it + lane] = part[p];
+            bad = pt::bad(bad, wv[it]);
+        }
+#pragma unroll
+    for (int it = 0; it < sh::ITER; it++)
+        if (32 * it + lane < sh::CHUNKS) {
+            uint4 part[P];
+            pt::split(v[it], part);
+#pragma unroll
+            for (int p = 0; p < P; p++) *(uint4 *)&xs[p][4 * (32 * it + lane)] = part[p];
+            bad = pt::bad(bad, v[it]);
+        }
+    T *yr = y + row * g.ow + o0;
+    __syncwarp(); /* the lanes' stores to xs and wz before the others read them */
+    if (!__any_sync(0xffffffffu, bad & 0x80008000u)) {
+        /* B_s[k][n] of part p for this lane: k = 2 (l % 4) + {0, 1} (+ 8), n = l / 4 */
+        uint32_t bf[P][NKS][2];
+#pragma unroll
+        for (int p = 0; p < P; p++) {
+            const uint16_t *wl = wz[p] + 2 * (lane & 3) - off - S * (lane >> 2) + PADL;
+#pragma unroll
+            for (int s = 0; s < NKS; s++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    bf[p][s][h] = (uint32_t)wl[16 * s + 8 * h] | (uint32_t)wl[16 * s + 8 * h + 1] << 16;
+        }
+        const bool vec = (uintptr_t)yr % (2 * sizeof(T)) == 0;
+        /* lane l gives row l % 8 of matrix l / 8: A's row (l & 7) + (l & 8), columns 8 (l / 16) on */
+        const int arow = 8 * S * ((lane & 7) + (lane & 8)) + 8 * (lane >> 4);
+        for (int u = 0; u < DW_MMA_UNITS && 128 * u < cnt; u++) {
+            float acc[4] = {bv, bv, bv, bv};
+#pragma unroll
+            for (int s = 0; s < NKS; s++) {
+                uint32_t a[P][4];
+#pragma unroll
+                for (int p = 0; p < P; p++) lu_ldsm(a[p], (const uint16_t *)xs[p] + arow + S * 128 * u + 16 * s);
+                /* the parts' products, the smallest first: w_i x_j with i + j = 2, 1, 0 */
+#pragma unroll
+                for (int d = P - 1; d >= 0; d--)
+#pragma unroll
+                    for (int i = 0; i <= d; i++) lu_mma<true>(acc, a[d - i], bf[i][s][0], bf[i][s][1]);
+            }
+            /* acc[0..1]: outputs 8 (l / 4) + 2 (l % 4) and the next = 2l, 2l + 1; acc[2..3]: 64 on */
+            const int q = 128 * u + 2 * lane;
+            if (128 * u + 128 <= cnt) {
+                dw_mma_store2(yr + q, acc[0], acc[1], vec);
+                dw_mma_store2(yr + q + 64, acc[2], acc[3], vec);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    if (q + 64 * (e / 2) + e % 2 < cnt) lu_st(yr, q + 64 * (e / 2) + e % 2, acc[e]);
+            }
+        }
+    } else {
+        /* the CPU's sums: the bias, then the taps inside the input in order */
+        for (int q = lane; q < cnt; q += 32) {
+            int64_t lo, hi;
+            lu_conv_taps(o0 + q, S, g.pad[1], 1, K, g.w, &lo, &hi);
+            float acc = bv;
+            for (int64_t j = lo; j < hi; j++) acc += lu_ld(wc, j) * lu_ld(rowp, in0 + S * q + j);
+            lu_st(yr, q, acc);
+        }
+    }
+}
+
 /* A block per (DW_ROWS rows of one channel, tile of LU_DW_TILE inputs); class c of the tile
  * (lu_dw_dx_class) takes the threads [c, c + 1) * LU_DW_THREADS/S, 4 members each. */
 template <typename T, int S>
@@ -866,6 +1109,39 @@ static lu_status dw_forward(const conv_geom *g, const void *x, const void *w, co
     return LU_OK;
 }
 
+/* Whether the forward takes the tensor cores (dw_forward_mma_kernel): not under
+ * LUTHIER_DW_FWD_MMA=0, the FMA kernels that `luthier bench gpu` times against it. */
+static bool dw_fwd_mma(void)
+{
+    const char *e = getenv("LUTHIER_DW_FWD_MMA");
+    return !e || strcmp(e, "0");
+}
+
+template <typename T, int S, int NKS>
+static void dw_forward_mma_launch(const conv_geom *g, const void *x, const void *w, const void *bias, void *y)
+{
+    const dim3 grid((unsigned)g->cin, (unsigned)((g->ow + LU_DW_TILE - 1) / LU_DW_TILE),
+                    (unsigned)((g->batch + DW_MMA_WARPS - 1) / DW_MMA_WARPS));
+    dw_forward_mma_kernel<T, S, NKS><<<grid, LU_DW_THREADS>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y, *g);
+}
+
+/* The tensor-core forward where its steps fit (K <= 82 at stride 1, 75 at stride 2); false where
+ * they do not. */
+template <typename T, int S>
+static bool dw_forward_mma(const conv_geom *g, const void *x, const void *w, const void *bias, void *y)
+{
+    if (g->cin > INT32_MAX || (g->batch + DW_MMA_WARPS - 1) / DW_MMA_WARPS > 65535) return false; /* the grid */
+    switch (dw_mma_steps(g->kw, S)) {
+    case 1: dw_forward_mma_launch<T, S, S == 1 ? 1 : 2>(g, x, w, bias, y); return true; /* at stride 1 alone */
+    case 2: dw_forward_mma_launch<T, S, 2>(g, x, w, bias, y); return true;
+    case 3: dw_forward_mma_launch<T, S, 3>(g, x, w, bias, y); return true;
+    case 4: dw_forward_mma_launch<T, S, 4>(g, x, w, bias, y); return true;
+    case 5: dw_forward_mma_launch<T, S, 5>(g, x, w, bias, y); return true;
+    case 6: dw_forward_mma_launch<T, S, 6>(g, x, w, bias, y); return true;
+    default: return false;
+    }
+}
+
 template <typename T, int S>
 static lu_status dw_backward(const conv_geom *g, const void *dy, const void *x, const void *w, void *dx, void *dw,
                              void *db)
@@ -905,6 +1181,19 @@ static bool conv_is_fast_depthwise(const lu_op_call *c, const conv_geom *g)
 static lu_status fast_depthwise_forward(lu_dtype dt, const conv_geom *g, const void *x, const void *w,
                                         const void *bias, void *y)
 {
+    if (dw_fwd_mma()) {
+        bool ran;
+        if (dt == LU_BF16)
+            ran = g->stride[1] == 1 ? dw_forward_mma<uint16_t, 1>(g, x, w, bias, y)
+                                    : dw_forward_mma<uint16_t, 2>(g, x, w, bias, y);
+        else
+            ran = g->stride[1] == 1 ? dw_forward_mma<float, 1>(g, x, w, bias, y)
+                                    : dw_forward_mma<float, 2>(g, x, w, bias, y);
+        if (ran) {
+            LU_CUDA_CHECK_LAUNCH();
+            return LU_OK;
+        }
+    }
     if (dt == LU_BF16)
         return g->stride[1] == 1 ? dw_forward<uint16_t, 1>(g, x, w, bias, y)
                                  : dw_forward<uint16_t, 2>(g, x, w, bias, y);

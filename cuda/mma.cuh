@@ -6,6 +6,9 @@
 #ifndef LU_CUDA_MMA_CUH
 #define LU_CUDA_MMA_CUH
 
+#include <cuda_bf16.h>
+#include <string.h>
+
 #include "async.cuh"
 
 #ifdef LU_CUDA_EMU
@@ -51,5 +54,17 @@ static __device__ __forceinline__ void lu_mma(float c[4], const uint32_t a[4], u
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 #endif
+
+/* Two floats rounded to nearest even as a bf16 pair, lo in the low half (one cvt.rn.bf16x2.f32 on
+ * the GPU): core/dtype.c's conversion for every value but NaN, which comes out as the canonical
+ * 0x7fff where dtype.c keeps the sign and the payload's top bits. For sums that are finite or
+ * infinite, as the tensor cores' are from finite inputs. */
+static __device__ __forceinline__ uint32_t lu_bf16x2_rn(float lo, float hi)
+{
+    const __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);
+    uint32_t r;
+    memcpy(&r, &x, sizeof r);
+    return r;
+}
 
 #endif

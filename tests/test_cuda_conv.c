@@ -443,8 +443,10 @@ Test(cuda_conv, depthwise_dw_sums_several_units_a_block)
 }
 
 /* The shapes of `luthier bench gpu` (B 32, C 384, T 500, K 31), forward and backward. On the
- * emulator bf16 alone: its f32 kernels differ from the bf16 ones in the element type only, and
- * run full blocks of 4 rows in depthwise_forward_matches_cpu_for_each_group_count. */
+ * emulator bf16 alone: the f32 kernels differ from the bf16 ones in the element type and (the
+ * forward on the tensor cores) the parts a value, which depthwise_conv1d_matches_cpu_at_model_width
+ * runs at C 384; depthwise_forward_matches_cpu_for_each_group_count runs this shape on the FMA
+ * forward. */
 Test(cuda_conv, depthwise_conv1d_matches_cpu_at_benchmark_shape)
 {
     require_gpu();
@@ -578,7 +580,8 @@ Test(cuda_conv, depthwise_conv1d_bf16_propagates_nan_and_inf_as_the_cpu)
     check_dw_bf16_nan_and_inf();
 }
 
-/* The forward's kernels: the pipelined one (persistent blocks; on the emulator, which then
+/* The forward's FMA kernels (LUTHIER_DW_FWD_MMA=0; the default is the tensor cores): the
+ * pipelined one (persistent blocks; on the emulator, which then
  * reports one multiprocessor, each block takes several tiles) and the one-tile-a-block one
  * (LUTHIER_DW_FWD_PIPE=0), each with 4 outputs a thread and with 8 (LUTHIER_DW_FWD_OUTPUTS=8),
  * compiled for each count of 4-tap groups of phase 0 up to 8 (the one-tile-a-block kernel counts
@@ -594,6 +597,7 @@ Test(cuda_conv, depthwise_forward_matches_cpu_for_each_group_count)
     static const int64_t Ts[] = {37, 1030};
     static const int64_t Ks[2][9] = {{3, 7, 11, 15, 19, 23, 27, 31, 33}, {7, 9, 17, 25, 33, 41, 55, 63, 65}};
     setenv("LU_EMU_SMS", "1", 1);
+    setenv("LUTHIER_DW_FWD_MMA", "0", 1);
     for (int v = 0; v < 4; v++) {
         const int run = v % 2 ? 8 : 4;
         if (run == 8) setenv("LUTHIER_DW_FWD_OUTPUTS", "8", 1);
@@ -615,7 +619,46 @@ Test(cuda_conv, depthwise_forward_matches_cpu_for_each_group_count)
         unsetenv("LUTHIER_DW_FWD_OUTPUTS");
         unsetenv("LUTHIER_DW_FWD_PIPE");
     }
+    unsetenv("LUTHIER_DW_FWD_MMA");
     unsetenv("LU_EMU_SMS");
+}
+
+/* The forward on the tensor cores (the default; f32 as three bf16 parts a value): compiled for 1 ..
+ * 6 steps of 16 columns, K up to 82 at stride 1 and 75 at stride 2, and the FMA kernels beyond.
+ * Stride 1: K 1, 2 (1 step), 9, 18 (2), 31, 34 (3), 50, 66, 82 (4 .. 6), 83; stride 2: K 1, 11
+ * (2), 27, 43, 59, 75 (3 .. 6), 76. Five rows (a block of 4 and one of 1), T 37 (one short tile)
+ * and 1030 (three tiles; rows 1030 elements apart start at every offset from an 8-element
+ * boundary, which the staging moves into the taps' matrix, and odd output rows at stride 2 take
+ * single stores), the padding (K - 1) / 2, and K + 2 (windows wholly in the padding at T 37),
+ * each K in bf16 and f32. Then f32 values near FLT_MAX, whose first part would round to Inf: their
+ * rows take the exact path, finite as on the CPU. */
+Test(cuda_conv, depthwise_forward_on_tensor_cores_matches_cpu_for_each_step_count)
+{
+    require_gpu();
+    static const int64_t Ts[] = {37, 1030};
+    static const int64_t Ks[2][10] = {{1, 2, 9, 18, 31, 34, 50, 66, 82, 83}, {1, 11, 27, 43, 59, 75, 76}};
+    for (int s = 1; s <= 2; s++)
+        for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
+            for (size_t b = 0; b < 10 && Ks[s - 1][b]; b++) {
+                const int64_t K = Ks[s - 1][b];
+                const int pad = (b + a) % 3 == 2 ? (int)K + 2 : (int)(K - 1) / 2;
+                const lu_dtype dt = (a + b) % 2 ? LU_F32 : LU_BF16;
+                if (Ts[a] + 2 * pad >= K)
+                    check_conv1d(5, 3, 3, Ts[a], K, s, pad, 1, 3, b % 2 == 0, dt, dt == LU_F32 ? TOL_F32 : TOL_BF16);
+            }
+    for (int s = 1; s <= 2; s++) {
+        lu_conv1d_params p = {s, 15, 1, 3};
+        lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(5, 3, 70), -1, 1, 620);
+        lu_tensor *w = tu_rand(LU_F32, LU_SHAPE(3, 1, 31), -0.3, 0.3, 621);
+        lu_tensor *y = empty(LU_F32, LU_SHAPE(5, 3, (70 - 1) / s + 1));
+        float *X = lu_tensor_data(x);
+        X[40] = 3.4e38f;        /* batch 0, channel 0 */
+        X[7 * 70 + 3] = -3.3e38f; /* batch 2, channel 1 */
+        kcase f = {.op = LU_OP_CONV1D, .params = &p, .in = {x, w, NULL}, .n_in = 3, .out = {y}, .n_out = 1,
+                   .dev_dt = LU_F32, .tol = TOL_F32};
+        check_case(&f, "f32 depthwise conv1d with values near FLT_MAX");
+        release_all((lu_tensor *[]){x, w, y}, 3);
+    }
 }
 
 /* NaN and Inf in x and dy, near the padded ends too: the tiles holding them take the exact path,
