@@ -8,7 +8,8 @@
  *    their next tile in by cp.async while they compute the current one; for K <= 82 (75 at
  *    stride 2) the forward runs on the tensor cores instead (f32 as three bf16 parts a value), a
  *    warp a row, each 128 outputs a few products of the staged inputs' rows with a band matrix of
- *    the taps; dx is the transposed
+ *    the taps, and so does dx at stride 1 (a correlation of dy with the reversed taps); dx is the
+ *    transposed
  *    convolution of a dy tile; dw and dbias are per-block partial sums over several rows of a
  *    channel that a second kernel adds up in a fixed order;
  *  - other depthwise convolutions (Cin == groups): direct kernels, one thread per output
@@ -589,7 +590,7 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_pipe_kernel(c
     }
 }
 
-/* ---- the tensor-core forward (LUTHIER_DW_FWD_MMA) ---- */
+/* ---- the tensor-core forward and stride-1 dx (LUTHIER_DW_MMA) ---- */
 
 /* A row's outputs in units of 128, each a product of matrices on the tensor cores (mma.sync
  * m16n8k16, bf16 operands, fp32 sums): output 8m + n of the unit (m < 16, n < 8) is the sum
@@ -721,10 +722,12 @@ static __device__ __forceinline__ void dw_mma_store2(float *y, float lo, float h
 /* Warp r of block (channel blockIdx.x, tile blockIdx.y, batch items DW_MMA_WARPS blockIdx.z on)
  * takes row r. A row whose staged window or taps hold an Inf or a NaN takes the exact path (the
  * CPU's sums from global memory): a NaN or an Inf times B's zeros would reach outputs that do not
- * read it. */
+ * read it. With rev, the taps are taken in reverse, w[K - 1 - j] for tap j: dx of a stride-1
+ * convolution is such a correlation of dy (dw_backward), whose exact path adds the taps of w in
+ * order as the CPU's backward does. */
 template <typename T, int S, int NKS>
 static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_mma_kernel(const T *x, const T *w, const T *bias,
-                                                                              T *y, conv_geom g)
+                                                                              T *y, conv_geom g, bool rev)
 {
     typedef dw_mma_shape<S, NKS> sh;
     typedef dw_mma_parts<T> pt;
@@ -749,7 +752,7 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_mma_kernel(co
 #pragma unroll
     for (int it = 0; it < (WZ + 31) / 32; it++) {
         const int j = 32 * it + lane - PADL;
-        wv[it] = j >= 0 && j < K ? wc[j] : pt::zero();
+        wv[it] = j >= 0 && j < K ? wc[rev ? K - 1 - j : j] : pt::zero();
     }
     typename pt::raw v[sh::ITER];
 #pragma unroll
@@ -823,7 +826,10 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_mma_kernel(co
             int64_t lo, hi;
             lu_conv_taps(o0 + q, S, g.pad[1], 1, K, g.w, &lo, &hi);
             float acc = bv;
-            for (int64_t j = lo; j < hi; j++) acc += lu_ld(wc, j) * lu_ld(rowp, in0 + S * q + j);
+            if (rev)
+                for (int64_t j = hi - 1; j >= lo; j--) acc += lu_ld(wc, K - 1 - j) * lu_ld(rowp, in0 + S * q + j);
+            else
+                for (int64_t j = lo; j < hi; j++) acc += lu_ld(wc, j) * lu_ld(rowp, in0 + S * q + j);
             lu_st(yr, q, acc);
         }
     }
@@ -1109,37 +1115,53 @@ static lu_status dw_forward(const conv_geom *g, const void *x, const void *w, co
     return LU_OK;
 }
 
-/* Whether the forward takes the tensor cores (dw_forward_mma_kernel): not under
- * LUTHIER_DW_FWD_MMA=0, the FMA kernels that `luthier bench gpu` times against it. */
-static bool dw_fwd_mma(void)
+/* Whether the forward and the stride-1 dx take the tensor cores (dw_forward_mma_kernel): not
+ * under LUTHIER_DW_MMA=0, the FMA kernels that `luthier bench gpu` times against them. */
+static bool dw_mma(void)
 {
-    const char *e = getenv("LUTHIER_DW_FWD_MMA");
+    const char *e = getenv("LUTHIER_DW_MMA");
     return !e || strcmp(e, "0");
 }
 
 template <typename T, int S, int NKS>
-static void dw_forward_mma_launch(const conv_geom *g, const void *x, const void *w, const void *bias, void *y)
+static void dw_forward_mma_launch(const conv_geom *g, const void *x, const void *w, const void *bias, void *y,
+                                  bool rev)
 {
     const dim3 grid((unsigned)g->cin, (unsigned)((g->ow + LU_DW_TILE - 1) / LU_DW_TILE),
                     (unsigned)((g->batch + DW_MMA_WARPS - 1) / DW_MMA_WARPS));
-    dw_forward_mma_kernel<T, S, NKS><<<grid, LU_DW_THREADS>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y, *g);
+    dw_forward_mma_kernel<T, S, NKS>
+        <<<grid, LU_DW_THREADS>>>((const T *)x, (const T *)w, (const T *)bias, (T *)y, *g, rev);
 }
 
-/* The tensor-core forward where its steps fit (K <= 82 at stride 1, 75 at stride 2); false where
- * they do not. */
+/* The tensor-core correlation where its steps fit (K <= 82 at stride 1, 75 at stride 2); false
+ * where they do not. */
 template <typename T, int S>
-static bool dw_forward_mma(const conv_geom *g, const void *x, const void *w, const void *bias, void *y)
+static bool dw_forward_mma(const conv_geom *g, const void *x, const void *w, const void *bias, void *y,
+                           bool rev = false)
 {
     if (g->cin > INT32_MAX || (g->batch + DW_MMA_WARPS - 1) / DW_MMA_WARPS > 65535) return false; /* the grid */
     switch (dw_mma_steps(g->kw, S)) {
-    case 1: dw_forward_mma_launch<T, S, S == 1 ? 1 : 2>(g, x, w, bias, y); return true; /* at stride 1 alone */
-    case 2: dw_forward_mma_launch<T, S, 2>(g, x, w, bias, y); return true;
-    case 3: dw_forward_mma_launch<T, S, 3>(g, x, w, bias, y); return true;
-    case 4: dw_forward_mma_launch<T, S, 4>(g, x, w, bias, y); return true;
-    case 5: dw_forward_mma_launch<T, S, 5>(g, x, w, bias, y); return true;
-    case 6: dw_forward_mma_launch<T, S, 6>(g, x, w, bias, y); return true;
+    case 1: dw_forward_mma_launch<T, S, S == 1 ? 1 : 2>(g, x, w, bias, y, rev); return true; /* at stride 1 alone */
+    case 2: dw_forward_mma_launch<T, S, 2>(g, x, w, bias, y, rev); return true;
+    case 3: dw_forward_mma_launch<T, S, 3>(g, x, w, bias, y, rev); return true;
+    case 4: dw_forward_mma_launch<T, S, 4>(g, x, w, bias, y, rev); return true;
+    case 5: dw_forward_mma_launch<T, S, 5>(g, x, w, bias, y, rev); return true;
+    case 6: dw_forward_mma_launch<T, S, 6>(g, x, w, bias, y, rev); return true;
     default: return false;
     }
+}
+
+/* dx of a stride-1 depthwise convolution on the tensor cores: dx[t] = sum over j of w[j]
+ * dy[t + p - j], the correlation of dy (OT frames a row) with the reversed taps at padding
+ * K - 1 - p, T outputs. */
+template <typename T>
+static bool dw_dx_mma(const conv_geom *g, const void *dy, const void *w, void *dx)
+{
+    conv_geom c = *g;
+    c.w = g->ow;
+    c.ow = g->w;
+    c.pad[1] = g->kw - 1 - g->pad[1];
+    return dw_forward_mma<T, 1>(&c, dy, w, NULL, dx, true);
 }
 
 template <typename T, int S>
@@ -1147,7 +1169,9 @@ static lu_status dw_backward(const conv_geom *g, const void *dy, const void *x, 
                              void *db)
 {
     const int64_t pairs = (g->batch + DW_ROWS - 1) / DW_ROWS;
-    if (dx) {
+    if (dx && S == 1 && dw_mma() && dw_dx_mma<T>(g, dy, w, dx)) {
+        LU_CUDA_CHECK_LAUNCH();
+    } else if (dx) {
         dim3 grid((unsigned)(g->cin * pairs), (unsigned)((g->w + LU_DW_TILE - 1) / LU_DW_TILE));
         dw_dx_kernel<T, S><<<grid, LU_DW_THREADS>>>((const T *)dy, (const T *)w, (T *)dx, *g);
         LU_CUDA_CHECK_LAUNCH();
@@ -1181,7 +1205,7 @@ static bool conv_is_fast_depthwise(const lu_op_call *c, const conv_geom *g)
 static lu_status fast_depthwise_forward(lu_dtype dt, const conv_geom *g, const void *x, const void *w,
                                         const void *bias, void *y)
 {
-    if (dw_fwd_mma()) {
+    if (dw_mma()) {
         bool ran;
         if (dt == LU_BF16)
             ran = g->stride[1] == 1 ? dw_forward_mma<uint16_t, 1>(g, x, w, bias, y)

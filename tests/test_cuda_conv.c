@@ -580,8 +580,8 @@ Test(cuda_conv, depthwise_conv1d_bf16_propagates_nan_and_inf_as_the_cpu)
     check_dw_bf16_nan_and_inf();
 }
 
-/* The forward's FMA kernels (LUTHIER_DW_FWD_MMA=0; the default is the tensor cores): the
- * pipelined one (persistent blocks; on the emulator, which then
+/* The forward's FMA kernels and the FMA dx at stride 1 (LUTHIER_DW_MMA=0; the default is the
+ * tensor cores): the pipelined one (persistent blocks; on the emulator, which then
  * reports one multiprocessor, each block takes several tiles) and the one-tile-a-block one
  * (LUTHIER_DW_FWD_PIPE=0), each with 4 outputs a thread and with 8 (LUTHIER_DW_FWD_OUTPUTS=8),
  * compiled for each count of 4-tap groups of phase 0 up to 8 (the one-tile-a-block kernel counts
@@ -597,7 +597,7 @@ Test(cuda_conv, depthwise_forward_matches_cpu_for_each_group_count)
     static const int64_t Ts[] = {37, 1030};
     static const int64_t Ks[2][9] = {{3, 7, 11, 15, 19, 23, 27, 31, 33}, {7, 9, 17, 25, 33, 41, 55, 63, 65}};
     setenv("LU_EMU_SMS", "1", 1);
-    setenv("LUTHIER_DW_FWD_MMA", "0", 1);
+    setenv("LUTHIER_DW_MMA", "0", 1);
     for (int v = 0; v < 4; v++) {
         const int run = v % 2 ? 8 : 4;
         if (run == 8) setenv("LUTHIER_DW_FWD_OUTPUTS", "8", 1);
@@ -619,11 +619,12 @@ Test(cuda_conv, depthwise_forward_matches_cpu_for_each_group_count)
         unsetenv("LUTHIER_DW_FWD_OUTPUTS");
         unsetenv("LUTHIER_DW_FWD_PIPE");
     }
-    unsetenv("LUTHIER_DW_FWD_MMA");
+    unsetenv("LUTHIER_DW_MMA");
     unsetenv("LU_EMU_SMS");
 }
 
-/* The forward on the tensor cores (the default; f32 as three bf16 parts a value): compiled for 1 ..
+/* The forward on the tensor cores (the default; f32 as three bf16 parts a value), and dx at
+ * stride 1, the same kernel on dy with the taps reversed: compiled for 1 ..
  * 6 steps of 16 columns, K up to 82 at stride 1 and 75 at stride 2, and the FMA kernels beyond.
  * Stride 1: K 1, 2 (1 step), 9, 18 (2), 31, 34 (3), 50, 66, 82 (4 .. 6), 83; stride 2: K 1, 11
  * (2), 27, 43, 59, 75 (3 .. 6), 76. Five rows (a block of 4 and one of 1), T 37 (one short tile)
@@ -666,7 +667,9 @@ Test(cuda_conv, depthwise_forward_on_tensor_cores_matches_cpu_for_each_step_coun
 Test(cuda_conv, depthwise_conv1d_backward_propagates_nan_and_inf_as_the_cpu)
 {
     require_gpu();
-    for (int s = 1; s <= 2; s++) {
+    for (int v = 0; v < 3; v++) { /* stride 1 with dx on the tensor cores, then on the FMA units; stride 2 */
+        const int s = v < 2 ? 1 : 2;
+        if (v == 1) setenv("LUTHIER_DW_MMA", "0", 1);
         lu_conv1d_params p = {s, 7, 1, 3};
         int64_t OT = (60 + 14 - 15) / s + 1;
         lu_tensor *x = tu_rand(LU_F32, LU_SHAPE(2, 3, 60), -1, 1, 612);
@@ -685,6 +688,7 @@ Test(cuda_conv, depthwise_conv1d_backward_propagates_nan_and_inf_as_the_cpu)
         check_case(&k, s == 1 ? "depthwise conv1d backward with NaN and Inf" : "strided depthwise conv1d backward "
                                                                               "with NaN and Inf");
         release_all((lu_tensor *[]){x, w, y, dy, dx, dw}, 6);
+        unsetenv("LUTHIER_DW_MMA");
     }
 }
 

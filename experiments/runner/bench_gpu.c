@@ -7,8 +7,8 @@
  * (LUTHIER_CUBLASLT=0), the attention on mma.sync where the default is wgmma (LUTHIER_ATT_WGMMA=0,
  * a Hopper GPU; elsewhere the forward with 16 query rows a warp, LUTHIER_ATT_ROWS_PER_WARP=16, and
  * the backward's wider tilings (LUTHIER_ATT_DKDV_KEYS=128,
- * LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward on the FMA units (the pipelined kernel,
- * LUTHIER_DW_FWD_MMA=0) where the default is the tensor cores, and RMSNorm's rows of 2048 in one
+ * LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward and stride-1 dx on the FMA units (the
+ * pipelined forward, LUTHIER_DW_MMA=0) where the default is the tensor cores, and RMSNorm's rows of 2048 in one
  * warp each (LUTHIER_NORM_MULTIWARP_ROWS=0). LUTHIER_DW_FWD_PIPE=0 (the FMA forward of one tile a
  * block) and LUTHIER_DW_FWD_OUTPUTS=8 (of 8 outputs a thread) in the environment apply to the
  * FMA figures.
@@ -102,8 +102,8 @@ static void usage(FILE *f)
                "  is wgmma (a Hopper GPU), elsewhere its forward with 16 query rows a warp instead of 32\n"
                "  (LUTHIER_ATT_ROWS_PER_WARP=16) and its forward + backward with the backward's variant\n"
                "  kernels (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32),\n"
-               "  the depthwise conv also with its forward on the FMA units (LUTHIER_DW_FWD_MMA=0) where the\n"
-               "  default is the tensor cores, RMSNorm\n"
+               "  the depthwise conv also with its forward and stride-1 dx on the FMA units (LUTHIER_DW_MMA=0)\n"
+               "  where the default is the tensor cores, RMSNorm\n"
                "  at d 2048 also one warp a row (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
                "  --case NAME    one case (default all):");
     for (int i = 0; i < N_CASES; i++) fprintf(f, " %s", cases[i].name);
@@ -490,13 +490,14 @@ static lu_status time_attention(const op_bench *o, gpu_result *r, int pass, int 
                         pass ? "the backward's wider tilings" : "16 rows a warp");
 }
 
-/* The depthwise conv with its forward on the tensor cores (the default), then on the FMA units
+/* The depthwise conv with its forward and stride-1 dx on the tensor cores (the default), then on
+ * the FMA units
  * (cuda/conv.cu; LUTHIER_DW_FWD_PIPE and LUTHIER_DW_FWD_OUTPUTS from the environment choose which
  * FMA kernel). */
 static lu_status time_conv(const op_bench *o, gpu_result *r, int pass, int iters)
 {
-    static const char *const vars[1] = {"LUTHIER_DW_FWD_MMA"}, *const off[1] = {"0"};
-    return time_variant(o, r, pass, iters, 1, vars, off, "the FMA forward");
+    static const char *const vars[1] = {"LUTHIER_DW_MMA"}, *const off[1] = {"0"};
+    return time_variant(o, r, pass, iters, 1, vars, off, "on the FMA units");
 }
 
 /* RMSNorm: rows of more than 1024 elements in registers across warps (the default), then in one
@@ -767,8 +768,8 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
            "with dK/dV of 128 keys a block and dQ of 32 rows a warp (LUTHIER_ATT_DKDV_KEYS=128\n"
            "LUTHIER_ATT_DQ_ROWS_PER_WARP=32). GB/s:\n"
            "bytes each pass reads and writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias);\n"
-           "conv: ours forward on the tensor cores (f32 as three bf16 parts a value), variant on the FMA\n"
-           "units (LUTHIER_DW_FWD_MMA=0; pipelined, or one tile a block under LUTHIER_DW_FWD_PIPE=0). RMSNorm:\n"
+           "conv: ours forward and stride-1 dx on the tensor cores (f32 as three bf16 parts a value), variant\n"
+           "on the FMA units (LUTHIER_DW_MMA=0; forward pipelined, or a tile a block: LUTHIER_DW_FWD_PIPE=0). RMSNorm:\n"
            "against F.rms_norm, rstd in f32 on our side; ours holds a row in registers (d 2048: two warps a\n"
            "row), variant: d 2048 in the one-warp-a-row kernels (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
            "Linear FLOP: 2*M*N*K forward, 3x for fwd+bwd (the dx and dw GEMMs); fused: the bias in the GEMM's\n"
