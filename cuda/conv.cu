@@ -18,6 +18,9 @@
  *    in chunks that bound the column buffer; dx = col2im(w_g^T @ dy_g) with col2im gathering
  *    (each dx element adds its taps in order); dw = sum over the batch of dy_g @ col_g^T in fp32.
  * No float atomics anywhere: results are deterministic. */
+#include <errno.h>
+#include <stdlib.h>
+
 #include "conv_tiles.h"
 #include "mma.cuh"
 #include "rows.cuh"
@@ -28,7 +31,8 @@ typedef struct conv_geom {
     int64_t stride[2], pad[2], dil[2];
 } conv_geom;
 
-/* Column buffers of the GEMM path hold at most this many elements (the batch is chunked). */
+/* Column buffers of the GEMM path hold at most this many elements (the batch is chunked), or
+ * LUTHIER_CONV_COLUMNS (col_chunk). */
 #define COL_CAP ((int64_t)1 << 25)
 
 /* ---- geometry and checks ---- */
@@ -108,38 +112,39 @@ static unsigned item_blocks(int64_t items) { return (unsigned)(items < 1 ? 1 : i
 /* The same for the forward, which has each thread compute several groups of 4 outputs between
  * the block's one barrier and its end: the block's setup and its weights are paid once for them. */
 #define DW_FWD_ROWS 4
+/* Consecutive outputs of a row that a thread of the FMA kernels (forward, dx) computes at a time. */
+#define DW_RUN 4
 
-/* Group gi of dw_corr: taps 4gi..4gi+3 on the window win = xw[4gi, 4gi + RUN + 4), which then
+/* Group gi of dw_corr: taps 4gi..4gi+3 on the window win = xw[4gi, 4gi + DW_RUN + 4), which then
  * slides by 4 (the moves vanish where the groups are unrolled). */
-template <int RUN>
-static __device__ __forceinline__ void dw_corr_group(float (&acc)[RUN], float (&win)[RUN + 4], const float *xw,
+static __device__ __forceinline__ void dw_corr_group(float (&acc)[DW_RUN], float (&win)[DW_RUN + 4], const float *xw,
                                                      const float *wt, int gi)
 {
-    const float4 c = *(const float4 *)(xw + 4 * gi + RUN), wv = *(const float4 *)(wt + 4 * gi);
-    win[RUN] = c.x;
-    win[RUN + 1] = c.y;
-    win[RUN + 2] = c.z;
-    win[RUN + 3] = c.w;
+    const float4 c = *(const float4 *)(xw + 4 * gi + DW_RUN), wv = *(const float4 *)(wt + 4 * gi);
+    win[DW_RUN] = c.x;
+    win[DW_RUN + 1] = c.y;
+    win[DW_RUN + 2] = c.z;
+    win[DW_RUN + 3] = c.w;
     const float w[4] = {wv.x, wv.y, wv.z, wv.w};
 #pragma unroll
     for (int t = 0; t < 4; t++)
 #pragma unroll
-        for (int v = 0; v < RUN; v++) acc[v] = fmaf(w[t], win[v + t], acc[v]);
+        for (int v = 0; v < DW_RUN; v++) acc[v] = fmaf(w[t], win[v + t], acc[v]);
 #pragma unroll
-    for (int i = 0; i < RUN; i++) win[i] = win[i + 4];
+    for (int i = 0; i < DW_RUN; i++) win[i] = win[i + 4];
 }
 
-/* acc[v] += sum over i < 4*groups of wt[i] xw[v + i], v < RUN (4 or 8): xw and wt 16-byte aligned,
+/* acc[v] += sum over i < 4*groups of wt[i] xw[v + i], v < DW_RUN: xw and wt 16-byte aligned,
  * the inputs sliding through registers, one 16-byte shared load of inputs and one of weights per 4
  * taps; each acc[v] adds its taps in ascending order. G > 0 groups are unrolled: the loads are at
  * fixed offsets, and the weights, the same for every run of a block, may stay in registers from
  * one run to the next. G == 0 takes `groups` at run time. */
-template <int RUN, int G>
-static __device__ __forceinline__ void dw_corr(float (&acc)[RUN], const float *xw, const float *wt, int groups)
+template <int G>
+static __device__ __forceinline__ void dw_corr(float (&acc)[DW_RUN], const float *xw, const float *wt, int groups)
 {
-    float win[RUN + 4];
+    float win[DW_RUN + 4];
 #pragma unroll
-    for (int i = 0; i < RUN; i += 4) {
+    for (int i = 0; i < DW_RUN; i += 4) {
         const float4 a = *(const float4 *)(xw + i);
         win[i] = a.x;
         win[i + 1] = a.y;
@@ -148,9 +153,9 @@ static __device__ __forceinline__ void dw_corr(float (&acc)[RUN], const float *x
     }
     if (G > 0) {
 #pragma unroll
-        for (int gi = 0; gi < G; gi++) dw_corr_group<RUN>(acc, win, xw, wt, gi);
+        for (int gi = 0; gi < G; gi++) dw_corr_group(acc, win, xw, wt, gi);
     } else {
-        for (int gi = 0; gi < groups; gi++) dw_corr_group<RUN>(acc, win, xw, wt, gi);
+        for (int gi = 0; gi < groups; gi++) dw_corr_group(acc, win, xw, wt, gi);
     }
 }
 
@@ -395,80 +400,75 @@ static __device__ __forceinline__ int dw_block_rows(const conv_geom *g, int rows
     return (int)(g->batch - *b0 < rows_per_block ? g->batch - *b0 : rows_per_block);
 }
 
-/* Bytes of the widest store of a run of RUN outputs: the run, up to 16. */
-template <int RUN, typename T> struct dw_run_vec {
-    static constexpr size_t bytes = RUN * sizeof(T) < 16 ? RUN * sizeof(T) : 16;
+/* Bytes of the widest store of a run of DW_RUN outputs: the run, up to 16. */
+template <typename T> struct dw_run_vec {
+    static constexpr size_t bytes = DW_RUN * sizeof(T) < 16 ? DW_RUN * sizeof(T) : 16;
 };
 
-/* p[0, m) = v[0, m), m <= RUN (4 or 8): whole runs as one or two vector stores where p is aligned
+/* p[0, m) = v[0, m), m <= DW_RUN: a whole run as one vector store where p is aligned
  * for them (known where vec: the caller's whole tile is), else as pairs where it is aligned for
  * those, else (and the short run at a tile's end) one element at a time. Every index into v is
  * known at compile time: v stays in registers. */
-template <int RUN, typename T>
-static __device__ __forceinline__ void dw_store_run(T *p, const float (&v)[RUN], int m, bool vec)
+template <typename T>
+static __device__ __forceinline__ void dw_store_run(T *p, const float (&v)[DW_RUN], int m, bool vec)
 {
-    constexpr size_t VEC = dw_run_vec<RUN, T>::bytes;
-    if (m == RUN && (vec || (uintptr_t)p % VEC == 0)) {
+    constexpr size_t VEC = dw_run_vec<T>::bytes;
+    if (m == DW_RUN && (vec || (uintptr_t)p % VEC == 0)) {
         lu_stv(p, v);
-    } else if (m == RUN && (uintptr_t)p % (2 * sizeof(T)) == 0) {
+    } else if (m == DW_RUN && (uintptr_t)p % (2 * sizeof(T)) == 0) {
 #pragma unroll
-        for (int e = 0; e < RUN; e += 2) lu_st2(p + e, v + e);
+        for (int e = 0; e < DW_RUN; e += 2) lu_st2(p + e, v + e);
     } else {
 #pragma unroll
-        for (int e = 0; e < RUN; e++)
+        for (int e = 0; e < DW_RUN; e++)
             if (e < m) lu_st(p, e, v[e]);
     }
 }
 
 /* Floats from one row's phases to the next in the forward's shared memory: an odd number of
- * 16-byte units, so that the two rows an 8-lane group of the 8-output forward reads fall in
- * distinct banks (a 16-byte shared load is served 8 lanes at a time). */
+ * 16-byte units, so that consecutive rows start in different banks. */
 static __host__ __device__ __forceinline__ int dw_fwd_row_stride(int s, int fill) { return s * fill | 4; }
 
 /* The outputs of a forward tile from its staged rows xs (row r at r*rstride, its S phases `fill`
  * floats apart) and weights ws, whose staging this thread found finite where ok: the block's
- * threads take runs of RUN outputs and store them straight from registers. An 8-lane group takes
- * 32 consecutive outputs: of one row (RUN 4), or (RUN 8) lanes 0-3 in a pair's first row and 4-7 at
- * the same outputs of the second, which the row stride puts in the other banks (runs 32 bytes
- * apart in one row alone would have two lanes on each bank). Phase 0 has G groups of 4 taps (0:
- * not known at compile time), phase 1 G or G - 1. A tile whose staged values are not all finite
- * takes the exact path. Starts with a barrier. */
-template <typename T, int S, int G, int RUN>
+ * threads take runs of DW_RUN outputs and store them straight from registers, an 8-lane group 32
+ * consecutive outputs of one row. Phase 0 has G groups of 4 taps (0: not known at compile time),
+ * phase 1 G or G - 1. A tile whose staged values are not all finite takes the exact path. Starts
+ * with a barrier. */
+template <typename T, int S, int G>
 static __device__ __forceinline__ void dw_forward_outputs(const float *xs, const float (*ws)[LU_DW_WLEN], bool ok,
                                                           const conv_geom &g, T *yr, int rows, int o0, int cnt,
                                                           int fill, float b)
 {
-    constexpr int LPR = 32 / RUN, RPU = 8 / LPR; /* lanes of an 8-lane group a row, rows a group */
     const int rstride = dw_fwd_row_stride(S, fill), K = (int)g.kw;
     /* From one batch item to the next; the tile's outputs lie within 2^31 elements (dw_fits_grid). */
     const int ystride = (int)(g.cin * g.ow);
-    /* Runs start at multiples of RUN in their rows: with yr and the row stride aligned, every
+    /* Runs start at multiples of DW_RUN in their rows: with yr and the row stride aligned, every
      * whole run takes the vector store without a check of its own. */
-    constexpr int VEL = (int)(dw_run_vec<RUN, T>::bytes / sizeof(T));
-    const bool vec = (uintptr_t)yr % dw_run_vec<RUN, T>::bytes == 0 && ystride % VEL == 0;
+    constexpr int VEL = (int)(dw_run_vec<T>::bytes / sizeof(T));
+    const bool vec = (uintptr_t)yr % dw_run_vec<T>::bytes == 0 && ystride % VEL == 0;
     if (__syncthreads_and(ok)) {
         const int g0 = G > 0 ? G : (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 0)) / 4;
         const int g1 = S == 2 ? (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 1)) / 4 : 0;
-        const int chunks = (cnt + 31) / 32, units = (rows + RPU - 1) / RPU;
-        const int lane_r = RPU == 2 ? threadIdx.x >> 2 & 1 : 0, lane_q = (threadIdx.x & (LPR - 1)) * RUN;
-        for (int u = 0, c = threadIdx.x >> 3;; c += blockDim.x >> 3) {
-            while (u < units && c >= chunks) {
+        const int chunks = (cnt + 31) / 32, lane_q = (threadIdx.x & 7) * DW_RUN;
+        for (int r = 0, c = threadIdx.x >> 3;; c += blockDim.x >> 3) {
+            while (r < rows && c >= chunks) {
                 c -= chunks;
-                u++;
+                r++;
             }
-            if (u == units) break;
-            const int r = RPU * u + lane_r, q = 32 * c + lane_q;
-            if (r >= rows || q >= cnt) continue;
-            float acc[RUN];
+            if (r == rows) break;
+            const int q = 32 * c + lane_q;
+            if (q >= cnt) continue;
+            float acc[DW_RUN];
 #pragma unroll
-            for (int v = 0; v < RUN; v++) acc[v] = b;
+            for (int v = 0; v < DW_RUN; v++) acc[v] = b;
             const float *xw = xs + r * rstride + q;
-            dw_corr<RUN, G>(acc, xw, ws[0], g0);
+            dw_corr<G>(acc, xw, ws[0], g0);
             if (S == 2) {
-                if (G == 0 || g1 == G) dw_corr<RUN, G>(acc, xw + fill, ws[1], g1);
-                else if (G > 1) dw_corr<RUN, (G > 1 ? G - 1 : 1)>(acc, xw + fill, ws[1], g1);
+                if (G == 0 || g1 == G) dw_corr<G>(acc, xw + fill, ws[1], g1);
+                else if (G > 1) dw_corr<(G > 1 ? G - 1 : 1)>(acc, xw + fill, ws[1], g1);
             }
-            dw_store_run<RUN>(yr + (r * ystride + q), acc, cnt - q < RUN ? cnt - q : RUN, vec);
+            dw_store_run(yr + (r * ystride + q), acc, cnt - q < DW_RUN ? cnt - q : DW_RUN, vec);
         }
     } else {
         for (int r = 0; r < rows; r++)
@@ -481,8 +481,8 @@ static __device__ __forceinline__ void dw_forward_outputs(const float *xs, const
 /* The depthwise forward, a block per (DW_FWD_ROWS rows of one channel, tile of LU_DW_TILE
  * outputs): stages its rows (dynamic shared memory: row r at r * dw_fwd_row_stride, its S phases
  * `fill` floats apart, fill = lu_dw_fwd_fill_upto of the longest tile) and computes their outputs
- * (dw_forward_outputs). RUN is 4, or 8 under LUTHIER_DW_FWD_OUTPUTS=8 (dw_fwd_outputs). */
-template <typename T, int S, int G, int RUN>
+ * (dw_forward_outputs). */
+template <typename T, int S, int G>
 static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const T *x, const T *w, const T *bias, T *y,
                                                                           conv_geom g, int fill)
 {
@@ -497,7 +497,7 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const 
     bool ok = dw_stage_rows<T, S, DW_FWD_ROWS>(x + (b0 * g.cin + ch) * g.w, g.cin * g.w, rows, (int)g.w, o0, cnt,
                                                (int)g.pad[1], K, fill, dw_fwd_xs, fill, dw_fwd_row_stride(S, fill));
     ok = dw_store_weights<S>(wv, K, ws) && ok;
-    dw_forward_outputs<T, S, G, RUN>(dw_fwd_xs, ws, ok, g, y + (b0 * g.cin + ch) * g.ow + o0, rows, o0, cnt, fill,
+    dw_forward_outputs<T, S, G>(dw_fwd_xs, ws, ok, g, y + (b0 * g.cin + ch) * g.ow + o0, rows, o0, cnt, fill,
                                      bias ? lu_ld(bias, ch) : 0.0f);
 }
 
@@ -557,7 +557,7 @@ static __device__ __forceinline__ void dw_pipe_issue(const T *x, const T *w, con
  * and the loads of its edges, weights and bias are in flight. In the one-tile-a-block kernel
  * each block waits for its loads before its first multiply, and the resident blocks start
  * together. Same staging, outputs and results as dw_forward_kernel; G > 0. */
-template <typename T, int S, int G, int RUN>
+template <typename T, int S, int G>
 static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_pipe_kernel(const T *x, const T *w, const T *bias,
                                                                                T *y, conv_geom g, int fill, int rlen,
                                                                                int tiles)
@@ -584,7 +584,7 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_pipe_kernel(c
         bool ok = dw_store_window<T, S, DW_FWD_ROWS>(win, d.rows, fill, dw_pipe_xs, fill, rstride, cur.edge,
                                                      [&](int r, int m) { return *(const raw_t *)(rb + r * rlen + m); });
         ok = dw_store_weights<S, 1>(cur.wt, K, ws) && ok;
-        dw_forward_outputs<T, S, G, RUN>(dw_pipe_xs, ws, ok, g, y + (d.b0 * g.cin + d.ch) * g.ow + d.o0, d.rows, d.o0,
+        dw_forward_outputs<T, S, G>(dw_pipe_xs, ws, ok, g, y + (d.b0 * g.cin + d.ch) * g.ow + d.o0, d.rows, d.o0,
                                          d.cnt, fill, cur.bias);
         cur = nxt;
     }
@@ -882,8 +882,8 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_dx_kernel(const T *dy
     ok = dw_store_weights<S>(wv, K, ws) && ok;
     if (__syncthreads_and(ok)) {
         for (int r = 0; r < rows && q0 < members[mine]; r++) {
-            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            dw_corr<4, 0>(acc, &dys[r][mine][q0], ws[mine], (int)lu_dw_ceil4(kc[mine]) / 4);
+            float acc[DW_RUN] = {0.0f, 0.0f, 0.0f, 0.0f};
+            dw_corr<0>(acc, &dys[r][mine][q0], ws[mine], (int)lu_dw_ceil4(kc[mine]) / 4);
             if (S == 1) /* first == t0: the members are the tile's inputs */
                 *(float4 *)&xo[r][q0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
             else
@@ -1017,14 +1017,6 @@ static bool dw_fits_grid(const conv_geom *g)
            g->cin * g->ow * DW_FWD_ROWS < INT32_MAX;
 }
 
-/* Outputs a thread of the depthwise forward: 4, or 8 under LUTHIER_DW_FWD_OUTPUTS=8, a variant a
- * GPU run has yet to rank. */
-static int dw_fwd_outputs(void)
-{
-    const char *e = getenv("LUTHIER_DW_FWD_OUTPUTS");
-    return e && !strcmp(e, "8") ? 8 : 4;
-}
-
 /* Whether the forward may take the pipelined kernel: not under LUTHIER_DW_FWD_PIPE=0, the
  * one-tile-a-block kernel that `luthier bench gpu` times against it. */
 static bool dw_fwd_pipe(void)
@@ -1043,14 +1035,14 @@ static size_t dw_pipe_smem(int rstride, int rlen, size_t esize)
 /* Resident blocks a multiprocessor of the pipelined forward with smem bytes of dynamic shared
  * memory (0: it cannot run), asked of the runtime once for each kernel and size by each host
  * thread. */
-template <typename T, int S, int G, int RUN>
+template <typename T, int S, int G>
 static int dw_pipe_blocks_per_sm(size_t smem)
 {
     static thread_local size_t known_smem = 0;
     static thread_local int known = 0;
     if (known_smem == smem) return known;
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, dw_forward_pipe_kernel<T, S, G, RUN>, LU_DW_THREADS, smem) !=
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, dw_forward_pipe_kernel<T, S, G>, LU_DW_THREADS, smem) !=
         cudaSuccess) {
         (void)cudaGetLastError(); /* not the launch's error: the other kernel runs */
         n = 0;
@@ -1060,8 +1052,12 @@ static int dw_pipe_blocks_per_sm(size_t smem)
     return known;
 }
 
-template <typename T, int S, int G, int RUN>
-static void dw_forward_launch(const conv_geom *g, const void *x, const void *w, const void *bias, void *y, int fill)
+/* The forward kernels are compiled for the group counts of K <= 32 (stride 1) and K <= 64
+ * (stride 2): the pipelined one (dw_forward_pipe_kernel) where its shared memory fits the default
+ * 48 KB, else the one-tile-a-block one (dw_forward_kernel), which also takes the rest and counts
+ * their groups at run time. */
+template <typename T, int S, int G>
+static void dw_forward_run(const conv_geom *g, const void *x, const void *w, const void *bias, void *y, int fill)
 {
     const int64_t groups = g->cin * ((g->batch + DW_FWD_ROWS - 1) / DW_FWD_ROWS);
     const int64_t nt = (g->ow + LU_DW_TILE - 1) / LU_DW_TILE;
@@ -1071,29 +1067,16 @@ static void dw_forward_launch(const conv_geom *g, const void *x, const void *w, 
     const size_t smem = dw_pipe_smem(rstride, rlen, sizeof(T));
     constexpr int GP = G > 0 ? G : 1; /* the pipelined kernel is not launched for G 0 */
     const bool pipe = G > 0 && smem <= LU_CUDA_SMEM_DEFAULT && dw_fwd_pipe();
-    const int per_sm = pipe ? dw_pipe_blocks_per_sm<T, S, GP, RUN>(smem) : 0;
+    const int per_sm = pipe ? dw_pipe_blocks_per_sm<T, S, GP>(smem) : 0;
     if (per_sm > 0) {
         const int64_t tiles = groups * nt, most = (int64_t)per_sm * lu_cuda_sm_count();
-        dw_forward_pipe_kernel<T, S, GP, RUN><<<(unsigned)(tiles < most ? tiles : most), LU_DW_THREADS, smem>>>(
+        dw_forward_pipe_kernel<T, S, GP><<<(unsigned)(tiles < most ? tiles : most), LU_DW_THREADS, smem>>>(
             (const T *)x, (const T *)w, (const T *)bias, (T *)y, *g, fill, rlen, (int)tiles);
     } else {
-        dw_forward_kernel<T, S, G, RUN><<<dim3((unsigned)groups, (unsigned)nt), LU_DW_THREADS,
-                                          (size_t)DW_FWD_ROWS * rstride * sizeof(float)>>>(
+        dw_forward_kernel<T, S, G><<<dim3((unsigned)groups, (unsigned)nt), LU_DW_THREADS,
+                                     (size_t)DW_FWD_ROWS * rstride * sizeof(float)>>>(
             (const T *)x, (const T *)w, (const T *)bias, (T *)y, *g, fill);
     }
-}
-
-/* The forward kernels are compiled for the group counts of K <= 32 (stride 1) and K <= 64
- * (stride 2): the pipelined one (dw_forward_pipe_kernel) where its shared memory fits the default
- * 48 KB, else the one-tile-a-block one (dw_forward_kernel), which also takes the rest and counts
- * their groups at run time. */
-template <typename T, int S, int G>
-static void dw_forward_run(const conv_geom *g, const void *x, const void *w, const void *bias, void *y, int fill)
-{
-    if (dw_fwd_outputs() == 8)
-        dw_forward_launch<T, S, G, 8>(g, x, w, bias, y, fill);
-    else
-        dw_forward_launch<T, S, G, 4>(g, x, w, bias, y, fill);
 }
 
 template <typename T, int S>
@@ -1358,11 +1341,24 @@ static __global__ void bias_fill_kernel(int dt, const void *bias, void *y, int64
     LU_CUDA_FOR(idx, n) lu_dev_store(y, dt, idx, lu_dev_load(bias, dt, idx / L % cout));
 }
 
-/* Batch items per column-buffer chunk. */
-static int64_t col_chunk(const conv_geom *g)
+/* Into *chunk, the batch items per column-buffer chunk: as many as COL_CAP elements hold, or
+ * LUTHIER_CONV_COLUMNS (a positive count of elements; less memory for a GPU short of it), at
+ * least one. */
+static lu_status col_chunk(const conv_geom *g, int64_t *chunk)
 {
-    int64_t per = g->cin * g->kh * g->kw * g->oh * g->ow, n = per > 0 ? COL_CAP / per : g->batch;
-    return n < 1 ? 1 : n > g->batch ? g->batch : n;
+    int64_t cap = COL_CAP;
+    const char *e = getenv("LUTHIER_CONV_COLUMNS");
+    if (e && *e) {
+        char *end;
+        errno = 0;
+        const long long v = strtoll(e, &end, 10);
+        if (*end || errno || v < 1)
+            return lu_errorf(LU_ERR_INVALID, "LUTHIER_CONV_COLUMNS=%s: expected a positive number of elements", e);
+        cap = v;
+    }
+    const int64_t per = g->cin * g->kh * g->kw * g->oh * g->ow, n = per > 0 ? cap / per : g->batch;
+    *chunk = n < 1 ? 1 : n > g->batch ? g->batch : n;
+    return LU_OK;
 }
 
 static lu_status gemm_forward(lu_dtype dt, const conv_geom *g, const char *x, const char *w, const void *bias, char *y)
@@ -1383,7 +1379,8 @@ static lu_status gemm_forward(lu_dtype dt, const conv_geom *g, const char *x, co
                                 x + grp * cg * L * es, g->cin * L, beta, y + grp * og * L * es, g->cout * L));
         return LU_OK;
     }
-    int64_t chunk = col_chunk(g);
+    int64_t chunk;
+    LU_TRY(col_chunk(g, &chunk));
     void *colp;
     LU_TRY(lu_cuda_scratch_alloc(&colp, (size_t)(chunk * R * L) * es));
     char *col = (char *)colp;
@@ -1418,7 +1415,8 @@ static lu_status gemm_backward(lu_dtype dt, const conv_geom *g, const char *dy, 
                                 x + b * g->cin * L * es, cg * L, 1.0f, acc, og * ck));
         return LU_OK;
     }
-    int64_t chunk = col_chunk(g);
+    int64_t chunk;
+    LU_TRY(col_chunk(g, &chunk));
     void *colp = NULL, *dcolp = NULL;
     lu_status st = LU_OK;
     if (acc) st = lu_cuda_scratch_alloc(&colp, (size_t)(chunk * R * L) * es);

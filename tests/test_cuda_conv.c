@@ -445,8 +445,7 @@ Test(cuda_conv, depthwise_dw_sums_several_units_a_block)
 /* The shapes of `luthier bench gpu` (B 32, C 384, T 500, K 31), forward and backward. On the
  * emulator bf16 alone: the f32 kernels differ from the bf16 ones in the element type and (the
  * forward on the tensor cores) the parts a value, which depthwise_conv1d_matches_cpu_at_model_width
- * runs at C 384; depthwise_forward_matches_cpu_for_each_group_count runs this shape on the FMA
- * forward. */
+ * runs at C 384. */
 Test(cuda_conv, depthwise_conv1d_matches_cpu_at_benchmark_shape)
 {
     require_gpu();
@@ -488,11 +487,29 @@ Test(cuda_conv, pointwise_conv1d_matches_cpu)
     check_conv1d(2, 6, 4, 17, 1, 2, 0, 1, 1, true, LU_F32, TOL_F32); /* 1x1 strided: im2col */
 }
 
+/* The GEMM path's column buffer in chunks of the batch: LUTHIER_CONV_COLUMNS (elements; 2^25 by
+ * default) holds two batch items of these shapes (chunks of 2, 2 and 1), then less than one (a
+ * chunk an item); a value that is not a positive count is an error naming the variable. */
 Test(cuda_conv, conv1d_with_chunked_column_buffer_matches_cpu)
 {
     require_gpu();
-    /* Cin*K*T = 384*31*1000 columns per item: the GEMM path takes the batch in two chunks. */
-    check_conv1d(3, 384, 384, 1000, 31, 1, 15, 1, 96, true, LU_F32, TOL_F32);
+    setenv("LUTHIER_CONV_COLUMNS", "6000", 1); /* conv1d: Cin * K * OT = 8 * 5 * 64 = 2560 an item */
+    check_conv1d(5, 8, 6, 64, 5, 1, 2, 1, 2, true, LU_F32, TOL_F32);
+    check_conv1d(5, 8, 6, 64, 5, 1, 2, 1, 2, false, LU_BF16, TOL_BF16);
+    /* conv2d: 4 * 3 * 3 * 9 * 10 = 3240 an item */
+    check_conv2d(5, 4, 8, 9, 10, 3, 3, (lu_conv2d_params){{1, 1}, {1, 1}, {1, 1}, 1}, true, LU_F32, TOL_F32);
+    setenv("LUTHIER_CONV_COLUMNS", "1000", 1);
+    check_conv1d(3, 8, 6, 64, 5, 2, 2, 2, 1, true, LU_F32, TOL_F32);
+    setenv("LUTHIER_CONV_COLUMNS", "12k", 1);
+    lu_conv1d_params p = {1, 2, 1, 2};
+    lu_tensor *x = lu_tensor_zeros(LU_F32, LU_SHAPE(2, 8, 64), LU_CUDA);
+    lu_tensor *w = lu_tensor_zeros(LU_F32, LU_SHAPE(6, 4, 5), LU_CUDA);
+    lu_tensor *y = lu_tensor_empty(LU_F32, LU_SHAPE(2, 6, 64), LU_CUDA);
+    cr_assert(x && w && y, "%s", lu_error_message());
+    cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_CONV1D, (lu_tensor *[]){x, w, NULL}, 3, &y, 1, &p), LU_ERR_INVALID);
+    tu_assert_error_contains("LUTHIER_CONV_COLUMNS=12k: expected a positive number of elements");
+    release_all((lu_tensor *[]){x, w, y}, 3);
+    unsetenv("LUTHIER_CONV_COLUMNS");
 }
 
 /* The shapes of Zipformer's Conv2dSubsampling and of other 2-D front ends. */
@@ -583,14 +600,12 @@ Test(cuda_conv, depthwise_conv1d_bf16_propagates_nan_and_inf_as_the_cpu)
 /* The forward's FMA kernels and the FMA dx at stride 1 (LUTHIER_DW_MMA=0; the default is the
  * tensor cores): the pipelined one (persistent blocks; on the emulator, which then
  * reports one multiprocessor, each block takes several tiles) and the one-tile-a-block one
- * (LUTHIER_DW_FWD_PIPE=0), each with 4 outputs a thread and with 8 (LUTHIER_DW_FWD_OUTPUTS=8),
- * compiled for each count of 4-tap groups of phase 0 up to 8 (the one-tile-a-block kernel counts
- * them at run time above). Stride 1: K 3 .. 31 step 4 and 33 (1 .. 8 groups, then run time).
- * Stride 2: K 7, 9, 17, 25, 33, 41, 55, 63 (1 .. 8 groups, phase 1 a group short for K 9, 17, 25,
- * 33 and 41) and 65. Five rows (a block of 4 and one of 1), T 37 (one short tile) and 1030 (three
- * tiles, rows not 8-aligned), each K in f32 and bf16; the NaN and Inf case; and, for the pipelined
- * kernel with 8 outputs, the benchmark's shape (depthwise_conv1d_matches_cpu_at_benchmark_shape
- * takes the default there; the one-tile-a-block kernels' tiling is the same). */
+ * (LUTHIER_DW_FWD_PIPE=0), compiled for each count of 4-tap groups of phase 0 up to 8 (the
+ * one-tile-a-block kernel counts them at run time above). Stride 1: K 3 .. 31 step 4 and 33
+ * (1 .. 8 groups, then run time). Stride 2: K 7, 9, 17, 25, 33, 41, 55, 63 (1 .. 8 groups, phase
+ * 1 a group short for K 9, 17, 25, 33 and 41) and 65. Five rows (a block of 4 and one of 1), T 37
+ * (one short tile) and 1030 (three tiles, rows not 8-aligned), each K in f32 and bf16; the NaN
+ * and Inf case. */
 Test(cuda_conv, depthwise_forward_matches_cpu_for_each_group_count)
 {
     require_gpu();
@@ -598,10 +613,8 @@ Test(cuda_conv, depthwise_forward_matches_cpu_for_each_group_count)
     static const int64_t Ks[2][9] = {{3, 7, 11, 15, 19, 23, 27, 31, 33}, {7, 9, 17, 25, 33, 41, 55, 63, 65}};
     setenv("LU_EMU_SMS", "1", 1);
     setenv("LUTHIER_DW_MMA", "0", 1);
-    for (int v = 0; v < 4; v++) {
-        const int run = v % 2 ? 8 : 4;
-        if (run == 8) setenv("LUTHIER_DW_FWD_OUTPUTS", "8", 1);
-        if (v >= 2) setenv("LUTHIER_DW_FWD_PIPE", "0", 1);
+    for (int v = 0; v < 2; v++) {
+        if (v == 1) setenv("LUTHIER_DW_FWD_PIPE", "0", 1);
         for (int s = 1; s <= 2; s++)
             for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
                 for (size_t b = 0; b < sizeof Ks[0] / sizeof Ks[0][0]; b++) {
@@ -614,9 +627,6 @@ Test(cuda_conv, depthwise_forward_matches_cpu_for_each_group_count)
         /* f32 rows of 512 outputs at stride 2 and K 63 pass the pipelined kernel's 48 KB (T 1030
          * keeps the other kernel): its f32 instantiation of 8 groups runs on a short row. */
         if (v == 0) check_conv1d(5, 3, 3, 37, 63, 2, 31, 1, 3, true, LU_F32, TOL_F32);
-        if (v == 1)
-            for (int s = 1; s <= 2; s++) check_conv1d(32, 384, 384, 500, 31, s, 15, 1, 384, true, LU_BF16, TOL_BF16);
-        unsetenv("LUTHIER_DW_FWD_OUTPUTS");
         unsetenv("LUTHIER_DW_FWD_PIPE");
     }
     unsetenv("LUTHIER_DW_MMA");

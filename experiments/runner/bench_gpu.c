@@ -10,8 +10,7 @@
  * LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward and stride-1 dx on the FMA units (the
  * pipelined forward, LUTHIER_DW_MMA=0) where the default is the tensor cores, and RMSNorm's rows of 2048 in one
  * warp each (LUTHIER_NORM_MULTIWARP_ROWS=0). LUTHIER_DW_FWD_PIPE=0 (the FMA forward of one tile a
- * block) and LUTHIER_DW_FWD_OUTPUTS=8 (of 8 outputs a thread) in the environment apply to the
- * FMA figures.
+ * block) in the environment applies to the FMA figures.
  *
  * Our kernels are called through the CUDA backend's op table on tensors allocated beforehand
  * (forward; forward then backward, with kernel scratch from an arena), and timed as the script
@@ -492,8 +491,7 @@ static lu_status time_attention(const op_bench *o, gpu_result *r, int pass, int 
 
 /* The depthwise conv with its forward and stride-1 dx on the tensor cores (the default), then on
  * the FMA units
- * (cuda/conv.cu; LUTHIER_DW_FWD_PIPE and LUTHIER_DW_FWD_OUTPUTS from the environment choose which
- * FMA kernel). */
+ * (cuda/conv.cu; LUTHIER_DW_FWD_PIPE from the environment chooses which FMA forward). */
 static lu_status time_conv(const op_bench *o, gpu_result *r, int pass, int iters)
 {
     static const char *const vars[1] = {"LUTHIER_DW_MMA"}, *const off[1] = {"0"};
