@@ -22,6 +22,23 @@ static inline void require_gpu(void)
     if (!lu_device_available(LU_CUDA)) cr_skip_test("no CUDA GPU: %s", lu_cuda_unavailable_reason());
 }
 
+/* The third pass of scripts/test.sh runs the GPU op suites on the emulator's race checker (a
+ * LUTHIER_EMU_RACECHECK build: LU_TEST_RACECHECK), for the kernels' shared-memory accesses. A test
+ * whose kernels the pass runs in other tests, and which only runs them on larger inputs or a
+ * second time, skips there, naming those tests: the checker would see nothing new in it. Where a
+ * test runs a kernel in f16 and in bf16, which differ in their conversions alone and not in what
+ * they read and write where, the pass takes one (RACE_CHECKER_PASS). */
+#ifdef LU_TEST_RACECHECK
+#define RACE_CHECKER_PASS true
+#else
+#define RACE_CHECKER_PASS false
+#endif
+
+static inline void skip_under_race_checker(const char *covered_by)
+{
+    if (RACE_CHECKER_PASS) cr_skip_test("race checker pass: its kernels run in %s", covered_by);
+}
+
 /* Asserts sum((got - ref)^2) / sum(ref^2) < tol; non-finite reference values must be matched
  * exactly (NaN by NaN, +-Inf by the same infinity). */
 static inline void assert_nmse(const lu_tensor *got, const lu_tensor *ref, double tol, const char *what)
