@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake pkg-config
+  build-essential cmake pkg-config ninja-build
   libopenblas-openmp-dev  # BLAS for the CPU backend, on luthier's OpenMP threads
   libhdf5-dev          # checkpoints and datasets
   libyaml-dev          # experiment configs

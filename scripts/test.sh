@@ -24,7 +24,9 @@ if [ "${LUTHIER_SKIP_SANITIZERS:-0}" != 1 ]; then
   # shared memory (tests/cuda_emu/README.md); only their targets are built. The model and training
   # suites stay out: they run no line of the kernel files that the op suites do not (gcov of an
   # emulator build, tests/cuda_emu/README.md).
-  cmake -S . -B build-race -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-g -DLUTHIER_WERROR=ON \
+  gen=()
+  if [ ! -f build-race/CMakeCache.txt ]; then gen=(-G Ninja); fi # as build.sh; setup.sh installs it
+  cmake -S . -B build-race "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-g -DLUTHIER_WERROR=ON \
     -DLUTHIER_CUDA=OFF -DLUTHIER_CUDA_EMU=ON -DLUTHIER_EMU_RACECHECK=ON >build-race.cmake.log 2>&1 ||
     { cat build-race.cmake.log; exit 1; }
   rm -f build-race.cmake.log
