@@ -488,6 +488,19 @@ Test(cuda_conv, pointwise_conv1d_matches_cpu)
     check_conv1d(2, 6, 4, 17, 1, 2, 0, 1, 1, true, LU_F32, TOL_F32); /* 1x1 strided: im2col */
 }
 
+/* A conv1d forward on the device of x (dtype xdt) and w, y (f32) of zeros of these shapes, which
+ * fails with st and a message holding msg. */
+static void check_conv1d_rejected(lu_dtype xdt, const int64_t *xs, const int64_t *ws, const int64_t *ys,
+                                  lu_conv1d_params p, lu_status st, const char *msg)
+{
+    lu_tensor *x = lu_tensor_zeros(xdt, 3, xs, LU_CUDA), *w = lu_tensor_zeros(LU_F32, 3, ws, LU_CUDA);
+    lu_tensor *y = lu_tensor_empty(LU_F32, 3, ys, LU_CUDA);
+    cr_assert(x && w && y, "%s", lu_error_message());
+    cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_CONV1D, (lu_tensor *[]){x, w, NULL}, 3, &y, 1, &p), st);
+    tu_assert_error_contains(msg);
+    release_all((lu_tensor *[]){x, w, y}, 3);
+}
+
 /* The GEMM path's column buffer in chunks of the batch: LUTHIER_CONV_COLUMNS (elements; 2^25 by
  * default) holds two batch items of these shapes (chunks of 2, 2 and 1), then less than one (a
  * chunk an item); a value that is not a positive count is an error naming the variable. */
@@ -502,14 +515,9 @@ Test(cuda_conv, conv1d_with_chunked_column_buffer_matches_cpu)
     setenv("LUTHIER_CONV_COLUMNS", "1000", 1);
     check_conv1d(3, 8, 6, 64, 5, 2, 2, 2, 1, true, LU_F32, TOL_F32);
     setenv("LUTHIER_CONV_COLUMNS", "12k", 1);
-    lu_conv1d_params p = {1, 2, 1, 2};
-    lu_tensor *x = lu_tensor_zeros(LU_F32, LU_SHAPE(2, 8, 64), LU_CUDA);
-    lu_tensor *w = lu_tensor_zeros(LU_F32, LU_SHAPE(6, 4, 5), LU_CUDA);
-    lu_tensor *y = lu_tensor_empty(LU_F32, LU_SHAPE(2, 6, 64), LU_CUDA);
-    cr_assert(x && w && y, "%s", lu_error_message());
-    cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_CONV1D, (lu_tensor *[]){x, w, NULL}, 3, &y, 1, &p), LU_ERR_INVALID);
-    tu_assert_error_contains("LUTHIER_CONV_COLUMNS=12k: expected a positive number of elements");
-    release_all((lu_tensor *[]){x, w, y}, 3);
+    check_conv1d_rejected(LU_F32, (int64_t[]){2, 8, 64}, (int64_t[]){6, 4, 5}, (int64_t[]){2, 6, 64},
+                          (lu_conv1d_params){1, 2, 1, 2}, LU_ERR_INVALID,
+                          "LUTHIER_CONV_COLUMNS=12k: expected a positive number of elements");
     unsetenv("LUTHIER_CONV_COLUMNS");
 }
 
@@ -706,17 +714,11 @@ Test(cuda_conv, depthwise_conv1d_backward_propagates_nan_and_inf_as_the_cpu)
 Test(cuda_conv, conv_rejects_mismatched_shapes_and_f64)
 {
     require_gpu();
-    lu_conv1d_params p = {1, 0, 1, 1};
-    lu_tensor *x = lu_tensor_zeros(LU_F32, LU_SHAPE(1, 3, 10), LU_CUDA);
-    lu_tensor *w = lu_tensor_zeros(LU_F32, LU_SHAPE(2, 3, 3), LU_CUDA);
-    lu_tensor *y = lu_tensor_empty(LU_F32, LU_SHAPE(1, 2, 9), LU_CUDA);
-    cr_assert(x && w && y, "%s", lu_error_message());
-    cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_CONV1D, (lu_tensor *[]){x, w, NULL}, 3, &y, 1, &p), LU_ERR_SHAPE);
-    tu_assert_error_contains("conv1d: x [1, 3, 10], w [2, 3, 3] and y [1, 2, 9] do not fit");
-    lu_tensor *x64 = lu_tensor_zeros(LU_F64, LU_SHAPE(1, 3, 10), LU_CUDA);
-    cr_assert_eq(run_kernel(LU_CUDA, false, LU_OP_CONV1D, (lu_tensor *[]){x64, w, NULL}, 3, &y, 1, &p), LU_ERR_DTYPE);
-    tu_assert_error_contains("conv1d: dtype f64 is not supported by the cuda backend");
-    release_all((lu_tensor *[]){x, w, y, x64}, 4);
+    const lu_conv1d_params p = {1, 0, 1, 1};
+    check_conv1d_rejected(LU_F32, (int64_t[]){1, 3, 10}, (int64_t[]){2, 3, 3}, (int64_t[]){1, 2, 9}, p, LU_ERR_SHAPE,
+                          "conv1d: x [1, 3, 10], w [2, 3, 3] and y [1, 2, 9] do not fit");
+    check_conv1d_rejected(LU_F64, (int64_t[]){1, 3, 10}, (int64_t[]){2, 3, 3}, (int64_t[]){1, 2, 8}, p, LU_ERR_DTYPE,
+                          "conv1d: dtype f64 is not supported by the cuda backend");
 }
 
 /* ---- batch norm ---- */
