@@ -498,7 +498,7 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const 
                                                (int)g.pad[1], K, fill, dw_fwd_xs, fill, dw_fwd_row_stride(S, fill));
     ok = dw_store_weights<S>(wv, K, ws) && ok;
     dw_forward_outputs<T, S, G>(dw_fwd_xs, ws, ok, g, y + (b0 * g.cin + ch) * g.ow + o0, rows, o0, cnt, fill,
-                                     bias ? lu_ld(bias, ch) : 0.0f);
+                                bias ? lu_ld(bias, ch) : 0.0f);
 }
 
 /* ---- the pipelined forward (LUTHIER_DW_FWD_PIPE) ---- */
@@ -585,7 +585,7 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_pipe_kernel(c
                                                      [&](int r, int m) { return *(const raw_t *)(rb + r * rlen + m); });
         ok = dw_store_weights<S, 1>(cur.wt, K, ws) && ok;
         dw_forward_outputs<T, S, G>(dw_pipe_xs, ws, ok, g, y + (d.b0 * g.cin + d.ch) * g.ow + d.o0, d.rows, d.o0,
-                                         d.cnt, fill, cur.bias);
+                                    d.cnt, fill, cur.bias);
         cur = nxt;
     }
 }

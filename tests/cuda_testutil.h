@@ -25,13 +25,21 @@ static inline void require_gpu(void)
 /* The third pass of scripts/test.sh runs the GPU op suites on the emulator's race checker (a
  * LUTHIER_EMU_RACECHECK build: LU_TEST_RACECHECK), for the kernels' shared-memory accesses. A test
  * whose kernels the pass runs in other tests, and which only runs them on larger inputs or a
- * second time, skips there, naming those tests: the checker would see nothing new in it. Where a
- * test runs a kernel in f16 and in bf16, which differ in their conversions alone and not in what
- * they read and write where, the pass takes one (RACE_CHECKER_PASS). */
+ * second time, skips there, naming those tests: the checker would see nothing new in it. */
 #ifdef LU_TEST_RACECHECK
 #define RACE_CHECKER_PASS true
 #else
 #define RACE_CHECKER_PASS false
+#endif
+
+/* Kernel variants (switched by environment variables) that a test runs in f16 and in bf16, which
+ * differ in their conversions alone and not in what they read and write where, run in bf16 alone
+ * on the CPU emulator (its passes under ASan and the race checker), in both on a GPU; the default
+ * kernels run in both everywhere. */
+#ifdef LU_CUDA_EMU
+#define ON_EMULATOR true
+#else
+#define ON_EMULATOR false
 #endif
 
 static inline void skip_under_race_checker(const char *covered_by)
