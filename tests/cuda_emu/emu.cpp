@@ -59,11 +59,14 @@ struct pending_copy {
     void *pc; /* where the kernel issued it */
 };
 
-/* A wgmma's results for one thread, until the wait_group that covers its commit group. */
+/* A wgmma's results for one thread (n / 2 <= 128 of them), until the wait_group that covers its
+ * commit group. */
 struct pending_wgmma {
     float *acc;
-    std::vector<float> d;
+    int n; /* accumulators */
     int group;
+    float d[128];
+    pending_wgmma() {} /* uninitialised: emplace_back() would zero d for each wgmma */
 };
 
 struct fiber {
@@ -585,12 +588,13 @@ void cp_async_wait(int groups_left)
 /* Lands thread f's wgmma results of every committed group but the newest groups_left. */
 static void finish_wgmmas(fiber *f, int groups_left)
 {
-    std::vector<pending_wgmma> keep;
-    for (pending_wgmma &p : f->wgmmas) {
-        if (p.group < f->wgmma_groups_committed - groups_left) memcpy(p.acc, p.d.data(), p.d.size() * sizeof(float));
-        else keep.push_back(std::move(p));
+    size_t kept = 0; /* in place: the vector keeps its storage from one wgmma to the next */
+    for (size_t i = 0; i < f->wgmmas.size(); i++) {
+        pending_wgmma &p = f->wgmmas[i];
+        if (p.group < f->wgmma_groups_committed - groups_left) memcpy(p.acc, p.d, (size_t)p.n * sizeof(float));
+        else if (kept++ != i) f->wgmmas[kept - 1] = p;
     }
-    f->wgmmas.swap(keep);
+    f->wgmmas.resize(kept);
 }
 
 void wgmma(float *acc, int n, const uint32_t a[4], uint64_t desc_a, uint64_t desc_b, bool scale_d, bool trans_b,
@@ -661,7 +665,12 @@ static const char *warp_op_name(int op)
 
 LU_EMU_ARITH static float half_bits_to_float(uint16_t h, bool bf16)
 {
-    if (bf16) return __uint_as_float((uint32_t)h << 16);
+    if (bf16) {
+        const uint32_t u = (uint32_t)h << 16;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        return f;
+    }
     _Float16 v;
     memcpy(&v, &h, sizeof v);
     return (float)v;
@@ -747,10 +756,14 @@ static void resolve_ldmatrix(fiber *lanes[32], bool trans)
  *   MN-major, 128-byte swizzle: 64 contiguous mn's a row, k rows 128 bytes apart, LBO between
  *     groups of 64 mn's, SBO between groups of 8 k's;
  * then the swizzle: bits 4-6 of the address take the XOR of bits 7-9 (test_emu_wgmma.cpp). */
-static uint32_t wgmma_elem_addr(uint64_t desc, bool mn_major, int mn, int k)
+struct wgmma_operand {
+    uint64_t desc;
+    uint32_t start, lbo, sbo, W; /* W: 128 with the 128-byte swizzle, else 0 */
+    bool mn_major;
+};
+
+static wgmma_operand wgmma_operand_of(uint64_t desc, bool mn_major)
 {
-    const uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lbo = (uint32_t)(desc >> 16 & 0x3fff) << 4,
-                   sbo = (uint32_t)(desc >> 32 & 0x3fff) << 4;
     const int mode = (int)(desc >> 62), base = (int)(desc >> 49 & 7);
     if (base)
         fail("wgmma descriptor %#llx has base offset %d, which the emulator does not take", (unsigned long long)desc,
@@ -758,44 +771,88 @@ static uint32_t wgmma_elem_addr(uint64_t desc, bool mn_major, int mn, int k)
     if (mode > 1)
         fail("wgmma descriptor %#llx has the %d-byte swizzle, which the emulator does not take",
              (unsigned long long)desc, mode == 2 ? 64 : 32);
-    const uint32_t W = mode == 1 ? 128 : 0;
+    return wgmma_operand{desc,
+                         (uint32_t)(desc & 0x3fff) << 4,
+                         (uint32_t)(desc >> 16 & 0x3fff) << 4,
+                         (uint32_t)(desc >> 32 & 0x3fff) << 4,
+                         mode == 1 ? 128u : 0u,
+                         mn_major};
+}
+
+static uint32_t wgmma_elem_addr(const wgmma_operand &o, int mn, int k)
+{
+    const uint32_t W = o.W, lbo = o.lbo, sbo = o.sbo;
     uint32_t off;
-    if (!mn_major)
+    if (!o.mn_major)
         off = W ? (uint32_t)(mn % 8) * W + (uint32_t)(mn / 8) * sbo + (uint32_t)k * 2
                 : (uint32_t)(mn % 8) * 16 + (uint32_t)(mn / 8) * sbo + (uint32_t)(k % 8) * 2 + (uint32_t)(k / 8) * lbo;
     else
         off = W ? (uint32_t)(mn % (W / 2)) * 2 + (uint32_t)(mn / (W / 2)) * lbo + (uint32_t)(k % 8) * W +
                       (uint32_t)(k / 8) * sbo
                 : (uint32_t)(mn % 8) * 2 + (uint32_t)(mn / 8) * sbo + (uint32_t)(k % 8) * 16 + (uint32_t)(k / 8) * lbo;
-    uint32_t a = start + off;
+    uint32_t a = o.start + off;
     if (W) a ^= (a >> 7 & 7) << 4;
     return a;
 }
 
-static float wgmma_elem(uint64_t desc, bool mn_major, int mn, int k, bool bf16, fiber *reader, void *pc)
+/* Element (mn, k) of operand o, for k < 16, mn < rows, into out[k][mn] (ld elements a row). */
+template <typename F>
+static void wgmma_load(const wgmma_operand &o, int rows, bool bf16, fiber *reader, void *pc, F *out, int ld)
 {
-    const uint32_t a = wgmma_elem_addr(desc, mn_major, mn, k);
-    if ((size_t)a + 2 > smem.size())
-        fail("wgmma descriptor %#llx reads shared address %u, past the block's %zu bytes", (unsigned long long)desc, a,
-             smem.size());
-    const unsigned char *p = smem.data() + a;
-    race_access_as(reader, p, 2, false, pc);
-    uint16_t h;
-    memcpy(&h, p, sizeof h);
-    return half_bits_to_float(h, bf16);
+    for (int k = 0; k < 16; k++)
+        for (int mn = 0; mn < rows; mn++) {
+            const uint32_t a = wgmma_elem_addr(o, mn, k);
+            if ((size_t)a + 2 > smem.size())
+                fail("wgmma descriptor %#llx reads shared address %u, past the block's %zu bytes",
+                     (unsigned long long)o.desc, a, smem.size());
+            const unsigned char *p = smem.data() + a;
+            race_access_as(reader, p, 2, false, pc);
+            uint16_t h;
+            memcpy(&h, p, sizeof h);
+            out[k * ld + mn] = half_bits_to_float(h, bf16);
+        }
 }
 
-/* A thread's n / 2 accumulators d of a wgmma (rows r0 and r0 + 8 of A, its columns of B) take the
- * products of A (64 x 16) and B (16 x n), after d where scale_d. */
-LU_EMU_ARITH static void wgmma_products(float *d, const float (*A)[16], const float (*B)[256], int r0, int t, int n,
-                                        bool scale_d)
+/* D (64 x n) += A (64 x 16) B (16 x n) of a wgmma, the sum over k in order for each element;
+ * four columns a vector, eight a step, the partial sums in registers. */
+LU_EMU_ARITH static void wgmma_products(double (*D)[256], const float (*A)[16], const double (*B)[256], int n)
 {
-    for (int j = 0; j < n / 2; j++) {
-        const int row = r0 + 8 * (j % 4 / 2), col = j / 4 * 8 + 2 * t + j % 2;
-        double acc = scale_d ? d[j] : 0.0;
-        for (int k = 0; k < 16; k++) acc += (double)A[row][k] * B[k][col];
-        d[j] = (float)acc;
-    }
+    typedef double v4d __attribute__((vector_size(32)));
+    for (int r = 0; r < 64; r++)
+        for (int c = 0; c < n; c += 8) {
+            v4d lo, hi;
+            memcpy(&lo, &D[r][c], sizeof lo);
+            memcpy(&hi, &D[r][c + 4], sizeof hi);
+            for (int k = 0; k < 16; k++) {
+                v4d bl, bh;
+                memcpy(&bl, &B[k][c], sizeof bl);
+                memcpy(&bh, &B[k][c + 4], sizeof bh);
+                lo += A[r][k] * bl;
+                hi += A[r][k] * bh;
+            }
+            memcpy(&D[r][c], &lo, sizeof lo);
+            memcpy(&D[r][c + 4], &hi, sizeof hi);
+        }
+}
+
+/* A thread's n / 2 accumulators d in D and back: rows r0 and r0 + 8 (r0 = 16 * warp + lane / 4)
+ * of its columns of each 8, t = lane % 4 (the PTX ISA's wgmma D fragment). */
+LU_EMU_ARITH static void wgmma_d_in(double (*D)[256], const float *d, int r0, int t, int n, bool scale_d)
+{
+    for (int c = 2 * t; c < n; c += 8, d += 4)
+        for (int h = 0; h < 2; h++) {
+            D[r0 + 8 * h][c] = scale_d ? d[2 * h] : 0.0;
+            D[r0 + 8 * h][c + 1] = scale_d ? d[2 * h + 1] : 0.0;
+        }
+}
+
+LU_EMU_ARITH static void wgmma_d_out(float *d, const double (*D)[256], int r0, int t, int n)
+{
+    for (int c = 2 * t; c < n; c += 8, d += 4)
+        for (int h = 0; h < 2; h++) {
+            d[2 * h] = (float)D[r0 + 8 * h][c];
+            d[2 * h + 1] = (float)D[r0 + 8 * h][c + 1];
+        }
 }
 
 /* Completes the wgmma of warp w's warpgroup if its four warps have joined it; true if it did. */
@@ -831,7 +888,8 @@ static bool resolve_wgmma(int w, int nthreads)
     }
     /* A 64 x 16 and B 16 x n; products of 16-bit values are exact in double, each sum is rounded
      * to float once (as resolve_mma). */
-    static float A[64][16], B[16][256];
+    static float A[64][16];
+    static double B[16][256], D[64][256];
     for (int i = g0; i < g0 + 128; i++) {
         const warp_req *q = fibers[i].req;
         const int r = (i - g0) / 32 * 16, g = i % 32 / 4, t = i % 4;
@@ -843,25 +901,37 @@ static bool resolve_wgmma(int w, int nthreads)
                 A[r + g + 8][2 * t + 8 + e] = elem(q->a[3], e, bf16);
             }
     }
-    if (!r0->a_regs)
+    if (!r0->a_regs) {
+        static float At[16][64];
+        wgmma_load(wgmma_operand_of(r0->desc_a, false), 64, bf16, first, first->req_pc, &At[0][0], 64);
         for (int m = 0; m < 64; m++)
-            for (int k = 0; k < 16; k++) A[m][k] = wgmma_elem(r0->desc_a, false, m, k, bf16, first, first->req_pc);
-    for (int k = 0; k < 16; k++)
-        for (int c = 0; c < n; c++) B[k][c] = wgmma_elem(r0->desc_b, r0->trans_b, c, k, bf16, first, first->req_pc);
+            for (int k = 0; k < 16; k++) A[m][k] = At[k][m];
+    }
+    wgmma_load(wgmma_operand_of(r0->desc_b, r0->trans_b), n, bf16, first, first->req_pc, &B[0][0], 256);
+    /* Each thread's accumulators as its earlier wgmmas left them, landed or not, into D. */
+    pending_wgmma *pend[128];
     for (int i = g0; i < g0 + 128; i++) {
         fiber *f = &fibers[i];
         const warp_req *q = f->req;
-        const int r = (i - g0) / 32 * 16, g = i % 32 / 4, t = i % 4;
-        /* The accumulator as the thread's earlier wgmmas left it, landed or not. */
+        const int r = (i - g0) / 32 * 16 + i % 32 / 4, t = i % 4;
         pending_wgmma *p = NULL;
         for (pending_wgmma &x : f->wgmmas)
             if (x.acc == q->acc) p = &x;
         if (!p) {
-            f->wgmmas.push_back(pending_wgmma{q->acc, std::vector<float>(q->acc, q->acc + n / 2), 0});
+            f->wgmmas.emplace_back();
             p = &f->wgmmas.back();
+            p->acc = q->acc;
+            p->n = n / 2;
+            memcpy(p->d, q->acc, (size_t)p->n * sizeof(float));
         }
         p->group = f->wgmma_groups_committed;
-        wgmma_products(p->d.data(), A, B, r + g, t, n, q->scale_d);
+        pend[i - g0] = p;
+        wgmma_d_in(D, p->d, r, t, n, q->scale_d);
+    }
+    wgmma_products(D, A, B, n);
+    for (int i = g0; i < g0 + 128; i++) {
+        const int r = (i - g0) / 32 * 16 + i % 32 / 4, t = i % 4;
+        wgmma_d_out(pend[i - g0]->d, D, r, t, n);
     }
     for (int i = g0; i < g0 + 128; i++) fibers[i].state = F_RUN;
     return true;
