@@ -87,32 +87,58 @@ typedef struct gemm {
     cublasLtEpilogue_t epilogue;
 } gemm;
 
+/* out[j * ostride] = element off + j of x, for j < n: the type's switch once a run. */
+static void load_run(cudaDataType t, const void *x, int64_t off, int64_t n, float *out, int64_t ostride)
+{
+    switch (t) {
+    case CUDA_R_16BF:
+        for (int64_t j = 0; j < n; j++) {
+            const uint32_t u = (uint32_t)((const uint16_t *)x)[off + j] << 16; /* exact */
+            memcpy(&out[j * ostride], &u, sizeof u);
+        }
+        break;
+    case CUDA_R_16F:
+        for (int64_t j = 0; j < n; j++) out[j * ostride] = lu_f16_to_f32(((const uint16_t *)x)[off + j]);
+        break;
+    default:
+        if (ostride == 1) memcpy(out, (const float *)x + off, (size_t)n * sizeof *out);
+        else
+            for (int64_t j = 0; j < n; j++) out[j * ostride] = ((const float *)x)[off + j];
+        break;
+    }
+}
+
 /* out [rows, cols] row-major = the rows x cols matrix L stored at x with leading dimension ld,
  * L(i, p) = x[p + i*ld] when row_major, else x[i + p*ld] (column-major); each walks x in order. */
 static void pack(const void *x, cudaDataType t, int64_t ld, bool row_major, int64_t rows, int64_t cols, float *out)
 {
     if (row_major) {
-        for (int64_t i = 0; i < rows; i++)
-            for (int64_t p = 0; p < cols; p++) out[i * cols + p] = load(t, x, p + i * ld);
+        for (int64_t i = 0; i < rows; i++) load_run(t, x, i * ld, cols, out + i * cols, 1);
     } else {
-        for (int64_t p = 0; p < cols; p++)
-            for (int64_t i = 0; i < rows; i++) out[i * cols + p] = load(t, x, i + p * ld);
+        for (int64_t p = 0; p < cols; p++) load_run(t, x, p * ld, rows, out + p, cols);
     }
 }
 
-/* ap [m, k] = op(A), bp [n, k] = op(B)^T, both row-major; their product (f32 accumulation, as
- * CUBLAS_COMPUTE_32F) by the host's BLAS into prod [n, m] row-major, which is D's column-major
- * order; then alpha, beta C and the epilogue, element by element. */
+/* The product of op(A) and op(B) (f32 accumulation, as CUBLAS_COMPUTE_32F) by the host's BLAS into
+ * prod [n, m] row-major, which is D's column-major order: 16-bit operands first as ap [m, k] =
+ * op(A) and bp [n, k] = op(B)^T, both row-major; f32 ones as they are stored, the BLAS told their
+ * transposes. Then alpha, beta C and the epilogue, element by element. */
 static void gemm_one(const gemm *g, float *ap, float *bp, float *prod)
 {
     int64_t m = g->m, n = g->n, k = g->k;
-    pack(g->a, g->ab_type, g->lda, g->ta, m, k, ap);
-    pack(g->b, g->ab_type, g->ldb, !g->tb, n, k, bp);
-    if (k > 0)
+    const bool f32 = g->ab_type == CUDA_R_32F;
+    if (k > 0 && f32) {
+        /* bp = op(B)^T is b read row-major [n, k] (tb: transposed); ap^T = op(A)^T likewise. */
+        cblas_sgemm(CblasRowMajor, g->tb ? CblasTrans : CblasNoTrans, g->ta ? CblasTrans : CblasNoTrans, (int)n,
+                    (int)m, (int)k, 1.0f, g->b, (int)g->ldb, g->a, (int)g->lda, 0.0f, prod, (int)m);
+    } else if (k > 0) {
+        pack(g->a, g->ab_type, g->lda, g->ta, m, k, ap);
+        pack(g->b, g->ab_type, g->ldb, !g->tb, n, k, bp);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)m, (int)k, 1.0f, bp, (int)k, ap, (int)k, 0.0f,
                     prod, (int)m);
-    else
+    } else {
         memset(prod, 0, (size_t)(m * n) * sizeof *prod);
+    }
     for (int64_t j = 0; j < n; j++) {
         for (int64_t i = 0; i < m; i++) {
             float v = g->alpha * prod[j * m + i];
@@ -121,9 +147,10 @@ static void gemm_one(const gemm *g, float *ap, float *bp, float *prod)
             store(g->c_type, g->d, i + j * g->ldd, v);
         }
         if (g->epilogue == CUBLASLT_EPILOGUE_BGRADB) {
-            const float *bj = bp + j * k;
+            /* sum over p of op(B)(p, j): b[p + j ldb], or b[j + p ldb] transposed */
             double s = 0;
-            for (int64_t p = 0; p < k; p++) s += bj[p];
+            for (int64_t p = 0; p < k; p++)
+                s += f32 ? load(CUDA_R_32F, g->b, g->tb ? j + p * g->ldb : p + j * g->ldb) : bp[j * k + p];
             store(g->vec_type, g->vec, j, (float)s);
         }
     }
@@ -144,8 +171,9 @@ static bool pointers_present(const gemm *g)
 static cublasStatus_t gemm_batch(const gemm *g, int64_t batch, int64_t sa, int64_t sb, int64_t sc)
 {
     if (!pointers_present(g)) return CUBLAS_STATUS_EXECUTION_FAILED;
-    float *ap = malloc(((size_t)(g->m * g->k) + 1) * sizeof(float));
-    float *bp = malloc(((size_t)(g->n * g->k) + 1) * sizeof(float));
+    const bool f32 = g->ab_type == CUDA_R_32F; /* no copies of A and B (gemm_one) */
+    float *ap = malloc(((size_t)(f32 ? 0 : g->m * g->k) + 1) * sizeof(float));
+    float *bp = malloc(((size_t)(f32 ? 0 : g->n * g->k) + 1) * sizeof(float));
     float *prod = malloc(((size_t)(g->m * g->n) + 1) * sizeof(float));
     if (!ap || !bp || !prod) {
         free(ap);
