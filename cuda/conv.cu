@@ -4,14 +4,12 @@
  *    Conformer/Zipformer convolution modules, memory-bound): a block stages a tile of a few
  *    rows of one channel in shared memory with vector loads and runs them as stride-1
  *    correlations, 4 outputs per thread with the inputs sliding through registers (geometry in
- *    conv_tiles.h); the forward's blocks (K <= 32, or 64 at stride 2) are persistent and copy
- *    their next tile in by cp.async while they compute the current one; for K <= 82 (75 at
- *    stride 2) the forward runs on the tensor cores instead (f32 as three bf16 parts a value), a
- *    warp a row, each 128 outputs a few products of the staged inputs' rows with a band matrix of
- *    the taps, and so does dx at stride 1 (a correlation of dy with the reversed taps); dx is the
- *    transposed
- *    convolution of a dy tile; dw and dbias are per-block partial sums over several rows of a
- *    channel that a second kernel adds up in a fixed order;
+ *    conv_tiles.h); for K <= 82 (75 at stride 2) the forward runs on the tensor cores instead
+ *    (f32 as three bf16 parts a value), a warp a row, each 128 outputs a few products of the
+ *    staged inputs' rows with a band matrix of the taps, and so does dx at stride 1 (a
+ *    correlation of dy with the reversed taps); dx is otherwise the transposed convolution of a
+ *    dy tile; dw and dbias are per-block partial sums over several rows of a channel that a
+ *    second kernel adds up in a fixed order;
  *  - other depthwise convolutions (Cin == groups): direct kernels, one thread per output
  *    element, per dx element, and one block per weight;
  *  - the rest, per group: y_g = w_g @ im2col(x_g) through cuBLAS (lu_cuda_gemm), the batch taken
@@ -172,31 +170,30 @@ static __device__ __forceinline__ float dw_check(float chk, float v) { return fm
  * reads this thread's taps (i = threadIdx.x + j LU_DW_THREADS) into registers, dw_store_weights
  * stores them, so that a kernel issues its other global loads between the two and waits for
  * memory once, not first for the weights. */
-template <typename T, int S, int J = DW_WPER>
-static __device__ __forceinline__ void dw_load_weights(const T *wc, int K, bool reversed, float (&v)[S][J])
+template <typename T, int S>
+static __device__ __forceinline__ void dw_load_weights(const T *wc, int K, bool reversed, float (&v)[S][DW_WPER])
 {
 #pragma unroll
     for (int r = 0; r < S; r++) {
         const int kr = (int)lu_dw_phase_taps(K, S, r);
 #pragma unroll
-        for (int j = 0; j < J; j++) {
+        for (int j = 0; j < DW_WPER; j++) {
             const int i = (int)threadIdx.x + j * LU_DW_THREADS;
             v[r][j] = i < kr ? lu_ld(wc, S * (reversed ? kr - 1 - i : i) + r) : 0.0f;
         }
     }
 }
 
-/* Returns whether this thread's weights are finite. J may be below DW_WPER where every phase has
- * at most J * LU_DW_THREADS taps. */
-template <int S, int J = DW_WPER>
-static __device__ __forceinline__ bool dw_store_weights(const float (&v)[S][J], int K, float (*ws)[LU_DW_WLEN])
+/* Returns whether this thread's weights are finite. */
+template <int S>
+static __device__ __forceinline__ bool dw_store_weights(const float (&v)[S][DW_WPER], int K, float (*ws)[LU_DW_WLEN])
 {
     const int n = (int)lu_dw_ceil4(lu_dw_phase_taps(K, S, 0));
     float chk = 0.0f;
 #pragma unroll
     for (int r = 0; r < S; r++)
 #pragma unroll
-        for (int j = 0; j < J; j++) {
+        for (int j = 0; j < DW_WPER; j++) {
             const int i = (int)threadIdx.x + j * LU_DW_THREADS;
             if (i < n) {
                 ws[r][i] = v[r][j];
@@ -499,95 +496,6 @@ static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_kernel(const 
     ok = dw_store_weights<S>(wv, K, ws) && ok;
     dw_forward_outputs<T, S, G>(dw_fwd_xs, ws, ok, g, y + (b0 * g.cin + ch) * g.ow + o0, rows, o0, cnt, fill,
                                 bias ? lu_ld(bias, ch) : 0.0f);
-}
-
-/* ---- the pipelined forward (LUTHIER_DW_FWD_PIPE) ---- */
-
-/* Forward tile t of the pipelined kernel: rows [b0, b0 + rows) of channel ch, outputs [o0, o0 +
- * cnt); t = (batch group * C + channel) * (output tiles) + output tile. */
-struct dw_tile {
-    int64_t ch, b0;
-    int rows, o0, cnt;
-};
-
-static __device__ __forceinline__ dw_tile dw_tile_at(const conv_geom &g, int t)
-{
-    /* 32-bit division: tiles < INT32_MAX (dw_fits_grid) */
-    const unsigned nt = (unsigned)((g.ow + LU_DW_TILE - 1) / LU_DW_TILE), u = (unsigned)t / nt, C = (unsigned)g.cin;
-    dw_tile d;
-    d.o0 = (int)((unsigned)t - u * nt) * LU_DW_TILE;
-    d.cnt = (int)(g.ow - d.o0 < LU_DW_TILE ? g.ow - d.o0 : LU_DW_TILE);
-    d.ch = u % C;
-    d.b0 = (int64_t)(u / C) * DW_FWD_ROWS;
-    d.rows = (int)(g.batch - d.b0 < DW_FWD_ROWS ? g.batch - d.b0 : DW_FWD_ROWS);
-    return d;
-}
-
-/* What a thread holds of a tile between its issue and its staging: the edges of its rows, its
- * weight of each phase (4G <= LU_DW_THREADS taps a phase) and the bias. */
-template <int S> struct dw_pipe_regs {
-    float edge[DW_FWD_ROWS][2], wt[S][1], bias;
-};
-
-/* Issues tile t: the aligned middle of each row of its window to rb (row r at r * rlen elements)
- * by cp.async, one group; its edges, weights and bias as loads into q. */
-template <typename T, int S>
-static __device__ __forceinline__ void dw_pipe_issue(const T *x, const T *w, const T *bias, const conv_geom &g, int t,
-                                                     T *rb, int rlen, dw_pipe_regs<S> &q)
-{
-    const dw_tile d = dw_tile_at(g, t);
-    const T *xr = x + (d.b0 * g.cin + d.ch) * g.w;
-    const int64_t xstride = g.cin * g.w;
-    const dw_window<DW_FWD_ROWS> win =
-        dw_window_of<T, S, DW_FWD_ROWS>(xr, xstride, d.rows, (int)g.w, d.o0, d.cnt, (int)g.pad[1], (int)g.kw);
-#pragma unroll
-    for (int r = 0; r < DW_FWD_ROWS; r++)
-        for (int m = 4 * (int)threadIdx.x; r < d.rows && m < win.b[r] - win.a[r]; m += 4 * blockDim.x)
-            lu_cp_async<4 * sizeof(T)>(rb + r * rlen + m, xr + r * xstride + win.a[r] + m);
-    lu_cp_commit();
-    dw_load_edges<T, DW_FWD_ROWS>(win, xr, xstride, d.rows, q.edge);
-    dw_load_weights<T, S, 1>(w + d.ch * g.kw, (int)g.kw, false, q.wt);
-    q.bias = bias ? lu_ld(bias, d.ch) : 0.0f;
-}
-
-/* The forward as persistent blocks (a few a multiprocessor, all resident) that take tiles t =
- * blockIdx.x, + gridDim.x, ... and overlap each tile's memory traffic with the previous tile's
- * arithmetic: while a block stages and computes tile t from shared memory, the copies of tile t +
- * gridDim.x (cp.async into the other of two raw buffers, rlen elements a row, after the rows xs)
- * and the loads of its edges, weights and bias are in flight. In the one-tile-a-block kernel
- * each block waits for its loads before its first multiply, and the resident blocks start
- * together. Same staging, outputs and results as dw_forward_kernel; G > 0. */
-template <typename T, int S, int G>
-static __global__ void __launch_bounds__(LU_DW_THREADS) dw_forward_pipe_kernel(const T *x, const T *w, const T *bias,
-                                                                               T *y, conv_geom g, int fill, int rlen,
-                                                                               int tiles)
-{
-    typedef typename dw_raw4<T>::type raw_t;
-    extern __shared__ __align__(16) float dw_pipe_xs[];
-    __shared__ __align__(16) float ws[S][LU_DW_WLEN];
-    const int rstride = dw_fwd_row_stride(S, fill), K = (int)g.kw;
-    T *const raw0 = (T *)(dw_pipe_xs + DW_FWD_ROWS * rstride);
-    dw_pipe_regs<S> cur, nxt;
-    int t = blockIdx.x, buf = 0;
-    if (t < tiles) dw_pipe_issue<T, S>(x, w, bias, g, t, raw0, rlen, cur);
-    for (; t < tiles; t += gridDim.x, buf ^= 1) {
-        if (t + (int)gridDim.x < tiles)
-            dw_pipe_issue<T, S>(x, w, bias, g, t + gridDim.x, raw0 + (buf ^ 1) * DW_FWD_ROWS * rlen, rlen, nxt);
-        else
-            lu_cp_commit(); /* an empty group: the wait below counts the same */
-        lu_cp_wait<1>();
-        __syncthreads(); /* tile t's copies are in for every thread; the last tile is done with xs and ws */
-        const dw_tile d = dw_tile_at(g, t);
-        const T *xr = x + (d.b0 * g.cin + d.ch) * g.w, *rb = raw0 + buf * DW_FWD_ROWS * rlen;
-        const dw_window<DW_FWD_ROWS> win =
-            dw_window_of<T, S, DW_FWD_ROWS>(xr, g.cin * g.w, d.rows, (int)g.w, d.o0, d.cnt, (int)g.pad[1], K);
-        bool ok = dw_store_window<T, S, DW_FWD_ROWS>(win, d.rows, fill, dw_pipe_xs, fill, rstride, cur.edge,
-                                                     [&](int r, int m) { return *(const raw_t *)(rb + r * rlen + m); });
-        ok = dw_store_weights<S, 1>(cur.wt, K, ws) && ok;
-        dw_forward_outputs<T, S, G>(dw_pipe_xs, ws, ok, g, y + (d.b0 * g.cin + d.ch) * g.ow + d.o0, d.rows, d.o0,
-                                    d.cnt, fill, cur.bias);
-        cur = nxt;
-    }
 }
 
 /* ---- the tensor-core forward and stride-1 dx (LUTHIER_DW_MMA) ---- */
@@ -1017,66 +925,17 @@ static bool dw_fits_grid(const conv_geom *g)
            g->cin * g->ow * DW_FWD_ROWS < INT32_MAX;
 }
 
-/* Whether the forward may take the pipelined kernel: not under LUTHIER_DW_FWD_PIPE=0, the
- * one-tile-a-block kernel that `luthier bench gpu` times against it. */
-static bool dw_fwd_pipe(void)
-{
-    const char *e = getenv("LUTHIER_DW_FWD_PIPE");
-    return !e || strcmp(e, "0");
-}
-
-/* Dynamic shared memory of the pipelined forward with rows of `rstride` floats and raw rows of
- * rlen elements: the staged rows, then two raw buffers. */
-static size_t dw_pipe_smem(int rstride, int rlen, size_t esize)
-{
-    return (size_t)DW_FWD_ROWS * ((size_t)rstride * sizeof(float) + 2 * (size_t)rlen * esize);
-}
-
-/* Resident blocks a multiprocessor of the pipelined forward with smem bytes of dynamic shared
- * memory (0: it cannot run), asked of the runtime once for each kernel and size by each host
- * thread. */
-template <typename T, int S, int G>
-static int dw_pipe_blocks_per_sm(size_t smem)
-{
-    static thread_local size_t known_smem = 0;
-    static thread_local int known = 0;
-    if (known_smem == smem) return known;
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, dw_forward_pipe_kernel<T, S, G>, LU_DW_THREADS, smem) !=
-        cudaSuccess) {
-        (void)cudaGetLastError(); /* not the launch's error: the other kernel runs */
-        n = 0;
-    }
-    known_smem = smem;
-    known = n > 0 ? n : 0;
-    return known;
-}
-
-/* The forward kernels are compiled for the group counts of K <= 32 (stride 1) and K <= 64
- * (stride 2): the pipelined one (dw_forward_pipe_kernel) where its shared memory fits the default
- * 48 KB, else the one-tile-a-block one (dw_forward_kernel), which also takes the rest and counts
- * their groups at run time. */
+/* The FMA forward (K > 82, or 75 at stride 2, and under LUTHIER_DW_MMA=0), a block per tile of
+ * DW_FWD_ROWS rows; compiled for the group counts of K <= 32 (stride 1) and K <= 64 (stride 2),
+ * G 0 counting the others' groups at run time. */
 template <typename T, int S, int G>
 static void dw_forward_run(const conv_geom *g, const void *x, const void *w, const void *bias, void *y, int fill)
 {
     const int64_t groups = g->cin * ((g->batch + DW_FWD_ROWS - 1) / DW_FWD_ROWS);
     const int64_t nt = (g->ow + LU_DW_TILE - 1) / LU_DW_TILE;
-    const int rstride = dw_fwd_row_stride(S, fill);
-    /* a raw row holds at most the window of a tile */
-    const int rlen = (int)lu_dw_ceil4(((g->ow < LU_DW_TILE ? g->ow : LU_DW_TILE) - 1) * S + g->kw);
-    const size_t smem = dw_pipe_smem(rstride, rlen, sizeof(T));
-    constexpr int GP = G > 0 ? G : 1; /* the pipelined kernel is not launched for G 0 */
-    const bool pipe = G > 0 && smem <= LU_CUDA_SMEM_DEFAULT && dw_fwd_pipe();
-    const int per_sm = pipe ? dw_pipe_blocks_per_sm<T, S, GP>(smem) : 0;
-    if (per_sm > 0) {
-        const int64_t tiles = groups * nt, most = (int64_t)per_sm * lu_cuda_sm_count();
-        dw_forward_pipe_kernel<T, S, GP><<<(unsigned)(tiles < most ? tiles : most), LU_DW_THREADS, smem>>>(
-            (const T *)x, (const T *)w, (const T *)bias, (T *)y, *g, fill, rlen, (int)tiles);
-    } else {
-        dw_forward_kernel<T, S, G><<<dim3((unsigned)groups, (unsigned)nt), LU_DW_THREADS,
-                                     (size_t)DW_FWD_ROWS * rstride * sizeof(float)>>>(
-            (const T *)x, (const T *)w, (const T *)bias, (T *)y, *g, fill);
-    }
+    dw_forward_kernel<T, S, G><<<dim3((unsigned)groups, (unsigned)nt), LU_DW_THREADS,
+                                 (size_t)DW_FWD_ROWS * dw_fwd_row_stride(S, fill) * sizeof(float)>>>(
+        (const T *)x, (const T *)w, (const T *)bias, (T *)y, *g, fill);
 }
 
 template <typename T, int S>

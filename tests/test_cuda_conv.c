@@ -606,40 +606,28 @@ Test(cuda_conv, depthwise_conv1d_bf16_propagates_nan_and_inf_as_the_cpu)
     check_dw_bf16_nan_and_inf();
 }
 
-/* The forward's FMA kernels and the FMA dx at stride 1 (LUTHIER_DW_MMA=0; the default is the
- * tensor cores): the pipelined one (persistent blocks; on the emulator, which then
- * reports one multiprocessor, each block takes several tiles) and the one-tile-a-block one
- * (LUTHIER_DW_FWD_PIPE=0), compiled for each count of 4-tap groups of phase 0 up to 8 (the
- * one-tile-a-block kernel counts them at run time above). Stride 1: K 3 .. 31 step 4 and 33
- * (1 .. 8 groups, then run time). Stride 2: K 7, 9, 17, 25, 33, 41, 55, 63 (1 .. 8 groups, phase
- * 1 a group short for K 9, 17, 25, 33 and 41) and 65. Five rows (a block of 4 and one of 1), T 37
- * (one short tile) and 1030 (three tiles, rows not 8-aligned), each K in f32 and bf16; the NaN
- * and Inf case. */
+/* The forward's FMA kernel and the FMA dx at stride 1 (LUTHIER_DW_MMA=0; the default is the
+ * tensor cores), the forward compiled for each count of 4-tap groups of phase 0 up to 8 (beyond,
+ * it counts them at run time). Stride 1: K 3 .. 31 step 4 and 33 (1 .. 8 groups, then run time).
+ * Stride 2: K 7, 9, 17, 25, 33, 41, 55, 63 (1 .. 8 groups, phase 1 a group short for K 9, 17, 25,
+ * 33 and 41) and 65. Five rows (a block of 4 and one of 1), T 37 (one short tile) and 1030 (three
+ * tiles, rows not 8-aligned), each K in f32 and bf16; the NaN and Inf case. */
 Test(cuda_conv, depthwise_forward_matches_cpu_for_each_group_count)
 {
     require_gpu();
     static const int64_t Ts[] = {37, 1030};
     static const int64_t Ks[2][9] = {{3, 7, 11, 15, 19, 23, 27, 31, 33}, {7, 9, 17, 25, 33, 41, 55, 63, 65}};
-    setenv("LU_EMU_SMS", "1", 1);
     setenv("LUTHIER_DW_MMA", "0", 1);
-    for (int v = 0; v < 2; v++) {
-        if (v == 1) setenv("LUTHIER_DW_FWD_PIPE", "0", 1);
-        for (int s = 1; s <= 2; s++)
-            for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
-                for (size_t b = 0; b < sizeof Ks[0] / sizeof Ks[0][0]; b++) {
-                    int64_t K = Ks[s - 1][b];
-                    lu_dtype dt = (a + b + v) % 2 ? LU_BF16 : LU_F32; /* each K in both dtypes */
-                    double tol = dt == LU_BF16 ? TOL_BF16 : TOL_F32;
-                    check_conv1d(5, 3, 3, Ts[a], K, s, (int)(K - 1) / 2, 1, 3, a == 0, dt, tol);
-                }
-        check_dw_bf16_nan_and_inf();
-        /* f32 rows of 512 outputs at stride 2 and K 63 pass the pipelined kernel's 48 KB (T 1030
-         * keeps the other kernel): its f32 instantiation of 8 groups runs on a short row. */
-        if (v == 0) check_conv1d(5, 3, 3, 37, 63, 2, 31, 1, 3, true, LU_F32, TOL_F32);
-        unsetenv("LUTHIER_DW_FWD_PIPE");
-    }
+    for (int s = 1; s <= 2; s++)
+        for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
+            for (size_t b = 0; b < sizeof Ks[0] / sizeof Ks[0][0]; b++) {
+                int64_t K = Ks[s - 1][b];
+                lu_dtype dt = (a + b) % 2 ? LU_BF16 : LU_F32; /* each K in both dtypes */
+                double tol = dt == LU_BF16 ? TOL_BF16 : TOL_F32;
+                check_conv1d(5, 3, 3, Ts[a], K, s, (int)(K - 1) / 2, 1, 3, a == 0, dt, tol);
+            }
+    check_dw_bf16_nan_and_inf();
     unsetenv("LUTHIER_DW_MMA");
-    unsetenv("LU_EMU_SMS");
 }
 
 /* The forward on the tensor cores (the default; f32 as three bf16 parts a value), and dx at

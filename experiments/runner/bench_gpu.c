@@ -7,10 +7,9 @@
  * (LUTHIER_CUBLASLT=0), the attention on mma.sync where the default is wgmma (LUTHIER_ATT_WGMMA=0,
  * a Hopper GPU; elsewhere the forward with 16 query rows a warp, LUTHIER_ATT_ROWS_PER_WARP=16, and
  * the backward's wider tilings (LUTHIER_ATT_DKDV_KEYS=128,
- * LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward and stride-1 dx on the FMA units (the
- * pipelined forward, LUTHIER_DW_MMA=0) where the default is the tensor cores, and RMSNorm's rows of 2048 in one
- * warp each (LUTHIER_NORM_MULTIWARP_ROWS=0). LUTHIER_DW_FWD_PIPE=0 (the FMA forward of one tile a
- * block) in the environment applies to the FMA figures.
+ * LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward and stride-1 dx on the FMA units
+ * (LUTHIER_DW_MMA=0) where the default is the tensor cores, and RMSNorm's rows of 2048 in one
+ * warp each (LUTHIER_NORM_MULTIWARP_ROWS=0).
  *
  * Our kernels are called through the CUDA backend's op table on tensors allocated beforehand
  * (forward; forward then backward, with kernel scratch from an arena), and timed as the script
@@ -490,8 +489,7 @@ static lu_status time_attention(const op_bench *o, gpu_result *r, int pass, int 
 }
 
 /* The depthwise conv with its forward and stride-1 dx on the tensor cores (the default), then on
- * the FMA units
- * (cuda/conv.cu; LUTHIER_DW_FWD_PIPE from the environment chooses which FMA forward). */
+ * the FMA units (cuda/conv.cu). */
 static lu_status time_conv(const op_bench *o, gpu_result *r, int pass, int iters)
 {
     static const char *const vars[1] = {"LUTHIER_DW_MMA"}, *const off[1] = {"0"};
@@ -767,7 +765,7 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
            "LUTHIER_ATT_DQ_ROWS_PER_WARP=32). GB/s:\n"
            "bytes each pass reads and writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias);\n"
            "conv: ours forward and stride-1 dx on the tensor cores (f32 as three bf16 parts a value), variant\n"
-           "on the FMA units (LUTHIER_DW_MMA=0; forward pipelined, or a tile a block: LUTHIER_DW_FWD_PIPE=0). RMSNorm:\n"
+           "on the FMA units (LUTHIER_DW_MMA=0). RMSNorm:\n"
            "against F.rms_norm, rstd in f32 on our side; ours holds a row in registers (d 2048: two warps a\n"
            "row), variant: d 2048 in the one-warp-a-row kernels (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
            "Linear FLOP: 2*M*N*K forward, 3x for fwd+bwd (the dx and dw GEMMs); fused: the bias in the GEMM's\n"
