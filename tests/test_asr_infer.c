@@ -119,7 +119,7 @@ Test(asr_infer, honours_exit_n)
     line l[8];
     int n;
     for (int e = 1; e <= 3; e++) {
-        char arg[8];
+        char arg[12]; /* any int */
         snprintf(arg, sizeof arg, "%d", e);
         cr_assert_eq(transcribe(l, &n, "--config", cfg, "--exit", arg, utt1, utt3, NULL), 0, "%s", lu_error_message());
         cr_assert_eq(n, 2);
