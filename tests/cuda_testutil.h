@@ -47,6 +47,13 @@ static inline void skip_under_race_checker(const char *covered_by)
     if (RACE_CHECKER_PASS) cr_skip_test("race checker pass: its kernels run in %s", covered_by);
 }
 
+/* A test of the shapes that a GPU run times, whose kernels and code paths smaller shapes of other
+ * tests take: on a GPU alone. */
+static inline void skip_on_emulator(const char *covered_by)
+{
+    if (ON_EMULATOR) cr_skip_test("CUDA emulator: its kernels and paths run in %s", covered_by);
+}
+
 /* Asserts sum((got - ref)^2) / sum(ref^2) < tol; non-finite reference values must be matched
  * exactly (NaN by NaN, +-Inf by the same infinity). */
 static inline void assert_nmse(const lu_tensor *got, const lu_tensor *ref, double tol, const char *what)
