@@ -300,18 +300,19 @@ static __device__ __forceinline__ void dw_load_edges(const dw_window<R> &w, cons
 
 /* Stores a tile's window for the forward and dw: row r at xs + r*rstride as S phases of `fill`
  * floats, plen floats apart (xs, plen and rstride 16-byte aligned), window position k in phase
- * k % S at k / S, zero outside the input and past the window. The middle comes from ld(r, m),
- * the 4 elements a[r] + m.. of row r as a raw vector, every row's read before the first store
- * (global loads: so that a block waits for memory once); the edges from dw_load_edges. Returns
- * whether this thread's inputs are finite.
+ * k % S at k / S, zero outside the input and past the window. The middle comes from row r at
+ * xr + r*xstride, its 4 elements a[r] + m.. as a raw vector, every row's read before the first
+ * store (so that a block waits for memory once); the edges from dw_load_edges. Returns whether
+ * this thread's inputs are finite.
  * A lane's 4 elements are 4/S consecutive positions of each phase, the next lane's the 4/S after
  * them, but the padding shifts those positions off the grid of the vector stores (K 31, padding
  * 15: by 3 floats): so each lane hands its first values to the lane before (shuffles) and stores
  * one aligned vector a phase (dw_store_phase). A warp's 512 bytes of stores then take 4
  * shared-memory wavefronts (S 1; 4-byte stores 16 bytes apart took 16) or 4 (S 2; took 8). */
-template <typename T, int S, int R, typename Ld>
-static __device__ __forceinline__ bool dw_store_window(const dw_window<R> &w, int rows, int fill, float *xs, int plen,
-                                                       int rstride, const float (&edge)[R][2], Ld ld)
+template <typename T, int S, int R>
+static __device__ __forceinline__ bool dw_store_window(const dw_window<R> &w, const T *xr, int64_t xstride, int rows,
+                                                       int fill, float *xs, int plen, int rstride,
+                                                       const float (&edge)[R][2])
 {
     constexpr int VP = 4 / S;
     typedef typename dw_raw4<T>::type raw_t;
@@ -329,7 +330,7 @@ static __device__ __forceinline__ bool dw_store_window(const dw_window<R> &w, in
     for (int m = 4 * (int)threadIdx.x; m - 4 * lane < w.most; m += 4 * blockDim.x) {
         raw_t raw[R]; /* unpacked as they are stored */
 #pragma unroll
-        for (int r = 0; r < R; r++) raw[r] = r < rows && w.a[r] + m < w.b[r] ? ld(r, m) : raw_t{};
+        for (int r = 0; r < R; r++) raw[r] = r < rows && w.a[r] + m < w.b[r] ? *(const raw_t *)(xr + r * xstride + w.a[r] + m) : raw_t{};
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r >= rows || w.a[r] + m - 4 * lane >= w.b[r]) continue;
@@ -378,13 +379,10 @@ template <typename T, int S, int R>
 static __device__ __forceinline__ bool dw_stage_rows(const T *xr, int64_t xstride, int rows, int n, int o0, int cnt,
                                                      int p, int K, int fill, float *xs, int plen, int rstride)
 {
-    typedef typename dw_raw4<T>::type raw_t;
     const dw_window<R> w = dw_window_of<T, S, R>(xr, xstride, rows, n, o0, cnt, p, K);
     float edge[R][2];
     dw_load_edges<T, R>(w, xr, xstride, rows, edge);
-    return dw_store_window<T, S, R>(w, rows, fill, xs, plen, rstride, edge, [&](int r, int m) {
-        return *(const raw_t *)(xr + r * xstride + w.a[r] + m);
-    });
+    return dw_store_window<T, S, R>(w, xr, xstride, rows, fill, xs, plen, rstride, edge);
 }
 
 /* The rows of a block: blockIdx.x = channel + C * (batch / rows_per_block), gridDim.x = C *
