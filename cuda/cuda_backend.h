@@ -23,6 +23,11 @@ extern "C" {
 lu_status lu_cuda_fail(cudaError_t err, const char *file, int line, const char *expr);
 /* The same for a cuBLAS status (passed as int so that this header needs no cuBLAS). */
 lu_status lu_cublas_fail(int status, const char *file, int line, const char *expr);
+/* Loads cuBLAS and cuBLASLt the first time (cublas_load.c: they are not linked, their start-up
+ * costs every process 140 ms); an error says which library could not be loaded and why. */
+lu_status lu_cublas_load(void);
+/* "cuBLAS 13.1.0 (/path/libcublas.so.13)", loading it, or why it cannot be loaded, into out. */
+void lu_cublas_describe(char *out, size_t size);
 
 /* Why lu_cuda_backend_init found no usable GPU ("" when it found one). */
 const char *lu_cuda_unavailable_reason(void);

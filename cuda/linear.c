@@ -58,6 +58,7 @@ static void create_lt(void)
 
 static lu_status get_lt(cublasLtHandle_t *h, void **workspace)
 {
+    LU_TRY(lu_cublas_load());
     pthread_once(&lt_once, create_lt);
     LU_CUBLAS_CHECK(lt_status);
     LU_CUDA_CHECK(lt_alloc_status);

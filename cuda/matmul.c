@@ -29,6 +29,7 @@ static void create_handle(void) { handle_status = cublasCreate(&handle); }
 
 static lu_status get_handle(cublasHandle_t *out)
 {
+    LU_TRY(lu_cublas_load());
     pthread_once(&handle_once, create_handle);
     LU_CUBLAS_CHECK(handle_status);
     *out = handle;

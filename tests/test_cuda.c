@@ -17,6 +17,11 @@
 
 #include "cuda_testutil.h"
 
+#ifndef LU_CUDA_EMU
+#include <cublas_v2.h>
+#include <dlfcn.h>
+#endif
+
 /* ---- the catalogue ---- */
 
 Test(cuda, every_op_of_the_catalogue_has_its_cpu_kernels_on_the_gpu)
@@ -259,6 +264,31 @@ Test(cuda, matmul_f32_backward_matches_cpu) { require_gpu(); check_matmul(LU_F32
 Test(cuda, matmul_bf16_forward_within_bf16_rounding) { require_gpu(); check_matmul(LU_BF16, false, TOL_BF16, 13); }
 Test(cuda, matmul_bf16_backward_within_bf16_rounding) { require_gpu(); check_matmul(LU_BF16, true, TOL_BF16, 13); }
 Test(cuda, matmul_with_an_empty_inner_dim_gives_zeros) { require_gpu(); check_matmul(LU_F32, false, TOL_F32, 0); }
+
+/* ---- cuBLAS, loaded on the first product (cuda/cublas_load.c) ---- */
+
+/* Needs no GPU: loading the libraries and asking their version and status names does not touch
+ * one. The process starts without them (each test is a process of its own). */
+Test(cuda, cublas_is_loaded_on_the_first_product_not_at_start)
+{
+#ifdef LU_CUDA_EMU
+    cr_skip_test("CUDA emulator: its cuBLAS (tests/cuda_emu/cublas.c) is linked in");
+#else
+    char lt[64];
+    snprintf(lt, sizeof lt, "libcublasLt.so.%d", CUBLAS_VER_MAJOR);
+    cr_assert_null(dlopen(lt, RTLD_NOW | RTLD_NOLOAD), "%s was loaded at start", lt);
+    cr_assert_eq(lu_cublas_load(), LU_OK, "%s", lu_error_message());
+    void *loaded = dlopen(lt, RTLD_NOW | RTLD_NOLOAD);
+    cr_assert_not_null(loaded, "%s is not loaded after lu_cublas_load", lt);
+    dlclose(loaded);
+    char about[640], expect[32];
+    lu_cublas_describe(about, sizeof about);
+    snprintf(expect, sizeof expect, "cuBLAS %d.", CUBLAS_VER_MAJOR);
+    cr_expect(strncmp(about, expect, strlen(expect)) == 0 && strstr(about, "libcublas.so."), "%s", about);
+    /* The functions the backend calls are the library's: its name of a status, not ours. */
+    cr_expect_str_eq(cublasGetStatusName(CUBLAS_STATUS_INVALID_VALUE), "CUBLAS_STATUS_INVALID_VALUE");
+#endif
+}
 
 /* ---- linear ---- */
 

@@ -84,6 +84,9 @@ static void print_devices(void)
                prop.major, prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1 << 30),
                driver / 1000, driver % 1000 / 10);
     }
+    char cublas[640];
+    lu_cublas_describe(cublas, sizeof cublas); /* loads it: the backend does so on its first product */
+    printf("cublas: %s\n", cublas);
 #endif
 }
 
