@@ -52,7 +52,8 @@ else
   echo "- GPU: none (nvidia-smi failed, see logs/nvidia-smi.txt)" >> "$report"
 fi
 
-# Libraries the package expects the machine to have (CUDA runtime, cuBLAS, NCCL, ...).
+# Libraries the package expects the machine to have (CUDA runtime, NCCL, ...; cuBLAS is opened
+# at run time, and `luthier version` below names the one it found, or says why none).
 unresolved=$(for b in "$pkg"/tests/* "$pkg"/bin/*; do LD_LIBRARY_PATH="$pkg/lib" ldd "$b"; done 2>/dev/null |
   grep 'not found' | sort -u | awk '{print $1}' | tr '\n' ' ')
 echo "- libraries not found: ${unresolved:-none}" >> "$report"
