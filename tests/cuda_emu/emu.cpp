@@ -682,13 +682,39 @@ LU_EMU_ARITH static float elem(uint32_t reg, int e, bool bf16)
     return half_bits_to_float((uint16_t)(reg >> (16 * e)), bf16);
 }
 
+/* D (rows x n) += A (rows x 16) B (16 x n) of an mma.sync (16 x 8) or a wgmma (64 x n), the sum
+ * over k in order for each element; four columns a vector, eight a step, the partial sums in
+ * registers. */
+template <int LD>
+LU_EMU_ARITH static void mma_products(double (*D)[LD], const float (*A)[16], const double (*B)[LD], int rows, int n)
+{
+    typedef double v4d __attribute__((vector_size(32)));
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < n; c += 8) {
+            v4d lo, hi;
+            memcpy(&lo, &D[r][c], sizeof lo);
+            memcpy(&hi, &D[r][c + 4], sizeof hi);
+            for (int k = 0; k < 16; k++) {
+                v4d bl, bh;
+                memcpy(&bl, &B[k][c], sizeof bl);
+                memcpy(&bh, &B[k][c + 4], sizeof bh);
+                lo += A[r][k] * bl;
+                hi += A[r][k] * bh;
+            }
+            memcpy(&D[r][c], &lo, sizeof lo);
+            memcpy(&D[r][c + 4], &hi, sizeof hi);
+        }
+}
+
 /* mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: the PTX ISA's fragment layouts, with
  * g = lane / 4 and t = lane % 4: A (16 x 16) a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..],
  * a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]; B (16 x 8) b[0] = B[2t..2t+1][g],
  * b[1] = B[2t+8..2t+9][g]; C and D (16 x 8) c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..]. */
 LU_EMU_ARITH static void resolve_mma(fiber *lanes[32], bool bf16)
 {
-    float A[16][16], B[16][8], C[16][8];
+    /* Products of 16-bit values are exact in double; each sum is rounded to float once. */
+    float A[16][16];
+    double B[16][8], D[16][8];
     for (int l = 0; l < 32; l++) {
         const warp_req *q = lanes[l]->req;
         int g = l / 4, t = l % 4;
@@ -699,17 +725,11 @@ LU_EMU_ARITH static void resolve_mma(fiber *lanes[32], bool bf16)
             A[g + 8][2 * t + 8 + e] = elem(q->a[3], e, bf16);
             B[2 * t + e][g] = elem(q->b[0], e, bf16);
             B[2 * t + 8 + e][g] = elem(q->b[1], e, bf16);
-            C[g][2 * t + e] = q->c[e];
-            C[g + 8][2 * t + e] = q->c[2 + e];
+            D[g][2 * t + e] = q->c[e];
+            D[g + 8][2 * t + e] = q->c[2 + e];
         }
     }
-    /* Products of 16-bit values are exact in double; each sum is rounded to float once. */
-    double D[16][8];
-    for (int r = 0; r < 16; r++) {
-        for (int c = 0; c < 8; c++) D[r][c] = C[r][c];
-        for (int k = 0; k < 16; k++)
-            for (int c = 0; c < 8; c++) D[r][c] += (double)A[r][k] * B[k][c];
-    }
+    mma_products<8>(D, A, B, 16, 8);
     for (int l = 0; l < 32; l++) {
         warp_req *q = lanes[l]->req;
         int g = l / 4, t = l % 4;
@@ -813,28 +833,6 @@ static void wgmma_load(const wgmma_operand &o, int rows, bool bf16, fiber *reade
         }
 }
 
-/* D (64 x n) += A (64 x 16) B (16 x n) of a wgmma, the sum over k in order for each element;
- * four columns a vector, eight a step, the partial sums in registers. */
-LU_EMU_ARITH static void wgmma_products(double (*D)[256], const float (*A)[16], const double (*B)[256], int n)
-{
-    typedef double v4d __attribute__((vector_size(32)));
-    for (int r = 0; r < 64; r++)
-        for (int c = 0; c < n; c += 8) {
-            v4d lo, hi;
-            memcpy(&lo, &D[r][c], sizeof lo);
-            memcpy(&hi, &D[r][c + 4], sizeof hi);
-            for (int k = 0; k < 16; k++) {
-                v4d bl, bh;
-                memcpy(&bl, &B[k][c], sizeof bl);
-                memcpy(&bh, &B[k][c + 4], sizeof bh);
-                lo += A[r][k] * bl;
-                hi += A[r][k] * bh;
-            }
-            memcpy(&D[r][c], &lo, sizeof lo);
-            memcpy(&D[r][c + 4], &hi, sizeof hi);
-        }
-}
-
 /* A thread's n / 2 accumulators d in D and back: rows r0 and r0 + 8 (r0 = 16 * warp + lane / 4)
  * of its columns of each 8, t = lane % 4 (the PTX ISA's wgmma D fragment). */
 LU_EMU_ARITH static void wgmma_d_in(double (*D)[256], const float *d, int r0, int t, int n, bool scale_d)
@@ -928,7 +926,7 @@ static bool resolve_wgmma(int w, int nthreads)
         pend[i - g0] = p;
         wgmma_d_in(D, p->d, r, t, n, q->scale_d);
     }
-    wgmma_products(D, A, B, n);
+    mma_products<256>(D, A, B, 64, n);
     for (int i = g0; i < g0 + 128; i++) {
         const int r = (i - g0) / 32 * 16 + i % 32 / 4, t = i % 4;
         wgmma_d_out(pend[i - g0]->d, D, r, t, n);
@@ -963,8 +961,11 @@ static void resolve_shuffle(fiber *lanes[32], unsigned mask)
     }
 }
 
-/* Completes warp w's collective if every lane its mask names has joined it; true if it did. */
-static bool resolve_warp(int w, int nthreads)
+/* Completes warp w's collective if every lane its mask names has joined it; true if it did. Run
+ * after every collective of every warp, it reads the emulator's own records of the lanes, never
+ * memory a kernel gave: left out of the sanitizers' instrumentation, as LU_EMU_ARITH (its
+ * resolve_ functions, which do read shared memory, are not inlined into it and keep theirs). */
+LU_EMU_ARITH static bool resolve_warp(int w, int nthreads)
 {
     fiber *lanes[32] = {NULL};
     fiber *first = NULL;
