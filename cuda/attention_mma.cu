@@ -15,8 +15,9 @@
  * block per 64 keys (a warp per 16) accumulates dK = scale dS^T Q and dV = P^T dO over every query
  * of the kv head's query heads, P^T recomputed from lse; one block per 64 queries accumulates dQ =
  * scale dS K. dS = P (dP - Dsum) is rounded like P. Variants with wider warp tiles (128 keys a
- * block for dK/dV, 32 queries a warp for dQ) are picked by environment variables until a GPU run
- * ranks them (att_dkdv_keys, att_dq_rows_per_warp). Tiles that no row of a warp can see are
+ * block for dK/dV, 32 queries a warp for dQ) are picked by environment variables until a GPU that
+ * runs these kernels by default ranks them (att_dkdv_keys, att_dq_rows_per_warp). Tiles that no
+ * row of a warp can see are
  * skipped; partly visible ones are masked per element, and rows or keys past the ends are
  * zero-filled on load and never stored.
  *
@@ -631,10 +632,11 @@ static lu_status att_forward_mma_launch(const att_args &a, void *o, void *lse)
 
 /* Query rows per warp of the forward: 32 (the tiling of FlashAttention-2), unless
  * LUTHIER_ATT_ROWS_PER_WARP=16 (the benchmark's second column). On an H200 (benchmarks/gpu/) 32
- * was the faster at head dim 64 and 16 at 128, whose 32-row kernel then spilled registers inside
- * its loop; it no longer does, and it reads half the shared memory an MMA (each K, V fragment
- * serves two row tiles), which the 16-row kernel's loop is bound by: 32 until a GPU run says
- * otherwise. */
+ * was at first the faster at head dim 64 and 16 at 128, whose 32-row kernel then spilled
+ * registers inside its loop; it no longer does, and it reads half the shared memory an MMA (each
+ * K, V fragment serves two row tiles), which the 16-row kernel's loop is bound by: on an H200
+ * under LUTHIER_ATT_WGMMA=0 (2026-11-27-h200.md) 32 rows gave 274.9 TFLOP/s against 202.9 at d 128
+ * and 212.3 against 202.7 at d 64. */
 static int att_rows_per_warp(void)
 {
     const char *e = getenv("LUTHIER_ATT_ROWS_PER_WARP");
@@ -659,10 +661,12 @@ lu_status lu_att_mma_forward(const att_args *a, void *o, void *lse)
     return a->dt == LU_BF16 ? att_forward_mma_dispatch<true>(a, o, lse) : att_forward_mma_dispatch<false>(a, o, lse);
 }
 
-/* Keys per block of the dK/dV backward: 64 (att_backward_dkdv_mma_kernel, the kernel measured so
- * far) unless LUTHIER_ATT_DKDV_KEYS=128 picks att_backward_dkdv_wide_kernel, which a GPU run has
- * yet to rank against it (`luthier bench gpu` times both), where the device gives a block its
- * shared memory (an H100's 227 KB do; an A100's 163 KB do not). */
+/* Keys per block of the dK/dV backward: 64 (att_backward_dkdv_mma_kernel) unless
+ * LUTHIER_ATT_DKDV_KEYS=128 picks att_backward_dkdv_wide_kernel, where the device gives a block
+ * its shared memory (an H100's 227 KB do; an A100's 163 KB do not). On an H200 under
+ * LUTHIER_ATT_WGMMA=0, with dQ's 32 rows a warp (2026-11-27-h200.md), the pair gave a forward +
+ * backward of 216.8 TFLOP/s against 192.0 at d 128 and 150.7 against 160.9 at d 64: the defaults
+ * stay until a GPU that runs these kernels by default ranks them (`luthier bench gpu` times both). */
 static int att_dkdv_keys(int d)
 {
     const char *e = getenv("LUTHIER_ATT_DKDV_KEYS");
@@ -693,9 +697,9 @@ static lu_status att_dkdv_launch(const att_args &a, const void *dO, const void *
     return LU_OK;
 }
 
-/* Query rows a warp of the dQ backward: 16 (64 keys a tile, the kernel measured so far) unless
- * LUTHIER_ATT_DQ_ROWS_PER_WARP=32 picks 32 rows a warp with 32 keys a tile, which a GPU
- * run has yet to rank against it. */
+/* Query rows a warp of the dQ backward: 16 (64 keys a tile) unless
+ * LUTHIER_ATT_DQ_ROWS_PER_WARP=32 picks 32 rows a warp with 32 keys a tile (ranked with
+ * att_dkdv_keys' variant, above). */
 static int att_dq_rows_per_warp(void)
 {
     const char *e = getenv("LUTHIER_ATT_DQ_ROWS_PER_WARP");

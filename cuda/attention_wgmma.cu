@@ -450,13 +450,15 @@ bool lu_att_wgmma_usable(void)
 #endif
 }
 
-/* Warpgroups a block: 2 (128 queries, as the mma.sync kernel's blocks), or 1 where
- * LUTHIER_ATT_WGMMA_GROUPS=1 (64 queries: twice the key and value loads, blocks half the size), a
- * variant for a GPU run to rank. */
+/* Warpgroups a block: 2 (128 queries, as the mma.sync kernel's blocks) at head dim 128, 1 (64
+ * queries: twice the key and value loads, blocks half the size) at 64, the faster of the two for
+ * each on an H200 (benchmarks/gpu/2026-11-27-h200.md: Qwen3 shape, d 128, 359.5 TFLOP/s with 2
+ * against 328.6 with 1; Zipformer shape, d 64, 254.2 with 1 against 241.0 with 2).
+ * LUTHIER_ATT_WGMMA_GROUPS=1 or 2 takes that many for both. */
 template <bool BF16, int D> static lu_status att_forward_wgmma_launch(const att_args &a, void *o, void *lse)
 {
     const char *e = getenv("LUTHIER_ATT_WGMMA_GROUPS");
-    const int wgs = e && !strcmp(e, "1") ? 1 : 2;
+    const int wgs = e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "2") ? 2 : D == 64 ? 1 : 2;
     unsigned grid = 0;
     LU_TRY(att_grid(a.b * a.hq * ((a.rg.tq + 64 * wgs - 1) / (64 * wgs)), "the forward", &grid));
     const size_t smem = att_wgmma_smem(D, wgs);

@@ -955,8 +955,10 @@ static lu_status dw_forward(const conv_geom *g, const void *x, const void *w, co
     return LU_OK;
 }
 
-/* Whether the forward and the stride-1 dx take the tensor cores (dw_forward_mma_kernel): not
- * under LUTHIER_DW_MMA=0, the FMA kernels that `luthier bench gpu` times against them. */
+/* Whether the forward and the stride-1 dx take the tensor cores (dw_forward_mma_kernel; f32 at
+ * stride 2 does not: there the FMA kernel was the faster on an H200, 22.1 against 24.9 us,
+ * benchmarks/gpu/2026-11-27-h200.md): not under LUTHIER_DW_MMA=0, the FMA kernels that
+ * `luthier bench gpu` times against them. */
 static bool dw_mma(void)
 {
     const char *e = getenv("LUTHIER_DW_MMA");
@@ -1051,8 +1053,7 @@ static lu_status fast_depthwise_forward(lu_dtype dt, const conv_geom *g, const v
             ran = g->stride[1] == 1 ? dw_forward_mma<uint16_t, 1>(g, x, w, bias, y)
                                     : dw_forward_mma<uint16_t, 2>(g, x, w, bias, y);
         else
-            ran = g->stride[1] == 1 ? dw_forward_mma<float, 1>(g, x, w, bias, y)
-                                    : dw_forward_mma<float, 2>(g, x, w, bias, y);
+            ran = g->stride[1] == 1 && dw_forward_mma<float, 1>(g, x, w, bias, y);
         if (ran) {
             LU_CUDA_CHECK_LAUNCH();
             return LU_OK;

@@ -428,15 +428,17 @@ Test(cuda_attention, tensor_core_forward_with_16_and_32_rows_a_warp)
     unsetenv("LUTHIER_ATT_WGMMA");
 }
 
-/* The wgmma forward (attention_wgmma.cu) with one warpgroup a block (LUTHIER_ATT_WGMMA_GROUPS=1;
- * the default has two), every case against the CPU in both 16-bit dtypes (bf16 alone on the
- * emulator: ON_EMULATOR). */
-Test(cuda_attention, tensor_core_forward_with_one_warpgroup_a_block)
+/* The wgmma forward (attention_wgmma.cu) with the warpgroup count a block that its head dim does
+ * not take by default (LUTHIER_ATT_WGMMA_GROUPS: 1 at d 128, 2 at d 64), every case against the
+ * CPU in both 16-bit dtypes (bf16 alone on the emulator: ON_EMULATOR). */
+Test(cuda_attention, tensor_core_forward_with_the_other_warpgroup_count)
 {
     require_gpu();
-    setenv("LUTHIER_ATT_WGMMA_GROUPS", "1", 1);
-    check_cases(mma_cases, N_OF(mma_cases), LU_BF16, TOL_BF16);
-    if (!ON_EMULATOR) check_cases(mma_cases, N_OF(mma_cases), LU_F16, TOL_F16);
+    for (size_t i = 0; i < N_OF(mma_cases); i++) {
+        setenv("LUTHIER_ATT_WGMMA_GROUPS", mma_cases[i].d == 64 ? "2" : "1", 1);
+        check_attention(&mma_cases[i], LU_BF16, TOL_BF16);
+        if (!ON_EMULATOR) check_attention(&mma_cases[i], LU_F16, TOL_F16);
+    }
     unsetenv("LUTHIER_ATT_WGMMA_GROUPS");
 }
 

@@ -4,10 +4,10 @@
  * the 0.6B and 1.7B models beside PyTorch on the same GPU, shapes
  * and dtypes, measured in the same run by scripts/bench_gpu_reference.py, and the ratio (issue 7).
  * Kernel variants are timed beside the defaults: the linear without its cuBLASLt epilogues
- * (LUTHIER_CUBLASLT=0), the attention forward on mma.sync where the default is wgmma
- * (LUTHIER_ATT_WGMMA=0, a Hopper GPU; elsewhere with 16 query rows a warp,
- * LUTHIER_ATT_ROWS_PER_WARP=16) and its forward + backward with the backward's wider tilings
- * (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward and stride-1 dx on the FMA units
+ * (LUTHIER_CUBLASLT=0), the attention on mma.sync where the default is wgmma (LUTHIER_ATT_WGMMA=0,
+ * a Hopper GPU; elsewhere, or with LUTHIER_ATT_WGMMA=0 set, the forward with 16 query rows a
+ * warp, LUTHIER_ATT_ROWS_PER_WARP=16, and the backward's wider tilings,
+ * LUTHIER_ATT_DKDV_KEYS=128 and LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward and stride-1 dx on the FMA units
  * (LUTHIER_DW_MMA=0) where the default is the tensor cores, and RMSNorm's rows of 2048 in one
  * warp each (LUTHIER_NORM_MULTIWARP_ROWS=0).
  *
@@ -96,10 +96,10 @@ static void usage(FILE *f)
                "  The CUDA backend's attention, depthwise conv1d, downsampling, biased linear, Qwen3 matmul\n"
                "  and RMSNorm kernels (forward, and forward + backward) beside PyTorch on the same GPU and shapes\n"
                "  (PY " REFERENCE_SCRIPT "), and the ratio; the linear also without its cuBLASLt epilogues\n"
-               "  (LUTHIER_CUBLASLT=0), the attention forward also on mma.sync (LUTHIER_ATT_WGMMA=0) where the\n"
-               "  default is wgmma (a Hopper GPU), elsewhere with 16 query rows a warp instead of 32\n"
-               "  (LUTHIER_ATT_ROWS_PER_WARP=16), and its forward + backward with the backward's variant\n"
-               "  kernels (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32),\n"
+               "  (LUTHIER_CUBLASLT=0), the attention also on mma.sync (LUTHIER_ATT_WGMMA=0) where the default\n"
+               "  is wgmma (a Hopper GPU), elsewhere (or with LUTHIER_ATT_WGMMA=0 set) its forward with 16\n"
+               "  query rows a warp instead of 32 (LUTHIER_ATT_ROWS_PER_WARP=16) and its forward + backward\n"
+               "  with the backward's variant kernels (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32),\n"
                "  the depthwise conv also with its forward and stride-1 dx on the FMA units (LUTHIER_DW_MMA=0)\n"
                "  where the default is the tensor cores, RMSNorm\n"
                "  at d 2048 also one warp a row (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
@@ -473,19 +473,20 @@ static lu_status time_variant(const op_bench *o, gpu_result *r, int pass, int it
 }
 
 /* The attention's kernel variants (cuda/attention_mma.cu, attention_wgmma.cu): the defaults (on a
- * Hopper GPU the wgmma forward; elsewhere the forward with 32 query rows a warp; dK/dV with 64
- * keys a block, dQ with 16 query rows a warp), then for the forward on Hopper the mma.sync kernel
- * (LUTHIER_ATT_WGMMA=0), elsewhere 16 rows a warp, and for forward + backward the backward's
- * wider tilings (the forward as by default). */
+ * Hopper GPU the wgmma kernels; elsewhere the forward with 32 query rows a warp, dK/dV with 64
+ * keys a block, dQ with 16 query rows a warp), then on Hopper the mma.sync kernels
+ * (LUTHIER_ATT_WGMMA=0), elsewhere 16 rows a warp for the forward and the backward's wider tilings
+ * for forward + backward. LUTHIER_ATT_WGMMA=0 in the environment ranks the mma.sync variants on
+ * Hopper too (it stays set for both figures). */
 static lu_status time_attention(const op_bench *o, gpu_result *r, int pass, int iters)
 {
     static const char *const vars[4] = {"LUTHIER_ATT_ROWS_PER_WARP", "LUTHIER_ATT_DKDV_KEYS",
                                         "LUTHIER_ATT_DQ_ROWS_PER_WARP", "LUTHIER_ATT_WGMMA"};
-    static const char *const off[4] = {NULL, NULL, NULL, "0"}, *const rows16[4] = {"16", NULL, NULL, NULL},
-                              *const wide[4] = {NULL, "128", "32", NULL};
-    if (pass) return time_variant(o, r, pass, iters, 4, vars, wide, "the backward's wider tilings");
+    static const char *const off[4] = {NULL, NULL, NULL, "0"}, *const rows16[3] = {"16", NULL, NULL},
+                              *const wide[3] = {NULL, "128", "32"};
     if (lu_att_wgmma_usable()) return time_variant(o, r, pass, iters, 4, vars, off, "mma.sync");
-    return time_variant(o, r, pass, iters, 4, vars, rows16, "16 rows a warp");
+    return time_variant(o, r, pass, iters, 3, vars, pass ? wide : rows16,
+                        pass ? "the backward's wider tilings" : "16 rows a warp");
 }
 
 /* The depthwise conv with its forward and stride-1 dx on the tensor cores (the default), then on
@@ -759,12 +760,13 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
     printf("ratio = PyTorch time / ours (> 1: luthier is faster). Attention FLOP as FlashAttention counts them:\n"
            "4*B*H*T^2*d forward, halved when causal, fwd+bwd 3.5x the forward; ours: on Hopper wgmma,\n"
            "elsewhere the forward with 32 query rows a warp (FlashAttention-2's tiling), dK/dV with 64 keys\n"
-           "a block and dQ with 16 rows a warp; variant: fwd on Hopper mma.sync\n"
-           "(LUTHIER_ATT_WGMMA=0), elsewhere with 16 rows a warp (LUTHIER_ATT_ROWS_PER_WARP=16), fwd+bwd\n"
+           "a block and dQ with 16 rows a warp; variant: on Hopper mma.sync\n"
+           "(LUTHIER_ATT_WGMMA=0), elsewhere fwd with 16 rows a warp (LUTHIER_ATT_ROWS_PER_WARP=16), fwd+bwd\n"
            "with dK/dV of 128 keys a block and dQ of 32 rows a warp (LUTHIER_ATT_DKDV_KEYS=128\n"
            "LUTHIER_ATT_DQ_ROWS_PER_WARP=32). GB/s:\n"
            "bytes each pass reads and writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias);\n"
-           "conv: ours forward and stride-1 dx on the tensor cores (f32 as three bf16 parts a value), variant\n"
+           "conv: ours forward (f32 at stride 1 alone) and stride-1 dx on the tensor cores (f32 as three bf16\n"
+           "parts a value), variant\n"
            "on the FMA units (LUTHIER_DW_MMA=0). RMSNorm:\n"
            "against F.rms_norm, rstd in f32 on our side; ours holds a row in registers (d 2048: two warps a\n"
            "row), variant: d 2048 in the one-warp-a-row kernels (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
