@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # gpu_run.sh PACKAGE OUT - on a GPU machine, runs what scripts/gpu_package.sh packed (PACKAGE is
-# its directory or its .tar.gz):
+# its directory or its .tar.xz / .tar.gz):
 # nvidia-smi, `luthier version`, the GPU tests (test_cuda*) first, then every other test binary (unless
 # LUTHIER_GPU_TESTS_ONLY=1: CI runs those already, and a device lease is short), then
 # the benchmarks of LUTHIER_GPU_BENCHES (one `luthier bench` argument list per line; default
@@ -13,7 +13,7 @@
 set -uo pipefail
 
 if [ $# -ne 2 ]; then
-  echo "usage: $0 PACKAGE_DIR|PACKAGE.tar.gz OUT" >&2
+  echo "usage: $0 PACKAGE_DIR|PACKAGE.tar.xz OUT" >&2
   exit 2
 fi
 out=$2
@@ -21,7 +21,11 @@ mkdir -p "$out/logs"
 if [ -f "$1" ]; then
   unpacked=$(mktemp -d)
   trap 'rm -rf "$unpacked"' EXIT
-  tar -xzf "$1" -C "$unpacked" || exit 1
+  # GNU tar finds the compression itself; Python's tarfile where tar lacks xz.
+  tar -xf "$1" -C "$unpacked" 2>/dev/null ||
+    python3 -c 'import sys, tarfile
+kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+tarfile.open(sys.argv[1]).extractall(sys.argv[2], **kw)' "$1" "$unpacked" || exit 1
   pkg=$(find "$unpacked" -mindepth 2 -maxdepth 2 -name run.sh -printf '%h\n' | head -1)
   [ -n "$pkg" ] || { echo "gpu_run: no run.sh in $1" >&2; exit 1; }
 else
