@@ -6,11 +6,11 @@
 # the CUDA runtime libraries (cudart, cuBLAS, NCCL) and the C/C++ runtime are expected there and
 # are not copied. OUT_DIR/run.sh CMD... runs CMD with OUT_DIR/lib on LD_LIBRARY_PATH.
 # OUT_DIR.tar.xz holds the same: xz with a dictionary larger than any binary, since the test
-# binaries and `luthier` each carry the same CUDA code (sm_80 + sm_90a, 18 MB a binary): 199 MB
+# binaries and `luthier` each carry the same CUDA code (sm_80 + sm_90a, 18 MB a binary): 197 MB
 # packed into 22 MB, where gzip's 32 KB window gave 78 MB, over what a device machine takes
-# (2 minutes of one core); gpu_run.sh takes either the directory or the archive. LUTHIER_GPU_TESTS_ONLY=1 packs only the GPU test
-# binaries (test_cuda*) and the programs: CI runs the others, and a device machine takes a
-# limited upload.
+# (about 2.5 minutes of one core); gpu_run.sh takes either the directory or the archive.
+# LUTHIER_GPU_TESTS_ONLY=1 packs only the GPU test binaries (test_cuda*) and the programs: CI
+# runs the others, and a device machine takes a limited upload.
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
