@@ -17,9 +17,8 @@
  * scale dS K. dS = P (dP - Dsum) is rounded like P. Variants with wider warp tiles (128 keys a
  * block for dK/dV, 32 queries a warp for dQ) are picked by environment variables until a GPU that
  * runs these kernels by default ranks them (att_dkdv_keys, att_dq_rows_per_warp). Tiles that no
- * row of a warp can see are
- * skipped; partly visible ones are masked per element, and rows or keys past the ends are
- * zero-filled on load and never stored.
+ * row of a warp can see are skipped; partly visible ones are masked per element, and rows or keys
+ * past the ends are zero-filled on load and never stored.
  *
  * The loops are bound by instruction issue as much as by the tensor cores (an m16n8k16 MMA keeps a
  * sub-partition's tensor unit a few cycles; SASS of the d 128 forward had about 5.5 instructions

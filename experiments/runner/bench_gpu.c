@@ -7,9 +7,9 @@
  * (LUTHIER_CUBLASLT=0), the attention on mma.sync where the default is wgmma (LUTHIER_ATT_WGMMA=0,
  * a Hopper GPU; elsewhere, or with LUTHIER_ATT_WGMMA=0 set, the forward with 16 query rows a
  * warp, LUTHIER_ATT_ROWS_PER_WARP=16, and the backward's wider tilings,
- * LUTHIER_ATT_DKDV_KEYS=128 and LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward and stride-1 dx on the FMA units
- * (LUTHIER_DW_MMA=0) where the default is the tensor cores, and RMSNorm's rows of 2048 in one
- * warp each (LUTHIER_NORM_MULTIWARP_ROWS=0).
+ * LUTHIER_ATT_DKDV_KEYS=128 and LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise forward and
+ * stride-1 dx on the FMA units (LUTHIER_DW_MMA=0) where the default is the tensor cores, and
+ * RMSNorm's rows of 2048 in one warp each (LUTHIER_NORM_MULTIWARP_ROWS=0).
  *
  * Our kernels are called through the CUDA backend's op table on tensors allocated beforehand
  * (forward; forward then backward, with kernel scratch from an arena), and timed as the script
@@ -99,10 +99,10 @@ static void usage(FILE *f)
                "  (LUTHIER_CUBLASLT=0), the attention also on mma.sync (LUTHIER_ATT_WGMMA=0) where the default\n"
                "  is wgmma (a Hopper GPU), elsewhere (or with LUTHIER_ATT_WGMMA=0 set) its forward with 16\n"
                "  query rows a warp instead of 32 (LUTHIER_ATT_ROWS_PER_WARP=16) and its forward + backward\n"
-               "  with the backward's variant kernels (LUTHIER_ATT_DKDV_KEYS=128, LUTHIER_ATT_DQ_ROWS_PER_WARP=32),\n"
-               "  the depthwise conv also with its forward and stride-1 dx on the FMA units (LUTHIER_DW_MMA=0)\n"
-               "  where the default is the tensor cores, RMSNorm\n"
-               "  at d 2048 also one warp a row (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
+               "  with the backward's variant kernels (LUTHIER_ATT_DKDV_KEYS=128,\n"
+               "  LUTHIER_ATT_DQ_ROWS_PER_WARP=32), the depthwise conv also with its forward and stride-1 dx\n"
+               "  on the FMA units (LUTHIER_DW_MMA=0) where the default is the tensor cores, RMSNorm at d 2048\n"
+               "  also one warp a row (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
                "  --case NAME    one case (default all):");
     for (int i = 0; i < N_CASES; i++) fprintf(f, " %s", cases[i].name);
     fprintf(f, "\n"
@@ -766,8 +766,7 @@ static void report(const gpu_bench_opts *o, const gpu_result *r, int n, const ch
            "LUTHIER_ATT_DQ_ROWS_PER_WARP=32). GB/s:\n"
            "bytes each pass reads and writes once (forward x, w, bias, y; backward dy, x, w, dx, dw, dbias);\n"
            "conv: ours forward (f32 at stride 1 alone) and stride-1 dx on the tensor cores (f32 as three bf16\n"
-           "parts a value), variant\n"
-           "on the FMA units (LUTHIER_DW_MMA=0). RMSNorm:\n"
+           "parts a value), variant on the FMA units (LUTHIER_DW_MMA=0). RMSNorm:\n"
            "against F.rms_norm, rstd in f32 on our side; ours holds a row in registers (d 2048: two warps a\n"
            "row), variant: d 2048 in the one-warp-a-row kernels (LUTHIER_NORM_MULTIWARP_ROWS=0).\n"
            "Linear FLOP: 2*M*N*K forward, 3x for fwd+bwd (the dx and dw GEMMs); fused: the bias in the GEMM's\n"
